@@ -1,0 +1,118 @@
+//! The command line, as clap parses it. Every flag is documented here, and clap
+//! turns those docs into `--help`. Nothing here resolves or validates beyond
+//! syntax: `config` turns a [`Cli`] into a validated `Config`.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Default size of each relay buffer, in bytes.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// A per-core io_uring TCP load balancer.
+///
+/// Accepts TCP connections on --listen and relays every byte to one of the
+/// --backend servers and back. The rsp form `ringlb LISTEN_PORT BACKEND_HOST
+/// BACKEND_PORT` listens on all interfaces at LISTEN_PORT.
+#[derive(Parser, Debug)]
+#[command(name = "ringlb", version, about, long_about)]
+pub struct Cli {
+    /// Address to accept clients on, as host:port (port 0 picks a free port).
+    #[arg(short = 'l', long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Backend to relay to, as host:port[,weight=N][,max-conns=N]; repeat for several.
+    #[arg(short = 'b', long = "backend", value_name = "ADDR")]
+    pub backends: Vec<String>,
+
+    /// Worker threads, each with its own io_uring and listening socket [default: number of CPUs].
+    #[arg(short = 'w', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub workers: Option<u32>,
+
+    /// Size of each relay buffer in bytes (one per direction per connection).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER_SIZE,
+          value_parser = parse_buffer_size)]
+    pub buffer_size: usize,
+
+    /// How long to wait for a backend to accept a connection before trying the next.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long open connections may finish before they are closed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log line format on stderr.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `ringlb=debug` (overrides RUST_LOG) [default: RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// rsp form: port to listen on, on all interfaces.
+    #[arg(value_name = "LISTEN_PORT", requires_all = ["backend_host", "backend_port"],
+          conflicts_with_all = ["listen", "backends"])]
+    pub listen_port: Option<u16>,
+
+    /// rsp form: backend host.
+    #[arg(value_name = "BACKEND_HOST", requires = "backend_port")]
+    pub backend_host: Option<String>,
+
+    /// rsp form: backend port.
+    #[arg(value_name = "BACKEND_PORT")]
+    pub backend_port: Option<u16>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Buffers below this cannot hold even a small request, above it they waste memory.
+const BUFFER_SIZE_RANGE: std::ops::RangeInclusive<usize> = 512..=(16 << 20);
+
+fn parse_buffer_size(s: &str) -> Result<usize, String> {
+    let (digits, mult) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 1024),
+        Some(b'm' | b'M') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| "expected a byte count such as 16384, 16k or 1m".to_string())?;
+    let n = n.saturating_mul(mult);
+    if !BUFFER_SIZE_RANGE.contains(&n) {
+        return Err(format!(
+            "must be between {} and {} bytes",
+            BUFFER_SIZE_RANGE.start(),
+            BUFFER_SIZE_RANGE.end()
+        ));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_sizes() {
+        assert_eq!(parse_buffer_size("16384"), Ok(16384));
+        assert_eq!(parse_buffer_size("64k"), Ok(65536));
+        assert_eq!(parse_buffer_size("1M"), Ok(1 << 20));
+        assert!(parse_buffer_size("12").is_err());
+        assert!(parse_buffer_size("lots").is_err());
+        assert!(parse_buffer_size("99999999999999999999k").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

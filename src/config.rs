@@ -1,0 +1,224 @@
+//! Turns what the user typed into a validated [`Config`]: addresses resolved,
+//! backend options parsed, defaults filled in. Every error names the value
+//! that was wrong, so `main` can print it as one line and exit 2.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::cli::Cli;
+
+/// Everything a worker needs to know, validated. Shared read-only by all workers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where clients connect; port 0 means "any free port", fixed by the first bind.
+    pub listen: SocketAddr,
+    /// The backend pool, in the order given; indexes into it identify a backend.
+    pub backends: Vec<BackendConfig>,
+    /// Number of worker threads, each with its own ring and listener.
+    pub workers: usize,
+    /// Bytes per relay buffer.
+    pub buffer_size: usize,
+    /// Upper bound on one backend connect attempt.
+    pub connect_timeout: Duration,
+    /// How long open connections may run on after a stop signal.
+    pub drain_timeout: Duration,
+}
+
+/// One backend of the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Resolved address we connect to.
+    pub addr: SocketAddr,
+    /// Relative share of new connections (>= 1).
+    pub weight: u32,
+    /// Most connections open to it at once, across workers; `None` is unlimited.
+    pub max_conns: Option<u32>,
+}
+
+/// A bad value on the command line; each variant names the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not of the form host:port.
+    #[error("invalid address '{0}': expected host:port, e.g. 127.0.0.1:8080 or [::1]:8080")]
+    BadAddress(String),
+    /// The host part did not resolve.
+    #[error("cannot resolve '{value}': {source}")]
+    Unresolvable {
+        /// What the user gave.
+        value: String,
+        /// What the resolver said.
+        source: io::Error,
+    },
+    /// A backend address with port 0, which nothing can connect to.
+    #[error("invalid backend '{0}': port 0 cannot be connected to")]
+    BackendPortZero(String),
+    /// Neither --listen nor the rsp form was given.
+    #[error("no listen address: use --listen ADDR (or the rsp form LISTEN_PORT BACKEND_HOST BACKEND_PORT)")]
+    NoListen,
+    /// An empty pool.
+    #[error("no backend: use --backend ADDR, once per backend")]
+    NoBackend,
+    /// An unknown or malformed `,key=value` after a backend address.
+    #[error("invalid backend option '{option}' in '{value}': {reason}")]
+    BadBackendOption {
+        /// The whole --backend value.
+        value: String,
+        /// The offending `key=value`.
+        option: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+}
+
+impl Config {
+    /// Validates the command line into a config.
+    pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
+        let (listen, backends) = match (&cli.listen_port, &cli.backend_host, &cli.backend_port) {
+            (Some(lport), Some(host), Some(bport)) => {
+                let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *lport);
+                let backend = parse_backend(&format_host_port(host, *bport))?;
+                (listen, vec![backend])
+            }
+            _ => {
+                let listen = cli.listen.as_deref().ok_or(ConfigError::NoListen)?;
+                let listen = resolve(listen)?;
+                let backends = cli
+                    .backends
+                    .iter()
+                    .map(|b| parse_backend(b))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (listen, backends)
+            }
+        };
+        if backends.is_empty() {
+            return Err(ConfigError::NoBackend);
+        }
+        let workers = match cli.workers {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        Ok(Config {
+            listen,
+            backends,
+            workers,
+            buffer_size: cli.buffer_size,
+            connect_timeout: cli.connect_timeout,
+            drain_timeout: cli.drain_timeout,
+        })
+    }
+}
+
+/// Joins host and port, bracketing bare IPv6 literals.
+fn format_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Parses `host:port[,weight=N][,max-conns=N]`.
+pub fn parse_backend(value: &str) -> Result<BackendConfig, ConfigError> {
+    let mut parts = value.split(',');
+    let addr = resolve(parts.next().unwrap_or_default())?;
+    if addr.port() == 0 {
+        return Err(ConfigError::BackendPortZero(value.to_string()));
+    }
+    let mut backend = BackendConfig {
+        addr,
+        weight: 1,
+        max_conns: None,
+    };
+    for option in parts {
+        let bad = |reason| ConfigError::BadBackendOption {
+            value: value.to_string(),
+            option: option.to_string(),
+            reason,
+        };
+        let (key, val) = option
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value"))?;
+        let n: u32 = val.parse().map_err(|_| bad("expected a whole number"))?;
+        match key {
+            "weight" if (1..=1000).contains(&n) => backend.weight = n,
+            "weight" => return Err(bad("weight must be between 1 and 1000")),
+            "max-conns" if n >= 1 => backend.max_conns = Some(n),
+            "max-conns" => return Err(bad("max-conns must be at least 1")),
+            _ => return Err(bad("known options are weight and max-conns")),
+        }
+    }
+    Ok(backend)
+}
+
+/// Resolves `host:port` to its first address.
+pub fn resolve(value: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = || ConfigError::BadAddress(value.to_string());
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() || host.contains(':') {
+        return Err(bad());
+    }
+    let mut addrs = value
+        .to_socket_addrs()
+        .map_err(|source| ConfigError::Unresolvable {
+            value: value.to_string(),
+            source,
+        })?;
+    addrs.next().ok_or_else(|| ConfigError::Unresolvable {
+        value: value.to_string(),
+        source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(resolve("127.0.0.1:80").unwrap().port(), 80);
+        assert_eq!(resolve("[::1]:81").unwrap().port(), 81);
+        assert!(resolve("localhost:82").unwrap().ip().is_loopback());
+        for bad in [
+            "",
+            "80",
+            "127.0.0.1",
+            "127.0.0.1:",
+            ":80",
+            "1.2.3.4:99999",
+            "::1:80",
+        ] {
+            assert!(
+                matches!(resolve(bad), Err(ConfigError::BadAddress(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn backend_options() {
+        let b = parse_backend("127.0.0.1:9000,weight=3,max-conns=10").unwrap();
+        assert_eq!((b.weight, b.max_conns), (3, Some(10)));
+        let b = parse_backend("127.0.0.1:9000").unwrap();
+        assert_eq!((b.weight, b.max_conns), (1, None));
+        for bad in [
+            "127.0.0.1:9000,weight=0",
+            "127.0.0.1:9000,weight=x",
+            "127.0.0.1:9000,colour=red",
+            "127.0.0.1:9000,weight",
+            "127.0.0.1:0",
+        ] {
+            let err = parse_backend(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn host_port_joining() {
+        assert_eq!(format_host_port("::1", 80), "[::1]:80");
+        assert_eq!(format_host_port("example", 80), "example:80");
+    }
+}

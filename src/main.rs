@@ -1,0 +1,55 @@
+//! The `ringlb` binary: parse, validate, run. Every start-up failure is one
+//! line on stderr: exit 2 for bad usage, 1 for anything else.
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use ringlb::cli::Cli;
+use ringlb::config::Config;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_exit(err),
+    };
+    if let Err(err) = ringlb::logging::init(cli.log_format, cli.log_level.as_deref()) {
+        eprintln!("ringlb: {err}");
+        return ExitCode::from(2);
+    }
+    let config = match Config::from_cli(&cli) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("ringlb: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match ringlb::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ringlb: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints help and version as clap renders them; squeezes usage errors onto one line.
+fn clap_exit(err: clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let text = err.render().to_string();
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("ringlb: {} (see --help)", line.join(" "));
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Socket setup done once at start-up, before any worker runs: the
+//! SO_REUSEPORT listeners (one per worker, all on the same address) and the
+//! file-descriptor limit. Binding here, on the main thread, is what lets a
+//! taken address fail start-up with one clear line instead of a worker dying.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Pending connections the kernel may hold per listener; generous because
+/// churn benchmarks open connections faster than one accept at a time.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A failed start-up socket call; one variant per syscall, each naming the address.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// socket(2) failed.
+    #[error("cannot create a socket for {addr}: {source}")]
+    Socket {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// setsockopt(2) failed.
+    #[error("cannot set {option} on the socket for {addr}: {source}")]
+    SetOption {
+        /// The listen address.
+        addr: SocketAddr,
+        /// Which option.
+        option: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// bind(2) failed, typically because another program holds the address.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// listen(2) failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Binds `count` listeners to `addr` with SO_REUSEPORT, so the kernel spreads
+/// new connections across them. If `addr` has port 0, the first bind picks the
+/// port and the others join it.
+pub fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, BindError> {
+    let mut listeners: Vec<Socket> = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = bind_one(addr)?;
+        if addr.port() == 0 {
+            addr = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(addr);
+        }
+        listeners.push(socket);
+    }
+    Ok(listeners)
+}
+
+fn bind_one(addr: SocketAddr) -> Result<Socket, BindError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|source| BindError::Socket { addr, source })?;
+    let opt = |option, res: io::Result<()>| {
+        res.map_err(|source| BindError::SetOption {
+            addr,
+            option,
+            source,
+        })
+    };
+    opt("SO_REUSEADDR", socket.set_reuse_address(true))?;
+    opt("SO_REUSEPORT", socket.set_reuse_port(true))?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux.
+    opt("TCP_NODELAY", socket.set_nodelay(true))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|source| BindError::Bind { addr, source })?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|source| BindError::Listen { addr, source })?;
+    Ok(socket)
+}
+
+/// Raises the soft open-file limit to the hard limit, since each proxied
+/// connection costs two descriptors. Returns the limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}

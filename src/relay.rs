@@ -1,0 +1,161 @@
+//! The two pumps that carry a connection's bytes: client -> backend and
+//! backend -> client, both driven by one task.
+//!
+//! Each pump reads into an owned buffer and writes that same buffer out, so
+//! there is no copy in user space and at most one buffer per direction is in
+//! flight (the backpressure bound: a slow reader stalls the writer's pump,
+//! never grows memory). EOF on one side becomes `shutdown(Write)` on the other
+//! while the opposite pump keeps going (half-close). An error on either side
+//! shuts both sockets down, which completes the other pump's pending
+//! operations in the kernel: in tokio-uring a dropped operation is not
+//! cancelled, so we never tear down by dropping futures.
+
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::net::Shutdown;
+
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+/// Which peer of the proxied connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The peer that connected to us.
+    Client,
+    /// The peer we connected to.
+    Backend,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        })
+    }
+}
+
+/// A failed read or write, naming the side it failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading from `side` failed.
+    #[error("{side} read failed: {source}")]
+    Read {
+        /// Where.
+        side: Side,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Writing to `side` failed.
+    #[error("{side} write failed: {source}")]
+    Write {
+        /// Where.
+        side: Side,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// How a relayed connection ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Bytes carried from client to backend.
+    pub to_backend: u64,
+    /// Bytes carried from backend to client.
+    pub to_client: u64,
+    /// The first side to send EOF, when both directions ended cleanly.
+    pub first_eof: Option<Side>,
+    /// The first error, if any; its pump tore the connection down.
+    pub error: Option<RelayError>,
+}
+
+impl Outcome {
+    /// Why the connection closed, for logs; `drained` when shutdown cut it short.
+    pub fn reason(&self, drained: bool) -> impl fmt::Display + '_ {
+        CloseReason {
+            outcome: self,
+            drained,
+        }
+    }
+}
+
+/// Formats a close reason only if a log line is actually written.
+struct CloseReason<'a> {
+    outcome: &'a Outcome,
+    drained: bool,
+}
+
+impl fmt::Display for CloseReason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.outcome.error, self.outcome.first_eof) {
+            _ if self.drained => f.write_str("drain"),
+            (Some(err), _) => err.fmt(f),
+            (None, Some(side)) => write!(f, "{side} EOF"),
+            (None, None) => f.write_str("closed"),
+        }
+    }
+}
+
+/// Relays between `client` and `backend` until both directions have ended or
+/// one fails. Leaves both sockets open; the caller drops them.
+pub async fn relay(client: &TcpStream, backend: &TcpStream, buffer_size: usize) -> Outcome {
+    let first_eof = Cell::new(None);
+    let up = pump(client, backend, Side::Client, buffer_size, &first_eof);
+    let down = pump(backend, client, Side::Backend, buffer_size, &first_eof);
+    let ((to_backend, up_err), (to_client, down_err)) = tokio::join!(up, down);
+    Outcome {
+        to_backend,
+        to_client,
+        first_eof: first_eof.get(),
+        error: up_err.or(down_err),
+    }
+}
+
+/// Copies `src` to `dst` until EOF, then half-closes `dst`. Returns the byte
+/// count and the error that stopped it, if any.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    from: Side,
+    buffer_size: usize,
+    first_eof: &Cell<Option<Side>>,
+) -> (u64, Option<RelayError>) {
+    let to = match from {
+        Side::Client => Side::Backend,
+        Side::Backend => Side::Client,
+    };
+    let mut buf = Vec::with_capacity(buffer_size);
+    let mut total = 0u64;
+    loop {
+        let (res, b) = src.read(buf).await;
+        buf = b;
+        let n = match res {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(source) => {
+                teardown(src, dst);
+                return (total, Some(RelayError::Read { side: from, source }));
+            }
+        };
+        let (res, slice) = dst.write_all(buf.slice(..n)).await;
+        buf = slice.into_inner();
+        if let Err(source) = res {
+            teardown(src, dst);
+            return (total, Some(RelayError::Write { side: to, source }));
+        }
+        total += n as u64;
+    }
+    if first_eof.get().is_none() {
+        first_eof.set(Some(from));
+    }
+    // Fails harmlessly (ENOTCONN) when the other pump already tore down.
+    let _ = dst.shutdown(Shutdown::Write);
+    (total, None)
+}
+
+/// Shuts both sockets down so every pending operation on them completes.
+pub fn teardown(a: &TcpStream, b: &TcpStream) {
+    let _ = a.shutdown(Shutdown::Both);
+    let _ = b.shutdown(Shutdown::Both);
+}

@@ -1,0 +1,230 @@
+//! One worker: an OS thread running its own tokio-uring runtime around its own
+//! SO_REUSEPORT listener. It accepts clients, connects each to a backend, runs
+//! the relay, and on shutdown stops accepting and drains.
+//!
+//! All state here is per worker (`Rc`, `Cell`, `RefCell`): tasks never cross
+//! threads, so nothing on the data path takes a lock or shares a cache line.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+use tokio::sync::Notify;
+use tokio_uring::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::logging::Throttle;
+use crate::relay::{self, relay};
+use crate::shutdown::{self, Phase};
+use crate::upstream::Upstream;
+
+/// Submission queue entries per ring.
+const RING_ENTRIES: u32 = 1024;
+/// Pause after a failed accept (EMFILE and the like), so we neither spin nor stall long.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Starts worker `id` on its own thread. Returns once its runtime is built, or
+/// the error that kept it from being built.
+pub fn spawn(
+    id: usize,
+    config: Arc<Config>,
+    listener: socket2::Socket,
+    watch: shutdown::Watch,
+) -> io::Result<thread::JoinHandle<()>> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = thread::Builder::new()
+        .name(format!("ringlb-w{id}"))
+        .spawn(move || {
+            let rt = match build_runtime() {
+                Ok(rt) => {
+                    let _ = ready_tx.send(Ok(()));
+                    rt
+                }
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err));
+                    return;
+                }
+            };
+            rt.block_on(serve(id, config, listener, watch));
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(io::Error::other("worker thread died while starting")),
+    }
+}
+
+/// A ring with COOP_TASKRUN (fewer interrupts; kernel 5.19+), falling back to a plain one.
+fn build_runtime() -> io::Result<tokio_uring::Runtime> {
+    let mut uring = tokio_uring::uring_builder();
+    uring.setup_coop_taskrun();
+    tokio_uring::Runtime::new(
+        tokio_uring::builder()
+            .entries(RING_ENTRIES)
+            .uring_builder(&uring),
+    )
+    .or_else(|_| tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)))
+    .map_err(|err| io::Error::new(err.kind(), format!("cannot set up io_uring: {err}")))
+}
+
+/// The per-worker state every connection task shares.
+struct Worker {
+    /// Backend choice and connects.
+    upstream: Upstream,
+    /// Bytes per relay buffer.
+    buffer_size: usize,
+    /// Open connections' sockets, so a drain that runs out of time can shut them down.
+    conns: RefCell<Slab<Conn>>,
+    /// Set once the drain timeout passed or a second signal came.
+    aborting: Cell<bool>,
+    /// Woken when the last connection closes, for the drain.
+    idle: Notify,
+}
+
+/// The sockets of one open connection.
+struct Conn {
+    client: Rc<TcpStream>,
+    backend: Option<Rc<TcpStream>>,
+}
+
+impl Worker {
+    /// Shuts every open connection down; their relays then end on their own.
+    fn abort_all(&self) {
+        self.aborting.set(true);
+        for (_, conn) in self.conns.borrow().iter() {
+            let _ = conn.client.shutdown(Shutdown::Both);
+            if let Some(backend) = &conn.backend {
+                let _ = backend.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    async fn wait_idle(&self) {
+        while !self.conns.borrow().is_empty() {
+            self.idle.notified().await;
+        }
+    }
+}
+
+/// Removes a connection from the registry when its task ends, however it ends.
+struct Registration {
+    worker: Rc<Worker>,
+    key: usize,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut conns = self.worker.conns.borrow_mut();
+        conns.remove(self.key);
+        if conns.is_empty() {
+            self.worker.idle.notify_one();
+        }
+    }
+}
+
+async fn serve(
+    id: usize,
+    config: Arc<Config>,
+    listener: socket2::Socket,
+    mut watch: shutdown::Watch,
+) {
+    // A second handle on the listening socket: shutting it down completes the
+    // pending accept, which dropping the accept future would not.
+    let stopper = match listener.try_clone() {
+        Ok(s) => s,
+        Err(err) => {
+            warn!(worker = id, %err, "cannot clone listener; worker not started");
+            return;
+        }
+    };
+    let listener = TcpListener::from_std(listener.into());
+    let worker = Rc::new(Worker {
+        upstream: Upstream::new(config.backends.clone(), config.connect_timeout, id),
+        buffer_size: config.buffer_size,
+        conns: RefCell::new(Slab::new()),
+        aborting: Cell::new(false),
+        idle: Notify::new(),
+    });
+
+    let mut stop_watch = watch.clone();
+    tokio_uring::spawn(async move {
+        shutdown::reached(&mut stop_watch, Phase::Draining).await;
+        let _ = stopper.shutdown(Shutdown::Both);
+    });
+
+    let accept_throttle = Throttle::new(Duration::from_secs(1));
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio_uring::spawn(handle(worker.clone(), stream, peer));
+            }
+            Err(_) if *watch.borrow() >= Phase::Draining => break,
+            Err(err) => {
+                if let Some(suppressed) = accept_throttle.allow(Instant::now()) {
+                    warn!(worker = id, %err, suppressed, "accept failed; backing off");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+    drop(listener);
+
+    let open = worker.conns.borrow().len();
+    if open > 0 {
+        info!(worker = id, open, "draining connections");
+    }
+    tokio::select! {
+        _ = worker.wait_idle() => return,
+        _ = tokio::time::sleep(config.drain_timeout) => {
+            info!(worker = id, open = worker.conns.borrow().len(), "drain timeout; closing connections");
+        }
+        _ = shutdown::reached(&mut watch, Phase::Abort) => {}
+    }
+    worker.abort_all();
+    worker.wait_idle().await;
+}
+
+/// One client connection, from accept to close.
+async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let client = Rc::new(client);
+    let key = worker.conns.borrow_mut().insert(Conn {
+        client: client.clone(),
+        backend: None,
+    });
+    let _registration = Registration {
+        worker: worker.clone(),
+        key,
+    };
+    if worker.aborting.get() {
+        return;
+    }
+
+    let Some((index, backend)) = worker.upstream.connect().await else {
+        debug!(client = %peer, reason = "no backend", "connection closed");
+        return;
+    };
+    let backend = Rc::new(backend);
+    worker.conns.borrow_mut()[key].backend = Some(backend.clone());
+    if worker.aborting.get() {
+        relay::teardown(&client, &backend);
+    }
+
+    let outcome = relay(&client, &backend, worker.buffer_size).await;
+    debug!(
+        client = %peer,
+        backend = %worker.upstream.addr(index),
+        to_backend = outcome.to_backend,
+        to_client = outcome.to_client,
+        duration = ?start.elapsed(),
+        reason = %outcome.reason(worker.aborting.get()),
+        "connection closed"
+    );
+}
