@@ -1,0 +1,189 @@
+//! The command line: bad input fails at start with one line naming the bad
+//! value; help, version and the rsp form work.
+
+mod common;
+
+use std::io::Write;
+use std::net::{Shutdown, TcpListener};
+
+use common::{free_port, read_to_end, run_to_exit, Backend, Ringlb};
+
+/// Runs ringlb expecting a start-up failure with `code`, one line naming `needle`.
+fn rejects(args: &[&str], code: i32, needle: &str) {
+    let (status, out) = run_to_exit(args);
+    assert_eq!(status.code(), Some(code), "{args:?}: {out}");
+    assert_eq!(
+        out.trim().lines().count(),
+        1,
+        "{args:?}: not one line: {out}"
+    );
+    assert!(
+        out.contains(needle),
+        "{args:?}: {needle:?} not named in: {out}"
+    );
+    assert!(!out.contains("panicked"), "{args:?}: {out}");
+}
+
+#[test]
+fn bad_input_is_one_line_naming_the_value() {
+    let b = "127.0.0.1:9";
+    rejects(&["--listen", "nonsense", "--backend", b], 2, "nonsense");
+    rejects(
+        &["--listen", "127.0.0.1:99999", "--backend", b],
+        2,
+        "127.0.0.1:99999",
+    );
+    rejects(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "no-such-host.invalid:80",
+        ],
+        2,
+        "no-such-host.invalid",
+    );
+    rejects(
+        &["--listen", "127.0.0.1:0", "--backend", "127.0.0.1"],
+        2,
+        "127.0.0.1",
+    );
+    rejects(&["--listen", "127.0.0.1:0"], 2, "backend");
+    rejects(&["--backend", b], 2, "listen");
+    rejects(
+        &["--listen", "127.0.0.1:0", "--backend", b, "--workers", "0"],
+        2,
+        "'0'",
+    );
+    rejects(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            b,
+            "--workers",
+            "many",
+        ],
+        2,
+        "many",
+    );
+    rejects(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            b,
+            "--buffer-size",
+            "3",
+        ],
+        2,
+        "'3'",
+    );
+    rejects(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            b,
+            "--connect-timeout",
+            "soon",
+        ],
+        2,
+        "soon",
+    );
+    rejects(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "127.0.0.1:9,weight=0",
+        ],
+        2,
+        "weight=0",
+    );
+    rejects(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            b,
+            "--log-level",
+            "=+=",
+        ],
+        2,
+        "=+=",
+    );
+    rejects(&["--bogus"], 2, "--bogus");
+    rejects(&["8080", "127.0.0.1"], 2, "BACKEND_PORT");
+}
+
+#[test]
+fn listen_address_taken_fails_start() {
+    // A plain listener, without SO_REUSEPORT, so ringlb cannot share the port.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    rejects(&["--listen", &addr, "--backend", "127.0.0.1:9"], 1, &addr);
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let (status, out) = run_to_exit(&["--help"]);
+    assert!(status.success());
+    for flag in [
+        "--listen",
+        "--backend",
+        "--workers",
+        "--buffer-size",
+        "--connect-timeout",
+        "--drain-timeout",
+        "--log-format",
+        "--log-level",
+        "--help",
+        "--version",
+        "-l",
+        "-b",
+        "-w",
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
+    }
+    let (status, out) = run_to_exit(&["--version"]);
+    assert!(status.success());
+    assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+}
+
+#[test]
+fn rsp_form_listens_on_all_interfaces() {
+    let backend = Backend::echo();
+    let port = free_port();
+    let lb = Ringlb::start(&[
+        &port.to_string(),
+        "127.0.0.1",
+        &backend.addr.port().to_string(),
+        "--workers",
+        "1",
+    ]);
+    assert!(lb.addr.ip().is_unspecified(), "{}", lb.addr);
+    let mut conn = common::client(format!("127.0.0.1:{port}").parse().unwrap());
+    conn.write_all(b"rsp").unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut conn), b"rsp");
+}
+
+#[test]
+fn one_listening_socket_per_worker() {
+    let backend = Backend::echo();
+    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "3"]);
+    // The kernel's table of listening sockets, as `ss -ltn` reads it.
+    let port = format!(":{:04X} ", lb.addr.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let listening = table
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(port.trim()))
+        })
+        .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
+        .count();
+    assert_eq!(listening, 3);
+}

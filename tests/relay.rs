@@ -1,0 +1,138 @@
+//! Bytes through the real binary: exact content both ways, half-close,
+//! server-speaks-first, close right after a burst, many connections at once.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::thread;
+
+use common::{pattern, read_to_end, Backend, Ringlb};
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1024 * 1024;
+
+#[test]
+fn thirty_two_mib_each_way_then_half_close() {
+    // The backend streams its own 32 MiB while it reads; after the client's
+    // EOF reaches it, it answers with the digest of what it received.
+    let backend = Backend::spawn(|mut conn| {
+        let mut writer = conn.try_clone().unwrap();
+        let send = thread::spawn(move || writer.write_all(&pattern(2, 32 * MIB)).unwrap());
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = conn.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        send.join().unwrap();
+        conn.write_all(&hasher.finalize()).unwrap();
+    });
+    let lb = Ringlb::start(&["--backend", &backend.arg()]);
+    let mut conn = lb.connect();
+    let mut writer = conn.try_clone().unwrap();
+    let send = thread::spawn(move || {
+        writer.write_all(&pattern(1, 32 * MIB)).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let got = read_to_end(&mut conn);
+    send.join().unwrap();
+
+    assert_eq!(got.len(), 32 * MIB + 32, "byte count from the backend");
+    let (body, digest) = got.split_at(32 * MIB);
+    assert!(
+        body == pattern(2, 32 * MIB).as_slice(),
+        "backend -> client bytes differ"
+    );
+    assert_eq!(
+        digest,
+        Sha256::digest(pattern(1, 32 * MIB)).as_slice(),
+        "client -> backend bytes differ"
+    );
+}
+
+#[test]
+fn backend_speaks_first() {
+    let backend = Backend::spawn(|mut conn| {
+        conn.write_all(b"220 ready\r\n").unwrap();
+        let mut line = Vec::new();
+        conn.read_to_end(&mut line).unwrap();
+        conn.write_all(&line).unwrap();
+    });
+    let lb = Ringlb::start(&["--backend", &backend.arg()]);
+    let mut conn = lb.connect();
+    let mut banner = [0u8; 11];
+    conn.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"220 ready\r\n");
+    conn.write_all(b"QUIT\r\n").unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut conn), b"QUIT\r\n");
+}
+
+#[test]
+fn backend_writes_eight_mib_and_closes_at_once() {
+    let backend = Backend::spawn(|mut conn| {
+        conn.write_all(&pattern(3, 8 * MIB)).unwrap();
+        // Dropped here: the FIN follows the last byte immediately.
+    });
+    let lb = Ringlb::start(&["--backend", &backend.arg()]);
+    let mut conn = lb.connect();
+    let got = read_to_end(&mut conn);
+    assert_eq!(got.len(), 8 * MIB);
+    assert!(got == pattern(3, 8 * MIB), "bytes differ");
+}
+
+#[test]
+fn four_hundred_concurrent_connections() {
+    let backend = Backend::echo();
+    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "2"]);
+    let mut conns: Vec<_> = (0..400).map(|_| lb.connect()).collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conn.write_all(&pattern(i as u64, 1000)).unwrap();
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let mut got = vec![0u8; 1000];
+        conn.read_exact(&mut got).unwrap();
+        assert!(
+            got == pattern(i as u64, 1000),
+            "connection {i} got another's bytes"
+        );
+    }
+    for conn in &conns {
+        conn.shutdown(Shutdown::Write).unwrap();
+    }
+    for conn in conns.iter_mut() {
+        assert!(read_to_end(conn).is_empty());
+    }
+    assert_eq!(backend.accepted(), 400);
+}
+
+#[test]
+fn client_reset_closes_the_backend_side() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let backend = Backend::spawn(move |mut conn| {
+        let mut buf = [0u8; 1024];
+        // Read until the proxy closes its side: EOF or reset, either is fine.
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        tx.lock().unwrap().send(()).unwrap();
+    });
+    let lb = Ringlb::start(&["--backend", &backend.arg()]);
+    let conn = lb.connect();
+    (&conn).write_all(b"hello").unwrap();
+    common::wait_until("backend accepted", || backend.accepted() == 1);
+    // SO_LINGER 0 makes close() send a reset.
+    socket2::SockRef::from(&conn)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(conn);
+    rx.recv_timeout(common::PATIENCE)
+        .expect("backend connection was not closed after the client reset");
+}
