@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::balance::Algorithm;
+
 /// Default size of each relay buffer, in bytes.
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 
@@ -28,6 +30,31 @@ pub struct Cli {
     /// Worker threads, each with its own io_uring and listening socket [default: number of CPUs].
     #[arg(short = 'w', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub workers: Option<u32>,
+
+    /// Balancing algorithm: round-robin (smooth weighted), least-conn, random, p2c
+    /// (power of two choices) or hash (consistent hashing on the client IP).
+    #[arg(long, value_name = "ALGORITHM", default_value = "round-robin")]
+    pub balance: Algorithm,
+
+    /// Time between two active health checks (a TCP connect) of each backend.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// How long a health check connect may take before it counts as failed.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_timeout: Duration,
+
+    /// Consecutive passed checks that bring a down backend back.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rise: u32,
+
+    /// Consecutive failed checks (or failed connects) that take a backend down.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub fall: u32,
+
+    /// Turn active health checks off; failed connects still fail over to the next backend.
+    #[arg(long)]
+    pub no_health_checks: bool,
 
     /// Size of each relay buffer in bytes (one per direction per connection).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER_SIZE,

@@ -6,6 +6,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::balance::Algorithm;
 use crate::cli::Cli;
 
 /// Everything a worker needs to know, validated. Shared read-only by all workers.
@@ -17,6 +18,10 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// Number of worker threads, each with its own ring and listener.
     pub workers: usize,
+    /// How workers choose a backend.
+    pub balance: Algorithm,
+    /// Active health checks; `None` when turned off.
+    pub health: Option<HealthConfig>,
     /// Bytes per relay buffer.
     pub buffer_size: usize,
     /// Upper bound on one backend connect attempt.
@@ -34,6 +39,19 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Most connections open to it at once, across workers; `None` is unlimited.
     pub max_conns: Option<u32>,
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Time between checks of one backend.
+    pub interval: Duration,
+    /// Limit for one check's connect.
+    pub timeout: Duration,
+    /// Passed checks in a row that bring a backend up.
+    pub rise: u32,
+    /// Failed checks in a row that take a backend down.
+    pub fall: u32,
 }
 
 /// A bad value on the command line; each variant names the value.
@@ -59,6 +77,14 @@ pub enum ConfigError {
     /// An empty pool.
     #[error("no backend: use --backend ADDR, once per backend")]
     NoBackend,
+    /// A zero duration where time must pass.
+    #[error("invalid {flag} '{value:?}': must be more than zero")]
+    ZeroDuration {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: Duration,
+    },
     /// An unknown or malformed `,key=value` after a backend address.
     #[error("invalid backend option '{option}' in '{value}': {reason}")]
     BadBackendOption {
@@ -98,10 +124,27 @@ impl Config {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        for (flag, value) in [
+            ("--connect-timeout", cli.connect_timeout),
+            ("--health-interval", cli.health_interval),
+            ("--health-timeout", cli.health_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration { flag, value });
+            }
+        }
+        let health = (!cli.no_health_checks).then_some(HealthConfig {
+            interval: cli.health_interval,
+            timeout: cli.health_timeout,
+            rise: cli.rise,
+            fall: cli.fall,
+        });
         Ok(Config {
             listen,
             backends,
             workers,
+            balance: cli.balance,
+            health,
             buffer_size: cli.buffer_size,
             connect_timeout: cli.connect_timeout,
             drain_timeout: cli.drain_timeout,

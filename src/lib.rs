@@ -7,7 +7,11 @@
 //! - [`server`]: binds listeners, starts workers, turns signals into a drain.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners, the fd limit.
 //! - [`worker`]: one thread + one ring per core: accept, connect, relay, drain.
-//! - [`upstream`]: choosing a backend and connecting to it, with failover.
+//! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
+//! - [`balance`]: the balancing algorithms, one file each, pure.
+//! - [`pool`]: the backends' cross-worker state (active counts, health) as atomics.
+//! - [`health`]: the pure rise/fall health state machine.
+//! - [`probe`]: the one prober thread that runs health checks and publishes them.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
@@ -15,10 +19,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod logging;
 pub mod net;
+pub mod pool;
+pub mod probe;
 pub mod relay;
 pub mod server;
 pub mod shutdown;

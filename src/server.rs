@@ -9,6 +9,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::net::{self, BindError};
+use crate::pool::Pool;
+use crate::probe;
 use crate::shutdown::{self, Phase};
 use crate::worker;
 
@@ -21,6 +23,9 @@ pub enum ServerError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The health prober could not be started.
+    #[error("cannot start the health prober: {0}")]
+    Prober(std::io::Error),
     /// A worker's thread or ring could not be started.
     #[error("cannot start worker {id}: {source}")]
     Worker {
@@ -48,9 +53,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;
 
     let config = Arc::new(config);
+    let pool = Arc::new(Pool::new(&config.backends));
+    if let Some(health) = config.health {
+        probe::spawn(pool.clone(), health).map_err(ServerError::Prober)?;
+    }
     let mut handles = Vec::with_capacity(listeners.len());
     for (id, listener) in listeners.into_iter().enumerate() {
-        let handle = worker::spawn(id, config.clone(), listener, watch.clone())
+        let handle = worker::spawn(id, config.clone(), pool.clone(), listener, watch.clone())
             .map_err(|source| ServerError::Worker { id, source })?;
         handles.push(handle);
     }
@@ -59,6 +68,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         %listen,
         workers = config.workers,
         backends = %backends.join(","),
+        balance = %config.balance,
         "ringlb started"
     );
 

@@ -1,20 +1,32 @@
-//! Choosing a backend and connecting to it. A connect that is refused or times
-//! out moves on to the next backend until each has been tried once.
+//! Choosing a backend and connecting to it. The worker's balancer picks among
+//! backends that are up, not yet tried for this client and not full; a connect
+//! that is refused or times out is reported to the prober and the next pick is
+//! tried, until each backend has been tried once. When every healthy backend
+//! is at its `max-conns`, the client waits in a bounded queue for a slot, up to
+//! the connect timeout.
 //!
 //! Connects go through tokio's reactor under a timeout and only then become
 //! tokio-uring streams: a dropped io_uring connect would keep its socket until
 //! the kernel gave up (minutes), while dropping tokio's closes it at once.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_uring::net::TcpStream;
 use tracing::warn;
 
-use crate::config::BackendConfig;
+use crate::balance::{self, Algorithm, Balancer, PickContext};
 use crate::logging::Throttle;
+use crate::pool::{Lease, Pool};
+
+/// Most clients one worker holds waiting for a free backend slot; past it they are closed.
+const MAX_QUEUED: usize = 4096;
+/// How often a queued client looks for a free slot again.
+const QUEUE_POLL: Duration = Duration::from_millis(2);
 
 /// Why one connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,52 +49,132 @@ pub enum ConnectError {
     },
 }
 
-/// One worker's view of the backend pool.
+/// Why a client got no backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    /// Every backend is marked down by health checks.
+    AllDown,
+    /// Every candidate was tried and none answered.
+    AllFailed,
+    /// Every healthy backend stayed at its max-conns until the timeout (or the queue was full).
+    AllFull,
+}
+
+impl fmt::Display for NoBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NoBackend::AllDown => "no backend: all down",
+            NoBackend::AllFailed => "no backend: all connects failed",
+            NoBackend::AllFull => "no backend: all full",
+        })
+    }
+}
+
+/// One worker's way to the backends.
 pub struct Upstream {
-    /// The pool, as configured.
-    backends: Vec<BackendConfig>,
-    /// Round-robin position; per worker, so no sharing.
-    next: Cell<usize>,
-    /// Limit per connect attempt.
+    /// The shared pool: health, counts, addresses.
+    pool: Arc<Pool>,
+    /// This worker's balancer.
+    balancer: RefCell<Box<dyn Balancer>>,
+    /// Limit per connect attempt, and for waiting in the queue.
     timeout: Duration,
+    /// Clients of this worker waiting for a slot.
+    queued: Cell<usize>,
     /// Keeps connect-failure warnings to one a second.
     warn_throttle: Throttle,
 }
 
+/// The outcome of one pass over the candidates.
+enum Pass<'a> {
+    Connected(Lease<'a>, TcpStream),
+    /// Nothing left to try; `full` says whether a healthy, untried backend was full.
+    Exhausted {
+        full: bool,
+    },
+}
+
 impl Upstream {
-    /// A pool starting its rotation at `start`, so workers do not all begin on backend 0.
-    pub fn new(backends: Vec<BackendConfig>, timeout: Duration, start: usize) -> Self {
-        let next = Cell::new(start % backends.len().max(1));
+    /// A worker's upstream; `seed` (the worker id) spreads workers' starting points.
+    pub fn new(pool: Arc<Pool>, algorithm: Algorithm, timeout: Duration, seed: u64) -> Self {
+        let balancer = RefCell::new(balance::build(algorithm, &pool.weights(), seed));
         Upstream {
-            backends,
-            next,
+            pool,
+            balancer,
             timeout,
+            queued: Cell::new(0),
             warn_throttle: Throttle::new(Duration::from_secs(1)),
         }
     }
 
-    /// Connects to the next backend that answers, trying each at most once.
-    /// Returns its index and the stream, or `None` when none answered.
-    pub async fn connect(&self) -> Option<(usize, TcpStream)> {
-        let n = self.backends.len();
-        for _ in 0..n {
-            let i = self.next.get();
-            self.next.set((i + 1) % n);
-            match connect(self.backends[i].addr, self.timeout).await {
-                Ok(stream) => return Some((i, stream)),
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Connects `client` to a backend, trying each at most once, waiting for a
+    /// slot while every healthy backend is full.
+    pub async fn connect(&self, client: IpAddr) -> Result<(Lease<'_>, TcpStream), NoBackend> {
+        let n = self.pool.len();
+        let mut tried = vec![false; n];
+        let mut deadline = None;
+        loop {
+            match self.pass(client, &mut tried).await {
+                Pass::Connected(lease, stream) => return Ok((lease, stream)),
+                Pass::Exhausted { full: false } if !self.pool.any_up() => {
+                    return Err(NoBackend::AllDown)
+                }
+                Pass::Exhausted { full: false } => return Err(NoBackend::AllFailed),
+                Pass::Exhausted { full: true } => {}
+            }
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.timeout);
+            if now >= deadline || self.queued.get() >= MAX_QUEUED {
+                return Err(NoBackend::AllFull);
+            }
+            self.queued.set(self.queued.get() + 1);
+            tokio::time::sleep(QUEUE_POLL).await;
+            self.queued.set(self.queued.get() - 1);
+        }
+    }
+
+    /// Picks and connects until one connect succeeds or no candidate is left.
+    async fn pass(&self, client: IpAddr, tried: &mut [bool]) -> Pass<'_> {
+        let pool = &*self.pool;
+        // Backends that filled up between pick and lease; skipped for this pass only.
+        let mut raced = vec![false; pool.len()];
+        loop {
+            let pick = {
+                let eligible =
+                    |i: usize| !tried[i] && !raced[i] && pool.is_up(i) && !pool.is_full(i);
+                let active = |i: usize| pool.active(i);
+                let ctx = PickContext {
+                    client,
+                    eligible: &eligible,
+                    active: &active,
+                };
+                self.balancer.borrow_mut().pick(&ctx)
+            };
+            let Some(i) = pick else {
+                let full = (0..pool.len())
+                    .any(|i| !tried[i] && pool.is_up(i) && (raced[i] || pool.is_full(i)));
+                return Pass::Exhausted { full };
+            };
+            // Another worker may have taken the last slot since the pick.
+            let Some(lease) = pool.try_acquire(i) else {
+                raced[i] = true;
+                continue;
+            };
+            tried[i] = true;
+            match connect(pool.addr(i), self.timeout).await {
+                Ok(stream) => return Pass::Connected(lease, stream),
                 Err(err) => {
+                    pool.report_failure(i);
                     if let Some(suppressed) = self.warn_throttle.allow(Instant::now()) {
                         warn!(%err, suppressed, "backend connect failed");
                     }
                 }
             }
         }
-        None
-    }
-
-    /// The address of backend `i`.
-    pub fn addr(&self, i: usize) -> SocketAddr {
-        self.backends[i].addr
     }
 }
 

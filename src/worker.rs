@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::logging::Throttle;
+use crate::pool::Pool;
 use crate::relay::{self, relay};
 use crate::shutdown::{self, Phase};
 use crate::upstream::Upstream;
@@ -35,9 +36,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 pub fn spawn(
     id: usize,
     config: Arc<Config>,
+    pool: Arc<Pool>,
     listener: socket2::Socket,
     watch: shutdown::Watch,
 ) -> io::Result<thread::JoinHandle<()>> {
+    // A second handle on the listening socket: shutting it down completes the
+    // pending accept, which dropping the accept future would not.
+    let stopper = listener.try_clone()?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = thread::Builder::new()
         .name(format!("ringlb-w{id}"))
@@ -52,7 +57,7 @@ pub fn spawn(
                     return;
                 }
             };
-            rt.block_on(serve(id, config, listener, watch));
+            rt.block_on(serve(id, config, pool, listener, stopper, watch));
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
@@ -132,21 +137,14 @@ impl Drop for Registration {
 async fn serve(
     id: usize,
     config: Arc<Config>,
+    pool: Arc<Pool>,
     listener: socket2::Socket,
+    stopper: socket2::Socket,
     mut watch: shutdown::Watch,
 ) {
-    // A second handle on the listening socket: shutting it down completes the
-    // pending accept, which dropping the accept future would not.
-    let stopper = match listener.try_clone() {
-        Ok(s) => s,
-        Err(err) => {
-            warn!(worker = id, %err, "cannot clone listener; worker not started");
-            return;
-        }
-    };
     let listener = TcpListener::from_std(listener.into());
     let worker = Rc::new(Worker {
-        upstream: Upstream::new(config.backends.clone(), config.connect_timeout, id),
+        upstream: Upstream::new(pool, config.balance, config.connect_timeout, id as u64),
         buffer_size: config.buffer_size,
         conns: RefCell::new(Slab::new()),
         aborting: Cell::new(false),
@@ -207,9 +205,12 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         return;
     }
 
-    let Some((index, backend)) = worker.upstream.connect().await else {
-        debug!(client = %peer, reason = "no backend", "connection closed");
-        return;
+    let (lease, backend) = match worker.upstream.connect(peer.ip()).await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            debug!(client = %peer, %reason, "connection closed");
+            return;
+        }
     };
     let backend = Rc::new(backend);
     worker.conns.borrow_mut()[key].backend = Some(backend.clone());
@@ -220,7 +221,7 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
     let outcome = relay(&client, &backend, worker.buffer_size).await;
     debug!(
         client = %peer,
-        backend = %worker.upstream.addr(index),
+        backend = %worker.upstream.pool().addr(lease.index()),
         to_backend = outcome.to_backend,
         to_client = outcome.to_client,
         duration = ?start.elapsed(),

@@ -32,7 +32,7 @@ fn refused_backend_is_skipped() {
         let msg = format!("hello {i}");
         assert_eq!(echo_once(&lb, msg.as_bytes()), msg.as_bytes());
     }
-    assert_eq!(good.accepted(), 20);
+    assert_eq!(good.served(), 20);
     assert!(
         lb.log().contains("backend connect failed"),
         "log:\n{}",
@@ -54,7 +54,7 @@ fn round_robin_alternates() {
     for _ in 0..10 {
         assert_eq!(echo_once(&lb, b"x"), b"x");
     }
-    assert_eq!((a.accepted(), b.accepted()), (5, 5));
+    assert_eq!((a.served(), b.served()), (5, 5));
 }
 
 #[test]

@@ -166,8 +166,10 @@ pub fn free_port() -> u16 {
 pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Connections it accepted.
+    /// Connections it accepted (health checks included).
     pub accepted: Arc<AtomicUsize>,
+    /// Connections that carried at least one byte from the client (echo backends only).
+    pub served: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -177,7 +179,15 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::spawn_at("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// Like [`Backend::spawn`] on a given address (to restart a stopped backend).
+    pub fn spawn_at<F>(addr: SocketAddr, handler: F) -> Backend
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -198,18 +208,40 @@ impl Backend {
         Backend {
             addr,
             accepted,
+            served: Arc::new(AtomicUsize::new(0)),
             stop,
         }
     }
 
     /// An echo server: writes back what it reads, half-closes on EOF.
     pub fn echo() -> Backend {
-        Backend::spawn(|mut conn| {
+        Backend::echo_at("127.0.0.1:0".parse().unwrap(), None)
+    }
+
+    /// An echo server that first sends `tag`, so a client can tell which backend it reached.
+    pub fn tagged(tag: u8) -> Backend {
+        Backend::echo_at("127.0.0.1:0".parse().unwrap(), Some(tag))
+    }
+
+    /// An echo server on `addr`, optionally sending `tag` first.
+    pub fn echo_at(addr: SocketAddr, tag: Option<u8>) -> Backend {
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        let backend = Backend::spawn_at(addr, move |mut conn| {
+            if let Some(tag) = tag {
+                if conn.write_all(&[tag]).is_err() {
+                    return;
+                }
+            }
             let mut buf = vec![0u8; 64 * 1024];
+            let mut first = true;
             loop {
                 match conn.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
+                        if std::mem::take(&mut first) {
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
                         if conn.write_all(&buf[..n]).is_err() {
                             break;
                         }
@@ -217,7 +249,13 @@ impl Backend {
                 }
             }
             let _ = conn.shutdown(Shutdown::Write);
-        })
+        });
+        Backend { served, ..backend }
+    }
+
+    /// Connections that carried client bytes so far.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
     }
 
     /// This backend's address as a flag value.

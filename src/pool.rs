@@ -1,0 +1,191 @@
+//! The backend pool as every worker sees it: each backend's configuration plus
+//! the few facts that must be the same across workers (active connections and
+//! health), kept as atomics. Workers read health and counts without locks; the
+//! prober writes health; a connection's [`Lease`] keeps its count.
+//!
+//! Each backend's atomics sit on their own cache line so workers counting
+//! connections to different backends do not contend.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use crate::config::BackendConfig;
+
+/// All backends of one frontend.
+#[derive(Debug)]
+pub struct Pool {
+    backends: Vec<Shared>,
+}
+
+/// One backend's configuration and cross-worker state.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Shared {
+    /// As configured.
+    config: BackendConfig,
+    /// Open connections to it, plus connects in progress, across all workers.
+    active: AtomicUsize,
+    /// Whether health checks currently pass (starts up).
+    up: AtomicBool,
+    /// Connect failures seen by workers since the prober last looked.
+    passive_failures: AtomicU32,
+}
+
+impl Pool {
+    /// A pool with every backend up and idle.
+    pub fn new(configs: &[BackendConfig]) -> Pool {
+        Pool {
+            backends: configs
+                .iter()
+                .map(|config| Shared {
+                    config: config.clone(),
+                    active: AtomicUsize::new(0),
+                    up: AtomicBool::new(true),
+                    passive_failures: AtomicU32::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// Number of backends.
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Whether the pool is empty (never, once validated).
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// Backend `i`'s configuration.
+    pub fn config(&self, i: usize) -> &BackendConfig {
+        &self.backends[i].config
+    }
+
+    /// Backend `i`'s address.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.backends[i].config.addr
+    }
+
+    /// The weights, in backend order, for building balancers.
+    pub fn weights(&self) -> Vec<u32> {
+        self.backends.iter().map(|b| b.config.weight).collect()
+    }
+
+    /// Whether backend `i` passes its health checks.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.backends[i].up.load(Ordering::Relaxed)
+    }
+
+    /// Whether any backend passes its health checks.
+    pub fn any_up(&self) -> bool {
+        (0..self.len()).any(|i| self.is_up(i))
+    }
+
+    /// Publishes backend `i`'s health.
+    pub fn set_up(&self, i: usize, up: bool) {
+        self.backends[i].up.store(up, Ordering::Relaxed);
+    }
+
+    /// Connections open (or opening) to backend `i`, across workers.
+    pub fn active(&self, i: usize) -> usize {
+        self.backends[i].active.load(Ordering::Relaxed)
+    }
+
+    /// Whether backend `i` is at its `max-conns`.
+    pub fn is_full(&self, i: usize) -> bool {
+        let b = &self.backends[i];
+        b.config
+            .max_conns
+            .is_some_and(|max| b.active.load(Ordering::Relaxed) >= max as usize)
+    }
+
+    /// Takes one connection slot on backend `i`, or `None` if it is full.
+    pub fn try_acquire(&self, i: usize) -> Option<Lease<'_>> {
+        let b = &self.backends[i];
+        let before = b.active.fetch_add(1, Ordering::Relaxed);
+        if b.config.max_conns.is_some_and(|max| before >= max as usize) {
+            b.active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Lease {
+            pool: self,
+            index: i,
+        })
+    }
+
+    /// Records a failed connect to backend `i`; the prober counts it as a failed check.
+    pub fn report_failure(&self, i: usize) {
+        self.backends[i]
+            .passive_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failures reported since the last call, for the prober.
+    pub fn take_failures(&self, i: usize) -> u32 {
+        self.backends[i].passive_failures.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// One connection's slot on a backend; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Lease<'a> {
+    pool: &'a Pool,
+    index: usize,
+}
+
+impl Lease<'_> {
+    /// Which backend.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.pool.backends[self.index]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(max_conns: Option<u32>) -> BackendConfig {
+        BackendConfig {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
+            max_conns,
+        }
+    }
+
+    #[test]
+    fn leases_count_and_respect_max_conns() {
+        let pool = Pool::new(&[backend(Some(2)), backend(None)]);
+        let a = pool.try_acquire(0).unwrap();
+        let b = pool.try_acquire(0).unwrap();
+        assert!(pool.is_full(0));
+        assert!(pool.try_acquire(0).is_none());
+        assert_eq!(pool.active(0), 2);
+        drop(a);
+        assert!(!pool.is_full(0));
+        assert_eq!(pool.active(0), 1);
+        drop(b);
+        let many: Vec<_> = (0..100).map(|_| pool.try_acquire(1).unwrap()).collect();
+        assert_eq!(pool.active(1), 100);
+        assert!(!pool.is_full(1));
+        drop(many);
+        assert_eq!(pool.active(1), 0);
+    }
+
+    #[test]
+    fn failures_are_taken_once() {
+        let pool = Pool::new(&[backend(None)]);
+        pool.report_failure(0);
+        pool.report_failure(0);
+        assert_eq!(pool.take_failures(0), 2);
+        assert_eq!(pool.take_failures(0), 0);
+    }
+}

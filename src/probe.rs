@@ -1,0 +1,84 @@
+//! Active health checks: one prober thread per process (not per worker) that
+//! connects to each backend every interval, feeds the results, and the
+//! failures workers reported, into each backend's [`HealthState`], and
+//! publishes flips to the [`Pool`] that workers read without locks.
+
+use std::io;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::config::HealthConfig;
+use crate::health::HealthState;
+use crate::pool::Pool;
+
+/// Starts the prober thread; it runs for the life of the process.
+pub fn spawn(pool: Arc<Pool>, config: HealthConfig) -> io::Result<thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    thread::Builder::new()
+        .name("ringlb-health".into())
+        .spawn(move || rt.block_on(run(pool, config)))
+}
+
+async fn run(pool: Arc<Pool>, config: HealthConfig) {
+    let mut states = vec![HealthState::new(config.rise, config.fall); pool.len()];
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut all_down = false;
+    loop {
+        ticker.tick().await;
+        // Concurrent, so one silent backend does not delay the others' checks.
+        let checks: Vec<_> = (0..pool.len())
+            .map(|i| tokio::spawn(check(pool.clone(), i, config.timeout)))
+            .collect();
+        for (i, handle) in checks.into_iter().enumerate() {
+            let result = handle
+                .await
+                .unwrap_or_else(|err| Err(format!("check task failed: {err}")));
+            let state = &mut states[i];
+            let passive = pool.take_failures(i);
+            let mut flipped = None;
+            for _ in 0..passive {
+                flipped = state.observe(false).or(flipped);
+            }
+            flipped = state.observe(result.is_ok()).or(flipped);
+            if let Some(up) = flipped {
+                pool.set_up(i, up);
+                let addr = pool.addr(i);
+                match (up, &result) {
+                    (true, _) => {
+                        info!(backend = %addr, "backend {addr} up after {} passed checks", config.rise)
+                    }
+                    (false, Err(err)) => {
+                        warn!(backend = %addr, "backend {addr} down after {} failed checks: {err}", config.fall)
+                    }
+                    (false, Ok(())) => {
+                        warn!(backend = %addr, passive, "backend {addr} down after {} failed connects", config.fall)
+                    }
+                }
+            }
+        }
+        let none_up = !pool.any_up();
+        if none_up != all_down {
+            all_down = none_up;
+            if none_up {
+                warn!("every backend is down: new clients are closed until one recovers");
+            } else {
+                info!("a backend is up again: serving clients");
+            }
+        }
+    }
+}
+
+/// One TCP connect to backend `i` within `timeout`.
+async fn check(pool: Arc<Pool>, i: usize, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(pool.addr(i))).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
