@@ -56,7 +56,7 @@ pub struct Cli {
     #[arg(long)]
     pub no_health_checks: bool,
 
-    /// Size of each relay buffer in bytes (one per direction per connection).
+    /// Size of the large relay buffer a busy direction reads into (idle ones use 512 bytes).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER_SIZE,
           value_parser = parse_buffer_size)]
     pub buffer_size: usize,

@@ -13,6 +13,7 @@
 //! - [`health`]: the pure rise/fall health state machine.
 //! - [`probe`]: the one prober thread that runs health checks and publishes them.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
+//! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod health;

@@ -18,6 +18,8 @@ use std::net::Shutdown;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use crate::buffer::BufPool;
+
 /// Which peer of the proxied connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -99,10 +101,10 @@ impl fmt::Display for CloseReason<'_> {
 
 /// Relays between `client` and `backend` until both directions have ended or
 /// one fails. Leaves both sockets open; the caller drops them.
-pub async fn relay(client: &TcpStream, backend: &TcpStream, buffer_size: usize) -> Outcome {
+pub async fn relay(client: &TcpStream, backend: &TcpStream, pool: &BufPool) -> Outcome {
     let first_eof = Cell::new(None);
-    let up = pump(client, backend, Side::Client, buffer_size, &first_eof);
-    let down = pump(backend, client, Side::Backend, buffer_size, &first_eof);
+    let up = pump(client, backend, Side::Client, pool, &first_eof);
+    let down = pump(backend, client, Side::Backend, pool, &first_eof);
     let ((to_backend, up_err), (to_client, down_err)) = tokio::join!(up, down);
     Outcome {
         to_backend,
@@ -118,33 +120,35 @@ async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     from: Side,
-    buffer_size: usize,
+    pool: &BufPool,
     first_eof: &Cell<Option<Side>>,
 ) -> (u64, Option<RelayError>) {
     let to = match from {
         Side::Client => Side::Backend,
         Side::Backend => Side::Client,
     };
-    let mut buf = Vec::with_capacity(buffer_size);
+    let mut buf = pool.small();
     let mut total = 0u64;
-    loop {
+    let error = loop {
         let (res, b) = src.read(buf).await;
         buf = b;
         let n = match res {
-            Ok(0) => break,
+            Ok(0) => break None,
             Ok(n) => n,
-            Err(source) => {
-                teardown(src, dst);
-                return (total, Some(RelayError::Read { side: from, source }));
-            }
+            Err(source) => break Some(RelayError::Read { side: from, source }),
         };
         let (res, slice) = dst.write_all(buf.slice(..n)).await;
         buf = slice.into_inner();
         if let Err(source) = res {
-            teardown(src, dst);
-            return (total, Some(RelayError::Write { side: to, source }));
+            break Some(RelayError::Write { side: to, source });
         }
         total += n as u64;
+        buf = pool.resize(buf, n);
+    };
+    pool.put(buf);
+    if error.is_some() {
+        teardown(src, dst);
+        return (total, error);
     }
     if first_eof.get().is_none() {
         first_eof.set(Some(from));

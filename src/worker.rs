@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::buffer::BufPool;
 use crate::config::Config;
 use crate::logging::Throttle;
 use crate::pool::Pool;
@@ -69,7 +70,9 @@ pub fn spawn(
 /// A ring with COOP_TASKRUN (fewer interrupts; kernel 5.19+), falling back to a plain one.
 fn build_runtime() -> io::Result<tokio_uring::Runtime> {
     let mut uring = tokio_uring::uring_builder();
-    uring.setup_coop_taskrun();
+    if std::env::var_os("RINGLB_NO_COOP").is_none() {
+        uring.setup_coop_taskrun();
+    }
     tokio_uring::Runtime::new(
         tokio_uring::builder()
             .entries(RING_ENTRIES)
@@ -83,8 +86,8 @@ fn build_runtime() -> io::Result<tokio_uring::Runtime> {
 struct Worker {
     /// Backend choice and connects.
     upstream: Upstream,
-    /// Bytes per relay buffer.
-    buffer_size: usize,
+    /// Large relay buffers for reuse.
+    buffers: BufPool,
     /// Open connections' sockets, so a drain that runs out of time can shut them down.
     conns: RefCell<Slab<Conn>>,
     /// Set once the drain timeout passed or a second signal came.
@@ -145,7 +148,7 @@ async fn serve(
     let listener = TcpListener::from_std(listener.into());
     let worker = Rc::new(Worker {
         upstream: Upstream::new(pool, config.balance, config.connect_timeout, id as u64),
-        buffer_size: config.buffer_size,
+        buffers: BufPool::new(config.buffer_size),
         conns: RefCell::new(Slab::new()),
         aborting: Cell::new(false),
         idle: Notify::new(),
@@ -218,7 +221,7 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         relay::teardown(&client, &backend);
     }
 
-    let outcome = relay(&client, &backend, worker.buffer_size).await;
+    let outcome = relay(&client, &backend, &worker.buffers).await;
     debug!(
         client = %peer,
         backend = %worker.upstream.pool().addr(lease.index()),

@@ -1,0 +1,121 @@
+//! Relay buffers, sized to the traffic. A pump starts with a small buffer, so
+//! an idle connection holds little memory; when a read fills it, the pump
+//! takes a large buffer from its worker's pool, and gives it back as soon as
+//! reads turn small again. Buffers are only swapped between a completed write
+//! and the next read, so the read-then-write-the-same-buffer rule holds.
+//!
+//! The pool is per worker (`RefCell`, no locks) and bounded, so memory freed
+//! after a burst returns to the allocator instead of piling up.
+
+use std::cell::RefCell;
+
+/// Bytes in the buffer a pump reads into while traffic is light.
+pub const SMALL: usize = 512;
+/// Most large buffers a worker keeps for reuse.
+const MAX_POOLED: usize = 256;
+
+/// A worker's stock of large buffers.
+#[derive(Debug)]
+pub struct BufPool {
+    /// Capacity of a large buffer (`--buffer-size`).
+    large: usize,
+    /// Buffers ready for reuse, each with capacity `large`.
+    free: RefCell<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    /// A pool of buffers of `large` bytes (at least [`SMALL`]).
+    pub fn new(large: usize) -> Self {
+        BufPool {
+            large: large.max(SMALL),
+            free: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A buffer to start a pump with.
+    pub fn small(&self) -> Vec<u8> {
+        Vec::with_capacity(SMALL)
+    }
+
+    /// The buffer to use for the next read, given the last one read `n` bytes
+    /// into `buf`: grows when the read filled a small buffer, shrinks when a
+    /// large buffer got only a small read.
+    pub fn resize(&self, buf: Vec<u8>, n: usize) -> Vec<u8> {
+        let cap = buf.capacity();
+        if cap < self.large && n == cap {
+            self.free
+                .borrow_mut()
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.large))
+        } else if cap >= self.large && n < SMALL && self.large > SMALL {
+            self.put(buf);
+            self.small()
+        } else {
+            buf
+        }
+    }
+
+    /// Returns a buffer when its pump is done.
+    pub fn put(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == self.large {
+            let mut free = self.free.borrow_mut();
+            if free.len() < MAX_POOLED {
+                buf.clear();
+                free.push(buf);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_on_a_full_read_and_shrinks_on_a_small_one() {
+        let pool = BufPool::new(65536);
+        let buf = pool.small();
+        assert_eq!(buf.capacity(), SMALL);
+        let buf = pool.resize(buf, 100);
+        assert_eq!(
+            buf.capacity(),
+            SMALL,
+            "a partial read keeps the small buffer"
+        );
+        let buf = pool.resize(buf, SMALL);
+        assert_eq!(buf.capacity(), 65536, "a full small read grows");
+        let buf = pool.resize(buf, 4096);
+        assert_eq!(
+            buf.capacity(),
+            65536,
+            "a medium read keeps the large buffer"
+        );
+        let buf = pool.resize(buf, 10);
+        assert_eq!(buf.capacity(), SMALL, "a small read shrinks");
+        assert_eq!(
+            pool.free.borrow().len(),
+            1,
+            "the large buffer went back to the pool"
+        );
+        let big = pool.resize(buf, SMALL);
+        assert_eq!(big.capacity(), 65536);
+        assert!(pool.free.borrow().is_empty(), "reused from the pool");
+    }
+
+    #[test]
+    fn pool_is_bounded() {
+        let pool = BufPool::new(4096);
+        for _ in 0..MAX_POOLED + 10 {
+            pool.put(Vec::with_capacity(4096));
+        }
+        pool.put(Vec::with_capacity(SMALL));
+        assert_eq!(pool.free.borrow().len(), MAX_POOLED);
+    }
+
+    #[test]
+    fn small_large_size_never_shrinks() {
+        let pool = BufPool::new(SMALL);
+        let buf = pool.resize(pool.small(), 1);
+        assert_eq!(buf.capacity(), SMALL);
+    }
+}
