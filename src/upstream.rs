@@ -5,18 +5,23 @@
 //! is at its `max-conns`, the client waits in a bounded queue for a slot, up to
 //! the connect timeout.
 //!
-//! Connects go through tokio's reactor under a timeout and only then become
-//! tokio-uring streams: a dropped io_uring connect would keep its socket until
-//! the kernel gave up (minutes), while dropping tokio's closes it at once.
+//! Connects are io_uring operations on a socket we own, so a timeout can
+//! shut the socket down, which completes the pending connect at once; a
+//! merely dropped io_uring connect would keep its socket until the kernel gave
+//! up on the SYN (minutes).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use io_uring::{opcode, types};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio_uring::net::TcpStream;
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 use tracing::warn;
 
 use crate::balance::{self, Algorithm, Balancer, PickContext};
@@ -178,19 +183,50 @@ impl Upstream {
     }
 }
 
-/// Connects to `addr` within `timeout`; on timeout the socket is closed at once.
+/// Connects to `addr` within `timeout` with an io_uring connect. On timeout
+/// the socket is shut down, which completes the pending connect in the kernel
+/// (dropping it would not), and then closed.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let io_err = |source| ConnectError::Io { addr, source };
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    }
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )
     .map_err(io_err)?;
     socket.set_nodelay(true).map_err(io_err)?;
-    let stream = tokio::time::timeout(timeout, socket.connect(addr))
-        .await
-        .map_err(|_| ConnectError::Timeout { addr, timeout })?
-        .map_err(io_err)?;
-    let std = stream.into_std().map_err(io_err)?;
-    Ok(TcpStream::from_std(std))
+    let target = Box::new(SockAddr::from(addr));
+    let sqe =
+        opcode::Connect::new(types::Fd(socket.as_raw_fd()), target.as_ptr(), target.len()).build();
+    // The address lives in the driver with the operation until the kernel is done with it.
+    let mut op = UnsubmittedOneshot::new(target, ConnectDone, sqe).submit();
+    let res = tokio::select! {
+        res = &mut op => res,
+        _ = tokio::time::sleep(timeout) => {
+            let _ = socket.shutdown(Shutdown::Both);
+            let _ = op.await;
+            return Err(ConnectError::Timeout { addr, timeout });
+        }
+    };
+    res.map_err(io_err)?;
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// Turns a connect completion into its result.
+struct ConnectDone;
+
+impl OneshotOutputTransform for ConnectDone {
+    type Output = io::Result<()>;
+    type StoredData = Box<SockAddr>;
+
+    fn transform_oneshot_output(
+        self,
+        _target: Box<SockAddr>,
+        cqe: io_uring::cqueue::Entry,
+    ) -> io::Result<()> {
+        match cqe.result() {
+            res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+            _ => Ok(()),
+        }
+    }
 }
