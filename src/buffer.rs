@@ -11,8 +11,8 @@ use std::cell::RefCell;
 
 /// Bytes in the buffer a pump reads into while traffic is light.
 pub const SMALL: usize = 512;
-/// Most large buffers a worker keeps for reuse.
-const MAX_POOLED: usize = 256;
+/// Most bytes of large buffers a worker keeps for reuse.
+const MAX_POOLED_BYTES: usize = 32 << 20;
 
 /// A worker's stock of large buffers.
 #[derive(Debug)]
@@ -21,14 +21,18 @@ pub struct BufPool {
     large: usize,
     /// Buffers ready for reuse, each with capacity `large`.
     free: RefCell<Vec<Vec<u8>>>,
+    /// How many of them to keep at most.
+    max_free: usize,
 }
 
 impl BufPool {
     /// A pool of buffers of `large` bytes (at least [`SMALL`]).
     pub fn new(large: usize) -> Self {
+        let large = large.max(SMALL);
         BufPool {
-            large: large.max(SMALL),
+            large,
             free: RefCell::new(Vec::new()),
+            max_free: (MAX_POOLED_BYTES / large).max(1),
         }
     }
 
@@ -59,7 +63,7 @@ impl BufPool {
     pub fn put(&self, mut buf: Vec<u8>) {
         if buf.capacity() == self.large {
             let mut free = self.free.borrow_mut();
-            if free.len() < MAX_POOLED {
+            if free.len() < self.max_free {
                 buf.clear();
                 free.push(buf);
             }
@@ -104,12 +108,12 @@ mod tests {
 
     #[test]
     fn pool_is_bounded() {
-        let pool = BufPool::new(4096);
-        for _ in 0..MAX_POOLED + 10 {
-            pool.put(Vec::with_capacity(4096));
+        let pool = BufPool::new(1 << 20);
+        for _ in 0..100 {
+            pool.put(Vec::with_capacity(1 << 20));
         }
         pool.put(Vec::with_capacity(SMALL));
-        assert_eq!(pool.free.borrow().len(), MAX_POOLED);
+        assert_eq!(pool.free.borrow().len(), MAX_POOLED_BYTES >> 20);
     }
 
     #[test]

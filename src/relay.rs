@@ -152,9 +152,11 @@ async fn pump(
     }
     if first_eof.get().is_none() {
         first_eof.set(Some(from));
+        let _ = dst.shutdown(Shutdown::Write);
     }
-    // Fails harmlessly (ENOTCONN) when the other pump already tore down.
-    let _ = dst.shutdown(Shutdown::Write);
+    // Otherwise the other direction has ended too: both sockets are about to
+    // be closed, and close() sends the FIN (both receive queues are drained,
+    // so it is a FIN, not a reset), which saves a shutdown call per connection.
     (total, None)
 }
 

@@ -29,6 +29,8 @@ use crate::upstream::Upstream;
 
 /// Submission queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
+/// Accept operations each worker keeps pending.
+const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Pause after a failed accept (EMFILE and the like), so we neither spin nor stall long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -70,9 +72,7 @@ pub fn spawn(
 /// A ring with COOP_TASKRUN (fewer interrupts; kernel 5.19+), falling back to a plain one.
 fn build_runtime() -> io::Result<tokio_uring::Runtime> {
     let mut uring = tokio_uring::uring_builder();
-    if std::env::var_os("RINGLB_NO_COOP").is_none() {
-        uring.setup_coop_taskrun();
-    }
+    uring.setup_coop_taskrun();
     tokio_uring::Runtime::new(
         tokio_uring::builder()
             .entries(RING_ENTRIES)
@@ -160,20 +160,23 @@ async fn serve(
         let _ = stopper.shutdown(Shutdown::Both);
     });
 
-    let accept_throttle = Throttle::new(Duration::from_secs(1));
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio_uring::spawn(handle(worker.clone(), stream, peer));
-            }
-            Err(_) if *watch.borrow() >= Phase::Draining => break,
-            Err(err) => {
-                if let Some(suppressed) = accept_throttle.allow(Instant::now()) {
-                    warn!(worker = id, %err, suppressed, "accept failed; backing off");
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
+    // Several accepts in flight, so a burst of new clients is taken in one
+    // turn of the ring rather than one client per turn.
+    let listener = Rc::new(listener);
+    let accept_throttle = Rc::new(Throttle::new(Duration::from_secs(1)));
+    let acceptors: Vec<_> = (0..ACCEPTS_IN_FLIGHT)
+        .map(|_| {
+            tokio_uring::spawn(accept_loop(
+                id,
+                listener.clone(),
+                worker.clone(),
+                watch.clone(),
+                accept_throttle.clone(),
+            ))
+        })
+        .collect();
+    for acceptor in acceptors {
+        let _ = acceptor.await;
     }
     drop(listener);
 
@@ -190,6 +193,30 @@ async fn serve(
     }
     worker.abort_all();
     worker.wait_idle().await;
+}
+
+/// Accepts clients until the listener is shut down for the drain.
+async fn accept_loop(
+    id: usize,
+    listener: Rc<TcpListener>,
+    worker: Rc<Worker>,
+    watch: shutdown::Watch,
+    throttle: Rc<Throttle>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio_uring::spawn(handle(worker.clone(), stream, peer));
+            }
+            Err(_) if *watch.borrow() >= Phase::Draining => break,
+            Err(err) => {
+                if let Some(suppressed) = throttle.allow(Instant::now()) {
+                    warn!(worker = id, %err, suppressed, "accept failed; backing off");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
 }
 
 /// One client connection, from accept to close.
