@@ -71,6 +71,14 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Pin worker N to the Nth CPU this process may run on.
+    #[arg(long)]
+    pub pin: bool,
+
+    /// Let a kernel thread per worker poll the io_uring submission queue (for machines with cores to spare).
+    #[arg(long)]
+    pub sqpoll: bool,
+
     /// Log line format on stderr.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -28,6 +28,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long open connections may run on after a stop signal.
     pub drain_timeout: Duration,
+    /// Pin each worker thread to one CPU.
+    pub pin: bool,
+    /// Use a kernel submission-polling thread per ring.
+    pub sqpoll: bool,
 }
 
 /// One backend of the pool.
@@ -148,6 +152,8 @@ impl Config {
             buffer_size: cli.buffer_size,
             connect_timeout: cli.connect_timeout,
             drain_timeout: cli.drain_timeout,
+            pin: cli.pin,
+            sqpoll: cli.sqpoll,
         })
     }
 }

@@ -29,6 +29,8 @@ use crate::upstream::Upstream;
 
 /// Submission queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
+/// How long the SQPOLL kernel thread spins without work before it sleeps.
+const SQPOLL_IDLE_MS: u32 = 1000;
 /// Accept operations each worker keeps pending.
 const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Pause after a failed accept (EMFILE and the like), so we neither spin nor stall long.
@@ -46,11 +48,21 @@ pub fn spawn(
     // A second handle on the listening socket: shutting it down completes the
     // pending accept, which dropping the accept future would not.
     let stopper = listener.try_clone()?;
+    let pin_to = config.pin.then(|| {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        (!cores.is_empty()).then(|| cores[id % cores.len()])
+    });
+    let pin_to = pin_to.flatten();
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = thread::Builder::new()
         .name(format!("ringlb-w{id}"))
         .spawn(move || {
-            let rt = match build_runtime() {
+            if let Some(core) = pin_to {
+                if !core_affinity::set_for_current(core) {
+                    warn!(worker = id, core = core.id, "cannot pin worker to its CPU");
+                }
+            }
+            let rt = match build_runtime(config.sqpoll) {
                 Ok(rt) => {
                     let _ = ready_tx.send(Ok(()));
                     rt
@@ -69,9 +81,26 @@ pub fn spawn(
     }
 }
 
-/// A ring with COOP_TASKRUN (fewer interrupts; kernel 5.19+), falling back to a plain one.
-fn build_runtime() -> io::Result<tokio_uring::Runtime> {
+/// A ring with COOP_TASKRUN (fewer interrupts; kernel 5.19+), falling back to
+/// a plain one. With `sqpoll`, a kernel thread polls the submission queue
+/// (no fallback: the user asked for it).
+fn build_runtime(sqpoll: bool) -> io::Result<tokio_uring::Runtime> {
     let mut uring = tokio_uring::uring_builder();
+    if sqpoll {
+        // COOP_TASKRUN is not allowed with SQPOLL.
+        uring.setup_sqpoll(SQPOLL_IDLE_MS);
+        return tokio_uring::Runtime::new(
+            tokio_uring::builder()
+                .entries(RING_ENTRIES)
+                .uring_builder(&uring),
+        )
+        .map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot set up io_uring with SQPOLL: {err}"),
+            )
+        });
+    }
     uring.setup_coop_taskrun();
     tokio_uring::Runtime::new(
         tokio_uring::builder()

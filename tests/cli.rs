@@ -187,3 +187,40 @@ fn one_listening_socket_per_worker() {
         .count();
     assert_eq!(listening, 3);
 }
+
+#[test]
+fn pin_gives_each_worker_one_cpu() {
+    let backend = Backend::echo();
+    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "2", "--pin"]);
+    let mut workers = 0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", lb.pid())).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        if !name.starts_with("ringlb-w") {
+            continue;
+        }
+        workers += 1;
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(
+            !allowed.contains(',') && !allowed.contains('-'),
+            "{name} may run on {allowed}"
+        );
+    }
+    assert_eq!(workers, 2);
+}
+
+#[test]
+fn sqpoll_ring_relays() {
+    let backend = Backend::echo();
+    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "1", "--sqpoll"]);
+    let mut conn = lb.connect();
+    conn.write_all(b"polled").unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut conn), b"polled");
+}
