@@ -113,6 +113,35 @@ fn bad_input_is_one_line_naming_the_value() {
         2,
         "=+=",
     );
+    rejects(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            b,
+            "--balance",
+            "fastest",
+        ],
+        2,
+        "fastest",
+    );
+    rejects(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            b,
+            "--connect-timeout",
+            "0s",
+        ],
+        2,
+        "--connect-timeout",
+    );
+    rejects(
+        &["--listen", "127.0.0.1:0", "--backend", b, "--fall", "0"],
+        2,
+        "--fall",
+    );
     rejects(&["--bogus"], 2, "--bogus");
     rejects(&["8080", "127.0.0.1"], 2, "BACKEND_PORT");
 }
@@ -143,6 +172,14 @@ fn help_documents_every_flag() {
         "-l",
         "-b",
         "-w",
+        "--balance",
+        "--health-interval",
+        "--health-timeout",
+        "--rise",
+        "--fall",
+        "--no-health-checks",
+        "--pin",
+        "--sqpoll",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
     }
