@@ -82,7 +82,7 @@ pub enum ConfigError {
     #[error("no backend: use --backend ADDR, once per backend")]
     NoBackend,
     /// A zero duration where time must pass.
-    #[error("invalid {flag} '{value:?}': must be more than zero")]
+    #[error("invalid {flag} '{}': must be more than zero", humantime::format_duration(*.value))]
     ZeroDuration {
         /// The flag.
         flag: &'static str,
