@@ -71,6 +71,31 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Close a connection after this long with no byte in either direction [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// Close a connection this long after it was accepted, busy or not [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_lifetime: Option<Duration>,
+
+    /// Most client connections open at once, across workers; past it new
+    /// clients wait in the kernel's backlog instead of being accepted [default: no limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns: Option<u64>,
+
+    /// Write one info line per closed connection (client, backend, bytes, duration, reason) to the log.
+    #[arg(long)]
+    pub access_log: bool,
+
+    /// Serve GET /metrics (Prometheus), /healthz and /backends (JSON) over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+
+    /// Frontend name, used in logs and metric labels.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub name: String,
+
     /// Pin worker N to the Nth CPU this process may run on.
     #[arg(long)]
     pub pin: bool,

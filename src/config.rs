@@ -28,6 +28,18 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long open connections may run on after a stop signal.
     pub drain_timeout: Duration,
+    /// Frontend name for logs and labels.
+    pub name: String,
+    /// Close connections idle this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close connections this old.
+    pub max_lifetime: Option<Duration>,
+    /// Most open client connections, across workers.
+    pub max_conns: Option<usize>,
+    /// One log line per closed connection.
+    pub access_log: bool,
+    /// Where the admin HTTP endpoint listens.
+    pub admin: Option<SocketAddr>,
     /// Pin each worker thread to one CPU.
     pub pin: bool,
     /// Use a kernel submission-polling thread per ring.
@@ -129,10 +141,13 @@ impl Config {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         for (flag, value) in [
-            ("--connect-timeout", cli.connect_timeout),
-            ("--health-interval", cli.health_interval),
-            ("--health-timeout", cli.health_timeout),
+            ("--connect-timeout", Some(cli.connect_timeout)),
+            ("--health-interval", Some(cli.health_interval)),
+            ("--health-timeout", Some(cli.health_timeout)),
+            ("--idle-timeout", cli.idle_timeout),
+            ("--max-lifetime", cli.max_lifetime),
         ] {
+            let Some(value) = value else { continue };
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration { flag, value });
             }
@@ -152,6 +167,12 @@ impl Config {
             buffer_size: cli.buffer_size,
             connect_timeout: cli.connect_timeout,
             drain_timeout: cli.drain_timeout,
+            name: cli.name.clone(),
+            idle_timeout: cli.idle_timeout,
+            max_lifetime: cli.max_lifetime,
+            max_conns: cli.max_conns.map(|n| n as usize),
+            access_log: cli.access_log,
+            admin: cli.admin.as_deref().map(resolve).transpose()?,
             pin: cli.pin,
             sqpoll: cli.sqpoll,
         })

@@ -6,7 +6,9 @@
 //! - [`config`]: command line -> validated [`config::Config`]; addresses resolved.
 //! - [`server`]: binds listeners, starts workers, turns signals into a drain.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners, the fd limit.
-//! - [`worker`]: one thread + one ring per core: accept, connect, relay, drain.
+//! - [`worker`]: one thread + one ring per core: accept loops, connection registry, drain.
+//! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log.
+//! - [`limit`]: the frontend's max-conns, shared by all workers.
 //! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
 //! - [`balance`]: the balancing algorithms, one file each, pure.
 //! - [`pool`]: the backends' cross-worker state (active counts, health) as atomics.
@@ -16,16 +18,22 @@
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
+//! - [`metrics`]: per-worker counters, summed at scrape; every metric name.
+//! - [`admin`]: the admin HTTP endpoint: /metrics, /healthz, /backends.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod balance;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod health;
+pub mod limit;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod probe;

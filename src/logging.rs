@@ -10,12 +10,22 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
-/// Installs the global subscriber writing to stderr. `filter` overrides RUST_LOG.
-pub fn init(format: LogFormat, filter: Option<&str>) -> Result<(), String> {
-    let filter = match filter {
+/// Where access log lines go, so they can be let through whatever the level.
+pub const ACCESS_TARGET: &str = "ringlb::access";
+
+/// Installs the global subscriber writing to stderr. `filter` overrides
+/// RUST_LOG; with `access_log`, access lines pass whatever the filter says.
+pub fn init(format: LogFormat, filter: Option<&str>, access_log: bool) -> Result<(), String> {
+    let mut filter = match filter {
         Some(f) => EnvFilter::try_new(f).map_err(|e| format!("invalid --log-level '{f}': {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    if access_log {
+        let directive = format!("{ACCESS_TARGET}=info")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        filter = filter.add_directive(directive);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

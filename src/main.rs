@@ -13,7 +13,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return clap_exit(err),
     };
-    if let Err(err) = ringlb::logging::init(cli.log_format, cli.log_level.as_deref()) {
+    if let Err(err) =
+        ringlb::logging::init(cli.log_format, cli.log_level.as_deref(), cli.access_log)
+    {
         eprintln!("ringlb: {err}");
         return ExitCode::from(2);
     }

@@ -14,6 +14,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::Shutdown;
+use std::time::Instant;
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -72,39 +73,28 @@ pub struct Outcome {
     pub error: Option<RelayError>,
 }
 
-impl Outcome {
-    /// Why the connection closed, for logs; `drained` when shutdown cut it short.
-    pub fn reason(&self, drained: bool) -> impl fmt::Display + '_ {
-        CloseReason {
-            outcome: self,
-            drained,
-        }
-    }
-}
-
-/// Formats a close reason only if a log line is actually written.
-struct CloseReason<'a> {
-    outcome: &'a Outcome,
-    drained: bool,
-}
-
-impl fmt::Display for CloseReason<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.outcome.error, self.outcome.first_eof) {
-            _ if self.drained => f.write_str("drain"),
-            (Some(err), _) => err.fmt(f),
-            (None, Some(side)) => write!(f, "{side} EOF"),
-            (None, None) => f.write_str("closed"),
+impl RelayError {
+    /// The side whose socket failed.
+    pub fn side(&self) -> Side {
+        match self {
+            RelayError::Read { side, .. } | RelayError::Write { side, .. } => *side,
         }
     }
 }
 
 /// Relays between `client` and `backend` until both directions have ended or
 /// one fails. Leaves both sockets open; the caller drops them.
-pub async fn relay(client: &TcpStream, backend: &TcpStream, pool: &BufPool) -> Outcome {
+/// When `activity` is given, every read that brings bytes stamps it with the
+/// time, for the idle timeout.
+pub async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    pool: &BufPool,
+    activity: Option<&Cell<Instant>>,
+) -> Outcome {
     let first_eof = Cell::new(None);
-    let up = pump(client, backend, Side::Client, pool, &first_eof);
-    let down = pump(backend, client, Side::Backend, pool, &first_eof);
+    let up = pump(client, backend, Side::Client, pool, &first_eof, activity);
+    let down = pump(backend, client, Side::Backend, pool, &first_eof, activity);
     let ((to_backend, up_err), (to_client, down_err)) = tokio::join!(up, down);
     Outcome {
         to_backend,
@@ -122,6 +112,7 @@ async fn pump(
     from: Side,
     pool: &BufPool,
     first_eof: &Cell<Option<Side>>,
+    activity: Option<&Cell<Instant>>,
 ) -> (u64, Option<RelayError>) {
     let to = match from {
         Side::Client => Side::Backend,
@@ -137,6 +128,9 @@ async fn pump(
             Ok(n) => n,
             Err(source) => break Some(RelayError::Read { side: from, source }),
         };
+        if let Some(activity) = activity {
+            activity.set(Instant::now());
+        }
         let (res, slice) = dst.write_all(buf.slice(..n)).await;
         buf = slice.into_inner();
         if let Err(source) = res {

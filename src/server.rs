@@ -7,7 +7,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminError};
 use crate::config::Config;
+use crate::limit::ConnLimit;
+use crate::metrics::Metrics;
 use crate::net::{self, BindError};
 use crate::pool::Pool;
 use crate::probe;
@@ -23,6 +26,9 @@ pub enum ServerError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The admin endpoint could not be opened.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// The health prober could not be started.
     #[error("cannot start the health prober: {0}")]
     Prober(std::io::Error),
@@ -57,9 +63,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     if let Some(health) = config.health {
         probe::spawn(pool.clone(), health).map_err(ServerError::Prober)?;
     }
+    let metrics = Arc::new(Metrics::new(&config.name, config.workers, pool.len()));
+    if let Some(addr) = config.admin {
+        admin::spawn(addr, metrics.clone(), pool.clone())?;
+    }
+    let shared = worker::Shared {
+        pool,
+        metrics,
+        limit: config.max_conns.map(ConnLimit::new),
+    };
     let mut handles = Vec::with_capacity(listeners.len());
     for (id, listener) in listeners.into_iter().enumerate() {
-        let handle = worker::spawn(id, config.clone(), pool.clone(), listener, watch.clone())
+        let handle = worker::spawn(id, config.clone(), shared.clone(), listener, watch.clone())
             .map_err(|source| ServerError::Worker { id, source })?;
         handles.push(handle);
     }

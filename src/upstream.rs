@@ -26,6 +26,7 @@ use tracing::warn;
 
 use crate::balance::{self, Algorithm, Balancer, PickContext};
 use crate::logging::Throttle;
+use crate::metrics::WorkerMetrics;
 use crate::pool::{Lease, Pool};
 
 /// Most clients one worker holds waiting for a free backend slot; past it they are closed.
@@ -118,12 +119,16 @@ impl Upstream {
 
     /// Connects `client` to a backend, trying each at most once, waiting for a
     /// slot while every healthy backend is full.
-    pub async fn connect(&self, client: IpAddr) -> Result<(Lease<'_>, TcpStream), NoBackend> {
+    pub async fn connect(
+        &self,
+        client: IpAddr,
+        metrics: &WorkerMetrics,
+    ) -> Result<(Lease<'_>, TcpStream), NoBackend> {
         let n = self.pool.len();
         let mut tried = vec![false; n];
         let mut deadline = None;
         loop {
-            match self.pass(client, &mut tried).await {
+            match self.pass(client, &mut tried, metrics).await {
                 Pass::Connected(lease, stream) => return Ok((lease, stream)),
                 Pass::Exhausted { full: false } if !self.pool.any_up() => {
                     return Err(NoBackend::AllDown)
@@ -137,13 +142,15 @@ impl Upstream {
                 return Err(NoBackend::AllFull);
             }
             self.queued.set(self.queued.get() + 1);
+            metrics.queued.inc();
             tokio::time::sleep(QUEUE_POLL).await;
+            metrics.queued.dec();
             self.queued.set(self.queued.get() - 1);
         }
     }
 
     /// Picks and connects until one connect succeeds or no candidate is left.
-    async fn pass(&self, client: IpAddr, tried: &mut [bool]) -> Pass<'_> {
+    async fn pass(&self, client: IpAddr, tried: &mut [bool], metrics: &WorkerMetrics) -> Pass<'_> {
         let pool = &*self.pool;
         // Backends that filled up between pick and lease; skipped for this pass only.
         let mut raced = vec![false; pool.len()];
@@ -170,10 +177,20 @@ impl Upstream {
                 continue;
             };
             tried[i] = true;
+            let counters = metrics.backends.get(i);
             match connect(pool.addr(i), self.timeout).await {
-                Ok(stream) => return Pass::Connected(lease, stream),
+                Ok(stream) => {
+                    if let Some(c) = counters {
+                        c.connections.inc();
+                    }
+                    return Pass::Connected(lease, stream);
+                }
                 Err(err) => {
                     pool.report_failure(i);
+                    metrics.connect_failures.inc();
+                    if let Some(c) = counters {
+                        c.connect_failures.inc();
+                    }
                     if let Some(suppressed) = self.warn_throttle.allow(Instant::now()) {
                         warn!(%err, suppressed, "backend connect failed");
                     }

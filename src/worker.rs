@@ -7,7 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use tokio::sync::Notify;
 use tokio_uring::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::buffer::BufPool;
 use crate::config::Config;
+use crate::conn;
+use crate::limit::ConnLimit;
 use crate::logging::Throttle;
+use crate::metrics::{Metrics, WorkerMetrics};
 use crate::pool::Pool;
-use crate::relay::{self, relay};
 use crate::shutdown::{self, Phase};
 use crate::upstream::Upstream;
 
@@ -36,12 +38,23 @@ const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Pause after a failed accept (EMFILE and the like), so we neither spin nor stall long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
+/// What all workers share: the pool, the counters, the connection limit.
+#[derive(Clone)]
+pub struct Shared {
+    /// Backends, health and active counts.
+    pub pool: Arc<Pool>,
+    /// Every worker's counters.
+    pub metrics: Arc<Metrics>,
+    /// The frontend's max-conns, if set.
+    pub limit: Option<Arc<ConnLimit>>,
+}
+
 /// Starts worker `id` on its own thread. Returns once its runtime is built, or
 /// the error that kept it from being built.
 pub fn spawn(
     id: usize,
     config: Arc<Config>,
-    pool: Arc<Pool>,
+    shared: Shared,
     listener: socket2::Socket,
     watch: shutdown::Watch,
 ) -> io::Result<thread::JoinHandle<()>> {
@@ -72,7 +85,7 @@ pub fn spawn(
                     return;
                 }
             };
-            rt.block_on(serve(id, config, pool, listener, stopper, watch));
+            rt.block_on(serve(id, config, shared, listener, stopper, watch));
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
@@ -112,26 +125,52 @@ fn build_runtime(sqpoll: bool) -> io::Result<tokio_uring::Runtime> {
 }
 
 /// The per-worker state every connection task shares.
-struct Worker {
+pub struct Worker {
+    /// Which worker, to find its counters.
+    id: usize,
+    /// The frontend's name, for logs and metric labels.
+    pub frontend: String,
     /// Backend choice and connects.
-    upstream: Upstream,
+    pub upstream: Upstream,
     /// Large relay buffers for reuse.
-    buffers: BufPool,
+    pub buffers: BufPool,
+    /// Per-connection time limits and logging.
+    pub limits: Limits,
+    /// Every worker's counters; this one writes only its own.
+    metrics: Arc<Metrics>,
     /// Open connections' sockets, so a drain that runs out of time can shut them down.
-    conns: RefCell<Slab<Conn>>,
+    pub conns: RefCell<Slab<Conn>>,
     /// Set once the drain timeout passed or a second signal came.
-    aborting: Cell<bool>,
+    pub aborting: Cell<bool>,
     /// Woken when the last connection closes, for the drain.
     idle: Notify,
 }
 
+/// Per-connection limits and logging, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Close after this long with no byte either way.
+    pub idle_timeout: Option<Duration>,
+    /// Close after this long regardless.
+    pub max_lifetime: Option<Duration>,
+    /// Write an access log line per connection.
+    pub access_log: bool,
+}
+
 /// The sockets of one open connection.
-struct Conn {
-    client: Rc<TcpStream>,
-    backend: Option<Rc<TcpStream>>,
+pub struct Conn {
+    /// The accepted socket.
+    pub client: Rc<TcpStream>,
+    /// The backend socket, once connected.
+    pub backend: Option<Rc<TcpStream>>,
 }
 
 impl Worker {
+    /// This worker's own counters.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.metrics.workers[self.id]
+    }
+
     /// Shuts every open connection down; their relays then end on their own.
     fn abort_all(&self) {
         self.aborting.set(true);
@@ -151,9 +190,11 @@ impl Worker {
 }
 
 /// Removes a connection from the registry when its task ends, however it ends.
-struct Registration {
-    worker: Rc<Worker>,
-    key: usize,
+pub struct Registration {
+    /// The worker whose registry holds it.
+    pub worker: Rc<Worker>,
+    /// Its key there.
+    pub key: usize,
 }
 
 impl Drop for Registration {
@@ -169,15 +210,28 @@ impl Drop for Registration {
 async fn serve(
     id: usize,
     config: Arc<Config>,
-    pool: Arc<Pool>,
+    shared: Shared,
     listener: socket2::Socket,
     stopper: socket2::Socket,
     mut watch: shutdown::Watch,
 ) {
     let listener = TcpListener::from_std(listener.into());
     let worker = Rc::new(Worker {
-        upstream: Upstream::new(pool, config.balance, config.connect_timeout, id as u64),
+        id,
+        frontend: config.name.clone(),
+        upstream: Upstream::new(
+            shared.pool,
+            config.balance,
+            config.connect_timeout,
+            id as u64,
+        ),
         buffers: BufPool::new(config.buffer_size),
+        limits: Limits {
+            idle_timeout: config.idle_timeout,
+            max_lifetime: config.max_lifetime,
+            access_log: config.access_log,
+        },
+        metrics: shared.metrics,
         conns: RefCell::new(Slab::new()),
         aborting: Cell::new(false),
         idle: Notify::new(),
@@ -199,6 +253,7 @@ async fn serve(
                 id,
                 listener.clone(),
                 worker.clone(),
+                shared.limit.clone(),
                 watch.clone(),
                 accept_throttle.clone(),
             ))
@@ -229,16 +284,27 @@ async fn accept_loop(
     id: usize,
     listener: Rc<TcpListener>,
     worker: Rc<Worker>,
-    watch: shutdown::Watch,
+    limit: Option<Arc<ConnLimit>>,
+    mut watch: shutdown::Watch,
     throttle: Rc<Throttle>,
 ) {
     loop {
+        // At max-conns, wait for a slot before accepting: the kernel's backlog
+        // holds new clients meanwhile.
+        let slot = match &limit {
+            Some(limit) => tokio::select! {
+                slot = limit.acquire() => Some(slot),
+                _ = shutdown::reached(&mut watch, Phase::Draining) => break,
+            },
+            None => None,
+        };
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio_uring::spawn(handle(worker.clone(), stream, peer));
+                tokio_uring::spawn(conn::handle(worker.clone(), stream, peer, slot));
             }
             Err(_) if *watch.borrow() >= Phase::Draining => break,
             Err(err) => {
+                worker.metrics().accept_errors.inc();
                 if let Some(suppressed) = throttle.allow(Instant::now()) {
                     warn!(worker = id, %err, suppressed, "accept failed; backing off");
                 }
@@ -246,45 +312,4 @@ async fn accept_loop(
             }
         }
     }
-}
-
-/// One client connection, from accept to close.
-async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
-    let start = Instant::now();
-    let client = Rc::new(client);
-    let key = worker.conns.borrow_mut().insert(Conn {
-        client: client.clone(),
-        backend: None,
-    });
-    let _registration = Registration {
-        worker: worker.clone(),
-        key,
-    };
-    if worker.aborting.get() {
-        return;
-    }
-
-    let (lease, backend) = match worker.upstream.connect(peer.ip()).await {
-        Ok(connected) => connected,
-        Err(reason) => {
-            debug!(client = %peer, %reason, "connection closed");
-            return;
-        }
-    };
-    let backend = Rc::new(backend);
-    worker.conns.borrow_mut()[key].backend = Some(backend.clone());
-    if worker.aborting.get() {
-        relay::teardown(&client, &backend);
-    }
-
-    let outcome = relay(&client, &backend, &worker.buffers).await;
-    debug!(
-        client = %peer,
-        backend = %worker.upstream.pool().addr(lease.index()),
-        to_backend = outcome.to_backend,
-        to_client = outcome.to_client,
-        duration = ?start.elapsed(),
-        reason = %outcome.reason(worker.aborting.get()),
-        "connection closed"
-    );
 }
