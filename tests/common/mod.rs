@@ -63,11 +63,15 @@ impl Ringlb {
                 panic!("ringlb did not start; log:\n{}", log.lock().unwrap());
             }
         };
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
+        let listen = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(json) => json["fields"]["listen"].as_str().map(str::to_string),
+            Err(_) => line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listen=").map(str::to_string)),
+        };
+        let addr = listen
             .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no listen= in start-up line: {line}"));
+            .unwrap_or_else(|| panic!("no listen address in start-up line: {line}"));
         Ringlb { child, addr, log }
     }
 
@@ -304,4 +308,41 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+impl Ringlb {
+    /// The value of `key=` in the first log line that has it, waiting for it to appear.
+    pub fn log_value(&self, key: &str) -> String {
+        let prefix = format!("{key}=");
+        let mut found = None;
+        wait_until(&format!("{key}= in the log"), || {
+            found = self
+                .log()
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&prefix).map(str::to_string));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut conn = client(addr);
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: ringlb\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let text = String::from_utf8(read_to_end(&mut conn)).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP response: {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
