@@ -1,17 +1,19 @@
 //! The admin endpoint: a small HTTP server on its own thread and its own
 //! listener (`--admin ADDR`), never on a worker. `GET /metrics` is the
-//! Prometheus text format, `GET /healthz` says whether any backend is up,
-//! `GET /backends` lists the pool as JSON.
+//! Prometheus text format, `GET /healthz` says whether every frontend has a
+//! backend up, `GET /backends` lists the pools as JSON. It always reads the
+//! current config generation.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::thread;
 
 use tiny_http::{Header, Method, Response, Server};
 use tracing::{info, warn};
 
+use crate::frontend::Generation;
 use crate::metrics::{self, Metrics};
 use crate::pool::Pool;
+use crate::worker::Generations;
 
 /// The admin listener could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -25,11 +27,7 @@ pub struct AdminError {
 
 /// Binds `addr` and serves on a thread of its own for the life of the process.
 /// Returns the bound address (useful with port 0).
-pub fn spawn(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    pool: Arc<Pool>,
-) -> Result<SocketAddr, AdminError> {
+pub fn spawn(addr: SocketAddr, generations: Generations) -> Result<SocketAddr, AdminError> {
     let err = |reason: String| AdminError { addr, reason };
     let server = Server::http(addr).map_err(|e| err(e.to_string()))?;
     let bound = server.server_addr().to_ip().unwrap_or(addr);
@@ -37,13 +35,14 @@ pub fn spawn(
         .name("ringlb-admin".into())
         .spawn(move || {
             for request in server.incoming_requests() {
+                let generation = generations.borrow().clone();
                 let (status, content_type, body) =
-                    route(request.method(), request.url(), &metrics, &pool);
-                let header = Header::from_bytes("Content-Type", content_type)
-                    .expect("static header is valid");
-                let response = Response::from_string(body)
-                    .with_status_code(status)
-                    .with_header(header);
+                    route(request.method(), request.url(), &generation);
+                let response = Response::from_string(body).with_status_code(status);
+                let response = match Header::from_bytes("Content-Type", content_type) {
+                    Ok(header) => response.with_header(header),
+                    Err(()) => response,
+                };
                 if let Err(err) = request.respond(response) {
                     warn!(%err, "admin response failed");
                 }
@@ -55,25 +54,38 @@ pub fn spawn(
 }
 
 /// Answers one request: status, content type, body.
-fn route(
-    method: &Method,
-    url: &str,
-    metrics: &Metrics,
-    pool: &Pool,
-) -> (u16, &'static str, String) {
+fn route(method: &Method, url: &str, generation: &Generation) -> (u16, &'static str, String) {
     let path = url.split('?').next().unwrap_or(url);
     if *method != Method::Get {
         return (405, "text/plain", "only GET is supported\n".into());
     }
     match path {
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4",
-            metrics::render(metrics, pool),
-        ),
-        "/healthz" if pool.any_up() => (200, "text/plain", "ok\n".into()),
-        "/healthz" => (503, "text/plain", "no backend is up\n".into()),
-        "/backends" => (200, "application/json", backends_json(metrics, pool)),
+        "/metrics" => {
+            let pairs: Vec<(&Metrics, &Pool)> = generation
+                .frontends
+                .iter()
+                .map(|f| (&*f.metrics, &*f.pool))
+                .collect();
+            (200, "text/plain; version=0.0.4", metrics::render(&pairs))
+        }
+        "/healthz" => {
+            let down: Vec<&str> = generation
+                .frontends
+                .iter()
+                .filter(|f| !f.pool.any_up())
+                .map(|f| f.config.name.as_str())
+                .collect();
+            if down.is_empty() {
+                (200, "text/plain", "ok\n".into())
+            } else {
+                (
+                    503,
+                    "text/plain",
+                    format!("no backend is up in: {}\n", down.join(", ")),
+                )
+            }
+        }
+        "/backends" => (200, "application/json", backends_json(generation)),
         _ => (
             404,
             "text/plain",
@@ -82,18 +94,13 @@ fn route(
     }
 }
 
-fn backends_json(metrics: &Metrics, pool: &Pool) -> String {
-    let backends: Vec<serde_json::Value> = (0..pool.len())
-        .map(|i| {
+fn backends_json(generation: &Generation) -> String {
+    let backends: Vec<serde_json::Value> = generation
+        .frontends
+        .iter()
+        .flat_map(|f| (0..f.pool.len()).map(move |i| (&*f.metrics, &*f.pool, i)))
+        .map(|(metrics, pool, i)| {
             let config = pool.config(i);
-            let sum = |f: fn(&metrics::BackendMetrics) -> &metrics::Counter| -> u64 {
-                metrics
-                    .workers
-                    .iter()
-                    .filter_map(|w| w.backends.get(i))
-                    .map(|b| f(b).get())
-                    .sum()
-            };
             serde_json::json!({
                 "frontend": metrics.frontend,
                 "address": config.addr.to_string(),
@@ -101,10 +108,10 @@ fn backends_json(metrics: &Metrics, pool: &Pool) -> String {
                 "max_conns": config.max_conns,
                 "up": pool.is_up(i),
                 "active": pool.active(i),
-                "connections_total": sum(|b| &b.connections),
-                "connect_failures": sum(|b| &b.connect_failures),
-                "bytes_in": sum(|b| &b.bytes_in),
-                "bytes_out": sum(|b| &b.bytes_out),
+                "connections_total": metrics.sum_backend(i, |b| &b.connections),
+                "connect_failures": metrics.sum_backend(i, |b| &b.connect_failures),
+                "bytes_in": metrics.sum_backend(i, |b| &b.bytes_in),
+                "bytes_out": metrics.sum_backend(i, |b| &b.bytes_out),
             })
         })
         .collect();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::balance::Algorithm;
+use crate::proxy_protocol::Version as ProxyVersion;
 
 /// Default size of the large relay buffer, in bytes. Measured with
 /// scripts/bench.sh's bulk workload: 16 KiB matched HAProxy, 64 KiB gave about
@@ -91,6 +92,18 @@ pub struct Cli {
     /// Serve GET /metrics (Prometheus), /healthz and /backends (JSON) over HTTP on this address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+
+    /// Send a PROXY protocol header (v1 text or v2 binary) to each backend, so it learns the client address.
+    #[arg(long, value_name = "VERSION")]
+    pub send_proxy: Option<ProxyVersion>,
+
+    /// Expect a PROXY protocol header (v1 or v2) from each client, e.g. behind another load balancer.
+    #[arg(long)]
+    pub accept_proxy: bool,
+
+    /// How long a client may take to send its PROXY protocol header.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub proxy_header_timeout: Duration,
 
     /// Frontend name, used in logs and metric labels.
     #[arg(long, value_name = "NAME", default_value = "default")]

@@ -8,34 +8,15 @@ use std::time::Duration;
 
 use crate::balance::Algorithm;
 use crate::cli::Cli;
+use crate::proxy_protocol::Version as ProxyVersion;
 
-/// Everything a worker needs to know, validated. Shared read-only by all workers.
-#[derive(Debug, Clone)]
+/// The whole process's settings, validated. Shared read-only by all workers.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Where clients connect; port 0 means "any free port", fixed by the first bind.
-    pub listen: SocketAddr,
-    /// The backend pool, in the order given; indexes into it identify a backend.
-    pub backends: Vec<BackendConfig>,
-    /// Number of worker threads, each with its own ring and listener.
+    /// Number of worker threads, each with its own ring and listeners.
     pub workers: usize,
-    /// How workers choose a backend.
-    pub balance: Algorithm,
-    /// Active health checks; `None` when turned off.
-    pub health: Option<HealthConfig>,
-    /// Bytes per relay buffer.
-    pub buffer_size: usize,
-    /// Upper bound on one backend connect attempt.
-    pub connect_timeout: Duration,
     /// How long open connections may run on after a stop signal.
     pub drain_timeout: Duration,
-    /// Frontend name for logs and labels.
-    pub name: String,
-    /// Close connections idle this long.
-    pub idle_timeout: Option<Duration>,
-    /// Close connections this old.
-    pub max_lifetime: Option<Duration>,
-    /// Most open client connections, across workers.
-    pub max_conns: Option<usize>,
     /// One log line per closed connection.
     pub access_log: bool,
     /// Where the admin HTTP endpoint listens.
@@ -44,6 +25,39 @@ pub struct Config {
     pub pin: bool,
     /// Use a kernel submission-polling thread per ring.
     pub sqpoll: bool,
+    /// The frontends, each a listen address with its own pool; names are unique.
+    pub frontends: Vec<FrontendConfig>,
+}
+
+/// One frontend: a listen address and everything about its backend pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrontendConfig {
+    /// Unique name, for logs, metric labels and reloads.
+    pub name: String,
+    /// Where clients connect; port 0 means "any free port", fixed by the first bind.
+    pub listen: SocketAddr,
+    /// The backend pool, in the order given; indexes into it identify a backend.
+    pub backends: Vec<BackendConfig>,
+    /// How workers choose a backend.
+    pub balance: Algorithm,
+    /// Active health checks; `None` when turned off.
+    pub health: Option<HealthConfig>,
+    /// Bytes per large relay buffer.
+    pub buffer_size: usize,
+    /// Upper bound on one backend connect attempt.
+    pub connect_timeout: Duration,
+    /// Close connections idle this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close connections this old.
+    pub max_lifetime: Option<Duration>,
+    /// Most open client connections, across workers.
+    pub max_conns: Option<usize>,
+    /// Send a PROXY protocol header of this version to backends.
+    pub send_proxy: Option<ProxyVersion>,
+    /// Expect a PROXY protocol header (v1 or v2) from every client.
+    pub accept_proxy: bool,
+    /// How long a client may take to send its PROXY header.
+    pub proxy_header_timeout: Duration,
 }
 
 /// One backend of the pool.
@@ -90,11 +104,29 @@ pub enum ConfigError {
     /// Neither --listen nor the rsp form was given.
     #[error("no listen address: use --listen ADDR (or the rsp form LISTEN_PORT BACKEND_HOST BACKEND_PORT)")]
     NoListen,
+    /// A config with no frontend.
+    #[error(
+        "no frontend: give --listen and --backend, or a config file with [[frontend]] sections"
+    )]
+    NoFrontend,
+    /// Two frontends with one name.
+    #[error("two frontends are named '{0}': names must be unique")]
+    DuplicateName(String),
+    /// Two frontends on one address.
+    #[error("frontends '{first}' and '{second}' both listen on {addr}")]
+    DuplicateListen {
+        /// The address.
+        addr: SocketAddr,
+        /// The first frontend's name.
+        first: String,
+        /// The second frontend's name.
+        second: String,
+    },
     /// An empty pool.
     #[error("no backend: use --backend ADDR, once per backend")]
     NoBackend,
     /// A zero duration where time must pass.
-    #[error("invalid {flag} '{}': must be more than zero", humantime::format_duration(*.value))]
+    #[error("invalid --{flag} '{}': must be more than zero", humantime::format_duration(*.value))]
     ZeroDuration {
         /// The flag.
         flag: &'static str,
@@ -114,7 +146,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Validates the command line into a config.
+    /// Validates the command line into a config with one frontend.
     pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
         let (listen, backends) = match (&cli.listen_port, &cli.backend_host, &cli.backend_port) {
             (Some(lport), Some(host), Some(bport)) => {
@@ -133,50 +165,86 @@ impl Config {
                 (listen, backends)
             }
         };
-        if backends.is_empty() {
-            return Err(ConfigError::NoBackend);
-        }
-        let workers = match cli.workers {
-            Some(n) => n as usize,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        for (flag, value) in [
-            ("--connect-timeout", Some(cli.connect_timeout)),
-            ("--health-interval", Some(cli.health_interval)),
-            ("--health-timeout", Some(cli.health_timeout)),
-            ("--idle-timeout", cli.idle_timeout),
-            ("--max-lifetime", cli.max_lifetime),
-        ] {
-            let Some(value) = value else { continue };
-            if value.is_zero() {
-                return Err(ConfigError::ZeroDuration { flag, value });
-            }
-        }
         let health = (!cli.no_health_checks).then_some(HealthConfig {
             interval: cli.health_interval,
             timeout: cli.health_timeout,
             rise: cli.rise,
             fall: cli.fall,
         });
-        Ok(Config {
+        let frontend = FrontendConfig {
+            name: cli.name.clone(),
             listen,
             backends,
-            workers,
             balance: cli.balance,
             health,
             buffer_size: cli.buffer_size,
             connect_timeout: cli.connect_timeout,
-            drain_timeout: cli.drain_timeout,
-            name: cli.name.clone(),
             idle_timeout: cli.idle_timeout,
             max_lifetime: cli.max_lifetime,
             max_conns: cli.max_conns.map(|n| n as usize),
+            send_proxy: cli.send_proxy,
+            accept_proxy: cli.accept_proxy,
+            proxy_header_timeout: cli.proxy_header_timeout,
+        };
+        let config = Config {
+            workers: cli.workers.map_or_else(default_workers, |n| n as usize),
+            drain_timeout: cli.drain_timeout,
             access_log: cli.access_log,
             admin: cli.admin.as_deref().map(resolve).transpose()?,
             pin: cli.pin,
             sqpoll: cli.sqpoll,
-        })
+            frontends: vec![frontend],
+        };
+        config.validate()?;
+        Ok(config)
     }
+
+    /// Checks what no single field can: durations above zero, a pool per
+    /// frontend, unique names and listen addresses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.frontends.is_empty() {
+            return Err(ConfigError::NoFrontend);
+        }
+        for (i, fe) in self.frontends.iter().enumerate() {
+            if fe.backends.is_empty() {
+                return Err(ConfigError::NoBackend);
+            }
+            let health = fe.health.as_ref();
+            for (flag, value) in [
+                ("connect-timeout", Some(fe.connect_timeout)),
+                ("health-interval", health.map(|h| h.interval)),
+                ("health-timeout", health.map(|h| h.timeout)),
+                ("idle-timeout", fe.idle_timeout),
+                ("max-lifetime", fe.max_lifetime),
+                ("proxy-header-timeout", Some(fe.proxy_header_timeout)),
+            ] {
+                if value.is_some_and(|v| v.is_zero()) {
+                    return Err(ConfigError::ZeroDuration {
+                        flag,
+                        value: Duration::ZERO,
+                    });
+                }
+            }
+            for other in &self.frontends[..i] {
+                if other.name == fe.name {
+                    return Err(ConfigError::DuplicateName(fe.name.clone()));
+                }
+                if other.listen == fe.listen && fe.listen.port() != 0 {
+                    return Err(ConfigError::DuplicateListen {
+                        addr: fe.listen,
+                        first: other.name.clone(),
+                        second: fe.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One worker per CPU the process may use.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Joins host and port, bracketing bare IPv6 literals.

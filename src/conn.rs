@@ -14,9 +14,10 @@ use tracing::{debug, info};
 
 use crate::limit::Slot;
 use crate::logging::ACCESS_TARGET;
+use crate::metrics::WorkerMetrics;
 use crate::relay::{self, relay, Outcome, Side};
 use crate::upstream::NoBackend;
-use crate::worker::{Conn, Registration, Worker};
+use crate::worker::{Conn, FrontendState, Registration, Worker};
 
 /// Why a connection closed, as the access log says it.
 #[derive(Debug)]
@@ -50,10 +51,16 @@ impl fmt::Display for Ended<'_> {
 
 /// Runs one client connection to its end. `slot` is its place under the
 /// frontend's max-conns, freed when this returns.
-pub async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, slot: Option<Slot>) {
+pub async fn handle(
+    worker: Rc<Worker>,
+    fe: Rc<FrontendState>,
+    client: TcpStream,
+    peer: SocketAddr,
+    slot: Option<Slot>,
+) {
     let _slot = slot;
     let start = Instant::now();
-    let metrics = worker.metrics();
+    let metrics = fe.metrics(worker.id);
     metrics.connections_total.inc();
     metrics.connections_active.inc();
     let client = Rc::new(client);
@@ -69,14 +76,14 @@ pub async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, slo
     let connected = if worker.aborting.get() {
         Err(NoBackend::AllFailed)
     } else {
-        worker.upstream.connect(peer.ip(), metrics).await
+        fe.upstream.connect(peer.ip(), metrics).await
     };
     let (lease, backend) = match connected {
         Ok(connected) => connected,
         Err(why) => {
             metrics.no_backend.inc();
             metrics.connections_active.dec();
-            log_close(&worker, peer, None, 0, 0, start, &Ended::NoBackend(why));
+            log_close(&fe, peer, None, 0, 0, start, &Ended::NoBackend(why));
             return;
         }
     };
@@ -87,10 +94,10 @@ pub async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, slo
         relay::teardown(&client, &backend);
     }
 
-    let limits = &worker.limits;
+    let limits = &fe.limits;
     let activity = Cell::new(start);
     let track = limits.idle_timeout.map(|_| &activity);
-    let relayed = relay(&client, &backend, &worker.buffers, track);
+    let relayed = relay(&client, &backend, &fe.buffers, track);
     let (outcome, timed_out) = if limits.idle_timeout.is_none() && limits.max_lifetime.is_none() {
         (relayed.await, None)
     } else {
@@ -104,7 +111,7 @@ pub async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, slo
         }
     };
 
-    count(&worker, index, &outcome, timed_out.is_some());
+    count(fe.metrics(worker.id), index, &outcome, timed_out.is_some());
     let ended = if worker.aborting.get() {
         Ended::Drain
     } else if let Some(ended) = timed_out {
@@ -114,9 +121,9 @@ pub async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, slo
     } else {
         Ended::Eof(outcome.first_eof.unwrap_or(Side::Client))
     };
-    let addr = worker.upstream.pool().addr(index);
+    let addr = fe.upstream.pool().addr(index);
     log_close(
-        &worker,
+        &fe,
         peer,
         Some(addr),
         outcome.to_backend,
@@ -128,8 +135,7 @@ pub async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, slo
 }
 
 /// Adds a finished connection to this worker's counters.
-fn count(worker: &Worker, backend: usize, outcome: &Outcome, timed_out: bool) {
-    let m = worker.metrics();
+fn count(m: &WorkerMetrics, backend: usize, outcome: &Outcome, timed_out: bool) {
     m.connections_active.dec();
     m.bytes_in.add(outcome.to_backend);
     m.bytes_out.add(outcome.to_client);
@@ -186,7 +192,7 @@ impl fmt::Display for MaybeAddr {
 /// The per-connection line: at info on the access log target when
 /// `--access-log` is on, else at debug.
 fn log_close(
-    worker: &Worker,
+    fe: &FrontendState,
     client: SocketAddr,
     backend: Option<SocketAddr>,
     bytes_in: u64,
@@ -196,11 +202,11 @@ fn log_close(
 ) {
     let backend = MaybeAddr(backend);
     let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
-    if worker.limits.access_log {
+    if fe.limits.access_log {
         info!(
             target: ACCESS_TARGET,
             client = %client,
-            frontend = %worker.frontend,
+            frontend = fe.name(),
             backend = %backend,
             bytes_in,
             bytes_out,
@@ -211,7 +217,7 @@ fn log_close(
     } else {
         debug!(
             client = %client,
-            frontend = %worker.frontend,
+            frontend = fe.name(),
             backend = %backend,
             bytes_in,
             bytes_out,

@@ -4,7 +4,8 @@
 //! How a byte travels, module by module:
 //! - [`cli`]: the command line, every flag documented.
 //! - [`config`]: command line -> validated [`config::Config`]; addresses resolved.
-//! - [`server`]: binds listeners, starts workers, turns signals into a drain.
+//! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP).
+//! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners, the fd limit.
 //! - [`worker`]: one thread + one ring per core: accept loops, connection registry, drain.
 //! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log.
@@ -14,6 +15,7 @@
 //! - [`pool`]: the backends' cross-worker state (active counts, health) as atomics.
 //! - [`health`]: the pure rise/fall health state machine.
 //! - [`probe`]: the one prober thread that runs health checks and publishes them.
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
 //! - [`shutdown`]: the stop phase, published to every worker.
@@ -30,6 +32,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod frontend;
 pub mod health;
 pub mod limit;
 pub mod logging;
@@ -37,6 +40,7 @@ pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod probe;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod server;
 pub mod shutdown;

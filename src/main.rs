@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match ringlb::server::run(config) {
+    match ringlb::server::run(config, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ringlb: {err}");

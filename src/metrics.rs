@@ -170,7 +170,8 @@ impl Metrics {
             .fold(0, u64::wrapping_add)
     }
 
-    fn sum_backend(&self, i: usize, f: impl Fn(&BackendMetrics) -> &Counter) -> u64 {
+    /// One backend's counter summed over workers.
+    pub fn sum_backend(&self, i: usize, f: impl Fn(&BackendMetrics) -> &Counter) -> u64 {
         self.workers
             .iter()
             .filter_map(|w| w.backends.get(i))
@@ -179,101 +180,114 @@ impl Metrics {
     }
 }
 
-/// The Prometheus text exposition of `metrics` and `pool`.
-pub fn render(metrics: &Metrics, pool: &Pool) -> String {
+/// The Prometheus text exposition of every frontend's counters and pool.
+pub fn render(frontends: &[(&Metrics, &Pool)]) -> String {
     use names::*;
-    let fe = &metrics.frontend;
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, value) in samples {
             let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
     };
-    let front = |v: u64| vec![(format!("frontend=\"{fe}\""), v)];
+    let front = |f: &dyn Fn(&WorkerMetrics) -> &Counter| -> Vec<(String, u64)> {
+        frontends
+            .iter()
+            .map(|(m, _)| (format!("frontend=\"{}\"", m.frontend), m.sum(f)))
+            .collect()
+    };
     family(
         CONNECTIONS_TOTAL,
         "counter",
         "Client connections accepted.",
-        &front(metrics.sum(|w| &w.connections_total)),
+        front(&|w| &w.connections_total),
     );
     family(
         CONNECTIONS_ACTIVE,
         "gauge",
         "Client connections open.",
-        &front(metrics.sum(|w| &w.connections_active)),
+        front(&|w| &w.connections_active),
     );
     family(
         BYTES_IN,
         "counter",
         "Bytes relayed from clients to backends.",
-        &front(metrics.sum(|w| &w.bytes_in)),
+        front(&|w| &w.bytes_in),
     );
     family(
         BYTES_OUT,
         "counter",
         "Bytes relayed from backends to clients.",
-        &front(metrics.sum(|w| &w.bytes_out)),
+        front(&|w| &w.bytes_out),
     );
     family(
         CONNECT_FAILURES,
         "counter",
         "Backend connects that failed or timed out.",
-        &front(metrics.sum(|w| &w.connect_failures)),
+        front(&|w| &w.connect_failures),
     );
+    let by_side = frontends
+        .iter()
+        .flat_map(|(m, _)| {
+            [
+                (
+                    format!("frontend=\"{}\",side=\"client\"", m.frontend),
+                    m.sum(|w| &w.client_errors),
+                ),
+                (
+                    format!("frontend=\"{}\",side=\"backend\"", m.frontend),
+                    m.sum(|w| &w.backend_errors),
+                ),
+            ]
+        })
+        .collect();
     family(
         RELAY_ERRORS,
         "counter",
         "Connections ended by a read or write error, by side.",
-        &[
-            (
-                format!("frontend=\"{fe}\",side=\"client\""),
-                metrics.sum(|w| &w.client_errors),
-            ),
-            (
-                format!("frontend=\"{fe}\",side=\"backend\""),
-                metrics.sum(|w| &w.backend_errors),
-            ),
-        ],
+        by_side,
     );
     family(
         ACCEPT_ERRORS,
         "counter",
         "Failed accept calls.",
-        &front(metrics.sum(|w| &w.accept_errors)),
+        front(&|w| &w.accept_errors),
     );
     family(
         NO_BACKEND,
         "counter",
         "Clients closed because no backend could take them.",
-        &front(metrics.sum(|w| &w.no_backend)),
+        front(&|w| &w.no_backend),
     );
     family(
         TIMEOUTS,
         "counter",
         "Connections closed by the idle timeout or lifetime limit.",
-        &front(metrics.sum(|w| &w.timeouts)),
+        front(&|w| &w.timeouts),
     );
     family(
         PROXY_HEADER_ERRORS,
         "counter",
         "Clients closed for a bad PROXY protocol header.",
-        &front(metrics.sum(|w| &w.proxy_header_errors)),
+        front(&|w| &w.proxy_header_errors),
     );
     family(
         QUEUE_LENGTH,
         "gauge",
         "Clients waiting for a backend slot.",
-        &front(metrics.sum(|w| &w.queued)),
+        front(&|w| &w.queued),
     );
 
-    let per_backend = |f: &dyn Fn(usize) -> u64| -> Vec<(String, u64)> {
-        (0..pool.len())
-            .map(|i| {
-                (
-                    format!("frontend=\"{fe}\",backend=\"{}\"", pool.addr(i)),
-                    f(i),
-                )
+    let per_backend = |f: &dyn Fn(&Metrics, &Pool, usize) -> u64| -> Vec<(String, u64)> {
+        frontends
+            .iter()
+            .flat_map(|(m, pool)| {
+                (0..pool.len()).map(move |i| {
+                    (
+                        format!("frontend=\"{}\",backend=\"{}\"", m.frontend, pool.addr(i)),
+                        f(m, pool, i),
+                    )
+                })
             })
             .collect()
     };
@@ -281,37 +295,37 @@ pub fn render(metrics: &Metrics, pool: &Pool) -> String {
         BACKEND_CONNECTIONS_TOTAL,
         "counter",
         "Connections made to each backend.",
-        &per_backend(&|i| metrics.sum_backend(i, |b| &b.connections)),
+        per_backend(&|m, _, i| m.sum_backend(i, |b| &b.connections)),
     );
     family(
         BACKEND_CONNECTIONS_ACTIVE,
         "gauge",
         "Connections open to each backend.",
-        &per_backend(&|i| pool.active(i) as u64),
+        per_backend(&|_, p, i| p.active(i) as u64),
     );
     family(
         BACKEND_CONNECT_FAILURES,
         "counter",
         "Failed connects to each backend.",
-        &per_backend(&|i| metrics.sum_backend(i, |b| &b.connect_failures)),
+        per_backend(&|m, _, i| m.sum_backend(i, |b| &b.connect_failures)),
     );
     family(
         BACKEND_BYTES_IN,
         "counter",
         "Bytes sent to each backend.",
-        &per_backend(&|i| metrics.sum_backend(i, |b| &b.bytes_in)),
+        per_backend(&|m, _, i| m.sum_backend(i, |b| &b.bytes_in)),
     );
     family(
         BACKEND_BYTES_OUT,
         "counter",
         "Bytes received from each backend.",
-        &per_backend(&|i| metrics.sum_backend(i, |b| &b.bytes_out)),
+        per_backend(&|m, _, i| m.sum_backend(i, |b| &b.bytes_out)),
     );
     family(
         BACKEND_UP,
         "gauge",
         "1 while the backend passes health checks.",
-        &per_backend(&|i| pool.is_up(i) as u64),
+        per_backend(&|_, p, i| p.is_up(i) as u64),
     );
     out
 }
@@ -336,7 +350,7 @@ mod tests {
         m.workers[1].connections_active.inc();
         m.workers[1].connections_active.inc();
         m.workers[1].connections_active.dec();
-        let text = render(&m, &pool);
+        let text = render(&[(&m, &pool)]);
         assert!(
             text.contains("ringlb_connections_total{frontend=\"web\"} 7\n"),
             "{text}"

@@ -1,10 +1,12 @@
-//! Active health checks: one prober thread per process (not per worker) that
-//! connects to each backend every interval, feeds the results, and the
-//! failures workers reported, into each backend's [`HealthState`], and
-//! publishes flips to the [`Pool`] that workers read without locks.
+//! Active health checks: one prober thread per pool (shared by all workers,
+//! not one per worker) that connects to each backend every interval, feeds the
+//! results, and the failures workers reported, into each backend's
+//! [`HealthState`], and publishes flips to the [`Pool`] that workers read
+//! without locks. It holds the pool weakly and ends once a reload has replaced
+//! the pool and its last connection is gone.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -14,23 +16,33 @@ use crate::config::HealthConfig;
 use crate::health::HealthState;
 use crate::pool::Pool;
 
-/// Starts the prober thread; it runs for the life of the process.
-pub fn spawn(pool: Arc<Pool>, config: HealthConfig) -> io::Result<thread::JoinHandle<()>> {
+/// Starts the prober thread for `pool`; it runs as long as the pool lives.
+pub fn spawn(
+    pool: Weak<Pool>,
+    frontend: String,
+    config: HealthConfig,
+) -> io::Result<thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     thread::Builder::new()
         .name("ringlb-health".into())
-        .spawn(move || rt.block_on(run(pool, config)))
+        .spawn(move || rt.block_on(run(pool, frontend, config)))
 }
 
-async fn run(pool: Arc<Pool>, config: HealthConfig) {
-    let mut states = vec![HealthState::new(config.rise, config.fall); pool.len()];
+async fn run(weak: Weak<Pool>, frontend: String, config: HealthConfig) {
+    let Some(len) = weak.upgrade().map(|p| p.len()) else {
+        return;
+    };
+    let mut states = vec![HealthState::new(config.rise, config.fall); len];
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut all_down = false;
     loop {
         ticker.tick().await;
+        let Some(pool) = weak.upgrade() else {
+            return;
+        };
         // Concurrent, so one silent backend does not delay the others' checks.
         let checks: Vec<_> = (0..pool.len())
             .map(|i| tokio::spawn(check(pool.clone(), i, config.timeout)))
@@ -66,9 +78,9 @@ async fn run(pool: Arc<Pool>, config: HealthConfig) {
         if none_up != all_down {
             all_down = none_up;
             if none_up {
-                warn!("every backend is down: new clients are closed until one recovers");
+                warn!(%frontend, "every backend is down: new clients are closed until one recovers");
             } else {
-                info!("a backend is up again: serving clients");
+                info!(%frontend, "a backend is up again: serving clients");
             }
         }
     }

@@ -1,21 +1,24 @@
-//! The process: bind the listeners, start one worker per listener, turn
-//! SIGINT/SIGTERM into the drain, and return when every worker has finished.
+//! The process: build the first config generation (binding every listener),
+//! start one worker per CPU, and turn signals into actions: SIGINT/SIGTERM
+//! into the drain, SIGHUP into a config reload. Returns when every worker has
+//! finished.
 
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminError};
 use crate::config::Config;
-use crate::limit::ConnLimit;
-use crate::metrics::Metrics;
+use crate::frontend::Generation;
 use crate::net::{self, BindError};
-use crate::pool::Pool;
-use crate::probe;
 use crate::shutdown::{self, Phase};
 use crate::worker;
+
+/// Re-reads the configuration for a reload; its error is one line.
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send>;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,15 +26,12 @@ pub enum ServerError {
     /// A listener could not be set up.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// Signal handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
     /// The admin endpoint could not be opened.
     #[error(transparent)]
     Admin(#[from] AdminError),
-    /// The health prober could not be started.
-    #[error("cannot start the health prober: {0}")]
-    Prober(std::io::Error),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
     /// A worker's thread or ring could not be started.
     #[error("cannot start worker {id}: {source}")]
     Worker {
@@ -43,54 +43,62 @@ pub enum ServerError {
 }
 
 /// Runs until a stop signal has been handled and every connection drained.
-pub fn run(config: Config) -> Result<(), ServerError> {
+/// `reload`, when given, is called on SIGHUP for the new configuration.
+pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> {
     match net::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(err) => warn!(%err, "cannot raise the open file limit"),
     }
-    let listeners = net::bind_listeners(config.listen, config.workers)?;
-    let listen = listeners
-        .first()
-        .and_then(|l| l.local_addr().ok())
-        .and_then(|a| a.as_socket())
-        .unwrap_or(config.listen);
+    let generation = Arc::new(Generation::build(0, config, None)?);
+    let workers = generation.config.workers;
+    let admin = generation.config.admin;
+    let (publish, generations) = watch::channel(generation.clone());
+    let (trigger, phase) = shutdown::channel();
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServerError::Signals)?;
 
-    let (trigger, watch) = shutdown::channel();
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;
-
-    let config = Arc::new(config);
-    let pool = Arc::new(Pool::new(&config.backends));
-    if let Some(health) = config.health {
-        probe::spawn(pool.clone(), health).map_err(ServerError::Prober)?;
-    }
-    let metrics = Arc::new(Metrics::new(&config.name, config.workers, pool.len()));
-    if let Some(addr) = config.admin {
-        admin::spawn(addr, metrics.clone(), pool.clone())?;
-    }
-    let shared = worker::Shared {
-        pool,
-        metrics,
-        limit: config.max_conns.map(ConnLimit::new),
-    };
-    let mut handles = Vec::with_capacity(listeners.len());
-    for (id, listener) in listeners.into_iter().enumerate() {
-        let handle = worker::spawn(id, config.clone(), shared.clone(), listener, watch.clone())
+    let mut handles = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let handle = worker::spawn(id, generations.clone(), phase.clone())
             .map_err(|source| ServerError::Worker { id, source })?;
         handles.push(handle);
     }
-    let backends: Vec<String> = config.backends.iter().map(|b| b.addr.to_string()).collect();
+    if let Some(addr) = admin {
+        admin::spawn(addr, generations.clone())?;
+    }
+    for fe in &generation.frontends {
+        let backends: Vec<String> = fe
+            .config
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        info!(
+            frontend = %fe.config.name,
+            listen = %fe.listeners.addr,
+            backends = %backends.join(","),
+            balance = %fe.config.balance,
+            "frontend ready"
+        );
+    }
     info!(
-        %listen,
-        workers = config.workers,
-        backends = %backends.join(","),
-        balance = %config.balance,
+        listen = %generation.frontends[0].listeners.addr,
+        workers,
+        frontends = generation.frontends.len(),
         "ringlb started"
     );
+    drop(generation);
 
     std::thread::Builder::new()
         .name("ringlb-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match &reload {
+                        Some(reload) => apply_reload(reload, &publish),
+                        None => info!("SIGHUP: no config file to reload (started from flags)"),
+                    }
+                    continue;
+                }
                 match trigger.escalate() {
                     Phase::Draining => {
                         info!(signal, "stopping: no new connections, draining open ones")
@@ -106,4 +114,48 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     info!("ringlb stopped");
     Ok(())
+}
+
+/// Reads the new config, builds its generation and publishes it; on any
+/// error logs it and keeps the running one.
+fn apply_reload(reload: &Reloader, publish: &watch::Sender<Arc<Generation>>) {
+    let current = publish.borrow().clone();
+    let mut config = match reload() {
+        Ok(config) => config,
+        Err(err) => {
+            error!("reload rejected, keeping the running config: {err}");
+            return;
+        }
+    };
+    // Thread and ring settings are fixed at start.
+    let old = &current.config;
+    for (what, changed) in [
+        ("workers", config.workers != old.workers),
+        ("pin", config.pin != old.pin),
+        ("sqpoll", config.sqpoll != old.sqpoll),
+        ("admin", config.admin != old.admin),
+        ("drain-timeout", config.drain_timeout != old.drain_timeout),
+    ] {
+        if changed {
+            warn!("reload: a change of {what} takes a restart; keeping the running value");
+        }
+    }
+    config.workers = old.workers;
+    config.pin = old.pin;
+    config.sqpoll = old.sqpoll;
+    config.admin = old.admin;
+    config.drain_timeout = old.drain_timeout;
+
+    match Generation::build(current.id + 1, config, Some(&current)) {
+        Ok(next) => {
+            let names: Vec<&str> = next
+                .frontends
+                .iter()
+                .map(|f| f.config.name.as_str())
+                .collect();
+            info!(generation = next.id, frontends = %names.join(","), "config reloaded");
+            publish.send_replace(Arc::new(next));
+        }
+        Err(err) => error!("reload rejected, keeping the running config: {err}"),
+    }
 }

@@ -1,6 +1,7 @@
 //! One worker: an OS thread running its own tokio-uring runtime around its own
-//! SO_REUSEPORT listener. It accepts clients, connects each to a backend, runs
-//! the relay, and on shutdown stops accepting and drains.
+//! SO_REUSEPORT listener for each frontend. It accepts clients and hands each
+//! to [`conn::handle`]; it follows config reloads (new generations) without
+//! dropping a listener that stays; on shutdown it stops accepting and drains.
 //!
 //! All state here is per worker (`Rc`, `Cell`, `RefCell`): tasks never cross
 //! threads, so nothing on the data path takes a lock or shares a cache line.
@@ -15,17 +16,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
 use crate::buffer::BufPool;
-use crate::config::Config;
 use crate::conn;
-use crate::limit::ConnLimit;
+use crate::frontend::{Frontend, Generation};
 use crate::logging::Throttle;
-use crate::metrics::{Metrics, WorkerMetrics};
-use crate::pool::Pool;
+use crate::metrics::WorkerMetrics;
 use crate::shutdown::{self, Phase};
 use crate::upstream::Upstream;
 
@@ -33,39 +32,31 @@ use crate::upstream::Upstream;
 const RING_ENTRIES: u32 = 1024;
 /// How long the SQPOLL kernel thread spins without work before it sleeps.
 const SQPOLL_IDLE_MS: u32 = 1000;
-/// Accept operations each worker keeps pending.
+/// Accept operations each worker keeps pending per frontend.
 const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Pause after a failed accept (EMFILE and the like), so we neither spin nor stall long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
-/// What all workers share: the pool, the counters, the connection limit.
-#[derive(Clone)]
-pub struct Shared {
-    /// Backends, health and active counts.
-    pub pool: Arc<Pool>,
-    /// Every worker's counters.
-    pub metrics: Arc<Metrics>,
-    /// The frontend's max-conns, if set.
-    pub limit: Option<Arc<ConnLimit>>,
-}
+/// Config generations, as published by the server.
+pub type Generations = watch::Receiver<Arc<Generation>>;
 
 /// Starts worker `id` on its own thread. Returns once its runtime is built, or
 /// the error that kept it from being built.
 pub fn spawn(
     id: usize,
-    config: Arc<Config>,
-    shared: Shared,
-    listener: socket2::Socket,
-    watch: shutdown::Watch,
+    generations: Generations,
+    phase: shutdown::Watch,
 ) -> io::Result<thread::JoinHandle<()>> {
-    // A second handle on the listening socket: shutting it down completes the
-    // pending accept, which dropping the accept future would not.
-    let stopper = listener.try_clone()?;
-    let pin_to = config.pin.then(|| {
+    let (pin, sqpoll) = {
+        let first = generations.borrow();
+        (first.config.pin, first.config.sqpoll)
+    };
+    let pin_to = if pin {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         (!cores.is_empty()).then(|| cores[id % cores.len()])
-    });
-    let pin_to = pin_to.flatten();
+    } else {
+        None
+    };
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = thread::Builder::new()
         .name(format!("ringlb-w{id}"))
@@ -75,17 +66,14 @@ pub fn spawn(
                     warn!(worker = id, core = core.id, "cannot pin worker to its CPU");
                 }
             }
-            let rt = match build_runtime(config.sqpoll) {
-                Ok(rt) => {
-                    let _ = ready_tx.send(Ok(()));
-                    rt
-                }
+            let rt = match build_runtime(sqpoll) {
+                Ok(rt) => rt,
                 Err(err) => {
                     let _ = ready_tx.send(Err(err));
                     return;
                 }
             };
-            rt.block_on(serve(id, config, shared, listener, stopper, watch));
+            rt.block_on(serve(id, generations, phase, ready_tx));
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
@@ -124,26 +112,60 @@ fn build_runtime(sqpoll: bool) -> io::Result<tokio_uring::Runtime> {
     .map_err(|err| io::Error::new(err.kind(), format!("cannot set up io_uring: {err}")))
 }
 
-/// The per-worker state every connection task shares.
+/// The per-worker state every connection task shares, whatever its frontend.
 pub struct Worker {
     /// Which worker, to find its counters.
-    id: usize,
-    /// The frontend's name, for logs and metric labels.
-    pub frontend: String,
-    /// Backend choice and connects.
-    pub upstream: Upstream,
-    /// Large relay buffers for reuse.
-    pub buffers: BufPool,
-    /// Per-connection time limits and logging.
-    pub limits: Limits,
-    /// Every worker's counters; this one writes only its own.
-    metrics: Arc<Metrics>,
+    pub id: usize,
     /// Open connections' sockets, so a drain that runs out of time can shut them down.
     pub conns: RefCell<Slab<Conn>>,
     /// Set once the drain timeout passed or a second signal came.
     pub aborting: Cell<bool>,
     /// Woken when the last connection closes, for the drain.
     idle: Notify,
+}
+
+/// One frontend as this worker serves it in one generation. Connections hold
+/// the one they were accepted under, so a reload leaves them untouched.
+pub struct FrontendState {
+    /// The generation's frontend: config, pool, counters, limit.
+    pub frontend: Arc<Frontend>,
+    /// Backend choice and connects.
+    pub upstream: Upstream,
+    /// Large relay buffers for reuse.
+    pub buffers: BufPool,
+    /// Per-connection time limits and logging.
+    pub limits: Limits,
+}
+
+impl FrontendState {
+    fn new(id: usize, frontend: Arc<Frontend>, access_log: bool) -> Self {
+        let c = &frontend.config;
+        FrontendState {
+            upstream: Upstream::new(
+                frontend.pool.clone(),
+                c.balance,
+                c.connect_timeout,
+                id as u64,
+            ),
+            buffers: BufPool::new(c.buffer_size),
+            limits: Limits {
+                idle_timeout: c.idle_timeout,
+                max_lifetime: c.max_lifetime,
+                access_log,
+            },
+            frontend,
+        }
+    }
+
+    /// The frontend's name.
+    pub fn name(&self) -> &str {
+        &self.frontend.config.name
+    }
+
+    /// Worker `id`'s counters for this frontend.
+    pub fn metrics(&self, id: usize) -> &WorkerMetrics {
+        &self.frontend.metrics.workers[id]
+    }
 }
 
 /// Per-connection limits and logging, from the config.
@@ -166,11 +188,6 @@ pub struct Conn {
 }
 
 impl Worker {
-    /// This worker's own counters.
-    pub fn metrics(&self) -> &WorkerMetrics {
-        &self.metrics.workers[self.id]
-    }
-
     /// Shuts every open connection down; their relays then end on their own.
     fn abort_all(&self) {
         self.aborting.set(true);
@@ -207,62 +224,74 @@ impl Drop for Registration {
     }
 }
 
+/// A frontend this worker is accepting for.
+struct Running {
+    /// Its sockets' identity: a new `Arc` means a new listener.
+    listeners: Arc<crate::frontend::Listeners>,
+    /// What new connections are handed; swapped on reload.
+    state: Rc<RefCell<Rc<FrontendState>>>,
+    /// Set before the listener is shut down, so acceptors know to stop.
+    stopped: Rc<Cell<bool>>,
+    /// Another handle on this worker's socket: shutting it down completes the
+    /// pending accepts, which dropping their futures would not.
+    stopper: socket2::Socket,
+    /// The accept loops.
+    acceptors: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    fn stop(&self) {
+        self.stopped.set(true);
+        let _ = self.stopper.shutdown(Shutdown::Both);
+    }
+}
+
 async fn serve(
     id: usize,
-    config: Arc<Config>,
-    shared: Shared,
-    listener: socket2::Socket,
-    stopper: socket2::Socket,
-    mut watch: shutdown::Watch,
+    mut generations: Generations,
+    mut phase: shutdown::Watch,
+    ready: mpsc::Sender<io::Result<()>>,
 ) {
-    let listener = TcpListener::from_std(listener.into());
     let worker = Rc::new(Worker {
         id,
-        frontend: config.name.clone(),
-        upstream: Upstream::new(
-            shared.pool,
-            config.balance,
-            config.connect_timeout,
-            id as u64,
-        ),
-        buffers: BufPool::new(config.buffer_size),
-        limits: Limits {
-            idle_timeout: config.idle_timeout,
-            max_lifetime: config.max_lifetime,
-            access_log: config.access_log,
-        },
-        metrics: shared.metrics,
         conns: RefCell::new(Slab::new()),
         aborting: Cell::new(false),
         idle: Notify::new(),
     });
-
-    let mut stop_watch = watch.clone();
-    tokio_uring::spawn(async move {
-        shutdown::reached(&mut stop_watch, Phase::Draining).await;
-        let _ = stopper.shutdown(Shutdown::Both);
-    });
-
-    // Several accepts in flight, so a burst of new clients is taken in one
-    // turn of the ring rather than one client per turn.
-    let listener = Rc::new(listener);
-    let accept_throttle = Rc::new(Throttle::new(Duration::from_secs(1)));
-    let acceptors: Vec<_> = (0..ACCEPTS_IN_FLIGHT)
-        .map(|_| {
-            tokio_uring::spawn(accept_loop(
-                id,
-                listener.clone(),
-                worker.clone(),
-                shared.limit.clone(),
-                watch.clone(),
-                accept_throttle.clone(),
-            ))
-        })
-        .collect();
-    for acceptor in acceptors {
-        let _ = acceptor.await;
+    let throttle = Rc::new(Throttle::new(Duration::from_secs(1)));
+    let mut running: Vec<(String, Running)> = Vec::new();
+    let first = generations.borrow_and_update().clone();
+    if let Err(err) = apply(&worker, &mut running, &first, &phase, &throttle) {
+        let _ = ready.send(Err(err));
+        return;
     }
-    drop(listener);
+    let _ = ready.send(Ok(()));
+    let drain_timeout = first.config.drain_timeout;
+    drop(first);
+
+    loop {
+        tokio::select! {
+            changed = generations.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let generation = generations.borrow_and_update().clone();
+                if let Err(err) = apply(&worker, &mut running, &generation, &phase, &throttle) {
+                    warn!(worker = id, %err, "cannot take up the new config's listener");
+                }
+            }
+            _ = shutdown::reached(&mut phase, Phase::Draining) => break,
+        }
+    }
+
+    for (_, r) in &running {
+        r.stop();
+    }
+    for (_, r) in running {
+        for acceptor in r.acceptors {
+            let _ = acceptor.await;
+        }
+    }
 
     let open = worker.conns.borrow().len();
     if open > 0 {
@@ -270,43 +299,113 @@ async fn serve(
     }
     tokio::select! {
         _ = worker.wait_idle() => return,
-        _ = tokio::time::sleep(config.drain_timeout) => {
+        _ = tokio::time::sleep(drain_timeout) => {
             info!(worker = id, open = worker.conns.borrow().len(), "drain timeout; closing connections");
         }
-        _ = shutdown::reached(&mut watch, Phase::Abort) => {}
+        _ = shutdown::reached(&mut phase, Phase::Abort) => {}
     }
     worker.abort_all();
     worker.wait_idle().await;
 }
 
-/// Accepts clients until the listener is shut down for the drain.
+/// Brings this worker's frontends in line with `generation`: keeps the
+/// listeners that stay (new connections get the new settings), starts new
+/// ones, stops the ones that went.
+fn apply(
+    worker: &Rc<Worker>,
+    running: &mut Vec<(String, Running)>,
+    generation: &Generation,
+    phase: &shutdown::Watch,
+    throttle: &Rc<Throttle>,
+) -> io::Result<()> {
+    let id = worker.id;
+    let access_log = generation.config.access_log;
+    running.retain(|(name, r)| {
+        let stays = generation
+            .frontend(name)
+            .is_some_and(|f| Arc::ptr_eq(&f.listeners, &r.listeners));
+        if !stays {
+            r.stop();
+        }
+        stays
+    });
+    for frontend in &generation.frontends {
+        let state = Rc::new(FrontendState::new(id, frontend.clone(), access_log));
+        if let Some((_, r)) = running
+            .iter()
+            .find(|(name, _)| *name == frontend.config.name)
+        {
+            *r.state.borrow_mut() = state;
+            continue;
+        }
+        let socket = frontend
+            .listeners
+            .sockets
+            .get(id)
+            .ok_or_else(|| io::Error::other("no listening socket for this worker"))?;
+        let stopper = socket.try_clone()?;
+        let listener = Rc::new(TcpListener::from_std(socket.try_clone()?.into()));
+        let state = Rc::new(RefCell::new(state));
+        let stopped = Rc::new(Cell::new(false));
+        // Several accepts in flight, so a burst of new clients is taken in one
+        // turn of the ring rather than one client per turn.
+        let acceptors = (0..ACCEPTS_IN_FLIGHT)
+            .map(|_| {
+                tokio_uring::spawn(accept_loop(
+                    worker.clone(),
+                    listener.clone(),
+                    state.clone(),
+                    stopped.clone(),
+                    phase.clone(),
+                    throttle.clone(),
+                ))
+            })
+            .collect();
+        running.push((
+            frontend.config.name.clone(),
+            Running {
+                listeners: frontend.listeners.clone(),
+                state,
+                stopped,
+                stopper,
+                acceptors,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Accepts clients for one frontend until its listener is shut down.
 async fn accept_loop(
-    id: usize,
-    listener: Rc<TcpListener>,
     worker: Rc<Worker>,
-    limit: Option<Arc<ConnLimit>>,
-    mut watch: shutdown::Watch,
+    listener: Rc<TcpListener>,
+    state: Rc<RefCell<Rc<FrontendState>>>,
+    stopped: Rc<Cell<bool>>,
+    mut phase: shutdown::Watch,
     throttle: Rc<Throttle>,
 ) {
     loop {
         // At max-conns, wait for a slot before accepting: the kernel's backlog
         // holds new clients meanwhile.
-        let slot = match &limit {
+        let limit = state.borrow().frontend.limit.clone();
+        let slot = match limit {
             Some(limit) => tokio::select! {
                 slot = limit.acquire() => Some(slot),
-                _ = shutdown::reached(&mut watch, Phase::Draining) => break,
+                _ = shutdown::reached(&mut phase, Phase::Draining) => break,
             },
             None => None,
         };
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio_uring::spawn(conn::handle(worker.clone(), stream, peer, slot));
+                let state = state.borrow().clone();
+                tokio_uring::spawn(conn::handle(worker.clone(), state, stream, peer, slot));
             }
-            Err(_) if *watch.borrow() >= Phase::Draining => break,
+            Err(_) if stopped.get() || *phase.borrow() >= Phase::Draining => break,
             Err(err) => {
-                worker.metrics().accept_errors.inc();
+                let state = state.borrow().clone();
+                state.metrics(worker.id).accept_errors.inc();
                 if let Some(suppressed) = throttle.allow(Instant::now()) {
-                    warn!(worker = id, %err, suppressed, "accept failed; backing off");
+                    warn!(worker = worker.id, frontend = state.name(), %err, suppressed, "accept failed; backing off");
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }

@@ -1,0 +1,110 @@
+//! Frontends as the workers run them, one config generation at a time. A
+//! [`Generation`] holds, per frontend, its validated config, its listening
+//! sockets (one per worker), its backend pool, its counters and its
+//! connection limit. A reload builds a new generation: listeners are carried
+//! over for every frontend whose name and listen address are unchanged, so no
+//! client is refused during a reload; everything else is new, and connections
+//! opened before keep what they started with.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::config::{Config, FrontendConfig};
+use crate::limit::ConnLimit;
+use crate::metrics::Metrics;
+use crate::net::{self, BindError};
+use crate::pool::Pool;
+use crate::probe;
+
+/// A frontend's listening sockets, one per worker, all on one address.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The bound address (the real port when the config said 0).
+    pub addr: SocketAddr,
+    /// Socket `i` belongs to worker `i`.
+    pub sockets: Vec<socket2::Socket>,
+}
+
+/// One frontend of one generation.
+#[derive(Debug)]
+pub struct Frontend {
+    /// As configured.
+    pub config: FrontendConfig,
+    /// Its sockets; the same `Arc` across generations while name and address stay.
+    pub listeners: Arc<Listeners>,
+    /// Backends, health and active counts.
+    pub pool: Arc<Pool>,
+    /// Every worker's counters for this frontend.
+    pub metrics: Arc<Metrics>,
+    /// Its max-conns, if set.
+    pub limit: Option<Arc<ConnLimit>>,
+}
+
+/// Everything the workers run at one time.
+#[derive(Debug)]
+pub struct Generation {
+    /// 0 at start, +1 per reload.
+    pub id: u64,
+    /// The process-wide settings.
+    pub config: Config,
+    /// In config order.
+    pub frontends: Vec<Arc<Frontend>>,
+}
+
+impl Generation {
+    /// Builds generation `id` from `config`, taking listeners over from
+    /// `previous` where a frontend kept its name and listen address, binding
+    /// the rest. Health probers start here, one per pool.
+    pub fn build(
+        id: u64,
+        config: Config,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, BindError> {
+        let mut frontends = Vec::with_capacity(config.frontends.len());
+        for fe in &config.frontends {
+            let kept = previous.and_then(|p| {
+                p.frontends
+                    .iter()
+                    .find(|old| old.config.name == fe.name && old.config.listen == fe.listen)
+                    .map(|old| old.listeners.clone())
+            });
+            let listeners = match kept {
+                Some(listeners) => listeners,
+                None => {
+                    let sockets = net::bind_listeners(fe.listen, config.workers)?;
+                    let addr = sockets
+                        .first()
+                        .and_then(|s| s.local_addr().ok())
+                        .and_then(|a| a.as_socket())
+                        .unwrap_or(fe.listen);
+                    Arc::new(Listeners { addr, sockets })
+                }
+            };
+            let pool = Arc::new(Pool::new(&fe.backends));
+            if let Some(health) = fe.health {
+                if let Err(err) = probe::spawn(Arc::downgrade(&pool), fe.name.clone(), health) {
+                    warn!(frontend = %fe.name, %err, "cannot start health checks");
+                }
+            }
+            frontends.push(Arc::new(Frontend {
+                metrics: Arc::new(Metrics::new(&fe.name, config.workers, pool.len())),
+                limit: fe.max_conns.map(ConnLimit::new),
+                config: fe.clone(),
+                listeners,
+                pool,
+            }));
+        }
+        Ok(Generation {
+            id,
+            config,
+            frontends,
+        })
+    }
+
+    /// The frontend named `name`.
+    pub fn frontend(&self, name: &str) -> Option<&Arc<Frontend>> {
+        self.frontends.iter().find(|f| f.config.name == name)
+    }
+}
