@@ -15,7 +15,9 @@ use tracing::{debug, info};
 use crate::limit::Slot;
 use crate::logging::ACCESS_TARGET;
 use crate::metrics::WorkerMetrics;
+use crate::proxy_protocol::{self, Parsed};
 use crate::relay::{self, relay, Outcome, Side};
+use crate::sys;
 use crate::upstream::NoBackend;
 use crate::worker::{Conn, FrontendState, Registration, Worker};
 
@@ -34,6 +36,8 @@ enum Ended<'a> {
     Drain,
     /// No backend could take it.
     NoBackend(NoBackend),
+    /// The client's PROXY protocol header was bad, late or missing.
+    ProxyHeader(HeaderError),
 }
 
 impl fmt::Display for Ended<'_> {
@@ -45,6 +49,7 @@ impl fmt::Display for Ended<'_> {
             Ended::Lifetime => f.write_str("max lifetime"),
             Ended::Drain => f.write_str("drain"),
             Ended::NoBackend(why) => why.fmt(f),
+            Ended::ProxyHeader(err) => write!(f, "PROXY header: {err}"),
         }
     }
 }
@@ -73,10 +78,30 @@ pub async fn handle(
         key,
     };
 
+    // Behind another load balancer the real client comes in a PROXY header;
+    // bytes read past it are the client's first payload.
+    let mut early = Vec::new();
+    let mut addresses = None;
+    if fe.frontend.config.accept_proxy {
+        match read_proxy_header(&client, fe.frontend.config.proxy_header_timeout).await {
+            Ok((addrs, rest)) => {
+                addresses = addrs;
+                early = rest;
+            }
+            Err(err) => {
+                metrics.proxy_header_errors.inc();
+                metrics.connections_active.dec();
+                log_close(&fe, peer, None, 0, 0, start, &Ended::ProxyHeader(err));
+                return;
+            }
+        }
+    }
+    let source = addresses.map_or(peer, |(source, _)| source);
+
     let connected = if worker.aborting.get() {
         Err(NoBackend::AllFailed)
     } else {
-        fe.upstream.connect(peer.ip(), metrics).await
+        fe.upstream.connect(source.ip(), metrics).await
     };
     let (lease, backend) = match connected {
         Ok(connected) => connected,
@@ -92,6 +117,13 @@ pub async fn handle(
     worker.conns.borrow_mut()[key].backend = Some(backend.clone());
     if worker.aborting.get() {
         relay::teardown(&client, &backend);
+    }
+    if let Err(err) = send_preamble(&fe, &client, &backend, peer, addresses, early).await {
+        metrics.backend_errors.inc();
+        metrics.connections_active.dec();
+        let addr = fe.upstream.pool().addr(lease.index());
+        log_close(&fe, source, Some(addr), 0, 0, start, &Ended::Error(&err));
+        return;
     }
 
     let limits = &fe.limits;
@@ -124,7 +156,7 @@ pub async fn handle(
     let addr = fe.upstream.pool().addr(index);
     log_close(
         &fe,
-        peer,
+        source,
         Some(addr),
         outcome.to_backend,
         outcome.to_client,
@@ -132,6 +164,94 @@ pub async fn handle(
         &ended,
     );
     drop(lease);
+}
+
+/// Why a client's PROXY header was refused.
+#[derive(Debug, thiserror::Error)]
+enum HeaderError {
+    /// Not a valid header.
+    #[error("{0}")]
+    Invalid(#[from] proxy_protocol::ParseError),
+    /// The client closed or failed before the header was complete.
+    #[error("connection ended before the header was complete")]
+    Truncated,
+    /// The header did not arrive in time.
+    #[error("not complete within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Reads a PROXY protocol header (v1 or v2) from `client` within `timeout`.
+/// Returns the addresses it carried (none for LOCAL/UNKNOWN) and any payload
+/// bytes read past it. On timeout the socket is shut down so the pending read
+/// completes in the kernel.
+async fn read_proxy_header(
+    client: &TcpStream,
+    timeout: Duration,
+) -> Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>), HeaderError> {
+    let read = async {
+        let mut got: Vec<u8> = Vec::with_capacity(proxy_protocol::MAX_HEADER);
+        loop {
+            let buf = vec![
+                0u8;
+                proxy_protocol::MAX_HEADER
+                    - got.len().min(proxy_protocol::MAX_HEADER - 1)
+            ];
+            let (res, buf) = client.read(buf).await;
+            match res {
+                Ok(0) | Err(_) => return Err(HeaderError::Truncated),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            match proxy_protocol::parse(&got)? {
+                Parsed::Incomplete => continue,
+                Parsed::Complete { len, addresses } => return Ok((addresses, got.split_off(len))),
+            }
+        }
+    };
+    tokio::pin!(read);
+    tokio::select! {
+        res = &mut read => res,
+        _ = tokio::time::sleep(timeout) => {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = read.await;
+            Err(HeaderError::Timeout(timeout))
+        }
+    }
+}
+
+/// Writes what the backend must see before the relay starts: our PROXY
+/// header if the frontend sends one, then any client bytes read past the
+/// client's own header.
+async fn send_preamble(
+    fe: &FrontendState,
+    client: &TcpStream,
+    backend: &TcpStream,
+    peer: SocketAddr,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+    early: Vec<u8>,
+) -> Result<(), relay::RelayError> {
+    let mut preamble = Vec::new();
+    if let Some(version) = fe.frontend.config.send_proxy {
+        let (source, dest) = match addresses {
+            Some(pair) => pair,
+            None => {
+                let local = sys::local_addr(client).map_err(|source| relay::RelayError::Read {
+                    side: Side::Client,
+                    source,
+                })?;
+                (peer, local)
+            }
+        };
+        proxy_protocol::encode(version, source, dest, &mut preamble);
+    }
+    preamble.extend_from_slice(&early);
+    if preamble.is_empty() {
+        return Ok(());
+    }
+    let (res, _) = backend.write_all(preamble).await;
+    res.map_err(|source| relay::RelayError::Write {
+        side: Side::Backend,
+        source,
+    })
 }
 
 /// Adds a finished connection to this worker's counters.

@@ -18,12 +18,13 @@
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
+//! - [`sys`]: the one raw socket query (getsockname) tokio-uring lacks.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric name.
 //! - [`admin`]: the admin HTTP endpoint: /metrics, /healthz, /backends.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -44,5 +45,6 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod sys;
 pub mod upstream;
 pub mod worker;
