@@ -188,7 +188,7 @@ impl Config {
         };
         let config = Config {
             workers: cli.workers.map_or_else(default_workers, |n| n as usize),
-            drain_timeout: cli.drain_timeout,
+            drain_timeout: cli.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             access_log: cli.access_log,
             admin: cli.admin.as_deref().map(resolve).transpose()?,
             pin: cli.pin,
@@ -239,6 +239,29 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// How long connections may finish after a stop signal, unless configured.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// Applies the process-wide flags given on the command line over a
+    /// config read from a file: a flag that was given wins.
+    pub fn with_cli_overrides(mut self, cli: &Cli) -> Result<Config, ConfigError> {
+        if let Some(n) = cli.workers {
+            self.workers = n as usize;
+        }
+        if let Some(d) = cli.drain_timeout {
+            self.drain_timeout = d;
+        }
+        if let Some(admin) = cli.admin.as_deref() {
+            self.admin = Some(resolve(admin)?);
+        }
+        self.access_log |= cli.access_log;
+        self.pin |= cli.pin;
+        self.sqpoll |= cli.sqpoll;
+        Ok(self)
     }
 }
 

@@ -19,19 +19,44 @@ fn main() -> ExitCode {
         eprintln!("ringlb: {err}");
         return ExitCode::from(2);
     }
-    let config = match Config::from_cli(&cli) {
+    let config = match load(&cli) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("ringlb: {err}");
             return ExitCode::from(2);
         }
     };
-    match ringlb::server::run(config, None) {
+    if cli.check {
+        let names: Vec<&str> = config.frontends.iter().map(|f| f.name.as_str()).collect();
+        println!(
+            "ringlb: configuration ok: {} frontend(s): {}",
+            names.len(),
+            names.join(", ")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let reload = cli.config.clone().map(|_| {
+        let cli = cli.clone();
+        Box::new(move || load(&cli)) as ringlb::server::Reloader
+    });
+    match ringlb::server::run(config, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ringlb: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The configuration from the file (with process-wide flags over it) or
+/// from the flags alone.
+fn load(cli: &Cli) -> Result<Config, String> {
+    match &cli.config {
+        Some(path) => ringlb::file::load(path)
+            .map_err(|e| e.to_string())?
+            .with_cli_overrides(cli)
+            .map_err(|e| e.to_string()),
+        None => Config::from_cli(cli).map_err(|e| e.to_string()),
     }
 }
 

@@ -65,21 +65,7 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
     if let Some(addr) = admin {
         admin::spawn(addr, generations.clone())?;
     }
-    for fe in &generation.frontends {
-        let backends: Vec<String> = fe
-            .config
-            .backends
-            .iter()
-            .map(|b| b.addr.to_string())
-            .collect();
-        info!(
-            frontend = %fe.config.name,
-            listen = %fe.listeners.addr,
-            backends = %backends.join(","),
-            balance = %fe.config.balance,
-            "frontend ready"
-        );
-    }
+    log_frontends(&generation, None);
     info!(
         listen = %generation.frontends[0].listeners.addr,
         workers,
@@ -116,6 +102,35 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
     Ok(())
 }
 
+/// One line per frontend that opened a listener (all of them at start), so
+/// the bound address is known even for port 0; and one per frontend removed.
+fn log_frontends(generation: &Generation, previous: Option<&Generation>) {
+    for fe in &generation.frontends {
+        let kept = previous
+            .and_then(|p| p.frontend(&fe.config.name))
+            .is_some_and(|old| Arc::ptr_eq(&old.listeners, &fe.listeners));
+        let backends: Vec<String> = fe
+            .config
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        info!(
+            frontend = %fe.config.name,
+            listen = %fe.listeners.addr,
+            backends = %backends.join(","),
+            balance = %fe.config.balance,
+            kept,
+            "frontend ready"
+        );
+    }
+    for old in previous.map(|p| p.frontends.as_slice()).unwrap_or_default() {
+        if generation.frontend(&old.config.name).is_none() {
+            info!(frontend = %old.config.name, listen = %old.listeners.addr, "frontend removed");
+        }
+    }
+}
+
 /// Reads the new config, builds its generation and publishes it; on any
 /// error logs it and keeps the running one.
 fn apply_reload(reload: &Reloader, publish: &watch::Sender<Arc<Generation>>) {
@@ -148,6 +163,7 @@ fn apply_reload(reload: &Reloader, publish: &watch::Sender<Arc<Generation>>) {
 
     match Generation::build(current.id + 1, config, Some(&current)) {
         Ok(next) => {
+            log_frontends(&next, Some(&current));
             let names: Vec<&str> = next
                 .frontends
                 .iter()

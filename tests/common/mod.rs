@@ -32,7 +32,10 @@ impl Ringlb {
     pub fn start(args: &[&str]) -> Ringlb {
         let mut cmd = Command::new(binary());
         let rsp_form = args.first().is_some_and(|a| a.parse::<u16>().is_ok());
-        if !rsp_form && !args.iter().any(|a| *a == "--listen" || *a == "-l") {
+        let has_listen = args
+            .iter()
+            .any(|a| matches!(*a, "--listen" | "-l" | "--config" | "-c"));
+        if !rsp_form && !has_listen {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         cmd.args(args)
@@ -345,4 +348,59 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+impl Ringlb {
+    /// Where frontend `name` listens, from its latest "frontend ready" line.
+    pub fn frontend_addr(&self, name: &str) -> SocketAddr {
+        let tag = format!("frontend={name} ");
+        let mut found = None;
+        wait_until(&format!("frontend {name} ready"), || {
+            found = self
+                .log()
+                .lines()
+                .rfind(|l| l.contains("frontend ready") && l.contains(&tag))
+                .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("listen=")))
+                .and_then(|a| a.parse().ok());
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Starts ringlb with `--config path` plus `args`.
+    pub fn start_with_config(path: &std::path::Path, args: &[&str]) -> Ringlb {
+        let mut all = vec!["--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Ringlb::start(&all)
+    }
+}
+
+/// A fresh private directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Creates it.
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "ringlb-test-{tag}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        let dir = std::path::PathBuf::from(dir.to_string_lossy().replace([' ', '{', '}', ':'], ""));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Writes `name` in it and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -1,0 +1,1149 @@
+//! The config file: TOML text in, a validated [`Config`] out. This module owns
+//! the file's schema (kebab-case keys mirroring the command-line flags, unknown
+//! keys rejected everywhere), its defaults, and [`FileError`], which names the
+//! file, the line and the key path of whatever was wrong in one line. Values
+//! are parsed by the same functions the command line uses ([`config::resolve`],
+//! [`config::parse_backend`], `humantime`, [`Algorithm`]'s and
+//! [`ProxyVersion`]'s `FromStr`), and the result goes through
+//! [`Config::validate`], so a file cannot express anything the flags could not.
+//!
+//! Per-value checks run while deserializing, so the TOML span and the key path
+//! come with the error; checks across frontends (unique names and listen
+//! addresses, non-zero durations) come from [`Config::validate`] and are
+//! pointed back at the offending frontend's key.
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::balance::Algorithm;
+use crate::cli::{parse_buffer_size, DEFAULT_BUFFER_SIZE};
+use crate::config::{
+    self, default_workers, BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig,
+    DEFAULT_DRAIN_TIMEOUT,
+};
+use crate::proxy_protocol::Version as ProxyVersion;
+
+/// Defaults for keys left out; the same as the command line's (a test checks).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_HEALTH: HealthConfig = HealthConfig {
+    interval: Duration::from_secs(2),
+    timeout: Duration::from_secs(1),
+    rise: 2,
+    fall: 3,
+};
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+        path: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: one_line(&format!("cannot read: {e}")),
+        source: Some(e),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config text; `path` is only used in error messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| FileError::from_toml(path, text, e))?;
+    let (config, spans) = raw.into_config();
+    if let Err(e) = config.validate() {
+        return Err(FileError::from_validation(path, text, &config, &spans, e));
+    }
+    Ok(config)
+}
+
+/// What was wrong with a config file, and where. Its `Display` is one line:
+/// `FILE:LINE: KEY: MESSAGE`, leaving out the line or key when not known, e.g.
+/// `ringlb.toml:7: frontend[0].backends[1].weight: must be between 1 and 1000, got 0`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", Located(self))]
+pub struct FileError {
+    path: PathBuf,
+    line: Option<usize>,
+    key: Option<String>,
+    message: String,
+    source: Option<io::Error>,
+}
+
+impl FileError {
+    /// The file the error is about, as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The 1-based line of the offending value or key, when known.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// The dotted key path, e.g. `frontend[0].backends[1].weight`, when known.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// What was wrong, without the location.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn new(
+        path: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        key: String,
+        message: &str,
+    ) -> Self {
+        FileError {
+            path: path.to_path_buf(),
+            line: span.map(|s| line_of(text, s.start)),
+            key: (!key.is_empty()).then_some(key),
+            message: one_line(message),
+            source: None,
+        }
+    }
+
+    /// A syntax, type or value error found while deserializing.
+    fn from_toml(path: &Path, text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Self {
+        let key = key_path(e.path());
+        let inner = e.into_inner();
+        FileError::new(path, text, inner.span(), key, inner.message())
+    }
+
+    /// A [`Config::validate`] failure, pointed at the frontend key it is about.
+    fn from_validation(
+        path: &Path,
+        text: &str,
+        config: &Config,
+        spans: &[FrontendSpans],
+        e: ConfigError,
+    ) -> Self {
+        let per_frontend = matches!(
+            e,
+            ConfigError::DuplicateName(_)
+                | ConfigError::DuplicateListen { .. }
+                | ConfigError::NoBackend
+                | ConfigError::ZeroDuration { .. }
+        );
+        let Some((i, fe)) = per_frontend
+            .then(|| failing_frontend(config))
+            .flatten()
+            .and_then(|i| Some((i, spans.get(i)?)))
+        else {
+            let key = match e {
+                ConfigError::NoFrontend => "frontend",
+                _ => "",
+            };
+            return FileError::new(path, text, None, key.into(), &e.to_string());
+        };
+        let (key, span, message) = match &e {
+            ConfigError::DuplicateName(_) => ("name", Some(fe.name.clone()), e.to_string()),
+            ConfigError::DuplicateListen { .. } => {
+                ("listen", Some(fe.listen.clone()), e.to_string())
+            }
+            ConfigError::NoBackend => ("backends", Some(fe.backends.clone()), e.to_string()),
+            ConfigError::ZeroDuration { flag, .. } => {
+                let found = fe.durations.iter().find(|(f, _, _)| f == flag);
+                let message = "must be more than zero".to_string();
+                match found {
+                    Some((_, key, span)) => (*key, Some(span.clone()), message),
+                    None => ("", Some(fe.name.clone()), e.to_string()),
+                }
+            }
+            _ => ("", Some(fe.name.clone()), e.to_string()),
+        };
+        let key = match key {
+            "" => format!("frontend[{i}]"),
+            key => format!("frontend[{i}].{key}"),
+        };
+        FileError::new(path, text, span, key, &message)
+    }
+}
+
+/// Renders a [`FileError`] as `FILE[:LINE]: [KEY: ]MESSAGE`.
+struct Located<'a>(&'a FileError);
+
+impl fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.0;
+        for c in e.path.display().to_string().chars() {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        if let Some(line) = e.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &e.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", e.message)
+    }
+}
+
+/// Index of the frontend [`Config::validate`] complains about: validation
+/// goes frontend by frontend, so it is the last of the shortest failing prefix.
+fn failing_frontend(config: &Config) -> Option<usize> {
+    let mut probe = config.clone();
+    let mut failing = None;
+    while !probe.frontends.is_empty() && probe.validate().is_err() {
+        failing = Some(probe.frontends.len() - 1);
+        probe.frontends.pop();
+    }
+    failing
+}
+
+/// 1-based line holding byte `offset`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    1 + text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+/// Joins a multi-line message into one line.
+fn one_line(s: &str) -> String {
+    s.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The key path as users write it (`frontend[0].backends[1].weight`), without
+/// the internal keys `toml::Spanned` deserializes through. Keys that are not
+/// bare TOML keys are quoted, so the path stays unambiguous and on one line.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key.starts_with("$__serde_spanned_private") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let bare = !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if bare {
+                    out.push_str(key);
+                } else {
+                    out.push_str(&format!("{key:?}"));
+                }
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    out
+}
+
+/// The file as written, before defaults and validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    workers: Option<Int<1, 4096>>,
+    drain_timeout: Option<Dur>,
+    #[serde(default)]
+    access_log: bool,
+    admin: Option<Addr>,
+    #[serde(default)]
+    pin: bool,
+    #[serde(default)]
+    sqpoll: bool,
+    #[serde(default)]
+    frontend: Frontends,
+}
+
+/// One `[[frontend]]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFrontend {
+    name: Spanned<Name>,
+    listen: Spanned<Addr>,
+    balance: Option<Balance>,
+    backends: Spanned<Backends>,
+    connect_timeout: Option<Spanned<Dur>>,
+    buffer_size: Option<BufferSize>,
+    idle_timeout: Option<Spanned<Dur>>,
+    max_lifetime: Option<Spanned<Dur>>,
+    max_conns: Option<Int<1, { usize::MAX as u64 }>>,
+    send_proxy: Option<SendProxy>,
+    #[serde(default)]
+    accept_proxy: bool,
+    proxy_header_timeout: Option<Spanned<Dur>>,
+    health: Option<Table<RawHealth>>,
+}
+
+/// A `[frontend.health]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHealth {
+    enabled: Option<bool>,
+    interval: Option<Spanned<Dur>>,
+    timeout: Option<Spanned<Dur>>,
+    rise: Option<Int<1, 1000>>,
+    fall: Option<Int<1, 1000>>,
+}
+
+/// A backend written as a table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct BackendTable {
+    addr: BackendAddr,
+    weight: Option<Int<1, 1000>>,
+    max_conns: Option<Int<1, { u32::MAX as u64 }>>,
+}
+
+/// Where in the text a frontend's keys are, for validation errors.
+struct FrontendSpans {
+    name: Range<usize>,
+    listen: Range<usize>,
+    backends: Range<usize>,
+    /// (`ConfigError::ZeroDuration` flag, key path below the frontend, span).
+    durations: Vec<(&'static str, &'static str, Range<usize>)>,
+}
+
+impl RawConfig {
+    /// Fills in defaults; what is left to check is [`Config::validate`]'s job.
+    fn into_config(self) -> (Config, Vec<FrontendSpans>) {
+        let (frontends, spans) = self
+            .frontend
+            .0
+            .into_iter()
+            .map(RawFrontend::into_config)
+            .unzip();
+        let config = Config {
+            workers: self.workers.map_or_else(default_workers, |n| n.0 as usize),
+            drain_timeout: self.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
+            access_log: self.access_log,
+            admin: self.admin.map(|a| a.0),
+            pin: self.pin,
+            sqpoll: self.sqpoll,
+            frontends,
+        };
+        (config, spans)
+    }
+}
+
+impl RawFrontend {
+    fn into_config(self) -> (FrontendConfig, FrontendSpans) {
+        let mut durations = Vec::new();
+        let mut duration = |flag, key, value: &Option<Spanned<Dur>>| {
+            let value = value.as_ref()?;
+            durations.push((flag, key, value.span()));
+            Some(value.get_ref().0)
+        };
+        let connect_timeout = duration("connect-timeout", "connect-timeout", &self.connect_timeout);
+        let idle_timeout = duration("idle-timeout", "idle-timeout", &self.idle_timeout);
+        let max_lifetime = duration("max-lifetime", "max-lifetime", &self.max_lifetime);
+        let proxy_header_timeout = duration(
+            "proxy-header-timeout",
+            "proxy-header-timeout",
+            &self.proxy_header_timeout,
+        );
+        let health = match self.health.as_ref().map(|t| &t.0) {
+            None => Some(DEFAULT_HEALTH),
+            Some(h) if h.enabled == Some(false) => None,
+            Some(h) => Some(HealthConfig {
+                interval: duration("health-interval", "health.interval", &h.interval)
+                    .unwrap_or(DEFAULT_HEALTH.interval),
+                timeout: duration("health-timeout", "health.timeout", &h.timeout)
+                    .unwrap_or(DEFAULT_HEALTH.timeout),
+                rise: h.rise.map_or(DEFAULT_HEALTH.rise, |n| n.0 as u32),
+                fall: h.fall.map_or(DEFAULT_HEALTH.fall, |n| n.0 as u32),
+            }),
+        };
+        let spans = FrontendSpans {
+            name: self.name.span(),
+            listen: self.listen.span(),
+            backends: self.backends.span(),
+            durations,
+        };
+        let frontend = FrontendConfig {
+            name: self.name.into_inner().0,
+            listen: self.listen.into_inner().0,
+            backends: self.backends.into_inner().0,
+            balance: self.balance.map_or(Algorithm::RoundRobin, |b| b.0),
+            health,
+            buffer_size: self.buffer_size.map_or(DEFAULT_BUFFER_SIZE, |b| b.0),
+            connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            idle_timeout,
+            max_lifetime,
+            max_conns: self.max_conns.map(|n| n.0 as usize),
+            send_proxy: self.send_proxy.map(|v| v.0),
+            accept_proxy: self.accept_proxy,
+            proxy_header_timeout: proxy_header_timeout.unwrap_or(DEFAULT_PROXY_HEADER_TIMEOUT),
+        };
+        (frontend, spans)
+    }
+}
+
+/// The `[[frontend]]` tables.
+#[derive(Default)]
+struct Frontends(Vec<RawFrontend>);
+
+impl<'de> Deserialize<'de> for Frontends {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_seq(FrontendsVisitor)
+    }
+}
+
+struct FrontendsVisitor;
+
+impl<'de> Visitor<'de> for FrontendsVisitor {
+    type Value = Frontends;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[[frontend]] tables (with double brackets)")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut frontends = Vec::new();
+        while let Some(Table(fe)) = seq.next_element()? {
+            frontends.push(fe);
+        }
+        Ok(Frontends(frontends))
+    }
+}
+
+/// A TOML table deserialized as `T`; unlike serde's derive, it does not also
+/// accept an array of the fields' values, and says "expected a table".
+struct Table<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Table<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(TableVisitor(PhantomData))
+    }
+}
+
+struct TableVisitor<T>(PhantomData<fn() -> T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for TableVisitor<T> {
+    type Value = Table<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a table")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Table)
+    }
+}
+
+/// A visitor for values written as strings, parsed by `parse`; its error is
+/// raised inside the deserializer, so it gets the value's span and key path.
+struct StrVisitor<T, F> {
+    expecting: &'static str,
+    parse: F,
+    value: PhantomData<fn() -> T>,
+}
+
+fn from_str<'de, D, T, E, F>(d: D, expecting: &'static str, parse: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    E: fmt::Display,
+    F: FnOnce(&str) -> Result<T, E>,
+{
+    d.deserialize_str(StrVisitor {
+        expecting,
+        parse,
+        value: PhantomData,
+    })
+}
+
+impl<'de, T, E, F> Visitor<'de> for StrVisitor<T, F>
+where
+    E: fmt::Display,
+    F: FnOnce(&str) -> Result<T, E>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<Err: de::Error>(self, v: &str) -> Result<T, Err> {
+        (self.parse)(v).map_err(Err::custom)
+    }
+}
+
+/// A non-empty frontend name.
+struct Name(String);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a frontend name", |s| match s {
+            "" => Err("must not be empty"),
+            s => Ok(Name(s.to_string())),
+        })
+    }
+}
+
+/// A `host:port` resolved with [`config::resolve`].
+struct Addr(SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "an address such as \"127.0.0.1:8080\"", |s| {
+            config::resolve(s).map(Addr)
+        })
+    }
+}
+
+/// A backend table's `addr`: an address only, options go in their own keys.
+struct BackendAddr(SocketAddr);
+
+impl<'de> Deserialize<'de> for BackendAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "an address such as \"127.0.0.1:9000\"", |s| {
+            if s.contains(',') {
+                return Err(format!(
+                    "invalid address '{s}': in a table, give weight and max-conns as keys"
+                ));
+            }
+            config::parse_backend(s)
+                .map(|b| BackendAddr(b.addr))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A duration as humantime reads it, e.g. `"3s"` or `"1h 30m"`.
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(
+            d,
+            "a duration such as \"3s\", \"500ms\" or \"1h 30m\"",
+            |s| {
+                humantime::parse_duration(s)
+                    .map(Dur)
+                    .map_err(|e| format!("invalid duration '{s}': {e}"))
+            },
+        )
+    }
+}
+
+/// A balancing algorithm's name.
+struct Balance(Algorithm);
+
+impl<'de> Deserialize<'de> for Balance {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "an algorithm name such as \"round-robin\"", |s| {
+            s.parse().map(Balance)
+        })
+    }
+}
+
+/// A PROXY protocol version, `"v1"` or `"v2"`.
+struct SendProxy(ProxyVersion);
+
+impl<'de> Deserialize<'de> for SendProxy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "\"v1\" or \"v2\"", |s| s.parse().map(SendProxy))
+    }
+}
+
+/// A whole number in `MIN..=MAX`.
+#[derive(Clone, Copy, Debug)]
+struct Int<const MIN: u64, const MAX: u64>(u64);
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Int<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_u64(IntVisitor::<MIN, MAX>)
+    }
+}
+
+struct IntVisitor<const MIN: u64, const MAX: u64>;
+
+impl<const MIN: u64, const MAX: u64> IntVisitor<MIN, MAX> {
+    fn check<E: de::Error>(n: i128) -> Result<Int<MIN, MAX>, E> {
+        if (i128::from(MIN)..=i128::from(MAX)).contains(&n) {
+            return Ok(Int(n as u64));
+        }
+        Err(if MAX >= u64::from(u32::MAX) {
+            E::custom(format_args!("must be at least {MIN}, got {n}"))
+        } else {
+            E::custom(format_args!("must be between {MIN} and {MAX}, got {n}"))
+        })
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Visitor<'de> for IntVisitor<MIN, MAX> {
+    type Value = Int<MIN, MAX>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a whole number")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Self::check(v.into())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Self::check(v.into())
+    }
+}
+
+/// A relay buffer size: bytes as a number, or a string such as `"256k"`,
+/// checked by the same rules as `--buffer-size`.
+struct BufferSize(usize);
+
+impl<'de> Deserialize<'de> for BufferSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BufferSizeVisitor)
+    }
+}
+
+struct BufferSizeVisitor;
+
+impl BufferSizeVisitor {
+    fn parse<E: de::Error>(s: &str) -> Result<BufferSize, E> {
+        parse_buffer_size(s)
+            .map(BufferSize)
+            .map_err(|e| E::custom(format_args!("invalid buffer size '{s}': {e}")))
+    }
+}
+
+impl<'de> Visitor<'de> for BufferSizeVisitor {
+    type Value = BufferSize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte count such as 16384, \"16k\" or \"1m\"")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Self::parse(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Self::parse(&v.to_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Self::parse(&v.to_string())
+    }
+}
+
+/// The non-empty backend list.
+struct Backends(Vec<BackendConfig>);
+
+impl<'de> Deserialize<'de> for Backends {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_seq(BackendsVisitor)
+    }
+}
+
+struct BackendsVisitor;
+
+impl<'de> Visitor<'de> for BackendsVisitor {
+    type Value = Backends;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of backends")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut backends = Vec::new();
+        while let Some(Backend(b)) = seq.next_element()? {
+            backends.push(b);
+        }
+        if backends.is_empty() {
+            return Err(de::Error::custom(
+                "no backend: list at least one, e.g. [\"127.0.0.1:9000\"]",
+            ));
+        }
+        Ok(Backends(backends))
+    }
+}
+
+/// One backend: `"host:port[,weight=N][,max-conns=N]"` as on the command
+/// line, or a table `{ addr = "host:port", weight = N, max-conns = N }`.
+struct Backend(BackendConfig);
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BackendVisitor)
+    }
+}
+
+struct BackendVisitor;
+
+impl<'de> Visitor<'de> for BackendVisitor {
+    type Value = Backend;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "a backend address such as \"127.0.0.1:9000\" or a table such as \
+             { addr = \"127.0.0.1:9000\", weight = 2 }",
+        )
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        config::parse_backend(v).map(Backend).map_err(E::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let t = BackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(Backend(BackendConfig {
+            addr: t.addr.0,
+            weight: t.weight.map_or(1, |n| n.0 as u32),
+            max_conns: t.max_conns.map(|n| n.0 as u32),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATH: &str = "ringlb.toml";
+
+    fn parse_str(text: &str) -> Result<Config, FileError> {
+        parse(text, Path::new(PATH))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn minimal_shape() {
+        let text = r#"
+[[frontend]]
+name = "web"
+listen = "127.0.0.1:8080"
+balance = "round-robin"
+backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
+"#;
+        let expected = Config {
+            workers: default_workers(),
+            drain_timeout: Duration::from_secs(30),
+            access_log: false,
+            admin: None,
+            pin: false,
+            sqpoll: false,
+            frontends: vec![FrontendConfig {
+                name: "web".into(),
+                listen: addr("127.0.0.1:8080"),
+                backends: vec![
+                    BackendConfig {
+                        addr: addr("127.0.0.1:9000"),
+                        weight: 1,
+                        max_conns: None,
+                    },
+                    BackendConfig {
+                        addr: addr("127.0.0.1:9001"),
+                        weight: 2,
+                        max_conns: None,
+                    },
+                ],
+                balance: Algorithm::RoundRobin,
+                health: Some(HealthConfig {
+                    interval: Duration::from_secs(2),
+                    timeout: Duration::from_secs(1),
+                    rise: 2,
+                    fall: 3,
+                }),
+                buffer_size: DEFAULT_BUFFER_SIZE,
+                connect_timeout: Duration::from_secs(3),
+                idle_timeout: None,
+                max_lifetime: None,
+                max_conns: None,
+                send_proxy: None,
+                accept_proxy: false,
+                proxy_header_timeout: Duration::from_secs(5),
+            }],
+        };
+        assert_eq!(parse_str(text).unwrap(), expected);
+    }
+
+    /// A file that sets nothing optional means what the bare command line means.
+    #[test]
+    fn defaults_match_the_command_line() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "ringlb",
+            "--listen",
+            "127.0.0.1:8080",
+            "--backend",
+            "127.0.0.1:9000",
+        ])
+        .unwrap();
+        let text = r#"
+[[frontend]]
+name = "default"
+listen = "127.0.0.1:8080"
+backends = ["127.0.0.1:9000"]
+"#;
+        assert_eq!(parse_str(text).unwrap(), Config::from_cli(&cli).unwrap());
+    }
+
+    #[test]
+    fn every_key() {
+        let text = r#"
+workers = 3
+drain-timeout = "10s"
+access-log = true
+admin = "127.0.0.1:9900"
+pin = true
+sqpoll = true
+
+[[frontend]]
+name = "db"
+listen = "127.0.0.1:5432"
+balance = "least-conn"
+backends = ["127.0.0.1:6000,weight=3,max-conns=7", { addr = "127.0.0.1:6001", max-conns = 5 }]
+connect-timeout = "250ms"
+buffer-size = 65536
+idle-timeout = "5m"
+max-lifetime = "1h"
+max-conns = 100
+send-proxy = "v1"
+accept-proxy = true
+proxy-header-timeout = "2s"
+
+[frontend.health]
+interval = "10s"
+timeout = "3s"
+rise = 1
+fall = 5
+
+[[frontend]]
+name = "off"
+listen = "127.0.0.1:5433"
+backends = [{ addr = "127.0.0.1:6002" }]
+buffer-size = "1m"
+health = { enabled = false, interval = "0s" }
+"#;
+        let c = parse_str(text).unwrap();
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.drain_timeout, Duration::from_secs(10));
+        assert!(c.access_log && c.pin && c.sqpoll);
+        assert_eq!(c.admin, Some(addr("127.0.0.1:9900")));
+        let [db, off] = &c.frontends[..] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(db.balance, Algorithm::LeastConn);
+        assert_eq!(
+            db.backends,
+            [
+                BackendConfig {
+                    addr: addr("127.0.0.1:6000"),
+                    weight: 3,
+                    max_conns: Some(7)
+                },
+                BackendConfig {
+                    addr: addr("127.0.0.1:6001"),
+                    weight: 1,
+                    max_conns: Some(5)
+                }
+            ]
+        );
+        assert_eq!(db.connect_timeout, Duration::from_millis(250));
+        assert_eq!(db.buffer_size, 65536);
+        assert_eq!(db.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(db.max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(db.max_conns, Some(100));
+        assert_eq!(db.send_proxy, Some(ProxyVersion::V1));
+        assert!(db.accept_proxy);
+        assert_eq!(db.proxy_header_timeout, Duration::from_secs(2));
+        assert_eq!(
+            db.health,
+            Some(HealthConfig {
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(3),
+                rise: 1,
+                fall: 5
+            })
+        );
+        assert_eq!(off.buffer_size, 1 << 20);
+        assert_eq!(off.health, None);
+    }
+
+    #[test]
+    fn example_file_loads() {
+        let c = parse(
+            include_str!("../examples/ringlb.toml"),
+            Path::new("examples/ringlb.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.frontends.len(), 2);
+    }
+
+    #[test]
+    fn missing_file() {
+        let e = load(Path::new("/nonexistent/ringlb.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("/nonexistent/ringlb.toml: cannot read: "),
+            "{msg}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn bad_inputs() {
+        const FE: &str = "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n";
+        let cases: &[(&str, String, usize, &str, &str)] = &[
+            (
+                "unknown top-level key",
+                format!("workers = 2\ncolour = \"red\"\n{FE}backends = [\"127.0.0.1:9000\"]\n"),
+                2,
+                "colour",
+                "unknown field `colour`",
+            ),
+            (
+                "unknown frontend key",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\ncolour = \"red\"\n"),
+                5,
+                "frontend[0].colour",
+                "unknown field `colour`",
+            ),
+            (
+                "unknown backend key",
+                format!(
+                    "{FE}backends = [\n  \"127.0.0.1:9000\",\n  {{ addr = \"127.0.0.1:9001\", colour = 1 }},\n]\n"
+                ),
+                6,
+                "frontend[0].backends[1].colour",
+                "unknown field `colour`",
+            ),
+            (
+                "unknown health key",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\n[frontend.health]\nrise = 2\nsnooze = 1\n"),
+                7,
+                "frontend[0].health.snooze",
+                "unknown field `snooze`",
+            ),
+            (
+                "wrong type",
+                format!(
+                    "{FE}backends = [\n  \"127.0.0.1:9000\",\n  {{ addr = \"127.0.0.1:9001\", weight = \"two\" }},\n]\n"
+                ),
+                6,
+                "frontend[0].backends[1].weight",
+                "invalid type: string \"two\"",
+            ),
+            (
+                "weight 0",
+                format!("{FE}backends = [\n  {{ addr = \"127.0.0.1:9001\", weight = 0 }},\n]\n"),
+                5,
+                "frontend[0].backends[0].weight",
+                "must be between 1 and 1000, got 0",
+            ),
+            (
+                "weight 0 in the string form",
+                format!("{FE}backends = [\"127.0.0.1:9000,weight=0\"]\n"),
+                4,
+                "frontend[0].backends[0]",
+                "weight must be between 1 and 1000",
+            ),
+            (
+                "bad backend address",
+                format!("{FE}backends = [\"127.0.0.1\"]\n"),
+                4,
+                "frontend[0].backends[0]",
+                "invalid address '127.0.0.1'",
+            ),
+            (
+                "bad listen address",
+                "[[frontend]]\nname = \"web\"\nlisten = \"8080\"\nbackends = [\"127.0.0.1:9000\"]\n"
+                    .to_string(),
+                3,
+                "frontend[0].listen",
+                "invalid address '8080'",
+            ),
+            (
+                "bad table address",
+                format!("{FE}backends = [{{ addr = \"127.0.0.1:0\" }}]\n"),
+                4,
+                "frontend[0].backends[0].addr",
+                "port 0",
+            ),
+            (
+                "bad duration",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nconnect-timeout = \"3 parsecs\"\n"),
+                5,
+                "frontend[0].connect-timeout",
+                "invalid duration '3 parsecs'",
+            ),
+            (
+                "duration as a number",
+                format!("drain-timeout = 30\n{FE}backends = [\"127.0.0.1:9000\"]\n"),
+                1,
+                "drain-timeout",
+                "expected a duration",
+            ),
+            (
+                "unknown balance",
+                format!("{FE}balance = \"fastest\"\nbackends = [\"127.0.0.1:9000\"]\n"),
+                4,
+                "frontend[0].balance",
+                "fastest",
+            ),
+            (
+                "bad send-proxy",
+                format!("{FE}send-proxy = \"v3\"\nbackends = [\"127.0.0.1:9000\"]\n"),
+                4,
+                "frontend[0].send-proxy",
+                "v3",
+            ),
+            (
+                "bad buffer size",
+                format!("{FE}buffer-size = \"12\"\nbackends = [\"127.0.0.1:9000\"]\n"),
+                4,
+                "frontend[0].buffer-size",
+                "must be between 512 and",
+            ),
+            (
+                "workers 0",
+                format!("workers = 0\n{FE}backends = [\"127.0.0.1:9000\"]\n"),
+                1,
+                "workers",
+                "must be between 1 and 4096, got 0",
+            ),
+            (
+                "duplicate names",
+                format!(
+                    "{FE}backends = [\"127.0.0.1:9000\"]\n\n[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:8081\"\nbackends = [\"127.0.0.1:9000\"]\n"
+                ),
+                7,
+                "frontend[1].name",
+                "two frontends are named 'web'",
+            ),
+            (
+                "duplicate listen",
+                format!(
+                    "{FE}backends = [\"127.0.0.1:9000\"]\n[[frontend]]\nname = \"api\"\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9000\"]\n"
+                ),
+                7,
+                "frontend[1].listen",
+                "both listen on 127.0.0.1:8080",
+            ),
+            (
+                "missing listen",
+                "workers = 1\n\n[[frontend]]\nname = \"web\"\nbackends = [\"127.0.0.1:9000\"]\n"
+                    .to_string(),
+                3,
+                "frontend[0]",
+                "missing field `listen`",
+            ),
+            (
+                "empty backends",
+                format!("{FE}backends = []\n"),
+                4,
+                "frontend[0].backends",
+                "no backend",
+            ),
+            (
+                "zero connect-timeout",
+                format!(
+                    "{FE}backends = [\"127.0.0.1:9000\"]\n[[frontend]]\nname = \"api\"\nlisten = \"127.0.0.1:8081\"\nbackends = [\"127.0.0.1:9000\"]\nconnect-timeout = \"0s\"\n"
+                ),
+                9,
+                "frontend[1].connect-timeout",
+                "must be more than zero",
+            ),
+            (
+                "zero health interval",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\n[frontend.health]\ninterval = \"0s\"\n"),
+                6,
+                "frontend[0].health.interval",
+                "must be more than zero",
+            ),
+            (
+                "syntax error",
+                format!("{FE}backends = [\"127.0.0.1:9000\"\nworkers = 2\n"),
+                5,
+                "",
+                "",
+            ),
+        ];
+        for (what, text, line, key, message) in cases {
+            let err = parse_str(text).expect_err(what).to_string();
+            let prefix = match *key {
+                "" => format!("{PATH}:{line}: "),
+                key => format!("{PATH}:{line}: {key}: "),
+            };
+            assert!(err.starts_with(&prefix), "{what}: {err:?} lacks {prefix:?}");
+            assert!(err.contains(message), "{what}: {err:?} lacks {message:?}");
+            assert!(!err.contains('\n'), "{what}: {err:?} is not one line");
+        }
+    }
+
+    #[test]
+    fn no_frontend() {
+        for text in ["", "workers = 2\n", "frontend = []\n"] {
+            let err = parse_str(text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("ringlb.toml: frontend: no frontend"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_keys_and_paths_stay_on_one_line() {
+        let e = parse("\"a\\nb.c\" = 1", Path::new("x\ny.toml")).unwrap_err();
+        assert_eq!(e.key(), Some("\"a\\nb.c\""));
+        assert_eq!(e.line(), Some(1));
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("x\\ny.toml:1: \"a\\nb.c\": unknown field"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg:?}");
+    }
+
+    /// Odd input gives an error, never a panic.
+    #[test]
+    fn odd_inputs() {
+        for text in [
+            "[frontend]\nname = 1\n",
+            "frontend = 3",
+            "frontend = [[]]",
+            "[[frontend]]\nbackends = [[1]]",
+            "[[frontend]]\nbackends = [{}]",
+            "[[frontend]]\nmax-conns = -1",
+            "[[frontend]]\nmax-conns = 9223372036854775807",
+            "[[frontend]]\nbuffer-size = -5",
+            "[[frontend]]\nname = \"\"",
+            "[[frontend]]\nhealth = 1",
+            "[[frontend]]\nhealth = []",
+            "[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[frontend.backends]]\nweight = 2",
+            "a = [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]",
+            "\u{feff}\u{0}",
+            "é = \"\n",
+            "\"a\\nb.c\" = 1",
+            "\"a\\rb\" = 1",
+        ] {
+            let err = parse_str(text).unwrap_err().to_string();
+            assert!(err.starts_with(PATH) && !err.contains('\n'), "{err:?}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The config file and live reload, through the real binary: two frontends
+//! from one file, --check, reload under continuous traffic with no failed
+//! connection, a bad reload that keeps the running config, frontends added
+//! and removed, and the README's example config.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use common::{run_to_exit, wait_until, Backend, Ringlb, TempDir};
+
+fn frontend(name: &str, listen: &str, backends: &[&Backend]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.arg()))
+        .collect();
+    format!(
+        "[[frontend]]\nname = \"{name}\"\nlisten = \"{listen}\"\nbackends = [{}]\n[frontend.health]\ninterval = \"100ms\"\n\n",
+        list.join(", ")
+    )
+}
+
+/// One echo exchange through `addr`; Err describes what failed.
+fn exchange(addr: SocketAddr, msg: &[u8]) -> Result<(), String> {
+    let mut conn = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    conn.write_all(msg).map_err(|e| format!("write: {e}"))?;
+    conn.shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got)
+        .map_err(|e| format!("read: {e}"))?;
+    if got == msg {
+        Ok(())
+    } else {
+        Err(format!(
+            "got {} bytes back instead of {}",
+            got.len(),
+            msg.len()
+        ))
+    }
+}
+
+#[test]
+fn two_frontends_from_one_file() {
+    let (a, b) = (Backend::echo(), Backend::echo());
+    let dir = TempDir::new("two");
+    let text = frontend("web", "127.0.0.1:0", &[&a]) + &frontend("api", "127.0.0.1:0", &[&b]);
+    let path = dir.write("ringlb.toml", &text);
+    let lb = Ringlb::start_with_config(&path, &["--workers", "2"]);
+    let (web, api) = (lb.frontend_addr("web"), lb.frontend_addr("api"));
+    assert_ne!(web, api);
+    exchange(web, b"to web").unwrap();
+    exchange(api, b"to api").unwrap();
+    assert_eq!((a.served(), b.served()), (1, 1));
+}
+
+#[test]
+fn check_validates_and_names_the_bad_line() {
+    let a = Backend::echo();
+    let dir = TempDir::new("check");
+    let good = dir.write("good.toml", &frontend("web", "127.0.0.1:0", &[&a]));
+    let (status, out) = run_to_exit(&["--check", "--config", good.to_str().unwrap()]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("web"), "{out}");
+
+    let bad = dir.write(
+        "bad.toml",
+        "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:9\"]\ncolour = \"red\"\n",
+    );
+    let (status, out) = run_to_exit(&["--check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    assert!(
+        out.contains("bad.toml:5") && out.contains("colour"),
+        "{out}"
+    );
+
+    let (status, out) =
+        run_to_exit(&["--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(2), "{out}");
+}
+
+#[test]
+fn reload_under_traffic_fails_no_connection() {
+    let (a, b) = (Backend::echo(), Backend::echo());
+    let dir = TempDir::new("reload");
+    let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
+    let lb = Ringlb::start_with_config(&path, &["--workers", "2"]);
+    let addr = lb.frontend_addr("web");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, done) = (stop.clone(), done.clone());
+            thread::spawn(move || {
+                let mut failures = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let msg = format!("client {c} request {i}");
+                    if let Err(e) = exchange(addr, msg.as_bytes()) {
+                        failures.push(e);
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+                failures
+            })
+        })
+        .collect();
+
+    wait_until("traffic on a", || a.served() > 50);
+    std::fs::write(&path, frontend("web", "127.0.0.1:0", &[&b])).unwrap();
+    lb.signal("HUP");
+    wait_until("traffic moved to b", || b.served() > 50);
+    // Reload again, back to a, while the clients keep going.
+    std::fs::write(&path, frontend("web", "127.0.0.1:0", &[&a, &b])).unwrap();
+    let before = a.served();
+    lb.signal("HUP");
+    wait_until("traffic on a again", || a.served() > before + 50);
+    stop.store(true, Ordering::SeqCst);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed: {:?}",
+        failures.len(),
+        done.load(Ordering::SeqCst),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(
+        lb.log().matches("config reloaded").count(),
+        2,
+        "{}",
+        lb.log()
+    );
+}
+
+#[test]
+fn bad_reload_keeps_the_running_config() {
+    let a = Backend::echo();
+    let dir = TempDir::new("badreload");
+    let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
+    let lb = Ringlb::start_with_config(&path, &[]);
+    let addr = lb.frontend_addr("web");
+    exchange(addr, b"before").unwrap();
+
+    std::fs::write(&path, "[[frontend]]\nname = \"web\"\nlisten = 8080\n").unwrap();
+    lb.signal("HUP");
+    wait_until("reload rejected", || lb.log().contains("reload rejected"));
+    assert!(lb.log().contains("ringlb.toml:3"), "{}", lb.log());
+    exchange(addr, b"after").unwrap();
+    assert_eq!(a.served(), 2);
+}
+
+#[test]
+fn reload_adds_and_removes_frontends() {
+    let (a, b) = (Backend::echo(), Backend::echo());
+    let dir = TempDir::new("addremove");
+    let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
+    let lb = Ringlb::start_with_config(&path, &["--workers", "2"]);
+    let web = lb.frontend_addr("web");
+
+    std::fs::write(&path, frontend("api", "127.0.0.1:0", &[&b])).unwrap();
+    lb.signal("HUP");
+    let api = lb.frontend_addr("api");
+    exchange(api, b"new frontend").unwrap();
+    assert_eq!(b.served(), 1);
+    // The removed frontend's listener is closed: its clients are refused.
+    wait_until("web closed", || TcpStream::connect(web).is_err());
+}
+
+#[test]
+fn readme_example_config_is_the_shipped_one_and_valid() {
+    let readme = include_str!("../README.md");
+    let example = include_str!("../examples/ringlb.toml");
+    let block = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has a ```toml block");
+    assert_eq!(
+        block, example,
+        "README's example differs from examples/ringlb.toml"
+    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ringlb.toml");
+    let (status, out) = run_to_exit(&["--check", "--config", path]);
+    assert!(status.success(), "{out}");
+}
