@@ -10,7 +10,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio_uring::net::TcpStream;
-use tracing::{debug, info};
 
 use crate::limit::Slot;
 use crate::logging::ACCESS_TARGET;
@@ -66,8 +65,7 @@ pub async fn handle(
     let _slot = slot;
     let start = Instant::now();
     let metrics = fe.metrics(worker.id);
-    metrics.connections_total.inc();
-    metrics.connections_active.inc();
+    let _open = Open::new(metrics);
     let client = Rc::new(client);
     let key = worker.conns.borrow_mut().insert(Conn {
         client: client.clone(),
@@ -83,14 +81,19 @@ pub async fn handle(
     let mut early = Vec::new();
     let mut addresses = None;
     if fe.frontend.config.accept_proxy {
-        match read_proxy_header(&client, fe.frontend.config.proxy_header_timeout).await {
+        // Boxed, like the other rare steps below, so they do not grow every
+        // connection's task: an idle connection's memory is mostly its task.
+        let header = Box::pin(read_proxy_header(
+            &client,
+            fe.frontend.config.proxy_header_timeout,
+        ));
+        match header.await {
             Ok((addrs, rest)) => {
                 addresses = addrs;
                 early = rest;
             }
             Err(err) => {
                 metrics.proxy_header_errors.inc();
-                metrics.connections_active.dec();
                 log_close(&fe, peer, None, 0, 0, start, &Ended::ProxyHeader(err));
                 return;
             }
@@ -107,7 +110,6 @@ pub async fn handle(
         Ok(connected) => connected,
         Err(why) => {
             metrics.no_backend.inc();
-            metrics.connections_active.dec();
             log_close(&fe, peer, None, 0, 0, start, &Ended::NoBackend(why));
             return;
         }
@@ -118,12 +120,16 @@ pub async fn handle(
     if worker.aborting.get() {
         relay::teardown(&client, &backend);
     }
-    if let Err(err) = send_preamble(&fe, &client, &backend, peer, addresses, early).await {
-        metrics.backend_errors.inc();
-        metrics.connections_active.dec();
-        let addr = fe.upstream.pool().addr(lease.index());
-        log_close(&fe, source, Some(addr), 0, 0, start, &Ended::Error(&err));
-        return;
+    if fe.frontend.config.send_proxy.is_some() || !early.is_empty() {
+        let preamble = Box::pin(send_preamble(
+            &fe, &client, &backend, peer, addresses, early,
+        ));
+        if let Err(err) = preamble.await {
+            metrics.backend_errors.inc();
+            let addr = fe.upstream.pool().addr(lease.index());
+            log_close(&fe, source, Some(addr), 0, 0, start, &Ended::Error(&err));
+            return;
+        }
     }
 
     let limits = &fe.limits;
@@ -133,7 +139,7 @@ pub async fn handle(
     let (outcome, timed_out) = if limits.idle_timeout.is_none() && limits.max_lifetime.is_none() {
         (relayed.await, None)
     } else {
-        tokio::pin!(relayed);
+        let mut relayed = Box::pin(relayed);
         tokio::select! {
             outcome = &mut relayed => (outcome, None),
             ended = watchdog(&activity, limits.idle_timeout, limits.max_lifetime.map(|d| start + d)) => {
@@ -164,6 +170,23 @@ pub async fn handle(
         &ended,
     );
     drop(lease);
+}
+
+/// Counts a connection as open for as long as it lives.
+struct Open<'a>(&'a WorkerMetrics);
+
+impl<'a> Open<'a> {
+    fn new(metrics: &'a WorkerMetrics) -> Self {
+        metrics.connections_total.inc();
+        metrics.connections_active.inc();
+        Open(metrics)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.connections_active.dec();
+    }
 }
 
 /// Why a client's PROXY header was refused.
@@ -244,9 +267,6 @@ async fn send_preamble(
         proxy_protocol::encode(version, source, dest, &mut preamble);
     }
     preamble.extend_from_slice(&early);
-    if preamble.is_empty() {
-        return Ok(());
-    }
     let (res, _) = backend.write_all(preamble).await;
     res.map_err(|source| relay::RelayError::Write {
         side: Side::Backend,
@@ -256,7 +276,6 @@ async fn send_preamble(
 
 /// Adds a finished connection to this worker's counters.
 fn count(m: &WorkerMetrics, backend: usize, outcome: &Outcome, timed_out: bool) {
-    m.connections_active.dec();
     m.bytes_in.add(outcome.to_backend);
     m.bytes_out.add(outcome.to_client);
     if let Some(b) = m.backends.get(backend) {
@@ -322,28 +341,25 @@ fn log_close(
 ) {
     let backend = MaybeAddr(backend);
     let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+    // One line, two levels: tracing needs the level and target at the call site.
+    macro_rules! line {
+        ($($level_and_target:tt)*) => {
+            tracing::event!(
+                $($level_and_target)*
+                client = %client,
+                frontend = fe.name(),
+                backend = %backend,
+                bytes_in,
+                bytes_out,
+                duration_ms,
+                reason = %reason,
+                "connection closed"
+            )
+        };
+    }
     if fe.limits.access_log {
-        info!(
-            target: ACCESS_TARGET,
-            client = %client,
-            frontend = fe.name(),
-            backend = %backend,
-            bytes_in,
-            bytes_out,
-            duration_ms,
-            reason = %reason,
-            "connection closed"
-        );
+        line!(target: ACCESS_TARGET, tracing::Level::INFO,);
     } else {
-        debug!(
-            client = %client,
-            frontend = fe.name(),
-            backend = %backend,
-            bytes_in,
-            bytes_out,
-            duration_ms,
-            reason = %reason,
-            "connection closed"
-        );
+        line!(tracing::Level::DEBUG,);
     }
 }

@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
-use common::{http_get, read_to_end, wait_until, Backend, Ringlb};
+use common::{http_get, metric, read_to_end, wait_until, Backend, Ringlb};
 
 fn echo_round(conn: &mut std::net::TcpStream, msg: &[u8]) {
     conn.write_all(msg).unwrap();
@@ -157,13 +157,6 @@ fn access_log_in_json_has_every_field() {
     assert!(f["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
 }
 
-/// Reads one sample from Prometheus text, e.g. `ringlb_connections_total{frontend="default"}`.
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
-}
-
 #[test]
 fn metrics_count_the_traffic_sent() {
     let (a, b) = (Backend::echo(), Backend::echo());
@@ -191,13 +184,13 @@ fn metrics_count_the_traffic_sent() {
     let mut text = String::new();
     wait_until("all 20 connections closed and counted", || {
         text = http_get(admin, "/metrics").1;
-        sample(&text, &format!("ringlb_connections_active{fe}")) == 0
+        metric(&text, &format!("ringlb_connections_active{fe}")) == 0
     });
-    assert_eq!(sample(&text, &format!("ringlb_connections_total{fe}")), 20);
-    assert_eq!(sample(&text, &format!("ringlb_bytes_in_total{fe}")), sent);
-    assert_eq!(sample(&text, &format!("ringlb_bytes_out_total{fe}")), sent);
+    assert_eq!(metric(&text, &format!("ringlb_connections_total{fe}")), 20);
+    assert_eq!(metric(&text, &format!("ringlb_bytes_in_total{fe}")), sent);
+    assert_eq!(metric(&text, &format!("ringlb_bytes_out_total{fe}")), sent);
     let per = |name: &str, backend: &Backend| {
-        sample(
+        metric(
             &text,
             &format!(
                 "{name}{{frontend=\"default\",backend=\"{}\"}}",
@@ -245,7 +238,7 @@ fn healthz_fails_when_every_backend_is_down() {
     wait_until("healthz 503", || http_get(admin, "/healthz").0 == 503);
     let text = http_get(admin, "/metrics").1;
     assert_eq!(
-        sample(
+        metric(
             &text,
             &format!(
                 "ringlb_backend_up{{frontend=\"default\",backend=\"{}\"}}",

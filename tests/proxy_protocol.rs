@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
-use common::{http_get, read_to_end, wait_until, Backend, Ringlb, PATIENCE};
+use common::{http_get, metric, read_to_end, wait_until, Backend, Ringlb, PATIENCE};
 
 /// A backend that reports everything it received, once the client is done.
 fn recorder() -> (Backend, mpsc::Receiver<Vec<u8>>) {
@@ -103,12 +103,6 @@ fn accept_proxy_takes_the_client_from_the_header_and_passes_it_on() {
     assert_eq!(got2.recv_timeout(PATIENCE).unwrap(), b"data");
 }
 
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
-}
-
 #[test]
 fn bad_headers_close_only_their_connection_and_are_counted() {
     let backend = Backend::echo();
@@ -174,7 +168,7 @@ fn bad_headers_close_only_their_connection_and_are_counted() {
     let expected = bad.len() as u64 + 1;
     wait_until("errors counted", || {
         let text = http_get(admin, "/metrics").1;
-        sample(
+        metric(
             &text,
             "ringlb_proxy_header_errors_total{frontend=\"default\"}",
         ) == expected
