@@ -130,3 +130,76 @@ fn silent_backend_times_out_and_its_socket_is_released() {
         fd_count(lb.pid()) <= baseline
     });
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Sets the soft open-file limit of a running process (the hard one stays).
+fn set_nofile(pid: u32, limit: usize) {
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "prlimit failed: {err}");
+}
+
+#[test]
+fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
+    let good = Backend::echo();
+    let lb = Ringlb::start(&[
+        "--backend",
+        &good.arg(),
+        "--workers",
+        "1",
+        "--no-health-checks",
+    ]);
+    // Room for one proxied connection (two descriptors), then accept hits EMFILE.
+    set_nofile(lb.pid(), fd_count(lb.pid()) + 2);
+    let mut first = lb.connect();
+    first.write_all(b"one").unwrap();
+    let mut buf = [0u8; 3];
+    first.read_exact(&mut buf).unwrap();
+    let waiting: Vec<TcpStream> = (0..5).map(|_| lb.connect()).collect();
+    wait_until("accept failure logged", || {
+        lb.log().contains("accept failed")
+    });
+
+    // Over a second of EMFILE the worker backs off instead of spinning, and
+    // logs at most once a second.
+    let (t0, c0) = (std::time::Instant::now(), cpu_ticks(lb.pid()));
+    let lines0 = lb.log().matches("accept failed").count();
+    std::thread::sleep(Duration::from_millis(1000));
+    let ticks = cpu_ticks(lb.pid()) - c0;
+    let lines = lb.log().matches("accept failed").count() - lines0;
+    assert!(
+        ticks < 50,
+        "{ticks} CPU ticks in 1 s while out of descriptors"
+    );
+    assert!(
+        lines as u64 <= t0.elapsed().as_secs() + 1,
+        "{lines} accept warnings in 1 s"
+    );
+
+    // Room again. Each waiting client is served, or closed if its accept got a
+    // descriptor but its backend socket did not; none hangs. New clients are served.
+    set_nofile(lb.pid(), 4096);
+    for mut conn in waiting {
+        let _ = conn.write_all(b"two");
+        let _ = conn.shutdown(Shutdown::Write);
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got); // EOF or reset, never a hang
+        assert!(got.is_empty() || got == b"two", "{got:?}");
+    }
+    assert_eq!(echo_once(&lb, b"three"), b"three");
+    drop(first);
+}
