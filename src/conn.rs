@@ -110,7 +110,7 @@ pub async fn handle(
         Ok(connected) => connected,
         Err(why) => {
             metrics.no_backend.inc();
-            log_close(&fe, peer, None, 0, 0, start, &Ended::NoBackend(why));
+            log_close(&fe, source, None, 0, 0, start, &Ended::NoBackend(why));
             return;
         }
     };

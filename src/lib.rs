@@ -4,7 +4,7 @@
 //! How a byte travels, module by module:
 //! - [`cli`]: the command line, every flag documented.
 //! - [`config`]: command line -> validated [`config::Config`]; addresses resolved.
-//! - [`file`]: TOML config file -> the same `Config`; errors name file, line and key.
+//! - [`file`](mod@file): TOML config file -> the same `Config`; errors name file, line and key.
 //! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP).
 //! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners, the fd limit.
