@@ -191,14 +191,22 @@ fn help_documents_every_flag() {
 #[test]
 fn rsp_form_listens_on_all_interfaces() {
     let backend = Backend::echo();
-    let port = free_port();
-    let lb = Ringlb::start(&[
-        &port.to_string(),
-        "127.0.0.1",
-        &backend.addr.port().to_string(),
-        "--workers",
-        "1",
-    ]);
+    let bport = backend.addr.port().to_string();
+    // A port from free_port() can be taken again before ringlb binds it: retry.
+    let (lb, port) = (0..5)
+        .find_map(|_| {
+            let port = free_port();
+            let args = [
+                port.to_string(),
+                "127.0.0.1".into(),
+                bport.clone(),
+                "--workers".into(),
+                "1".into(),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Ringlb::try_start(&args).ok().map(|lb| (lb, port))
+        })
+        .expect("no free port in 5 tries");
     assert!(lb.addr.ip().is_unspecified(), "{}", lb.addr);
     let mut conn = common::client(format!("127.0.0.1:{port}").parse().unwrap());
     conn.write_all(b"rsp").unwrap();

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{free_port, read_to_end, wait_until, Backend, Ringlb};
+use common::{read_to_end, wait_until, Backend, Refused, Ringlb};
 
 fn echo_once(lb: &Ringlb, msg: &[u8]) -> Vec<u8> {
     let mut conn = lb.connect();
@@ -18,11 +18,11 @@ fn echo_once(lb: &Ringlb, msg: &[u8]) -> Vec<u8> {
 
 #[test]
 fn refused_backend_is_skipped() {
-    let refused = format!("127.0.0.1:{}", free_port());
+    let refused = Refused::new();
     let good = Backend::echo();
     let lb = Ringlb::start(&[
         "--backend",
-        &refused,
+        &refused.arg(),
         "--backend",
         &good.arg(),
         "--workers",
@@ -59,13 +59,8 @@ fn round_robin_alternates() {
 
 #[test]
 fn all_backends_down_closes_the_client() {
-    let (p1, p2) = (free_port(), free_port());
-    let lb = Ringlb::start(&[
-        "--backend",
-        &format!("127.0.0.1:{p1}"),
-        "--backend",
-        &format!("127.0.0.1:{p2}"),
-    ]);
+    let (r1, r2) = (Refused::new(), Refused::new());
+    let lb = Ringlb::start(&["--backend", &r1.arg(), "--backend", &r2.arg()]);
     for _ in 0..3 {
         let mut conn = lb.connect();
         let mut buf = [0u8; 16];

@@ -30,6 +30,12 @@ impl Ringlb {
     /// Starts ringlb with `args` plus `--listen 127.0.0.1:0` (unless given) and
     /// waits for its start-up line.
     pub fn start(args: &[&str]) -> Ringlb {
+        Ringlb::try_start(args).unwrap_or_else(|log| panic!("ringlb did not start; log:\n{log}"))
+    }
+
+    /// Like [`Ringlb::start`], but returns the log instead of panicking when
+    /// ringlb does not start (e.g. a port picked by [`free_port`] got taken).
+    pub fn try_start(args: &[&str]) -> Result<Ringlb, String> {
         let mut cmd = Command::new(binary());
         let rsp_form = args.first().is_some_and(|a| a.parse::<u16>().is_ok());
         let has_listen = args
@@ -63,7 +69,8 @@ impl Ringlb {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("ringlb did not start; log:\n{}", log.lock().unwrap());
+                let _ = child.wait();
+                return Err(log.lock().unwrap().clone());
             }
         };
         let listen = match serde_json::from_str::<serde_json::Value>(&line) {
@@ -75,7 +82,7 @@ impl Ringlb {
         let addr = listen
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no listen address in start-up line: {line}"));
-        Ringlb { child, addr, log }
+        Ok(Ringlb { child, addr, log })
     }
 
     /// Everything it wrote to stderr so far.
@@ -169,6 +176,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback address where connects are refused for as long as this lives:
+/// the port is bound (so no one else gets it) but not listening.
+pub struct Refused {
+    /// The address to point a backend at.
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+impl Refused {
+    /// Binds a fresh port without listening on it.
+    pub fn new() -> Refused {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        Refused {
+            addr,
+            _socket: socket,
+        }
+    }
+
+    /// The address as a flag value.
+    pub fn arg(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
 /// A real backend on a free loopback port: a thread per connection running `handler`.
 pub struct Backend {
     /// Where it listens.
@@ -178,6 +214,8 @@ pub struct Backend {
     /// Connections that carried at least one byte from the client (echo backends only).
     pub served: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// A second handle on the listening socket, to shut it down from here.
+    control: Arc<TcpListener>,
 }
 
 impl Backend {
@@ -200,6 +238,7 @@ impl Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(handler);
         let (count, stopped) = (accepted.clone(), stop.clone());
+        let control = Arc::new(listener.try_clone().unwrap());
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if stopped.load(Ordering::SeqCst) {
@@ -217,6 +256,7 @@ impl Backend {
             accepted,
             served: Arc::new(AtomicUsize::new(0)),
             stop,
+            control,
         }
     }
 
@@ -275,11 +315,13 @@ impl Backend {
         self.accepted.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting and closes the listening socket.
+    /// Stops listening at once: from when this returns, connects are refused
+    /// (connections still in the backlog are reset, as when a server dies).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag and drops the listener.
-        let _ = TcpStream::connect(self.addr);
+        // shutdown() on a listening socket stops it listening and wakes the
+        // accept loop, which sees the flag and drops its handle.
+        let _ = socket2::SockRef::from(&*self.control).shutdown(Shutdown::Both);
     }
 }
 
