@@ -3,8 +3,10 @@
 //! sockets (one per worker), its backend pool, its counters and its
 //! connection limit. A reload builds a new generation: listeners are carried
 //! over for every frontend whose name and listen address are unchanged, so no
-//! client is refused during a reload; everything else is new, and connections
-//! opened before keep what they started with.
+//! client is refused during a reload; so are its pool (health state, active
+//! counts), prober and counters while its backends and health settings are
+//! unchanged, and its connection limit while max-conns is. Everything else is
+//! new, and connections opened before keep what they started with.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,15 +84,34 @@ impl Generation {
                     Arc::new(Listeners { addr, sockets })
                 }
             };
-            let pool = Arc::new(Pool::new(&fe.backends));
-            if let Some(health) = fe.health {
-                if let Err(err) = probe::spawn(Arc::downgrade(&pool), fe.name.clone(), health) {
-                    warn!(frontend = %fe.name, %err, "cannot start health checks");
+            // A frontend whose pool is unchanged keeps its pool (health, active
+            // counts, prober) and its counters; one whose limit is unchanged
+            // keeps its slot count, so old and new connections share it.
+            let old = previous.and_then(|p| p.frontend(&fe.name));
+            let same_pool =
+                old.filter(|o| o.config.backends == fe.backends && o.config.health == fe.health);
+            let (pool, metrics) = match same_pool {
+                Some(o) => (o.pool.clone(), o.metrics.clone()),
+                None => {
+                    let pool = Arc::new(Pool::new(&fe.backends));
+                    if let Some(health) = fe.health {
+                        if let Err(err) =
+                            probe::spawn(Arc::downgrade(&pool), fe.name.clone(), health)
+                        {
+                            warn!(frontend = %fe.name, %err, "cannot start health checks");
+                        }
+                    }
+                    let metrics = Arc::new(Metrics::new(&fe.name, config.workers, pool.len()));
+                    (pool, metrics)
                 }
-            }
+            };
+            let limit = match old {
+                Some(o) if o.config.max_conns == fe.max_conns => o.limit.clone(),
+                _ => fe.max_conns.map(ConnLimit::new),
+            };
             frontends.push(Arc::new(Frontend {
-                metrics: Arc::new(Metrics::new(&fe.name, config.workers, pool.len())),
-                limit: fe.max_conns.map(ConnLimit::new),
+                metrics,
+                limit,
                 config: fe.clone(),
                 listeners,
                 pool,

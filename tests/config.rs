@@ -194,3 +194,55 @@ fn readme_example_config_is_the_shipped_one_and_valid() {
     let (status, out) = run_to_exit(&["--check", "--config", path]);
     assert!(status.success(), "{out}");
 }
+
+#[test]
+fn reload_keeps_counters_while_the_pool_is_unchanged() {
+    let (a, b) = (Backend::echo(), Backend::echo());
+    let dir = TempDir::new("counters");
+    let admin_line = "admin = \"127.0.0.1:0\"\n";
+    let path = dir.write(
+        "ringlb.toml",
+        &(admin_line.to_string() + &frontend("web", "127.0.0.1:0", &[&a])),
+    );
+    let lb = Ringlb::start_with_config(&path, &[]);
+    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let web = lb.frontend_addr("web");
+    let total = || {
+        common::metric(
+            &common::http_get(admin, "/metrics").1,
+            "ringlb_connections_total{frontend=\"web\"}",
+        )
+    };
+    for _ in 0..3 {
+        exchange(web, b"x").unwrap();
+    }
+    wait_until("3 counted", || total() == 3);
+
+    // Same pool, another setting: the counters go on.
+    let changed = frontend("web", "127.0.0.1:0", &[&a]).replacen(
+        "[frontend.health]",
+        "idle-timeout = \"1h\"\n[frontend.health]",
+        1,
+    );
+    std::fs::write(&path, admin_line.to_string() + &changed).unwrap();
+    lb.signal("HUP");
+    wait_until("reloaded", || {
+        lb.log().matches("config reloaded").count() == 1
+    });
+    exchange(web, b"y").unwrap();
+    wait_until("4 counted", || total() == 4);
+
+    // Another pool: a new generation of counters.
+    std::fs::write(
+        &path,
+        admin_line.to_string() + &frontend("web", "127.0.0.1:0", &[&b]),
+    )
+    .unwrap();
+    lb.signal("HUP");
+    wait_until("reloaded again", || {
+        lb.log().matches("config reloaded").count() == 2
+    });
+    exchange(web, b"z").unwrap();
+    wait_until("1 counted afresh", || total() == 1);
+    assert_eq!(b.served(), 1);
+}
