@@ -20,6 +20,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::buffer::BufPool;
+use crate::sys;
 
 /// Which peer of the proxied connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,8 +121,14 @@ async fn pump(
     };
     let mut buf = pool.small();
     let mut total = 0u64;
+    // Whether the next read should wait for readiness before trying: yes when
+    // the last read drained the socket (it came back short of the buffer),
+    // as every read does in request-response traffic, where the peer says
+    // nothing until its answer comes. A backend rarely speaks before the
+    // client's first bytes; the client usually has, by the time we get here.
+    let mut poll_first = from == Side::Backend;
     let error = loop {
-        let (res, b) = src.read(buf).await;
+        let (res, b) = sys::recv(src, buf, poll_first).await;
         buf = b;
         let n = match res {
             Ok(0) => break None,
@@ -137,6 +144,7 @@ async fn pump(
             break Some(RelayError::Write { side: to, source });
         }
         total += n as u64;
+        poll_first = n < buf.capacity();
         buf = pool.resize(buf, n);
     };
     pool.put(buf);
