@@ -167,6 +167,19 @@ pub fn client(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A listener on `addr` with room for 1024 pending connections. std's
+/// `TcpListener::bind` allows 128: a test opening hundreds of connections at
+/// once would then see the kernel drop handshakes and reset connections
+/// behind a full accept queue, failures of the test's backend, not ringlb's.
+pub fn listen(addr: SocketAddr) -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(1024).unwrap();
+    socket.into()
+}
+
 /// A port nothing listens on (bound, then released), so connects to it are refused.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -232,7 +245,7 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind(addr).unwrap();
+        let listener = listen(addr);
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
