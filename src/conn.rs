@@ -214,12 +214,8 @@ async fn read_proxy_header(
     let read = async {
         let mut got: Vec<u8> = Vec::with_capacity(proxy_protocol::MAX_HEADER);
         loop {
-            let buf = vec![
-                0u8;
-                proxy_protocol::MAX_HEADER
-                    - got.len().min(proxy_protocol::MAX_HEADER - 1)
-            ];
-            let (res, buf) = client.read(buf).await;
+            let want = proxy_protocol::MAX_HEADER - got.len().min(proxy_protocol::MAX_HEADER - 1);
+            let (res, buf) = sys::recv(client, Vec::with_capacity(want), false).await;
             match res {
                 Ok(0) | Err(_) => return Err(HeaderError::Truncated),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -267,7 +263,7 @@ async fn send_preamble(
         proxy_protocol::encode(version, source, dest, &mut preamble);
     }
     preamble.extend_from_slice(&early);
-    let (res, _) = backend.write_all(preamble).await;
+    let (res, _) = sys::send_all(backend, preamble).await;
     res.map_err(|source| relay::RelayError::Write {
         side: Side::Backend,
         source,

@@ -16,7 +16,6 @@ use std::io;
 use std::net::Shutdown;
 use std::time::Instant;
 
-use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::buffer::BufPool;
@@ -138,8 +137,8 @@ async fn pump(
         if let Some(activity) = activity {
             activity.set(Instant::now());
         }
-        let (res, slice) = dst.write_all(buf.slice(..n)).await;
-        buf = slice.into_inner();
+        let (res, b) = sys::send_all(dst, buf).await;
+        buf = b;
         if let Err(source) = res {
             break Some(RelayError::Write { side: to, source });
         }

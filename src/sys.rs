@@ -3,7 +3,8 @@
 //! address the client connected to; and a receive (IORING_OP_RECV) that can
 //! wait for the socket to be readable before trying, which the relay uses
 //! when the last read drained the socket, so the kernel skips a receive that
-//! would only fail with EAGAIN.
+//! would only fail with EAGAIN; and its counterpart, IORING_OP_SEND, which
+//! goes to the socket more directly than the generic write tokio-uring uses.
 
 #![allow(unsafe_code)]
 
@@ -52,6 +53,29 @@ pub async fn recv(
     UnsubmittedOneshot::new(buf, RecvDone, sqe).submit().await
 }
 
+/// Sends all of `buf` (its length, not its capacity) as IORING_OP_SEND, one
+/// send after another until the kernel has taken every byte; hands the
+/// buffer back either way.
+pub async fn send_all(stream: &TcpStream, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    let mut buf = buf;
+    let mut sent = 0;
+    while sent < buf.len() {
+        let rest = &buf[sent..];
+        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let sqe = opcode::Send::new(types::Fd(stream.as_raw_fd()), rest.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        let (res, b) = UnsubmittedOneshot::new(buf, SendDone, sqe).submit().await;
+        buf = b;
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+            Ok(n) => sent += n,
+            Err(err) => return (Err(err), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
 /// Sets the `ioprio` field of `sqe`, which io-uring 0.6's `Recv` builder does
 /// not expose (its `RecvMsg` does, but costs a msghdr copy per receive).
 fn with_ioprio(sqe: squeue::Entry, ioprio: u16) -> squeue::Entry {
@@ -83,6 +107,21 @@ impl OneshotOutputTransform for RecvDone {
         // (the capacity), at the start of the buffer.
         unsafe { buf.set_len(n.min(buf.capacity())) };
         (Ok(n), buf)
+    }
+}
+
+/// Turns a send completion into its byte count and hands the buffer back.
+struct SendDone;
+
+impl OneshotOutputTransform for SendDone {
+    type Output = (io::Result<usize>, Vec<u8>);
+    type StoredData = Vec<u8>;
+
+    fn transform_oneshot_output(self, buf: Vec<u8>, cqe: cqueue::Entry) -> Self::Output {
+        match cqe.result() {
+            res if res < 0 => (Err(io::Error::from_raw_os_error(-res)), buf),
+            n => (Ok(n as usize), buf),
+        }
     }
 }
 
@@ -129,6 +168,27 @@ mod tests {
             assert_eq!((res.unwrap(), &buf[..]), (6, &b"456789"[..]));
             let (res, _) = recv(&ours, buf, true).await;
             assert_eq!(res.unwrap(), 0, "EOF");
+        });
+    }
+
+    #[test]
+    fn send_all_delivers_more_than_a_socket_buffer_holds() {
+        tokio_uring::start(async {
+            let (mut peer, ours) = pair();
+            let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+            let expected = data.clone();
+            // 8 MiB is more than the socket buffers hold, so the kernel
+            // takes it in parts as the reader drains them.
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                std::io::Read::read_to_end(&mut peer, &mut got).unwrap();
+                got
+            });
+            let (res, buf) = send_all(&ours, data).await;
+            res.unwrap();
+            assert_eq!(buf.len(), 8 << 20, "the buffer comes back whole");
+            ours.shutdown(std::net::Shutdown::Write).unwrap();
+            assert!(reader.join().unwrap() == expected);
         });
     }
 
