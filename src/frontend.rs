@@ -86,14 +86,21 @@ impl Generation {
             };
             // A frontend whose pool is unchanged keeps its pool (health, active
             // counts, prober) and its counters; one whose limit is unchanged
-            // keeps its slot count, so old and new connections share it.
+            // keeps its slot count, so old and new connections share it. A
+            // changed pool under health checks takes over the health of the
+            // backends it kept (without checks, nothing would bring a carried
+            // down backend back, so it starts all up).
             let old = previous.and_then(|p| p.frontend(&fe.name));
             let same_pool =
                 old.filter(|o| o.config.backends == fe.backends && o.config.health == fe.health);
             let (pool, metrics) = match same_pool {
                 Some(o) => (o.pool.clone(), o.metrics.clone()),
                 None => {
-                    let pool = Arc::new(Pool::new(&fe.backends));
+                    let pool = Pool::new(&fe.backends);
+                    if let (Some(_), Some(o)) = (fe.health, old) {
+                        pool.carry_health_from(&o.pool);
+                    }
+                    let pool = Arc::new(pool);
                     if let Some(health) = fe.health {
                         if let Err(err) =
                             probe::spawn(Arc::downgrade(&pool), fe.name.clone(), health)

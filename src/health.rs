@@ -37,6 +37,15 @@ impl HealthState {
         }
     }
 
+    /// Like [`HealthState::new`], but starting up or down as given: a reload
+    /// hands a backend's known health to the new pool's prober.
+    pub fn starting(up: bool, rise: u32, fall: u32) -> Self {
+        HealthState {
+            up,
+            ..HealthState::new(rise, fall)
+        }
+    }
+
     /// Whether the backend may receive traffic.
     pub fn is_up(&self) -> bool {
         self.up
@@ -74,6 +83,13 @@ mod tests {
 
     fn feed(h: &mut HealthState, results: &[bool]) -> Vec<Option<bool>> {
         results.iter().map(|&ok| h.observe(ok)).collect()
+    }
+
+    #[test]
+    fn a_state_carried_down_needs_rise_successes() {
+        let mut h = HealthState::starting(false, 2, 3);
+        assert!(!h.is_up());
+        assert_eq!(feed(&mut h, &[false, true, true]), [None, None, Some(true)]);
     }
 
     #[test]

@@ -87,6 +87,17 @@ impl Pool {
         self.backends[i].up.store(up, Ordering::Relaxed);
     }
 
+    /// Takes over the health of every backend `old` also has (same address),
+    /// so a reload that changes the pool does not send clients to a backend
+    /// already known to be down, nor make a known-good one prove itself again.
+    pub fn carry_health_from(&self, old: &Pool) {
+        for b in &self.backends {
+            if let Some(o) = old.backends.iter().find(|o| o.config.addr == b.config.addr) {
+                b.up.store(o.up.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Connections open (or opening) to backend `i`, across workers.
     pub fn active(&self, i: usize) -> usize {
         self.backends[i].active.load(Ordering::Relaxed)
@@ -178,6 +189,23 @@ mod tests {
         assert!(!pool.is_full(1));
         drop(many);
         assert_eq!(pool.active(1), 0);
+    }
+
+    #[test]
+    fn health_carries_over_by_address() {
+        let addr = |port| BackendConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            ..backend(None)
+        };
+        let old = Pool::new(&[addr(1), addr(2)]);
+        old.set_up(0, false);
+        let new = Pool::new(&[addr(3), addr(2), addr(1)]);
+        new.carry_health_from(&old);
+        assert_eq!(
+            (0..3).map(|i| new.is_up(i)).collect::<Vec<_>>(),
+            [true, true, false],
+            "new backend up, kept ones as they were"
+        );
     }
 
     #[test]

@@ -31,10 +31,14 @@ pub fn spawn(
 }
 
 async fn run(weak: Weak<Pool>, frontend: String, config: HealthConfig) {
-    let Some(len) = weak.upgrade().map(|p| p.len()) else {
+    // Each backend starts as the pool has it: up, or as a reload carried it over.
+    let Some(mut states) = weak.upgrade().map(|pool| {
+        (0..pool.len())
+            .map(|i| HealthState::starting(pool.is_up(i), config.rise, config.fall))
+            .collect::<Vec<_>>()
+    }) else {
         return;
     };
-    let mut states = vec![HealthState::new(config.rise, config.fall); len];
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut all_down = false;

@@ -1,7 +1,7 @@
 //! The config file and live reload, through the real binary: two frontends
 //! from one file, --check, reload under continuous traffic with no failed
 //! connection, a bad reload that keeps the running config, frontends added
-//! and removed, and the README's example config.
+//! and removed, counters and health across reloads, and the README's example config.
 
 mod common;
 
@@ -245,4 +245,62 @@ fn reload_keeps_counters_while_the_pool_is_unchanged() {
     exchange(web, b"z").unwrap();
     wait_until("1 counted afresh", || total() == 1);
     assert_eq!(b.served(), 1);
+}
+
+#[test]
+fn reload_that_changes_the_pool_keeps_known_health() {
+    let (a, b, x) = (Backend::echo(), Backend::echo(), Backend::echo());
+    let x_addr = x.addr;
+    let dir = TempDir::new("health-carry");
+    let admin_line = "admin = \"127.0.0.1:0\"\n";
+    let config = |backends: &[&Backend], interval: &str, fall: u32| {
+        admin_line.to_string()
+            + &frontend("web", "127.0.0.1:0", backends).replace(
+                "interval = \"100ms\"",
+                &format!("interval = \"{interval}\"\nfall = {fall}\nrise = 1"),
+            )
+    };
+    let path = dir.write("ringlb.toml", &config(&[&x, &a], "50ms", 1));
+    let lb = Ringlb::start_with_config(&path, &[]);
+    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let up = |addr: &str| -> Option<bool> {
+        let list: serde_json::Value =
+            serde_json::from_str(&common::http_get(admin, "/backends").1).unwrap();
+        list.as_array()?
+            .iter()
+            .find(|b| b["address"] == addr)
+            .and_then(|b| b["up"].as_bool())
+    };
+    x.stop();
+    wait_until("x marked down", || up(&x.arg()) == Some(false));
+
+    // Another pool (b added), checks an hour apart and 3 failures to fall:
+    // only the first check runs, and it cannot take x down by itself, so
+    // whatever x shows comes from the carried-over state.
+    std::fs::write(&path, config(&[&x, &a, &b], "1h", 3)).unwrap();
+    lb.signal("HUP");
+    wait_until("reloaded", || {
+        lb.log().matches("config reloaded").count() == 1
+    });
+    assert_eq!(up(&b.arg()), Some(true), "a new backend starts up");
+    assert_eq!(up(&a.arg()), Some(true), "a kept backend stays up");
+    assert_eq!(up(&x.arg()), Some(false), "a kept backend stays down");
+    for _ in 0..4 {
+        exchange(lb.frontend_addr("web"), b"x").unwrap();
+    }
+
+    // The new prober knows x is down: with checks 50 ms apart again, x comes
+    // back once it answers (a prober that believed it up would never flip it).
+    std::fs::write(&path, config(&[&x, &a], "50ms", 3)).unwrap();
+    lb.signal("HUP");
+    wait_until("reloaded again", || {
+        lb.log().matches("config reloaded").count() == 2
+    });
+    assert_eq!(
+        up(&x.arg()),
+        Some(false),
+        "still down across the second reload"
+    );
+    let _x = Backend::echo_at(x_addr, None);
+    wait_until("x back up", || up(&x.arg()) == Some(true));
 }
