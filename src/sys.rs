@@ -8,6 +8,7 @@
 
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -33,20 +34,56 @@ pub fn local_addr(stream: &TcpStream) -> io::Result<SocketAddr> {
 /// trying a receive that is expected to find nothing.
 const RECVSEND_POLL_FIRST: u16 = 1;
 
+thread_local! {
+    /// Whether this thread's ring takes receive flags; cleared by the first
+    /// receive a kernel older than 5.19 refuses for its flags (EINVAL).
+    static RECV_FLAGS_OK: Cell<bool> = const { Cell::new(true) };
+}
+
 /// Receives into `buf`, from its start and up to its capacity, like
 /// `TcpStream::read`; returns the byte count (0 at EOF) with the buffer, its
 /// length set to the bytes received. With `poll_first` the kernel waits until
 /// the socket is readable before it tries: cheaper when the socket is known
 /// to be empty, dearer (an extra round through the ring) when it is not.
+/// Kernels without the flag get plain receives.
 pub async fn recv(
     stream: &TcpStream,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
     poll_first: bool,
+) -> (io::Result<usize>, Vec<u8>) {
+    recv_with(
+        stream,
+        buf,
+        if poll_first { RECVSEND_POLL_FIRST } else { 0 },
+    )
+    .await
+}
+
+/// [`recv`] with the SQE's receive flags (`ioprio`) given; if the kernel
+/// refuses them, this thread stops passing any and the receive is retried
+/// without.
+async fn recv_with(stream: &TcpStream, buf: Vec<u8>, flags: u16) -> (io::Result<usize>, Vec<u8>) {
+    let flags = if RECV_FLAGS_OK.get() { flags } else { 0 };
+    let (res, buf) = recv_once(stream, buf, flags).await;
+    match res {
+        Err(err) if flags != 0 && err.raw_os_error() == Some(libc::EINVAL) => {
+            RECV_FLAGS_OK.set(false);
+            recv_once(stream, buf, 0).await
+        }
+        res => (res, buf),
+    }
+}
+
+/// One IORING_OP_RECV with receive flags `flags`.
+async fn recv_once(
+    stream: &TcpStream,
+    mut buf: Vec<u8>,
+    flags: u16,
 ) -> (io::Result<usize>, Vec<u8>) {
     let len = u32::try_from(buf.capacity()).unwrap_or(u32::MAX);
     let mut sqe = opcode::Recv::new(types::Fd(stream.as_raw_fd()), buf.as_mut_ptr(), len).build();
-    if poll_first {
-        sqe = with_ioprio(sqe, RECVSEND_POLL_FIRST);
+    if flags != 0 {
+        sqe = with_ioprio(sqe, flags);
     }
     // The buffer lives in the driver with the operation until the kernel is
     // done with it; moving the `Vec` does not move its bytes.
@@ -82,7 +119,7 @@ fn with_ioprio(sqe: squeue::Entry, ioprio: u16) -> squeue::Entry {
     // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte
     // `io_uring_sqe` (transmute checks the size), which starts with
     // `opcode: u8, flags: u8, ioprio: u16`; any bit pattern is a valid SQE
-    // to Rust, and the kernel validates the flags (the test below checks it
+    // to Rust, and the kernel validates the flags (a test below checks it
     // reads ours).
     let mut raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
     raw[2..4].copy_from_slice(&ioprio.to_ne_bytes());
@@ -193,20 +230,23 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_reads_the_ioprio_we_set() {
+    fn refused_receive_flags_are_dropped_for_the_thread() {
         // An unknown receive flag is refused with EINVAL, which shows the
         // bits land in the field the kernel takes the flags from.
         tokio_uring::start(async {
             let (mut peer, ours) = pair();
             peer.write_all(b"x").unwrap();
-            let mut buf = Vec::<u8>::with_capacity(8);
-            let sqe = opcode::Recv::new(types::Fd(ours.as_raw_fd()), buf.as_mut_ptr(), 8).build();
-            let sqe = with_ioprio(sqe, 0x8000);
-            let (res, _) = UnsubmittedOneshot::new(buf, RecvDone, sqe).submit().await;
+            let (res, buf) = recv_once(&ours, Vec::with_capacity(8), 0x8000).await;
             assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::EINVAL));
-            // The same receive without the bad flag gets the byte.
-            let (res, buf) = recv(&ours, Vec::with_capacity(8), false).await;
+            // recv_with falls back to no flags (as on a kernel without
+            // POLL_FIRST) and this thread stops passing them.
+            assert!(RECV_FLAGS_OK.get());
+            let (res, buf) = recv_with(&ours, buf, 0x8000).await;
             assert_eq!((res.unwrap(), &buf[..]), (1, &b"x"[..]));
+            assert!(!RECV_FLAGS_OK.get());
+            peer.write_all(b"y").unwrap();
+            let (res, buf) = recv(&ours, buf, true).await;
+            assert_eq!((res.unwrap(), &buf[..]), (1, &b"y"[..]));
             drop(peer);
         });
     }
