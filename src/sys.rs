@@ -1,10 +1,10 @@
-//! What tokio-uring's `TcpStream` does not offer: its local address
-//! (getsockname), needed to tell a backend, in a PROXY protocol header, which
-//! address the client connected to; and a receive (IORING_OP_RECV) that can
-//! wait for the socket to be readable before trying, which the relay uses
-//! when the last read drained the socket, so the kernel skips a receive that
-//! would only fail with EAGAIN; and its counterpart, IORING_OP_SEND, which
-//! goes to the socket more directly than the generic write tokio-uring uses.
+//! What tokio-uring's `TcpStream` does not offer. Its local address
+//! (getsockname), to tell a backend in a PROXY protocol header which address
+//! the client connected to. And the relay's socket operations: a receive
+//! (IORING_OP_RECV) that can wait for readiness before it tries, used when
+//! the last read drained the socket so the kernel skips a receive that would
+//! only fail with EAGAIN; and a send (IORING_OP_SEND). Both reach the socket
+//! more directly than the generic read and write tokio-uring uses.
 
 #![allow(unsafe_code)]
 
