@@ -96,12 +96,11 @@ impl Generation {
             let (pool, metrics) = match same_pool {
                 Some(o) => (o.pool.clone(), o.metrics.clone()),
                 None => {
-                    let pool = Pool::new(&fe.backends);
-                    if let (Some(_), Some(o)) = (fe.health, old) {
-                        pool.carry_health_from(&o.pool);
-                    }
-                    let pool = Arc::new(pool);
+                    let pool = Arc::new(Pool::new(&fe.backends));
                     if let Some(health) = fe.health {
+                        if let Some(o) = old {
+                            pool.carry_health_from(&o.pool);
+                        }
                         if let Err(err) =
                             probe::spawn(Arc::downgrade(&pool), fe.name.clone(), health)
                         {

@@ -93,8 +93,7 @@ async fn recv_once(
 /// Sends all of `buf` (its length, not its capacity) as IORING_OP_SEND, one
 /// send after another until the kernel has taken every byte; hands the
 /// buffer back either way.
-pub async fn send_all(stream: &TcpStream, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-    let mut buf = buf;
+pub async fn send_all(stream: &TcpStream, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
     let mut sent = 0;
     while sent < buf.len() {
         let rest = &buf[sent..];
@@ -127,6 +126,15 @@ fn with_ioprio(sqe: squeue::Entry, ioprio: u16) -> squeue::Entry {
     unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
 }
 
+/// A completion's result: a count, or the error the kernel returned as a
+/// negative errno.
+pub fn completion(cqe: &cqueue::Entry) -> io::Result<usize> {
+    match cqe.result() {
+        res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+        n => Ok(n as usize),
+    }
+}
+
 /// Turns a receive completion into its result and hands the buffer back.
 struct RecvDone;
 
@@ -135,15 +143,13 @@ impl OneshotOutputTransform for RecvDone {
     type StoredData = Vec<u8>;
 
     fn transform_oneshot_output(self, mut buf: Vec<u8>, cqe: cqueue::Entry) -> Self::Output {
-        let res = cqe.result();
-        if res < 0 {
-            return (Err(io::Error::from_raw_os_error(-res)), buf);
+        let res = completion(&cqe);
+        if let Ok(n) = res {
+            // SAFETY: the kernel wrote `n` bytes, at most the length we gave
+            // it (the capacity), at the start of the buffer.
+            unsafe { buf.set_len(n.min(buf.capacity())) };
         }
-        let n = res as usize;
-        // SAFETY: the kernel wrote `n` bytes, at most the length we gave it
-        // (the capacity), at the start of the buffer.
-        unsafe { buf.set_len(n.min(buf.capacity())) };
-        (Ok(n), buf)
+        (res, buf)
     }
 }
 
@@ -155,10 +161,7 @@ impl OneshotOutputTransform for SendDone {
     type StoredData = Vec<u8>;
 
     fn transform_oneshot_output(self, buf: Vec<u8>, cqe: cqueue::Entry) -> Self::Output {
-        match cqe.result() {
-            res if res < 0 => (Err(io::Error::from_raw_os_error(-res)), buf),
-            n => (Ok(n as usize), buf),
-        }
+        (completion(&cqe), buf)
     }
 }
 

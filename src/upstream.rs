@@ -28,6 +28,7 @@ use crate::balance::{self, Algorithm, Balancer, PickContext};
 use crate::logging::Throttle;
 use crate::metrics::WorkerMetrics;
 use crate::pool::{Lease, Pool};
+use crate::sys;
 
 /// Most clients one worker holds waiting for a free backend slot; past it they are closed.
 const MAX_QUEUED: usize = 4096;
@@ -241,9 +242,6 @@ impl OneshotOutputTransform for ConnectDone {
         _target: Box<SockAddr>,
         cqe: io_uring::cqueue::Entry,
     ) -> io::Result<()> {
-        match cqe.result() {
-            res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
-            _ => Ok(()),
-        }
+        sys::completion(&cqe).map(drop)
     }
 }
