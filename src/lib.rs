@@ -2,9 +2,8 @@
 //!
 //! # Layout
 //! How a byte travels, module by module:
-//! - [`cli`]: the command line, every flag documented.
-//! - [`config`]: command line -> validated [`config::Config`]; addresses resolved.
-//! - [`file`](mod@file): TOML config file -> the same `Config`; errors name file, line and key.
+//! - [`config`]: the validated settings, their defaults and validation; from
+//!   [`config::cli`] (every flag documented) or [`config::file`] (TOML, errors name file, line and key).
 //! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP).
 //! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners, the fd limit.
@@ -31,10 +30,8 @@
 pub mod admin;
 pub mod balance;
 pub mod buffer;
-pub mod cli;
 pub mod config;
 pub mod conn;
-pub mod file;
 pub mod frontend;
 pub mod health;
 pub mod limit;

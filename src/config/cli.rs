@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 use crate::balance::Algorithm;
+use crate::logging::LogFormat;
 use crate::proxy_protocol::Version as ProxyVersion;
 
 /// Default size of the large relay buffer, in bytes. Measured with
@@ -162,15 +163,6 @@ pub struct Cli {
     /// rsp form: backend port.
     #[arg(value_name = "BACKEND_PORT")]
     pub backend_port: Option<u16>,
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Buffers below this cannot hold even a small request, above it they waste memory.

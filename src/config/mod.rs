@@ -7,8 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::balance::Algorithm;
-use crate::cli::Cli;
 use crate::proxy_protocol::Version as ProxyVersion;
+use cli::Cli;
+
+pub mod cli;
+pub mod file;
 
 /// The whole process's settings, validated. Shared read-only by all workers.
 #[derive(Debug, Clone, PartialEq)]

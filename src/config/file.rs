@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::balance::Algorithm;
-use crate::cli::{parse_buffer_size, DEFAULT_BUFFER_SIZE};
+use crate::config::cli::{parse_buffer_size, DEFAULT_BUFFER_SIZE};
 use crate::config::{
     self, default_workers, BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig,
     DEFAULT_DRAIN_TIMEOUT,
@@ -786,7 +786,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
     #[test]
     fn defaults_match_the_command_line() {
         use clap::Parser;
-        let cli = crate::cli::Cli::try_parse_from([
+        let cli = crate::config::cli::Cli::try_parse_from([
             "ringlb",
             "--listen",
             "127.0.0.1:8080",
@@ -888,7 +888,7 @@ health = { enabled = false, interval = "0s" }
     #[test]
     fn example_file_loads() {
         let c = parse(
-            include_str!("../examples/ringlb.toml"),
+            include_str!("../../examples/ringlb.toml"),
             Path::new("examples/ringlb.toml"),
         )
         .unwrap();
