@@ -1,25 +1,28 @@
-//! The command line, as clap parses it. Every flag is documented here, and clap
-//! turns those docs into `--help`. Nothing here resolves or validates beyond
-//! syntax: `config` turns a [`Cli`] into a validated `Config`.
+//! The command line, as clap parses it, and its conversion into a validated
+//! [`Config`]. Every flag is documented here, and clap turns those docs into
+//! `--help`; defaults come from the table in [`config`](super).
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
+use super::{
+    default_workers, parse_backend, parse_buffer_size, resolve, Config, ConfigError,
+    FrontendConfig, HealthConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RISE, MAX_RISE_FALL, MAX_WORKERS,
+};
 use crate::balance::Algorithm;
 use crate::logging::LogFormat;
 use crate::proxy_protocol::Version as ProxyVersion;
-
-/// Default size of the large relay buffer, in bytes. Measured with
-/// scripts/bench.sh's bulk workload: 16 KiB matched HAProxy, 64 KiB gave about
-/// 1.4x, 256 KiB about 1.7x; larger gained little more for the memory.
-pub const DEFAULT_BUFFER_SIZE: usize = 256 * 1024;
 
 /// A per-core io_uring TCP load balancer.
 ///
 /// Accepts TCP connections on --listen and relays every byte to one of the
 /// --backend servers and back. The rsp form `ringlb LISTEN_PORT BACKEND_HOST
-/// BACKEND_PORT` listens on all interfaces at LISTEN_PORT.
+/// BACKEND_PORT` listens on all interfaces at LISTEN_PORT, IPv6 and IPv4.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ringlb", version, about, long_about)]
 pub struct Cli {
@@ -37,7 +40,7 @@ pub struct Cli {
     pub backends: Vec<String>,
 
     /// Worker threads, each with its own io_uring and listening socket [default: number of CPUs].
-    #[arg(short = 'w', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(short = 'w', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
     pub workers: Option<u32>,
 
     /// Balancing algorithm: round-robin (smooth weighted), least-conn, random, p2c
@@ -45,25 +48,25 @@ pub struct Cli {
     #[arg(
         long,
         value_name = "ALGORITHM",
-        default_value = "round-robin",
+        default_value_t = DEFAULT_BALANCE,
         conflicts_with = "config"
     )]
     pub balance: Algorithm,
 
     /// Time between two active health checks (a TCP connect) of each backend.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration, conflicts_with = "config")]
-    pub health_interval: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_HEALTH_INTERVAL.into(), conflicts_with = "config")]
+    pub health_interval: humantime::Duration,
 
     /// How long a health check connect may take before it counts as failed.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration, conflicts_with = "config")]
-    pub health_timeout: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_HEALTH_TIMEOUT.into(), conflicts_with = "config")]
+    pub health_timeout: humantime::Duration,
 
     /// Consecutive passed checks that bring a down backend back.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000), conflicts_with = "config")]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RISE, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RISE_FALL)), conflicts_with = "config")]
     pub rise: u32,
 
     /// Consecutive failed checks (or failed connects) that take a backend down.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000), conflicts_with = "config")]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_FALL, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RISE_FALL)), conflicts_with = "config")]
     pub fall: u32,
 
     /// Turn active health checks off; failed connects still fail over to the next backend.
@@ -76,10 +79,11 @@ pub struct Cli {
     pub buffer_size: usize,
 
     /// How long to wait for a backend to accept a connection before trying the next.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration, conflicts_with = "config")]
-    pub connect_timeout: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_CONNECT_TIMEOUT.into(), conflicts_with = "config")]
+    pub connect_timeout: humantime::Duration,
 
     /// On SIGINT/SIGTERM, how long open connections may finish before they are closed [default: 30s].
+    // An Option, not a default_value_t, so that a flag not given leaves the file's value.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
 
@@ -113,14 +117,14 @@ pub struct Cli {
     pub accept_proxy: bool,
 
     /// How long a client may take to send its PROXY protocol header.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration, conflicts_with = "config")]
-    pub proxy_header_timeout: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_PROXY_HEADER_TIMEOUT.into(), conflicts_with = "config")]
+    pub proxy_header_timeout: humantime::Duration,
 
     /// Frontend name, used in logs and metric labels.
     #[arg(
         long,
         value_name = "NAME",
-        default_value = "default",
+        default_value = DEFAULT_NAME,
         conflicts_with = "config"
     )]
     pub name: String,
@@ -141,17 +145,24 @@ pub struct Cli {
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
 
+    /// Once every listener is bound and the workers accept, write this file
+    /// (atomically: FILE.tmp, then renamed) with one line per frontend,
+    /// `NAME ADDR` (the bound address, e.g. `web 127.0.0.1:41234`), and
+    /// `admin ADDR` with --admin; rewritten after every reload.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+
     /// Read frontends and settings from this TOML file (see README); SIGHUP reloads it.
     /// Flags that set process-wide values (--workers, --drain-timeout, --admin,
-    /// --access-log, --pin, --sqpoll) override the file; frontend flags cannot be combined with it.
+    /// --access-log, --pin, --sqpoll, --ready-file) override the file; frontend flags cannot be combined with it.
     #[arg(short = 'c', long, value_name = "FILE")]
-    pub config: Option<std::path::PathBuf>,
+    pub config: Option<PathBuf>,
 
     /// Validate the configuration (file or flags), print a summary and exit: 0 if valid, 2 if not.
     #[arg(long)]
     pub check: bool,
 
-    /// rsp form: port to listen on, on all interfaces.
+    /// rsp form: port to listen on, on all interfaces (`[::]`, dual-stack; `0.0.0.0` without IPv6).
     #[arg(value_name = "LISTEN_PORT", requires_all = ["backend_host", "backend_port"],
           conflicts_with_all = ["listen", "backends", "config"])]
     pub listen_port: Option<u16>,
@@ -165,27 +176,91 @@ pub struct Cli {
     pub backend_port: Option<u16>,
 }
 
-/// Buffers below this cannot hold even a small request, above it they waste memory.
-const BUFFER_SIZE_RANGE: std::ops::RangeInclusive<usize> = 512..=(16 << 20);
-
-pub(crate) fn parse_buffer_size(s: &str) -> Result<usize, String> {
-    let (digits, mult) = match s.as_bytes().last() {
-        Some(b'k' | b'K') => (&s[..s.len() - 1], 1024),
-        Some(b'm' | b'M') => (&s[..s.len() - 1], 1024 * 1024),
-        _ => (s, 1),
-    };
-    let n: usize = digits
-        .parse()
-        .map_err(|_| "expected a byte count such as 16384, 16k or 1m".to_string())?;
-    let n = n.saturating_mul(mult);
-    if !BUFFER_SIZE_RANGE.contains(&n) {
-        return Err(format!(
-            "must be between {} and {} bytes",
-            BUFFER_SIZE_RANGE.start(),
-            BUFFER_SIZE_RANGE.end()
-        ));
+impl Config {
+    /// Validates the command line into a config with one frontend.
+    pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
+        let (listen, backends) = match (&cli.listen_port, &cli.backend_host, &cli.backend_port) {
+            (Some(lport), Some(host), Some(bport)) => {
+                // Dual-stack; net falls back to 0.0.0.0 where IPv6 is missing.
+                let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), *lport);
+                let backend = parse_backend(&format_host_port(host, *bport))?;
+                (listen, vec![backend])
+            }
+            _ => {
+                let listen = cli.listen.as_deref().ok_or(ConfigError::NoListen)?;
+                let listen = resolve(listen)?;
+                let backends = cli
+                    .backends
+                    .iter()
+                    .map(|b| parse_backend(b))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (listen, backends)
+            }
+        };
+        let health = (!cli.no_health_checks).then_some(HealthConfig {
+            interval: cli.health_interval.into(),
+            timeout: cli.health_timeout.into(),
+            rise: cli.rise,
+            fall: cli.fall,
+        });
+        let frontend = FrontendConfig {
+            name: cli.name.clone(),
+            listen,
+            backends,
+            balance: cli.balance,
+            health,
+            buffer_size: cli.buffer_size,
+            connect_timeout: cli.connect_timeout.into(),
+            idle_timeout: cli.idle_timeout,
+            max_lifetime: cli.max_lifetime,
+            max_conns: cli.max_conns.map(|n| n as usize),
+            send_proxy: cli.send_proxy,
+            accept_proxy: cli.accept_proxy,
+            proxy_header_timeout: cli.proxy_header_timeout.into(),
+        };
+        let config = Config {
+            workers: cli.workers.map_or_else(default_workers, |n| n as usize),
+            drain_timeout: cli.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            access_log: cli.access_log,
+            admin: cli.admin.as_deref().map(resolve).transpose()?,
+            pin: cli.pin,
+            sqpoll: cli.sqpoll,
+            ready_file: cli.ready_file.clone(),
+            frontends: vec![frontend],
+        };
+        config.validate()?;
+        Ok(config)
     }
-    Ok(n)
+
+    /// Applies the process-wide flags given on the command line over a
+    /// config read from a file: a flag that was given wins.
+    pub fn with_cli_overrides(mut self, cli: &Cli) -> Result<Config, ConfigError> {
+        if let Some(n) = cli.workers {
+            self.workers = n as usize;
+        }
+        if let Some(d) = cli.drain_timeout {
+            self.drain_timeout = d;
+        }
+        if let Some(admin) = cli.admin.as_deref() {
+            self.admin = Some(resolve(admin)?);
+        }
+        if let Some(path) = &cli.ready_file {
+            self.ready_file = Some(path.clone());
+        }
+        self.access_log |= cli.access_log;
+        self.pin |= cli.pin;
+        self.sqpoll |= cli.sqpoll;
+        Ok(self)
+    }
+}
+
+/// Joins host and port, bracketing bare IPv6 literals.
+fn format_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 #[cfg(test)]
@@ -193,13 +268,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffer_sizes() {
-        assert_eq!(parse_buffer_size("16384"), Ok(16384));
-        assert_eq!(parse_buffer_size("64k"), Ok(65536));
-        assert_eq!(parse_buffer_size("1M"), Ok(1 << 20));
-        assert!(parse_buffer_size("12").is_err());
-        assert!(parse_buffer_size("lots").is_err());
-        assert!(parse_buffer_size("99999999999999999999k").is_err());
+    fn host_port_joining() {
+        assert_eq!(format_host_port("::1", 80), "[::1]:80");
+        assert_eq!(format_host_port("example", 80), "example:80");
+    }
+
+    #[test]
+    fn rsp_form_listens_dual_stack() {
+        let cli = Cli::try_parse_from(["ringlb", "8080", "127.0.0.1", "9000"]).unwrap();
+        let config = Config::from_cli(&cli).unwrap();
+        assert_eq!(config.frontends[0].listen, "[::]:8080".parse().unwrap());
     }
 
     #[test]
