@@ -142,24 +142,9 @@ fn apply_reload(reload: &Reloader, publish: &watch::Sender<Arc<Generation>>) {
             return;
         }
     };
-    // Thread and ring settings are fixed at start.
-    let old = &current.config;
-    for (what, changed) in [
-        ("workers", config.workers != old.workers),
-        ("pin", config.pin != old.pin),
-        ("sqpoll", config.sqpoll != old.sqpoll),
-        ("admin", config.admin != old.admin),
-        ("drain-timeout", config.drain_timeout != old.drain_timeout),
-    ] {
-        if changed {
-            warn!("reload: a change of {what} takes a restart; keeping the running value");
-        }
+    for what in config.keep_restart_only(&current.config) {
+        warn!("reload: a change of {what} takes a restart; keeping the running value");
     }
-    config.workers = old.workers;
-    config.pin = old.pin;
-    config.sqpoll = old.sqpoll;
-    config.admin = old.admin;
-    config.drain_timeout = old.drain_timeout;
 
     match Generation::build(current.id + 1, config, Some(&current)) {
         Ok(next) => {
