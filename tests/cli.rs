@@ -208,10 +208,19 @@ fn rsp_form_listens_on_all_interfaces() {
         })
         .expect("no free port in 5 tries");
     assert!(lb.addr.ip().is_unspecified(), "{}", lb.addr);
-    let mut conn = common::client(format!("127.0.0.1:{port}").parse().unwrap());
-    conn.write_all(b"rsp").unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut conn), b"rsp");
+    let mut clients = vec![format!("127.0.0.1:{port}")];
+    // Dual-stack: IPv6 clients too, where the machine has an IPv6 loopback.
+    if TcpListener::bind("[::1]:0").is_ok() {
+        clients.push(format!("[::1]:{port}"));
+    } else {
+        eprintln!("no IPv6 loopback: only the IPv4 half is tested");
+    }
+    for client in clients {
+        let mut conn = common::client(client.parse().unwrap());
+        conn.write_all(client.as_bytes()).unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_end(&mut conn), client.as_bytes(), "via {client}");
+    }
 }
 
 #[test]
