@@ -2,12 +2,12 @@
 //!
 //! # Layout
 //! How a byte travels, module by module:
-//! - [`cli`]: the command line, every flag documented.
-//! - [`config`]: command line -> validated [`config::Config`]; addresses resolved.
-//! - [`file`](mod@file): TOML config file -> the same `Config`; errors name file, line and key.
-//! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP).
+//! - [`config`]: the validated settings, the one table of defaults, validation with located errors.
+//! - [`config::cli`]: the command line, every flag documented -> `Config`.
+//! - [`config::file`]: TOML config file -> the same `Config`; errors name file, line and key.
+//! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP), writes the ready file.
 //! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit.
-//! - [`net`]: start-up socket work: SO_REUSEPORT listeners, the fd limit.
+//! - [`net`]: start-up socket work: SO_REUSEPORT listeners (`[::]` dual-stack), the fd limit.
 //! - [`worker`]: one thread + one ring per core: accept loops, connection registry, drain.
 //! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log.
 //! - [`limit`]: the frontend's max-conns, shared by all workers.
@@ -31,10 +31,8 @@
 pub mod admin;
 pub mod balance;
 pub mod buffer;
-pub mod cli;
 pub mod config;
 pub mod conn;
-pub mod file;
 pub mod frontend;
 pub mod health;
 pub mod limit;

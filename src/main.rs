@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use ringlb::cli::Cli;
+use ringlb::config::cli::Cli;
 use ringlb::config::Config;
 
 fn main() -> ExitCode {
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 /// from the flags alone.
 fn load(cli: &Cli) -> Result<Config, String> {
     match &cli.config {
-        Some(path) => ringlb::file::load(path)
+        Some(path) => ringlb::config::file::load(path)
             .map_err(|e| e.to_string())?
             .with_cli_overrides(cli)
             .map_err(|e| e.to_string()),

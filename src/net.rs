@@ -2,11 +2,14 @@
 //! SO_REUSEPORT listeners (one per worker, all on the same address) and the
 //! file-descriptor limit. Binding here, on the main thread, is what lets a
 //! taken address fail start-up with one clear line instead of a worker dying.
+//! An IPv6 wildcard listener (`[::]`) takes IPv4 clients too (IPV6_V6ONLY
+//! off), and becomes `0.0.0.0` on a host without IPv6.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tracing::warn;
 
 /// Pending connections the kernel may hold per listener; generous because
 /// churn benchmarks open connections faster than one accept at a time.
@@ -53,12 +56,21 @@ pub enum BindError {
 
 /// Binds `count` listeners to `addr` with SO_REUSEPORT, so the kernel spreads
 /// new connections across them. If `addr` has port 0, the first bind picks the
-/// port and the others join it.
+/// port and the others join it. `[::]` listens dual-stack; where the host has
+/// no IPv6 it falls back to `0.0.0.0` on the same port.
 pub fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, BindError> {
     let mut listeners: Vec<Socket> = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
-        let socket = bind_one(addr)?;
+        let socket = match bind_one(addr) {
+            Err(err) if listeners.is_empty() && is_ipv6_missing(addr, &err) => {
+                let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+                warn!(listen = %addr, %err, fallback = %v4, "no IPv6: listening on IPv4 only");
+                addr = v4;
+                bind_one(addr)?
+            }
+            res => res?,
+        };
         if addr.port() == 0 {
             addr = socket
                 .local_addr()
@@ -69,6 +81,18 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, Bin
         listeners.push(socket);
     }
     Ok(listeners)
+}
+
+/// Whether binding the IPv6 wildcard failed because the host has no IPv6
+/// (no such address family, or no IPv6 address to bind), not for a reason
+/// that 0.0.0.0 would share, such as the port being taken.
+fn is_ipv6_missing(addr: SocketAddr, err: &BindError) -> bool {
+    let errno = match err {
+        BindError::Socket { source, .. } | BindError::Bind { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        && matches!(errno, Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL))
 }
 
 fn bind_one(addr: SocketAddr) -> Result<Socket, BindError> {
@@ -83,6 +107,10 @@ fn bind_one(addr: SocketAddr) -> Result<Socket, BindError> {
     };
     opt("SO_REUSEADDR", socket.set_reuse_address(true))?;
     opt("SO_REUSEPORT", socket.set_reuse_port(true))?;
+    if addr.is_ipv6() {
+        // Explicitly, whatever net.ipv6.bindv6only says: `[::]` means IPv4 too.
+        opt("IPV6_V6ONLY", socket.set_only_v6(false))?;
+    }
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux.
     opt("TCP_NODELAY", socket.set_nodelay(true))?;
     socket

@@ -1,8 +1,12 @@
 //! The process: build the first config generation (binding every listener),
 //! start one worker per CPU, and turn signals into actions: SIGINT/SIGTERM
-//! into the drain, SIGHUP into a config reload. Returns when every worker has
+//! into the drain, SIGHUP into a config reload. Once listening, and after
+//! every reload, it writes the `--ready-file`. Returns when every worker has
 //! finished.
 
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -32,6 +36,14 @@ pub enum ServerError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The ready file could not be written.
+    #[error("cannot write the ready file {}: {source}", .path.display())]
+    ReadyFile {
+        /// The --ready-file path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A worker's thread or ring could not be started.
     #[error("cannot start worker {id}: {source}")]
     Worker {
@@ -62,10 +74,25 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
             .map_err(|source| ServerError::Worker { id, source })?;
         handles.push(handle);
     }
-    if let Some(addr) = admin {
-        admin::spawn(addr, generations.clone())?;
-    }
+    let admin = match admin {
+        Some(addr) => Some(admin::spawn(addr, generations.clone())?),
+        None => None,
+    };
     log_frontends(&generation, None);
+    // Every worker has registered its listeners (worker::spawn waited for it).
+    let ready = generation
+        .config
+        .ready_file
+        .clone()
+        .map(|path| ReadyFile { path, admin });
+    if let Some(ready) = &ready {
+        ready
+            .write(&generation)
+            .map_err(|source| ServerError::ReadyFile {
+                path: ready.path.clone(),
+                source,
+            })?;
+    }
     info!(
         listen = %generation.frontends[0].listeners.addr,
         workers,
@@ -80,7 +107,7 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
             for signal in signals.forever() {
                 if signal == SIGHUP {
                     match &reload {
-                        Some(reload) => apply_reload(reload, &publish),
+                        Some(reload) => apply_reload(reload, &publish, ready.as_ref()),
                         None => info!("SIGHUP: no config file to reload (started from flags)"),
                     }
                     continue;
@@ -133,7 +160,11 @@ fn log_frontends(generation: &Generation, previous: Option<&Generation>) {
 
 /// Reads the new config, builds its generation and publishes it; on any
 /// error logs it and keeps the running one.
-fn apply_reload(reload: &Reloader, publish: &watch::Sender<Arc<Generation>>) {
+fn apply_reload(
+    reload: &Reloader,
+    publish: &watch::Sender<Arc<Generation>>,
+    ready: Option<&ReadyFile>,
+) {
     let current = publish.borrow().clone();
     let mut config = match reload() {
         Ok(config) => config,
@@ -142,24 +173,9 @@ fn apply_reload(reload: &Reloader, publish: &watch::Sender<Arc<Generation>>) {
             return;
         }
     };
-    // Thread and ring settings are fixed at start.
-    let old = &current.config;
-    for (what, changed) in [
-        ("workers", config.workers != old.workers),
-        ("pin", config.pin != old.pin),
-        ("sqpoll", config.sqpoll != old.sqpoll),
-        ("admin", config.admin != old.admin),
-        ("drain-timeout", config.drain_timeout != old.drain_timeout),
-    ] {
-        if changed {
-            warn!("reload: a change of {what} takes a restart; keeping the running value");
-        }
+    for what in config.keep_restart_only(&current.config) {
+        warn!("reload: a change of {what} takes a restart; keeping the running value");
     }
-    config.workers = old.workers;
-    config.pin = old.pin;
-    config.sqpoll = old.sqpoll;
-    config.admin = old.admin;
-    config.drain_timeout = old.drain_timeout;
 
     match Generation::build(current.id + 1, config, Some(&current)) {
         Ok(next) => {
@@ -170,8 +186,44 @@ fn apply_reload(reload: &Reloader, publish: &watch::Sender<Arc<Generation>>) {
                 .map(|f| f.config.name.as_str())
                 .collect();
             info!(generation = next.id, frontends = %names.join(","), "config reloaded");
-            publish.send_replace(Arc::new(next));
+            let next = Arc::new(next);
+            publish.send_replace(next.clone());
+            // New listeners are already listening: clients queue in their
+            // backlog until the workers, told just now, accept them.
+            if let Some(ready) = ready {
+                if let Err(err) = ready.write(&next) {
+                    error!(path = %ready.path.display(), %err, "cannot rewrite the ready file");
+                }
+            }
         }
         Err(err) => error!("reload rejected, keeping the running config: {err}"),
+    }
+}
+
+/// `--ready-file`: where the bound addresses are published for scripts and
+/// tests, and the admin address that goes with them.
+struct ReadyFile {
+    /// The file to (re)write.
+    path: PathBuf,
+    /// The admin endpoint's bound address; fixed at start.
+    admin: Option<SocketAddr>,
+}
+
+impl ReadyFile {
+    /// Writes one `NAME ADDR` line per frontend in config order, then
+    /// `admin ADDR`; through `PATH.tmp` and a rename, so a reader never
+    /// sees half a file.
+    fn write(&self, generation: &Generation) -> std::io::Result<()> {
+        let mut text = String::new();
+        for fe in &generation.frontends {
+            let _ = writeln!(text, "{} {}", fe.config.name, fe.listeners.addr);
+        }
+        if let Some(admin) = self.admin {
+            let _ = writeln!(text, "admin {admin}");
+        }
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)
     }
 }

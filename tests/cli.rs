@@ -1,12 +1,15 @@
 //! The command line: bad input fails at start with one line naming the bad
-//! value; help, version and the rsp form work.
+//! value; help, version and the rsp form work; --ready-file lists the bound
+//! addresses.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{Shutdown, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::path::Path;
 
-use common::{free_port, read_to_end, run_to_exit, Backend, Ringlb};
+use common::{free_port, http_get, read_to_end, run_to_exit, wait_until, Backend, Ringlb, TempDir};
 
 /// Runs ringlb expecting a start-up failure with `code`, one line naming `needle`.
 fn rejects(args: &[&str], code: i32, needle: &str) {
@@ -180,6 +183,7 @@ fn help_documents_every_flag() {
         "--no-health-checks",
         "--pin",
         "--sqpoll",
+        "--ready-file",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
     }
@@ -208,10 +212,19 @@ fn rsp_form_listens_on_all_interfaces() {
         })
         .expect("no free port in 5 tries");
     assert!(lb.addr.ip().is_unspecified(), "{}", lb.addr);
-    let mut conn = common::client(format!("127.0.0.1:{port}").parse().unwrap());
-    conn.write_all(b"rsp").unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut conn), b"rsp");
+    let mut clients = vec![format!("127.0.0.1:{port}")];
+    // Dual-stack: IPv6 clients too, where the machine has an IPv6 loopback.
+    if TcpListener::bind("[::1]:0").is_ok() {
+        clients.push(format!("[::1]:{port}"));
+    } else {
+        eprintln!("no IPv6 loopback: only the IPv4 half is tested");
+    }
+    for client in clients {
+        let mut conn = common::client(client.parse().unwrap());
+        conn.write_all(client.as_bytes()).unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_end(&mut conn), client.as_bytes(), "via {client}");
+    }
 }
 
 #[test]
@@ -268,4 +281,78 @@ fn sqpoll_ring_relays() {
     conn.write_all(b"polled").unwrap();
     conn.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_end(&mut conn), b"polled");
+}
+
+/// The ready file's `NAME ADDR` lines, by name; `None` before it exists.
+fn ready_lines(path: &Path) -> Option<BTreeMap<String, SocketAddr>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines = text.lines().map(|line| {
+        let (name, addr) = line.split_once(' ').expect("NAME ADDR");
+        (name.to_string(), addr.parse().expect("an address"))
+    });
+    Some(lines.collect())
+}
+
+fn echoes(addr: SocketAddr, msg: &[u8]) {
+    let mut conn = common::client(addr);
+    conn.write_all(msg).unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut conn), msg, "via {addr}");
+}
+
+#[test]
+fn ready_file_lists_bound_addresses_and_follows_reloads() {
+    let (a, b) = (Backend::echo(), Backend::echo());
+    let dir = TempDir::new("ready");
+    let ready = dir.0.join("ready");
+    let fe = |name: &str, backend: &Backend| {
+        format!(
+            "[[frontend]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{}\"]\n",
+            backend.arg()
+        )
+    };
+    let config = dir.write("ringlb.toml", &fe("web", &a));
+    let args = [
+        "--ready-file",
+        ready.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let lb = Ringlb::start_with_config(&config, &args);
+
+    // Written before the start-up line, so it is there once ringlb has started.
+    let lines = ready_lines(&ready).expect("ready file written at start");
+    assert_eq!(
+        lines.keys().collect::<Vec<_>>(),
+        ["admin", "web"],
+        "{lines:?}"
+    );
+    assert_eq!(lines["web"], lb.frontend_addr("web"));
+    assert_ne!(lines["web"].port(), 0);
+    echoes(lines["web"], b"web");
+    assert_eq!(http_get(lines["admin"], "/healthz").0, 200);
+
+    // A reload that adds a frontend rewrites the file.
+    std::fs::write(&config, fe("web", &a) + &fe("api", &b)).unwrap();
+    lb.signal("HUP");
+    wait_until("api in the ready file", || {
+        ready_lines(&ready).is_some_and(|l| l.contains_key("api"))
+    });
+    let lines = ready_lines(&ready).unwrap();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    echoes(lines["api"], b"api");
+    assert_eq!(b.served(), 1);
+
+    // And one that removes a frontend.
+    std::fs::write(&config, fe("api", &b)).unwrap();
+    lb.signal("HUP");
+    wait_until("web gone from the ready file", || {
+        ready_lines(&ready).is_some_and(|l| !l.contains_key("web"))
+    });
+    let after = ready_lines(&ready).unwrap();
+    assert_eq!(
+        after["api"], lines["api"],
+        "a kept frontend keeps its address"
+    );
+    assert!(!dir.0.join("ready.tmp").exists());
 }

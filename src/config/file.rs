@@ -1,16 +1,17 @@
 //! The config file: TOML text in, a validated [`Config`] out. This module owns
 //! the file's schema (kebab-case keys mirroring the command-line flags, unknown
-//! keys rejected everywhere), its defaults, and [`FileError`], which names the
-//! file, the line and the key path of whatever was wrong in one line. Values
-//! are parsed by the same functions the command line uses ([`config::resolve`],
-//! [`config::parse_backend`], `humantime`, [`Algorithm`]'s and
-//! [`ProxyVersion`]'s `FromStr`), and the result goes through
-//! [`Config::validate`], so a file cannot express anything the flags could not.
+//! keys rejected everywhere) and [`FileError`], which names the file, the line
+//! and the key path of whatever was wrong in one line. Keys left out take the
+//! defaults of [`config`](super); values are parsed by the same functions the
+//! command line uses ([`resolve`], [`parse_backend`], `humantime`,
+//! [`Algorithm`]'s and [`ProxyVersion`]'s `FromStr`), and the result goes
+//! through [`Config::validate`], so a file cannot express anything the flags
+//! could not.
 //!
-//! Per-value checks run while deserializing, so the TOML span and the key path
-//! come with the error; checks across frontends (unique names and listen
-//! addresses, non-zero durations) come from [`Config::validate`] and are
-//! pointed back at the offending frontend's key.
+//! Per-value checks run while deserializing, so toml's error span and the
+//! serde key path come with the error. Validation errors carry their
+//! [`Location`]; it becomes a key path, and the line is that key's in the
+//! document as `toml_edit` parses it with spans.
 
 use std::fmt;
 use std::io;
@@ -22,25 +23,15 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use toml::Spanned;
 
+use super::{
+    default_workers, parse_backend, parse_buffer_size, range_message, resolve, BackendConfig,
+    Config, ConfigError, FrontendConfig, HealthConfig, Location, DEFAULT_BALANCE,
+    DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH,
+    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
+};
 use crate::balance::Algorithm;
-use crate::cli::{parse_buffer_size, DEFAULT_BUFFER_SIZE};
-use crate::config::{
-    self, default_workers, BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig,
-    DEFAULT_DRAIN_TIMEOUT,
-};
 use crate::proxy_protocol::Version as ProxyVersion;
-
-/// Defaults for keys left out; the same as the command line's (a test checks).
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_HEALTH: HealthConfig = HealthConfig {
-    interval: Duration::from_secs(2),
-    timeout: Duration::from_secs(1),
-    rise: 2,
-    fall: 3,
-};
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, FileError> {
@@ -58,10 +49,10 @@ pub fn load(path: &Path) -> Result<Config, FileError> {
 pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
     let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
         .map_err(|e| FileError::from_toml(path, text, e))?;
-    let (config, spans) = raw.into_config();
-    if let Err(e) = config.validate() {
-        return Err(FileError::from_validation(path, text, &config, &spans, e));
-    }
+    let config = raw.into_config();
+    config
+        .validate()
+        .map_err(|e| FileError::from_validation(path, text, e))?;
     Ok(config)
 }
 
@@ -117,58 +108,30 @@ impl FileError {
 
     /// A syntax, type or value error found while deserializing.
     fn from_toml(path: &Path, text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Self {
-        let key = key_path(e.path());
+        let key = render_path(&serde_segments(e.path()));
         let inner = e.into_inner();
         FileError::new(path, text, inner.span(), key, inner.message())
     }
 
-    /// A [`Config::validate`] failure, pointed at the frontend key it is about.
-    fn from_validation(
-        path: &Path,
-        text: &str,
-        config: &Config,
-        spans: &[FrontendSpans],
-        e: ConfigError,
-    ) -> Self {
-        let per_frontend = matches!(
-            e,
-            ConfigError::DuplicateName(_)
-                | ConfigError::DuplicateListen { .. }
-                | ConfigError::NoBackend
-                | ConfigError::ZeroDuration { .. }
-        );
-        let Some((i, fe)) = per_frontend
-            .then(|| failing_frontend(config))
-            .flatten()
-            .and_then(|i| Some((i, spans.get(i)?)))
-        else {
+    /// A [`Config::validate`] failure, at the key its [`Location`] names. A
+    /// key the file leaves implicit (a weight given inside a backend string)
+    /// is pointed at through the nearest key written, and named in the message.
+    fn from_validation(path: &Path, text: &str, e: ConfigError) -> Self {
+        let Some(at) = e.location() else {
             let key = match e {
                 ConfigError::NoFrontend => "frontend",
                 _ => "",
             };
             return FileError::new(path, text, None, key.into(), &e.to_string());
         };
-        let (key, span, message) = match &e {
-            ConfigError::DuplicateName(_) => ("name", Some(fe.name.clone()), e.to_string()),
-            ConfigError::DuplicateListen { .. } => {
-                ("listen", Some(fe.listen.clone()), e.to_string())
-            }
-            ConfigError::NoBackend => ("backends", Some(fe.backends.clone()), e.to_string()),
-            ConfigError::ZeroDuration { flag, .. } => {
-                let found = fe.durations.iter().find(|(f, _, _)| f == flag);
-                let message = "must be more than zero".to_string();
-                match found {
-                    Some((_, key, span)) => (*key, Some(span.clone()), message),
-                    None => ("", Some(fe.name.clone()), e.to_string()),
-                }
-            }
-            _ => ("", Some(fe.name.clone()), e.to_string()),
+        let wanted = location_path(&at);
+        let (found, span) = find_in_document(text, &wanted);
+        let unwritten: Vec<String> = wanted[found..].iter().map(Segment::to_string).collect();
+        let message = match unwritten.join(".") {
+            rest if rest.is_empty() => e.reason(),
+            rest => format!("{rest} {}", e.reason()),
         };
-        let key = match key {
-            "" => format!("frontend[{i}]"),
-            key => format!("frontend[{i}].{key}"),
-        };
-        FileError::new(path, text, span, key, &message)
+        FileError::new(path, text, span, render_path(&wanted[..found]), &message)
     }
 }
 
@@ -195,16 +158,99 @@ impl fmt::Display for Located<'_> {
     }
 }
 
-/// Index of the frontend [`Config::validate`] complains about: validation
-/// goes frontend by frontend, so it is the last of the shortest failing prefix.
-fn failing_frontend(config: &Config) -> Option<usize> {
-    let mut probe = config.clone();
-    let mut failing = None;
-    while !probe.frontends.is_empty() && probe.validate().is_err() {
-        failing = Some(probe.frontends.len() - 1);
-        probe.frontends.pop();
+/// One step of a key path: a table key or an array index.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+    /// A step serde could not name.
+    Unknown,
+}
+
+impl fmt::Display for Segment {
+    /// A key as TOML writes it: bare when it can be, quoted otherwise, so
+    /// the path stays unambiguous and on one line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Segment::Index(i) => write!(f, "[{i}]"),
+            Segment::Unknown => f.write_str("?"),
+            Segment::Key(key) => {
+                let bare = !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if bare {
+                    f.write_str(key)
+                } else {
+                    write!(f, "{key:?}")
+                }
+            }
+        }
     }
-    failing
+}
+
+/// The key path as users write it, e.g. `frontend[0].backends[1].weight`.
+fn render_path(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        if !out.is_empty() && !matches!(segment, Segment::Index(_)) {
+            out.push('.');
+        }
+        out.push_str(&segment.to_string());
+    }
+    out
+}
+
+/// serde's record of where deserializing failed.
+fn serde_segments(path: &serde_path_to_error::Path) -> Vec<Segment> {
+    use serde_path_to_error::Segment as S;
+    path.iter()
+        .map(|segment| match segment {
+            S::Seq { index } => Segment::Index(*index),
+            S::Map { key } | S::Enum { variant: key } => Segment::Key(key.clone()),
+            S::Unknown => Segment::Unknown,
+        })
+        .collect()
+}
+
+/// Where a validation [`Location`] is in the file's terms.
+fn location_path(at: &Location) -> Vec<Segment> {
+    let mut path = vec![Segment::Key("frontend".into()), Segment::Index(at.frontend)];
+    if let Some(backend) = at.backend {
+        path.extend([Segment::Key("backends".into()), Segment::Index(backend)]);
+    }
+    path.extend(
+        at.key
+            .file_path()
+            .iter()
+            .map(|k| Segment::Key(k.to_string())),
+    );
+    path
+}
+
+/// Follows `path` through the document as far as it is written: how many
+/// segments were found, and the span of the last one found.
+fn find_in_document(text: &str, path: &[Segment]) -> (usize, Option<Range<usize>>) {
+    let Ok(doc) = toml_edit::ImDocument::parse(text) else {
+        return (0, None);
+    };
+    let mut item = doc.as_item();
+    let mut span = None;
+    for (found, segment) in path.iter().enumerate() {
+        let next = match segment {
+            Segment::Key(key) => item.get(key.as_str()),
+            Segment::Index(i) => item.get(*i),
+            Segment::Unknown => None,
+        };
+        match next {
+            Some(next) => {
+                item = next;
+                span = item.span().or(span);
+            }
+            None => return (found, span),
+        }
+    }
+    (path.len(), span)
 }
 
 /// 1-based line holding byte `offset`.
@@ -225,46 +271,11 @@ fn one_line(s: &str) -> String {
         .join("; ")
 }
 
-/// The key path as users write it (`frontend[0].backends[1].weight`), without
-/// the internal keys `toml::Spanned` deserializes through. Keys that are not
-/// bare TOML keys are quoted, so the path stays unambiguous and on one line.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for segment in path.iter() {
-        match segment {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } if key.starts_with("$__serde_spanned_private") => {}
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                let bare = !key.is_empty()
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if bare {
-                    out.push_str(key);
-                } else {
-                    out.push_str(&format!("{key:?}"));
-                }
-            }
-            Segment::Unknown => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push('?');
-            }
-        }
-    }
-    out
-}
-
 /// The file as written, before defaults and validation.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
-    workers: Option<Int<1, 4096>>,
+    workers: Option<Int<1, { MAX_WORKERS as u64 }>>,
     drain_timeout: Option<Dur>,
     #[serde(default)]
     access_log: bool,
@@ -281,19 +292,19 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawFrontend {
-    name: Spanned<Name>,
-    listen: Spanned<Addr>,
+    name: Name,
+    listen: Addr,
     balance: Option<Balance>,
-    backends: Spanned<Backends>,
-    connect_timeout: Option<Spanned<Dur>>,
+    backends: Backends,
+    connect_timeout: Option<Dur>,
     buffer_size: Option<BufferSize>,
-    idle_timeout: Option<Spanned<Dur>>,
-    max_lifetime: Option<Spanned<Dur>>,
+    idle_timeout: Option<Dur>,
+    max_lifetime: Option<Dur>,
     max_conns: Option<Int<1, { usize::MAX as u64 }>>,
     send_proxy: Option<SendProxy>,
     #[serde(default)]
     accept_proxy: bool,
-    proxy_header_timeout: Option<Spanned<Dur>>,
+    proxy_header_timeout: Option<Dur>,
     health: Option<Table<RawHealth>>,
 }
 
@@ -302,102 +313,74 @@ struct RawFrontend {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawHealth {
     enabled: Option<bool>,
-    interval: Option<Spanned<Dur>>,
-    timeout: Option<Spanned<Dur>>,
-    rise: Option<Int<1, 1000>>,
-    fall: Option<Int<1, 1000>>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+    rise: Option<Int<1, { MAX_RISE_FALL as u64 }>>,
+    fall: Option<Int<1, { MAX_RISE_FALL as u64 }>>,
 }
 
-/// A backend written as a table.
+/// A backend written as a table; the ranges of weight and max-conns are
+/// [`Config::validate`]'s to check.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct BackendTable {
     addr: BackendAddr,
-    weight: Option<Int<1, 1000>>,
-    max_conns: Option<Int<1, { u32::MAX as u64 }>>,
-}
-
-/// Where in the text a frontend's keys are, for validation errors.
-struct FrontendSpans {
-    name: Range<usize>,
-    listen: Range<usize>,
-    backends: Range<usize>,
-    /// (`ConfigError::ZeroDuration` flag, key path below the frontend, span).
-    durations: Vec<(&'static str, &'static str, Range<usize>)>,
+    weight: Option<Int<0, { u32::MAX as u64 }>>,
+    max_conns: Option<Int<0, { u32::MAX as u64 }>>,
 }
 
 impl RawConfig {
     /// Fills in defaults; what is left to check is [`Config::validate`]'s job.
-    fn into_config(self) -> (Config, Vec<FrontendSpans>) {
-        let (frontends, spans) = self
-            .frontend
-            .0
-            .into_iter()
-            .map(RawFrontend::into_config)
-            .unzip();
-        let config = Config {
+    fn into_config(self) -> Config {
+        Config {
             workers: self.workers.map_or_else(default_workers, |n| n.0 as usize),
             drain_timeout: self.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
             access_log: self.access_log,
             admin: self.admin.map(|a| a.0),
             pin: self.pin,
             sqpoll: self.sqpoll,
-            frontends,
-        };
-        (config, spans)
+            ready_file: None,
+            frontends: self
+                .frontend
+                .0
+                .into_iter()
+                .map(RawFrontend::into_config)
+                .collect(),
+        }
     }
 }
 
 impl RawFrontend {
-    fn into_config(self) -> (FrontendConfig, FrontendSpans) {
-        let mut durations = Vec::new();
-        let mut duration = |flag, key, value: &Option<Spanned<Dur>>| {
-            let value = value.as_ref()?;
-            durations.push((flag, key, value.span()));
-            Some(value.get_ref().0)
-        };
-        let connect_timeout = duration("connect-timeout", "connect-timeout", &self.connect_timeout);
-        let idle_timeout = duration("idle-timeout", "idle-timeout", &self.idle_timeout);
-        let max_lifetime = duration("max-lifetime", "max-lifetime", &self.max_lifetime);
-        let proxy_header_timeout = duration(
-            "proxy-header-timeout",
-            "proxy-header-timeout",
-            &self.proxy_header_timeout,
-        );
-        let health = match self.health.as_ref().map(|t| &t.0) {
+    fn into_config(self) -> FrontendConfig {
+        let health = match self.health.map(|t| t.0) {
             None => Some(DEFAULT_HEALTH),
             Some(h) if h.enabled == Some(false) => None,
             Some(h) => Some(HealthConfig {
-                interval: duration("health-interval", "health.interval", &h.interval)
-                    .unwrap_or(DEFAULT_HEALTH.interval),
-                timeout: duration("health-timeout", "health.timeout", &h.timeout)
-                    .unwrap_or(DEFAULT_HEALTH.timeout),
+                interval: h.interval.map_or(DEFAULT_HEALTH.interval, |d| d.0),
+                timeout: h.timeout.map_or(DEFAULT_HEALTH.timeout, |d| d.0),
                 rise: h.rise.map_or(DEFAULT_HEALTH.rise, |n| n.0 as u32),
                 fall: h.fall.map_or(DEFAULT_HEALTH.fall, |n| n.0 as u32),
             }),
         };
-        let spans = FrontendSpans {
-            name: self.name.span(),
-            listen: self.listen.span(),
-            backends: self.backends.span(),
-            durations,
-        };
-        let frontend = FrontendConfig {
-            name: self.name.into_inner().0,
-            listen: self.listen.into_inner().0,
-            backends: self.backends.into_inner().0,
-            balance: self.balance.map_or(Algorithm::RoundRobin, |b| b.0),
+        FrontendConfig {
+            name: self.name.0,
+            listen: self.listen.0,
+            backends: self.backends.0,
+            balance: self.balance.map_or(DEFAULT_BALANCE, |b| b.0),
             health,
             buffer_size: self.buffer_size.map_or(DEFAULT_BUFFER_SIZE, |b| b.0),
-            connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            idle_timeout,
-            max_lifetime,
+            connect_timeout: self
+                .connect_timeout
+                .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+            idle_timeout: self.idle_timeout.map(|d| d.0),
+            max_lifetime: self.max_lifetime.map(|d| d.0),
             max_conns: self.max_conns.map(|n| n.0 as usize),
             send_proxy: self.send_proxy.map(|v| v.0),
             accept_proxy: self.accept_proxy,
-            proxy_header_timeout: proxy_header_timeout.unwrap_or(DEFAULT_PROXY_HEADER_TIMEOUT),
-        };
-        (frontend, spans)
+            proxy_header_timeout: self
+                .proxy_header_timeout
+                .map_or(DEFAULT_PROXY_HEADER_TIMEOUT, |d| d.0),
+        }
     }
 }
 
@@ -502,13 +485,13 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
-/// A `host:port` resolved with [`config::resolve`].
+/// A `host:port` resolved with [`resolve`].
 struct Addr(SocketAddr);
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_str(d, "an address such as \"127.0.0.1:8080\"", |s| {
-            config::resolve(s).map(Addr)
+            resolve(s).map(Addr)
         })
     }
 }
@@ -524,7 +507,7 @@ impl<'de> Deserialize<'de> for BackendAddr {
                     "invalid address '{s}': in a table, give weight and max-conns as keys"
                 ));
             }
-            config::parse_backend(s)
+            parse_backend(s)
                 .map(|b| BackendAddr(b.addr))
                 .map_err(|e| e.to_string())
         })
@@ -585,11 +568,7 @@ impl<const MIN: u64, const MAX: u64> IntVisitor<MIN, MAX> {
         if (i128::from(MIN)..=i128::from(MAX)).contains(&n) {
             return Ok(Int(n as u64));
         }
-        Err(if MAX >= u64::from(u32::MAX) {
-            E::custom(format_args!("must be at least {MIN}, got {n}"))
-        } else {
-            E::custom(format_args!("must be between {MIN} and {MAX}, got {n}"))
-        })
+        Err(E::custom(range_message(MIN..=MAX, n)))
     }
 }
 
@@ -704,14 +683,14 @@ impl<'de> Visitor<'de> for BackendVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        config::parse_backend(v).map(Backend).map_err(E::custom)
+        parse_backend(v).map(Backend).map_err(E::custom)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let t = BackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
         Ok(Backend(BackendConfig {
             addr: t.addr.0,
-            weight: t.weight.map_or(1, |n| n.0 as u32),
+            weight: t.weight.map_or(DEFAULT_WEIGHT, |n| n.0 as u32),
             max_conns: t.max_conns.map(|n| n.0 as u32),
         }))
     }
@@ -747,6 +726,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
             admin: None,
             pin: false,
             sqpoll: false,
+            ready_file: None,
             frontends: vec![FrontendConfig {
                 name: "web".into(),
                 listen: addr("127.0.0.1:8080"),
@@ -786,7 +766,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
     #[test]
     fn defaults_match_the_command_line() {
         use clap::Parser;
-        let cli = crate::cli::Cli::try_parse_from([
+        let cli = crate::config::cli::Cli::try_parse_from([
             "ringlb",
             "--listen",
             "127.0.0.1:8080",
@@ -888,7 +868,7 @@ health = { enabled = false, interval = "0s" }
     #[test]
     fn example_file_loads() {
         let c = parse(
-            include_str!("../examples/ringlb.toml"),
+            include_str!("../../examples/ringlb.toml"),
             Path::new("examples/ringlb.toml"),
         )
         .unwrap();

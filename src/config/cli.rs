@@ -1,0 +1,288 @@
+//! The command line, as clap parses it, and its conversion into a validated
+//! [`Config`]. Every flag is documented here, and clap turns those docs into
+//! `--help`; defaults come from the table in [`config`](super).
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::{
+    default_workers, parse_backend, parse_buffer_size, resolve, Config, ConfigError,
+    FrontendConfig, HealthConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RISE, MAX_RISE_FALL, MAX_WORKERS,
+};
+use crate::balance::Algorithm;
+use crate::logging::LogFormat;
+use crate::proxy_protocol::Version as ProxyVersion;
+
+/// A per-core io_uring TCP load balancer.
+///
+/// Accepts TCP connections on --listen and relays every byte to one of the
+/// --backend servers and back. The rsp form `ringlb LISTEN_PORT BACKEND_HOST
+/// BACKEND_PORT` listens on all interfaces at LISTEN_PORT, IPv6 and IPv4.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ringlb", version, about, long_about)]
+pub struct Cli {
+    /// Address to accept clients on, as host:port (port 0 picks a free port).
+    #[arg(short = 'l', long, value_name = "ADDR", conflicts_with = "config")]
+    pub listen: Option<String>,
+
+    /// Backend to relay to, as `host:port[,weight=N][,max-conns=N]`; repeat for several.
+    #[arg(
+        short = 'b',
+        long = "backend",
+        value_name = "ADDR",
+        conflicts_with = "config"
+    )]
+    pub backends: Vec<String>,
+
+    /// Worker threads, each with its own io_uring and listening socket [default: number of CPUs].
+    #[arg(short = 'w', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
+    pub workers: Option<u32>,
+
+    /// Balancing algorithm: round-robin (smooth weighted), least-conn, random, p2c
+    /// (power of two choices) or hash (consistent hashing on the client IP).
+    #[arg(
+        long,
+        value_name = "ALGORITHM",
+        default_value_t = DEFAULT_BALANCE,
+        conflicts_with = "config"
+    )]
+    pub balance: Algorithm,
+
+    /// Time between two active health checks (a TCP connect) of each backend.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_HEALTH_INTERVAL.into(), conflicts_with = "config")]
+    pub health_interval: humantime::Duration,
+
+    /// How long a health check connect may take before it counts as failed.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_HEALTH_TIMEOUT.into(), conflicts_with = "config")]
+    pub health_timeout: humantime::Duration,
+
+    /// Consecutive passed checks that bring a down backend back.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RISE, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RISE_FALL)), conflicts_with = "config")]
+    pub rise: u32,
+
+    /// Consecutive failed checks (or failed connects) that take a backend down.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_FALL, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RISE_FALL)), conflicts_with = "config")]
+    pub fall: u32,
+
+    /// Turn active health checks off; failed connects still fail over to the next backend.
+    #[arg(long, conflicts_with = "config")]
+    pub no_health_checks: bool,
+
+    /// Size of the large relay buffer a busy direction reads into (idle ones use 512 bytes).
+    #[arg(conflicts_with = "config", long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER_SIZE,
+          value_parser = parse_buffer_size)]
+    pub buffer_size: usize,
+
+    /// How long to wait for a backend to accept a connection before trying the next.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_CONNECT_TIMEOUT.into(), conflicts_with = "config")]
+    pub connect_timeout: humantime::Duration,
+
+    /// On SIGINT/SIGTERM, how long open connections may finish before they are closed [default: 30s].
+    // An Option, not a default_value_t, so that a flag not given leaves the file's value.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+
+    /// Close a connection after this long with no byte in either direction [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "config")]
+    pub idle_timeout: Option<Duration>,
+
+    /// Close a connection this long after it was accepted, busy or not [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "config")]
+    pub max_lifetime: Option<Duration>,
+
+    /// Most client connections open at once, across workers; past it new
+    /// clients wait in the kernel's backlog instead of being accepted [default: no limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "config")]
+    pub max_conns: Option<u64>,
+
+    /// Write one info line per closed connection (client, backend, bytes, duration, reason) to the log.
+    #[arg(long)]
+    pub access_log: bool,
+
+    /// Serve GET /metrics (Prometheus), /healthz and /backends (JSON) over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+
+    /// Send a PROXY protocol header (v1 text or v2 binary) to each backend, so it learns the client address.
+    #[arg(long, value_name = "VERSION", conflicts_with = "config")]
+    pub send_proxy: Option<ProxyVersion>,
+
+    /// Expect a PROXY protocol header (v1 or v2) from each client, e.g. behind another load balancer.
+    #[arg(long, conflicts_with = "config")]
+    pub accept_proxy: bool,
+
+    /// How long a client may take to send its PROXY protocol header.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_PROXY_HEADER_TIMEOUT.into(), conflicts_with = "config")]
+    pub proxy_header_timeout: humantime::Duration,
+
+    /// Frontend name, used in logs and metric labels.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = DEFAULT_NAME,
+        conflicts_with = "config"
+    )]
+    pub name: String,
+
+    /// Pin worker N to the Nth CPU this process may run on.
+    #[arg(long)]
+    pub pin: bool,
+
+    /// Let a kernel thread per worker poll the io_uring submission queue (for machines with cores to spare).
+    #[arg(long)]
+    pub sqpoll: bool,
+
+    /// Log line format on stderr.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `ringlb=debug` (overrides RUST_LOG) [default: RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Once every listener is bound and the workers accept, write this file
+    /// (atomically: FILE.tmp, then renamed) with one line per frontend,
+    /// `NAME ADDR` (the bound address, e.g. `web 127.0.0.1:41234`), and
+    /// `admin ADDR` with --admin; rewritten after every reload.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Read frontends and settings from this TOML file (see README); SIGHUP reloads it.
+    /// Flags that set process-wide values (--workers, --drain-timeout, --admin,
+    /// --access-log, --pin, --sqpoll, --ready-file) override the file; frontend flags cannot be combined with it.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration (file or flags), print a summary and exit: 0 if valid, 2 if not.
+    #[arg(long)]
+    pub check: bool,
+
+    /// rsp form: port to listen on, on all interfaces (`[::]`, dual-stack; `0.0.0.0` without IPv6).
+    #[arg(value_name = "LISTEN_PORT", requires_all = ["backend_host", "backend_port"],
+          conflicts_with_all = ["listen", "backends", "config"])]
+    pub listen_port: Option<u16>,
+
+    /// rsp form: backend host.
+    #[arg(value_name = "BACKEND_HOST", requires = "backend_port")]
+    pub backend_host: Option<String>,
+
+    /// rsp form: backend port.
+    #[arg(value_name = "BACKEND_PORT")]
+    pub backend_port: Option<u16>,
+}
+
+impl Config {
+    /// Validates the command line into a config with one frontend.
+    pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
+        let (listen, backends) = match (&cli.listen_port, &cli.backend_host, &cli.backend_port) {
+            (Some(lport), Some(host), Some(bport)) => {
+                // Dual-stack; net falls back to 0.0.0.0 where IPv6 is missing.
+                let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), *lport);
+                let backend = parse_backend(&format_host_port(host, *bport))?;
+                (listen, vec![backend])
+            }
+            _ => {
+                let listen = cli.listen.as_deref().ok_or(ConfigError::NoListen)?;
+                let listen = resolve(listen)?;
+                let backends = cli
+                    .backends
+                    .iter()
+                    .map(|b| parse_backend(b))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (listen, backends)
+            }
+        };
+        let health = (!cli.no_health_checks).then_some(HealthConfig {
+            interval: cli.health_interval.into(),
+            timeout: cli.health_timeout.into(),
+            rise: cli.rise,
+            fall: cli.fall,
+        });
+        let frontend = FrontendConfig {
+            name: cli.name.clone(),
+            listen,
+            backends,
+            balance: cli.balance,
+            health,
+            buffer_size: cli.buffer_size,
+            connect_timeout: cli.connect_timeout.into(),
+            idle_timeout: cli.idle_timeout,
+            max_lifetime: cli.max_lifetime,
+            max_conns: cli.max_conns.map(|n| n as usize),
+            send_proxy: cli.send_proxy,
+            accept_proxy: cli.accept_proxy,
+            proxy_header_timeout: cli.proxy_header_timeout.into(),
+        };
+        let config = Config {
+            workers: cli.workers.map_or_else(default_workers, |n| n as usize),
+            drain_timeout: cli.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            access_log: cli.access_log,
+            admin: cli.admin.as_deref().map(resolve).transpose()?,
+            pin: cli.pin,
+            sqpoll: cli.sqpoll,
+            ready_file: cli.ready_file.clone(),
+            frontends: vec![frontend],
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies the process-wide flags given on the command line over a
+    /// config read from a file: a flag that was given wins.
+    pub fn with_cli_overrides(mut self, cli: &Cli) -> Result<Config, ConfigError> {
+        if let Some(n) = cli.workers {
+            self.workers = n as usize;
+        }
+        if let Some(d) = cli.drain_timeout {
+            self.drain_timeout = d;
+        }
+        if let Some(admin) = cli.admin.as_deref() {
+            self.admin = Some(resolve(admin)?);
+        }
+        if let Some(path) = &cli.ready_file {
+            self.ready_file = Some(path.clone());
+        }
+        self.access_log |= cli.access_log;
+        self.pin |= cli.pin;
+        self.sqpoll |= cli.sqpoll;
+        Ok(self)
+    }
+}
+
+/// Joins host and port, bracketing bare IPv6 literals.
+fn format_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_joining() {
+        assert_eq!(format_host_port("::1", 80), "[::1]:80");
+        assert_eq!(format_host_port("example", 80), "example:80");
+    }
+
+    #[test]
+    fn rsp_form_listens_dual_stack() {
+        let cli = Cli::try_parse_from(["ringlb", "8080", "127.0.0.1", "9000"]).unwrap();
+        let config = Config::from_cli(&cli).unwrap();
+        assert_eq!(config.frontends[0].listen, "[::]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

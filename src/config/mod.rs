@@ -1,0 +1,661 @@
+//! The settings: the validated model ([`Config`] and its parts), the one
+//! table of defaults and limits (`DEFAULT_*`, `MAX_*`) that the command line
+//! ([`cli`]) and the config file ([`file`](mod@file)) both fill in from, the value
+//! parsers they share, and [`Config::validate`]. Validation errors say where
+//! they happened ([`ConfigError::location`]), so the file layer can point at
+//! the line without searching. Nothing here binds a socket or reads a file.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::balance::Algorithm;
+use crate::proxy_protocol::Version as ProxyVersion;
+
+pub mod cli;
+pub mod file;
+
+/// A frontend's name when none is given.
+pub const DEFAULT_NAME: &str = "default";
+/// How workers choose a backend, unless configured.
+pub const DEFAULT_BALANCE: Algorithm = Algorithm::RoundRobin;
+/// Time between two health checks of one backend.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// How long one health check's connect may take.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Passed checks in a row that bring a backend up.
+pub const DEFAULT_RISE: u32 = 2;
+/// Failed checks in a row that take a backend down.
+pub const DEFAULT_FALL: u32 = 3;
+/// Default size of the large relay buffer, in bytes. Measured with
+/// scripts/bench.sh's bulk workload: 16 KiB matched HAProxy, 64 KiB gave about
+/// 1.4x, 256 KiB about 1.7x; larger gained little more for the memory.
+pub const DEFAULT_BUFFER_SIZE: usize = 256 * 1024;
+/// Upper bound on one backend connect attempt.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a client may take to send its PROXY header.
+pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connections may finish after a stop signal.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A backend's share of new connections when no weight is given.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Health checks as they run when a frontend says nothing about them.
+pub const DEFAULT_HEALTH: HealthConfig = HealthConfig {
+    interval: DEFAULT_HEALTH_INTERVAL,
+    timeout: DEFAULT_HEALTH_TIMEOUT,
+    rise: DEFAULT_RISE,
+    fall: DEFAULT_FALL,
+};
+
+/// One worker per CPU the process may use: the default for `workers`.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Most worker threads.
+pub const MAX_WORKERS: u32 = 4096;
+/// Most checks in a row `rise` and `fall` may ask for.
+pub const MAX_RISE_FALL: u32 = 1000;
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Buffers below this cannot hold even a small request, above it they waste memory.
+pub const BUFFER_SIZE_RANGE: RangeInclusive<usize> = 512..=(16 << 20);
+
+/// The whole process's settings, validated. Shared read-only by all workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Number of worker threads, each with its own ring and listeners.
+    pub workers: usize,
+    /// How long open connections may run on after a stop signal.
+    pub drain_timeout: Duration,
+    /// One log line per closed connection.
+    pub access_log: bool,
+    /// Where the admin HTTP endpoint listens.
+    pub admin: Option<SocketAddr>,
+    /// Pin each worker thread to one CPU.
+    pub pin: bool,
+    /// Use a kernel submission-polling thread per ring.
+    pub sqpoll: bool,
+    /// Where to write the bound addresses once listening (a flag only, not in the file).
+    pub ready_file: Option<PathBuf>,
+    /// The frontends, each a listen address with its own pool; names are unique.
+    pub frontends: Vec<FrontendConfig>,
+}
+
+/// One frontend: a listen address and everything about its backend pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrontendConfig {
+    /// Unique name, for logs, metric labels and reloads.
+    pub name: String,
+    /// Where clients connect; port 0 means "any free port", fixed by the first bind.
+    pub listen: SocketAddr,
+    /// The backend pool, in the order given; indexes into it identify a backend.
+    pub backends: Vec<BackendConfig>,
+    /// How workers choose a backend.
+    pub balance: Algorithm,
+    /// Active health checks; `None` when turned off.
+    pub health: Option<HealthConfig>,
+    /// Bytes per large relay buffer.
+    pub buffer_size: usize,
+    /// Upper bound on one backend connect attempt.
+    pub connect_timeout: Duration,
+    /// Close connections idle this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close connections this old.
+    pub max_lifetime: Option<Duration>,
+    /// Most open client connections, across workers.
+    pub max_conns: Option<usize>,
+    /// Send a PROXY protocol header of this version to backends.
+    pub send_proxy: Option<ProxyVersion>,
+    /// Expect a PROXY protocol header (v1 or v2) from every client.
+    pub accept_proxy: bool,
+    /// How long a client may take to send its PROXY header.
+    pub proxy_header_timeout: Duration,
+}
+
+/// One backend of the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Resolved address we connect to.
+    pub addr: SocketAddr,
+    /// Relative share of new connections (>= 1).
+    pub weight: u32,
+    /// Most connections open to it at once, across workers; `None` is unlimited.
+    pub max_conns: Option<u32>,
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Time between checks of one backend.
+    pub interval: Duration,
+    /// Limit for one check's connect.
+    pub timeout: Duration,
+    /// Passed checks in a row that bring a backend up.
+    pub rise: u32,
+    /// Failed checks in a row that take a backend down.
+    pub fall: u32,
+}
+
+/// A setting that validation can find wrong, named once for both layers: as
+/// a flag (or `--backend` option) and as a key path in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    /// The frontend's name.
+    Name,
+    /// The frontend's listen address.
+    Listen,
+    /// The frontend's backend list.
+    Backends,
+    /// `connect-timeout`.
+    ConnectTimeout,
+    /// `idle-timeout`.
+    IdleTimeout,
+    /// `max-lifetime`.
+    MaxLifetime,
+    /// `proxy-header-timeout`.
+    ProxyHeaderTimeout,
+    /// The health check interval.
+    HealthInterval,
+    /// The health check timeout.
+    HealthTimeout,
+    /// A backend's weight.
+    Weight,
+    /// A backend's max-conns.
+    MaxConns,
+}
+
+impl Key {
+    /// As the command line spells it: the flag without dashes, or the
+    /// `--backend` option for backend keys.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Key::Name => "name",
+            Key::Listen => "listen",
+            Key::Backends => "backend",
+            Key::ConnectTimeout => "connect-timeout",
+            Key::IdleTimeout => "idle-timeout",
+            Key::MaxLifetime => "max-lifetime",
+            Key::ProxyHeaderTimeout => "proxy-header-timeout",
+            Key::HealthInterval => "health-interval",
+            Key::HealthTimeout => "health-timeout",
+            Key::Weight => "weight",
+            Key::MaxConns => "max-conns",
+        }
+    }
+
+    /// As the file spells it: the key path below its `[[frontend]]` table,
+    /// or below its backend for backend keys.
+    pub fn file_path(self) -> &'static [&'static str] {
+        match self {
+            Key::Name => &["name"],
+            Key::Listen => &["listen"],
+            Key::Backends => &["backends"],
+            Key::ConnectTimeout => &["connect-timeout"],
+            Key::IdleTimeout => &["idle-timeout"],
+            Key::MaxLifetime => &["max-lifetime"],
+            Key::ProxyHeaderTimeout => &["proxy-header-timeout"],
+            Key::HealthInterval => &["health", "interval"],
+            Key::HealthTimeout => &["health", "timeout"],
+            Key::Weight => &["weight"],
+            Key::MaxConns => &["max-conns"],
+        }
+    }
+}
+
+/// Where in a [`Config`] a validation error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Index into [`Config::frontends`].
+    pub frontend: usize,
+    /// Index into that frontend's backends, for a backend's key.
+    pub backend: Option<usize>,
+    /// The offending setting.
+    pub key: Key,
+}
+
+/// A bad value; each variant names the value, and those found by
+/// [`Config::validate`] also where it is ([`ConfigError::location`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not of the form host:port.
+    #[error("invalid address '{0}': expected host:port, e.g. 127.0.0.1:8080 or [::1]:8080")]
+    BadAddress(String),
+    /// The host part did not resolve.
+    #[error("cannot resolve '{value}': {source}")]
+    Unresolvable {
+        /// What the user gave.
+        value: String,
+        /// What the resolver said.
+        source: io::Error,
+    },
+    /// A backend address with port 0, which nothing can connect to.
+    #[error("invalid backend '{0}': port 0 cannot be connected to")]
+    BackendPortZero(String),
+    /// An unknown or malformed `,key=value` after a backend address.
+    #[error("invalid backend option '{option}' in '{value}': {reason}")]
+    BadBackendOption {
+        /// The whole --backend value.
+        value: String,
+        /// The offending `key=value`.
+        option: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// Neither --listen nor the rsp form was given.
+    #[error("no listen address: use --listen ADDR (or the rsp form LISTEN_PORT BACKEND_HOST BACKEND_PORT)")]
+    NoListen,
+    /// A config with no frontend.
+    #[error(
+        "no frontend: give --listen and --backend, or a config file with [[frontend]] sections"
+    )]
+    NoFrontend,
+    /// Two frontends with one name.
+    #[error("two frontends are named '{name}': names must be unique")]
+    DuplicateName {
+        /// The second frontend of that name.
+        frontend: usize,
+        /// The name.
+        name: String,
+    },
+    /// Two frontends on one address.
+    #[error("frontends '{first}' and '{second}' both listen on {addr}")]
+    DuplicateListen {
+        /// The second frontend on that address.
+        frontend: usize,
+        /// The address.
+        addr: SocketAddr,
+        /// The first frontend's name.
+        first: String,
+        /// The second frontend's name.
+        second: String,
+    },
+    /// An empty pool.
+    #[error("no backend: use --backend ADDR, once per backend")]
+    NoBackend {
+        /// The frontend without backends.
+        frontend: usize,
+    },
+    /// A zero duration where time must pass.
+    #[error("invalid --{} '0s': must be more than zero", .key.flag())]
+    ZeroDuration {
+        /// The frontend.
+        frontend: usize,
+        /// Which duration.
+        key: Key,
+    },
+    /// A backend's weight or max-conns out of its range.
+    #[error("invalid backend option '{}={value}' for {addr}: {}", .key.flag(), self.reason())]
+    BackendOutOfRange {
+        /// The frontend.
+        frontend: usize,
+        /// The backend's index in its pool.
+        backend: usize,
+        /// The backend's address.
+        addr: SocketAddr,
+        /// [`Key::Weight`] or [`Key::MaxConns`].
+        key: Key,
+        /// The value given.
+        value: u32,
+    },
+}
+
+impl ConfigError {
+    /// Where the error is, for those [`Config::validate`] finds.
+    pub fn location(&self) -> Option<Location> {
+        let (frontend, backend, key) = match *self {
+            ConfigError::DuplicateName { frontend, .. } => (frontend, None, Key::Name),
+            ConfigError::DuplicateListen { frontend, .. } => (frontend, None, Key::Listen),
+            ConfigError::NoBackend { frontend } => (frontend, None, Key::Backends),
+            ConfigError::ZeroDuration { frontend, key } => (frontend, None, key),
+            ConfigError::BackendOutOfRange {
+                frontend,
+                backend,
+                key,
+                ..
+            } => (frontend, Some(backend), key),
+            _ => return None,
+        };
+        Some(Location {
+            frontend,
+            backend,
+            key,
+        })
+    }
+
+    /// What is wrong, without naming the setting: what follows a
+    /// location such as `frontend[0].connect-timeout: `.
+    pub fn reason(&self) -> String {
+        match self {
+            ConfigError::ZeroDuration { .. } => "must be more than zero".into(),
+            ConfigError::NoBackend { .. } => "no backend: list at least one".into(),
+            ConfigError::BackendOutOfRange { key, value, .. } => {
+                let range = match key {
+                    Key::Weight => 1..=MAX_WEIGHT,
+                    _ => 1..=u32::MAX,
+                };
+                range_message(range, *value)
+            }
+            e => e.to_string(),
+        }
+    }
+}
+
+/// `must be between MIN and MAX, got N`, or `must be at least MIN, got N`
+/// when MAX is too large to be a meaningful bound.
+pub(crate) fn range_message<T: Into<i128>>(
+    range: RangeInclusive<T>,
+    got: impl std::fmt::Display,
+) -> String {
+    let (min, max) = range.into_inner();
+    let (min, max) = (min.into(), max.into());
+    if max >= i128::from(u32::MAX) {
+        format!("must be at least {min}, got {got}")
+    } else {
+        format!("must be between {min} and {max}, got {got}")
+    }
+}
+
+impl Config {
+    /// Checks what parsing one value cannot: durations above zero, a pool
+    /// per frontend, backend weights and limits in range, unique names and
+    /// listen addresses. The error says where (frontend, backend, key).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.frontends.is_empty() {
+            return Err(ConfigError::NoFrontend);
+        }
+        for (i, fe) in self.frontends.iter().enumerate() {
+            if fe.backends.is_empty() {
+                return Err(ConfigError::NoBackend { frontend: i });
+            }
+            for (j, b) in fe.backends.iter().enumerate() {
+                let out_of_range = if !(1..=MAX_WEIGHT).contains(&b.weight) {
+                    Some((Key::Weight, b.weight))
+                } else {
+                    b.max_conns.filter(|&n| n == 0).map(|n| (Key::MaxConns, n))
+                };
+                if let Some((key, value)) = out_of_range {
+                    return Err(ConfigError::BackendOutOfRange {
+                        frontend: i,
+                        backend: j,
+                        addr: b.addr,
+                        key,
+                        value,
+                    });
+                }
+            }
+            let health = fe.health.as_ref();
+            for (key, value) in [
+                (Key::ConnectTimeout, Some(fe.connect_timeout)),
+                (Key::HealthInterval, health.map(|h| h.interval)),
+                (Key::HealthTimeout, health.map(|h| h.timeout)),
+                (Key::IdleTimeout, fe.idle_timeout),
+                (Key::MaxLifetime, fe.max_lifetime),
+                (Key::ProxyHeaderTimeout, Some(fe.proxy_header_timeout)),
+            ] {
+                if value.is_some_and(|v| v.is_zero()) {
+                    return Err(ConfigError::ZeroDuration { frontend: i, key });
+                }
+            }
+            for other in &self.frontends[..i] {
+                if other.name == fe.name {
+                    return Err(ConfigError::DuplicateName {
+                        frontend: i,
+                        name: fe.name.clone(),
+                    });
+                }
+                if other.listen == fe.listen && fe.listen.port() != 0 {
+                    return Err(ConfigError::DuplicateListen {
+                        frontend: i,
+                        addr: fe.listen,
+                        first: other.name.clone(),
+                        second: fe.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings fixed at start (threads, rings, the admin listener, the
+    /// drain's length): sets them back to `running`'s values and returns the
+    /// names of those that differed, for a reload to warn about.
+    pub fn keep_restart_only(&mut self, running: &Config) -> Vec<&'static str> {
+        fn keep<T: PartialEq + Clone>(
+            changed: &mut Vec<&'static str>,
+            name: &'static str,
+            new: &mut T,
+            old: &T,
+        ) {
+            if new != old {
+                changed.push(name);
+                *new = old.clone();
+            }
+        }
+        let mut changed = Vec::new();
+        keep(&mut changed, "workers", &mut self.workers, &running.workers);
+        keep(&mut changed, "pin", &mut self.pin, &running.pin);
+        keep(&mut changed, "sqpoll", &mut self.sqpoll, &running.sqpoll);
+        keep(&mut changed, "admin", &mut self.admin, &running.admin);
+        let drain = &running.drain_timeout;
+        keep(
+            &mut changed,
+            "drain-timeout",
+            &mut self.drain_timeout,
+            drain,
+        );
+        let ready = &running.ready_file;
+        keep(&mut changed, "ready-file", &mut self.ready_file, ready);
+        changed
+    }
+}
+
+/// Parses `host:port[,weight=N][,max-conns=N]`; ranges are
+/// [`Config::validate`]'s to check.
+pub fn parse_backend(value: &str) -> Result<BackendConfig, ConfigError> {
+    let mut parts = value.split(',');
+    let addr = resolve(parts.next().unwrap_or_default())?;
+    if addr.port() == 0 {
+        return Err(ConfigError::BackendPortZero(value.to_string()));
+    }
+    let mut backend = BackendConfig {
+        addr,
+        weight: DEFAULT_WEIGHT,
+        max_conns: None,
+    };
+    for option in parts {
+        let bad = |reason| ConfigError::BadBackendOption {
+            value: value.to_string(),
+            option: option.to_string(),
+            reason,
+        };
+        let (key, val) = option
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value"))?;
+        let n: u32 = val.parse().map_err(|_| bad("expected a whole number"))?;
+        match key {
+            "weight" => backend.weight = n,
+            "max-conns" => backend.max_conns = Some(n),
+            _ => return Err(bad("known options are weight and max-conns")),
+        }
+    }
+    Ok(backend)
+}
+
+/// Resolves `host:port` to its first address.
+pub fn resolve(value: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = || ConfigError::BadAddress(value.to_string());
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() || host.contains(':') {
+        return Err(bad());
+    }
+    let mut addrs = value
+        .to_socket_addrs()
+        .map_err(|source| ConfigError::Unresolvable {
+            value: value.to_string(),
+            source,
+        })?;
+    addrs.next().ok_or_else(|| ConfigError::Unresolvable {
+        value: value.to_string(),
+        source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+    })
+}
+
+/// Parses a relay buffer size: bytes, or with a `k`/`m` suffix.
+pub fn parse_buffer_size(s: &str) -> Result<usize, String> {
+    let (digits, mult) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 1024),
+        Some(b'm' | b'M') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| "expected a byte count such as 16384, 16k or 1m".to_string())?;
+    let n = n.saturating_mul(mult);
+    if !BUFFER_SIZE_RANGE.contains(&n) {
+        return Err(format!(
+            "must be between {} and {} bytes",
+            BUFFER_SIZE_RANGE.start(),
+            BUFFER_SIZE_RANGE.end()
+        ));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(resolve("127.0.0.1:80").unwrap().port(), 80);
+        assert_eq!(resolve("[::1]:81").unwrap().port(), 81);
+        assert!(resolve("localhost:82").unwrap().ip().is_loopback());
+        for bad in [
+            "",
+            "80",
+            "127.0.0.1",
+            "127.0.0.1:",
+            ":80",
+            "1.2.3.4:99999",
+            "::1:80",
+        ] {
+            assert!(
+                matches!(resolve(bad), Err(ConfigError::BadAddress(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn backend_options() {
+        let b = parse_backend("127.0.0.1:9000,weight=3,max-conns=10").unwrap();
+        assert_eq!((b.weight, b.max_conns), (3, Some(10)));
+        let b = parse_backend("127.0.0.1:9000").unwrap();
+        assert_eq!((b.weight, b.max_conns), (DEFAULT_WEIGHT, None));
+        for bad in [
+            "127.0.0.1:9000,weight=x",
+            "127.0.0.1:9000,colour=red",
+            "127.0.0.1:9000,weight",
+            "127.0.0.1:0",
+        ] {
+            let err = parse_backend(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn buffer_sizes() {
+        assert_eq!(parse_buffer_size("16384"), Ok(16384));
+        assert_eq!(parse_buffer_size("64k"), Ok(65536));
+        assert_eq!(parse_buffer_size("1M"), Ok(1 << 20));
+        assert!(parse_buffer_size("12").is_err());
+        assert!(parse_buffer_size("lots").is_err());
+        assert!(parse_buffer_size("99999999999999999999k").is_err());
+    }
+
+    fn frontend(name: &str, listen: &str, backends: &[&str]) -> FrontendConfig {
+        FrontendConfig {
+            name: name.into(),
+            listen: listen.parse().unwrap(),
+            backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            balance: DEFAULT_BALANCE,
+            health: Some(DEFAULT_HEALTH),
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: None,
+            max_lifetime: None,
+            max_conns: None,
+            send_proxy: None,
+            accept_proxy: false,
+            proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
+        }
+    }
+
+    fn config(frontends: Vec<FrontendConfig>) -> Config {
+        Config {
+            workers: 1,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            access_log: false,
+            admin: None,
+            pin: false,
+            sqpoll: false,
+            ready_file: None,
+            frontends,
+        }
+    }
+
+    /// Every validation error says where it is, down to the backend.
+    #[test]
+    fn validation_errors_are_located() {
+        let at = |frontend, backend, key| {
+            Some(Location {
+                frontend,
+                backend,
+                key,
+            })
+        };
+        let web = || frontend("web", "127.0.0.1:80", &["127.0.0.1:9000"]);
+        let api = || frontend("api", "127.0.0.1:81", &["127.0.0.1:9000"]);
+        let mut cases: Vec<(Config, Option<Location>)> = Vec::new();
+        cases.push((config(vec![]), None));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[1].backends.clear();
+        cases.push((c, at(1, None, Key::Backends)));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[1]
+            .backends
+            .push(parse_backend("127.0.0.1:1,weight=0").unwrap());
+        cases.push((c, at(1, Some(1), Key::Weight)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].backends[0].max_conns = Some(0);
+        cases.push((c, at(0, Some(0), Key::MaxConns)));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[1].health.as_mut().unwrap().timeout = Duration::ZERO;
+        cases.push((c, at(1, None, Key::HealthTimeout)));
+        cases.push((config(vec![web(), api(), web()]), at(2, None, Key::Name)));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[1].listen = c.frontends[0].listen;
+        cases.push((c, at(1, None, Key::Listen)));
+        for (c, location) in cases {
+            let err = c.validate().unwrap_err();
+            assert_eq!(err.location(), location, "{err}");
+        }
+        assert!(config(vec![web(), api()]).validate().is_ok());
+    }
+
+    #[test]
+    fn restart_only_settings_are_kept() {
+        let running = config(vec![]);
+        let mut new = running.clone();
+        new.workers = 7;
+        new.admin = Some("127.0.0.1:1".parse().unwrap());
+        assert_eq!(new.keep_restart_only(&running), ["workers", "admin"]);
+        assert_eq!(new, running);
+    }
+}
