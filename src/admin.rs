@@ -7,12 +7,12 @@
 use std::net::SocketAddr;
 use std::thread;
 
+use prometheus_client::registry::Registry;
 use tiny_http::{Header, Method, Response, Server};
 use tracing::{info, warn};
 
 use crate::frontend::Generation;
-use crate::metrics::{self, Metrics};
-use crate::pool::Pool;
+use crate::metrics;
 use crate::worker::Generations;
 
 /// The admin listener could not be opened.
@@ -34,10 +34,21 @@ pub fn spawn(addr: SocketAddr, generations: Generations) -> Result<SocketAddr, A
     thread::Builder::new()
         .name("ringlb-admin".into())
         .spawn(move || {
+            let registry = {
+                let generations = generations.clone();
+                metrics::registry(move || {
+                    let generation = generations.borrow().clone();
+                    generation
+                        .frontends
+                        .iter()
+                        .map(|f| (f.metrics.clone(), f.pool.clone()))
+                        .collect()
+                })
+            };
             for request in server.incoming_requests() {
                 let generation = generations.borrow().clone();
                 let (status, content_type, body) =
-                    route(request.method(), request.url(), &generation);
+                    route(request.method(), request.url(), &generation, &registry);
                 let response = Response::from_string(body).with_status_code(status);
                 let response = match Header::from_bytes("Content-Type", content_type) {
                     Ok(header) => response.with_header(header),
@@ -54,20 +65,18 @@ pub fn spawn(addr: SocketAddr, generations: Generations) -> Result<SocketAddr, A
 }
 
 /// Answers one request: status, content type, body.
-fn route(method: &Method, url: &str, generation: &Generation) -> (u16, &'static str, String) {
+fn route(
+    method: &Method,
+    url: &str,
+    generation: &Generation,
+    registry: &Registry,
+) -> (u16, &'static str, String) {
     let path = url.split('?').next().unwrap_or(url);
     if *method != Method::Get {
         return (405, "text/plain", "only GET is supported\n".into());
     }
     match path {
-        "/metrics" => {
-            let pairs: Vec<(&Metrics, &Pool)> = generation
-                .frontends
-                .iter()
-                .map(|f| (&*f.metrics, &*f.pool))
-                .collect();
-            (200, "text/plain; version=0.0.4", metrics::render(&pairs))
-        }
+        "/metrics" => (200, metrics::CONTENT_TYPE, metrics::render(registry)),
         "/healthz" => {
             let down: Vec<&str> = generation
                 .frontends
