@@ -319,3 +319,50 @@ fn idle_connections_are_closed_after_the_head_timeout() {
     closes_within(conn, Instant::now());
     silent.join().unwrap();
 }
+
+#[test]
+fn the_accept_loop_survives_running_out_of_fds() {
+    let backend = Backend::echo();
+    let lb = Ringlb::start(&[
+        "--backend",
+        &backend.arg(),
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--no-health-checks",
+    ]);
+    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    // Room for a few more fds only, from now on.
+    let pid = lb.pid() as libc::pid_t;
+    let (mut soft, mut hard) = (0, 0);
+    rlimit::prlimit(
+        pid,
+        rlimit::Resource::NOFILE,
+        None,
+        Some((&mut soft, &mut hard)),
+    )
+    .unwrap();
+    let limit = open_fds(lb.pid()) as u64 + 4;
+    rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((limit, hard)), None).unwrap();
+
+    let idle: Vec<TcpStream> = (0..16).map(|_| client(admin)).collect();
+    wait_until("an admin accept failing", || {
+        lb.log().contains("admin accept failed")
+    });
+    // Waits in the backlog while accepts fail...
+    let healthz = thread::spawn(move || http_get(admin, "/healthz"));
+    thread::sleep(Duration::from_millis(200));
+    assert!(!healthz.is_finished());
+    // ...and is answered once fds are free again.
+    drop(idle);
+    assert_eq!(healthz.join().unwrap(), (200, "ok\n".to_string()));
+    rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((soft, hard)), None).unwrap();
+    assert_eq!(http_get(admin, "/metrics").0, 200);
+    let warnings = lb.log().matches("admin accept failed").count();
+    assert!(
+        warnings <= 3,
+        "{warnings} warnings: the throttle allows one a second"
+    );
+}
