@@ -33,7 +33,7 @@ use prometheus_client::registry::Registry;
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::frontend::Generation;
@@ -150,8 +150,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 backoff = ACCEPT_BACKOFF.0;
-                let conn = conns.insert();
-                tokio::spawn(serve(stream, permit, conn, conns.clone(), state.clone()));
+                let (key, conn) = conns.insert();
+                let (conns, state) = (conns.clone(), state.clone());
+                tokio::spawn(async move {
+                    serve(stream, &conn, &state).await;
+                    conns.remove(key);
+                    drop(permit);
+                });
                 // Let the new connection read its request before the next
                 // accept, so it is not taken for idle and closed.
                 tokio::task::yield_now().await;
@@ -169,14 +174,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 
 /// One connection: HTTP/1 with keep-alive until the client leaves, a limit
 /// is hit, or it is closed to make room.
-async fn serve(
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-    conn: (usize, Arc<Conn>),
-    conns: Arc<Conns>,
-    state: Arc<State>,
-) {
-    let (key, conn) = conn;
+async fn serve(stream: TcpStream, conn: &Arc<Conn>, state: &Arc<State>) {
     let service = service_fn(|request| {
         let (state, conn) = (state.clone(), conn.clone());
         async move {
@@ -200,7 +198,6 @@ async fn serve(
         }
         () = conn.close.notified() => debug!("admin connection closed to make room"),
     }
-    conns.remove(key);
 }
 
 /// The connections being served, so that at the cap the one idle longest can
@@ -365,4 +362,30 @@ fn backends_json(generation: &Generation) -> String {
     let mut body = serde_json::Value::Array(backends).to_string();
     body.push('\n');
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_cap_the_connection_idle_longest_is_closed_once() {
+        let conns = Conns::default();
+        let (_, busy) = conns.insert();
+        let (_, older) = conns.insert();
+        let (newer_key, newer) = conns.insert();
+        busy.set_idle(false);
+        let idle = |c: &Conn| c.idle_since.lock().unwrap().is_some();
+
+        conns.close_longest_idle();
+        assert!(!idle(&older), "the older idle one is told to close");
+        assert!(idle(&newer));
+        conns.close_longest_idle();
+        assert!(!idle(&newer));
+        conns.remove(newer_key);
+        // Only a busy connection left: nothing to close.
+        conns.close_longest_idle();
+        assert!(!idle(&busy));
+        assert_eq!(conns.0.lock().unwrap().len(), 2);
+    }
 }
