@@ -22,8 +22,8 @@
 //! - [`sys`]: what tokio-uring lacks: getsockname, socket recv (poll first) and send ops.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
-//! - [`metrics`]: per-worker counters, summed at scrape; every metric name.
-//! - [`admin`]: the admin HTTP endpoint: /metrics, /healthz, /backends.
+//! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
+//! - [`admin`]: the admin HTTP endpoint (hyper, bounded): /metrics, /healthz, /backends.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

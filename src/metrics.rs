@@ -1,51 +1,24 @@
 //! Counters, kept per worker and summed only when scraped, so the data path
 //! never shares a cache line between workers: each worker writes only its own
 //! [`WorkerMetrics`] (single writer, so a relaxed load + store, no locked
-//! read-modify-write), and the admin thread reads them all. Every metric name
-//! is a constant here; [`render`] writes the Prometheus text format.
+//! read-modify-write), and the admin thread reads them all. Every metric's
+//! name, type and help text is one row of one table here; at scrape a
+//! `prometheus-client` collector walks that table over the current frontends
+//! (nothing on the data path), and [`render`] writes the Prometheus text
+//! format, escaping label values.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::pool::Pool;
-
-/// Metric names, all in one place.
-pub mod names {
-    /// Client connections accepted.
-    pub const CONNECTIONS_TOTAL: &str = "ringlb_connections_total";
-    /// Client connections open now.
-    pub const CONNECTIONS_ACTIVE: &str = "ringlb_connections_active";
-    /// Bytes relayed from clients to backends.
-    pub const BYTES_IN: &str = "ringlb_bytes_in_total";
-    /// Bytes relayed from backends to clients.
-    pub const BYTES_OUT: &str = "ringlb_bytes_out_total";
-    /// Backend connect attempts that failed or timed out.
-    pub const CONNECT_FAILURES: &str = "ringlb_connect_failures_total";
-    /// Connections ended by a read or write error, by side.
-    pub const RELAY_ERRORS: &str = "ringlb_relay_errors_total";
-    /// Failed accept calls.
-    pub const ACCEPT_ERRORS: &str = "ringlb_accept_errors_total";
-    /// Clients closed because no backend could take them.
-    pub const NO_BACKEND: &str = "ringlb_no_backend_total";
-    /// Connections closed by the idle timeout or the lifetime limit.
-    pub const TIMEOUTS: &str = "ringlb_timeouts_total";
-    /// Clients closed for a bad or missing PROXY protocol header.
-    pub const PROXY_HEADER_ERRORS: &str = "ringlb_proxy_header_errors_total";
-    /// Clients waiting for a backend slot (max-conns) now.
-    pub const QUEUE_LENGTH: &str = "ringlb_queue_length";
-    /// Connections made to each backend.
-    pub const BACKEND_CONNECTIONS_TOTAL: &str = "ringlb_backend_connections_total";
-    /// Connections open to each backend now, across workers.
-    pub const BACKEND_CONNECTIONS_ACTIVE: &str = "ringlb_backend_connections_active";
-    /// Failed connects to each backend.
-    pub const BACKEND_CONNECT_FAILURES: &str = "ringlb_backend_connect_failures_total";
-    /// Bytes sent to each backend.
-    pub const BACKEND_BYTES_IN: &str = "ringlb_backend_bytes_in_total";
-    /// Bytes received from each backend.
-    pub const BACKEND_BYTES_OUT: &str = "ringlb_backend_bytes_out_total";
-    /// 1 while a backend passes its health checks, else 0.
-    pub const BACKEND_UP: &str = "ringlb_backend_up";
-}
 
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
@@ -180,153 +153,236 @@ impl Metrics {
     }
 }
 
-/// The Prometheus text exposition of every frontend's counters and pool.
-pub fn render(frontends: &[(&Metrics, &Pool)]) -> String {
-    use names::*;
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    };
-    let front = |f: &dyn Fn(&WorkerMetrics) -> &Counter| -> Vec<(String, u64)> {
-        frontends
-            .iter()
-            .map(|(m, _)| (format!("frontend=\"{}\"", m.frontend), m.sum(f)))
-            .collect()
-    };
-    family(
-        CONNECTIONS_TOTAL,
-        "counter",
-        "Client connections accepted.",
-        front(&|w| &w.connections_total),
-    );
-    family(
-        CONNECTIONS_ACTIVE,
-        "gauge",
-        "Client connections open.",
-        front(&|w| &w.connections_active),
-    );
-    family(
-        BYTES_IN,
-        "counter",
-        "Bytes relayed from clients to backends.",
-        front(&|w| &w.bytes_in),
-    );
-    family(
-        BYTES_OUT,
-        "counter",
-        "Bytes relayed from backends to clients.",
-        front(&|w| &w.bytes_out),
-    );
-    family(
-        CONNECT_FAILURES,
-        "counter",
-        "Backend connects that failed or timed out.",
-        front(&|w| &w.connect_failures),
-    );
-    let by_side = frontends
-        .iter()
-        .flat_map(|(m, _)| {
-            [
-                (
-                    format!("frontend=\"{}\",side=\"client\"", m.frontend),
-                    m.sum(|w| &w.client_errors),
-                ),
-                (
-                    format!("frontend=\"{}\",side=\"backend\"", m.frontend),
-                    m.sum(|w| &w.backend_errors),
-                ),
-            ]
-        })
-        .collect();
-    family(
-        RELAY_ERRORS,
-        "counter",
-        "Connections ended by a read or write error, by side.",
-        by_side,
-    );
-    family(
-        ACCEPT_ERRORS,
-        "counter",
-        "Failed accept calls.",
-        front(&|w| &w.accept_errors),
-    );
-    family(
-        NO_BACKEND,
-        "counter",
-        "Clients closed because no backend could take them.",
-        front(&|w| &w.no_backend),
-    );
-    family(
-        TIMEOUTS,
-        "counter",
-        "Connections closed by the idle timeout or lifetime limit.",
-        front(&|w| &w.timeouts),
-    );
-    family(
-        PROXY_HEADER_ERRORS,
-        "counter",
-        "Clients closed for a bad PROXY protocol header.",
-        front(&|w| &w.proxy_header_errors),
-    );
-    family(
-        QUEUE_LENGTH,
-        "gauge",
-        "Clients waiting for a backend slot.",
-        front(&|w| &w.queued),
-    );
+/// Whether a family only goes up or can go down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
 
-    let per_backend = |f: &dyn Fn(&Metrics, &Pool, usize) -> u64| -> Vec<(String, u64)> {
-        frontends
+/// Where a family's samples come from.
+enum Source {
+    /// A worker counter summed over workers: one sample per frontend.
+    Frontend(fn(&WorkerMetrics) -> &Counter),
+    /// Relay errors: one sample per frontend and side.
+    BySide {
+        client: fn(&WorkerMetrics) -> &Counter,
+        backend: fn(&WorkerMetrics) -> &Counter,
+    },
+    /// A backend's worker counter summed over workers: one sample per backend.
+    Backend(fn(&BackendMetrics) -> &Counter),
+    /// A value the pool keeps for each backend, across workers.
+    Pool(fn(&Pool, usize) -> u64),
+}
+
+/// One metric family as exposed.
+struct Family {
+    /// The exposed name; a counter's ends in `_total`.
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    source: Source,
+}
+
+/// Every metric ringlb exposes, in exposition order: the one place for
+/// names and help texts.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "ringlb_connections_total",
+        kind: Kind::Counter,
+        help: "Client connections accepted.",
+        source: Source::Frontend(|w| &w.connections_total),
+    },
+    Family {
+        name: "ringlb_connections_active",
+        kind: Kind::Gauge,
+        help: "Client connections open.",
+        source: Source::Frontend(|w| &w.connections_active),
+    },
+    Family {
+        name: "ringlb_bytes_in_total",
+        kind: Kind::Counter,
+        help: "Bytes relayed from clients to backends.",
+        source: Source::Frontend(|w| &w.bytes_in),
+    },
+    Family {
+        name: "ringlb_bytes_out_total",
+        kind: Kind::Counter,
+        help: "Bytes relayed from backends to clients.",
+        source: Source::Frontend(|w| &w.bytes_out),
+    },
+    Family {
+        name: "ringlb_connect_failures_total",
+        kind: Kind::Counter,
+        help: "Backend connects that failed or timed out.",
+        source: Source::Frontend(|w| &w.connect_failures),
+    },
+    Family {
+        name: "ringlb_relay_errors_total",
+        kind: Kind::Counter,
+        help: "Connections ended by a read or write error, by side.",
+        source: Source::BySide {
+            client: |w| &w.client_errors,
+            backend: |w| &w.backend_errors,
+        },
+    },
+    Family {
+        name: "ringlb_accept_errors_total",
+        kind: Kind::Counter,
+        help: "Failed accept calls.",
+        source: Source::Frontend(|w| &w.accept_errors),
+    },
+    Family {
+        name: "ringlb_no_backend_total",
+        kind: Kind::Counter,
+        help: "Clients closed because no backend could take them.",
+        source: Source::Frontend(|w| &w.no_backend),
+    },
+    Family {
+        name: "ringlb_timeouts_total",
+        kind: Kind::Counter,
+        help: "Connections closed by the idle timeout or lifetime limit.",
+        source: Source::Frontend(|w| &w.timeouts),
+    },
+    Family {
+        name: "ringlb_proxy_header_errors_total",
+        kind: Kind::Counter,
+        help: "Clients closed for a bad PROXY protocol header.",
+        source: Source::Frontend(|w| &w.proxy_header_errors),
+    },
+    Family {
+        name: "ringlb_queue_length",
+        kind: Kind::Gauge,
+        help: "Clients waiting for a backend slot.",
+        source: Source::Frontend(|w| &w.queued),
+    },
+    Family {
+        name: "ringlb_backend_connections_total",
+        kind: Kind::Counter,
+        help: "Connections made to each backend.",
+        source: Source::Backend(|b| &b.connections),
+    },
+    Family {
+        name: "ringlb_backend_connections_active",
+        kind: Kind::Gauge,
+        help: "Connections open to each backend.",
+        source: Source::Pool(|p, i| p.active(i) as u64),
+    },
+    Family {
+        name: "ringlb_backend_connect_failures_total",
+        kind: Kind::Counter,
+        help: "Failed connects to each backend.",
+        source: Source::Backend(|b| &b.connect_failures),
+    },
+    Family {
+        name: "ringlb_backend_bytes_in_total",
+        kind: Kind::Counter,
+        help: "Bytes sent to each backend.",
+        source: Source::Backend(|b| &b.bytes_in),
+    },
+    Family {
+        name: "ringlb_backend_bytes_out_total",
+        kind: Kind::Counter,
+        help: "Bytes received from each backend.",
+        source: Source::Backend(|b| &b.bytes_out),
+    },
+    Family {
+        name: "ringlb_backend_up",
+        kind: Kind::Gauge,
+        help: "1 while the backend passes health checks.",
+        source: Source::Pool(|p, i| p.is_up(i) as u64),
+    },
+];
+
+impl Family {
+    /// The name to hand the encoder, which appends `_total` to a counter's
+    /// name itself.
+    fn encoder_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Counter => self.name.strip_suffix("_total").unwrap_or(self.name),
+            Kind::Gauge => self.name,
+        }
+    }
+
+    fn encode(
+        &self,
+        frontends: &[(Arc<Metrics>, Arc<Pool>)],
+        encoder: &mut DescriptorEncoder,
+    ) -> fmt::Result {
+        let metric_type = match self.kind {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+        };
+        let mut family =
+            encoder.encode_descriptor(self.encoder_name(), self.help, None, metric_type)?;
+        let mut sample = |labels: &[(&str, &str)], value: u64| match self.kind {
+            Kind::Counter => ConstCounter::new(value).encode(family.encode_family(&labels)?),
+            Kind::Gauge => ConstGauge::new(value).encode(family.encode_family(&labels)?),
+        };
+        for (m, pool) in frontends {
+            let frontend = ("frontend", m.frontend.as_str());
+            match &self.source {
+                Source::Frontend(f) => sample(&[frontend], m.sum(f))?,
+                Source::BySide { client, backend } => {
+                    sample(&[frontend, ("side", "client")], m.sum(client))?;
+                    sample(&[frontend, ("side", "backend")], m.sum(backend))?;
+                }
+                Source::Backend(f) => {
+                    for i in 0..pool.len() {
+                        let addr = pool.addr(i).to_string();
+                        sample(&[frontend, ("backend", &addr)], m.sum_backend(i, f))?;
+                    }
+                }
+                Source::Pool(f) => {
+                    for i in 0..pool.len() {
+                        let addr = pool.addr(i).to_string();
+                        sample(&[frontend, ("backend", &addr)], f(pool, i))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a scrape reads: each frontend's counters and pool, in config order.
+pub type Frontends = Vec<(Arc<Metrics>, Arc<Pool>)>;
+
+/// The collector behind `/metrics`: at each scrape it asks for the current
+/// frontends and sums their per-worker counters; it keeps no state of its own.
+struct Collect<F>(F);
+
+impl<F> fmt::Debug for Collect<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ringlb metrics collector")
+    }
+}
+
+impl<F: Fn() -> Frontends + Send + Sync + 'static> Collector for Collect<F> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let frontends = (self.0)();
+        FAMILIES
             .iter()
-            .flat_map(|(m, pool)| {
-                (0..pool.len()).map(move |i| {
-                    (
-                        format!("frontend=\"{}\",backend=\"{}\"", m.frontend, pool.addr(i)),
-                        f(m, pool, i),
-                    )
-                })
-            })
-            .collect()
-    };
-    family(
-        BACKEND_CONNECTIONS_TOTAL,
-        "counter",
-        "Connections made to each backend.",
-        per_backend(&|m, _, i| m.sum_backend(i, |b| &b.connections)),
-    );
-    family(
-        BACKEND_CONNECTIONS_ACTIVE,
-        "gauge",
-        "Connections open to each backend.",
-        per_backend(&|_, p, i| p.active(i) as u64),
-    );
-    family(
-        BACKEND_CONNECT_FAILURES,
-        "counter",
-        "Failed connects to each backend.",
-        per_backend(&|m, _, i| m.sum_backend(i, |b| &b.connect_failures)),
-    );
-    family(
-        BACKEND_BYTES_IN,
-        "counter",
-        "Bytes sent to each backend.",
-        per_backend(&|m, _, i| m.sum_backend(i, |b| &b.bytes_in)),
-    );
-    family(
-        BACKEND_BYTES_OUT,
-        "counter",
-        "Bytes received from each backend.",
-        per_backend(&|m, _, i| m.sum_backend(i, |b| &b.bytes_out)),
-    );
-    family(
-        BACKEND_UP,
-        "gauge",
-        "1 while the backend passes health checks.",
-        per_backend(&|_, p, i| p.is_up(i) as u64),
-    );
+            .try_for_each(|family| family.encode(&frontends, &mut encoder))
+    }
+}
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// A registry exposing every family over whatever `frontends` returns at
+/// scrape time.
+pub fn registry(frontends: impl Fn() -> Frontends + Send + Sync + 'static) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Collect(frontends)));
+    registry
+}
+
+/// The Prometheus text exposition (version 0.0.4) of `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String fails only if a collector does, and ours does not.
+    prometheus_text::encode(&mut out, registry).expect("encoding metrics into a String");
     out
 }
 
@@ -335,14 +391,21 @@ mod tests {
     use super::*;
     use crate::config::BackendConfig;
 
-    #[test]
-    fn sums_workers_and_renders_prometheus_text() {
-        let pool = Pool::new(&[BackendConfig {
+    fn pool() -> Arc<Pool> {
+        Arc::new(Pool::new(&[BackendConfig {
             addr: "127.0.0.1:9000".parse().unwrap(),
             weight: 1,
             max_conns: None,
-        }]);
-        let m = Metrics::new("web", 2, 1);
+        }]))
+    }
+
+    fn scrape(frontends: Frontends) -> String {
+        render(&registry(move || frontends.clone()))
+    }
+
+    #[test]
+    fn sums_workers_and_renders_prometheus_text() {
+        let m = Arc::new(Metrics::new("web", 2, 1));
         m.workers[0].connections_total.add(3);
         m.workers[1].connections_total.add(4);
         m.workers[0].backends[0].bytes_in.add(10);
@@ -350,22 +413,54 @@ mod tests {
         m.workers[1].connections_active.inc();
         m.workers[1].connections_active.inc();
         m.workers[1].connections_active.dec();
-        let text = render(&[(&m, &pool)]);
+        m.workers[0].backend_errors.inc();
+        let text = scrape(vec![(m, pool())]);
+        for line in [
+            "# HELP ringlb_connections_total Client connections accepted.\n",
+            "# TYPE ringlb_connections_total counter\n",
+            "ringlb_connections_total{frontend=\"web\"} 7\n",
+            "ringlb_connections_active{frontend=\"web\"} 1\n",
+            "ringlb_relay_errors_total{frontend=\"web\",side=\"client\"} 0\n",
+            "ringlb_relay_errors_total{frontend=\"web\",side=\"backend\"} 1\n",
+            "ringlb_backend_bytes_in_total{frontend=\"web\",backend=\"127.0.0.1:9000\"} 15\n",
+            "ringlb_backend_up{frontend=\"web\",backend=\"127.0.0.1:9000\"} 1\n",
+            "# TYPE ringlb_queue_length gauge\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_family_is_exposed_under_its_table_name_once() {
+        let text = scrape(vec![(Arc::new(Metrics::new("web", 1, 1)), pool())]);
+        assert!(!text.contains("_total_total"), "{text}");
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(types.len(), FAMILIES.len(), "{text}");
+        for (family, line) in FAMILIES.iter().zip(types) {
+            let kind = match family.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            assert_eq!(line, format!("{} {kind}", family.name));
+            assert_eq!(
+                family.kind == Kind::Counter,
+                family.name.ends_with("_total")
+            );
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let name = "a\"b\\c\nd";
+        let m = Arc::new(Metrics::new(name, 1, 1));
+        m.workers[0].connections_total.add(2);
+        let text = scrape(vec![(m, pool())]);
         assert!(
-            text.contains("ringlb_connections_total{frontend=\"web\"} 7\n"),
+            text.contains("ringlb_connections_total{frontend=\"a\\\"b\\\\c\\nd\"} 2\n"),
             "{text}"
         );
-        assert!(
-            text.contains("ringlb_connections_active{frontend=\"web\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "ringlb_backend_bytes_in_total{frontend=\"web\",backend=\"127.0.0.1:9000\"} 15\n"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("ringlb_backend_up{frontend=\"web\",backend=\"127.0.0.1:9000\"} 1\n"));
-        assert!(text.contains("# TYPE ringlb_queue_length gauge\n"));
     }
 }
