@@ -16,8 +16,8 @@ use crate::logging::ACCESS_TARGET;
 use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol::{self, Parsed};
 use crate::relay::{self, relay, Outcome, Side};
-use crate::sys;
 use crate::upstream::NoBackend;
+use crate::uring;
 use crate::worker::{Conn, FrontendState, Registration, Worker};
 
 /// Why a connection closed, as the access log says it.
@@ -215,7 +215,7 @@ async fn read_proxy_header(
         let mut got: Vec<u8> = Vec::with_capacity(proxy_protocol::MAX_HEADER);
         loop {
             let want = proxy_protocol::MAX_HEADER - got.len().min(proxy_protocol::MAX_HEADER - 1);
-            let (res, buf) = sys::recv(client, Vec::with_capacity(want), false).await;
+            let (res, buf) = uring::recv(client, Vec::with_capacity(want), false).await;
             match res {
                 Ok(0) | Err(_) => return Err(HeaderError::Truncated),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -253,17 +253,18 @@ async fn send_preamble(
         let (source, dest) = match addresses {
             Some(pair) => pair,
             None => {
-                let local = sys::local_addr(client).map_err(|source| relay::RelayError::Read {
-                    side: Side::Client,
-                    source,
-                })?;
+                let local =
+                    uring::local_addr(client).map_err(|source| relay::RelayError::Read {
+                        side: Side::Client,
+                        source,
+                    })?;
                 (peer, local)
             }
         };
         proxy_protocol::encode(version, source, dest, &mut preamble);
     }
     preamble.extend_from_slice(&early);
-    let (res, _) = sys::send_all(backend, preamble).await;
+    let (res, _) = uring::send_all(backend, preamble).await;
     res.map_err(|source| relay::RelayError::Write {
         side: Side::Backend,
         source,

@@ -19,7 +19,7 @@
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
-//! - [`sys`]: what tokio-uring lacks: getsockname, socket recv (poll first) and send ops.
+//! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv, send, getsockname.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric name.
@@ -47,6 +47,6 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
-pub mod sys;
 pub mod upstream;
+pub mod uring;
 pub mod worker;
