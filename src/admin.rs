@@ -10,10 +10,9 @@ use std::thread;
 use tiny_http::{Header, Method, Response, Server};
 use tracing::{info, warn};
 
-use crate::frontend::Generation;
+use crate::frontend::{Generation, Generations};
 use crate::metrics::{self, Metrics};
 use crate::pool::Pool;
-use crate::worker::Generations;
 
 /// The admin listener could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tracing::warn;
 
 use crate::config::{Config, FrontendConfig};
@@ -19,6 +20,10 @@ use crate::metrics::Metrics;
 use crate::net::{self, BindError};
 use crate::pool::Pool;
 use crate::probe;
+
+/// Config generations as the server publishes them to the workers and the
+/// admin endpoint: the current one, and a wake-up when a reload replaces it.
+pub type Generations = watch::Receiver<Arc<Generation>>;
 
 /// A frontend's listening sockets, one per worker, all on one address.
 #[derive(Debug)]

@@ -6,10 +6,12 @@
 //! - [`config`]: command line -> validated [`config::Config`]; addresses resolved.
 //! - [`file`](mod@file): TOML config file -> the same `Config`; errors name file, line and key.
 //! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP).
-//! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit.
+//! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit;
+//!   the watch that publishes generations.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners, the fd limit.
-//! - [`worker`]: one thread + one ring per core: accept loops, connection registry, drain.
-//! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log.
+//! - [`worker`]: one thread + one ring per core: accept loops, reloads, drain.
+//! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log;
+//!   its per-worker frontend state and the worker's registry of open connections.
 //! - [`limit`]: the frontend's max-conns, shared by all workers.
 //! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
 //! - [`balance`]: the balancing algorithms, one file each, pure.
