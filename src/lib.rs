@@ -12,7 +12,6 @@
 //! - [`worker`]: one thread + one ring per core: accept loops, reloads, drain.
 //! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log;
 //!   its per-worker frontend state and the worker's registry of open connections.
-//! - [`limit`]: the frontend's max-conns, shared by all workers.
 //! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
 //! - [`balance`]: the balancing algorithms, one file each, pure.
 //! - [`pool`]: the backends' cross-worker state (active counts, health) as atomics.
@@ -39,7 +38,6 @@ pub mod conn;
 pub mod file;
 pub mod frontend;
 pub mod health;
-pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod net;

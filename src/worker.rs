@@ -263,12 +263,16 @@ async fn accept_loop(
     throttle: Rc<Throttle>,
 ) {
     loop {
-        // At max-conns, wait for a slot before accepting: the kernel's backlog
-        // holds new clients meanwhile.
+        // At max-conns, wait for a permit before accepting: the kernel's
+        // backlog holds new clients meanwhile.
         let limit = state.borrow().frontend.limit.clone();
-        let slot = match limit {
+        let permit = match limit {
             Some(limit) => tokio::select! {
-                slot = limit.acquire() => Some(slot),
+                permit = limit.acquire_owned() => match permit {
+                    Ok(permit) => Some(permit),
+                    // Closed, which nothing does.
+                    Err(_) => break,
+                },
                 _ = shutdown::reached(&mut phase, Phase::Draining) => break,
             },
             None => None,
@@ -276,7 +280,7 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let state = state.borrow().clone();
-                tokio_uring::spawn(conn::handle(registry.clone(), state, stream, peer, slot));
+                tokio_uring::spawn(conn::handle(registry.clone(), state, stream, peer, permit));
             }
             Err(_) if stopped.get() || *phase.borrow() >= Phase::Draining => break,
             Err(err) => {

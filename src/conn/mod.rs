@@ -13,11 +13,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_uring::net::TcpStream;
 
 use crate::buffer::BufPool;
 use crate::frontend::Frontend;
-use crate::limit::Slot;
 use crate::logging::ACCESS_TARGET;
 use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol::{self, Parsed};
@@ -122,16 +122,16 @@ impl fmt::Display for Ended<'_> {
 }
 
 /// Runs one client connection to its end, registered in `registry` while it
-/// is open. `slot` is its place under the frontend's max-conns, freed when
-/// this returns.
+/// is open. `permit` is its place under the frontend's max-conns, returned
+/// when this returns.
 pub async fn handle(
     registry: Rc<Registry>,
     fe: Rc<FrontendState>,
     client: TcpStream,
     peer: SocketAddr,
-    slot: Option<Slot>,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
-    let _slot = slot;
+    let _permit = permit;
     let start = Instant::now();
     let metrics = fe.metrics();
     let _open = Open::new(metrics);
