@@ -3,7 +3,8 @@
 //! that is refused or times out is reported to the prober and the next pick is
 //! tried, until each backend has been tried once. When every healthy backend
 //! is at its `max-conns`, the client waits in a bounded queue for a slot, up to
-//! the connect timeout. The connect itself is [`uring::connect`], which a
+//! the connect timeout; a slot freed on any worker wakes it (see
+//! [`Pool::room`]), nothing polls. The connect itself is [`uring::connect`], which a
 //! timeout can cut off.
 
 use std::cell::{Cell, RefCell};
@@ -23,8 +24,6 @@ use crate::uring;
 
 /// Most clients one worker holds waiting for a free backend slot; past it they are closed.
 const MAX_QUEUED: usize = 4096;
-/// How often a queued client looks for a free slot again.
-const QUEUE_POLL: Duration = Duration::from_millis(2);
 
 /// Why a client got no backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +97,7 @@ impl Upstream {
         let n = self.pool.len();
         let mut tried = vec![false; n];
         let mut deadline = None;
+        let mut handed_on = false;
         loop {
             match self.pass(client, &mut tried, metrics).await {
                 Pass::Connected(lease, stream) => return Ok((lease, stream)),
@@ -114,9 +114,34 @@ impl Upstream {
             }
             self.queued.set(self.queued.get() + 1);
             metrics.queued.inc();
-            tokio::time::sleep(QUEUE_POLL).await;
+            self.wait_for_room(&tried, deadline, &mut handed_on).await;
             metrics.queued.dec();
             self.queued.set(self.queued.get() - 1);
+        }
+    }
+
+    /// Waits until a backend this client has not tried may have a free slot,
+    /// or until `deadline`.
+    async fn wait_for_room(&self, tried: &[bool], deadline: Instant, handed_on: &mut bool) {
+        let pool = &*self.pool;
+        let room = pool.room();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        let free = |i: usize| pool.is_up(i) && !pool.is_full(i);
+        if (0..pool.len()).any(|i| !tried[i] && free(i)) {
+            return;
+        }
+        // A slot is free only where this client's connect already failed: the
+        // wakeup that announced it may have come here, so pass one on to a
+        // client that can use it. Once per client, so two such clients cannot
+        // keep waking each other.
+        if !*handed_on && (0..pool.len()).any(|i| tried[i] && free(i)) {
+            *handed_on = true;
+            pool.wake_one();
+        }
+        tokio::select! {
+            _ = room => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
         }
     }
 
