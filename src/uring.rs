@@ -22,7 +22,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types};
@@ -76,7 +76,13 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     let (res, target) = tokio::select! {
         done = &mut op => done,
         _ = tokio::time::sleep(timeout) => {
-            shutdown_raw(fd);
+            {
+                // SAFETY: `op` owns the socket and has not handed it back, so
+                // the driver holds it and `fd` is open; the borrow ends in
+                // this block, before `op` can return the socket.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                let _ = SockRef::from(&fd).shutdown(Shutdown::Both);
+            }
             let _ = op.await;
             return Err(ConnectError::Timeout { addr, timeout });
         }
@@ -92,15 +98,6 @@ struct Target {
     addr: SockAddr,
     /// The connecting socket.
     socket: Socket,
-}
-
-/// Shuts down `fd`, a socket owned by a connect still in flight.
-fn shutdown_raw(fd: RawFd) {
-    // SAFETY: the caller's operation owns the socket and has not completed,
-    // so the driver still holds it and the descriptor is open; the borrow
-    // ends with this call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    let _ = SockRef::from(&fd).shutdown(Shutdown::Both);
 }
 
 /// Turns a connect completion into its result and hands the socket back.
@@ -274,6 +271,30 @@ mod tests {
         let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (ours, _) = listener.accept().unwrap();
         (peer, TcpStream::from_std(ours))
+    }
+
+    #[test]
+    fn connect_connects_or_names_the_refusing_address() {
+        tokio_uring::start(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stream = connect(addr, Duration::from_secs(30)).await.unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            assert_eq!(local_addr(&stream).unwrap(), accepted.peer_addr().unwrap());
+            // Bound but not listening: the port stays ours and refuses.
+            let closed = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            closed
+                .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+                .unwrap();
+            let closed_addr = closed.local_addr().unwrap().as_socket().unwrap();
+            match connect(closed_addr, Duration::from_secs(30)).await {
+                Err(ConnectError::Io { addr, source }) => {
+                    assert_eq!(addr, closed_addr);
+                    assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused);
+                }
+                other => panic!("expected a refusal, got {:?}", other.map(drop)),
+            }
+        });
     }
 
     #[test]
