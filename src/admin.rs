@@ -36,10 +36,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::frontend::Generation;
+use crate::frontend::{Generation, Generations};
 use crate::logging::Throttle;
 use crate::metrics;
-use crate::worker::Generations;
 
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;

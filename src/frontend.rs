@@ -11,14 +11,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::{watch, Semaphore};
 use tracing::warn;
 
 use crate::config::{Config, FrontendConfig};
-use crate::limit::ConnLimit;
 use crate::metrics::Metrics;
 use crate::net::{self, BindError};
 use crate::pool::Pool;
 use crate::probe;
+
+/// Config generations as the server publishes them to the workers and the
+/// admin endpoint: the current one, and a wake-up when a reload replaces it.
+pub type Generations = watch::Receiver<Arc<Generation>>;
 
 /// A frontend's listening sockets, one per worker, all on one address.
 #[derive(Debug)]
@@ -40,8 +44,12 @@ pub struct Frontend {
     pub pool: Arc<Pool>,
     /// Every worker's counters for this frontend.
     pub metrics: Arc<Metrics>,
-    /// Its max-conns, if set.
-    pub limit: Option<Arc<ConnLimit>>,
+    /// Its max-conns, if set, shared by every worker. An acceptor takes a
+    /// permit before it asks the kernel for the next client, so at the limit
+    /// no accept is pending and new clients wait in the kernel's backlog
+    /// instead of being accepted and closed; the permit moves into the
+    /// connection and is returned when it closes.
+    pub limit: Option<Arc<Semaphore>>,
 }
 
 /// Everything the workers run at one time.
@@ -86,7 +94,7 @@ impl Generation {
             };
             // A frontend whose pool is unchanged keeps its pool (health, active
             // counts, prober) and its counters; one whose limit is unchanged
-            // keeps its slot count, so old and new connections share it. A
+            // keeps its semaphore, so old and new connections share its permits. A
             // changed pool under health checks takes over the health of the
             // backends it kept (without checks, nothing would bring a carried
             // down backend back, so it starts all up).
@@ -113,7 +121,9 @@ impl Generation {
             };
             let limit = match old {
                 Some(o) if o.config.max_conns == fe.max_conns => o.limit.clone(),
-                _ => fe.max_conns.map(ConnLimit::new),
+                _ => fe
+                    .max_conns
+                    .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
             };
             frontends.push(Arc::new(Frontend {
                 metrics,

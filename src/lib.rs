@@ -6,11 +6,12 @@
 //! - [`config::cli`]: the command line, every flag documented -> `Config`.
 //! - [`config::file`]: TOML config file -> the same `Config`; errors name file, line and key.
 //! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP), writes the ready file.
-//! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit.
+//! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit;
+//!   the watch that publishes generations.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners (`[::]` dual-stack), the fd limit.
-//! - [`worker`]: one thread + one ring per core: accept loops, connection registry, drain.
-//! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log.
-//! - [`limit`]: the frontend's max-conns, shared by all workers.
+//! - [`worker`]: one thread + one ring per core: accept loops, reloads, drain.
+//! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log;
+//!   its per-worker frontend state and the worker's registry of open connections.
 //! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
 //! - [`balance`]: the balancing algorithms, one file each, pure.
 //! - [`pool`]: the backends' cross-worker state (active counts, health) as atomics.
@@ -19,7 +20,7 @@
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
-//! - [`sys`]: what tokio-uring lacks: getsockname, socket recv (poll first) and send ops.
+//! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv, send, getsockname.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
@@ -35,7 +36,6 @@ pub mod config;
 pub mod conn;
 pub mod frontend;
 pub mod health;
-pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod net;
@@ -45,6 +45,6 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
-pub mod sys;
 pub mod upstream;
+pub mod uring;
 pub mod worker;

@@ -84,8 +84,10 @@ pub struct WorkerMetrics {
     pub backends: Box<[BackendMetrics]>,
 }
 
-/// One worker's counters for one backend.
+/// One worker's counters for one backend; on its own cache lines, so the
+/// slice of one worker never shares a line with another worker's allocation.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct BackendMetrics {
     /// Connections made.
     pub connections: Counter,

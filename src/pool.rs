@@ -3,11 +3,20 @@
 //! health), kept as atomics. Workers read health and counts without locks; the
 //! prober writes health; a connection's [`Lease`] keeps its count.
 //!
+//! Clients waiting for a slot while every healthy backend is at `max-conns`
+//! wait on the pool's [`Pool::room`], a `Notify` that works across worker
+//! threads: a lease dropped on a full backend wakes one waiter, a backend
+//! coming up wakes all. Nothing touches it while a backend has room, so the
+//! data path takes no lock for it.
+//!
 //! Each backend's atomics sit on their own cache line so workers counting
 //! connections to different backends do not contend.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use crate::config::BackendConfig;
 
@@ -15,6 +24,8 @@ use crate::config::BackendConfig;
 #[derive(Debug)]
 pub struct Pool {
     backends: Vec<Shared>,
+    /// Clients of every worker waiting for a backend slot.
+    room: Notify,
 }
 
 /// One backend's configuration and cross-worker state.
@@ -44,6 +55,7 @@ impl Pool {
                     passive_failures: AtomicU32::new(0),
                 })
                 .collect(),
+            room: Notify::new(),
         }
     }
 
@@ -82,9 +94,13 @@ impl Pool {
         (0..self.len()).any(|i| self.is_up(i))
     }
 
-    /// Publishes backend `i`'s health.
+    /// Publishes backend `i`'s health; one that comes up wakes every client
+    /// waiting for a slot.
     pub fn set_up(&self, i: usize, up: bool) {
-        self.backends[i].up.store(up, Ordering::Relaxed);
+        let was = self.backends[i].up.swap(up, Ordering::Relaxed);
+        if up && !was {
+            self.room.notify_waiters();
+        }
     }
 
     /// Takes over the health of every backend `old` also has (same address),
@@ -101,6 +117,19 @@ impl Pool {
     /// Connections open (or opening) to backend `i`, across workers.
     pub fn active(&self, i: usize) -> usize {
         self.backends[i].active.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when a slot may have freed: one waiter per lease dropped on a
+    /// full backend, every waiter when a backend comes up. Enable it (see
+    /// `Notified::enable`) before looking for room, so a slot freed between
+    /// the look and the wait is not missed.
+    pub fn room(&self) -> Notified<'_> {
+        self.room.notified()
+    }
+
+    /// Wakes one waiter, to hand on a wakeup its receiver cannot use.
+    pub fn wake_one(&self) {
+        self.room.notify_one();
     }
 
     /// Whether backend `i` is at its `max-conns`.
@@ -154,9 +183,13 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        self.pool.backends[self.index]
-            .active
-            .fetch_sub(1, Ordering::Relaxed);
+        let b = &self.pool.backends[self.index];
+        let before = b.active.fetch_sub(1, Ordering::Relaxed);
+        // Only a backend that was full can have clients waiting for it. The
+        // Notify orders this decrement before the woken client's look.
+        if b.config.max_conns.is_some_and(|max| before >= max as usize) {
+            self.pool.room.notify_one();
+        }
     }
 }
 
@@ -206,6 +239,50 @@ mod tests {
             [true, true, false],
             "new backend up, kept ones as they were"
         );
+    }
+
+    /// Waits on `pool.room()` on its own thread and runtime, as another
+    /// worker would; returns once woken.
+    fn waiter(pool: &std::sync::Arc<Pool>) -> std::thread::JoinHandle<()> {
+        let pool = pool.clone();
+        let (enabled_tx, enabled_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let room = pool.room();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                enabled_tx.send(()).unwrap();
+                room.await;
+            });
+        });
+        enabled_rx.recv().unwrap();
+        handle
+    }
+
+    #[test]
+    fn a_lease_freed_on_a_full_backend_wakes_a_waiter_on_another_thread() {
+        let pool = std::sync::Arc::new(Pool::new(&[backend(Some(2))]));
+        let a = pool.try_acquire(0).unwrap();
+        let b = pool.try_acquire(0).unwrap();
+        let woken = waiter(&pool);
+        drop(a);
+        woken.join().unwrap();
+        drop(b);
+    }
+
+    #[test]
+    fn a_backend_coming_up_wakes_every_waiter() {
+        let pool = std::sync::Arc::new(Pool::new(&[backend(Some(1))]));
+        pool.set_up(0, false);
+        let waiters: Vec<_> = (0..3).map(|_| waiter(&pool)).collect();
+        pool.set_up(0, true);
+        for w in waiters {
+            w.join().unwrap();
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio_uring::net::TcpStream;
 
 use crate::buffer::BufPool;
-use crate::sys;
+use crate::uring;
 
 /// Which peer of the proxied connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +127,7 @@ async fn pump(
     // client's first bytes; the client usually has, by the time we get here.
     let mut poll_first = from == Side::Backend;
     let error = loop {
-        let (res, b) = sys::recv(src, buf, poll_first).await;
+        let (res, b) = uring::recv(src, buf, poll_first).await;
         buf = b;
         let n = match res {
             Ok(0) => break None,
@@ -137,7 +137,7 @@ async fn pump(
         if let Some(activity) = activity {
             activity.set(Instant::now());
         }
-        let (res, b) = sys::send_all(dst, buf).await;
+        let (res, b) = uring::send_all(dst, buf).await;
         buf = b;
         if let Err(source) = res {
             break Some(RelayError::Write { side: to, source });

@@ -3,58 +3,27 @@
 //! that is refused or times out is reported to the prober and the next pick is
 //! tried, until each backend has been tried once. When every healthy backend
 //! is at its `max-conns`, the client waits in a bounded queue for a slot, up to
-//! the connect timeout.
-//!
-//! Connects are io_uring operations on a socket we own, so a timeout can
-//! shut the socket down, which completes the pending connect at once; a
-//! merely dropped io_uring connect would keep its socket until the kernel gave
-//! up on the SYN (minutes).
+//! the connect timeout; a slot freed on any worker wakes it (see
+//! [`Pool::room`]), nothing polls. The connect itself is [`uring::connect`], which a
+//! timeout can cut off.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::io;
-use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, types};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio_uring::net::TcpStream;
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 use tracing::warn;
 
 use crate::balance::{self, Algorithm, Balancer, PickContext};
 use crate::logging::Throttle;
 use crate::metrics::WorkerMetrics;
 use crate::pool::{Lease, Pool};
-use crate::sys;
+use crate::uring;
 
 /// Most clients one worker holds waiting for a free backend slot; past it they are closed.
 const MAX_QUEUED: usize = 4096;
-/// How often a queued client looks for a free slot again.
-const QUEUE_POLL: Duration = Duration::from_millis(2);
-
-/// Why one connect attempt failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The OS refused or failed the connect.
-    #[error("connect to {addr} failed: {source}")]
-    Io {
-        /// The backend.
-        addr: SocketAddr,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// No answer within the connect timeout.
-    #[error("connect to {addr} timed out after {timeout:?}")]
-    Timeout {
-        /// The backend.
-        addr: SocketAddr,
-        /// The limit that passed.
-        timeout: Duration,
-    },
-}
 
 /// Why a client got no backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +97,7 @@ impl Upstream {
         let n = self.pool.len();
         let mut tried = vec![false; n];
         let mut deadline = None;
+        let mut handed_on = false;
         loop {
             match self.pass(client, &mut tried, metrics).await {
                 Pass::Connected(lease, stream) => return Ok((lease, stream)),
@@ -144,9 +114,34 @@ impl Upstream {
             }
             self.queued.set(self.queued.get() + 1);
             metrics.queued.inc();
-            tokio::time::sleep(QUEUE_POLL).await;
+            self.wait_for_room(&tried, deadline, &mut handed_on).await;
             metrics.queued.dec();
             self.queued.set(self.queued.get() - 1);
+        }
+    }
+
+    /// Waits until a backend this client has not tried may have a free slot,
+    /// or until `deadline`.
+    async fn wait_for_room(&self, tried: &[bool], deadline: Instant, handed_on: &mut bool) {
+        let pool = &*self.pool;
+        let room = pool.room();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        let free = |i: usize| pool.is_up(i) && !pool.is_full(i);
+        if (0..pool.len()).any(|i| !tried[i] && free(i)) {
+            return;
+        }
+        // A slot is free only where this client's connect already failed: the
+        // wakeup that announced it may have come here, so pass one on to a
+        // client that can use it. Once per client, so two such clients cannot
+        // keep waking each other.
+        if !*handed_on && (0..pool.len()).any(|i| tried[i] && free(i)) {
+            *handed_on = true;
+            pool.wake_one();
+        }
+        tokio::select! {
+            _ = room => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
         }
     }
 
@@ -179,7 +174,7 @@ impl Upstream {
             };
             tried[i] = true;
             let counters = metrics.backends.get(i);
-            match connect(pool.addr(i), self.timeout).await {
+            match uring::connect(pool.addr(i), self.timeout).await {
                 Ok(stream) => {
                     if let Some(c) = counters {
                         c.connections.inc();
@@ -198,50 +193,5 @@ impl Upstream {
                 }
             }
         }
-    }
-}
-
-/// Connects to `addr` within `timeout` with an io_uring connect. On timeout
-/// the socket is shut down, which completes the pending connect in the kernel
-/// (dropping it would not), and then closed.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let io_err = |source| ConnectError::Io { addr, source };
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.cloexec(),
-        Some(Protocol::TCP),
-    )
-    .map_err(io_err)?;
-    socket.set_nodelay(true).map_err(io_err)?;
-    let target = Box::new(SockAddr::from(addr));
-    let sqe =
-        opcode::Connect::new(types::Fd(socket.as_raw_fd()), target.as_ptr(), target.len()).build();
-    // The address lives in the driver with the operation until the kernel is done with it.
-    let mut op = UnsubmittedOneshot::new(target, ConnectDone, sqe).submit();
-    let res = tokio::select! {
-        res = &mut op => res,
-        _ = tokio::time::sleep(timeout) => {
-            let _ = socket.shutdown(Shutdown::Both);
-            let _ = op.await;
-            return Err(ConnectError::Timeout { addr, timeout });
-        }
-    };
-    res.map_err(io_err)?;
-    Ok(TcpStream::from_std(socket.into()))
-}
-
-/// Turns a connect completion into its result.
-struct ConnectDone;
-
-impl OneshotOutputTransform for ConnectDone {
-    type Output = io::Result<()>;
-    type StoredData = Box<SockAddr>;
-
-    fn transform_oneshot_output(
-        self,
-        _target: Box<SockAddr>,
-        cqe: io_uring::cqueue::Entry,
-    ) -> io::Result<()> {
-        sys::completion(&cqe).map(drop)
     }
 }

@@ -1,7 +1,8 @@
 //! One worker: an OS thread running its own tokio-uring runtime around its own
 //! SO_REUSEPORT listener for each frontend. It accepts clients and hands each
-//! to [`conn::handle`]; it follows config reloads (new generations) without
-//! dropping a listener that stays; on shutdown it stops accepting and drains.
+//! to [`conn::handle`], which tracks it in the worker's [`conn::Registry`];
+//! it follows config reloads (new generations) without dropping a listener
+//! that stays; on shutdown it stops accepting and drains the registry.
 //!
 //! All state here is per worker (`Rc`, `Cell`, `RefCell`): tasks never cross
 //! threads, so nothing on the data path takes a lock or shares a cache line.
@@ -15,18 +16,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use slab::Slab;
-use tokio::sync::{watch, Notify};
-use tokio_uring::net::{TcpListener, TcpStream};
+use tokio_uring::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::buffer::BufPool;
-use crate::conn;
-use crate::frontend::{Frontend, Generation};
+use crate::conn::{self, FrontendState, Registry};
+use crate::frontend::{Generation, Generations, Listeners};
 use crate::logging::Throttle;
-use crate::metrics::WorkerMetrics;
 use crate::shutdown::{self, Phase};
-use crate::upstream::Upstream;
 
 /// Submission queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
@@ -36,9 +32,6 @@ const SQPOLL_IDLE_MS: u32 = 1000;
 const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Pause after a failed accept (EMFILE and the like), so we neither spin nor stall long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-
-/// Config generations, as published by the server.
-pub type Generations = watch::Receiver<Arc<Generation>>;
 
 /// Starts worker `id` on its own thread. Returns once its runtime is built, or
 /// the error that kept it from being built.
@@ -112,122 +105,10 @@ fn build_runtime(sqpoll: bool) -> io::Result<tokio_uring::Runtime> {
     .map_err(|err| io::Error::new(err.kind(), format!("cannot set up io_uring: {err}")))
 }
 
-/// The per-worker state every connection task shares, whatever its frontend.
-pub struct Worker {
-    /// Which worker, to find its counters.
-    pub id: usize,
-    /// Open connections' sockets, so a drain that runs out of time can shut them down.
-    pub conns: RefCell<Slab<Conn>>,
-    /// Set once the drain timeout passed or a second signal came.
-    pub aborting: Cell<bool>,
-    /// Woken when the last connection closes, for the drain.
-    idle: Notify,
-}
-
-/// One frontend as this worker serves it in one generation. Connections hold
-/// the one they were accepted under, so a reload leaves them untouched.
-pub struct FrontendState {
-    /// The generation's frontend: config, pool, counters, limit.
-    pub frontend: Arc<Frontend>,
-    /// Backend choice and connects.
-    pub upstream: Upstream,
-    /// Large relay buffers for reuse.
-    pub buffers: BufPool,
-    /// Per-connection time limits and logging.
-    pub limits: Limits,
-}
-
-impl FrontendState {
-    fn new(id: usize, frontend: Arc<Frontend>, access_log: bool) -> Self {
-        let c = &frontend.config;
-        FrontendState {
-            upstream: Upstream::new(
-                frontend.pool.clone(),
-                c.balance,
-                c.connect_timeout,
-                id as u64,
-            ),
-            buffers: BufPool::new(c.buffer_size),
-            limits: Limits {
-                idle_timeout: c.idle_timeout,
-                max_lifetime: c.max_lifetime,
-                access_log,
-            },
-            frontend,
-        }
-    }
-
-    /// The frontend's name.
-    pub fn name(&self) -> &str {
-        &self.frontend.config.name
-    }
-
-    /// Worker `id`'s counters for this frontend.
-    pub fn metrics(&self, id: usize) -> &WorkerMetrics {
-        &self.frontend.metrics.workers[id]
-    }
-}
-
-/// Per-connection limits and logging, from the config.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Close after this long with no byte either way.
-    pub idle_timeout: Option<Duration>,
-    /// Close after this long regardless.
-    pub max_lifetime: Option<Duration>,
-    /// Write an access log line per connection.
-    pub access_log: bool,
-}
-
-/// The sockets of one open connection.
-pub struct Conn {
-    /// The accepted socket.
-    pub client: Rc<TcpStream>,
-    /// The backend socket, once connected.
-    pub backend: Option<Rc<TcpStream>>,
-}
-
-impl Worker {
-    /// Shuts every open connection down; their relays then end on their own.
-    fn abort_all(&self) {
-        self.aborting.set(true);
-        for (_, conn) in self.conns.borrow().iter() {
-            let _ = conn.client.shutdown(Shutdown::Both);
-            if let Some(backend) = &conn.backend {
-                let _ = backend.shutdown(Shutdown::Both);
-            }
-        }
-    }
-
-    async fn wait_idle(&self) {
-        while !self.conns.borrow().is_empty() {
-            self.idle.notified().await;
-        }
-    }
-}
-
-/// Removes a connection from the registry when its task ends, however it ends.
-pub struct Registration {
-    /// The worker whose registry holds it.
-    pub worker: Rc<Worker>,
-    /// Its key there.
-    pub key: usize,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut conns = self.worker.conns.borrow_mut();
-        conns.remove(self.key);
-        if conns.is_empty() {
-            self.worker.idle.notify_one();
-        }
-    }
-}
-
 /// A frontend this worker is accepting for.
 struct Running {
     /// Its sockets' identity: a new `Arc` means a new listener.
-    listeners: Arc<crate::frontend::Listeners>,
+    listeners: Arc<Listeners>,
     /// What new connections are handed; swapped on reload.
     state: Rc<RefCell<Rc<FrontendState>>>,
     /// Set before the listener is shut down, so acceptors know to stop.
@@ -252,16 +133,11 @@ async fn serve(
     mut phase: shutdown::Watch,
     ready: mpsc::Sender<io::Result<()>>,
 ) {
-    let worker = Rc::new(Worker {
-        id,
-        conns: RefCell::new(Slab::new()),
-        aborting: Cell::new(false),
-        idle: Notify::new(),
-    });
+    let registry = Registry::new();
     let throttle = Rc::new(Throttle::new(Duration::from_secs(1)));
     let mut running: Vec<(String, Running)> = Vec::new();
     let first = generations.borrow_and_update().clone();
-    if let Err(err) = apply(&worker, &mut running, &first, &phase, &throttle) {
+    if let Err(err) = apply(id, &registry, &mut running, &first, &phase, &throttle) {
         let _ = ready.send(Err(err));
         return;
     }
@@ -276,7 +152,7 @@ async fn serve(
                     break;
                 }
                 let generation = generations.borrow_and_update().clone();
-                if let Err(err) = apply(&worker, &mut running, &generation, &phase, &throttle) {
+                if let Err(err) = apply(id, &registry, &mut running, &generation, &phase, &throttle) {
                     warn!(worker = id, %err, "cannot take up the new config's listener");
                 }
             }
@@ -293,32 +169,32 @@ async fn serve(
         }
     }
 
-    let open = worker.conns.borrow().len();
+    let open = registry.len();
     if open > 0 {
         info!(worker = id, open, "draining connections");
     }
     tokio::select! {
-        _ = worker.wait_idle() => return,
+        _ = registry.wait_idle() => return,
         _ = tokio::time::sleep(drain_timeout) => {
-            info!(worker = id, open = worker.conns.borrow().len(), "drain timeout; closing connections");
+            info!(worker = id, open = registry.len(), "drain timeout; closing connections");
         }
         _ = shutdown::reached(&mut phase, Phase::Abort) => {}
     }
-    worker.abort_all();
-    worker.wait_idle().await;
+    registry.abort_all();
+    registry.wait_idle().await;
 }
 
 /// Brings this worker's frontends in line with `generation`: keeps the
 /// listeners that stay (new connections get the new settings), starts new
 /// ones, stops the ones that went.
 fn apply(
-    worker: &Rc<Worker>,
+    id: usize,
+    registry: &Rc<Registry>,
     running: &mut Vec<(String, Running)>,
     generation: &Generation,
     phase: &shutdown::Watch,
     throttle: &Rc<Throttle>,
 ) -> io::Result<()> {
-    let id = worker.id;
     let access_log = generation.config.access_log;
     running.retain(|(name, r)| {
         let stays = generation
@@ -352,7 +228,8 @@ fn apply(
         let acceptors = (0..ACCEPTS_IN_FLIGHT)
             .map(|_| {
                 tokio_uring::spawn(accept_loop(
-                    worker.clone(),
+                    id,
+                    registry.clone(),
                     listener.clone(),
                     state.clone(),
                     stopped.clone(),
@@ -377,7 +254,8 @@ fn apply(
 
 /// Accepts clients for one frontend until its listener is shut down.
 async fn accept_loop(
-    worker: Rc<Worker>,
+    id: usize,
+    registry: Rc<Registry>,
     listener: Rc<TcpListener>,
     state: Rc<RefCell<Rc<FrontendState>>>,
     stopped: Rc<Cell<bool>>,
@@ -385,12 +263,16 @@ async fn accept_loop(
     throttle: Rc<Throttle>,
 ) {
     loop {
-        // At max-conns, wait for a slot before accepting: the kernel's backlog
-        // holds new clients meanwhile.
+        // At max-conns, wait for a permit before accepting: the kernel's
+        // backlog holds new clients meanwhile.
         let limit = state.borrow().frontend.limit.clone();
-        let slot = match limit {
+        let permit = match limit {
             Some(limit) => tokio::select! {
-                slot = limit.acquire() => Some(slot),
+                permit = limit.acquire_owned() => match permit {
+                    Ok(permit) => Some(permit),
+                    // Closed, which nothing does.
+                    Err(_) => break,
+                },
                 _ = shutdown::reached(&mut phase, Phase::Draining) => break,
             },
             None => None,
@@ -398,14 +280,14 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let state = state.borrow().clone();
-                tokio_uring::spawn(conn::handle(worker.clone(), state, stream, peer, slot));
+                tokio_uring::spawn(conn::handle(registry.clone(), state, stream, peer, permit));
             }
             Err(_) if stopped.get() || *phase.borrow() >= Phase::Draining => break,
             Err(err) => {
                 let state = state.borrow().clone();
-                state.metrics(worker.id).accept_errors.inc();
+                state.metrics().accept_errors.inc();
                 if let Some(suppressed) = throttle.allow(Instant::now()) {
-                    warn!(worker = worker.id, frontend = state.name(), %err, suppressed, "accept failed; backing off");
+                    warn!(worker = id, frontend = state.name(), %err, suppressed, "accept failed; backing off");
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }

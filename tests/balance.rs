@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 
-use common::{read_to_end, wait_until, Backend, Ringlb, PATIENCE};
+use common::{http_get, metric, read_to_end, wait_until, Backend, Ringlb, PATIENCE};
 
 /// Connects, reads the backend's tag byte, and returns the open connection with it.
 fn tag_of(mut conn: TcpStream) -> (u8, TcpStream) {
@@ -194,6 +194,48 @@ fn every_backend_down_closes_clients_and_logs_once() {
         lb.log().contains("a backend is up again")
     });
     assert_eq!(visit(&lb), 0);
+}
+
+#[test]
+fn queued_clients_on_every_worker_are_woken_as_slots_free() {
+    // Two workers, one slot: the queued clients land on either worker, and a
+    // slot freed by one worker must wake a client queued on the other. The
+    // connect timeout outlasts the clients' patience, so a missed wakeup
+    // fails the test instead of ending the wait.
+    let a = Backend::tagged(0);
+    let lb = Ringlb::start(&[
+        "--workers",
+        "2",
+        "--connect-timeout",
+        "120s",
+        "--no-health-checks",
+        "--backend",
+        &format!("{},max-conns=1", a.arg()),
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let (_, mut first) = tag_of(lb.connect());
+    let queued: Vec<_> = (0..6)
+        .map(|_| {
+            let conn = lb.connect();
+            std::thread::spawn(move || {
+                let (tag, mut conn) = tag_of(conn);
+                conn.write_all(b"q").unwrap();
+                conn.shutdown(Shutdown::Write).unwrap();
+                (tag, read_to_end(&mut conn))
+            })
+        })
+        .collect();
+    wait_until("six clients queued", || {
+        let text = http_get(admin, "/metrics").1;
+        metric(&text, "ringlb_queue_length{frontend=\"default\"}") == 6
+    });
+    first.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_end(&mut first).is_empty());
+    for client in queued {
+        assert_eq!(client.join().unwrap(), (0, b"q".to_vec()));
+    }
 }
 
 #[test]

@@ -2,23 +2,91 @@
 //! relay, enforce the idle timeout and lifetime limit, then count it and log
 //! its access line. Timeouts close by shutting both sockets down, which
 //! completes the relay's pending operations; nothing is dropped in flight.
+//!
+//! The types a connection lives with are here too: the [`FrontendState`] it
+//! was accepted under and the worker's [`Registry`] of open connections.
 
 use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_uring::net::TcpStream;
 
-use crate::limit::Slot;
+use crate::buffer::BufPool;
+use crate::frontend::Frontend;
 use crate::logging::ACCESS_TARGET;
 use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol::{self, Parsed};
 use crate::relay::{self, relay, Outcome, Side};
-use crate::sys;
-use crate::upstream::NoBackend;
-use crate::worker::{Conn, FrontendState, Registration, Worker};
+use crate::upstream::{NoBackend, Upstream};
+use crate::uring;
+
+mod registry;
+
+pub use registry::{Registration, Registry};
+
+/// One frontend as one worker serves it in one generation. Connections hold
+/// the one they were accepted under, so a reload leaves them untouched.
+pub struct FrontendState {
+    /// The generation's frontend: config, pool, counters, limit.
+    pub frontend: Arc<Frontend>,
+    /// The worker serving it, to find its counters.
+    worker: usize,
+    /// Backend choice and connects.
+    pub upstream: Upstream,
+    /// Large relay buffers for reuse.
+    pub buffers: BufPool,
+    /// Per-connection time limits and logging.
+    pub limits: Limits,
+}
+
+impl FrontendState {
+    /// `frontend` as worker `worker` serves it.
+    pub fn new(worker: usize, frontend: Arc<Frontend>, access_log: bool) -> Self {
+        let c = &frontend.config;
+        FrontendState {
+            upstream: Upstream::new(
+                frontend.pool.clone(),
+                c.balance,
+                c.connect_timeout,
+                worker as u64,
+            ),
+            buffers: BufPool::new(c.buffer_size),
+            limits: Limits {
+                idle_timeout: c.idle_timeout,
+                max_lifetime: c.max_lifetime,
+                access_log,
+            },
+            worker,
+            frontend,
+        }
+    }
+
+    /// The frontend's name.
+    pub fn name(&self) -> &str {
+        &self.frontend.config.name
+    }
+
+    /// This worker's counters for this frontend.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.frontend.metrics.workers[self.worker]
+    }
+}
+
+/// Per-connection limits and logging, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Close after this long with no byte either way.
+    pub idle_timeout: Option<Duration>,
+    /// Close after this long regardless.
+    pub max_lifetime: Option<Duration>,
+    /// Write an access log line per connection.
+    pub access_log: bool,
+}
 
 /// Why a connection closed, as the access log says it.
 #[derive(Debug)]
@@ -53,28 +121,22 @@ impl fmt::Display for Ended<'_> {
     }
 }
 
-/// Runs one client connection to its end. `slot` is its place under the
-/// frontend's max-conns, freed when this returns.
+/// Runs one client connection to its end, registered in `registry` while it
+/// is open. `permit` is its place under the frontend's max-conns, returned
+/// when this returns.
 pub async fn handle(
-    worker: Rc<Worker>,
+    registry: Rc<Registry>,
     fe: Rc<FrontendState>,
     client: TcpStream,
     peer: SocketAddr,
-    slot: Option<Slot>,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
-    let _slot = slot;
+    let _permit = permit;
     let start = Instant::now();
-    let metrics = fe.metrics(worker.id);
+    let metrics = fe.metrics();
     let _open = Open::new(metrics);
     let client = Rc::new(client);
-    let key = worker.conns.borrow_mut().insert(Conn {
-        client: client.clone(),
-        backend: None,
-    });
-    let _registration = Registration {
-        worker: worker.clone(),
-        key,
-    };
+    let registration = registry.register(client.clone());
 
     // Behind another load balancer the real client comes in a PROXY header;
     // bytes read past it are the client's first payload.
@@ -101,7 +163,7 @@ pub async fn handle(
     }
     let source = addresses.map_or(peer, |(source, _)| source);
 
-    let connected = if worker.aborting.get() {
+    let connected = if registry.aborting() {
         Err(NoBackend::AllFailed)
     } else {
         fe.upstream.connect(source.ip(), metrics).await
@@ -116,8 +178,8 @@ pub async fn handle(
     };
     let index = lease.index();
     let backend = Rc::new(backend);
-    worker.conns.borrow_mut()[key].backend = Some(backend.clone());
-    if worker.aborting.get() {
+    registration.set_backend(backend.clone());
+    if registry.aborting() {
         relay::teardown(&client, &backend);
     }
     if fe.frontend.config.send_proxy.is_some() || !early.is_empty() {
@@ -149,8 +211,8 @@ pub async fn handle(
         }
     };
 
-    count(fe.metrics(worker.id), index, &outcome, timed_out.is_some());
-    let ended = if worker.aborting.get() {
+    count(metrics, index, &outcome, timed_out.is_some());
+    let ended = if registry.aborting() {
         Ended::Drain
     } else if let Some(ended) = timed_out {
         ended
@@ -215,7 +277,7 @@ async fn read_proxy_header(
         let mut got: Vec<u8> = Vec::with_capacity(proxy_protocol::MAX_HEADER);
         loop {
             let want = proxy_protocol::MAX_HEADER - got.len().min(proxy_protocol::MAX_HEADER - 1);
-            let (res, buf) = sys::recv(client, Vec::with_capacity(want), false).await;
+            let (res, buf) = uring::recv(client, Vec::with_capacity(want), false).await;
             match res {
                 Ok(0) | Err(_) => return Err(HeaderError::Truncated),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -253,17 +315,18 @@ async fn send_preamble(
         let (source, dest) = match addresses {
             Some(pair) => pair,
             None => {
-                let local = sys::local_addr(client).map_err(|source| relay::RelayError::Read {
-                    side: Side::Client,
-                    source,
-                })?;
+                let local =
+                    uring::local_addr(client).map_err(|source| relay::RelayError::Read {
+                        side: Side::Client,
+                        source,
+                    })?;
                 (peer, local)
             }
         };
         proxy_protocol::encode(version, source, dest, &mut preamble);
     }
     preamble.extend_from_slice(&early);
-    let (res, _) = sys::send_all(backend, preamble).await;
+    let (res, _) = uring::send_all(backend, preamble).await;
     res.map_err(|source| relay::RelayError::Write {
         side: Side::Backend,
         source,
