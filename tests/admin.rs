@@ -75,7 +75,7 @@ fn metrics_parse_with_the_reference_parser_whatever_the_frontend_name() {
         backend.arg()
     );
     let lb = Ringlb::start_with_config(&dir.write("ringlb.toml", &config), &[]);
-    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let admin: SocketAddr = lb.admin_addr();
 
     let mut sent = 0.0;
     for i in 0..5 {
@@ -129,7 +129,7 @@ fn with_admin() -> (Ringlb, Backend, SocketAddr) {
         "127.0.0.1:0",
         "--no-health-checks",
     ]);
-    let admin = lb.log_value("admin").parse().unwrap();
+    let admin = lb.admin_addr();
     (lb, backend, admin)
 }
 
@@ -332,7 +332,7 @@ fn the_accept_loop_survives_running_out_of_fds() {
         "1",
         "--no-health-checks",
     ]);
-    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let admin: SocketAddr = lb.admin_addr();
     assert_eq!(http_get(admin, "/healthz").0, 200);
     // Room for a few more fds only, from now on.
     let pid = lb.pid() as libc::pid_t;

@@ -211,7 +211,8 @@ fn rsp_form_listens_on_all_interfaces() {
             Ringlb::try_start(&args).ok().map(|lb| (lb, port))
         })
         .expect("no free port in 5 tries");
-    assert!(lb.addr.ip().is_unspecified(), "{}", lb.addr);
+    let listen = lb.ready_addrs()[0].1;
+    assert!(listen.ip().is_unspecified(), "{listen}");
     let mut clients = vec![format!("127.0.0.1:{port}")];
     // Dual-stack: IPv6 clients too, where the machine has an IPv6 loopback.
     if TcpListener::bind("[::1]:0").is_ok() {

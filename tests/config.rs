@@ -205,7 +205,7 @@ fn reload_keeps_counters_while_the_pool_is_unchanged() {
         &(admin_line.to_string() + &frontend("web", "127.0.0.1:0", &[&a])),
     );
     let lb = Ringlb::start_with_config(&path, &[]);
-    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let admin: SocketAddr = lb.admin_addr();
     let web = lb.frontend_addr("web");
     let total = || {
         common::metric(
@@ -262,7 +262,7 @@ fn reload_that_changes_the_pool_keeps_known_health() {
     };
     let path = dir.write("ringlb.toml", &config(&[&x, &a], "50ms", 1));
     let lb = Ringlb::start_with_config(&path, &[]);
-    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let admin: SocketAddr = lb.admin_addr();
     let up = |addr: &str| -> Option<bool> {
         let list: serde_json::Value =
             serde_json::from_str(&common::http_get(admin, "/backends").1).unwrap();

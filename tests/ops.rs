@@ -170,7 +170,7 @@ fn metrics_count_the_traffic_sent() {
         "--admin",
         "127.0.0.1:0",
     ]);
-    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let admin: SocketAddr = lb.admin_addr();
     let mut sent = 0u64;
     for i in 0..20u64 {
         let msg = vec![b'm'; 100 + i as usize];
@@ -233,7 +233,7 @@ fn healthz_fails_when_every_backend_is_down() {
         "--admin",
         "127.0.0.1:0",
     ]);
-    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let admin: SocketAddr = lb.admin_addr();
     a.stop();
     wait_until("healthz 503", || http_get(admin, "/healthz").0 == 503);
     let text = http_get(admin, "/metrics").1;

@@ -117,7 +117,7 @@ fn bad_headers_close_only_their_connection_and_are_counted() {
         "--workers",
         "2",
     ]);
-    let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
+    let admin: SocketAddr = lb.admin_addr();
     // A client that stays open throughout, to show others are not harmed.
     let mut steady = lb.connect();
     steady

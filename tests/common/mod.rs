@@ -21,22 +21,45 @@ pub fn binary() -> &'static str {
 /// A running ringlb, killed on drop.
 pub struct Ringlb {
     child: Child,
-    /// Where it listens (parsed from its start-up line).
+    /// Where its first frontend listens (from its ready file).
     pub addr: SocketAddr,
+    /// The `--ready-file` it writes its bound addresses to.
+    ready: std::path::PathBuf,
     log: Arc<Mutex<String>>,
 }
 
 impl Ringlb {
     /// Starts ringlb with `args` plus `--listen 127.0.0.1:0` (unless given) and
-    /// waits for its start-up line.
+    /// waits until it is ready.
     pub fn start(args: &[&str]) -> Ringlb {
         Ringlb::try_start(args).unwrap_or_else(|log| panic!("ringlb did not start; log:\n{log}"))
+    }
+
+    /// Like [`Ringlb::start`], but run under `wrapper` (e.g. `prlimit --nofile=256:256 --`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Ringlb {
+        Ringlb::try_start_wrapped(wrapper, args)
+            .unwrap_or_else(|log| panic!("ringlb did not start; log:\n{log}"))
     }
 
     /// Like [`Ringlb::start`], but returns the log instead of panicking when
     /// ringlb does not start (e.g. a port picked by [`free_port`] got taken).
     pub fn try_start(args: &[&str]) -> Result<Ringlb, String> {
-        let mut cmd = Command::new(binary());
+        Ringlb::try_start_wrapped(&[], args)
+    }
+
+    /// Starts ringlb, under `wrapper` if not empty, and waits for its
+    /// `--ready-file` (added unless `args` has one), which names the
+    /// addresses it listens on once it accepts.
+    pub fn try_start_wrapped(wrapper: &[&str], args: &[&str]) -> Result<Ringlb, String> {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         let rsp_form = args.first().is_some_and(|a| a.parse::<u16>().is_ok());
         let has_listen = args
             .iter()
@@ -44,6 +67,19 @@ impl Ringlb {
         if !rsp_form && !has_listen {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        let ready = match args.iter().position(|a| *a == "--ready-file") {
+            Some(i) => std::path::PathBuf::from(args[i + 1]),
+            None => {
+                let path = std::env::temp_dir().join(format!(
+                    "ringlb-ready-{}-{}",
+                    std::process::id(),
+                    STARTED.fetch_add(1, Ordering::SeqCst)
+                ));
+                let _ = std::fs::remove_file(&path);
+                cmd.arg("--ready-file").arg(&path);
+                path
+            }
+        };
         cmd.args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -52,37 +88,59 @@ impl Ringlb {
         let mut child = cmd.spawn().expect("spawn ringlb");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("ringlb started") {
-                    let _ = tx.send(line.clone());
-                }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        let line = match rx.recv_timeout(PATIENCE) {
-            Ok(line) => line,
-            Err(_) => {
+        let deadline = Instant::now() + PATIENCE;
+        let first = loop {
+            if let Some(addr) = ready_addrs(&ready).into_iter().next() {
+                break connectable(addr.1);
+            }
+            let exited = child.try_wait().ok().flatten().is_some();
+            if exited || Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                // Let the reader thread take the last lines.
+                thread::sleep(Duration::from_millis(50));
                 return Err(log.lock().unwrap().clone());
             }
+            thread::sleep(Duration::from_millis(5));
         };
-        let listen = match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(json) => json["fields"]["listen"].as_str().map(str::to_string),
-            Err(_) => line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("listen=").map(str::to_string)),
-        };
-        let addr = listen
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no listen address in start-up line: {line}"));
-        Ok(Ringlb { child, addr, log })
+        Ok(Ringlb {
+            child,
+            addr: first,
+            ready,
+            log,
+        })
+    }
+
+    /// The ready file's `name address` lines as they are now.
+    pub fn ready_addrs(&self) -> Vec<(String, SocketAddr)> {
+        ready_addrs(&self.ready)
+    }
+
+    /// Where the admin endpoint listens (from the ready file).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.named_addr("admin")
+    }
+
+    /// The address the ready file gives for `name`, waiting for it to appear.
+    fn named_addr(&self, name: &str) -> SocketAddr {
+        let mut found = None;
+        wait_until(&format!("{name} in the ready file"), || {
+            found = self
+                .ready_addrs()
+                .into_iter()
+                .find_map(|(n, a)| (n == name).then_some(connectable(a)));
+            found.is_some()
+        });
+        found.unwrap()
     }
 
     /// Everything it wrote to stderr so far.
@@ -131,7 +189,31 @@ impl Drop for Ringlb {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.ready);
     }
+}
+
+/// Parses a ready file: `name address` per line.
+fn ready_addrs(path: &std::path::Path) -> Vec<(String, SocketAddr)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (name, addr) = line.rsplit_once(' ')?;
+            Some((name.to_string(), addr.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `addr`, with a wildcard IP replaced by the loopback address of its family,
+/// so a client can connect to it.
+fn connectable(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
 }
 
 /// Runs ringlb with `args` to completion (it must exit by itself); returns status and stderr.
@@ -406,20 +488,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 impl Ringlb {
-    /// Where frontend `name` listens, from its latest "frontend ready" line.
+    /// Where frontend `name` listens, from the ready file (rewritten on reload).
     pub fn frontend_addr(&self, name: &str) -> SocketAddr {
-        let tag = format!("frontend={name} ");
-        let mut found = None;
-        wait_until(&format!("frontend {name} ready"), || {
-            found = self
-                .log()
-                .lines()
-                .rfind(|l| l.contains("frontend ready") && l.contains(&tag))
-                .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("listen=")))
-                .and_then(|a| a.parse().ok());
-            found.is_some()
-        });
-        found.unwrap()
+        self.named_addr(name)
     }
 
     /// Starts ringlb with `--config path` plus `args`.
