@@ -26,25 +26,28 @@
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
 //! - [`admin`]: the admin HTTP endpoint (hyper, bounded): /metrics, /healthz, /backends.
 
+// An application crate: its docs are built with --document-private-items, so the
+// layout map links every module, private or not.
+#![allow(rustdoc::private_intra_doc_links)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod balance;
-pub mod buffer;
+mod admin;
+mod balance;
+mod buffer;
 pub mod config;
-pub mod conn;
-pub mod frontend;
-pub mod health;
+mod conn;
+mod frontend;
+mod health;
 pub mod logging;
-pub mod metrics;
-pub mod net;
-pub mod pool;
-pub mod probe;
+mod metrics;
+mod net;
+mod pool;
+mod probe;
 pub mod proxy_protocol;
-pub mod relay;
+mod relay;
 pub mod server;
-pub mod shutdown;
-pub mod upstream;
-pub mod uring;
-pub mod worker;
+mod shutdown;
+mod upstream;
+mod uring;
+mod worker;

@@ -64,11 +64,6 @@ impl Pool {
         self.backends.len()
     }
 
-    /// Whether the pool is empty (never, once validated).
-    pub fn is_empty(&self) -> bool {
-        self.backends.is_empty()
-    }
-
     /// Backend `i`'s configuration.
     pub fn config(&self, i: usize) -> &BackendConfig {
         &self.backends[i].config

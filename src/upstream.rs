@@ -29,19 +29,19 @@ const MAX_QUEUED: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoBackend {
     /// Every backend is marked down by health checks.
-    AllDown,
+    Down,
     /// Every candidate was tried and none answered.
-    AllFailed,
+    Failed,
     /// Every healthy backend stayed at its max-conns until the timeout (or the queue was full).
-    AllFull,
+    Full,
 }
 
 impl fmt::Display for NoBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            NoBackend::AllDown => "no backend: all down",
-            NoBackend::AllFailed => "no backend: all connects failed",
-            NoBackend::AllFull => "no backend: all full",
+            NoBackend::Down => "no backend: all down",
+            NoBackend::Failed => "no backend: all connects failed",
+            NoBackend::Full => "no backend: all full",
         })
     }
 }
@@ -102,15 +102,15 @@ impl Upstream {
             match self.pass(client, &mut tried, metrics).await {
                 Pass::Connected(lease, stream) => return Ok((lease, stream)),
                 Pass::Exhausted { full: false } if !self.pool.any_up() => {
-                    return Err(NoBackend::AllDown)
+                    return Err(NoBackend::Down)
                 }
-                Pass::Exhausted { full: false } => return Err(NoBackend::AllFailed),
+                Pass::Exhausted { full: false } => return Err(NoBackend::Failed),
                 Pass::Exhausted { full: true } => {}
             }
             let now = Instant::now();
             let deadline = *deadline.get_or_insert(now + self.timeout);
             if now >= deadline || self.queued.get() >= MAX_QUEUED {
-                return Err(NoBackend::AllFull);
+                return Err(NoBackend::Full);
             }
             self.queued.set(self.queued.get() + 1);
             metrics.queued.inc();

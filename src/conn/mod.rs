@@ -27,7 +27,7 @@ use crate::uring;
 
 mod registry;
 
-pub use registry::{Registration, Registry};
+pub use registry::Registry;
 
 /// One frontend as one worker serves it in one generation. Connections hold
 /// the one they were accepted under, so a reload leaves them untouched.
@@ -164,7 +164,7 @@ pub async fn handle(
     let source = addresses.map_or(peer, |(source, _)| source);
 
     let connected = if registry.aborting() {
-        Err(NoBackend::AllFailed)
+        Err(NoBackend::Failed)
     } else {
         fe.upstream.connect(source.ip(), metrics).await
     };
