@@ -17,7 +17,7 @@ use tracing::warn;
 use crate::config::{Config, FrontendConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, BindError};
-use crate::pool::Pool;
+use crate::pool::{Passive, Pool};
 use crate::probe;
 
 /// Config generations as the server publishes them to the workers and the
@@ -104,7 +104,7 @@ impl Generation {
             let (pool, metrics) = match same_pool {
                 Some(o) => (o.pool.clone(), o.metrics.clone()),
                 None => {
-                    let pool = Arc::new(Pool::new(&fe.backends));
+                    let pool = Arc::new(Pool::new(&fe.backends, passive(fe)));
                     if let Some(health) = fe.health {
                         if let Some(o) = old {
                             pool.carry_health_from(&o.pool);
@@ -143,5 +143,15 @@ impl Generation {
     /// The frontend named `name`.
     pub fn frontend(&self, name: &str) -> Option<&Arc<Frontend>> {
         self.frontends.iter().find(|f| f.config.name == name)
+    }
+}
+
+/// How failures on real traffic take `fe`'s backends down.
+fn passive(fe: &FrontendConfig) -> Passive {
+    Passive {
+        fall: fe.health.map_or(crate::config::DEFAULT_FALL, |h| h.fall),
+        fail_timeout: std::time::Duration::from_secs(10),
+        active_checks: fe.health.is_some(),
+        observe_l4: true,
     }
 }

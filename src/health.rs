@@ -47,7 +47,6 @@ impl HealthState {
     }
 
     /// Whether the backend may receive traffic.
-    #[cfg(test)]
     pub fn is_up(&self) -> bool {
         self.up
     }

@@ -66,6 +66,10 @@ pub struct WorkerMetrics {
     pub bytes_out: Counter,
     /// Failed backend connects.
     pub connect_failures: Counter,
+    /// Backend connects that failed for lack of local resources.
+    pub local_connect_failures: Counter,
+    /// Backend connections ended by the backend before its first byte.
+    pub l4_failures: Counter,
     /// Relay errors on the client side.
     pub client_errors: Counter,
     /// Relay errors on the backend side.
@@ -108,6 +112,8 @@ impl WorkerMetrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             connect_failures: Counter::default(),
+            local_connect_failures: Counter::default(),
+            l4_failures: Counter::default(),
             client_errors: Counter::default(),
             backend_errors: Counter::default(),
             accept_errors: Counter::default(),
@@ -218,6 +224,18 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Backend connects that failed or timed out.",
         source: Source::Frontend(|w| &w.connect_failures),
+    },
+    Family {
+        name: "ringlb_local_connect_failures_total",
+        kind: Kind::Counter,
+        help: "Backend connects that failed for lack of local resources (descriptors, ports, memory); not held against the backend.",
+        source: Source::Frontend(|w| &w.local_connect_failures),
+    },
+    Family {
+        name: "ringlb_l4_failures_total",
+        kind: Kind::Counter,
+        help: "Backend connections reset or closed by the backend before its first byte, within connect-timeout (layer-4 observation).",
+        source: Source::Frontend(|w| &w.l4_failures),
     },
     Family {
         name: "ringlb_relay_errors_total",
@@ -394,11 +412,18 @@ mod tests {
     use crate::config::BackendConfig;
 
     fn pool() -> Arc<Pool> {
-        Arc::new(Pool::new(&[BackendConfig {
+        let passive = crate::pool::Passive {
+            fall: 3,
+            fail_timeout: std::time::Duration::from_secs(10),
+            active_checks: true,
+            observe_l4: true,
+        };
+        let backend = BackendConfig {
             addr: "127.0.0.1:9000".parse().unwrap(),
             weight: 1,
             max_conns: None,
-        }]))
+        };
+        Arc::new(Pool::new(&[backend], passive))
     }
 
     fn scrape(frontends: Frontends) -> String {

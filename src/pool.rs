@@ -9,14 +9,26 @@
 //! coming up wakes all. Nothing touches it while a backend has room, so the
 //! data path takes no lock for it.
 //!
+//! Passive health, as nginx's `max_fails`/`fail_timeout` and HAProxy's
+//! `observe layer4`: workers report each failed connect (and, with
+//! observation on, each backend connection reset or closed before its first
+//! byte) and each success. After `fall` failures in a row the worker that saw
+//! the last one takes the backend down at once. With active checks the
+//! prober brings it back after `rise` passed checks; without them it is
+//! tried again by real traffic once `fail-timeout` has passed, and one more
+//! failure takes it down again.
+//!
 //! Each backend's atomics sit on their own cache line so workers counting
 //! connections to different backends do not contend.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+
+use tracing::info;
 
 use crate::config::BackendConfig;
 
@@ -26,6 +38,25 @@ pub struct Pool {
     backends: Vec<Shared>,
     /// Clients of every worker waiting for a backend slot.
     room: Notify,
+    /// How failures seen on real traffic take a backend down.
+    passive: Passive,
+    /// Zero point of the `retry_at` times.
+    epoch: Instant,
+}
+
+/// How failures seen on real traffic take a backend down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passive {
+    /// Failures in a row that take a backend down.
+    pub fall: u32,
+    /// How long a backend stays down without active checks before real
+    /// traffic tries it again.
+    pub fail_timeout: Duration,
+    /// Whether active checks run (and so bring a downed backend back).
+    pub active_checks: bool,
+    /// Whether a backend connection reset or closed by the backend before
+    /// its first byte counts as a failure (and only a byte as a success).
+    pub observe_l4: bool,
 }
 
 /// One backend's configuration and cross-worker state.
@@ -38,13 +69,16 @@ struct Shared {
     active: AtomicUsize,
     /// Whether health checks currently pass (starts up).
     up: AtomicBool,
-    /// Connect failures seen by workers since the prober last looked.
-    passive_failures: AtomicU32,
+    /// Failures in a row seen by workers (connects, layer-4 observations).
+    streak: AtomicU32,
+    /// Without active checks: when a passively downed backend may be tried
+    /// again, in milliseconds after the pool's epoch; 0 when not down so.
+    retry_at: AtomicU64,
 }
 
 impl Pool {
     /// A pool with every backend up and idle.
-    pub fn new(configs: &[BackendConfig]) -> Pool {
+    pub fn new(configs: &[BackendConfig], passive: Passive) -> Pool {
         Pool {
             backends: configs
                 .iter()
@@ -52,10 +86,16 @@ impl Pool {
                     config: config.clone(),
                     active: AtomicUsize::new(0),
                     up: AtomicBool::new(true),
-                    passive_failures: AtomicU32::new(0),
+                    streak: AtomicU32::new(0),
+                    retry_at: AtomicU64::new(0),
                 })
                 .collect(),
             room: Notify::new(),
+            passive: Passive {
+                fall: passive.fall.max(1),
+                ..passive
+            },
+            epoch: Instant::now(),
         }
     }
 
@@ -79,9 +119,38 @@ impl Pool {
         self.backends.iter().map(|b| b.config.weight).collect()
     }
 
-    /// Whether backend `i` passes its health checks.
+    /// Whether backend `i` may take new connections: it passes its health
+    /// checks, or (without active checks) its fail-timeout has passed.
     pub fn is_up(&self, i: usize) -> bool {
-        self.backends[i].up.load(Ordering::Relaxed)
+        let b = &self.backends[i];
+        b.up.load(Ordering::Relaxed) || self.retry_due(b)
+    }
+
+    /// Brings a passively downed backend back once its fail-timeout passed
+    /// (only without active checks; the clock is read only while it is down).
+    fn retry_due(&self, b: &Shared) -> bool {
+        let at = b.retry_at.load(Ordering::Relaxed);
+        if at == 0 || self.now_ms() < at {
+            return false;
+        }
+        if b.retry_at
+            .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            b.up.store(true, Ordering::Relaxed);
+            info!(
+                backend = %b.config.addr,
+                "backend {} back after its fail-timeout: real traffic tries it again",
+                b.config.addr
+            );
+            self.room.notify_waiters();
+        }
+        true
+    }
+
+    fn now_ms(&self) -> u64 {
+        // At least 1, so that 0 can mean "not set".
+        self.epoch.elapsed().as_millis() as u64 + 1
     }
 
     /// Whether any backend passes its health checks.
@@ -92,8 +161,10 @@ impl Pool {
     /// Publishes backend `i`'s health; one that comes up wakes every client
     /// waiting for a slot.
     pub fn set_up(&self, i: usize, up: bool) {
-        let was = self.backends[i].up.swap(up, Ordering::Relaxed);
+        let b = &self.backends[i];
+        let was = b.up.swap(up, Ordering::Relaxed);
         if up && !was {
+            b.streak.store(0, Ordering::Relaxed);
             self.room.notify_waiters();
         }
     }
@@ -149,16 +220,34 @@ impl Pool {
         })
     }
 
-    /// Records a failed connect to backend `i`; the prober counts it as a failed check.
-    pub fn report_failure(&self, i: usize) {
-        self.backends[i]
-            .passive_failures
-            .fetch_add(1, Ordering::Relaxed);
+    /// Records a failure of backend `i` seen on real traffic. Returns the
+    /// streak when this failure took the backend down (exactly one caller
+    /// sees that), so it can say so.
+    pub fn report_failure(&self, i: usize) -> Option<u32> {
+        let b = &self.backends[i];
+        let streak = b.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak < self.passive.fall || !b.up.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        if !self.passive.active_checks {
+            let retry = self.now_ms() + self.passive.fail_timeout.as_millis() as u64;
+            b.retry_at.store(retry, Ordering::Relaxed);
+        }
+        Some(streak)
     }
 
-    /// Failures reported since the last call, for the prober.
-    pub fn take_failures(&self, i: usize) -> u32 {
-        self.backends[i].passive_failures.swap(0, Ordering::Relaxed)
+    /// Records a success of backend `i` on real traffic: the failure streak
+    /// starts again (written only when there was one, to keep the line clean).
+    pub fn report_success(&self, i: usize) {
+        let b = &self.backends[i];
+        if b.streak.load(Ordering::Relaxed) != 0 {
+            b.streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How failures on real traffic take backends down.
+    pub fn passive(&self) -> Passive {
+        self.passive
     }
 }
 
@@ -192,6 +281,14 @@ impl Drop for Lease<'_> {
 mod tests {
     use super::*;
 
+    /// Active checks on, fall 3.
+    const CHECKED: Passive = Passive {
+        fall: 3,
+        fail_timeout: Duration::from_secs(10),
+        active_checks: true,
+        observe_l4: true,
+    };
+
     fn backend(max_conns: Option<u32>) -> BackendConfig {
         BackendConfig {
             addr: "127.0.0.1:1".parse().unwrap(),
@@ -202,7 +299,7 @@ mod tests {
 
     #[test]
     fn leases_count_and_respect_max_conns() {
-        let pool = Pool::new(&[backend(Some(2)), backend(None)]);
+        let pool = Pool::new(&[backend(Some(2)), backend(None)], CHECKED);
         let a = pool.try_acquire(0).unwrap();
         let b = pool.try_acquire(0).unwrap();
         assert!(pool.is_full(0));
@@ -225,9 +322,9 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             ..backend(None)
         };
-        let old = Pool::new(&[addr(1), addr(2)]);
+        let old = Pool::new(&[addr(1), addr(2)], CHECKED);
         old.set_up(0, false);
-        let new = Pool::new(&[addr(3), addr(2), addr(1)]);
+        let new = Pool::new(&[addr(3), addr(2), addr(1)], CHECKED);
         new.carry_health_from(&old);
         assert_eq!(
             (0..3).map(|i| new.is_up(i)).collect::<Vec<_>>(),
@@ -260,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_lease_freed_on_a_full_backend_wakes_a_waiter_on_another_thread() {
-        let pool = std::sync::Arc::new(Pool::new(&[backend(Some(2))]));
+        let pool = std::sync::Arc::new(Pool::new(&[backend(Some(2))], CHECKED));
         let a = pool.try_acquire(0).unwrap();
         let b = pool.try_acquire(0).unwrap();
         let woken = waiter(&pool);
@@ -271,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_backend_coming_up_wakes_every_waiter() {
-        let pool = std::sync::Arc::new(Pool::new(&[backend(Some(1))]));
+        let pool = std::sync::Arc::new(Pool::new(&[backend(Some(1))], CHECKED));
         pool.set_up(0, false);
         let waiters: Vec<_> = (0..3).map(|_| waiter(&pool)).collect();
         pool.set_up(0, true);
@@ -281,11 +378,37 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_taken_once() {
-        let pool = Pool::new(&[backend(None)]);
-        pool.report_failure(0);
-        pool.report_failure(0);
-        assert_eq!(pool.take_failures(0), 2);
-        assert_eq!(pool.take_failures(0), 0);
+    fn fall_failures_in_a_row_take_a_backend_down_once() {
+        let pool = Pool::new(&[backend(None)], CHECKED);
+        assert_eq!(pool.report_failure(0), None);
+        pool.report_success(0);
+        assert_eq!(pool.report_failure(0), None);
+        assert_eq!(pool.report_failure(0), None);
+        assert!(pool.is_up(0), "a success broke the streak");
+        assert_eq!(pool.report_failure(0), Some(3));
+        assert!(!pool.is_up(0));
+        assert_eq!(pool.report_failure(0), None, "only one report flips it");
+        assert!(!pool.is_up(0), "with active checks only the prober brings it back");
+        pool.set_up(0, true);
+        assert_eq!(pool.report_failure(0), None, "coming up resets the streak");
+    }
+
+    #[test]
+    fn without_active_checks_the_fail_timeout_brings_a_backend_back() {
+        let pool = Pool::new(
+            &[backend(None)],
+            Passive {
+                fall: 1,
+                fail_timeout: Duration::from_millis(30),
+                active_checks: false,
+                observe_l4: true,
+            },
+        );
+        assert_eq!(pool.report_failure(0), Some(1));
+        assert!(!pool.is_up(0));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(pool.is_up(0), "tried again after the fail-timeout");
+        assert_eq!(pool.report_failure(0), Some(2), "one more failure: down again");
+        assert!(!pool.is_up(0));
     }
 }

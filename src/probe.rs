@@ -1,8 +1,9 @@
 //! Active health checks: one prober thread per pool (shared by all workers,
 //! not one per worker) that connects to each backend every interval, feeds the
-//! results, and the failures workers reported, into each backend's
-//! [`HealthState`], and publishes flips to the [`Pool`] that workers read
-//! without locks. It holds the pool weakly and ends once a reload has replaced
+//! results into each backend's [`HealthState`], and publishes flips to the
+//! [`Pool`] that workers read without locks. Failures on real traffic take a
+//! backend down in the pool itself; the prober then needs `rise` passed
+//! checks to bring it back. It holds the pool weakly and ends once a reload has replaced
 //! the pool and its last connection is gone.
 
 use std::io;
@@ -56,24 +57,20 @@ async fn run(weak: Weak<Pool>, frontend: String, config: HealthConfig) {
                 .await
                 .unwrap_or_else(|err| Err(format!("check task failed: {err}")));
             let state = &mut states[i];
-            let passive = pool.take_failures(i);
-            let mut flipped = None;
-            for _ in 0..passive {
-                flipped = state.observe(false).or(flipped);
+            // A worker may have taken it down on failures it saw: it then
+            // needs `rise` passed checks like any down backend.
+            if state.is_up() && !pool.is_up(i) {
+                *state = HealthState::starting(false, config.rise, config.fall);
             }
-            flipped = state.observe(result.is_ok()).or(flipped);
-            if let Some(up) = flipped {
+            if let Some(up) = state.observe(result.is_ok()) {
                 pool.set_up(i, up);
                 let addr = pool.addr(i);
-                match (up, &result) {
-                    (true, _) => {
+                match &result {
+                    Ok(()) => {
                         info!(backend = %addr, "backend {addr} up after {} passed checks", config.rise)
                     }
-                    (false, Err(err)) => {
+                    Err(err) => {
                         warn!(backend = %addr, "backend {addr} down after {} failed checks: {err}", config.fall)
-                    }
-                    (false, Ok(())) => {
-                        warn!(backend = %addr, passive, "backend {addr} down after {} failed connects", config.fall)
                     }
                 }
             }

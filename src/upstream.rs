@@ -34,6 +34,8 @@ pub enum NoBackend {
     Failed,
     /// Every healthy backend stayed at its max-conns until the timeout (or the queue was full).
     Full,
+    /// A connect failed for lack of local resources (descriptors, ports, memory).
+    Local,
 }
 
 impl fmt::Display for NoBackend {
@@ -42,6 +44,7 @@ impl fmt::Display for NoBackend {
             NoBackend::Down => "no backend: all down",
             NoBackend::Failed => "no backend: all connects failed",
             NoBackend::Full => "no backend: all full",
+            NoBackend::Local => "no backend: out of local resources",
         })
     }
 }
@@ -58,6 +61,8 @@ pub struct Upstream {
     queued: Cell<usize>,
     /// Keeps connect-failure warnings to one a second.
     warn_throttle: Throttle,
+    /// The same for connects that failed for lack of local resources.
+    local_throttle: Throttle,
 }
 
 /// The outcome of one pass over the candidates.
@@ -67,6 +72,8 @@ enum Pass<'a> {
     Exhausted {
         full: bool,
     },
+    /// A connect failed for lack of local resources; trying on is pointless.
+    Local,
 }
 
 impl Upstream {
@@ -79,6 +86,7 @@ impl Upstream {
             timeout,
             queued: Cell::new(0),
             warn_throttle: Throttle::new(Duration::from_secs(1)),
+            local_throttle: Throttle::new(Duration::from_secs(1)),
         }
     }
 
@@ -105,6 +113,7 @@ impl Upstream {
                     return Err(NoBackend::Down)
                 }
                 Pass::Exhausted { full: false } => return Err(NoBackend::Failed),
+                Pass::Local => return Err(NoBackend::Local),
                 Pass::Exhausted { full: true } => {}
             }
             let now = Instant::now();
@@ -146,25 +155,32 @@ impl Upstream {
     }
 
     /// Picks and connects until one connect succeeds or no candidate is left.
+    /// Only the first pick goes through the balancer: a retry after a failed
+    /// connect takes the next eligible backend in pool order, so failing over
+    /// does not use up a turn of the shared rotation, and the next client's
+    /// first pick is the one it would have had anyway.
     async fn pass(&self, client: IpAddr, tried: &mut [bool], metrics: &WorkerMetrics) -> Pass<'_> {
         let pool = &*self.pool;
+        let n = pool.len();
         // Backends that filled up between pick and lease; skipped for this pass only.
-        let mut raced = vec![false; pool.len()];
+        let mut raced = vec![false; n];
+        let mut failed: Option<usize> = None;
         loop {
-            let pick = {
-                let eligible =
-                    |i: usize| !tried[i] && !raced[i] && pool.is_up(i) && !pool.is_full(i);
-                let active = |i: usize| pool.active(i);
-                let ctx = PickContext {
-                    client,
-                    eligible: &eligible,
-                    active: &active,
-                };
-                self.balancer.borrow_mut().pick(&ctx)
+            let eligible = |i: usize| !tried[i] && !raced[i] && pool.is_up(i) && !pool.is_full(i);
+            let pick = match failed {
+                Some(last) => (1..n).map(|k| (last + k) % n).find(|&i| eligible(i)),
+                None => {
+                    let active = |i: usize| pool.active(i);
+                    let ctx = PickContext {
+                        client,
+                        eligible: &eligible,
+                        active: &active,
+                    };
+                    self.balancer.borrow_mut().pick(&ctx)
+                }
             };
             let Some(i) = pick else {
-                let full = (0..pool.len())
-                    .any(|i| !tried[i] && pool.is_up(i) && (raced[i] || pool.is_full(i)));
+                let full = (0..n).any(|i| !tried[i] && pool.is_up(i) && (raced[i] || pool.is_full(i)));
                 return Pass::Exhausted { full };
             };
             // Another worker may have taken the last slot since the pick.
@@ -179,10 +195,23 @@ impl Upstream {
                     if let Some(c) = counters {
                         c.connections.inc();
                     }
+                    // With layer-4 observation, success is the backend's
+                    // first byte, which the connection reports.
+                    if !pool.passive().observe_l4 {
+                        pool.report_success(i);
+                    }
                     return Pass::Connected(lease, stream);
                 }
+                Err(err) if err.is_local() => {
+                    // Our own shortage (descriptors, ports, memory): the
+                    // backend is not to blame, and others would fail alike.
+                    metrics.local_connect_failures.inc();
+                    if let Some(suppressed) = self.local_throttle.allow(Instant::now()) {
+                        warn!(%err, suppressed, "backend connect failed for lack of local resources; the backend is not marked down");
+                    }
+                    return Pass::Local;
+                }
                 Err(err) => {
-                    pool.report_failure(i);
                     metrics.connect_failures.inc();
                     if let Some(c) = counters {
                         c.connect_failures.inc();
@@ -190,7 +219,25 @@ impl Upstream {
                     if let Some(suppressed) = self.warn_throttle.allow(Instant::now()) {
                         warn!(%err, suppressed, "backend connect failed");
                     }
+                    self.failed(i);
+                    failed = Some(i);
                 }
+            }
+        }
+    }
+
+    /// Reports a failure of backend `i` seen on real traffic (a connect, or
+    /// a connection the backend ended before its first byte); says so when
+    /// that took the backend down.
+    pub fn failed(&self, i: usize) {
+        let pool = &*self.pool;
+        if let Some(streak) = pool.report_failure(i) {
+            let addr = pool.addr(i);
+            let passive = pool.passive();
+            if passive.active_checks {
+                warn!(backend = %addr, "backend {addr} down after {streak} failures in a row on real traffic; health checks bring it back");
+            } else {
+                warn!(backend = %addr, "backend {addr} down after {streak} failures in a row on real traffic; tried again in {:?}", passive.fail_timeout);
             }
         }
     }

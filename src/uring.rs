@@ -51,6 +51,21 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// Whether the failure is this host's, not the backend's: out of
+    /// descriptors, buffers, memory or local ports. Such a failure says
+    /// nothing about the backend's health.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ConnectError::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+            ),
+            ConnectError::Timeout { .. } => false,
+        }
+    }
+}
+
 /// Connects to `addr` within `timeout` with an io_uring connect, TCP_NODELAY
 /// set. On timeout the socket is shut down, which completes the pending
 /// connect in the kernel (dropping it would not), and then closed.

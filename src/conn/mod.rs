@@ -177,6 +177,7 @@ pub async fn handle(
         }
     };
     let index = lease.index();
+    let connected_at = Instant::now();
     let backend = Rc::new(backend);
     registration.set_backend(backend.clone());
     if registry.aborting() {
@@ -212,6 +213,9 @@ pub async fn handle(
     };
 
     count(metrics, index, &outcome, timed_out.is_some());
+    if timed_out.is_none() && !registry.aborting() {
+        observe_l4(&fe, index, &outcome, connected_at);
+    }
     let ended = if registry.aborting() {
         Ended::Drain
     } else if let Some(ended) = timed_out {
@@ -348,6 +352,28 @@ fn count(m: &WorkerMetrics, backend: usize, outcome: &Outcome, timed_out: bool) 
             Side::Client => m.client_errors.inc(),
             Side::Backend => m.backend_errors.inc(),
         }
+    }
+}
+
+/// Layer-4 observation (HAProxy's `observe layer4`): a backend that resets or
+/// closes a connection before sending a byte, within connect-timeout of the
+/// connect, failed it; a byte from it is a success.
+fn observe_l4(fe: &FrontendState, index: usize, outcome: &Outcome, connected_at: Instant) {
+    let pool = fe.upstream.pool();
+    if !pool.passive().observe_l4 {
+        return;
+    }
+    if outcome.to_client > 0 {
+        pool.report_success(index);
+        return;
+    }
+    let backend_ended_first = match &outcome.error {
+        Some(err) => err.side() == Side::Backend,
+        None => outcome.first_eof == Some(Side::Backend),
+    };
+    if backend_ended_first && connected_at.elapsed() <= fe.frontend.config.connect_timeout {
+        fe.metrics().l4_failures.inc();
+        fe.upstream.failed(index);
     }
 }
 

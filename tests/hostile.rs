@@ -1,0 +1,289 @@
+//! Hostile and exhausted conditions: too few descriptors, backends that
+//! black-hole or reset, stalled half-closed uploads, sources that must be
+//! refused, and configs that would silently share a port.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::{http_get, metric, run_to_exit, wait_until, Backend, Ringlb, TempDir};
+
+fn echo_once(lb: &Ringlb, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut conn = lb.connect();
+    conn.write_all(msg)?;
+    conn.shutdown(Shutdown::Write)?;
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Open descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A listener whose one-slot accept queue is full: further SYNs are dropped,
+/// so a connect to it hangs until the connect timeout (a black-holed host).
+fn black_hole() -> (TcpListener, Vec<TcpStream>, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let fillers = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    (listener, fillers, addr)
+}
+
+/// A backend that accepts and resets every connection at once.
+fn resetting_backend() -> Backend {
+    Backend::spawn(|conn| {
+        socket2::SockRef::from(&conn)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(conn);
+    })
+}
+
+fn backend_metric(text: &str, name: &str, backend: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&format!("backend=\"{backend}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[test]
+fn black_holed_backend_is_passively_marked_down_without_active_checks() {
+    let (_listener, _fillers, hole) = black_hole();
+    let good = Backend::echo();
+    let lb = Ringlb::start(&[
+        "--backend",
+        &hole.to_string(),
+        "--backend",
+        &good.arg(),
+        "--workers",
+        "1",
+        "--no-health-checks",
+        "--connect-timeout",
+        "200ms",
+        "--fall",
+        "2",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin: SocketAddr = lb.admin_addr();
+    for i in 0..20 {
+        let msg = format!("m{i}");
+        assert_eq!(echo_once(&lb, msg.as_bytes()).unwrap(), msg.as_bytes());
+    }
+    let (_, text) = http_get(admin, "/metrics");
+    let paid = backend_metric(
+        &text,
+        "ringlb_backend_connect_failures_total",
+        &hole.to_string(),
+    );
+    assert!(
+        (1..=3).contains(&paid),
+        "{paid} of 20 clients paid the connect timeout (fall 2 allows 3)\n{text}"
+    );
+    let (_, backends) = http_get(admin, "/backends");
+    let json: serde_json::Value = serde_json::from_str(&backends).unwrap();
+    let entry = json.to_string();
+    assert!(entry.contains("\"up\":false"), "black hole not down: {entry}");
+}
+
+#[test]
+fn accept_then_reset_backend_is_marked_down_by_layer4_observation() {
+    let bad = resetting_backend();
+    let good = Backend::echo();
+    let lb = Ringlb::start(&[
+        "--backend",
+        &bad.arg(),
+        "--backend",
+        &good.arg(),
+        "--workers",
+        "1",
+        "--health-interval",
+        "1m",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin: SocketAddr = lb.admin_addr();
+    let mut failed = 0;
+    for i in 0..200 {
+        let msg = format!("m{i}");
+        match echo_once(&lb, msg.as_bytes()) {
+            Ok(out) if out == msg.as_bytes() => {}
+            _ => failed += 1,
+        }
+    }
+    assert!(
+        failed <= 3 + 2,
+        "{failed} of 200 clients failed (fall 3 allows 5)"
+    );
+    let (_, backends) = http_get(admin, "/backends");
+    let json: serde_json::Value = serde_json::from_str(&backends).unwrap();
+    let pool = json.to_string();
+    let bad_entry = pool
+        .split('{')
+        .find(|s| s.contains(&bad.arg()))
+        .unwrap_or_else(|| panic!("{} not in {pool}", bad.arg()));
+    assert!(bad_entry.contains("\"up\":false"), "bad backend not down: {pool}");
+    assert!(lb.log().contains(&bad.arg()), "log:\n{}", lb.log());
+}
+
+#[test]
+fn layer4_observation_can_be_turned_off() {
+    let bad = resetting_backend();
+    let good = Backend::echo();
+    let lb = Ringlb::start(&[
+        "--backend",
+        &bad.arg(),
+        "--backend",
+        &good.arg(),
+        "--workers",
+        "1",
+        "--health-interval",
+        "1m",
+        "--no-observe-l4",
+    ]);
+    let failed = (0..40)
+        .filter(|i| {
+            let msg = format!("m{i}");
+            echo_once(&lb, msg.as_bytes()).map_or(true, |out| out != msg.as_bytes())
+        })
+        .count();
+    assert!(
+        failed >= 15,
+        "with observation off the resetting backend keeps its share, yet only {failed} of 40 failed"
+    );
+}
+
+#[test]
+fn out_of_descriptors_queues_clients_and_never_blames_the_backend() {
+    let backend = Backend::echo();
+    let lb = Ringlb::start_wrapped(
+        &["prlimit", "--nofile=256:256", "--"],
+        &["--backend", &backend.arg(), "--workers", "2"],
+    );
+    assert!(
+        lb.log().contains("connection ceiling"),
+        "the ceiling is logged at start:\n{}",
+        lb.log()
+    );
+    const CLIENTS: usize = 1000;
+    let served = Arc::new(AtomicUsize::new(0));
+    let empty = Arc::new(AtomicUsize::new(0));
+    let addr = lb.addr;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (served, empty) = (served.clone(), empty.clone());
+            thread::spawn(move || {
+                let Ok(mut conn) = TcpStream::connect(addr) else {
+                    return;
+                };
+                conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                if conn.write_all(b"x").is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1];
+                match conn.read(&mut buf) {
+                    Ok(1) => {
+                        thread::sleep(Duration::from_secs(1));
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {
+                        empty.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => {}
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let served = served.load(Ordering::SeqCst);
+    let log = lb.log();
+    assert!(
+        served * 100 >= CLIENTS * 99,
+        "{served} of {CLIENTS} served; log:\n{log}"
+    );
+    assert_eq!(
+        empty.load(Ordering::SeqCst),
+        0,
+        "clients accepted, then closed without a byte"
+    );
+    assert!(
+        !log.contains("down after") && !log.contains("every backend is down"),
+        "the backend was blamed for ringlb's own fd shortage:\n{log}"
+    );
+}
+
+#[test]
+fn max_conns_above_the_fd_ceiling_is_refused_at_start() {
+    let backend = Backend::echo();
+    let out = std::process::Command::new("prlimit")
+        .args(["--nofile=256:256", "--", common::binary()])
+        .args(["--listen", "127.0.0.1:0", "--backend", &backend.arg()])
+        .args(["--max-conns", "5000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(
+        err.contains("5000") && err.contains("ceiling"),
+        "the error names both numbers: {err}"
+    );
+}
+
+#[test]
+fn stalled_half_closed_upload_is_released_at_idle_timeout() {
+    // A backend that accepts and never reads.
+    let stalled = Backend::spawn(|conn| {
+        thread::sleep(Duration::from_secs(30));
+        drop(conn);
+    });
+    let lb = Ringlb::start(&[
+        "--backend",
+        &stalled.arg(),
+        "--workers",
+        "1",
+        "--idle-timeout",
+        "500ms",
+    ]);
+    let baseline = fd_count(lb.pid());
+    {
+        let mut conn = lb.connect();
+        conn.set_nonblocking(true).unwrap();
+        let block = vec![7u8; 64 * 1024];
+        // Fill every buffer on the way until the client can write no more.
+        let mut stuck = 0;
+        while stuck < 20 {
+            match conn.write(&block) {
+                Ok(_) => stuck = 0,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    stuck += 1;
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        conn.shutdown(Shutdown::Write).unwrap();
+    }
+    wait_until("the stalled connection's descriptors released", || {
+        fd_count(lb.pid()) <= baseline
+    });
+}
+
