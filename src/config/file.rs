@@ -25,9 +25,10 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{
-    default_workers, parse_backend, parse_buffer_size, range_message, resolve, BackendConfig,
-    Config, ConfigError, FrontendConfig, HealthConfig, Location, DEFAULT_BALANCE,
-    DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH,
+    default_workers, parse_backend, parse_buffer_size, parse_cidr, range_message, resolve,
+    BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig, Location, OrNever,
+    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH, DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4,
     DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
 };
 use crate::balance::Algorithm;
@@ -298,13 +299,21 @@ struct RawFrontend {
     backends: Backends,
     connect_timeout: Option<Dur>,
     buffer_size: Option<BufferSize>,
-    idle_timeout: Option<Dur>,
+    idle_timeout: Option<DurOrNever>,
     max_lifetime: Option<Dur>,
     max_conns: Option<Int<1, { usize::MAX as u64 }>>,
     send_proxy: Option<SendProxy>,
     #[serde(default)]
     accept_proxy: bool,
     proxy_header_timeout: Option<Dur>,
+    #[serde(default)]
+    accept_proxy_from: Vec<Cidr>,
+    #[serde(default)]
+    allow: Vec<Cidr>,
+    #[serde(default)]
+    deny: Vec<Cidr>,
+    fail_timeout: Option<Dur>,
+    observe_l4: Option<bool>,
     health: Option<Table<RawHealth>>,
 }
 
@@ -372,7 +381,9 @@ impl RawFrontend {
             connect_timeout: self
                 .connect_timeout
                 .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
-            idle_timeout: self.idle_timeout.map(|d| d.0),
+            idle_timeout: self
+                .idle_timeout
+                .map_or(Some(DEFAULT_IDLE_TIMEOUT), |d| d.0 .0),
             max_lifetime: self.max_lifetime.map(|d| d.0),
             max_conns: self.max_conns.map(|n| n.0 as usize),
             send_proxy: self.send_proxy.map(|v| v.0),
@@ -380,6 +391,11 @@ impl RawFrontend {
             proxy_header_timeout: self
                 .proxy_header_timeout
                 .map_or(DEFAULT_PROXY_HEADER_TIMEOUT, |d| d.0),
+            allow: self.allow.into_iter().map(|c| c.0).collect(),
+            deny: self.deny.into_iter().map(|c| c.0).collect(),
+            accept_proxy_from: self.accept_proxy_from.into_iter().map(|c| c.0).collect(),
+            fail_timeout: self.fail_timeout.map_or(DEFAULT_FAIL_TIMEOUT, |d| d.0),
+            observe_l4: self.observe_l4.unwrap_or(DEFAULT_OBSERVE_L4),
         }
     }
 }
@@ -528,6 +544,28 @@ impl<'de> Deserialize<'de> for Dur {
                     .map_err(|e| format!("invalid duration '{s}': {e}"))
             },
         )
+    }
+}
+
+/// A duration, or `"never"` to turn the limit off.
+struct DurOrNever(OrNever);
+
+impl<'de> Deserialize<'de> for DurOrNever {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a duration such as \"10m\", or \"never\"", |s| {
+            s.parse().map(DurOrNever)
+        })
+    }
+}
+
+/// A source rule: a CIDR such as `"10.0.0.0/8"` or a bare address.
+struct Cidr(ipnet::IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a CIDR such as \"10.0.0.0/8\" or an address", |s| {
+            parse_cidr(s).map(Cidr)
+        })
     }
 }
 
@@ -751,12 +789,17 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 }),
                 buffer_size: DEFAULT_BUFFER_SIZE,
                 connect_timeout: Duration::from_secs(3),
-                idle_timeout: None,
+                idle_timeout: Some(Duration::from_secs(600)),
                 max_lifetime: None,
                 max_conns: None,
                 send_proxy: None,
                 accept_proxy: false,
                 proxy_header_timeout: Duration::from_secs(5),
+                allow: vec![],
+                deny: vec![],
+                accept_proxy_from: vec![],
+                fail_timeout: Duration::from_secs(10),
+                observe_l4: true,
             }],
         };
         assert_eq!(parse_str(text).unwrap(), expected);
