@@ -102,7 +102,10 @@ impl FileError {
             path: path.to_path_buf(),
             line: span.map(|s| line_of(text, s.start)),
             key: (!key.is_empty()).then_some(key),
-            message: one_line(message),
+            message: match one_line(message) {
+                m if m.is_empty() => "invalid TOML".into(),
+                m => m,
+            },
             source: None,
         }
     }
@@ -111,7 +114,20 @@ impl FileError {
     fn from_toml(path: &Path, text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Self {
         let key = render_path(&serde_segments(e.path()));
         let inner = e.into_inner();
-        FileError::new(path, text, inner.span(), key, inner.message())
+        let span = inner.span();
+        // toml has no words for some syntax errors, such as a file cut off
+        // right after `key =`.
+        let message = match inner.message().trim() {
+            "" if span
+                .as_ref()
+                .is_some_and(|s| s.start >= text.trim_end().len()) =>
+            {
+                "unexpected end of file: expected a value"
+            }
+            "" => "invalid TOML syntax",
+            m => m,
+        };
+        FileError::new(path, text, span, key, message)
     }
 
     /// A [`Config::validate`] failure, at the key its [`Location`] names. A
@@ -849,6 +865,11 @@ max-conns = 100
 send-proxy = "v1"
 accept-proxy = true
 proxy-header-timeout = "2s"
+accept-proxy-from = ["192.0.2.0/24"]
+allow = ["10.0.0.0/8", "::1"]
+deny = ["10.9.0.0/16"]
+fail-timeout = "30s"
+observe-l4 = false
 
 [frontend.health]
 interval = "10s"
@@ -861,6 +882,7 @@ name = "off"
 listen = "127.0.0.1:5433"
 backends = [{ addr = "127.0.0.1:6002" }]
 buffer-size = "1m"
+idle-timeout = "never"
 health = { enabled = false, interval = "0s" }
 "#;
         let c = parse_str(text).unwrap();
@@ -904,6 +926,15 @@ health = { enabled = false, interval = "0s" }
                 fall: 5
             })
         );
+        let nets = |list: &[&str]| -> Vec<ipnet::IpNet> {
+            list.iter().map(|n| n.parse().unwrap()).collect()
+        };
+        assert_eq!(db.accept_proxy_from, nets(&["192.0.2.0/24"]));
+        assert_eq!(db.allow, nets(&["10.0.0.0/8", "::1/128"]));
+        assert_eq!(db.deny, nets(&["10.9.0.0/16"]));
+        assert_eq!(db.fail_timeout, Duration::from_secs(30));
+        assert!(!db.observe_l4 && off.observe_l4);
+        assert_eq!(off.idle_timeout, None);
         assert_eq!(off.buffer_size, 1 << 20);
         assert_eq!(off.health, None);
     }
@@ -1069,6 +1100,43 @@ health = { enabled = false, interval = "0s" }
                 "both listen on 127.0.0.1:8080",
             ),
             (
+                "bad CIDR",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nallow = [\n  \"10.0.0.0/8\",\n  \"127.0.0.300/8\",\n]\n"),
+                7,
+                "frontend[0].allow[1]",
+                "invalid CIDR '127.0.0.300/8'",
+            ),
+            (
+                "accept-proxy-from without accept-proxy",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\naccept-proxy-from = [\"10.0.0.1\"]\n"),
+                5,
+                "frontend[0].accept-proxy-from",
+                "needs accept-proxy = true",
+            ),
+            (
+                "bad idle-timeout",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nidle-timeout = \"forever\"\n"),
+                5,
+                "frontend[0].idle-timeout",
+                "invalid duration 'forever'",
+            ),
+            (
+                "zero fail-timeout",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nfail-timeout = \"0s\"\n"),
+                5,
+                "frontend[0].fail-timeout",
+                "must be more than zero",
+            ),
+            (
+                "overlapping listen",
+                format!(
+                    "{FE}backends = [\"127.0.0.1:9000\"]\n[[frontend]]\nname = \"any\"\nlisten = \"[::]:8080\"\nbackends = [\"127.0.0.1:9000\"]\n"
+                ),
+                7,
+                "frontend[1].listen",
+                "frontends 'web' on 127.0.0.1:8080 and 'any' on [::]:8080 overlap",
+            ),
+            (
                 "missing listen",
                 "workers = 1\n\n[[frontend]]\nname = \"web\"\nbackends = [\"127.0.0.1:9000\"]\n"
                     .to_string(),
@@ -1141,6 +1209,23 @@ health = { enabled = false, interval = "0s" }
             "{msg}"
         );
         assert!(!msg.contains('\n'), "{msg:?}");
+    }
+
+    /// A file cut off anywhere still gets an error with a reason.
+    #[test]
+    fn truncated_files_have_a_reason() {
+        let full = "workers = 1\n[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:9\"]\n";
+        for end in 0..full.len() {
+            let Err(e) = parse_str(&full[..end]) else {
+                continue;
+            };
+            assert!(!e.message().trim().is_empty(), "{:?}: {e}", &full[..end]);
+        }
+        let e = parse_str("workers =").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ringlb.toml:1: unexpected end of file: expected a value"
+        );
     }
 
     /// Odd input gives an error, never a panic.
