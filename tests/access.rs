@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{http_get, metric, run_to_exit, Backend, Ringlb};
+use common::{http_get, metric, run_to_exit, wait_until, Backend, Ringlb, TempDir};
 
 /// A client bound to `source` (any 127.0.0.0/8 address works on loopback).
 fn client_from(source: &str, to: SocketAddr) -> TcpStream {
@@ -117,4 +117,28 @@ fn bad_cidrs_are_named() {
         assert!(err.contains(value), "{flag} {value}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+}
+
+#[test]
+fn reload_changes_the_rules() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("access-reload");
+    let config = |rules: &str| {
+        format!(
+            "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{}\"]\n{rules}\n",
+            backend.arg()
+        )
+    };
+    let path = dir.write("ringlb.toml", &config("allow = [\"127.0.0.2\"]"));
+    let lb = Ringlb::start_with_config(&path, &[]);
+    let addr = lb.frontend_addr("web");
+    assert!(served_from("127.0.0.2", addr, b""));
+    assert!(!served_from("127.0.0.3", addr, b""));
+
+    std::fs::write(&path, config("deny = [\"127.0.0.2\"]")).unwrap();
+    lb.signal("HUP");
+    wait_until("the new rules apply", || {
+        !served_from("127.0.0.2", addr, b"")
+    });
+    assert!(served_from("127.0.0.3", addr, b""));
 }

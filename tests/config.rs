@@ -369,3 +369,26 @@ fn idle_timeout_has_a_default_and_accepts_never() {
     let lb = Ringlb::start(&["--backend", &backend.arg(), "--idle-timeout", "never"]);
     assert_eq!(echo_once(&lb, b"hi").unwrap(), b"hi");
 }
+
+#[test]
+fn reload_to_overlapping_listens_is_rejected() {
+    let a = Backend::echo();
+    let port = common::free_port();
+    let dir = TempDir::new("overlap-reload");
+    let web = frontend("web", &format!("127.0.0.1:{port}"), &[&a]);
+    let path = dir.write("ringlb.toml", &web);
+    let Ok(lb) = Ringlb::try_start(&["--config", path.to_str().unwrap()]) else {
+        return; // The free port was taken meanwhile: nothing to test here.
+    };
+    let addr = lb.frontend_addr("web");
+    let any = frontend("any", &format!("[::]:{port}"), &[&a]);
+    std::fs::write(&path, format!("{web}\n{any}")).unwrap();
+    lb.signal("HUP");
+    wait_until("reload rejected", || lb.log().contains("reload rejected"));
+    let log = lb.log();
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}")) && log.contains(&format!("[::]:{port}")),
+        "{log}"
+    );
+    exchange(addr, b"still served").unwrap();
+}
