@@ -10,6 +10,7 @@
 //!   the watch that publishes generations.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners (`[::]` dual-stack), the fd limit.
 //! - [`worker`]: one thread + one ring per core: accept loops, reloads, drain.
+//! - [`access`]: the source rules (allow, deny, accept-proxy-from) a client is checked against at accept; pure.
 //! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log;
 //!   its per-worker frontend state and the worker's registry of open connections.
 //! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
@@ -32,6 +33,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod access;
 mod admin;
 mod balance;
 mod buffer;

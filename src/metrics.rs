@@ -84,6 +84,10 @@ pub struct WorkerMetrics {
     pub proxy_header_errors: Counter,
     /// Clients waiting for a slot (gauge).
     pub queued: Counter,
+    /// Clients refused at accept by allow/deny.
+    pub refused_source: Counter,
+    /// Clients refused at accept by accept-proxy-from.
+    pub refused_proxy_source: Counter,
     /// Per backend, in pool order.
     pub backends: Box<[BackendMetrics]>,
 }
@@ -121,6 +125,8 @@ impl WorkerMetrics {
             timeouts: Counter::default(),
             proxy_header_errors: Counter::default(),
             queued: Counter::default(),
+            refused_source: Counter::default(),
+            refused_proxy_source: Counter::default(),
             backends: (0..backends).map(|_| BackendMetrics::default()).collect(),
         }
     }
@@ -168,15 +174,16 @@ enum Kind {
     Gauge,
 }
 
+/// Picks one counter out of a worker's.
+type WorkerCounter = fn(&WorkerMetrics) -> &Counter;
+
 /// Where a family's samples come from.
 enum Source {
     /// A worker counter summed over workers: one sample per frontend.
     Frontend(fn(&WorkerMetrics) -> &Counter),
-    /// Relay errors: one sample per frontend and side.
-    BySide {
-        client: fn(&WorkerMetrics) -> &Counter,
-        backend: fn(&WorkerMetrics) -> &Counter,
-    },
+    /// Worker counters summed over workers, one per value of one label:
+    /// one sample per frontend and value.
+    ByLabel(&'static str, &'static [(&'static str, WorkerCounter)]),
     /// A backend's worker counter summed over workers: one sample per backend.
     Backend(fn(&BackendMetrics) -> &Counter),
     /// A value the pool keeps for each backend, across workers.
@@ -241,10 +248,13 @@ const FAMILIES: &[Family] = &[
         name: "ringlb_relay_errors_total",
         kind: Kind::Counter,
         help: "Connections ended by a read or write error, by side.",
-        source: Source::BySide {
-            client: |w| &w.client_errors,
-            backend: |w| &w.backend_errors,
-        },
+        source: Source::ByLabel(
+            "side",
+            &[
+                ("client", |w| &w.client_errors),
+                ("backend", |w| &w.backend_errors),
+            ],
+        ),
     },
     Family {
         name: "ringlb_accept_errors_total",
@@ -269,6 +279,18 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Clients closed for a bad PROXY protocol header.",
         source: Source::Frontend(|w| &w.proxy_header_errors),
+    },
+    Family {
+        name: "ringlb_refused_total",
+        kind: Kind::Counter,
+        help: "Clients closed at accept by the source rules (allow/deny) or accept-proxy-from, by reason.",
+        source: Source::ByLabel(
+            "reason",
+            &[
+                ("source", |w| &w.refused_source),
+                ("proxy-source", |w| &w.refused_proxy_source),
+            ],
+        ),
     },
     Family {
         name: "ringlb_queue_length",
@@ -343,9 +365,10 @@ impl Family {
             let frontend = ("frontend", m.frontend.as_str());
             match &self.source {
                 Source::Frontend(f) => sample(&[frontend], m.sum(f))?,
-                Source::BySide { client, backend } => {
-                    sample(&[frontend, ("side", "client")], m.sum(client))?;
-                    sample(&[frontend, ("side", "backend")], m.sum(backend))?;
+                Source::ByLabel(label, values) => {
+                    for (value, f) in *values {
+                        sample(&[frontend, (label, value)], m.sum(f))?;
+                    }
                 }
                 Source::Backend(f) => {
                     for i in 0..pool.len() {
@@ -452,6 +475,7 @@ mod tests {
             "ringlb_backend_bytes_in_total{frontend=\"web\",backend=\"127.0.0.1:9000\"} 15\n",
             "ringlb_backend_up{frontend=\"web\",backend=\"127.0.0.1:9000\"} 1\n",
             "# TYPE ringlb_queue_length gauge\n",
+            "ringlb_refused_total{frontend=\"web\",reason=\"proxy-source\"} 0\n",
         ] {
             assert!(text.contains(line), "no {line:?} in:\n{text}");
         }

@@ -184,8 +184,20 @@ fn help_documents_every_flag() {
         "--pin",
         "--sqpoll",
         "--ready-file",
+        "--allow",
+        "--deny",
+        "--accept-proxy-from",
+        "--fail-timeout",
+        "--no-observe-l4",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
+        let readme = include_str!("../README.md");
+        assert!(
+            flag.len() < 3
+                || readme.contains(&format!("{flag} "))
+                || readme.contains(&format!("{flag}`")),
+            "README's flag table lacks {flag}"
+        );
     }
     let (status, out) = run_to_exit(&["--version"]);
     assert!(status.success());

@@ -1,7 +1,8 @@
 //! The config file and live reload, through the real binary: two frontends
 //! from one file, --check, reload under continuous traffic with no failed
 //! connection, a bad reload that keeps the running config, frontends added
-//! and removed, counters and health across reloads, and the README's example config.
+//! and removed, counters and health across reloads, the README's example config,
+//! overlapping listen addresses, truncated files, and the idle timeout's default.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use common::{run_to_exit, wait_until, Backend, Ringlb, TempDir};
+use common::{read_to_end, run_to_exit, wait_until, Backend, Ringlb, TempDir};
 
 fn frontend(name: &str, listen: &str, backends: &[&Backend]) -> String {
     let list: Vec<String> = backends
@@ -303,4 +304,91 @@ fn reload_that_changes_the_pool_keeps_known_health() {
     );
     let _x = Backend::echo_at(x_addr, None);
     wait_until("x back up", || up(&x.arg()) == Some(true));
+}
+
+#[test]
+fn overlapping_listen_addresses_are_rejected() {
+    let dir = TempDir::new("overlap");
+    let port = common::free_port();
+    let config = dir.write(
+        "overlap.toml",
+        &format!(
+            "[[frontend]]\nname = \"a\"\nlisten = \"0.0.0.0:{port}\"\nbackends = [\"127.0.0.1:9\"]\n\n\
+             [[frontend]]\nname = \"b\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"127.0.0.1:9\"]\n"
+        ),
+    );
+    let (status, err) = run_to_exit(&["--check", "--config", config.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("0.0.0.0:{port}")) && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_truncation_of_a_config_has_a_reason() {
+    let dir = TempDir::new("truncated");
+    let full = "workers = 1\n[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:9\"]\n";
+    for end in 1..full.len() {
+        let config = dir.write("live.toml", &full[..end]);
+        let (status, err) = run_to_exit(&["--check", "--config", config.to_str().unwrap()]);
+        if status.success() {
+            continue;
+        }
+        // "ringlb: FILE:LINE: REASON"
+        let rest = err.trim().strip_prefix("ringlb: ").unwrap_or(err.trim());
+        let reason = rest.splitn(3, ':').nth(2).unwrap_or("");
+        assert!(
+            !reason.trim().is_empty(),
+            "empty reason for {:?}: {err}",
+            &full[..end]
+        );
+    }
+}
+
+/// One client connection: send `msg`, half-close, read to the end.
+fn echo_once(lb: &Ringlb, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut conn = lb.connect();
+    conn.write_all(msg)?;
+    conn.shutdown(Shutdown::Write)?;
+    Ok(read_to_end(&mut conn))
+}
+
+#[test]
+fn idle_timeout_has_a_default_and_accepts_never() {
+    let (status, help) = run_to_exit(&["--help"]);
+    assert!(status.success());
+    let line = help
+        .lines()
+        .skip_while(|l| !l.contains("--idle-timeout"))
+        .take(6)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(line.contains("default: 10m"), "{line}");
+    let backend = Backend::echo();
+    let lb = Ringlb::start(&["--backend", &backend.arg(), "--idle-timeout", "never"]);
+    assert_eq!(echo_once(&lb, b"hi").unwrap(), b"hi");
+}
+
+#[test]
+fn reload_to_overlapping_listens_is_rejected() {
+    let a = Backend::echo();
+    let port = common::free_port();
+    let dir = TempDir::new("overlap-reload");
+    let web = frontend("web", &format!("127.0.0.1:{port}"), &[&a]);
+    let path = dir.write("ringlb.toml", &web);
+    let Ok(lb) = Ringlb::try_start(&["--config", path.to_str().unwrap()]) else {
+        return; // The free port was taken meanwhile: nothing to test here.
+    };
+    let addr = lb.frontend_addr("web");
+    let any = frontend("any", &format!("[::]:{port}"), &[&a]);
+    std::fs::write(&path, format!("{web}\n{any}")).unwrap();
+    lb.signal("HUP");
+    wait_until("reload rejected", || lb.log().contains("reload rejected"));
+    let log = lb.log();
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}")) && log.contains(&format!("[::]:{port}")),
+        "{log}"
+    );
+    exchange(addr, b"still served").unwrap();
 }

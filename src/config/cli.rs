@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use ipnet::IpNet;
+
 use super::{
-    default_workers, parse_backend, parse_buffer_size, resolve, Config, ConfigError,
-    FrontendConfig, HealthConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
-    DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RISE, MAX_RISE_FALL, MAX_WORKERS,
+    default_workers, parse_backend, parse_buffer_size, parse_cidr, resolve, Config, ConfigError,
+    FrontendConfig, HealthConfig, OrNever, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL,
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME,
+    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RISE, MAX_RISE_FALL, MAX_WORKERS,
 };
 use crate::balance::Algorithm;
 use crate::logging::LogFormat;
@@ -69,6 +72,18 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_FALL, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RISE_FALL)), conflicts_with = "config")]
     pub fall: u32,
 
+    /// With health checks off: after --fall failed connects (or layer-4
+    /// failures) in a row, a backend is left out this long, then real traffic
+    /// tries it again (nginx max_fails/fail_timeout).
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_FAIL_TIMEOUT.into(), conflicts_with = "config")]
+    pub fail_timeout: humantime::Duration,
+
+    /// Don't count a backend connection that the backend resets or closes
+    /// before sending a byte, within --connect-timeout of the connect, as a
+    /// failure (HAProxy observe layer4).
+    #[arg(long, conflicts_with = "config")]
+    pub no_observe_l4: bool,
+
     /// Turn active health checks off; failed connects still fail over to the next backend.
     #[arg(long, conflicts_with = "config")]
     pub no_health_checks: bool,
@@ -87,9 +102,9 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
 
-    /// Close a connection after this long with no byte in either direction [default: never].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "config")]
-    pub idle_timeout: Option<Duration>,
+    /// Close a connection after this long with no byte in either direction; `never` turns it off.
+    #[arg(long, value_name = "DURATION", default_value_t = OrNever(Some(DEFAULT_IDLE_TIMEOUT)), conflicts_with = "config")]
+    pub idle_timeout: OrNever,
 
     /// Close a connection this long after it was accepted, busy or not [default: never].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "config")]
@@ -119,6 +134,21 @@ pub struct Cli {
     /// How long a client may take to send its PROXY protocol header.
     #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_PROXY_HEADER_TIMEOUT.into(), conflicts_with = "config")]
     pub proxy_header_timeout: humantime::Duration,
+
+    /// With --accept-proxy, believe PROXY headers only from these sources (CIDR
+    /// or address; repeat for several); others are closed at once [default: anyone].
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, conflicts_with = "config")]
+    pub accept_proxy_from: Vec<IpNet>,
+
+    /// Serve only clients from these sources (CIDR or address, e.g.
+    /// 10.0.0.0/8 or 2001:db8::1; repeat for several) [default: every source].
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, conflicts_with = "config")]
+    pub allow: Vec<IpNet>,
+
+    /// Refuse clients from these sources, whatever --allow says (CIDR or
+    /// address; repeat for several).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, conflicts_with = "config")]
+    pub deny: Vec<IpNet>,
 
     /// Frontend name, used in logs and metric labels.
     #[arg(
@@ -211,12 +241,17 @@ impl Config {
             health,
             buffer_size: cli.buffer_size,
             connect_timeout: cli.connect_timeout.into(),
-            idle_timeout: cli.idle_timeout,
+            idle_timeout: cli.idle_timeout.0,
             max_lifetime: cli.max_lifetime,
             max_conns: cli.max_conns.map(|n| n as usize),
             send_proxy: cli.send_proxy,
             accept_proxy: cli.accept_proxy,
             proxy_header_timeout: cli.proxy_header_timeout.into(),
+            allow: cli.allow.clone(),
+            deny: cli.deny.clone(),
+            accept_proxy_from: cli.accept_proxy_from.clone(),
+            fail_timeout: cli.fail_timeout.into(),
+            observe_l4: !cli.no_observe_l4,
         };
         let config = Config {
             workers: cli.workers.map_or_else(default_workers, |n| n as usize),

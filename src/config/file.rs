@@ -25,9 +25,10 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{
-    default_workers, parse_backend, parse_buffer_size, range_message, resolve, BackendConfig,
-    Config, ConfigError, FrontendConfig, HealthConfig, Location, DEFAULT_BALANCE,
-    DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH,
+    default_workers, parse_backend, parse_buffer_size, parse_cidr, range_message, resolve,
+    BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig, Location, OrNever,
+    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH, DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4,
     DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
 };
 use crate::balance::Algorithm;
@@ -101,7 +102,10 @@ impl FileError {
             path: path.to_path_buf(),
             line: span.map(|s| line_of(text, s.start)),
             key: (!key.is_empty()).then_some(key),
-            message: one_line(message),
+            message: match one_line(message) {
+                m if m.is_empty() => "invalid TOML".into(),
+                m => m,
+            },
             source: None,
         }
     }
@@ -110,7 +114,20 @@ impl FileError {
     fn from_toml(path: &Path, text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Self {
         let key = render_path(&serde_segments(e.path()));
         let inner = e.into_inner();
-        FileError::new(path, text, inner.span(), key, inner.message())
+        let span = inner.span();
+        // toml has no words for some syntax errors, such as a file cut off
+        // right after `key =`.
+        let message = match inner.message().trim() {
+            "" if span
+                .as_ref()
+                .is_some_and(|s| s.start >= text.trim_end().len()) =>
+            {
+                "unexpected end of file: expected a value"
+            }
+            "" => "invalid TOML syntax",
+            m => m,
+        };
+        FileError::new(path, text, span, key, message)
     }
 
     /// A [`Config::validate`] failure, at the key its [`Location`] names. A
@@ -298,13 +315,21 @@ struct RawFrontend {
     backends: Backends,
     connect_timeout: Option<Dur>,
     buffer_size: Option<BufferSize>,
-    idle_timeout: Option<Dur>,
+    idle_timeout: Option<DurOrNever>,
     max_lifetime: Option<Dur>,
     max_conns: Option<Int<1, { usize::MAX as u64 }>>,
     send_proxy: Option<SendProxy>,
     #[serde(default)]
     accept_proxy: bool,
     proxy_header_timeout: Option<Dur>,
+    #[serde(default)]
+    accept_proxy_from: Vec<Cidr>,
+    #[serde(default)]
+    allow: Vec<Cidr>,
+    #[serde(default)]
+    deny: Vec<Cidr>,
+    fail_timeout: Option<Dur>,
+    observe_l4: Option<bool>,
     health: Option<Table<RawHealth>>,
 }
 
@@ -372,7 +397,9 @@ impl RawFrontend {
             connect_timeout: self
                 .connect_timeout
                 .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
-            idle_timeout: self.idle_timeout.map(|d| d.0),
+            idle_timeout: self
+                .idle_timeout
+                .map_or(Some(DEFAULT_IDLE_TIMEOUT), |d| d.0 .0),
             max_lifetime: self.max_lifetime.map(|d| d.0),
             max_conns: self.max_conns.map(|n| n.0 as usize),
             send_proxy: self.send_proxy.map(|v| v.0),
@@ -380,6 +407,11 @@ impl RawFrontend {
             proxy_header_timeout: self
                 .proxy_header_timeout
                 .map_or(DEFAULT_PROXY_HEADER_TIMEOUT, |d| d.0),
+            allow: self.allow.into_iter().map(|c| c.0).collect(),
+            deny: self.deny.into_iter().map(|c| c.0).collect(),
+            accept_proxy_from: self.accept_proxy_from.into_iter().map(|c| c.0).collect(),
+            fail_timeout: self.fail_timeout.map_or(DEFAULT_FAIL_TIMEOUT, |d| d.0),
+            observe_l4: self.observe_l4.unwrap_or(DEFAULT_OBSERVE_L4),
         }
     }
 }
@@ -528,6 +560,28 @@ impl<'de> Deserialize<'de> for Dur {
                     .map_err(|e| format!("invalid duration '{s}': {e}"))
             },
         )
+    }
+}
+
+/// A duration, or `"never"` to turn the limit off.
+struct DurOrNever(OrNever);
+
+impl<'de> Deserialize<'de> for DurOrNever {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a duration such as \"10m\", or \"never\"", |s| {
+            s.parse().map(DurOrNever)
+        })
+    }
+}
+
+/// A source rule: a CIDR such as `"10.0.0.0/8"` or a bare address.
+struct Cidr(ipnet::IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a CIDR such as \"10.0.0.0/8\" or an address", |s| {
+            parse_cidr(s).map(Cidr)
+        })
     }
 }
 
@@ -751,12 +805,17 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 }),
                 buffer_size: DEFAULT_BUFFER_SIZE,
                 connect_timeout: Duration::from_secs(3),
-                idle_timeout: None,
+                idle_timeout: Some(Duration::from_secs(600)),
                 max_lifetime: None,
                 max_conns: None,
                 send_proxy: None,
                 accept_proxy: false,
                 proxy_header_timeout: Duration::from_secs(5),
+                allow: vec![],
+                deny: vec![],
+                accept_proxy_from: vec![],
+                fail_timeout: Duration::from_secs(10),
+                observe_l4: true,
             }],
         };
         assert_eq!(parse_str(text).unwrap(), expected);
@@ -806,6 +865,11 @@ max-conns = 100
 send-proxy = "v1"
 accept-proxy = true
 proxy-header-timeout = "2s"
+accept-proxy-from = ["192.0.2.0/24"]
+allow = ["10.0.0.0/8", "::1"]
+deny = ["10.9.0.0/16"]
+fail-timeout = "30s"
+observe-l4 = false
 
 [frontend.health]
 interval = "10s"
@@ -818,6 +882,7 @@ name = "off"
 listen = "127.0.0.1:5433"
 backends = [{ addr = "127.0.0.1:6002" }]
 buffer-size = "1m"
+idle-timeout = "never"
 health = { enabled = false, interval = "0s" }
 "#;
         let c = parse_str(text).unwrap();
@@ -861,6 +926,15 @@ health = { enabled = false, interval = "0s" }
                 fall: 5
             })
         );
+        let nets = |list: &[&str]| -> Vec<ipnet::IpNet> {
+            list.iter().map(|n| n.parse().unwrap()).collect()
+        };
+        assert_eq!(db.accept_proxy_from, nets(&["192.0.2.0/24"]));
+        assert_eq!(db.allow, nets(&["10.0.0.0/8", "::1/128"]));
+        assert_eq!(db.deny, nets(&["10.9.0.0/16"]));
+        assert_eq!(db.fail_timeout, Duration::from_secs(30));
+        assert!(!db.observe_l4 && off.observe_l4);
+        assert_eq!(off.idle_timeout, None);
         assert_eq!(off.buffer_size, 1 << 20);
         assert_eq!(off.health, None);
     }
@@ -1026,6 +1100,43 @@ health = { enabled = false, interval = "0s" }
                 "both listen on 127.0.0.1:8080",
             ),
             (
+                "bad CIDR",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nallow = [\n  \"10.0.0.0/8\",\n  \"127.0.0.300/8\",\n]\n"),
+                7,
+                "frontend[0].allow[1]",
+                "invalid CIDR '127.0.0.300/8'",
+            ),
+            (
+                "accept-proxy-from without accept-proxy",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\naccept-proxy-from = [\"10.0.0.1\"]\n"),
+                5,
+                "frontend[0].accept-proxy-from",
+                "needs accept-proxy = true",
+            ),
+            (
+                "bad idle-timeout",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nidle-timeout = \"forever\"\n"),
+                5,
+                "frontend[0].idle-timeout",
+                "invalid duration 'forever'",
+            ),
+            (
+                "zero fail-timeout",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nfail-timeout = \"0s\"\n"),
+                5,
+                "frontend[0].fail-timeout",
+                "must be more than zero",
+            ),
+            (
+                "overlapping listen",
+                format!(
+                    "{FE}backends = [\"127.0.0.1:9000\"]\n[[frontend]]\nname = \"any\"\nlisten = \"[::]:8080\"\nbackends = [\"127.0.0.1:9000\"]\n"
+                ),
+                7,
+                "frontend[1].listen",
+                "frontends 'web' on 127.0.0.1:8080 and 'any' on [::]:8080 overlap",
+            ),
+            (
                 "missing listen",
                 "workers = 1\n\n[[frontend]]\nname = \"web\"\nbackends = [\"127.0.0.1:9000\"]\n"
                     .to_string(),
@@ -1098,6 +1209,23 @@ health = { enabled = false, interval = "0s" }
             "{msg}"
         );
         assert!(!msg.contains('\n'), "{msg:?}");
+    }
+
+    /// A file cut off anywhere still gets an error with a reason.
+    #[test]
+    fn truncated_files_have_a_reason() {
+        let full = "workers = 1\n[[frontend]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:9\"]\n";
+        for end in 0..full.len() {
+            let Err(e) = parse_str(&full[..end]) else {
+                continue;
+            };
+            assert!(!e.message().trim().is_empty(), "{:?}: {e}", &full[..end]);
+        }
+        let e = parse_str("workers =").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ringlb.toml:1: unexpected end of file: expected a value"
+        );
     }
 
     /// Odd input gives an error, never a panic.

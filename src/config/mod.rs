@@ -5,11 +5,14 @@
 //! they happened ([`ConfigError::location`]), so the file layer can point at
 //! the line without searching. Nothing here binds a socket or reads a file.
 
+use std::fmt;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::balance::Algorithm;
 use crate::proxy_protocol::Version as ProxyVersion;
@@ -39,6 +42,15 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connections may finish after a stop signal.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Close a connection with no byte either way for this long (nginx stream's
+/// `proxy_timeout`), unless turned off with `never`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How long passive failure detection keeps a failing backend out when
+/// active health checks are off (nginx `fail_timeout`).
+pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Whether a backend that resets or closes a fresh connection without a byte
+/// counts as a failure (HAProxy `observe layer4`).
+pub const DEFAULT_OBSERVE_L4: bool = true;
 /// A backend's share of new connections when no weight is given.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Health checks as they run when a frontend says nothing about them.
@@ -101,7 +113,7 @@ pub struct FrontendConfig {
     pub buffer_size: usize,
     /// Upper bound on one backend connect attempt.
     pub connect_timeout: Duration,
-    /// Close connections idle this long.
+    /// Close connections idle this long; `None` is never.
     pub idle_timeout: Option<Duration>,
     /// Close connections this old.
     pub max_lifetime: Option<Duration>,
@@ -113,6 +125,19 @@ pub struct FrontendConfig {
     pub accept_proxy: bool,
     /// How long a client may take to send its PROXY header.
     pub proxy_header_timeout: Duration,
+    /// Sources served; empty serves every source not denied.
+    pub allow: Vec<IpNet>,
+    /// Sources refused, whatever `allow` says.
+    pub deny: Vec<IpNet>,
+    /// Sources whose PROXY header is believed (needs `accept_proxy`); empty
+    /// believes anyone's.
+    pub accept_proxy_from: Vec<IpNet>,
+    /// With health checks off, how long a backend that failed `fall` times
+    /// in a row is left out before real traffic tries it again.
+    pub fail_timeout: Duration,
+    /// Count a backend connection the backend resets or closes before its
+    /// first byte, within the connect timeout, as a failed connect.
+    pub observe_l4: bool,
 }
 
 /// One backend of the pool.
@@ -157,6 +182,10 @@ pub enum Key {
     MaxLifetime,
     /// `proxy-header-timeout`.
     ProxyHeaderTimeout,
+    /// `fail-timeout`.
+    FailTimeout,
+    /// `accept-proxy-from`.
+    AcceptProxyFrom,
     /// The health check interval.
     HealthInterval,
     /// The health check timeout.
@@ -179,6 +208,8 @@ impl Key {
             Key::IdleTimeout => "idle-timeout",
             Key::MaxLifetime => "max-lifetime",
             Key::ProxyHeaderTimeout => "proxy-header-timeout",
+            Key::FailTimeout => "fail-timeout",
+            Key::AcceptProxyFrom => "accept-proxy-from",
             Key::HealthInterval => "health-interval",
             Key::HealthTimeout => "health-timeout",
             Key::Weight => "weight",
@@ -197,6 +228,8 @@ impl Key {
             Key::IdleTimeout => &["idle-timeout"],
             Key::MaxLifetime => &["max-lifetime"],
             Key::ProxyHeaderTimeout => &["proxy-header-timeout"],
+            Key::FailTimeout => &["fail-timeout"],
+            Key::AcceptProxyFrom => &["accept-proxy-from"],
             Key::HealthInterval => &["health", "interval"],
             Key::HealthTimeout => &["health", "timeout"],
             Key::Weight => &["weight"],
@@ -272,6 +305,27 @@ pub enum ConfigError {
         /// The second frontend's name.
         second: String,
     },
+    /// Two frontends whose listen addresses share a port on some address:
+    /// a wildcard and an address it covers.
+    #[error("frontends '{first}' on {first_addr} and '{second}' on {addr} overlap: a wildcard address takes its port on every address of its family ([::] on IPv4 too)")]
+    OverlappingListen {
+        /// The second frontend.
+        frontend: usize,
+        /// The second frontend's address.
+        addr: SocketAddr,
+        /// The first frontend's name.
+        first: String,
+        /// The first frontend's address.
+        first_addr: SocketAddr,
+        /// The second frontend's name.
+        second: String,
+    },
+    /// accept-proxy-from on a frontend that does not read PROXY headers.
+    #[error("--accept-proxy-from needs --accept-proxy")]
+    ProxyFromWithoutProxy {
+        /// The frontend.
+        frontend: usize,
+    },
     /// An empty pool.
     #[error("no backend: use --backend ADDR, once per backend")]
     NoBackend {
@@ -307,7 +361,11 @@ impl ConfigError {
     pub fn location(&self) -> Option<Location> {
         let (frontend, backend, key) = match *self {
             ConfigError::DuplicateName { frontend, .. } => (frontend, None, Key::Name),
-            ConfigError::DuplicateListen { frontend, .. } => (frontend, None, Key::Listen),
+            ConfigError::DuplicateListen { frontend, .. }
+            | ConfigError::OverlappingListen { frontend, .. } => (frontend, None, Key::Listen),
+            ConfigError::ProxyFromWithoutProxy { frontend } => {
+                (frontend, None, Key::AcceptProxyFrom)
+            }
             ConfigError::NoBackend { frontend } => (frontend, None, Key::Backends),
             ConfigError::ZeroDuration { frontend, key } => (frontend, None, key),
             ConfigError::BackendOutOfRange {
@@ -331,6 +389,7 @@ impl ConfigError {
         match self {
             ConfigError::ZeroDuration { .. } => "must be more than zero".into(),
             ConfigError::NoBackend { .. } => "no backend: list at least one".into(),
+            ConfigError::ProxyFromWithoutProxy { .. } => "needs accept-proxy = true".into(),
             ConfigError::BackendOutOfRange { key, value, .. } => {
                 let range = match key {
                     Key::Weight => 1..=MAX_WEIGHT,
@@ -394,10 +453,14 @@ impl Config {
                 (Key::IdleTimeout, fe.idle_timeout),
                 (Key::MaxLifetime, fe.max_lifetime),
                 (Key::ProxyHeaderTimeout, Some(fe.proxy_header_timeout)),
+                (Key::FailTimeout, Some(fe.fail_timeout)),
             ] {
                 if value.is_some_and(|v| v.is_zero()) {
                     return Err(ConfigError::ZeroDuration { frontend: i, key });
                 }
+            }
+            if !fe.accept_proxy_from.is_empty() && !fe.accept_proxy {
+                return Err(ConfigError::ProxyFromWithoutProxy { frontend: i });
             }
             for other in &self.frontends[..i] {
                 if other.name == fe.name {
@@ -411,6 +474,15 @@ impl Config {
                         frontend: i,
                         addr: fe.listen,
                         first: other.name.clone(),
+                        second: fe.name.clone(),
+                    });
+                }
+                if listens_overlap(other.listen, fe.listen) {
+                    return Err(ConfigError::OverlappingListen {
+                        frontend: i,
+                        addr: fe.listen,
+                        first: other.name.clone(),
+                        first_addr: other.listen,
                         second: fe.name.clone(),
                     });
                 }
@@ -449,6 +521,74 @@ impl Config {
         let ready = &running.ready_file;
         keep(&mut changed, "ready-file", &mut self.ready_file, ready);
         changed
+    }
+}
+
+/// Whether two listen addresses would share a port on some address, so the
+/// kernel (SO_REUSEPORT) would split one frontend's clients with the other:
+/// a wildcard covers every address of its family, and `[::]` is dual-stack,
+/// so it covers IPv4 too. Port 0 is a fresh port each, so never overlaps.
+fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    fn covers(wildcard: IpAddr, other: IpAddr) -> bool {
+        match wildcard {
+            IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+            IpAddr::V6(w) => w.is_unspecified(),
+        }
+    }
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a == b || covers(a, b) || covers(b, a)
+}
+
+/// Parses a source rule: a CIDR such as `10.0.0.0/8` or `2001:db8::/32`, or
+/// a bare address (a /32 or /128). An IPv4-mapped IPv6 network is stored as
+/// the IPv4 network it is, since peers are matched in canonical form.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let net = match s.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(e) => match s.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            // A slash means a CIDR was meant: its error says more.
+            Err(_) if s.contains('/') => return Err(format!("invalid CIDR '{s}': {e}")),
+            Err(e) => return Err(format!("invalid CIDR '{s}': {e}")),
+        },
+    };
+    Ok(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map_or(net, IpNet::V4)
+                .trunc(),
+            None => net,
+        },
+        net => net.trunc(),
+    })
+}
+
+/// A duration that `never` turns off: `--idle-timeout`'s value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrNever(pub Option<Duration>);
+
+impl fmt::Display for OrNever {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => humantime::format_duration(d).fmt(f),
+            None => f.write_str("never"),
+        }
+    }
+}
+
+impl std::str::FromStr for OrNever {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(OrNever(None)),
+            s => humantime::parse_duration(s)
+                .map(|d| OrNever(Some(d)))
+                .map_err(|e| format!("invalid duration '{s}': {e} (or \"never\")")),
+        }
     }
 }
 
@@ -594,6 +734,11 @@ mod tests {
             send_proxy: None,
             accept_proxy: false,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
+            allow: vec![],
+            deny: vec![],
+            accept_proxy_from: vec![],
+            fail_timeout: DEFAULT_FAIL_TIMEOUT,
+            observe_l4: DEFAULT_OBSERVE_L4,
         }
     }
 
@@ -642,11 +787,78 @@ mod tests {
         let mut c = config(vec![web(), api()]);
         c.frontends[1].listen = c.frontends[0].listen;
         cases.push((c, at(1, None, Key::Listen)));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[0].listen = "0.0.0.0:81".parse().unwrap();
+        cases.push((c, at(1, None, Key::Listen)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].fail_timeout = Duration::ZERO;
+        cases.push((c, at(0, None, Key::FailTimeout)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].idle_timeout = Some(Duration::ZERO);
+        cases.push((c, at(0, None, Key::IdleTimeout)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].accept_proxy_from = vec![parse_cidr("10.0.0.0/8").unwrap()];
+        cases.push((c, at(0, None, Key::AcceptProxyFrom)));
         for (c, location) in cases {
             let err = c.validate().unwrap_err();
             assert_eq!(err.location(), location, "{err}");
         }
         assert!(config(vec![web(), api()]).validate().is_ok());
+    }
+
+    #[test]
+    fn listen_overlaps() {
+        let overlap = |a: &str, b: &str| {
+            let (a, b) = (a.parse().unwrap(), b.parse().unwrap());
+            let one = listens_overlap(a, b);
+            assert_eq!(one, listens_overlap(b, a), "{a} {b} is not symmetric");
+            one
+        };
+        for (a, b) in [
+            ("127.0.0.1:80", "127.0.0.1:80"),
+            ("0.0.0.0:80", "127.0.0.1:80"),
+            ("0.0.0.0:80", "0.0.0.0:80"),
+            ("[::]:80", "[::1]:80"),
+            // [::] is dual-stack.
+            ("[::]:80", "127.0.0.1:80"),
+            ("[::]:80", "0.0.0.0:80"),
+            ("[::ffff:127.0.0.1]:80", "127.0.0.1:80"),
+            ("0.0.0.0:80", "[::ffff:10.0.0.1]:80"),
+        ] {
+            assert!(overlap(a, b), "{a} {b}");
+        }
+        for (a, b) in [
+            ("0.0.0.0:80", "0.0.0.0:81"),
+            ("0.0.0.0:0", "127.0.0.1:0"),
+            ("[::]:0", "[::]:0"),
+            ("127.0.0.1:80", "127.0.0.2:80"),
+            ("0.0.0.0:80", "[::1]:80"),
+            ("[::1]:80", "127.0.0.1:80"),
+        ] {
+            assert!(!overlap(a, b), "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn overlap_error_names_both_sides() {
+        let a = frontend("a", "0.0.0.0:8080", &["127.0.0.1:9"]);
+        let b = frontend("b", "127.0.0.1:8080", &["127.0.0.1:9"]);
+        let err = config(vec![a, b]).validate().unwrap_err().to_string();
+        for part in ["'a'", "'b'", "0.0.0.0:8080", "127.0.0.1:8080"] {
+            assert!(err.contains(part), "{err} lacks {part}");
+        }
+    }
+
+    #[test]
+    fn idle_timeout_spellings() {
+        assert_eq!("never".parse(), Ok(OrNever(None)));
+        let ten = OrNever(Some(DEFAULT_IDLE_TIMEOUT));
+        assert_eq!("10m".parse(), Ok(ten));
+        assert_eq!(ten.to_string(), "10m");
+        assert!("forever"
+            .parse::<OrNever>()
+            .unwrap_err()
+            .contains("'forever'"));
     }
 
     #[test]

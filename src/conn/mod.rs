@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_uring::net::TcpStream;
 
+use crate::access::{self, Refusal};
 use crate::buffer::BufPool;
 use crate::frontend::Frontend;
-use crate::logging::ACCESS_TARGET;
+use crate::logging::{Throttle, ACCESS_TARGET};
 use crate::metrics::WorkerMetrics;
 use crate::proxy_protocol::{self, Parsed};
 use crate::relay::{self, relay, Outcome, Side};
@@ -42,6 +43,8 @@ pub struct FrontendState {
     pub buffers: BufPool,
     /// Per-connection time limits and logging.
     pub limits: Limits,
+    /// Keeps the warning about refused clients to one line a second.
+    refused_warning: Throttle,
 }
 
 impl FrontendState {
@@ -61,6 +64,7 @@ impl FrontendState {
                 max_lifetime: c.max_lifetime,
                 access_log,
             },
+            refused_warning: Throttle::new(Duration::from_secs(1)),
             worker,
             frontend,
         }
@@ -132,8 +136,13 @@ pub async fn handle(
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let _permit = permit;
-    let start = Instant::now();
     let metrics = fe.metrics();
+    // Before a byte is read (the PROXY header included) or a backend chosen.
+    if let Err(refusal) = access::check(&fe.frontend.config, peer.ip()) {
+        refuse(&fe, peer, refusal);
+        return;
+    }
+    let start = Instant::now();
     let _open = Open::new(metrics);
     let client = Rc::new(client);
     let registration = registry.register(client.clone());
@@ -236,6 +245,21 @@ pub async fn handle(
         &ended,
     );
     drop(lease);
+}
+
+/// Counts and logs a client refused by the source rules; dropping its socket
+/// closes it without a byte sent.
+fn refuse(fe: &FrontendState, peer: SocketAddr, refusal: Refusal) {
+    let metrics = fe.metrics();
+    match refusal {
+        Refusal::Source => metrics.refused_source.inc(),
+        Refusal::ProxySource => metrics.refused_proxy_source.inc(),
+    }
+    let reason = refusal.label();
+    tracing::debug!(client = %peer, frontend = fe.name(), reason, "client refused");
+    if let Some(suppressed) = fe.refused_warning.allow(Instant::now()) {
+        tracing::warn!(client = %peer, frontend = fe.name(), reason, suppressed, "client refused by the source rules");
+    }
 }
 
 /// Counts a connection as open for as long as it lives.
