@@ -99,13 +99,18 @@ impl Generation {
             // backends it kept (without checks, nothing would bring a carried
             // down backend back, so it starts all up).
             let old = previous.and_then(|p| p.frontend(&fe.name));
-            let same_pool =
-                old.filter(|o| o.config.backends == fe.backends && o.config.health == fe.health);
+            let same_pool = old.filter(|o| {
+                o.config.backends == fe.backends
+                    && o.config.health == fe.health
+                    && o.config.fail_timeout == fe.fail_timeout
+                    && o.config.observe_l4 == fe.observe_l4
+            });
             let (pool, metrics) = match same_pool {
                 Some(o) => (o.pool.clone(), o.metrics.clone()),
                 None => {
                     let pool = Arc::new(Pool::new(&fe.backends, passive(fe)));
-                    if let Some(health) = fe.health {
+                    if fe.health.checks {
+                        let health = fe.health;
                         if let Some(o) = old {
                             pool.carry_health_from(&o.pool);
                         }
@@ -149,9 +154,9 @@ impl Generation {
 /// How failures on real traffic take `fe`'s backends down.
 fn passive(fe: &FrontendConfig) -> Passive {
     Passive {
-        fall: fe.health.map_or(crate::config::DEFAULT_FALL, |h| h.fall),
-        fail_timeout: std::time::Duration::from_secs(10),
-        active_checks: fe.health.is_some(),
-        observe_l4: true,
+        fall: fe.health.fall,
+        fail_timeout: fe.fail_timeout,
+        active_checks: fe.health.checks,
+        observe_l4: fe.observe_l4,
     }
 }

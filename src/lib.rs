@@ -13,6 +13,7 @@
 //! - [`access`]: the source rules (allow, deny, accept-proxy-from) a client is checked against at accept; pure.
 //! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log;
 //!   its per-worker frontend state and the worker's registry of open connections.
+//! - [`ceiling`]: the process-wide connection ceiling from the fd limit; workers accept under it.
 //! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
 //! - [`balance`]: the balancing algorithms, one file each, pure.
 //! - [`pool`]: the backends' cross-worker state (active counts, health) as atomics.
@@ -37,6 +38,7 @@ mod access;
 mod admin;
 mod balance;
 mod buffer;
+mod ceiling;
 pub mod config;
 mod conn;
 mod frontend;

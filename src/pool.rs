@@ -388,7 +388,10 @@ mod tests {
         assert_eq!(pool.report_failure(0), Some(3));
         assert!(!pool.is_up(0));
         assert_eq!(pool.report_failure(0), None, "only one report flips it");
-        assert!(!pool.is_up(0), "with active checks only the prober brings it back");
+        assert!(
+            !pool.is_up(0),
+            "with active checks only the prober brings it back"
+        );
         pool.set_up(0, true);
         assert_eq!(pool.report_failure(0), None, "coming up resets the streak");
     }
@@ -408,7 +411,11 @@ mod tests {
         assert!(!pool.is_up(0));
         std::thread::sleep(Duration::from_millis(40));
         assert!(pool.is_up(0), "tried again after the fail-timeout");
-        assert_eq!(pool.report_failure(0), Some(2), "one more failure: down again");
+        assert_eq!(
+            pool.report_failure(0),
+            Some(2),
+            "one more failure: down again"
+        );
         assert!(!pool.is_up(0));
     }
 }

@@ -15,11 +15,67 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminError};
+use crate::ceiling::{self, Ceiling};
 use crate::config::Config;
 use crate::frontend::Generation;
 use crate::net::{self, BindError};
 use crate::shutdown::{self, Phase};
 use crate::worker;
+
+impl ServerError {
+    /// Whether the configuration asked for something impossible (exit 2,
+    /// like any other bad setting), rather than the system failing us.
+    pub fn is_config(&self) -> bool {
+        matches!(self, ServerError::AboveCeiling { .. })
+    }
+}
+
+/// Raises the open-file limit and derives the connection ceiling from it;
+/// an explicit max-conns above the ceiling is an error.
+fn connection_ceiling(config: &Config) -> Result<Limits, ServerError> {
+    let fd_limit = match net::raise_nofile_limit() {
+        Ok(limit) => limit,
+        Err(err) => {
+            warn!(%err, "cannot raise the open file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let backends = config.frontends.iter().map(|f| f.backends.len()).sum();
+    let admin = if config.admin.is_some() {
+        admin::MAX_CONNECTIONS
+    } else {
+        0
+    };
+    let reserve = ceiling::reserve(config.workers, config.frontends.len(), backends, admin);
+    let max = ceiling::from_fd_limit(fd_limit, reserve);
+    if let Some(fe) = config
+        .frontends
+        .iter()
+        .find(|f| f.max_conns.is_some_and(|n| n > max))
+    {
+        return Err(ServerError::AboveCeiling {
+            frontend: fe.name.clone(),
+            max_conns: fe.max_conns.unwrap_or_default(),
+            ceiling: max,
+            fd_limit,
+            reserve,
+        });
+    }
+    Ok(Limits {
+        ceiling: Ceiling::new(max),
+        max,
+        fd_limit,
+        reserve,
+    })
+}
+
+/// The connection ceiling and the numbers it came from, for the start-up log.
+struct Limits {
+    ceiling: Arc<Ceiling>,
+    max: usize,
+    fd_limit: u64,
+    reserve: u64,
+}
 
 /// Re-reads the configuration for a reload; its error is one line.
 pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send>;
@@ -44,6 +100,20 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A frontend's max-conns is more than the fd limit can carry.
+    #[error("frontend '{frontend}': max-conns {max_conns} is above the connection ceiling {ceiling} that the open-file limit {fd_limit} allows (two descriptors per connection, {reserve} kept in reserve); raise the limit (ulimit -n, LimitNOFILE=) or lower max-conns")]
+    AboveCeiling {
+        /// The frontend.
+        frontend: String,
+        /// Its max-conns.
+        max_conns: usize,
+        /// The ceiling.
+        ceiling: usize,
+        /// The open-file limit in force.
+        fd_limit: u64,
+        /// Descriptors kept for everything else.
+        reserve: u64,
+    },
     /// A worker's thread or ring could not be started.
     #[error("cannot start worker {id}: {source}")]
     Worker {
@@ -57,10 +127,8 @@ pub enum ServerError {
 /// Runs until a stop signal has been handled and every connection drained.
 /// `reload`, when given, is called on SIGHUP for the new configuration.
 pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> {
-    match net::raise_nofile_limit() {
-        Ok(limit) => tracing::debug!(limit, "open file limit"),
-        Err(err) => warn!(%err, "cannot raise the open file limit"),
-    }
+    let limits = connection_ceiling(&config)?;
+    let ceiling = limits.ceiling.clone();
     let generation = Arc::new(Generation::build(0, config, None)?);
     let workers = generation.config.workers;
     let admin = generation.config.admin;
@@ -70,7 +138,7 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
 
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
-        let handle = worker::spawn(id, generations.clone(), phase.clone())
+        let handle = worker::spawn(id, generations.clone(), phase.clone(), ceiling.clone())
             .map_err(|source| ServerError::Worker { id, source })?;
         handles.push(handle);
     }
@@ -78,6 +146,16 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
         Some(addr) => Some(admin::spawn(addr, generations.clone())?),
         None => None,
     };
+    let Limits {
+        max,
+        fd_limit,
+        reserve,
+        ..
+    } = limits;
+    info!(
+        ceiling = max,
+        fd_limit, reserve, "connection ceiling: {max} client connections at once (open-file limit {fd_limit}, two descriptors each, {reserve} in reserve); past it clients wait in the listen backlog"
+    );
     log_frontends(&generation, None);
     // Every worker has registered its listeners (worker::spawn waited for it).
     let ready = generation

@@ -180,7 +180,8 @@ impl Upstream {
                 }
             };
             let Some(i) = pick else {
-                let full = (0..n).any(|i| !tried[i] && pool.is_up(i) && (raced[i] || pool.is_full(i)));
+                let full =
+                    (0..n).any(|i| !tried[i] && pool.is_up(i) && (raced[i] || pool.is_full(i)));
                 return Pass::Exhausted { full };
             };
             // Another worker may have taken the last slot since the pick.
@@ -235,9 +236,9 @@ impl Upstream {
             let addr = pool.addr(i);
             let passive = pool.passive();
             if passive.active_checks {
-                warn!(backend = %addr, "backend {addr} down after {streak} failures in a row on real traffic; health checks bring it back");
+                warn!(backend = %addr, "backend {addr} down after {streak} failed connections in a row on real traffic; health checks bring it back");
             } else {
-                warn!(backend = %addr, "backend {addr} down after {streak} failures in a row on real traffic; tried again in {:?}", passive.fail_timeout);
+                warn!(backend = %addr, "backend {addr} down after {streak} failed connections in a row on real traffic; tried again in {:?}", passive.fail_timeout);
             }
         }
     }

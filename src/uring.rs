@@ -59,7 +59,13 @@ impl ConnectError {
         match self {
             ConnectError::Io { source, .. } => matches!(
                 source.raw_os_error(),
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+                Some(
+                    libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                        | libc::EADDRNOTAVAIL
+                )
             ),
             ConnectError::Timeout { .. } => false,
         }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio_uring::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::ceiling::Ceiling;
 use crate::conn::{self, FrontendState, Registry};
 use crate::frontend::{Generation, Generations, Listeners};
 use crate::logging::Throttle;
@@ -39,6 +40,7 @@ pub fn spawn(
     id: usize,
     generations: Generations,
     phase: shutdown::Watch,
+    ceiling: Arc<Ceiling>,
 ) -> io::Result<thread::JoinHandle<()>> {
     let (pin, sqpoll) = {
         let first = generations.borrow();
@@ -66,7 +68,7 @@ pub fn spawn(
                     return;
                 }
             };
-            rt.block_on(serve(id, generations, phase, ready_tx));
+            rt.block_on(serve(id, generations, phase, ready_tx, ceiling));
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
@@ -132,8 +134,9 @@ async fn serve(
     mut generations: Generations,
     mut phase: shutdown::Watch,
     ready: mpsc::Sender<io::Result<()>>,
+    ceiling: Arc<Ceiling>,
 ) {
-    let registry = Registry::new();
+    let registry = Registry::new(ceiling);
     let throttle = Rc::new(Throttle::new(Duration::from_secs(1)));
     let mut running: Vec<(String, Running)> = Vec::new();
     let first = generations.borrow_and_update().clone();
@@ -263,8 +266,13 @@ async fn accept_loop(
     throttle: Rc<Throttle>,
 ) {
     loop {
-        // At max-conns, wait for a permit before accepting: the kernel's
-        // backlog holds new clients meanwhile.
+        // At the process's connection ceiling or the frontend's max-conns,
+        // wait for a slot before accepting: the kernel's backlog holds new
+        // clients meanwhile.
+        let slot = tokio::select! {
+            slot = registry.ceiling().acquire() => slot,
+            _ = shutdown::reached(&mut phase, Phase::Draining) => break,
+        };
         let limit = state.borrow().frontend.limit.clone();
         let permit = match limit {
             Some(limit) => tokio::select! {
@@ -280,7 +288,13 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let state = state.borrow().clone();
-                tokio_uring::spawn(conn::handle(registry.clone(), state, stream, peer, permit));
+                tokio_uring::spawn(conn::handle(
+                    registry.clone(),
+                    state,
+                    stream,
+                    peer,
+                    (slot, permit),
+                ));
             }
             Err(_) if stopped.get() || *phase.borrow() >= Phase::Draining => break,
             Err(err) => {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{http_get, metric, run_to_exit, wait_until, Backend, Ringlb, TempDir};
+use common::{http_get, wait_until, Backend, Ringlb};
 
 fn echo_once(lb: &Ringlb, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut conn = lb.connect();
@@ -100,7 +100,10 @@ fn black_holed_backend_is_passively_marked_down_without_active_checks() {
     let (_, backends) = http_get(admin, "/backends");
     let json: serde_json::Value = serde_json::from_str(&backends).unwrap();
     let entry = json.to_string();
-    assert!(entry.contains("\"up\":false"), "black hole not down: {entry}");
+    assert!(
+        entry.contains("\"up\":false"),
+        "black hole not down: {entry}"
+    );
 }
 
 #[test]
@@ -139,7 +142,10 @@ fn accept_then_reset_backend_is_marked_down_by_layer4_observation() {
         .split('{')
         .find(|s| s.contains(&bad.arg()))
         .unwrap_or_else(|| panic!("{} not in {pool}", bad.arg()));
-    assert!(bad_entry.contains("\"up\":false"), "bad backend not down: {pool}");
+    assert!(
+        bad_entry.contains("\"up\":false"),
+        "bad backend not down: {pool}"
+    );
     assert!(lb.log().contains(&bad.arg()), "log:\n{}", lb.log());
 }
 
@@ -193,7 +199,8 @@ fn out_of_descriptors_queues_clients_and_never_blames_the_backend() {
                 let Ok(mut conn) = TcpStream::connect(addr) else {
                     return;
                 };
-                conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
                 if conn.write_all(b"x").is_err() {
                     return;
                 }
@@ -234,14 +241,26 @@ fn out_of_descriptors_queues_clients_and_never_blames_the_backend() {
 #[test]
 fn max_conns_above_the_fd_ceiling_is_refused_at_start() {
     let backend = Backend::echo();
-    let out = std::process::Command::new("prlimit")
+    let mut child = std::process::Command::new("prlimit")
         .args(["--nofile=256:256", "--", common::binary()])
         .args(["--listen", "127.0.0.1:0", "--backend", &backend.arg()])
         .args(["--max-conns", "5000"])
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    let mut status = None;
+    wait_until("ringlb to refuse to start", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.unwrap().code(), Some(2), "stderr: {err}");
     assert!(
         err.contains("5000") && err.contains("ceiling"),
         "the error names both numbers: {err}"
@@ -286,4 +305,3 @@ fn stalled_half_closed_upload_is_released_at_idle_timeout() {
         fd_count(lb.pid()) <= baseline
     });
 }
-

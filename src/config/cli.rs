@@ -227,12 +227,13 @@ impl Config {
                 (listen, backends)
             }
         };
-        let health = (!cli.no_health_checks).then_some(HealthConfig {
+        let health = HealthConfig {
+            checks: !cli.no_health_checks,
             interval: cli.health_interval.into(),
             timeout: cli.health_timeout.into(),
             rise: cli.rise,
             fall: cli.fall,
-        });
+        };
         let frontend = FrontendConfig {
             name: cli.name.clone(),
             listen,

@@ -378,14 +378,14 @@ impl RawConfig {
 impl RawFrontend {
     fn into_config(self) -> FrontendConfig {
         let health = match self.health.map(|t| t.0) {
-            None => Some(DEFAULT_HEALTH),
-            Some(h) if h.enabled == Some(false) => None,
-            Some(h) => Some(HealthConfig {
+            None => DEFAULT_HEALTH,
+            Some(h) => HealthConfig {
+                checks: h.enabled.unwrap_or(DEFAULT_HEALTH.checks),
                 interval: h.interval.map_or(DEFAULT_HEALTH.interval, |d| d.0),
                 timeout: h.timeout.map_or(DEFAULT_HEALTH.timeout, |d| d.0),
                 rise: h.rise.map_or(DEFAULT_HEALTH.rise, |n| n.0 as u32),
                 fall: h.fall.map_or(DEFAULT_HEALTH.fall, |n| n.0 as u32),
-            }),
+            },
         };
         FrontendConfig {
             name: self.name.0,
@@ -797,12 +797,13 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                     },
                 ],
                 balance: Algorithm::RoundRobin,
-                health: Some(HealthConfig {
+                health: HealthConfig {
+                    checks: true,
                     interval: Duration::from_secs(2),
                     timeout: Duration::from_secs(1),
                     rise: 2,
                     fall: 3,
-                }),
+                },
                 buffer_size: DEFAULT_BUFFER_SIZE,
                 connect_timeout: Duration::from_secs(3),
                 idle_timeout: Some(Duration::from_secs(600)),
@@ -919,12 +920,13 @@ health = { enabled = false, interval = "0s" }
         assert_eq!(db.proxy_header_timeout, Duration::from_secs(2));
         assert_eq!(
             db.health,
-            Some(HealthConfig {
+            HealthConfig {
+                checks: true,
                 interval: Duration::from_secs(10),
                 timeout: Duration::from_secs(3),
                 rise: 1,
                 fall: 5
-            })
+            }
         );
         let nets = |list: &[&str]| -> Vec<ipnet::IpNet> {
             list.iter().map(|n| n.parse().unwrap()).collect()
@@ -936,7 +938,7 @@ health = { enabled = false, interval = "0s" }
         assert!(!db.observe_l4 && off.observe_l4);
         assert_eq!(off.idle_timeout, None);
         assert_eq!(off.buffer_size, 1 << 20);
-        assert_eq!(off.health, None);
+        assert!(!off.health.checks);
     }
 
     #[test]

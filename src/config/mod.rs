@@ -55,6 +55,7 @@ pub const DEFAULT_OBSERVE_L4: bool = true;
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Health checks as they run when a frontend says nothing about them.
 pub const DEFAULT_HEALTH: HealthConfig = HealthConfig {
+    checks: true,
     interval: DEFAULT_HEALTH_INTERVAL,
     timeout: DEFAULT_HEALTH_TIMEOUT,
     rise: DEFAULT_RISE,
@@ -107,8 +108,9 @@ pub struct FrontendConfig {
     pub backends: Vec<BackendConfig>,
     /// How workers choose a backend.
     pub balance: Algorithm,
-    /// Active health checks; `None` when turned off.
-    pub health: Option<HealthConfig>,
+    /// Health: active checks (on or off) and the thresholds that real
+    /// traffic's failures use too.
+    pub health: HealthConfig,
     /// Bytes per large relay buffer.
     pub buffer_size: usize,
     /// Upper bound on one backend connect attempt.
@@ -154,13 +156,15 @@ pub struct BackendConfig {
 /// Active health check settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthConfig {
+    /// Whether active checks run; `fall` applies to real traffic either way.
+    pub checks: bool,
     /// Time between checks of one backend.
     pub interval: Duration,
     /// Limit for one check's connect.
     pub timeout: Duration,
     /// Passed checks in a row that bring a backend up.
     pub rise: u32,
-    /// Failed checks in a row that take a backend down.
+    /// Failed checks (or failures on real traffic) in a row that take a backend down.
     pub fall: u32,
 }
 
@@ -445,7 +449,7 @@ impl Config {
                     });
                 }
             }
-            let health = fe.health.as_ref();
+            let health = Some(&fe.health).filter(|h| h.checks);
             for (key, value) in [
                 (Key::ConnectTimeout, Some(fe.connect_timeout)),
                 (Key::HealthInterval, health.map(|h| h.interval)),
@@ -725,7 +729,7 @@ mod tests {
             listen: listen.parse().unwrap(),
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
             balance: DEFAULT_BALANCE,
-            health: Some(DEFAULT_HEALTH),
+            health: DEFAULT_HEALTH,
             buffer_size: DEFAULT_BUFFER_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: None,
@@ -781,7 +785,7 @@ mod tests {
         c.frontends[0].backends[0].max_conns = Some(0);
         cases.push((c, at(0, Some(0), Key::MaxConns)));
         let mut c = config(vec![web(), api()]);
-        c.frontends[1].health.as_mut().unwrap().timeout = Duration::ZERO;
+        c.frontends[1].health.timeout = Duration::ZERO;
         cases.push((c, at(1, None, Key::HealthTimeout)));
         cases.push((config(vec![web(), api(), web()]), at(2, None, Key::Name)));
         let mut c = config(vec![web(), api()]);

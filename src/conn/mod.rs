@@ -18,6 +18,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::access::{self, Refusal};
 use crate::buffer::BufPool;
+use crate::ceiling::Slot;
 use crate::frontend::Frontend;
 use crate::logging::{Throttle, ACCESS_TARGET};
 use crate::metrics::WorkerMetrics;
@@ -126,16 +127,16 @@ impl fmt::Display for Ended<'_> {
 }
 
 /// Runs one client connection to its end, registered in `registry` while it
-/// is open. `permit` is its place under the frontend's max-conns, returned
-/// when this returns.
+/// is open. `permits` are its slot under the process's connection ceiling
+/// and its place under the frontend's max-conns, returned when this returns.
 pub async fn handle(
     registry: Rc<Registry>,
     fe: Rc<FrontendState>,
     client: TcpStream,
     peer: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
+    permits: (Slot, Option<OwnedSemaphorePermit>),
 ) {
-    let _permit = permit;
+    let _permits = permits;
     let metrics = fe.metrics();
     // Before a byte is read (the PROXY header included) or a backend chosen.
     if let Err(refusal) = access::check(&fe.frontend.config, peer.ip()) {

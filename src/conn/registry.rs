@@ -8,13 +8,15 @@
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use slab::Slab;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
+use crate::ceiling::Ceiling;
+
 /// The open connections of one worker.
-#[derive(Default)]
 pub struct Registry {
     /// Open connections' sockets, so a drain that runs out of time can shut them down.
     conns: RefCell<Slab<Conn>>,
@@ -22,6 +24,8 @@ pub struct Registry {
     aborting: Cell<bool>,
     /// Woken when the last connection closes, for the drain.
     idle: Notify,
+    /// The process-wide connection ceiling every accept takes a slot under.
+    ceiling: Arc<Ceiling>,
 }
 
 /// The sockets of one open connection.
@@ -34,8 +38,18 @@ struct Conn {
 
 impl Registry {
     /// An empty registry.
-    pub fn new() -> Rc<Self> {
-        Rc::new(Registry::default())
+    pub fn new(ceiling: Arc<Ceiling>) -> Rc<Self> {
+        Rc::new(Registry {
+            conns: RefCell::default(),
+            aborting: Cell::default(),
+            idle: Notify::new(),
+            ceiling,
+        })
+    }
+
+    /// The process-wide connection ceiling.
+    pub fn ceiling(&self) -> &Arc<Ceiling> {
+        &self.ceiling
     }
 
     /// Registers a connection by its client socket, until the returned
