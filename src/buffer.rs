@@ -4,10 +4,12 @@
 //! reads turn small again. Buffers are only swapped between a completed write
 //! and the next read, so the read-then-write-the-same-buffer rule holds.
 //!
-//! The pool is per worker (`RefCell`, no locks) and bounded, so memory freed
-//! after a burst returns to the allocator instead of piling up.
+//! The pool is per worker (`RefCell`, no locks) and bounded, and the worker
+//! trims it every few seconds: buffers that sat unused in the pool for a whole
+//! interval go back to the allocator, so memory taken by a burst is given back
+//! once the burst is over.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Bytes in the buffer a pump reads into while traffic is light.
 pub const SMALL: usize = 512;
@@ -23,6 +25,9 @@ pub struct BufPool {
     free: RefCell<Vec<Vec<u8>>>,
     /// How many of them to keep at most.
     max_free: usize,
+    /// The fewest buffers in `free` since the last trim: that many were not
+    /// needed during the interval.
+    low_water: Cell<usize>,
 }
 
 impl BufPool {
@@ -33,6 +38,7 @@ impl BufPool {
             large,
             free: RefCell::new(Vec::new()),
             max_free: (MAX_POOLED_BYTES / large).max(1),
+            low_water: Cell::new(0),
         }
     }
 
@@ -47,16 +53,27 @@ impl BufPool {
     pub fn resize(&self, buf: Vec<u8>, n: usize) -> Vec<u8> {
         let cap = buf.capacity();
         if cap < self.large && n == cap {
-            self.free
-                .borrow_mut()
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(self.large))
+            let mut free = self.free.borrow_mut();
+            let buf = free.pop();
+            self.low_water.set(self.low_water.get().min(free.len()));
+            buf.unwrap_or_else(|| Vec::with_capacity(self.large))
         } else if cap >= self.large && n < SMALL && self.large > SMALL {
             self.put(buf);
             self.small()
         } else {
             buf
         }
+    }
+
+    /// Frees the buffers that stayed in the pool, unused, since the last call;
+    /// returns how many bytes that gave back.
+    pub fn trim_unused(&self) -> usize {
+        let mut free = self.free.borrow_mut();
+        let keep = free.len() - self.low_water.get().min(free.len());
+        let unused = free.len() - keep;
+        free.truncate(keep);
+        self.low_water.set(free.len());
+        unused * self.large
     }
 
     /// Returns a buffer when its pump is done.
@@ -114,6 +131,22 @@ mod tests {
         }
         pool.put(Vec::with_capacity(SMALL));
         assert_eq!(pool.free.borrow().len(), MAX_POOLED_BYTES >> 20);
+    }
+
+    #[test]
+    fn trimming_frees_what_an_interval_did_not_use() {
+        let pool = BufPool::new(65536);
+        for _ in 0..4 {
+            pool.put(Vec::with_capacity(65536));
+        }
+        assert_eq!(pool.trim_unused(), 0, "the first interval starts now");
+        // One buffer taken and put back: three were never needed.
+        let buf = pool.resize(pool.small(), SMALL);
+        pool.put(buf);
+        assert_eq!(pool.trim_unused(), 3 * 65536);
+        assert_eq!(pool.free.borrow().len(), 1);
+        assert_eq!(pool.trim_unused(), 65536, "unused for a whole interval");
+        assert!(pool.free.borrow().is_empty());
     }
 
     #[test]

@@ -12,12 +12,27 @@
 //! (getsockname), to tell a backend in a PROXY protocol header which address
 //! the client connected to.
 //!
+//! One libc call lives here too, being the crate's other `unsafe`:
+//! [`trim_heap`], which hands memory freed after a burst back to the OS.
+//!
 //! Each operation hands the kernel pointers into memory it moves into the
 //! driver with the operation (a buffer, a socket address, the socket
 //! itself), so that memory outlives the operation even if its future is
 //! dropped.
 
 #![allow(unsafe_code)]
+
+/// Gives the heap's free pages back to the OS (glibc's `malloc_trim`), after
+/// a burst of connections freed their memory: glibc keeps freed memory in its
+/// arenas otherwise, so RSS would stay at the burst's peak. Walks every
+/// arena, so it is for after a burst, not for every connection.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers and only rearranges the
+    // allocator's own free lists under its own locks; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 use std::cell::Cell;
 use std::io;

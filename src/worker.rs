@@ -24,6 +24,7 @@ use crate::conn::{self, FrontendState, Registry};
 use crate::frontend::{Generation, Generations, Listeners};
 use crate::logging::Throttle;
 use crate::shutdown::{self, Phase};
+use crate::uring;
 
 /// Submission queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
@@ -31,6 +32,15 @@ const RING_ENTRIES: u32 = 1024;
 const SQPOLL_IDLE_MS: u32 = 1000;
 /// Accept operations each worker keeps pending per frontend.
 const ACCEPTS_IN_FLIGHT: usize = 8;
+/// How often a worker looks for connections past their idle timeout or
+/// lifetime: the precision of both.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a worker looks whether a burst ended and memory can go back.
+const TRIM_INTERVAL: Duration = Duration::from_secs(2);
+/// Pooled buffer bytes freed that make trimming the heap worth it.
+const TRIM_MIN_BYTES: usize = 1 << 20;
+/// A fall from the peak in open connections that makes it worth it.
+const TRIM_MIN_CONNS: usize = 256;
 /// Pause after a failed accept (EMFILE and the like), so we neither spin nor stall long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -145,11 +155,16 @@ async fn serve(
         return;
     }
     let _ = ready.send(Ok(()));
+    // Idle timeouts and lifetimes, through the drain too.
+    tokio_uring::spawn(sweep(registry.clone()));
     let drain_timeout = first.config.drain_timeout;
     drop(first);
 
+    let mut trim = tokio::time::interval(TRIM_INTERVAL);
+    trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = trim.tick() => give_back_memory(&registry, &running),
             changed = generations.changed() => {
                 if changed.is_err() {
                     break;
@@ -179,12 +194,39 @@ async fn serve(
     tokio::select! {
         _ = registry.wait_idle() => return,
         _ = tokio::time::sleep(drain_timeout) => {
-            info!(worker = id, open = registry.len(), "drain timeout; closing connections");
+            let cut = registry.len();
+            warn!(worker = id, cut, "drain timeout after {drain_timeout:?}: cutting {cut} open connection(s)");
         }
         _ = shutdown::reached(&mut phase, Phase::Abort) => {}
     }
     registry.abort_all();
     registry.wait_idle().await;
+}
+
+/// Cuts the connections past their idle timeout or lifetime, every
+/// [`SWEEP_INTERVAL`], for as long as the worker runs.
+async fn sweep(registry: Rc<Registry>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        registry.sweep(Instant::now());
+    }
+}
+
+/// After a burst, gives memory back: the relay buffers that sat unused in the
+/// pools for a whole interval, then the heap's free pages, so RSS returns
+/// towards its baseline instead of staying at the burst's peak.
+fn give_back_memory(registry: &Registry, running: &[(String, Running)]) {
+    let released: usize = running
+        .iter()
+        .map(|(_, r)| r.state.borrow().buffers.trim_unused())
+        .sum();
+    let peak = registry.take_peak();
+    let open = registry.len();
+    if released >= TRIM_MIN_BYTES || peak >= open + TRIM_MIN_CONNS {
+        uring::trim_heap();
+    }
 }
 
 /// Brings this worker's frontends in line with `generation`: keeps the

@@ -52,7 +52,15 @@ fn drain_timeout_closes_idle_connections_and_exits_zero() {
     assert!(rest.is_empty());
     let status = lb.wait();
     assert!(status.success(), "exit status {status}");
-    assert!(lb.log().contains("drain timeout"), "log:\n{}", lb.log());
+    let log = lb.log();
+    let cut = log
+        .lines()
+        .find(|l| l.contains("drain timeout"))
+        .unwrap_or_else(|| panic!("no drain timeout line:\n{log}"));
+    assert!(
+        cut.contains("WARN") && cut.contains("cutting 1 open connection"),
+        "the cut connections are counted at warn level: {cut}"
+    );
 }
 
 #[test]

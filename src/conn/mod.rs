@@ -6,7 +6,6 @@
 //! The types a connection lives with are here too: the [`FrontendState`] it
 //! was accepted under and the worker's [`Registry`] of open connections.
 
-use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -30,6 +29,7 @@ use crate::uring;
 mod registry;
 
 pub use registry::Registry;
+use registry::{Expiry, Timer};
 
 /// One frontend as one worker serves it in one generation. Connections hold
 /// the one they were accepted under, so a reload leaves them untouched.
@@ -206,21 +206,23 @@ pub async fn handle(
     }
 
     let limits = &fe.limits;
-    let activity = Cell::new(start);
-    let track = limits.idle_timeout.map(|_| &activity);
-    let relayed = relay(&client, &backend, &fe.buffers, track);
-    let (outcome, timed_out) = if limits.idle_timeout.is_none() && limits.max_lifetime.is_none() {
-        (relayed.await, None)
-    } else {
-        let mut relayed = Box::pin(relayed);
-        tokio::select! {
-            outcome = &mut relayed => (outcome, None),
-            ended = watchdog(&activity, limits.idle_timeout, limits.max_lifetime.map(|d| start + d)) => {
-                relay::teardown(&client, &backend);
-                (relayed.await, Some(ended))
-            }
-        }
-    };
+    let timer = Timer::new(
+        Instant::now(),
+        limits.idle_timeout,
+        limits.max_lifetime.map(|d| start + d),
+    );
+    if let Some(timer) = &timer {
+        registration.set_timer(timer.clone());
+    }
+    let track = timer
+        .as_ref()
+        .filter(|_| limits.idle_timeout.is_some())
+        .map(|t| &t.activity);
+    let outcome = relay(&client, &backend, &fe.buffers, track).await;
+    let timed_out = timer.and_then(|t| t.expired()).map(|expiry| match expiry {
+        Expiry::Idle => Ended::IdleTimeout,
+        Expiry::Lifetime => Ended::Lifetime,
+    });
 
     count(metrics, index, &outcome, timed_out.is_some());
     if timed_out.is_none() && !registry.aborting() {
@@ -399,30 +401,6 @@ fn observe_l4(fe: &FrontendState, index: usize, outcome: &Outcome, connected_at:
     if backend_ended_first && connected_at.elapsed() <= fe.frontend.config.connect_timeout {
         fe.metrics().l4_failures.inc();
         fe.upstream.failed(index);
-    }
-}
-
-/// Resolves when the connection has been idle for `idle`, or at `deadline`.
-async fn watchdog(
-    activity: &Cell<Instant>,
-    idle: Option<Duration>,
-    deadline: Option<Instant>,
-) -> Ended<'static> {
-    loop {
-        let idle_at = idle.map(|d| activity.get() + d);
-        let wake = match (idle_at, deadline) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return std::future::pending().await,
-        };
-        tokio::time::sleep_until(wake.into()).await;
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Ended::Lifetime;
-        }
-        if idle.is_some_and(|d| now >= activity.get() + d) {
-            return Ended::IdleTimeout;
-        }
     }
 }
 
