@@ -75,6 +75,16 @@ async def busy(port, nbytes):
     assert got == nbytes // len(block) * len(block), got
 
 
+def wait_listening(port):
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.025)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,18 +94,13 @@ def free_port():
 async def main(args):
     bport, lport = free_port(), free_port()
     backend = subprocess.Popen([sys.executable, __file__, "--backend", str(bport)])
+    wait_listening(bport)
     lb = subprocess.Popen(
         [args.ringlb, "--listen", f"127.0.0.1:{lport}", "--backend", f"127.0.0.1:{bport}",
          "--workers", "2", "--no-health-checks", "--log-level", "warn"]
     )
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", lport), timeout=1).close()
-                socket.create_connection(("127.0.0.1", bport), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(lport)
         await asyncio.sleep(args.settle)
         print(f"baseline            {rss_kib(lb.pid):>8} KiB")
 
