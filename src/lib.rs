@@ -9,20 +9,20 @@
 //! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit;
 //!   the watch that publishes generations.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners (`[::]` dual-stack), the fd limit.
-//! - [`worker`]: one thread + one ring per core: accept loops, reloads, drain.
+//! - [`worker`]: one thread + one ring per core: accept loops, reloads, the timeout sweep, drain.
 //! - [`access`]: the source rules (allow, deny, accept-proxy-from) a client is checked against at accept; pure.
 //! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log;
-//!   its per-worker frontend state and the worker's registry of open connections.
+//!   its per-worker frontend state and the worker's registry of open connections (and their timers).
 //! - [`ceiling`]: the process-wide connection ceiling from the fd limit; workers accept under it.
 //! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
 //! - [`balance`]: the balancing algorithms, one file each, pure.
-//! - [`pool`]: the backends' cross-worker state (active counts, health) as atomics.
+//! - [`pool`]: the backends' cross-worker state (active counts, health, failure streaks) as atomics.
 //! - [`health`]: the pure rise/fall health state machine.
 //! - [`probe`]: the one prober thread that runs health checks and publishes them.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
-//! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv, send, getsockname.
+//! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv, send, getsockname, malloc_trim.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
