@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use common::{read_to_end, run_to_exit, wait_until, Backend, Ringlb, TempDir};
+use common::{echo_once, run_to_exit, wait_until, Backend, Ringlb, TempDir};
 
 fn frontend(name: &str, listen: &str, backends: &[&Backend]) -> String {
     let list: Vec<String> = backends
@@ -344,14 +344,6 @@ fn every_truncation_of_a_config_has_a_reason() {
             &full[..end]
         );
     }
-}
-
-/// One client connection: send `msg`, half-close, read to the end.
-fn echo_once(lb: &Ringlb, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut conn = lb.connect();
-    conn.write_all(msg)?;
-    conn.shutdown(Shutdown::Write)?;
-    Ok(read_to_end(&mut conn))
 }
 
 #[test]

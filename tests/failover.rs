@@ -4,16 +4,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use common::{read_to_end, wait_until, Backend, Refused, Ringlb};
+use common::{fd_count, wait_until, Backend, Refused, Ringlb};
 
 fn echo_once(lb: &Ringlb, msg: &[u8]) -> Vec<u8> {
-    let mut conn = lb.connect();
-    conn.write_all(msg).unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    read_to_end(&mut conn)
+    common::echo_once(lb, msg).expect("echo through ringlb")
 }
 
 #[test]
@@ -76,33 +73,9 @@ fn all_backends_down_closes_the_client() {
     }
 }
 
-/// Open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 #[test]
 fn silent_backend_times_out_and_its_socket_is_released() {
-    // A listener whose one-slot accept queue is full drops further SYNs, so a
-    // connect to it neither succeeds nor fails until the timeout.
-    let silent = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    silent
-        .bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-    silent.listen(0).unwrap();
-    let silent: TcpListener = silent.into();
-    let silent_addr = silent.local_addr().unwrap();
-    let _fillers: Vec<_> = (0..2)
-        .filter_map(|_| TcpStream::connect_timeout(&silent_addr, Duration::from_millis(200)).ok())
-        .collect();
-
+    let (_silent, _fillers, silent_addr) = common::black_hole();
     let good = Backend::echo();
     let lb = Ringlb::start(&[
         "--backend",

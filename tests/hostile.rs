@@ -5,49 +5,24 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::{http_get, wait_until, Backend, Ringlb};
-
-fn echo_once(lb: &Ringlb, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut conn = lb.connect();
-    conn.write_all(msg)?;
-    conn.shutdown(Shutdown::Write)?;
-    let mut out = Vec::new();
-    conn.read_to_end(&mut out)?;
-    Ok(out)
-}
-
-/// Open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-/// A listener whose one-slot accept queue is full: further SYNs are dropped,
-/// so a connect to it hangs until the connect timeout (a black-holed host).
-fn black_hole() -> (TcpListener, Vec<TcpStream>, SocketAddr) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.listen(0).unwrap();
-    let listener: TcpListener = socket.into();
-    let addr = listener.local_addr().unwrap();
-    let fillers = (0..2)
-        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
-        .collect();
-    (listener, fillers, addr)
-}
+use common::{black_hole, echo_once, fd_count, http_get, wait_until, Backend, Ringlb};
 
 /// A backend that accepts and resets every connection at once.
 fn resetting_backend() -> Backend {
-    Backend::spawn(|conn| {
+    resetting_backend_after(Duration::ZERO)
+}
+
+/// A backend that accepts, waits `delay` (long enough for ringlb's connect to
+/// have completed, if not zero), then resets without sending a byte.
+fn resetting_backend_after(delay: Duration) -> Backend {
+    Backend::spawn(move |conn| {
+        thread::sleep(delay);
         socket2::SockRef::from(&conn)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
@@ -151,7 +126,9 @@ fn accept_then_reset_backend_is_marked_down_by_layer4_observation() {
 
 #[test]
 fn layer4_observation_can_be_turned_off() {
-    let bad = resetting_backend();
+    // Resetting only after the connect has surely completed, so every
+    // failure is one that only layer-4 observation can see.
+    let bad = resetting_backend_after(Duration::from_millis(50));
     let good = Backend::echo();
     let lb = Ringlb::start(&[
         "--backend",

@@ -537,3 +537,37 @@ pub fn metric(text: &str, series: &str) -> u64 {
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
 }
+
+/// One client through `lb`: sends `msg`, half-closes, reads to the end.
+pub fn echo_once(lb: &Ringlb, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut conn = lb.connect();
+    conn.write_all(msg)?;
+    conn.shutdown(Shutdown::Write)?;
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A listener whose one-slot accept queue is full, so further SYNs are
+/// dropped and a connect to it hangs until its timeout (a black-holed host).
+/// Keep all three alive for as long as the black hole is needed.
+pub fn black_hole() -> (TcpListener, Vec<TcpStream>, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let fillers = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    (listener, fillers, addr)
+}
