@@ -369,3 +369,32 @@ fn ready_file_lists_bound_addresses_and_follows_reloads() {
     );
     assert!(!dir.0.join("ready.tmp").exists());
 }
+
+#[test]
+fn ipv4_clients_of_a_dual_stack_listener_are_ipv4_in_proxy_headers() {
+    use std::io::{BufRead, BufReader};
+    // The backend sends back the PROXY header line it got.
+    let backend = Backend::spawn(|conn| {
+        let mut line = String::new();
+        let mut reader = BufReader::new(&conn);
+        if reader.read_line(&mut line).is_ok() {
+            let _ = (&conn).write_all(line.as_bytes());
+        }
+    });
+    let bport = backend.addr.port().to_string();
+    let (lb, port) = (0..5)
+        .find_map(|_| {
+            let port = free_port().to_string();
+            let args = [port.as_str(), "127.0.0.1", &bport, "--send-proxy", "v1"];
+            Ringlb::try_start(&args).ok().map(|lb| (lb, port))
+        })
+        .expect("no free port in 5 tries");
+    assert!(lb.ready_addrs()[0].1.ip().is_unspecified());
+    let mut conn = common::client(format!("127.0.0.1:{port}").parse().unwrap());
+    let mut line = String::new();
+    BufReader::new(&mut conn).read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "),
+        "an IPv4 client through [::] is announced as IPv4: {line:?}"
+    );
+}

@@ -137,6 +137,9 @@ pub async fn handle(
     permits: (Slot, Option<OwnedSemaphorePermit>),
 ) {
     let _permits = permits;
+    // An IPv4 client of a dual-stack `[::]` listener arrives as
+    // `::ffff:a.b.c.d`; logs, PROXY headers and hashing see it as IPv4.
+    let peer = canonical(peer);
     let metrics = fe.metrics();
     // Before a byte is read (the PROXY header included) or a backend chosen.
     if let Err(refusal) = access::check(&fe.frontend.config, peer.ip()) {
@@ -351,7 +354,7 @@ async fn send_preamble(
                         side: Side::Client,
                         source,
                     })?;
-                (peer, local)
+                (peer, canonical(local))
             }
         };
         proxy_protocol::encode(version, source, dest, &mut preamble);
@@ -362,6 +365,11 @@ async fn send_preamble(
         side: Side::Backend,
         source,
     })
+}
+
+/// `addr` with an IPv4-mapped IPv6 address turned back into IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Adds a finished connection to this worker's counters.
