@@ -1,7 +1,8 @@
 //! The process: build the first config generation (binding every listener),
 //! start one worker per CPU, and turn signals into actions: SIGINT/SIGTERM
 //! into the drain, SIGHUP into a config reload. Once listening, and after
-//! every reload, it writes the `--ready-file`. Returns when every worker has
+//! every reload, it writes the `--ready-file` and tells systemd (`READY=1`,
+//! `RELOADING=1`, `STOPPING=1` through `$NOTIFY_SOCKET`, for `Type=notify`). Returns when every worker has
 //! finished.
 
 use std::fmt::Write as _;
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokio::sync::watch;
@@ -177,6 +179,7 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
         frontends = generation.frontends.len(),
         "ringlb started"
     );
+    systemd(&[NotifyState::Ready]);
     drop(generation);
 
     std::thread::Builder::new()
@@ -192,6 +195,7 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
                 }
                 match trigger.escalate() {
                     Phase::Draining => {
+                        systemd(&[NotifyState::Stopping]);
                         info!(signal, "stopping: no new connections, draining open ones")
                     }
                     _ => info!(signal, "stopping now: closing open connections"),
@@ -239,6 +243,31 @@ fn log_frontends(generation: &Generation, previous: Option<&Generation>) {
 /// Reads the new config, builds its generation and publishes it; on any
 /// error logs it and keeps the running one.
 fn apply_reload(
+    reload: &Reloader,
+    publish: &watch::Sender<Arc<Generation>>,
+    ready: Option<&ReadyFile>,
+) {
+    // systemd's Type=notify-reload wants the time the reload began.
+    let mut reloading = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        reloading.push(now);
+    }
+    systemd(&reloading);
+    reload_config(reload, publish, ready);
+    systemd(&[NotifyState::Ready]);
+}
+
+/// Tells systemd (a `Type=notify` unit, through `$NOTIFY_SOCKET`) where the
+/// process is: ready, reloading, stopping. Without the variable it does
+/// nothing; a failed send is logged and otherwise ignored.
+fn systemd(state: &[NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!(%err, "cannot notify systemd");
+    }
+}
+
+/// The body of a reload, between the notifications.
+fn reload_config(
     reload: &Reloader,
     publish: &watch::Sender<Arc<Generation>>,
     ready: Option<&ReadyFile>,
