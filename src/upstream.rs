@@ -1,7 +1,10 @@
 //! Choosing a backend and connecting to it. The worker's balancer picks among
 //! backends that are up, not yet tried for this client and not full; a connect
-//! that is refused or times out is reported to the prober and the next pick is
-//! tried, until each backend has been tried once. When every healthy backend
+//! that is refused or times out counts against that backend's passive health
+//! (see [`Pool::report_failure`]) and the next backend in pool order is tried,
+//! until each has been tried once. A connect that fails for a local reason
+//! (out of descriptors, ports, memory) blames no backend and ends the client's
+//! attempt. When every healthy backend
 //! is at its `max-conns`, the client waits in a bounded queue for a slot, up to
 //! the connect timeout; a slot freed on any worker wakes it (see
 //! [`Pool::room`]), nothing polls. The connect itself is [`uring::connect`], which a
@@ -28,7 +31,7 @@ const MAX_QUEUED: usize = 4096;
 /// Why a client got no backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoBackend {
-    /// Every backend is marked down by health checks.
+    /// Every backend is marked down (by health checks or failures on real traffic).
     Down,
     /// Every candidate was tried and none answered.
     Failed,
