@@ -4,6 +4,7 @@
 //! How a byte travels, module by module:
 //! - [`config`]: the validated settings, the one table of defaults, validation with located errors.
 //! - [`config::cli`]: the command line, every flag documented -> `Config`.
+//! - [`config::manual`]: shell completions and the man page, generated from the command line.
 //! - [`config::file`]: TOML config file -> the same `Config`; errors name file, line and key.
 //! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP), writes the ready file.
 //! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit;
