@@ -3,7 +3,7 @@
 //! runtime, never on a worker. `GET /metrics` is the Prometheus text format,
 //! `GET /healthz` says whether every frontend has a backend up, `GET
 //! /backends` lists the pools as JSON, `GET /` is the stats page and `GET
-//! /stats.json` its snapshot ([`stats`](crate::stats)); each reads the
+//! /stats.json` its snapshot ([`stats`]); each reads the
 //! current config generation.
 //!
 //! Whatever its clients do, it must not take resources from the proxy, so
