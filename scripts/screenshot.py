@@ -24,6 +24,8 @@ def main():
     to_chrome_r, to_chrome_w = os.pipe()
     from_chrome_r, from_chrome_w = os.pipe()
     profile = tempfile.mkdtemp(prefix="ringlb-shot-")
+    # A file, not a pipe: an unread pipe would stall a chatty Chromium.
+    log = tempfile.TemporaryFile()
 
     def child_fds():
         os.dup2(to_chrome_r, 3)
@@ -34,7 +36,7 @@ def main():
          "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
          "--remote-debugging-pipe", "about:blank"],
         preexec_fn=child_fds, pass_fds=(3, 4),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL, stderr=log)
     os.close(to_chrome_r)
     os.close(from_chrome_w)
     writer = os.fdopen(to_chrome_w, "wb")
@@ -54,8 +56,9 @@ def main():
             while b"\0" not in pending:
                 chunk = reader.read1(65536)
                 if not chunk:
-                    chrome.kill()
-                    sys.exit(f"screenshot.py: chromium closed the pipe during {method}: {chrome.communicate()[1].decode()[-2000:]}")
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-2000:]
+                    sys.exit(f"screenshot.py: chromium closed the pipe during {method}:\n{tail}")
                 pending += chunk
             raw, pending = pending.split(b"\0", 1)
             reply = json.loads(raw)
