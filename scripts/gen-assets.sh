@@ -3,10 +3,12 @@
 # ships into target/assets, by running the built binary (so they always
 # match its flags). Run after the release build, before `cargo deb --no-build`:
 #   cargo build --release && scripts/gen-assets.sh && cargo deb --no-build
+# Usage: gen-assets.sh [BINARY [OUTDIR]], by default target/release/ringlb
+# and target/assets (where Cargo.toml's [package.metadata.deb] looks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/ringlb}
-out=target/assets
+out=${2:-target/assets}
 if [ ! -x "$bin" ]; then
     echo "gen-assets.sh: $bin is not built (cargo build --release)" >&2
     exit 2
