@@ -2,7 +2,7 @@
 # Writes the man page and the shell completions that the Debian package
 # ships into target/assets, by running the built binary (so they always
 # match its flags). Run after the release build, before `cargo deb --no-build`:
-#   cargo build --release && scripts/gen-assets.sh && cargo deb --no-build
+#   cargo build --release && scripts/gen-assets.sh && cargo deb --no-build --strip
 # Usage: gen-assets.sh [BINARY [OUTDIR]], by default target/release/ringlb
 # and target/assets (where Cargo.toml's [package.metadata.deb] looks).
 set -euo pipefail
