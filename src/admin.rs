@@ -2,8 +2,9 @@
 //! (`--admin ADDR`) and its own thread running a current-thread tokio
 //! runtime, never on a worker. `GET /metrics` is the Prometheus text format,
 //! `GET /healthz` says whether every frontend has a backend up, `GET
-//! /backends` lists the pools as JSON; each reads the current config
-//! generation.
+//! /backends` lists the pools as JSON, `GET /` is the stats page and `GET
+//! /stats.json` its snapshot ([`stats`]); each reads the
+//! current config generation.
 //!
 //! Whatever its clients do, it must not take resources from the proxy, so
 //! everything it holds is bounded: at most [`MAX_CONNECTIONS`] connections
@@ -39,6 +40,7 @@ use tracing::{debug, info, warn};
 use crate::frontend::{Generation, Generations};
 use crate::logging::Throttle;
 use crate::metrics;
+use crate::stats;
 
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -108,6 +110,8 @@ struct State {
     generations: Generations,
     /// The `/metrics` registry, reading the current generation at each scrape.
     registry: Registry,
+    /// When the endpoint started: `/stats.json` sample times count from it.
+    started: Instant,
 }
 
 impl State {
@@ -124,6 +128,7 @@ impl State {
         State {
             generations,
             registry,
+            started: Instant::now(),
         }
     }
 }
@@ -261,7 +266,7 @@ async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Byte
     }
     let generation = state.generations.borrow().clone();
     let path = head.uri.path();
-    let (status, content_type, body) = route(&head.method, path, &generation, &state.registry);
+    let (status, content_type, body) = route(&head.method, path, &generation, state);
     reply(status, content_type, body)
 }
 
@@ -292,7 +297,7 @@ fn route(
     method: &Method,
     path: &str,
     generation: &Generation,
-    registry: &Registry,
+    state: &State,
 ) -> (StatusCode, &'static str, String) {
     if method != Method::GET {
         return (
@@ -305,7 +310,7 @@ fn route(
         "/metrics" => (
             StatusCode::OK,
             metrics::CONTENT_TYPE,
-            metrics::render(registry),
+            metrics::render(&state.registry),
         ),
         "/healthz" => {
             let down: Vec<&str> = generation
@@ -324,6 +329,16 @@ fn route(
                 )
             }
         }
+        "/" => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            stats::PAGE.into(),
+        ),
+        "/stats.json" => {
+            let mut body = stats::snapshot(generation, state.started).to_string();
+            body.push('\n');
+            (StatusCode::OK, "application/json", body)
+        }
         "/backends" => (
             StatusCode::OK,
             "application/json",
@@ -332,7 +347,7 @@ fn route(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz or /backends\n".into(),
+            "not found: try /, /stats.json, /metrics, /healthz or /backends\n".into(),
         ),
     }
 }

@@ -4,6 +4,7 @@
 //! How a byte travels, module by module:
 //! - [`config`]: the validated settings, the one table of defaults, validation with located errors.
 //! - [`config::cli`]: the command line, every flag documented -> `Config`.
+//! - [`config::manual`]: shell completions and the man page, generated from the command line.
 //! - [`config::file`]: TOML config file -> the same `Config`; errors name file, line and key.
 //! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP), writes the ready file.
 //! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit;
@@ -26,7 +27,8 @@
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
-//! - [`admin`]: the admin HTTP endpoint (hyper, bounded): /metrics, /healthz, /backends.
+//! - [`admin`]: the admin HTTP endpoint (hyper, bounded): /metrics, /healthz, /backends, the stats page.
+//! - [`stats`]: the stats page (one self-contained HTML file) and its JSON snapshot; rates are the reader's.
 
 // An application crate: its docs are built with --document-private-items, so the
 // layout map links every module, private or not.
@@ -52,6 +54,7 @@ pub mod proxy_protocol;
 mod relay;
 pub mod server;
 mod shutdown;
+mod stats;
 mod upstream;
 mod uring;
 mod worker;

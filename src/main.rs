@@ -1,11 +1,13 @@
 //! The `ringlb` binary: parse, validate, run. Every start-up failure is one
 //! line on stderr: exit 2 for bad usage, 1 for anything else.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
 use ringlb::config::cli::Cli;
+use ringlb::config::manual;
 use ringlb::config::Config;
 
 fn main() -> ExitCode {
@@ -13,6 +15,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return clap_exit(err),
     };
+    if let Some(printed) = print_manual(&cli) {
+        return printed;
+    }
     if let Err(err) =
         ringlb::logging::init(cli.log_format, cli.log_level.as_deref(), cli.access_log)
     {
@@ -50,6 +55,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `--completions` and `--man`: print and exit, before logs or config.
+fn print_manual(cli: &Cli) -> Option<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let result = match (cli.completions, cli.man) {
+        (Some(shell), _) => manual::write_completions(shell, &mut out),
+        (None, true) => manual::write_man(&mut out),
+        (None, false) => return None,
+    };
+    Some(match result.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ringlb: writing to standard output: {err}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 /// The configuration from the file (with process-wide flags over it) or

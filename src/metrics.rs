@@ -150,7 +150,8 @@ impl Metrics {
         }
     }
 
-    fn sum(&self, f: impl Fn(&WorkerMetrics) -> &Counter) -> u64 {
+    /// One frontend counter summed over workers.
+    pub fn sum(&self, f: impl Fn(&WorkerMetrics) -> &Counter) -> u64 {
         self.workers
             .iter()
             .map(|w| f(w).get())

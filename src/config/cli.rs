@@ -192,6 +192,15 @@ pub struct Cli {
     #[arg(long)]
     pub check: bool,
 
+    /// Print a completion script for this shell and exit, e.g.
+    /// `ringlb --completions bash > /etc/bash_completion.d/ringlb`.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the man page (roff) and exit, e.g. `ringlb --man | man -l -`.
+    #[arg(long, exclusive = true)]
+    pub man: bool,
+
     /// rsp form: port to listen on, on all interfaces (`[::]`, dual-stack; `0.0.0.0` without IPv6).
     #[arg(value_name = "LISTEN_PORT", requires_all = ["backend_host", "backend_port"],
           conflicts_with_all = ["listen", "backends", "config"])]

@@ -19,6 +19,7 @@ use crate::proxy_protocol::Version as ProxyVersion;
 
 pub mod cli;
 pub mod file;
+pub mod manual;
 
 /// A frontend's name when none is given.
 pub const DEFAULT_NAME: &str = "default";

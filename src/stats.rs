@@ -1,0 +1,76 @@
+//! The stats page the admin endpoint serves at `GET /`, and the snapshot
+//! behind it at `GET /stats.json`. The page is one self-contained HTML file
+//! (inline CSS and script, nothing fetched from elsewhere, since admin ports
+//! often sit on boxes without internet) that polls the snapshot every 2 s.
+//!
+//! The snapshot carries only counters, gauges and the time it was taken;
+//! rates are left to the reader, who divides the difference of two snapshots
+//! by the difference of their times. So a rate is never invented: the page
+//! shows none until it has two samples, and none across a counter that went
+//! back (a reload that started a pool's counters afresh). Reads atomics only.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::frontend::{Frontend, Generation};
+
+/// The page: HTML, CSS and script in one file.
+pub const PAGE: &str = include_str!("stats.html");
+
+/// Everything the page shows, read now. `since` is when the admin endpoint
+/// started; `sampled_ms` counts from it on a monotonic clock, so two
+/// snapshots give the exact interval between them.
+pub fn snapshot(generation: &Generation, since: Instant) -> Value {
+    json!({
+        "sampled_ms": since.elapsed().as_millis() as u64,
+        "generation": generation.id,
+        "frontends": generation.frontends.iter().map(|f| frontend(f)).collect::<Vec<_>>(),
+    })
+}
+
+fn frontend(f: &Frontend) -> Value {
+    let m = &f.metrics;
+    let backends: Vec<Value> = (0..f.pool.len())
+        .map(|i| {
+            let config = f.pool.config(i);
+            json!({
+                "address": config.addr.to_string(),
+                "up": f.pool.is_up(i),
+                "weight": config.weight,
+                "active": f.pool.active(i),
+                "max_conns": config.max_conns,
+                "connections_total": m.sum_backend(i, |b| &b.connections),
+                "connect_failures": m.sum_backend(i, |b| &b.connect_failures),
+                "bytes_in": m.sum_backend(i, |b| &b.bytes_in),
+                "bytes_out": m.sum_backend(i, |b| &b.bytes_out),
+            })
+        })
+        .collect();
+    json!({
+        "name": m.frontend,
+        "listen": f.listeners.addr.to_string(),
+        "algorithm": f.config.balance.to_string(),
+        "max_conns": f.config.max_conns,
+        "connections_active": m.sum(|w| &w.connections_active),
+        "connections_total": m.sum(|w| &w.connections_total),
+        "bytes_in": m.sum(|w| &w.bytes_in),
+        "bytes_out": m.sum(|w| &w.bytes_out),
+        "connect_failures": m.sum(|w| &w.connect_failures),
+        "no_backend": m.sum(|w| &w.no_backend),
+        "backends": backends,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PAGE;
+
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere() {
+        for needle in ["http://", "https://", "//cdn", "@import", "<link", "src="] {
+            assert!(!PAGE.contains(needle), "the page references {needle}");
+        }
+        assert!(PAGE.contains("stats.json"));
+    }
+}
