@@ -20,6 +20,7 @@
 //! - [`health`]: the pure rise/fall health state machine.
 //! - [`probe`]: the one prober thread that runs health checks and publishes them.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
+//! - [`sni`]: the TLS ClientHello read for routing: server name and ALPN; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
 //! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv, send, getsockname, malloc_trim.
@@ -52,6 +53,7 @@ pub mod proxy_protocol;
 mod relay;
 pub mod server;
 mod shutdown;
+pub mod sni;
 mod upstream;
 mod uring;
 mod worker;
