@@ -1,5 +1,6 @@
-//! One client connection, from accept to close: pick and connect a backend,
-//! relay, enforce the idle timeout and lifetime limit, then count it and log
+//! One client connection, from accept to close: read a PROXY header and a
+//! TLS ClientHello when the frontend wants them, pick a route (see [`route`])
+//! and connect one of its backends, relay, enforce the idle timeout and lifetime limit, then count it and log
 //! its access line. Timeouts close by shutting both sockets down, which
 //! completes the relay's pending operations; nothing is dropped in flight.
 //!
@@ -18,15 +19,19 @@ use tokio_uring::net::TcpStream;
 use crate::access::{self, Refusal};
 use crate::buffer::BufPool;
 use crate::ceiling::Slot;
+use crate::config::RouteBy;
 use crate::frontend::Frontend;
 use crate::logging::{Throttle, ACCESS_TARGET};
 use crate::metrics::WorkerMetrics;
+use crate::pool::Pool;
 use crate::proxy_protocol::{self, Parsed};
 use crate::relay::{self, relay, Outcome, Side};
+use crate::sni::{self, ClientHello};
 use crate::upstream::{NoBackend, Upstream};
 use crate::uring;
 
 mod registry;
+mod route;
 
 pub use registry::Registry;
 use registry::{Expiry, Timer};
@@ -38,27 +43,42 @@ pub struct FrontendState {
     pub frontend: Arc<Frontend>,
     /// The worker serving it, to find its counters.
     worker: usize,
-    /// Backend choice and connects.
+    /// Backend choice and connects: the frontend's own pool (with SNI
+    /// routing, the default route's, which may be empty).
     pub upstream: Upstream,
+    /// The same for each SNI route, in config order.
+    routes: Vec<Upstream>,
     /// Large relay buffers for reuse.
     pub buffers: BufPool,
     /// Per-connection time limits and logging.
     pub limits: Limits,
     /// Keeps the warning about refused clients to one line a second.
     refused_warning: Throttle,
+    /// The same for clients closed by SNI routing.
+    sni_warning: Throttle,
 }
 
 impl FrontendState {
     /// `frontend` as worker `worker` serves it.
     pub fn new(worker: usize, frontend: Arc<Frontend>, access_log: bool) -> Self {
         let c = &frontend.config;
-        FrontendState {
-            upstream: Upstream::new(
-                frontend.pool.clone(),
-                c.balance,
+        let upstream = |pool: &Arc<Pool>, first, balance| {
+            Upstream::new(
+                pool.clone(),
+                first,
+                balance,
                 c.connect_timeout,
                 worker as u64,
-            ),
+            )
+        };
+        // The frontend's own pool comes first in `pools`, at counter 0.
+        let routes = (frontend.pools().into_iter().skip(1).zip(&c.routes))
+            .map(|((_, pool, first), route)| upstream(pool, first, route.balance))
+            .collect();
+        let upstream = upstream(&frontend.pool, 0, c.balance);
+        FrontendState {
+            upstream,
+            routes,
             buffers: BufPool::new(c.buffer_size),
             limits: Limits {
                 idle_timeout: c.idle_timeout,
@@ -66,6 +86,7 @@ impl FrontendState {
                 access_log,
             },
             refused_warning: Throttle::new(Duration::from_secs(1)),
+            sni_warning: Throttle::new(Duration::from_secs(1)),
             worker,
             frontend,
         }
@@ -110,6 +131,10 @@ enum Ended<'a> {
     NoBackend(NoBackend),
     /// The client's PROXY protocol header was bad, late or missing.
     ProxyHeader(HeaderError),
+    /// The client's TLS ClientHello was bad, late, too large or missing.
+    ClientHello(HelloError),
+    /// The ClientHello matched no route and there is no default.
+    NoRoute(Option<String>),
 }
 
 impl fmt::Display for Ended<'_> {
@@ -122,6 +147,9 @@ impl fmt::Display for Ended<'_> {
             Ended::Drain => f.write_str("drain"),
             Ended::NoBackend(why) => why.fmt(f),
             Ended::ProxyHeader(err) => write!(f, "PROXY header: {err}"),
+            Ended::ClientHello(err) => write!(f, "ClientHello: {err}"),
+            Ended::NoRoute(Some(name)) => write!(f, "no route for server name {name:?}"),
+            Ended::NoRoute(None) => f.write_str("no route for a ClientHello without server name"),
         }
     }
 }
@@ -173,10 +201,37 @@ pub async fn handle(
     }
     let source = addresses.map_or(peer, |(source, _)| source);
 
+    // With SNI routing the ClientHello picks the pool; it goes to the
+    // backend with everything else read so far.
+    let mut upstream = &fe.upstream;
+    if fe.frontend.config.route_by == RouteBy::Sni {
+        let timeout = fe.frontend.config.sni_timeout;
+        let hello = Box::pin(read_client_hello(
+            &client,
+            timeout,
+            std::mem::take(&mut early),
+        ));
+        let routed = match hello.await {
+            Ok((hello, read)) => {
+                early = read;
+                fe.route(&hello).ok_or(Ended::NoRoute(hello.sni))
+            }
+            Err(err) => Err(Ended::ClientHello(err)),
+        };
+        match routed {
+            Ok(chosen) => upstream = chosen,
+            Err(ended) => {
+                reject_sni(&fe, source, &ended);
+                log_close(&fe, source, None, 0, 0, start, &ended);
+                return;
+            }
+        }
+    }
+
     let connected = if registry.aborting() {
         Err(NoBackend::Failed)
     } else {
-        fe.upstream.connect(source.ip(), metrics).await
+        upstream.connect(source.ip(), metrics).await
     };
     let (lease, backend) = match connected {
         Ok(connected) => connected,
@@ -199,7 +254,7 @@ pub async fn handle(
         ));
         if let Err(err) = preamble.await {
             metrics.backend_errors.inc();
-            let addr = fe.upstream.pool().addr(lease.index());
+            let addr = upstream.pool().addr(lease.index());
             log_close(&fe, source, Some(addr), 0, 0, start, &Ended::Error(&err));
             return;
         }
@@ -224,9 +279,9 @@ pub async fn handle(
         Expiry::Lifetime => Ended::Lifetime,
     });
 
-    count(metrics, index, &outcome, timed_out.is_some());
+    count(metrics, upstream, index, &outcome, timed_out.is_some());
     if timed_out.is_none() && !registry.aborting() {
-        observe_l4(&fe, index, &outcome, connected_at);
+        observe_l4(&fe, upstream, index, &outcome, connected_at);
     }
     let ended = if registry.aborting() {
         Ended::Drain
@@ -237,7 +292,7 @@ pub async fn handle(
     } else {
         Ended::Eof(outcome.first_eof.unwrap_or(Side::Client))
     };
-    let addr = fe.upstream.pool().addr(index);
+    let addr = upstream.pool().addr(index);
     log_close(
         &fe,
         source,
@@ -265,6 +320,38 @@ fn refuse(fe: &FrontendState, peer: SocketAddr, refusal: Refusal) {
     }
 }
 
+impl FrontendState {
+    /// The upstream of the route `hello` goes to: a matching route's, else
+    /// the default's when the frontend has backends of its own.
+    fn route(&self, hello: &ClientHello) -> Option<&Upstream> {
+        match route::pick(&self.frontend.config.routes, hello) {
+            Some(i) => self.routes.get(i),
+            None => Some(&self.upstream).filter(|u| u.pool().len() > 0),
+        }
+    }
+}
+
+/// Counts and logs a client closed by SNI routing, before any backend.
+fn reject_sni(fe: &FrontendState, client: SocketAddr, ended: &Ended<'_>) {
+    let m = fe.metrics();
+    let (counter, reason) = match ended {
+        Ended::NoRoute(_) => (&m.sni_no_route, "no_route"),
+        Ended::ClientHello(ReadError::Timeout(_)) => (&m.sni_timeout, "timeout"),
+        Ended::ClientHello(ReadError::Truncated) => (&m.sni_truncated, "truncated"),
+        Ended::ClientHello(ReadError::Invalid(err)) => match err {
+            sni::ParseError::NotTls => (&m.sni_not_tls, err.label()),
+            sni::ParseError::Malformed(_) => (&m.sni_malformed, err.label()),
+            sni::ParseError::TooLarge => (&m.sni_oversized, err.label()),
+        },
+        _ => return,
+    };
+    counter.inc();
+    tracing::debug!(%client, frontend = fe.name(), reason, detail = %ended, "client closed by SNI routing");
+    if let Some(suppressed) = fe.sni_warning.allow(Instant::now()) {
+        tracing::warn!(%client, frontend = fe.name(), reason, detail = %ended, suppressed, "client closed by SNI routing");
+    }
+}
+
 /// Counts a connection as open for as long as it lives.
 struct Open<'a>(&'a WorkerMetrics);
 
@@ -282,18 +369,79 @@ impl Drop for Open<'_> {
     }
 }
 
-/// Why a client's PROXY header was refused.
+/// Why the bytes a client must send first (a PROXY header, a ClientHello)
+/// were refused; `E` is the parser's error.
 #[derive(Debug, thiserror::Error)]
-enum HeaderError {
-    /// Not a valid header.
+enum ReadError<E> {
+    /// Not valid.
     #[error("{0}")]
-    Invalid(#[from] proxy_protocol::ParseError),
-    /// The client closed or failed before the header was complete.
-    #[error("connection ended before the header was complete")]
+    Invalid(E),
+    /// The client closed or failed before they were complete.
+    #[error("connection ended before it was complete")]
     Truncated,
-    /// The header did not arrive in time.
+    /// They did not arrive in time.
     #[error("not complete within {0:?}")]
     Timeout(Duration),
+}
+
+/// Why a client's PROXY header was refused.
+type HeaderError = ReadError<proxy_protocol::ParseError>;
+
+/// Why a client's ClientHello was refused.
+type HelloError = ReadError<sni::ParseError>;
+
+/// Reads from `client`, after the bytes already in `got`, until `judge`
+/// decides on them, buffering at most `max` bytes (`judge` must decide by
+/// then), within `timeout`. Returns the verdict and every byte read. On
+/// timeout the socket is shut down so the pending read completes in the
+/// kernel.
+async fn read_prefix<T, E>(
+    client: &TcpStream,
+    timeout: Duration,
+    mut got: Vec<u8>,
+    max: usize,
+    judge: impl Fn(&[u8]) -> Result<Option<T>, E>,
+) -> Result<(T, Vec<u8>), ReadError<E>> {
+    let read = async {
+        loop {
+            if !got.is_empty() {
+                if let Some(done) = judge(&got).map_err(ReadError::Invalid)? {
+                    return Ok((done, got));
+                }
+            }
+            let want = max - got.len().min(max - 1);
+            let (res, buf) = uring::recv(client, Vec::with_capacity(want), false).await;
+            match res {
+                Ok(0) | Err(_) => return Err(ReadError::Truncated),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::pin!(read);
+    tokio::select! {
+        res = &mut read => res,
+        _ = tokio::time::sleep(timeout) => {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = read.await;
+            Err(ReadError::Timeout(timeout))
+        }
+    }
+}
+
+/// Reads a TLS ClientHello from `client` within `timeout`, after the bytes
+/// in `early`. Returns it and every byte read, for the backend.
+async fn read_client_hello(
+    client: &TcpStream,
+    timeout: Duration,
+    early: Vec<u8>,
+) -> Result<(ClientHello, Vec<u8>), HelloError> {
+    read_prefix(client, timeout, early, sni::MAX_BUFFER, |got| {
+        sni::parse(got).map(|parsed| match parsed {
+            sni::Parsed::Incomplete => None,
+            sni::Parsed::Complete(hello) => Some(hello),
+        })
+    })
+    .await
 }
 
 /// Reads a PROXY protocol header (v1 or v2) from `client` within `timeout`.
@@ -304,30 +452,16 @@ async fn read_proxy_header(
     client: &TcpStream,
     timeout: Duration,
 ) -> Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>), HeaderError> {
-    let read = async {
-        let mut got: Vec<u8> = Vec::with_capacity(proxy_protocol::MAX_HEADER);
-        loop {
-            let want = proxy_protocol::MAX_HEADER - got.len().min(proxy_protocol::MAX_HEADER - 1);
-            let (res, buf) = uring::recv(client, Vec::with_capacity(want), false).await;
-            match res {
-                Ok(0) | Err(_) => return Err(HeaderError::Truncated),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-            match proxy_protocol::parse(&got)? {
-                Parsed::Incomplete => continue,
-                Parsed::Complete { len, addresses } => return Ok((addresses, got.split_off(len))),
-            }
-        }
-    };
-    tokio::pin!(read);
-    tokio::select! {
-        res = &mut read => res,
-        _ = tokio::time::sleep(timeout) => {
-            let _ = client.shutdown(std::net::Shutdown::Both);
-            let _ = read.await;
-            Err(HeaderError::Timeout(timeout))
-        }
-    }
+    let got = Vec::with_capacity(proxy_protocol::MAX_HEADER);
+    let max = proxy_protocol::MAX_HEADER;
+    let judged = read_prefix(client, timeout, got, max, |got| {
+        proxy_protocol::parse(got).map(|parsed| match parsed {
+            Parsed::Incomplete => None,
+            Parsed::Complete { len, addresses } => Some((len, addresses)),
+        })
+    });
+    let ((len, addresses), mut got) = judged.await?;
+    Ok((addresses, got.split_off(len)))
 }
 
 /// Writes what the backend must see before the relay starts: our PROXY
@@ -365,10 +499,10 @@ async fn send_preamble(
 }
 
 /// Adds a finished connection to this worker's counters.
-fn count(m: &WorkerMetrics, backend: usize, outcome: &Outcome, timed_out: bool) {
+fn count(m: &WorkerMetrics, up: &Upstream, backend: usize, outcome: &Outcome, timed_out: bool) {
     m.bytes_in.add(outcome.to_backend);
     m.bytes_out.add(outcome.to_client);
-    if let Some(b) = m.backends.get(backend) {
+    if let Some(b) = up.counters(m, backend) {
         b.bytes_in.add(outcome.to_backend);
         b.bytes_out.add(outcome.to_client);
     }
@@ -385,8 +519,14 @@ fn count(m: &WorkerMetrics, backend: usize, outcome: &Outcome, timed_out: bool) 
 /// Layer-4 observation (HAProxy's `observe layer4`): a backend that resets or
 /// closes a connection before sending a byte, within connect-timeout of the
 /// connect, failed it; a byte from it is a success.
-fn observe_l4(fe: &FrontendState, index: usize, outcome: &Outcome, connected_at: Instant) {
-    let pool = fe.upstream.pool();
+fn observe_l4(
+    fe: &FrontendState,
+    upstream: &Upstream,
+    index: usize,
+    outcome: &Outcome,
+    connected_at: Instant,
+) {
+    let pool = upstream.pool();
     if !pool.passive().observe_l4 {
         return;
     }
@@ -400,7 +540,7 @@ fn observe_l4(fe: &FrontendState, index: usize, outcome: &Outcome, connected_at:
     };
     if backend_ended_first && connected_at.elapsed() <= fe.frontend.config.connect_timeout {
         fe.metrics().l4_failures.inc();
-        fe.upstream.failed(index);
+        upstream.failed(index);
     }
 }
 
