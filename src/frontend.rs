@@ -1,11 +1,14 @@
 //! Frontends as the workers run them, one config generation at a time. A
 //! [`Generation`] holds, per frontend, its validated config, its listening
-//! sockets (one per worker), its backend pool, its counters and its
-//! connection limit. A reload builds a new generation: listeners are carried
-//! over for every frontend whose name and listen address are unchanged, so no
-//! client is refused during a reload; so are its pool (health state, active
-//! counts), prober and counters while its backends and health settings are
-//! unchanged, and its connection limit while max-conns is. Everything else is
+//! sockets (one per worker), its backend pools (its own and one per SNI
+//! route), its counters and its connection limit. A reload builds a new
+//! generation: listeners are carried over for every frontend whose name and
+//! listen address are unchanged, so no client is refused during a reload; so
+//! are its pools (health state, active counts), probers and counters while
+//! its backends, its routes' backends and names and its health settings are
+//! unchanged, and its connection limit while max-conns is. A changed pool
+//! takes over the health of the backends it kept, a route's from the old
+//! route of the same name. Everything else is
 //! new, and connections opened before keep what they started with.
 
 use std::net::SocketAddr;

@@ -6,13 +6,15 @@
 //! - [`config::cli`]: the command line, every flag documented -> `Config`.
 //! - [`config::file`]: TOML config file -> the same `Config`; errors name file, line and key.
 //! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP), writes the ready file.
-//! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit;
+//! - [`frontend`]: one config generation: per frontend its listeners, pools (its own and one per
+//!   SNI route), counters, limit;
 //!   the watch that publishes generations.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners (`[::]` dual-stack), the fd limit.
 //! - [`worker`]: one thread + one ring per core: accept loops, reloads, the timeout sweep, drain.
 //! - [`access`]: the source rules (allow, deny, accept-proxy-from) a client is checked against at accept; pure.
-//! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log;
-//!   its per-worker frontend state and the worker's registry of open connections (and their timers).
+//! - [`conn`]: one connection from accept to close: PROXY header, ClientHello and SNI route,
+//!   backend, relay, timeouts, access log; its per-worker frontend state (an upstream per pool),
+//!   the pure route choice, and the worker's registry of open connections (and their timers).
 //! - [`ceiling`]: the process-wide connection ceiling from the fd limit; workers accept under it.
 //! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
 //! - [`balance`]: the balancing algorithms, one file each, pure.

@@ -1006,7 +1006,8 @@ health = { enabled = false, interval = "0s" }
             Path::new("examples/ringlb.toml"),
         )
         .unwrap();
-        assert_eq!(c.frontends.len(), 2);
+        assert_eq!(c.frontends.len(), 3);
+        assert_eq!(c.frontends[2].routes.len(), 2);
     }
 
     #[test]
