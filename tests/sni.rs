@@ -1,9 +1,11 @@
 //! SNI passthrough through the real binary with real TLS: a CA and server
-//! certificates made with `openssl` here, `openssl s_server -www` backends,
-//! Python's `ssl` as the client (which checks the certificate chain and,
-//! given a name, the host name). Each name must reach the backend whose
-//! certificate it sees; clients that are not TLS, too slow or unroutable are
-//! closed and counted.
+//! certificates made with `openssl` here, `openssl s_server -www` and Python
+//! `ssl` backends, Python's `ssl` as the client (which checks the
+//! certificate chain and, given a name, the host name). Each name must reach
+//! the backend whose certificate it sees, with checksummed data both ways and
+//! under 200 concurrent handshakes; clients that are not TLS, too slow or
+//! unroutable are closed and counted; routes come from flags or a file and
+//! follow a reload.
 
 mod common;
 
@@ -75,6 +77,83 @@ print(cn)
 print(body.split(b"\r\n")[0].decode())
 "#;
 
+/// A threaded TLS backend: per connection, reads an 8-byte length and that
+/// many bytes, answers their SHA-256 and then that many bytes of its own
+/// (a pattern seeded by the length), and prints its port once listening.
+const SERVER: &str = r#"
+import hashlib, random, socket, ssl, sys, threading
+cert, key = sys.argv[1], sys.argv[2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1024)
+print(srv.getsockname()[1], flush=True)
+def exactly(t, n):
+    buf = bytearray()
+    while len(buf) < n:
+        d = t.recv(min(65536, n - len(buf)))
+        if not d:
+            raise EOFError
+        buf += d
+    return bytes(buf)
+def serve(c):
+    try:
+        with ctx.wrap_socket(c, server_side=True) as t:
+            n = int.from_bytes(exactly(t, 8), "big")
+            t.sendall(hashlib.sha256(exactly(t, n)).digest())
+            t.sendall(random.Random(n).randbytes(n))
+    except Exception:
+        pass
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// The load client: `connections` TLS sessions at once through ringlb, the
+/// i-th to the i-th name (round robin), each sending `size` random bytes and
+/// checking the backend's digest of them, its certificate, and the
+/// checksum of the `size` bytes it sends back. Prints `ok` and the count.
+const LOAD: &str = r#"
+import hashlib, os, random, socket, ssl, sys, threading
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+connections, size, names = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6:]
+ctx = ssl.create_default_context(cafile=ca)
+expected = hashlib.sha256(random.Random(size).randbytes(size)).digest()
+errors = []
+def one(i):
+    name = names[i % len(names)]
+    try:
+        with socket.create_connection((host, port), timeout=30) as s:
+            with ctx.wrap_socket(s, server_hostname=name) as t:
+                cn = dict(x[0] for x in t.getpeercert()["subject"])["commonName"]
+                if cn != name:
+                    raise Exception("wrong backend: " + cn)
+                data = os.urandom(size)
+                t.sendall(size.to_bytes(8, "big") + data)
+                got = bytearray()
+                while len(got) < 32 + size:
+                    d = t.recv(65536)
+                    if not d:
+                        raise Exception("short answer")
+                    got += d
+                if bytes(got[:32]) != hashlib.sha256(data).digest():
+                    raise Exception("upload corrupted")
+                if hashlib.sha256(bytes(got[32:])).digest() != expected:
+                    raise Exception("download corrupted")
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=one, args=(i,)) for i in range(connections)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if errors:
+    print(len(errors), errors[:3])
+    sys.exit(1)
+print("ok", connections)
+"#;
+
 /// A CA and certificates signed by it, in a private directory.
 struct Pki {
     dir: TempDir,
@@ -102,6 +181,8 @@ impl Pki {
             "2",
         ]);
         pki.dir.write("client.py", CLIENT);
+        pki.dir.write("server.py", SERVER);
+        pki.dir.write("load.py", LOAD);
         pki
     }
 
@@ -211,6 +292,44 @@ impl TlsBackend {
 }
 
 impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python TLS backend of [`SERVER`], killed on drop.
+struct PyBackend {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl PyBackend {
+    fn start(pki: &Pki, stem: &str) -> PyBackend {
+        let mut child = Command::new("python3")
+            .arg(pki.path("server.py"))
+            .arg(pki.path(&format!("{stem}.pem")))
+            .arg(pki.path(&format!("{stem}.key")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line.trim().parse().expect("the backend's port");
+        PyBackend {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for PyBackend {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -341,32 +460,83 @@ fn a_silent_client_is_closed_at_sni_timeout() {
 }
 
 #[test]
-fn routes_from_a_config_file() {
+fn routes_from_a_config_file_and_reload() {
     let pki = Pki::new();
     let api = pki.cert("api.example.com", &["api.example.com"]);
-    let backend = TlsBackend::start(&pki, &api);
-    let config = pki.dir.write(
-        "ringlb.toml",
-        &format!(
-            r#"
-[[frontend]]
-name = "tls"
-listen = "127.0.0.1:0"
-route-by = "sni"
-
-[[frontend.route]]
-sni = ["API.example.com."]
-backends = ["{}"]
-balance = "least-conn"
-"#,
-            backend.arg()
-        ),
-    );
-    let lb = Ringlb::start_with_config(&config, &[]);
+    let www = pki.cert("www.example.com", &["www.example.com"]);
+    let (api, www) = (TlsBackend::start(&pki, &api), TlsBackend::start(&pki, &www));
+    let config = |routes: &[(&str, &TlsBackend)]| {
+        let mut text =
+            "[[frontend]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nroute-by = \"sni\"\n"
+                .to_string();
+        for (name, backend) in routes {
+            text += &format!(
+                "[[frontend.route]]\nsni = [\"{name}\"]\nbackends = [\"{}\"]\nbalance = \"least-conn\"\n",
+                backend.arg()
+            );
+        }
+        text
+    };
+    let path = pki
+        .dir
+        .write("ringlb.toml", &config(&[("API.example.com.", &api)]));
+    let lb = Ringlb::start_with_config(&path, &[]);
     let addr = lb.frontend_addr("tls");
-    let (cn, status) = pki.fetch(addr, "api.example.com", "whole").unwrap();
+    let ok = |cn: &str| Ok((cn.to_string(), "HTTP/1.0 200 ok".to_string()));
     assert_eq!(
-        (cn.as_str(), status.as_str()),
-        ("api.example.com", "HTTP/1.0 200 ok")
+        pki.fetch(addr, "api.example.com", "whole"),
+        ok("api.example.com")
     );
+    assert!(pki.fetch(addr, "www.example.com", "whole").is_err());
+
+    // A reload adds a route; the kept one goes on working.
+    let both = config(&[("api.example.com", &api), ("www.example.com", &www)]);
+    std::fs::write(&path, both).unwrap();
+    lb.signal("HUP");
+    wait_until("reloaded", || lb.log().contains("config reloaded"));
+    assert_eq!(
+        pki.fetch(addr, "www.example.com", "whole"),
+        ok("www.example.com")
+    );
+    assert_eq!(
+        pki.fetch(addr, "api.example.com", "whole"),
+        ok("api.example.com")
+    );
+}
+
+#[test]
+fn a_mebibyte_each_way_and_200_concurrent_handshakes_across_routes() {
+    let pki = Pki::new();
+    let names = ["api.example.com", "www.example.com"];
+    let backends: Vec<PyBackend> = names
+        .iter()
+        .map(|n| PyBackend::start(&pki, &pki.cert(n, &[n])))
+        .collect();
+    let routes: Vec<String> = names
+        .iter()
+        .zip(&backends)
+        .map(|(n, b)| format!("{n}={}", b.addr))
+        .collect();
+    let lb = Ringlb::start(&[
+        "--route-by",
+        "sni",
+        "--route",
+        &routes[0],
+        "--route",
+        &routes[1],
+    ]);
+    let load = |connections: &str, size: &str| {
+        let out = Command::new("python3")
+            .arg(pki.path("load.py"))
+            .args([&lb.addr.ip().to_string(), &lb.addr.port().to_string()])
+            .arg(pki.path("ca.pem"))
+            .args([connections, size])
+            .args(names)
+            .stdin(Stdio::null())
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{out:?}");
+    };
+    load("2", &(1 << 20).to_string());
+    load("200", "1000");
 }
