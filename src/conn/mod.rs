@@ -1,7 +1,7 @@
 //! One client connection, from accept to close: read a PROXY header and a
-//! TLS ClientHello when the frontend wants them, pick a route (see [`route`])
-//! and connect one of its backends, relay, enforce the idle timeout and lifetime limit, then count it and log
-//! its access line. Timeouts close by shutting both sockets down, which
+//! TLS ClientHello when the frontend wants them, pick a route (see
+//! [`route`]) and connect one of its backends, relay, enforce the idle
+//! timeout and lifetime limit, then count it and log its access line. Timeouts close by shutting both sockets down, which
 //! completes the relay's pending operations; nothing is dropped in flight.
 //!
 //! The types a connection lives with are here too: the [`FrontendState`] it
@@ -384,6 +384,12 @@ enum ReadError<E> {
     Timeout(Duration),
 }
 
+/// Most bytes one read asks for while a PROXY header or ClientHello is
+/// awaited: the buffer waits in the kernel for as long as the client is
+/// silent, so it stays small; real ClientHellos fit (about 1.8 KiB with a
+/// post-quantum key share), larger ones take a few reads.
+const READ_CHUNK: usize = 4096;
+
 /// Why a client's PROXY header was refused.
 type HeaderError = ReadError<proxy_protocol::ParseError>;
 
@@ -409,7 +415,7 @@ async fn read_prefix<T, E>(
                     return Ok((done, got));
                 }
             }
-            let want = max - got.len().min(max - 1);
+            let want = (max - got.len().min(max - 1)).min(READ_CHUNK);
             let (res, buf) = uring::recv(client, Vec::with_capacity(want), false).await;
             match res {
                 Ok(0) | Err(_) => return Err(ReadError::Truncated),
