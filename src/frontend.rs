@@ -120,13 +120,13 @@ impl Generation {
             let (pool, routes, metrics) = match same_pool {
                 Some(o) => (o.pool.clone(), o.routes.clone(), o.metrics.clone()),
                 None => {
-                    let pool = new_pool(fe, &fe.backends, old.map(|o| &o.pool));
+                    let pool = new_pool(fe, None, &fe.backends, old.map(|o| &o.pool));
                     let routes: Vec<Arc<Pool>> = fe
                         .routes
                         .iter()
                         .map(|r| {
                             let carried = old.and_then(|o| o.route_pool(r.label()));
-                            new_pool(fe, &r.backends, carried)
+                            new_pool(fe, Some(r.label()), &r.backends, carried)
                         })
                         .collect();
                     let backends = pool.len() + routes.iter().map(|r| r.len()).sum::<usize>();
@@ -194,17 +194,26 @@ impl Frontend {
     }
 }
 
-/// A new pool of `backends` under `fe`'s health settings, taking over the
-/// health of `old`'s backends at the same addresses (under health checks:
-/// without them nothing would bring a carried down backend back, so it
-/// starts all up), with its prober started.
-fn new_pool(fe: &FrontendConfig, backends: &[BackendConfig], old: Option<&Arc<Pool>>) -> Arc<Pool> {
+/// A new pool of `backends` (of route `route`, if any) under `fe`'s health
+/// settings, taking over the health of `old`'s backends at the same
+/// addresses (under health checks: without them nothing would bring a
+/// carried down backend back, so it starts all up), with its prober started.
+fn new_pool(
+    fe: &FrontendConfig,
+    route: Option<&str>,
+    backends: &[BackendConfig],
+    old: Option<&Arc<Pool>>,
+) -> Arc<Pool> {
     let pool = Arc::new(Pool::new(backends, passive(fe)));
     if fe.health.checks && !backends.is_empty() {
         if let Some(o) = old {
             pool.carry_health_from(o);
         }
-        if let Err(err) = probe::spawn(Arc::downgrade(&pool), fe.name.clone(), fe.health) {
+        let name = match route {
+            Some(route) => format!("{} route {route}", fe.name),
+            None => fe.name.clone(),
+        };
+        if let Err(err) = probe::spawn(Arc::downgrade(&pool), name, fe.health) {
             warn!(frontend = %fe.name, %err, "cannot start health checks");
         }
     }

@@ -436,6 +436,21 @@ fn not_tls_oversized_and_unroutable_are_closed_and_counted() {
     assert!(closed_silently(&mut big));
     wait_until("oversized counted", || rejects(&s.lb, "oversized") == 1);
 
+    // A ClientHello that would fit, but in 1-byte records: closed at the
+    // 16 KiB cap, not read on.
+    let mut tiny = TcpStream::connect(s.lb.addr).unwrap();
+    let mut records = Vec::new();
+    for byte in [1u8, 0, 0x30, 0]
+        .into_iter()
+        .chain(std::iter::repeat_n(0, 3000))
+    {
+        records.extend([0x16, 3, 1, 0, 1, byte]);
+    }
+    // The peer may close mid-write; what counts is what it did.
+    let _ = tiny.write_all(&records);
+    assert!(closed_silently(&mut tiny));
+    wait_until("oversized counted", || rejects(&s.lb, "oversized") == 2);
+
     // No default route: an unknown name and no name are closed.
     assert!(s
         .pki
