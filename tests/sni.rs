@@ -555,3 +555,46 @@ fn a_mebibyte_each_way_and_200_concurrent_handshakes_across_routes() {
     load("2", &(1 << 20).to_string());
     load("200", "1000");
 }
+
+#[test]
+fn a_route_sends_its_own_proxy_header_then_the_client_hello_untouched() {
+    const HELLO: &[u8] = include_bytes!("data/client_hello_openssl.bin");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let recorder = common::Backend::spawn(move |mut conn| {
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        // Health checks connect and send nothing.
+        if !got.is_empty() {
+            let _ = tx.lock().unwrap().send(got);
+        }
+    });
+    let dir = TempDir::new("sni-proxy");
+    let config = dir.write(
+        "ringlb.toml",
+        &format!(
+            "[[frontend]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nroute-by = \"sni\"\n\
+             [[frontend.route]]\nsni = [\"api.example.com\"]\nbackends = [\"{}\"]\nsend-proxy = \"v1\"\n",
+            recorder.arg()
+        ),
+    );
+    let lb = Ringlb::start_with_config(&config, &[]);
+    let addr = lb.frontend_addr("tls");
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.write_all(HELLO).unwrap();
+    conn.write_all(b"after").unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = rx.recv_timeout(PATIENCE).unwrap();
+    let client = conn.local_addr().unwrap();
+    let mut expected = format!(
+        "PROXY TCP4 {} {} {} {}\r\n",
+        client.ip(),
+        addr.ip(),
+        client.port(),
+        addr.port()
+    )
+    .into_bytes();
+    expected.extend_from_slice(HELLO);
+    expected.extend_from_slice(b"after");
+    assert_eq!(got, expected);
+}

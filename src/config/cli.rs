@@ -277,6 +277,7 @@ impl Config {
                 .iter()
                 .map(|r| RouteConfig {
                     balance: cli.balance,
+                    send_proxy: cli.send_proxy,
                     ..r.clone()
                 })
                 .collect(),
@@ -317,7 +318,8 @@ impl Config {
     }
 }
 
-/// Parses `--route NAME[,NAME...]=ADDR[;ADDR...]`; its balance is --balance's.
+/// Parses `--route NAME[,NAME...]=ADDR[;ADDR...]`; its balance and PROXY
+/// header are --balance's and --send-proxy's.
 fn parse_route(value: &str) -> Result<RouteConfig, String> {
     let (names, addrs) = value.split_once('=').ok_or_else(|| {
         format!("invalid route '{value}': expected NAME[,NAME...]=ADDR[;ADDR...]")
@@ -335,6 +337,7 @@ fn parse_route(value: &str) -> Result<RouteConfig, String> {
         alpn: vec![],
         backends,
         balance: DEFAULT_BALANCE,
+        send_proxy: None,
     })
 }
 

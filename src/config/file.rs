@@ -353,6 +353,7 @@ struct RawRoute {
     #[serde(default)]
     backends: Backends,
     balance: Option<Balance>,
+    send_proxy: Option<SendProxy>,
 }
 
 /// A `[frontend.health]` table as written.
@@ -409,6 +410,7 @@ impl RawFrontend {
                 fall: h.fall.map_or(DEFAULT_HEALTH.fall, |n| n.0 as u32),
             },
         };
+        let send_proxy = self.send_proxy.map(|v| v.0);
         FrontendConfig {
             name: self.name.0,
             listen: self.listen.0,
@@ -424,7 +426,7 @@ impl RawFrontend {
                 .map_or(Some(DEFAULT_IDLE_TIMEOUT), |d| d.0 .0),
             max_lifetime: self.max_lifetime.map(|d| d.0),
             max_conns: self.max_conns.map(|n| n.0 as usize),
-            send_proxy: self.send_proxy.map(|v| v.0),
+            send_proxy,
             accept_proxy: self.accept_proxy,
             proxy_header_timeout: self
                 .proxy_header_timeout
@@ -444,6 +446,7 @@ impl RawFrontend {
                     alpn: r.alpn,
                     backends: r.backends.0,
                     balance: r.balance.map_or(DEFAULT_BALANCE, |b| b.0),
+                    send_proxy: r.send_proxy.map(|v| v.0).or(send_proxy),
                 })
                 .collect(),
         }
@@ -1262,6 +1265,7 @@ sni = ["API.example.com.", "*.api.example.com"]
 alpn = ["h2"]
 backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
 balance = "least-conn"
+send-proxy = "v1"
 
 [[frontend.route]]
 sni = ["www.example.com"]
@@ -1277,6 +1281,8 @@ backends = ["127.0.0.1:9003"]
         assert_eq!(fe.routes[0].balance, Algorithm::LeastConn);
         assert_eq!(fe.routes[0].backends.len(), 2);
         assert_eq!(fe.routes[1].balance, DEFAULT_BALANCE);
+        assert_eq!(fe.routes[0].send_proxy, Some(ProxyVersion::V1));
+        assert_eq!(fe.routes[1].send_proxy, None);
         assert_eq!(fe.routes[1].label(), "www.example.com");
     }
 

@@ -198,6 +198,9 @@ pub struct RouteConfig {
     pub backends: Vec<BackendConfig>,
     /// How workers choose a backend of this route.
     pub balance: Algorithm,
+    /// Send a PROXY protocol header of this version to the route's
+    /// backends (the frontend's `send_proxy` unless the route sets one).
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 impl RouteConfig {

@@ -24,7 +24,7 @@ use crate::frontend::Frontend;
 use crate::logging::{Throttle, ACCESS_TARGET};
 use crate::metrics::WorkerMetrics;
 use crate::pool::Pool;
-use crate::proxy_protocol::{self, Parsed};
+use crate::proxy_protocol::{self, Parsed, Version as ProxyVersion};
 use crate::relay::{self, relay, Outcome, Side};
 use crate::sni::{self, ClientHello};
 use crate::upstream::{NoBackend, Upstream};
@@ -47,7 +47,7 @@ pub struct FrontendState {
     /// routing, the default route's, which may be empty).
     pub upstream: Upstream,
     /// The same for each SNI route, in config order.
-    routes: Vec<Upstream>,
+    routes: Vec<Route>,
     /// Large relay buffers for reuse.
     pub buffers: BufPool,
     /// Per-connection time limits and logging.
@@ -73,7 +73,10 @@ impl FrontendState {
         };
         // The frontend's own pool comes first in `pools`, at counter 0.
         let routes = (frontend.pools().into_iter().skip(1).zip(&c.routes))
-            .map(|((_, pool, first), route)| upstream(pool, first, route.balance))
+            .map(|((_, pool, first), route)| Route {
+                upstream: upstream(pool, first, route.balance),
+                send_proxy: route.send_proxy,
+            })
             .collect();
         let upstream = upstream(&frontend.pool, 0, c.balance);
         FrontendState {
@@ -204,6 +207,7 @@ pub async fn handle(
     // With SNI routing the ClientHello picks the pool; it goes to the
     // backend with everything else read so far.
     let mut upstream = &fe.upstream;
+    let mut send_proxy = fe.frontend.config.send_proxy;
     if fe.frontend.config.route_by == RouteBy::Sni {
         let timeout = fe.frontend.config.sni_timeout;
         let hello = Box::pin(read_client_hello(
@@ -214,12 +218,19 @@ pub async fn handle(
         let routed = match hello.await {
             Ok((hello, read)) => {
                 early = read;
-                fe.route(&hello).ok_or(Ended::NoRoute(hello.sni))
+                match fe.route(&hello) {
+                    Routed::Nowhere => Err(Ended::NoRoute(hello.sni)),
+                    routed => Ok(routed),
+                }
             }
             Err(err) => Err(Ended::ClientHello(err)),
         };
         match routed {
-            Ok(chosen) => upstream = chosen,
+            Ok(Routed::Route(route)) => {
+                upstream = &route.upstream;
+                send_proxy = route.send_proxy;
+            }
+            Ok(Routed::Default | Routed::Nowhere) => {}
             Err(ended) => {
                 reject_sni(&fe, source, &ended);
                 log_close(&fe, source, None, 0, 0, start, &ended);
@@ -248,9 +259,9 @@ pub async fn handle(
     if registry.aborting() {
         relay::teardown(&client, &backend);
     }
-    if fe.frontend.config.send_proxy.is_some() || !early.is_empty() {
+    if send_proxy.is_some() || !early.is_empty() {
         let preamble = Box::pin(send_preamble(
-            &fe, &client, &backend, peer, addresses, early,
+            send_proxy, &client, &backend, peer, addresses, early,
         ));
         if let Err(err) = preamble.await {
             metrics.backend_errors.inc();
@@ -320,13 +331,31 @@ fn refuse(fe: &FrontendState, peer: SocketAddr, refusal: Refusal) {
     }
 }
 
+/// One SNI route as one worker serves it.
+struct Route {
+    /// Backend choice and connects over the route's pool.
+    upstream: Upstream,
+    /// The PROXY header its backends get.
+    send_proxy: Option<ProxyVersion>,
+}
+
+/// Where a ClientHello goes.
+enum Routed<'a> {
+    /// To the route it matched.
+    Route(&'a Route),
+    /// To the frontend's own pool: no match, and the frontend has backends.
+    Default,
+    /// Nowhere: no match and no default.
+    Nowhere,
+}
+
 impl FrontendState {
-    /// The upstream of the route `hello` goes to: a matching route's, else
-    /// the default's when the frontend has backends of its own.
-    fn route(&self, hello: &ClientHello) -> Option<&Upstream> {
+    /// Where `hello` goes: a matching route, else the default route.
+    fn route(&self, hello: &ClientHello) -> Routed<'_> {
         match route::pick(&self.frontend.config.routes, hello) {
-            Some(i) => self.routes.get(i),
-            None => Some(&self.upstream).filter(|u| u.pool().len() > 0),
+            Some(i) => self.routes.get(i).map_or(Routed::Nowhere, Routed::Route),
+            None if self.upstream.pool().len() > 0 => Routed::Default,
+            None => Routed::Nowhere,
         }
     }
 }
@@ -471,10 +500,11 @@ async fn read_proxy_header(
 }
 
 /// Writes what the backend must see before the relay starts: our PROXY
-/// header if the frontend sends one, then any client bytes read past the
-/// client's own header.
+/// header of version `send_proxy`, if any, then the client bytes read
+/// already (past the client's own header: its ClientHello and whatever came
+/// with it).
 async fn send_preamble(
-    fe: &FrontendState,
+    send_proxy: Option<ProxyVersion>,
     client: &TcpStream,
     backend: &TcpStream,
     peer: SocketAddr,
@@ -482,7 +512,7 @@ async fn send_preamble(
     early: Vec<u8>,
 ) -> Result<(), relay::RelayError> {
     let mut preamble = Vec::new();
-    if let Some(version) = fe.frontend.config.send_proxy {
+    if let Some(version) = send_proxy {
         let (source, dest) = match addresses {
             Some(pair) => pair,
             None => {

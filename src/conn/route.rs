@@ -39,6 +39,7 @@ mod tests {
             alpn: alpn.iter().map(|s| s.to_string()).collect(),
             backends: vec![],
             balance: DEFAULT_BALANCE,
+            send_proxy: None,
         }
     }
 
