@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{watch, Semaphore};
 use tracing::warn;
 
-use crate::config::{BackendConfig, Config, FrontendConfig};
+use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, BindError};
 use crate::pool::{Passive, Pool};
@@ -111,22 +111,21 @@ impl Generation {
                     && o.config.fail_timeout == fe.fail_timeout
                     && o.config.observe_l4 == fe.observe_l4
                     && o.config.routes.len() == fe.routes.len()
-                    && o.config
-                        .routes
-                        .iter()
-                        .zip(&fe.routes)
-                        .all(|(a, b)| a.backends == b.backends && a.label() == b.label())
+                    && o.config.routes.iter().zip(&fe.routes).all(|(a, b)| {
+                        a.backends == b.backends && a.label() == b.label() && a.health == b.health
+                    })
             });
             let (pool, routes, metrics) = match same_pool {
                 Some(o) => (o.pool.clone(), o.routes.clone(), o.metrics.clone()),
                 None => {
-                    let pool = new_pool(fe, None, &fe.backends, old.map(|o| &o.pool));
+                    let old_pool = old.map(|o| &o.pool);
+                    let pool = new_pool(fe, None, fe.health, &fe.backends, old_pool);
                     let routes: Vec<Arc<Pool>> = fe
                         .routes
                         .iter()
                         .map(|r| {
                             let carried = old.and_then(|o| o.route_pool(r.label()));
-                            new_pool(fe, Some(r.label()), &r.backends, carried)
+                            new_pool(fe, Some(r.label()), r.health, &r.backends, carried)
                         })
                         .collect();
                     let backends = pool.len() + routes.iter().map(|r| r.len()).sum::<usize>();
@@ -194,18 +193,19 @@ impl Frontend {
     }
 }
 
-/// A new pool of `backends` (of route `route`, if any) under `fe`'s health
-/// settings, taking over the health of `old`'s backends at the same
+/// A new pool of `backends` (of route `route`, if any) under `health` and
+/// `fe`'s passive settings, taking over the health of `old`'s backends at the same
 /// addresses (under health checks: without them nothing would bring a
 /// carried down backend back, so it starts all up), with its prober started.
 fn new_pool(
     fe: &FrontendConfig,
     route: Option<&str>,
+    health: HealthConfig,
     backends: &[BackendConfig],
     old: Option<&Arc<Pool>>,
 ) -> Arc<Pool> {
-    let pool = Arc::new(Pool::new(backends, passive(fe)));
-    if fe.health.checks && !backends.is_empty() {
+    let pool = Arc::new(Pool::new(backends, passive(fe, health)));
+    if health.checks && !backends.is_empty() {
         if let Some(o) = old {
             pool.carry_health_from(o);
         }
@@ -213,19 +213,19 @@ fn new_pool(
             Some(route) => format!("{} route {route}", fe.name),
             None => fe.name.clone(),
         };
-        if let Err(err) = probe::spawn(Arc::downgrade(&pool), name, fe.health) {
+        if let Err(err) = probe::spawn(Arc::downgrade(&pool), name, health) {
             warn!(frontend = %fe.name, %err, "cannot start health checks");
         }
     }
     pool
 }
 
-/// How failures on real traffic take `fe`'s backends down.
-fn passive(fe: &FrontendConfig) -> Passive {
+/// How failures on real traffic take a pool of `fe` with `health` down.
+fn passive(fe: &FrontendConfig, health: HealthConfig) -> Passive {
     Passive {
-        fall: fe.health.fall,
+        fall: health.fall,
         fail_timeout: fe.fail_timeout,
-        active_checks: fe.health.checks,
+        active_checks: health.checks,
         observe_l4: fe.observe_l4,
     }
 }

@@ -278,6 +278,7 @@ impl Config {
                 .map(|r| RouteConfig {
                     balance: cli.balance,
                     send_proxy: cli.send_proxy,
+                    health,
                     ..r.clone()
                 })
                 .collect(),
@@ -318,8 +319,8 @@ impl Config {
     }
 }
 
-/// Parses `--route NAME[,NAME...]=ADDR[;ADDR...]`; its balance and PROXY
-/// header are --balance's and --send-proxy's.
+/// Parses `--route NAME[,NAME...]=ADDR[;ADDR...]`; its balance, PROXY
+/// header and health checks are set from the other flags.
 fn parse_route(value: &str) -> Result<RouteConfig, String> {
     let (names, addrs) = value.split_once('=').ok_or_else(|| {
         format!("invalid route '{value}': expected NAME[,NAME...]=ADDR[;ADDR...]")
@@ -338,6 +339,7 @@ fn parse_route(value: &str) -> Result<RouteConfig, String> {
         backends,
         balance: DEFAULT_BALANCE,
         send_proxy: None,
+        health: super::DEFAULT_HEALTH,
     })
 }
 

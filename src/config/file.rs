@@ -354,6 +354,7 @@ struct RawRoute {
     backends: Backends,
     balance: Option<Balance>,
     send_proxy: Option<SendProxy>,
+    health: Option<Table<RawHealth>>,
 }
 
 /// A `[frontend.health]` table as written.
@@ -400,16 +401,7 @@ impl RawConfig {
 
 impl RawFrontend {
     fn into_config(self) -> FrontendConfig {
-        let health = match self.health.map(|t| t.0) {
-            None => DEFAULT_HEALTH,
-            Some(h) => HealthConfig {
-                checks: h.enabled.unwrap_or(DEFAULT_HEALTH.checks),
-                interval: h.interval.map_or(DEFAULT_HEALTH.interval, |d| d.0),
-                timeout: h.timeout.map_or(DEFAULT_HEALTH.timeout, |d| d.0),
-                rise: h.rise.map_or(DEFAULT_HEALTH.rise, |n| n.0 as u32),
-                fall: h.fall.map_or(DEFAULT_HEALTH.fall, |n| n.0 as u32),
-            },
-        };
+        let health = RawHealth::over(self.health, DEFAULT_HEALTH);
         let send_proxy = self.send_proxy.map(|v| v.0);
         FrontendConfig {
             name: self.name.0,
@@ -447,8 +439,25 @@ impl RawFrontend {
                     backends: r.backends.0,
                     balance: r.balance.map_or(DEFAULT_BALANCE, |b| b.0),
                     send_proxy: r.send_proxy.map(|v| v.0).or(send_proxy),
+                    health: RawHealth::over(r.health, health),
                 })
                 .collect(),
+        }
+    }
+}
+
+impl RawHealth {
+    /// `base` with the keys `raw` sets replaced.
+    fn over(raw: Option<Table<RawHealth>>, base: HealthConfig) -> HealthConfig {
+        match raw.map(|t| t.0) {
+            None => base,
+            Some(h) => HealthConfig {
+                checks: h.enabled.unwrap_or(base.checks),
+                interval: h.interval.map_or(base.interval, |d| d.0),
+                timeout: h.timeout.map_or(base.timeout, |d| d.0),
+                rise: h.rise.map_or(base.rise, |n| n.0 as u32),
+                fall: h.fall.map_or(base.fall, |n| n.0 as u32),
+            },
         }
     }
 }
@@ -1266,10 +1275,15 @@ alpn = ["h2"]
 backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
 balance = "least-conn"
 send-proxy = "v1"
+[frontend.route.health]
+interval = "9s"
 
 [[frontend.route]]
 sni = ["www.example.com"]
 backends = ["127.0.0.1:9003"]
+
+[frontend.health]
+rise = 7
 "#;
         let fe = parse_str(text).unwrap().frontends.remove(0);
         assert_eq!(fe.route_by, RouteBy::Sni);
@@ -1283,6 +1297,9 @@ backends = ["127.0.0.1:9003"]
         assert_eq!(fe.routes[1].balance, DEFAULT_BALANCE);
         assert_eq!(fe.routes[0].send_proxy, Some(ProxyVersion::V1));
         assert_eq!(fe.routes[1].send_proxy, None);
+        assert_eq!(fe.routes[0].health.interval, Duration::from_secs(9));
+        assert_eq!(fe.routes[0].health.rise, 7);
+        assert_eq!(fe.routes[1].health, fe.health);
         assert_eq!(fe.routes[1].label(), "www.example.com");
     }
 
@@ -1318,6 +1335,16 @@ backends = ["127.0.0.1:9003"]
                 5,
                 "frontend[0].route[0]",
                 "backends no backend",
+            ),
+            (
+                "zero route health interval",
+                format!(
+                    "{FE}route-by = \"sni\"\n{}[frontend.route.health]\ninterval = \"0s\"\n",
+                    route("\"a.b\"", b)
+                ),
+                9,
+                "frontend[0].route[0].health.interval",
+                "must be more than zero",
             ),
             (
                 "sni with nothing to route to",

@@ -201,6 +201,9 @@ pub struct RouteConfig {
     /// Send a PROXY protocol header of this version to the route's
     /// backends (the frontend's `send_proxy` unless the route sets one).
     pub send_proxy: Option<ProxyVersion>,
+    /// The route's health checks (the frontend's, key by key, unless the
+    /// route sets them).
+    pub health: HealthConfig,
 }
 
 impl RouteConfig {
@@ -443,6 +446,8 @@ pub enum ConfigError {
     ZeroDuration {
         /// The frontend.
         frontend: usize,
+        /// The route, for a route's health settings.
+        route: Option<usize>,
         /// Which duration.
         key: Key,
     },
@@ -523,7 +528,11 @@ impl ConfigError {
             ConfigError::DuplicateSni {
                 frontend, route, ..
             } => (frontend, Some(route), None, Key::Sni),
-            ConfigError::ZeroDuration { frontend, key } => (frontend, None, None, key),
+            ConfigError::ZeroDuration {
+                frontend,
+                route,
+                key,
+            } => (frontend, route, None, key),
             ConfigError::BackendOutOfRange {
                 frontend,
                 route,
@@ -621,6 +630,20 @@ impl Config {
                     return Err(empty(Key::Backends));
                 }
                 check_backends(i, Some(r), &route.backends)?;
+                if route.health.checks {
+                    for (key, value) in [
+                        (Key::HealthInterval, route.health.interval),
+                        (Key::HealthTimeout, route.health.timeout),
+                    ] {
+                        if value.is_zero() {
+                            return Err(ConfigError::ZeroDuration {
+                                frontend: i,
+                                route: Some(r),
+                                key,
+                            });
+                        }
+                    }
+                }
                 let earlier = fe.routes[..r].iter().flat_map(|r| &r.sni);
                 let seen: Vec<&String> = earlier.collect();
                 for (k, name) in route.sni.iter().enumerate() {
@@ -645,7 +668,11 @@ impl Config {
                 (Key::SniTimeout, Some(fe.sni_timeout)),
             ] {
                 if value.is_some_and(|v| v.is_zero()) {
-                    return Err(ConfigError::ZeroDuration { frontend: i, key });
+                    return Err(ConfigError::ZeroDuration {
+                        frontend: i,
+                        route: None,
+                        key,
+                    });
                 }
             }
             if !fe.accept_proxy_from.is_empty() && !fe.accept_proxy {

@@ -31,7 +31,7 @@ pub fn pick(routes: &[RouteConfig], hello: &ClientHello) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DEFAULT_BALANCE;
+    use crate::config::{DEFAULT_BALANCE, DEFAULT_HEALTH};
 
     fn route(sni: &[&str], alpn: &[&str]) -> RouteConfig {
         RouteConfig {
@@ -40,6 +40,7 @@ mod tests {
             backends: vec![],
             balance: DEFAULT_BALANCE,
             send_proxy: None,
+            health: DEFAULT_HEALTH,
         }
     }
 
