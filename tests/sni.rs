@@ -598,3 +598,38 @@ fn a_route_sends_its_own_proxy_header_then_the_client_hello_untouched() {
     expected.extend_from_slice(b"after");
     assert_eq!(got, expected);
 }
+
+#[test]
+fn bad_route_flags_exit_2_with_one_line() {
+    for (args, message) in [
+        (
+            &["--route-by", "sni"][..],
+            "route-by sni needs a route (--route NAME=ADDR) or default backends",
+        ),
+        (
+            &[
+                "--route-by",
+                "sni",
+                "--route",
+                "a.example=127.0.0.1:1",
+                "--route",
+                "A.example.=127.0.0.1:2",
+            ][..],
+            "server name 'a.example' is in two routes",
+        ),
+        (
+            &["--route", "a.example=127.0.0.1:1"][..],
+            "routes need --route-by sni",
+        ),
+        (
+            &["--route-by", "sni", "--route", "a b=127.0.0.1:1"][..],
+            "invalid server name 'a b'",
+        ),
+    ] {
+        let mut all = vec!["--check", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (status, out) = common::run_to_exit(&all);
+        assert_eq!(status.code(), Some(2), "{args:?}: {out}");
+        assert!(out.contains(message), "{args:?}: {out}");
+    }
+}
