@@ -122,7 +122,13 @@ impl State {
             generation
                 .frontends
                 .iter()
-                .map(|f| (f.metrics.clone(), f.pool.clone()))
+                .map(|f| {
+                    let pools = f.pools().into_iter();
+                    let pools = pools.map(|(route, pool, first)| {
+                        (route.map(str::to_string), pool.clone(), first)
+                    });
+                    (f.metrics.clone(), pools.collect())
+                })
                 .collect()
         });
         State {
@@ -316,7 +322,7 @@ fn route(
             let down: Vec<&str> = generation
                 .frontends
                 .iter()
-                .filter(|f| !f.pool.any_up())
+                .filter(|f| !f.any_up())
                 .map(|f| f.config.name.as_str())
                 .collect();
             if down.is_empty() {
@@ -356,21 +362,29 @@ fn backends_json(generation: &Generation) -> String {
     let backends: Vec<serde_json::Value> = generation
         .frontends
         .iter()
-        .flat_map(|f| (0..f.pool.len()).map(move |i| (&*f.metrics, &*f.pool, i)))
-        .map(|(metrics, pool, i)| {
+        .flat_map(|f| {
+            f.pools().into_iter().flat_map(move |(route, pool, first)| {
+                (0..pool.len()).map(move |i| (&*f.metrics, route, pool.clone(), i, first + i))
+            })
+        })
+        .map(|(metrics, route, pool, i, counter)| {
             let config = pool.config(i);
-            serde_json::json!({
+            let mut entry = serde_json::json!({
                 "frontend": metrics.frontend,
                 "address": config.addr.to_string(),
                 "weight": config.weight,
                 "max_conns": config.max_conns,
                 "up": pool.is_up(i),
                 "active": pool.active(i),
-                "connections_total": metrics.sum_backend(i, |b| &b.connections),
-                "connect_failures": metrics.sum_backend(i, |b| &b.connect_failures),
-                "bytes_in": metrics.sum_backend(i, |b| &b.bytes_in),
-                "bytes_out": metrics.sum_backend(i, |b| &b.bytes_out),
-            })
+                "connections_total": metrics.sum_backend(counter, |b| &b.connections),
+                "connect_failures": metrics.sum_backend(counter, |b| &b.connect_failures),
+                "bytes_in": metrics.sum_backend(counter, |b| &b.bytes_in),
+                "bytes_out": metrics.sum_backend(counter, |b| &b.bytes_out),
+            });
+            if let Some(route) = route {
+                entry["route"] = route.into();
+            }
+            entry
         })
         .collect();
     let mut body = serde_json::Value::Array(backends).to_string();

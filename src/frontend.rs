@@ -1,11 +1,14 @@
 //! Frontends as the workers run them, one config generation at a time. A
 //! [`Generation`] holds, per frontend, its validated config, its listening
-//! sockets (one per worker), its backend pool, its counters and its
-//! connection limit. A reload builds a new generation: listeners are carried
-//! over for every frontend whose name and listen address are unchanged, so no
-//! client is refused during a reload; so are its pool (health state, active
-//! counts), prober and counters while its backends and health settings are
-//! unchanged, and its connection limit while max-conns is. Everything else is
+//! sockets (one per worker), its backend pools (its own and one per SNI
+//! route), its counters and its connection limit. A reload builds a new
+//! generation: listeners are carried over for every frontend whose name and
+//! listen address are unchanged, so no client is refused during a reload; so
+//! are its pools (health state, active counts), probers and counters while
+//! its backends, its routes' backends and names and its health settings are
+//! unchanged, and its connection limit while max-conns is. A changed pool
+//! takes over the health of the backends it kept, a route's from the old
+//! route of the same name. Everything else is
 //! new, and connections opened before keep what they started with.
 
 use std::net::SocketAddr;
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{watch, Semaphore};
 use tracing::warn;
 
-use crate::config::{Config, FrontendConfig};
+use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, BindError};
 use crate::pool::{Passive, Pool};
@@ -40,8 +43,11 @@ pub struct Frontend {
     pub config: FrontendConfig,
     /// Its sockets; the same `Arc` across generations while name and address stay.
     pub listeners: Arc<Listeners>,
-    /// Backends, health and active counts.
+    /// Backends, health and active counts; with SNI routing, the default
+    /// route's (possibly empty).
     pub pool: Arc<Pool>,
+    /// Each SNI route's pool, in `config.routes` order.
+    pub routes: Vec<Arc<Pool>>,
     /// Every worker's counters for this frontend.
     pub metrics: Arc<Metrics>,
     /// Its max-conns, if set, shared by every worker. An acceptor takes a
@@ -104,24 +110,27 @@ impl Generation {
                     && o.config.health == fe.health
                     && o.config.fail_timeout == fe.fail_timeout
                     && o.config.observe_l4 == fe.observe_l4
+                    && o.config.routes.len() == fe.routes.len()
+                    && o.config.routes.iter().zip(&fe.routes).all(|(a, b)| {
+                        a.backends == b.backends && a.label() == b.label() && a.health == b.health
+                    })
             });
-            let (pool, metrics) = match same_pool {
-                Some(o) => (o.pool.clone(), o.metrics.clone()),
+            let (pool, routes, metrics) = match same_pool {
+                Some(o) => (o.pool.clone(), o.routes.clone(), o.metrics.clone()),
                 None => {
-                    let pool = Arc::new(Pool::new(&fe.backends, passive(fe)));
-                    if fe.health.checks {
-                        let health = fe.health;
-                        if let Some(o) = old {
-                            pool.carry_health_from(&o.pool);
-                        }
-                        if let Err(err) =
-                            probe::spawn(Arc::downgrade(&pool), fe.name.clone(), health)
-                        {
-                            warn!(frontend = %fe.name, %err, "cannot start health checks");
-                        }
-                    }
-                    let metrics = Arc::new(Metrics::new(&fe.name, config.workers, pool.len()));
-                    (pool, metrics)
+                    let old_pool = old.map(|o| &o.pool);
+                    let pool = new_pool(fe, None, fe.health, &fe.backends, old_pool);
+                    let routes: Vec<Arc<Pool>> = fe
+                        .routes
+                        .iter()
+                        .map(|r| {
+                            let carried = old.and_then(|o| o.route_pool(r.label()));
+                            new_pool(fe, Some(r.label()), r.health, &r.backends, carried)
+                        })
+                        .collect();
+                    let backends = pool.len() + routes.iter().map(|r| r.len()).sum::<usize>();
+                    let metrics = Arc::new(Metrics::new(&fe.name, config.workers, backends));
+                    (pool, routes, metrics)
                 }
             };
             let limit = match old {
@@ -136,6 +145,7 @@ impl Generation {
                 config: fe.clone(),
                 listeners,
                 pool,
+                routes,
             }));
         }
         Ok(Generation {
@@ -151,12 +161,71 @@ impl Generation {
     }
 }
 
-/// How failures on real traffic take `fe`'s backends down.
-fn passive(fe: &FrontendConfig) -> Passive {
+impl Frontend {
+    /// Every pool with the name of its route (`None` for the frontend's
+    /// own) and the index of its first backend in the per-backend counters,
+    /// which hold the pools one after the other in this order.
+    pub fn pools(&self) -> Vec<(Option<&str>, &Arc<Pool>, usize)> {
+        let mut first = 0;
+        let mut out = Vec::with_capacity(1 + self.routes.len());
+        let labels = self.config.routes.iter().map(|r| Some(r.label()));
+        for (label, pool) in std::iter::once(None)
+            .chain(labels)
+            .zip(std::iter::once(&self.pool).chain(&self.routes))
+        {
+            out.push((label, pool, first));
+            first += pool.len();
+        }
+        out
+    }
+
+    /// Whether any pool has a backend up (empty pools aside).
+    pub fn any_up(&self) -> bool {
+        std::iter::once(&self.pool)
+            .chain(&self.routes)
+            .any(|p| p.any_up())
+    }
+
+    /// The pool of the route named `label`.
+    fn route_pool(&self, label: &str) -> Option<&Arc<Pool>> {
+        let i = self.config.routes.iter().position(|r| r.label() == label)?;
+        self.routes.get(i)
+    }
+}
+
+/// A new pool of `backends` (of route `route`, if any) under `health` and
+/// `fe`'s passive settings, taking over the health of `old`'s backends at the same
+/// addresses (under health checks: without them nothing would bring a
+/// carried down backend back, so it starts all up), with its prober started.
+fn new_pool(
+    fe: &FrontendConfig,
+    route: Option<&str>,
+    health: HealthConfig,
+    backends: &[BackendConfig],
+    old: Option<&Arc<Pool>>,
+) -> Arc<Pool> {
+    let pool = Arc::new(Pool::new(backends, passive(fe, health)));
+    if health.checks && !backends.is_empty() {
+        if let Some(o) = old {
+            pool.carry_health_from(o);
+        }
+        let name = match route {
+            Some(route) => format!("{} route {route}", fe.name),
+            None => fe.name.clone(),
+        };
+        if let Err(err) = probe::spawn(Arc::downgrade(&pool), name, health) {
+            warn!(frontend = %fe.name, %err, "cannot start health checks");
+        }
+    }
+    pool
+}
+
+/// How failures on real traffic take a pool of `fe` with `health` down.
+fn passive(fe: &FrontendConfig, health: HealthConfig) -> Passive {
     Passive {
-        fall: fe.health.fall,
+        fall: health.fall,
         fail_timeout: fe.fail_timeout,
-        active_checks: fe.health.checks,
+        active_checks: health.checks,
         observe_l4: fe.observe_l4,
     }
 }

@@ -7,13 +7,15 @@
 //! - [`config::manual`]: shell completions and the man page, generated from the command line.
 //! - [`config::file`]: TOML config file -> the same `Config`; errors name file, line and key.
 //! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP), writes the ready file.
-//! - [`frontend`]: one config generation: per frontend its listeners, pool, counters, limit;
+//! - [`frontend`]: one config generation: per frontend its listeners, pools (its own and one per
+//!   SNI route), counters, limit;
 //!   the watch that publishes generations.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners (`[::]` dual-stack), the fd limit.
 //! - [`worker`]: one thread + one ring per core: accept loops, reloads, the timeout sweep, drain.
 //! - [`access`]: the source rules (allow, deny, accept-proxy-from) a client is checked against at accept; pure.
-//! - [`conn`]: one connection from accept to close: backend, relay, timeouts, access log;
-//!   its per-worker frontend state and the worker's registry of open connections (and their timers).
+//! - [`conn`]: one connection from accept to close: PROXY header, ClientHello and SNI route,
+//!   backend, relay, timeouts, access log; its per-worker frontend state (an upstream per pool),
+//!   the pure route choice, and the worker's registry of open connections (and their timers).
 //! - [`ceiling`]: the process-wide connection ceiling from the fd limit; workers accept under it.
 //! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
 //! - [`balance`]: the balancing algorithms, one file each, pure.
@@ -21,6 +23,7 @@
 //! - [`health`]: the pure rise/fall health state machine.
 //! - [`probe`]: the one prober thread that runs health checks and publishes them.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
+//! - [`sni`]: the TLS ClientHello read for routing: server name and ALPN; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
 //! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv, send, getsockname, malloc_trim.
@@ -54,6 +57,7 @@ pub mod proxy_protocol;
 mod relay;
 pub mod server;
 mod shutdown;
+pub mod sni;
 mod stats;
 mod upstream;
 mod uring;

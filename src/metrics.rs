@@ -88,7 +88,20 @@ pub struct WorkerMetrics {
     pub refused_source: Counter,
     /// Clients refused at accept by accept-proxy-from.
     pub refused_proxy_source: Counter,
-    /// Per backend, in pool order.
+    /// SNI routing: clients whose first bytes were not TLS.
+    pub sni_not_tls: Counter,
+    /// SNI routing: clients whose ClientHello was malformed.
+    pub sni_malformed: Counter,
+    /// SNI routing: clients whose ClientHello passed the buffer cap.
+    pub sni_oversized: Counter,
+    /// SNI routing: clients that sent no complete ClientHello within sni-timeout.
+    pub sni_timeout: Counter,
+    /// SNI routing: clients that closed before their ClientHello was complete.
+    pub sni_truncated: Counter,
+    /// SNI routing: clients whose ClientHello matched no route, with no default.
+    pub sni_no_route: Counter,
+    /// Per backend: the frontend's own pool, then each route's (see
+    /// `Frontend::pools`).
     pub backends: Box<[BackendMetrics]>,
 }
 
@@ -127,6 +140,12 @@ impl WorkerMetrics {
             queued: Counter::default(),
             refused_source: Counter::default(),
             refused_proxy_source: Counter::default(),
+            sni_not_tls: Counter::default(),
+            sni_malformed: Counter::default(),
+            sni_oversized: Counter::default(),
+            sni_timeout: Counter::default(),
+            sni_truncated: Counter::default(),
+            sni_no_route: Counter::default(),
             backends: (0..backends).map(|_| BackendMetrics::default()).collect(),
         }
     }
@@ -294,6 +313,22 @@ const FAMILIES: &[Family] = &[
         ),
     },
     Family {
+        name: "ringlb_sni_rejects_total",
+        kind: Kind::Counter,
+        help: "Clients closed before a backend was chosen by SNI routing, by reason.",
+        source: Source::ByLabel(
+            "reason",
+            &[
+                ("not_tls", |w| &w.sni_not_tls),
+                ("malformed", |w| &w.sni_malformed),
+                ("oversized", |w| &w.sni_oversized),
+                ("timeout", |w| &w.sni_timeout),
+                ("truncated", |w| &w.sni_truncated),
+                ("no_route", |w| &w.sni_no_route),
+            ],
+        ),
+    },
+    Family {
         name: "ringlb_queue_length",
         kind: Kind::Gauge,
         help: "Clients waiting for a backend slot.",
@@ -349,7 +384,7 @@ impl Family {
 
     fn encode(
         &self,
-        frontends: &[(Arc<Metrics>, Arc<Pool>)],
+        frontends: &[ScrapedFrontend],
         encoder: &mut DescriptorEncoder,
     ) -> fmt::Result {
         let metric_type = match self.kind {
@@ -362,8 +397,14 @@ impl Family {
             Kind::Counter => ConstCounter::new(value).encode(family.encode_family(&labels)?),
             Kind::Gauge => ConstGauge::new(value).encode(family.encode_family(&labels)?),
         };
-        for (m, pool) in frontends {
+        for (m, pools) in frontends {
             let frontend = ("frontend", m.frontend.as_str());
+            // A frontend with routes labels every backend with its route;
+            // the frontend's own pool is route "".
+            let routed = pools.len() > 1;
+            let backends = pools.iter().flat_map(|(route, pool, first)| {
+                (0..pool.len()).map(move |i| (route.as_deref().unwrap_or(""), pool, i, first + i))
+            });
             match &self.source {
                 Source::Frontend(f) => sample(&[frontend], m.sum(f))?,
                 Source::ByLabel(label, values) => {
@@ -371,16 +412,19 @@ impl Family {
                         sample(&[frontend, (label, value)], m.sum(f))?;
                     }
                 }
-                Source::Backend(f) => {
-                    for i in 0..pool.len() {
+                Source::Backend(_) | Source::Pool(_) => {
+                    for (route, pool, i, counter) in backends {
                         let addr = pool.addr(i).to_string();
-                        sample(&[frontend, ("backend", &addr)], m.sum_backend(i, f))?;
-                    }
-                }
-                Source::Pool(f) => {
-                    for i in 0..pool.len() {
-                        let addr = pool.addr(i).to_string();
-                        sample(&[frontend, ("backend", &addr)], f(pool, i))?;
+                        let value = match &self.source {
+                            Source::Backend(f) => m.sum_backend(counter, f),
+                            Source::Pool(f) => f(pool, i),
+                            _ => 0,
+                        };
+                        if routed {
+                            sample(&[frontend, ("route", route), ("backend", &addr)], value)?;
+                        } else {
+                            sample(&[frontend, ("backend", &addr)], value)?;
+                        }
                     }
                 }
             }
@@ -389,8 +433,16 @@ impl Family {
     }
 }
 
-/// What a scrape reads: each frontend's counters and pool, in config order.
-pub type Frontends = Vec<(Arc<Metrics>, Arc<Pool>)>;
+/// One pool as a scrape reads it: its route's name (`None` for the
+/// frontend's own), the pool, and the index of its first backend in the
+/// per-backend counters.
+pub type ScrapedPool = (Option<String>, Arc<Pool>, usize);
+
+/// One frontend as a scrape reads it: its counters and its pools.
+pub type ScrapedFrontend = (Arc<Metrics>, Vec<ScrapedPool>);
+
+/// What a scrape reads: each frontend's counters and pools, in config order.
+pub type Frontends = Vec<ScrapedFrontend>;
 
 /// The collector behind `/metrics`: at each scrape it asks for the current
 /// frontends and sums their per-worker counters; it keeps no state of its own.
@@ -465,7 +517,7 @@ mod tests {
         m.workers[1].connections_active.inc();
         m.workers[1].connections_active.dec();
         m.workers[0].backend_errors.inc();
-        let text = scrape(vec![(m, pool())]);
+        let text = scrape(vec![(m, vec![(None, pool(), 0)])]);
         for line in [
             "# HELP ringlb_connections_total Client connections accepted.\n",
             "# TYPE ringlb_connections_total counter\n",
@@ -483,8 +535,30 @@ mod tests {
     }
 
     #[test]
+    fn routed_backends_are_labelled_with_their_route() {
+        let m = Arc::new(Metrics::new("tls", 1, 2));
+        m.workers[0].backends[1].connections.add(4);
+        m.workers[0].sni_not_tls.add(2);
+        let routes = vec![
+            (None, pool(), 0),
+            (Some("api.example".to_string()), pool(), 1),
+        ];
+        let text = scrape(vec![(m, routes)]);
+        for line in [
+            "ringlb_backend_connections_total{frontend=\"tls\",route=\"\",backend=\"127.0.0.1:9000\"} 0\n",
+            "ringlb_backend_connections_total{frontend=\"tls\",route=\"api.example\",backend=\"127.0.0.1:9000\"} 4\n",
+            "ringlb_sni_rejects_total{frontend=\"tls\",reason=\"not_tls\"} 2\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn every_family_is_exposed_under_its_table_name_once() {
-        let text = scrape(vec![(Arc::new(Metrics::new("web", 1, 1)), pool())]);
+        let text = scrape(vec![(
+            Arc::new(Metrics::new("web", 1, 1)),
+            vec![(None, pool(), 0)],
+        )]);
         assert!(!text.contains("_total_total"), "{text}");
         let types: Vec<&str> = text
             .lines()
@@ -509,7 +583,7 @@ mod tests {
         let name = "a\"b\\c\nd";
         let m = Arc::new(Metrics::new(name, 1, 1));
         m.workers[0].connections_total.add(2);
-        let text = scrape(vec![(m, pool())]);
+        let text = scrape(vec![(m, vec![(None, pool(), 0)])]);
         assert!(
             text.contains("ringlb_connections_total{frontend=\"a\\\"b\\\\c\\nd\"} 2\n"),
             "{text}"

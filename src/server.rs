@@ -42,7 +42,11 @@ fn connection_ceiling(config: &Config) -> Result<Limits, ServerError> {
             rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
         }
     };
-    let backends = config.frontends.iter().map(|f| f.backends.len()).sum();
+    let backends = config
+        .frontends
+        .iter()
+        .map(|f| f.backends.len() + f.routes.iter().map(|r| r.backends.len()).sum::<usize>())
+        .sum();
     let admin = if config.admin.is_some() {
         admin::MAX_CONNECTIONS
     } else {
@@ -228,6 +232,7 @@ fn log_frontends(generation: &Generation, previous: Option<&Generation>) {
             frontend = %fe.config.name,
             listen = %fe.listeners.addr,
             backends = %backends.join(","),
+            routes = fe.config.routes.len(),
             balance = %fe.config.balance,
             kept,
             "frontend ready"

@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::balance::{self, Algorithm, Balancer, PickContext};
 use crate::logging::Throttle;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{BackendMetrics, WorkerMetrics};
 use crate::pool::{Lease, Pool};
 use crate::uring;
 
@@ -56,6 +56,9 @@ impl fmt::Display for NoBackend {
 pub struct Upstream {
     /// The shared pool: health, counts, addresses.
     pool: Arc<Pool>,
+    /// Where the pool's backends start in the frontend's per-backend
+    /// counters (after the pools before it, see `Frontend::pools`).
+    first: usize,
     /// This worker's balancer.
     balancer: RefCell<Box<dyn Balancer>>,
     /// Limit per connect attempt, and for waiting in the queue.
@@ -80,11 +83,19 @@ enum Pass<'a> {
 }
 
 impl Upstream {
-    /// A worker's upstream; `seed` (the worker id) spreads workers' starting points.
-    pub fn new(pool: Arc<Pool>, algorithm: Algorithm, timeout: Duration, seed: u64) -> Self {
+    /// A worker's upstream over `pool`, whose counters start at backend
+    /// counter `first`; `seed` (the worker id) spreads workers' starting points.
+    pub fn new(
+        pool: Arc<Pool>,
+        first: usize,
+        algorithm: Algorithm,
+        timeout: Duration,
+        seed: u64,
+    ) -> Self {
         let balancer = RefCell::new(balance::build(algorithm, &pool.weights(), seed));
         Upstream {
             pool,
+            first,
             balancer,
             timeout,
             queued: Cell::new(0),
@@ -96,6 +107,11 @@ impl Upstream {
     /// The pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// This worker's counters for backend `i` of the pool.
+    pub fn counters<'m>(&self, metrics: &'m WorkerMetrics, i: usize) -> Option<&'m BackendMetrics> {
+        metrics.backends.get(self.first + i)
     }
 
     /// Connects `client` to a backend, trying each at most once, waiting for a
@@ -193,7 +209,7 @@ impl Upstream {
                 continue;
             };
             tried[i] = true;
-            let counters = metrics.backends.get(i);
+            let counters = self.counters(metrics, i);
             match uring::connect(pool.addr(i), self.timeout).await {
                 Ok(stream) => {
                     if let Some(c) = counters {

@@ -11,11 +11,12 @@ use clap::Parser;
 use ipnet::IpNet;
 
 use super::{
-    default_workers, parse_backend, parse_buffer_size, parse_cidr, resolve, Config, ConfigError,
-    FrontendConfig, HealthConfig, OrNever, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL,
-    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME,
-    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RISE, MAX_RISE_FALL, MAX_WORKERS,
+    default_workers, parse_backend, parse_buffer_size, parse_cidr, parse_sni_pattern, resolve,
+    Config, ConfigError, FrontendConfig, HealthConfig, OrNever, RouteBy, RouteConfig,
+    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RISE,
+    DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL, MAX_WORKERS,
 };
 use crate::balance::Algorithm;
 use crate::logging::LogFormat;
@@ -150,6 +151,22 @@ pub struct Cli {
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr, conflicts_with = "config")]
     pub deny: Vec<IpNet>,
 
+    /// Route TLS connections by the server name in their ClientHello (sni),
+    /// passing the encrypted bytes through, or not at all (none).
+    #[arg(long, value_name = "HOW", default_value_t = DEFAULT_ROUTE_BY, conflicts_with = "config")]
+    pub route_by: RouteBy,
+
+    /// With --route-by sni, how long a client may take to send its ClientHello.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_SNI_TIMEOUT.into(), conflicts_with = "config")]
+    pub sni_timeout: humantime::Duration,
+
+    /// With --route-by sni, a route: `NAME[,NAME...]=ADDR[;ADDR...]`, server
+    /// names (exact, or `*.example.com` for one more label) and their
+    /// backends (each as --backend takes it); repeat for several, tried in
+    /// order. --backend, if given, is the default for no SNI or no match.
+    #[arg(long = "route", value_name = "ROUTE", value_parser = parse_route, conflicts_with = "config")]
+    pub routes: Vec<RouteConfig>,
+
     /// Frontend name, used in logs and metric labels.
     #[arg(
         long,
@@ -262,6 +279,18 @@ impl Config {
             accept_proxy_from: cli.accept_proxy_from.clone(),
             fail_timeout: cli.fail_timeout.into(),
             observe_l4: !cli.no_observe_l4,
+            route_by: cli.route_by,
+            sni_timeout: cli.sni_timeout.into(),
+            routes: cli
+                .routes
+                .iter()
+                .map(|r| RouteConfig {
+                    balance: cli.balance,
+                    send_proxy: cli.send_proxy,
+                    health,
+                    ..r.clone()
+                })
+                .collect(),
         };
         let config = Config {
             workers: cli.workers.map_or_else(default_workers, |n| n as usize),
@@ -299,6 +328,30 @@ impl Config {
     }
 }
 
+/// Parses `--route NAME[,NAME...]=ADDR[;ADDR...]`; its balance, PROXY
+/// header and health checks are set from the other flags.
+fn parse_route(value: &str) -> Result<RouteConfig, String> {
+    let (names, addrs) = value.split_once('=').ok_or_else(|| {
+        format!("invalid route '{value}': expected NAME[,NAME...]=ADDR[;ADDR...]")
+    })?;
+    let sni = names
+        .split(',')
+        .map(parse_sni_pattern)
+        .collect::<Result<Vec<_>, _>>()?;
+    let backends = addrs
+        .split(';')
+        .map(|b| parse_backend(b).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RouteConfig {
+        sni,
+        alpn: vec![],
+        backends,
+        balance: DEFAULT_BALANCE,
+        send_proxy: None,
+        health: super::DEFAULT_HEALTH,
+    })
+}
+
 /// Joins host and port, bracketing bare IPv6 literals.
 fn format_host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
@@ -323,6 +376,41 @@ mod tests {
         let cli = Cli::try_parse_from(["ringlb", "8080", "127.0.0.1", "9000"]).unwrap();
         let config = Config::from_cli(&cli).unwrap();
         assert_eq!(config.frontends[0].listen, "[::]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn routes_from_flags() {
+        let args = [
+            "ringlb",
+            "--listen",
+            "127.0.0.1:0",
+            "--route-by",
+            "sni",
+            "--balance",
+            "least-conn",
+            "--route",
+            "A.example,*.b.example=127.0.0.1:1;127.0.0.1:2,weight=3",
+            "--route",
+            "c.example=127.0.0.1:3",
+        ];
+        let cli = Cli::try_parse_from(args).unwrap();
+        let fe = Config::from_cli(&cli).unwrap().frontends.remove(0);
+        assert_eq!(fe.route_by, RouteBy::Sni);
+        assert_eq!(fe.sni_timeout, DEFAULT_SNI_TIMEOUT);
+        assert!(fe.backends.is_empty());
+        assert_eq!(fe.routes[0].sni, ["a.example", "*.b.example"]);
+        assert_eq!(fe.routes[0].backends[1].weight, 3);
+        assert_eq!(fe.routes[0].balance, Algorithm::LeastConn);
+        assert_eq!(fe.routes[1].sni, ["c.example"]);
+
+        assert!(parse_route("a.example").is_err());
+        assert!(parse_route("a b=127.0.0.1:1").is_err());
+        assert!(parse_route("a.example=nowhere").is_err());
+        let no_route = Cli::try_parse_from(&args[..5]).unwrap();
+        assert!(matches!(
+            Config::from_cli(&no_route),
+            Err(ConfigError::NoRoute { frontend: 0 })
+        ));
     }
 
     #[test]

@@ -25,11 +25,12 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{
-    default_workers, parse_backend, parse_buffer_size, parse_cidr, range_message, resolve,
-    BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig, Location, OrNever,
-    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH, DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4,
-    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
+    default_workers, parse_backend, parse_buffer_size, parse_cidr, parse_sni_pattern,
+    range_message, resolve, BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig,
+    Location, OrNever, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_ROUTE_BY,
+    DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
 };
 use crate::balance::Algorithm;
 use crate::proxy_protocol::Version as ProxyVersion;
@@ -233,6 +234,9 @@ fn serde_segments(path: &serde_path_to_error::Path) -> Vec<Segment> {
 /// Where a validation [`Location`] is in the file's terms.
 fn location_path(at: &Location) -> Vec<Segment> {
     let mut path = vec![Segment::Key("frontend".into()), Segment::Index(at.frontend)];
+    if let Some(route) = at.route {
+        path.extend([Segment::Key("route".into()), Segment::Index(route)]);
+    }
     if let Some(backend) = at.backend {
         path.extend([Segment::Key("backends".into()), Segment::Index(backend)]);
     }
@@ -312,6 +316,7 @@ struct RawFrontend {
     name: Name,
     listen: Addr,
     balance: Option<Balance>,
+    #[serde(default)]
     backends: Backends,
     connect_timeout: Option<Dur>,
     buffer_size: Option<BufferSize>,
@@ -330,6 +335,25 @@ struct RawFrontend {
     deny: Vec<Cidr>,
     fail_timeout: Option<Dur>,
     observe_l4: Option<bool>,
+    health: Option<Table<RawHealth>>,
+    route_by: Option<RouteByValue>,
+    sni_timeout: Option<Dur>,
+    #[serde(default)]
+    route: Vec<Table<RawRoute>>,
+}
+
+/// One `[[frontend.route]]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRoute {
+    #[serde(default)]
+    sni: Vec<SniPattern>,
+    #[serde(default)]
+    alpn: Vec<String>,
+    #[serde(default)]
+    backends: Backends,
+    balance: Option<Balance>,
+    send_proxy: Option<SendProxy>,
     health: Option<Table<RawHealth>>,
 }
 
@@ -377,16 +401,8 @@ impl RawConfig {
 
 impl RawFrontend {
     fn into_config(self) -> FrontendConfig {
-        let health = match self.health.map(|t| t.0) {
-            None => DEFAULT_HEALTH,
-            Some(h) => HealthConfig {
-                checks: h.enabled.unwrap_or(DEFAULT_HEALTH.checks),
-                interval: h.interval.map_or(DEFAULT_HEALTH.interval, |d| d.0),
-                timeout: h.timeout.map_or(DEFAULT_HEALTH.timeout, |d| d.0),
-                rise: h.rise.map_or(DEFAULT_HEALTH.rise, |n| n.0 as u32),
-                fall: h.fall.map_or(DEFAULT_HEALTH.fall, |n| n.0 as u32),
-            },
-        };
+        let health = RawHealth::over(self.health, DEFAULT_HEALTH);
+        let send_proxy = self.send_proxy.map(|v| v.0);
         FrontendConfig {
             name: self.name.0,
             listen: self.listen.0,
@@ -402,7 +418,7 @@ impl RawFrontend {
                 .map_or(Some(DEFAULT_IDLE_TIMEOUT), |d| d.0 .0),
             max_lifetime: self.max_lifetime.map(|d| d.0),
             max_conns: self.max_conns.map(|n| n.0 as usize),
-            send_proxy: self.send_proxy.map(|v| v.0),
+            send_proxy,
             accept_proxy: self.accept_proxy,
             proxy_header_timeout: self
                 .proxy_header_timeout
@@ -412,6 +428,36 @@ impl RawFrontend {
             accept_proxy_from: self.accept_proxy_from.into_iter().map(|c| c.0).collect(),
             fail_timeout: self.fail_timeout.map_or(DEFAULT_FAIL_TIMEOUT, |d| d.0),
             observe_l4: self.observe_l4.unwrap_or(DEFAULT_OBSERVE_L4),
+            route_by: self.route_by.map_or(DEFAULT_ROUTE_BY, |r| r.0),
+            sni_timeout: self.sni_timeout.map_or(DEFAULT_SNI_TIMEOUT, |d| d.0),
+            routes: self
+                .route
+                .into_iter()
+                .map(|Table(r)| RouteConfig {
+                    sni: r.sni.into_iter().map(|s| s.0).collect(),
+                    alpn: r.alpn,
+                    backends: r.backends.0,
+                    balance: r.balance.map_or(DEFAULT_BALANCE, |b| b.0),
+                    send_proxy: r.send_proxy.map(|v| v.0).or(send_proxy),
+                    health: RawHealth::over(r.health, health),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl RawHealth {
+    /// `base` with the keys `raw` sets replaced.
+    fn over(raw: Option<Table<RawHealth>>, base: HealthConfig) -> HealthConfig {
+        match raw.map(|t| t.0) {
+            None => base,
+            Some(h) => HealthConfig {
+                checks: h.enabled.unwrap_or(base.checks),
+                interval: h.interval.map_or(base.interval, |d| d.0),
+                timeout: h.timeout.map_or(base.timeout, |d| d.0),
+                rise: h.rise.map_or(base.rise, |n| n.0 as u32),
+                fall: h.fall.map_or(base.fall, |n| n.0 as u32),
+            },
         }
     }
 }
@@ -596,6 +642,26 @@ impl<'de> Deserialize<'de> for Balance {
     }
 }
 
+/// `"none"` or `"sni"`.
+struct RouteByValue(RouteBy);
+
+impl<'de> Deserialize<'de> for RouteByValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "\"none\" or \"sni\"", |s| s.parse().map(RouteByValue))
+    }
+}
+
+/// A route's server name: exact or `*.example.com`.
+struct SniPattern(String);
+
+impl<'de> Deserialize<'de> for SniPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a server name such as \"www.example.com\"", |s| {
+            parse_sni_pattern(s).map(SniPattern)
+        })
+    }
+}
+
 /// A PROXY protocol version, `"v1"` or `"v2"`.
 struct SendProxy(ProxyVersion);
 
@@ -683,6 +749,7 @@ impl<'de> Visitor<'de> for BufferSizeVisitor {
 }
 
 /// The non-empty backend list.
+#[derive(Default)]
 struct Backends(Vec<BackendConfig>);
 
 impl<'de> Deserialize<'de> for Backends {
@@ -817,6 +884,9 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 accept_proxy_from: vec![],
                 fail_timeout: Duration::from_secs(10),
                 observe_l4: true,
+                route_by: RouteBy::None,
+                sni_timeout: Duration::from_secs(5),
+                routes: vec![],
             }],
         };
         assert_eq!(parse_str(text).unwrap(), expected);
@@ -948,7 +1018,8 @@ health = { enabled = false, interval = "0s" }
             Path::new("examples/ringlb.toml"),
         )
         .unwrap();
-        assert_eq!(c.frontends.len(), 2);
+        assert_eq!(c.frontends.len(), 3);
+        assert_eq!(c.frontends[2].routes.len(), 2);
     }
 
     #[test]
@@ -1186,6 +1257,139 @@ health = { enabled = false, interval = "0s" }
             assert!(err.starts_with(&prefix), "{what}: {err:?} lacks {prefix:?}");
             assert!(err.contains(message), "{what}: {err:?} lacks {message:?}");
             assert!(!err.contains('\n'), "{what}: {err:?} is not one line");
+        }
+    }
+
+    #[test]
+    fn sni_routes() {
+        let text = r#"
+[[frontend]]
+name = "tls"
+listen = "127.0.0.1:8443"
+route-by = "sni"
+sni-timeout = "2s"
+
+[[frontend.route]]
+sni = ["API.example.com.", "*.api.example.com"]
+alpn = ["h2"]
+backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+balance = "least-conn"
+send-proxy = "v1"
+[frontend.route.health]
+interval = "9s"
+
+[[frontend.route]]
+sni = ["www.example.com"]
+backends = ["127.0.0.1:9003"]
+
+[frontend.health]
+rise = 7
+"#;
+        let fe = parse_str(text).unwrap().frontends.remove(0);
+        assert_eq!(fe.route_by, RouteBy::Sni);
+        assert_eq!(fe.sni_timeout, Duration::from_secs(2));
+        assert!(fe.backends.is_empty());
+        assert_eq!(fe.routes.len(), 2);
+        assert_eq!(fe.routes[0].sni, ["api.example.com", "*.api.example.com"]);
+        assert_eq!(fe.routes[0].alpn, ["h2"]);
+        assert_eq!(fe.routes[0].balance, Algorithm::LeastConn);
+        assert_eq!(fe.routes[0].backends.len(), 2);
+        assert_eq!(fe.routes[1].balance, DEFAULT_BALANCE);
+        assert_eq!(fe.routes[0].send_proxy, Some(ProxyVersion::V1));
+        assert_eq!(fe.routes[1].send_proxy, None);
+        assert_eq!(fe.routes[0].health.interval, Duration::from_secs(9));
+        assert_eq!(fe.routes[0].health.rise, 7);
+        assert_eq!(fe.routes[1].health, fe.health);
+        assert_eq!(fe.routes[1].label(), "www.example.com");
+    }
+
+    #[test]
+    fn bad_sni_routes() {
+        const FE: &str = "[[frontend]]\nname = \"tls\"\nlisten = \"127.0.0.1:8443\"\n";
+        let route = |sni: &str, backends: &str| {
+            format!("[[frontend.route]]\nsni = [{sni}]\nbackends = [{backends}]\n")
+        };
+        let b = "\"127.0.0.1:9000\"";
+        let cases: Vec<(&str, String, usize, &str, &str)> = vec![
+            (
+                "duplicate name across routes",
+                format!(
+                    "{FE}route-by = \"sni\"\n{}{}",
+                    route("\"a.b\"", b),
+                    route("\"x.y\", \"A.B.\"", b)
+                ),
+                9,
+                "frontend[0].route[1].sni",
+                "server name 'a.b' is in two routes",
+            ),
+            (
+                "route without names",
+                format!("{FE}route-by = \"sni\"\n{}", route("", b)),
+                6,
+                "frontend[0].route[0].sni",
+                "no server name",
+            ),
+            (
+                "route without backends",
+                format!("{FE}route-by = \"sni\"\n[[frontend.route]]\nsni = [\"a.b\"]\n"),
+                5,
+                "frontend[0].route[0]",
+                "backends no backend",
+            ),
+            (
+                "zero route health interval",
+                format!(
+                    "{FE}route-by = \"sni\"\n{}[frontend.route.health]\ninterval = \"0s\"\n",
+                    route("\"a.b\"", b)
+                ),
+                9,
+                "frontend[0].route[0].health.interval",
+                "must be more than zero",
+            ),
+            (
+                "sni with nothing to route to",
+                format!("{FE}route-by = \"sni\"\n"),
+                4,
+                "frontend[0].route-by",
+                "needs a [[frontend.route]]",
+            ),
+            (
+                "routes without route-by",
+                format!("{FE}{}", route("\"a.b\"", b)),
+                1,
+                "frontend[0]: route-by",
+                "must be \"sni\" for [[frontend.route]]",
+            ),
+            (
+                "bad name",
+                format!("{FE}route-by = \"sni\"\n{}", route("\"a b\"", b)),
+                6,
+                "frontend[0].route[0].sni[0]",
+                "invalid server name 'a b'",
+            ),
+            (
+                "bad route-by",
+                format!("{FE}route-by = \"host\"\nbackends = [{b}]\n"),
+                4,
+                "frontend[0].route-by",
+                "expected \"none\" or \"sni\"",
+            ),
+            (
+                "route backend weight",
+                format!(
+                    "{FE}route-by = \"sni\"\n{}",
+                    route("\"a.b\"", "\"127.0.0.1:1,weight=0\"")
+                ),
+                7,
+                "frontend[0].route[0].backends[0]",
+                "weight must be between 1 and 1000",
+            ),
+        ];
+        for (what, text, line, key, message) in cases {
+            let err = parse_str(&text).expect_err(what).to_string();
+            let prefix = format!("{PATH}:{line}: {key}");
+            assert!(err.starts_with(&prefix), "{what}: {err:?} lacks {prefix:?}");
+            assert!(err.contains(message), "{what}: {err:?} lacks {message:?}");
         }
     }
 

@@ -41,6 +41,10 @@ pub const DEFAULT_BUFFER_SIZE: usize = 256 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a client may take to send its PROXY header.
 pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send its TLS ClientHello when routing by SNI.
+pub const DEFAULT_SNI_TIMEOUT: Duration = Duration::from_secs(5);
+/// How connections are routed to pools unless configured: all to the one pool.
+pub const DEFAULT_ROUTE_BY: RouteBy = RouteBy::None;
 /// How long connections may finish after a stop signal.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Close a connection with no byte either way for this long (nginx stream's
@@ -141,6 +145,93 @@ pub struct FrontendConfig {
     /// Count a backend connection the backend resets or closes before its
     /// first byte, within the connect timeout, as a failed connect.
     pub observe_l4: bool,
+    /// What picks the pool of a connection: nothing (the frontend's
+    /// `backends`) or the TLS ClientHello's server name.
+    pub route_by: RouteBy,
+    /// How long a client may take to send its ClientHello (with `route_by = Sni`).
+    pub sni_timeout: Duration,
+    /// The SNI routes, tried in order; the frontend's own `backends`, when
+    /// not empty, is the default for no SNI or no match.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// What picks the pool a connection goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteBy {
+    /// Every connection goes to the frontend's pool.
+    None,
+    /// The server name (and ALPN) of the TLS ClientHello picks a route.
+    Sni,
+}
+
+impl fmt::Display for RouteBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RouteBy::None => "none",
+            RouteBy::Sni => "sni",
+        })
+    }
+}
+
+impl std::str::FromStr for RouteBy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(RouteBy::None),
+            "sni" => Ok(RouteBy::Sni),
+            _ => Err(format!(
+                "invalid route-by '{s}': expected \"none\" or \"sni\""
+            )),
+        }
+    }
+}
+
+/// One SNI route: the names (and ALPN protocols) it takes and its own pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Server names, lowercase without a trailing dot: exact, or `*.` and a
+    /// suffix to match one more label.
+    pub sni: Vec<String>,
+    /// ALPN protocols; when not empty the client must offer one of them.
+    pub alpn: Vec<String>,
+    /// The route's pool, in the order given.
+    pub backends: Vec<BackendConfig>,
+    /// How workers choose a backend of this route.
+    pub balance: Algorithm,
+    /// Send a PROXY protocol header of this version to the route's
+    /// backends (the frontend's `send_proxy` unless the route sets one).
+    pub send_proxy: Option<ProxyVersion>,
+    /// The route's health checks (the frontend's, key by key, unless the
+    /// route sets them).
+    pub health: HealthConfig,
+}
+
+impl RouteConfig {
+    /// The route's name in logs, metric labels and /backends: its first
+    /// server name.
+    pub fn label(&self) -> &str {
+        self.sni.first().map_or("", String::as_str)
+    }
+}
+
+/// Parses a route's server name: a host name, or `*.` followed by one, as
+/// the parser of ClientHellos normalises names (lowercase, no trailing dot).
+pub fn parse_sni_pattern(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!(
+            "invalid server name '{s}': expected a host name such as \"www.example.com\" or \"*.example.com\""
+        ));
+    }
+    Ok(name.to_string())
 }
 
 /// One backend of the pool.
@@ -199,6 +290,12 @@ pub enum Key {
     Weight,
     /// A backend's max-conns.
     MaxConns,
+    /// `route-by`.
+    RouteBy,
+    /// `sni-timeout`.
+    SniTimeout,
+    /// A route's server names.
+    Sni,
 }
 
 impl Key {
@@ -219,6 +316,9 @@ impl Key {
             Key::HealthTimeout => "health-timeout",
             Key::Weight => "weight",
             Key::MaxConns => "max-conns",
+            Key::RouteBy => "route-by",
+            Key::SniTimeout => "sni-timeout",
+            Key::Sni => "route",
         }
     }
 
@@ -239,6 +339,9 @@ impl Key {
             Key::HealthTimeout => &["health", "timeout"],
             Key::Weight => &["weight"],
             Key::MaxConns => &["max-conns"],
+            Key::RouteBy => &["route-by"],
+            Key::SniTimeout => &["sni-timeout"],
+            Key::Sni => &["sni"],
         }
     }
 }
@@ -248,7 +351,9 @@ impl Key {
 pub struct Location {
     /// Index into [`Config::frontends`].
     pub frontend: usize,
-    /// Index into that frontend's backends, for a backend's key.
+    /// Index into that frontend's routes, for a route's key.
+    pub route: Option<usize>,
+    /// Index into that frontend's (or route's) backends, for a backend's key.
     pub backend: Option<usize>,
     /// The offending setting.
     pub key: Key,
@@ -342,14 +447,52 @@ pub enum ConfigError {
     ZeroDuration {
         /// The frontend.
         frontend: usize,
+        /// The route, for a route's health settings.
+        route: Option<usize>,
         /// Which duration.
         key: Key,
+    },
+    /// `route-by = "sni"` with neither a route nor a default pool.
+    #[error("route-by sni needs a route (--route NAME=ADDR) or default backends")]
+    NoRoute {
+        /// The frontend.
+        frontend: usize,
+    },
+    /// Routes on a frontend that does not route by SNI.
+    #[error("routes need --route-by sni")]
+    RoutesWithoutRouteBy {
+        /// The frontend.
+        frontend: usize,
+    },
+    /// A route without server names or without backends.
+    #[error("route '{label}' has no {}", if *.key == Key::Sni { "server name" } else { "backend" })]
+    EmptyRoute {
+        /// The frontend.
+        frontend: usize,
+        /// The route's index.
+        route: usize,
+        /// Its first server name, if any.
+        label: String,
+        /// [`Key::Sni`] or [`Key::Backends`].
+        key: Key,
+    },
+    /// One server name in two routes (or twice in one).
+    #[error("server name '{name}' is in two routes: each name routes to one place")]
+    DuplicateSni {
+        /// The frontend.
+        frontend: usize,
+        /// The second route with that name.
+        route: usize,
+        /// The name.
+        name: String,
     },
     /// A backend's weight or max-conns out of its range.
     #[error("invalid backend option '{}={value}' for {addr}: {}", .key.flag(), self.reason())]
     BackendOutOfRange {
         /// The frontend.
         frontend: usize,
+        /// The route whose pool it is in; `None` for the frontend's own.
+        route: Option<usize>,
         /// The backend's index in its pool.
         backend: usize,
         /// The backend's address.
@@ -364,25 +507,45 @@ pub enum ConfigError {
 impl ConfigError {
     /// Where the error is, for those [`Config::validate`] finds.
     pub fn location(&self) -> Option<Location> {
-        let (frontend, backend, key) = match *self {
-            ConfigError::DuplicateName { frontend, .. } => (frontend, None, Key::Name),
+        let (frontend, route, backend, key) = match *self {
+            ConfigError::DuplicateName { frontend, .. } => (frontend, None, None, Key::Name),
             ConfigError::DuplicateListen { frontend, .. }
-            | ConfigError::OverlappingListen { frontend, .. } => (frontend, None, Key::Listen),
-            ConfigError::ProxyFromWithoutProxy { frontend } => {
-                (frontend, None, Key::AcceptProxyFrom)
+            | ConfigError::OverlappingListen { frontend, .. } => {
+                (frontend, None, None, Key::Listen)
             }
-            ConfigError::NoBackend { frontend } => (frontend, None, Key::Backends),
-            ConfigError::ZeroDuration { frontend, key } => (frontend, None, key),
+            ConfigError::ProxyFromWithoutProxy { frontend } => {
+                (frontend, None, None, Key::AcceptProxyFrom)
+            }
+            ConfigError::NoBackend { frontend } => (frontend, None, None, Key::Backends),
+            ConfigError::NoRoute { frontend } | ConfigError::RoutesWithoutRouteBy { frontend } => {
+                (frontend, None, None, Key::RouteBy)
+            }
+            ConfigError::EmptyRoute {
+                frontend,
+                route,
+                key,
+                ..
+            } => (frontend, Some(route), None, key),
+            ConfigError::DuplicateSni {
+                frontend, route, ..
+            } => (frontend, Some(route), None, Key::Sni),
+            ConfigError::ZeroDuration {
+                frontend,
+                route,
+                key,
+            } => (frontend, route, None, key),
             ConfigError::BackendOutOfRange {
                 frontend,
+                route,
                 backend,
                 key,
                 ..
-            } => (frontend, Some(backend), key),
+            } => (frontend, route, Some(backend), key),
             _ => return None,
         };
         Some(Location {
             frontend,
+            route,
             backend,
             key,
         })
@@ -394,6 +557,16 @@ impl ConfigError {
         match self {
             ConfigError::ZeroDuration { .. } => "must be more than zero".into(),
             ConfigError::NoBackend { .. } => "no backend: list at least one".into(),
+            ConfigError::NoRoute { .. } => {
+                "\"sni\" needs a [[frontend.route]] or the frontend's own backends".into()
+            }
+            ConfigError::RoutesWithoutRouteBy { .. } => {
+                "must be \"sni\" for [[frontend.route]] tables".into()
+            }
+            ConfigError::EmptyRoute { key: Key::Sni, .. } => {
+                "no server name: list at least one".into()
+            }
+            ConfigError::EmptyRoute { .. } => "no backend: list at least one".into(),
             ConfigError::ProxyFromWithoutProxy { .. } => "needs accept-proxy = true".into(),
             ConfigError::BackendOutOfRange { key, value, .. } => {
                 let range = match key {
@@ -431,23 +604,57 @@ impl Config {
             return Err(ConfigError::NoFrontend);
         }
         for (i, fe) in self.frontends.iter().enumerate() {
-            if fe.backends.is_empty() {
-                return Err(ConfigError::NoBackend { frontend: i });
+            match fe.route_by {
+                RouteBy::None if !fe.routes.is_empty() => {
+                    return Err(ConfigError::RoutesWithoutRouteBy { frontend: i })
+                }
+                RouteBy::None if fe.backends.is_empty() => {
+                    return Err(ConfigError::NoBackend { frontend: i })
+                }
+                RouteBy::Sni if fe.routes.is_empty() && fe.backends.is_empty() => {
+                    return Err(ConfigError::NoRoute { frontend: i })
+                }
+                _ => {}
             }
-            for (j, b) in fe.backends.iter().enumerate() {
-                let out_of_range = if !(1..=MAX_WEIGHT).contains(&b.weight) {
-                    Some((Key::Weight, b.weight))
-                } else {
-                    b.max_conns.filter(|&n| n == 0).map(|n| (Key::MaxConns, n))
+            check_backends(i, None, &fe.backends)?;
+            for (r, route) in fe.routes.iter().enumerate() {
+                let empty = |key| ConfigError::EmptyRoute {
+                    frontend: i,
+                    route: r,
+                    label: route.label().to_string(),
+                    key,
                 };
-                if let Some((key, value)) = out_of_range {
-                    return Err(ConfigError::BackendOutOfRange {
-                        frontend: i,
-                        backend: j,
-                        addr: b.addr,
-                        key,
-                        value,
-                    });
+                if route.sni.is_empty() {
+                    return Err(empty(Key::Sni));
+                }
+                if route.backends.is_empty() {
+                    return Err(empty(Key::Backends));
+                }
+                check_backends(i, Some(r), &route.backends)?;
+                if route.health.checks {
+                    for (key, value) in [
+                        (Key::HealthInterval, route.health.interval),
+                        (Key::HealthTimeout, route.health.timeout),
+                    ] {
+                        if value.is_zero() {
+                            return Err(ConfigError::ZeroDuration {
+                                frontend: i,
+                                route: Some(r),
+                                key,
+                            });
+                        }
+                    }
+                }
+                let earlier = fe.routes[..r].iter().flat_map(|r| &r.sni);
+                let seen: Vec<&String> = earlier.collect();
+                for (k, name) in route.sni.iter().enumerate() {
+                    if seen.contains(&name) || route.sni[..k].contains(name) {
+                        return Err(ConfigError::DuplicateSni {
+                            frontend: i,
+                            route: r,
+                            name: name.clone(),
+                        });
+                    }
                 }
             }
             let health = Some(&fe.health).filter(|h| h.checks);
@@ -459,9 +666,14 @@ impl Config {
                 (Key::MaxLifetime, fe.max_lifetime),
                 (Key::ProxyHeaderTimeout, Some(fe.proxy_header_timeout)),
                 (Key::FailTimeout, Some(fe.fail_timeout)),
+                (Key::SniTimeout, Some(fe.sni_timeout)),
             ] {
                 if value.is_some_and(|v| v.is_zero()) {
-                    return Err(ConfigError::ZeroDuration { frontend: i, key });
+                    return Err(ConfigError::ZeroDuration {
+                        frontend: i,
+                        route: None,
+                        key,
+                    });
                 }
             }
             if !fe.accept_proxy_from.is_empty() && !fe.accept_proxy {
@@ -527,6 +739,32 @@ impl Config {
         keep(&mut changed, "ready-file", &mut self.ready_file, ready);
         changed
     }
+}
+
+/// Checks the weights and limits of one pool's backends.
+fn check_backends(
+    frontend: usize,
+    route: Option<usize>,
+    backends: &[BackendConfig],
+) -> Result<(), ConfigError> {
+    for (j, b) in backends.iter().enumerate() {
+        let out_of_range = if !(1..=MAX_WEIGHT).contains(&b.weight) {
+            Some((Key::Weight, b.weight))
+        } else {
+            b.max_conns.filter(|&n| n == 0).map(|n| (Key::MaxConns, n))
+        };
+        if let Some((key, value)) = out_of_range {
+            return Err(ConfigError::BackendOutOfRange {
+                frontend,
+                route,
+                backend: j,
+                addr: b.addr,
+                key,
+                value,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether two listen addresses would share a port on some address, so the
@@ -744,6 +982,9 @@ mod tests {
             accept_proxy_from: vec![],
             fail_timeout: DEFAULT_FAIL_TIMEOUT,
             observe_l4: DEFAULT_OBSERVE_L4,
+            route_by: DEFAULT_ROUTE_BY,
+            sni_timeout: DEFAULT_SNI_TIMEOUT,
+            routes: vec![],
         }
     }
 
@@ -766,6 +1007,7 @@ mod tests {
         let at = |frontend, backend, key| {
             Some(Location {
                 frontend,
+                route: None,
                 backend,
                 key,
             })

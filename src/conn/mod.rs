@@ -1,6 +1,7 @@
-//! One client connection, from accept to close: pick and connect a backend,
-//! relay, enforce the idle timeout and lifetime limit, then count it and log
-//! its access line. Timeouts close by shutting both sockets down, which
+//! One client connection, from accept to close: read a PROXY header and a
+//! TLS ClientHello when the frontend wants them, pick a route (see
+//! [`route`]) and connect one of its backends, relay, enforce the idle
+//! timeout and lifetime limit, then count it and log its access line. Timeouts close by shutting both sockets down, which
 //! completes the relay's pending operations; nothing is dropped in flight.
 //!
 //! The types a connection lives with are here too: the [`FrontendState`] it
@@ -18,15 +19,19 @@ use tokio_uring::net::TcpStream;
 use crate::access::{self, Refusal};
 use crate::buffer::BufPool;
 use crate::ceiling::Slot;
+use crate::config::RouteBy;
 use crate::frontend::Frontend;
 use crate::logging::{Throttle, ACCESS_TARGET};
 use crate::metrics::WorkerMetrics;
-use crate::proxy_protocol::{self, Parsed};
+use crate::pool::Pool;
+use crate::proxy_protocol::{self, Parsed, Version as ProxyVersion};
 use crate::relay::{self, relay, Outcome, Side};
+use crate::sni::{self, ClientHello};
 use crate::upstream::{NoBackend, Upstream};
 use crate::uring;
 
 mod registry;
+mod route;
 
 pub use registry::Registry;
 use registry::{Expiry, Timer};
@@ -38,27 +43,45 @@ pub struct FrontendState {
     pub frontend: Arc<Frontend>,
     /// The worker serving it, to find its counters.
     worker: usize,
-    /// Backend choice and connects.
+    /// Backend choice and connects: the frontend's own pool (with SNI
+    /// routing, the default route's, which may be empty).
     pub upstream: Upstream,
+    /// The same for each SNI route, in config order.
+    routes: Vec<Route>,
     /// Large relay buffers for reuse.
     pub buffers: BufPool,
     /// Per-connection time limits and logging.
     pub limits: Limits,
     /// Keeps the warning about refused clients to one line a second.
     refused_warning: Throttle,
+    /// The same for clients closed by SNI routing.
+    sni_warning: Throttle,
 }
 
 impl FrontendState {
     /// `frontend` as worker `worker` serves it.
     pub fn new(worker: usize, frontend: Arc<Frontend>, access_log: bool) -> Self {
         let c = &frontend.config;
-        FrontendState {
-            upstream: Upstream::new(
-                frontend.pool.clone(),
-                c.balance,
+        let upstream = |pool: &Arc<Pool>, first, balance| {
+            Upstream::new(
+                pool.clone(),
+                first,
+                balance,
                 c.connect_timeout,
                 worker as u64,
-            ),
+            )
+        };
+        // The frontend's own pool comes first in `pools`, at counter 0.
+        let routes = (frontend.pools().into_iter().skip(1).zip(&c.routes))
+            .map(|((_, pool, first), route)| Route {
+                upstream: upstream(pool, first, route.balance),
+                send_proxy: route.send_proxy,
+            })
+            .collect();
+        let upstream = upstream(&frontend.pool, 0, c.balance);
+        FrontendState {
+            upstream,
+            routes,
             buffers: BufPool::new(c.buffer_size),
             limits: Limits {
                 idle_timeout: c.idle_timeout,
@@ -66,6 +89,7 @@ impl FrontendState {
                 access_log,
             },
             refused_warning: Throttle::new(Duration::from_secs(1)),
+            sni_warning: Throttle::new(Duration::from_secs(1)),
             worker,
             frontend,
         }
@@ -110,6 +134,10 @@ enum Ended<'a> {
     NoBackend(NoBackend),
     /// The client's PROXY protocol header was bad, late or missing.
     ProxyHeader(HeaderError),
+    /// The client's TLS ClientHello was bad, late, too large or missing.
+    ClientHello(HelloError),
+    /// The ClientHello matched no route and there is no default.
+    NoRoute(Option<String>),
 }
 
 impl fmt::Display for Ended<'_> {
@@ -122,6 +150,9 @@ impl fmt::Display for Ended<'_> {
             Ended::Drain => f.write_str("drain"),
             Ended::NoBackend(why) => why.fmt(f),
             Ended::ProxyHeader(err) => write!(f, "PROXY header: {err}"),
+            Ended::ClientHello(err) => write!(f, "ClientHello: {err}"),
+            Ended::NoRoute(Some(name)) => write!(f, "no route for server name {name:?}"),
+            Ended::NoRoute(None) => f.write_str("no route for a ClientHello without server name"),
         }
     }
 }
@@ -176,10 +207,45 @@ pub async fn handle(
     }
     let source = addresses.map_or(peer, |(source, _)| source);
 
+    // With SNI routing the ClientHello picks the pool; it goes to the
+    // backend with everything else read so far.
+    let mut upstream = &fe.upstream;
+    let mut send_proxy = fe.frontend.config.send_proxy;
+    if fe.frontend.config.route_by == RouteBy::Sni {
+        let timeout = fe.frontend.config.sni_timeout;
+        let hello = Box::pin(read_client_hello(
+            &client,
+            timeout,
+            std::mem::take(&mut early),
+        ));
+        let routed = match hello.await {
+            Ok((hello, read)) => {
+                early = read;
+                match fe.route(&hello) {
+                    Routed::Nowhere => Err(Ended::NoRoute(hello.sni)),
+                    routed => Ok(routed),
+                }
+            }
+            Err(err) => Err(Ended::ClientHello(err)),
+        };
+        match routed {
+            Ok(Routed::Route(route)) => {
+                upstream = &route.upstream;
+                send_proxy = route.send_proxy;
+            }
+            Ok(Routed::Default | Routed::Nowhere) => {}
+            Err(ended) => {
+                reject_sni(&fe, source, &ended);
+                log_close(&fe, source, None, 0, 0, start, &ended);
+                return;
+            }
+        }
+    }
+
     let connected = if registry.aborting() {
         Err(NoBackend::Failed)
     } else {
-        fe.upstream.connect(source.ip(), metrics).await
+        upstream.connect(source.ip(), metrics).await
     };
     let (lease, backend) = match connected {
         Ok(connected) => connected,
@@ -196,13 +262,13 @@ pub async fn handle(
     if registry.aborting() {
         relay::teardown(&client, &backend);
     }
-    if fe.frontend.config.send_proxy.is_some() || !early.is_empty() {
+    if send_proxy.is_some() || !early.is_empty() {
         let preamble = Box::pin(send_preamble(
-            &fe, &client, &backend, peer, addresses, early,
+            send_proxy, &client, &backend, peer, addresses, early,
         ));
         if let Err(err) = preamble.await {
             metrics.backend_errors.inc();
-            let addr = fe.upstream.pool().addr(lease.index());
+            let addr = upstream.pool().addr(lease.index());
             log_close(&fe, source, Some(addr), 0, 0, start, &Ended::Error(&err));
             return;
         }
@@ -227,9 +293,9 @@ pub async fn handle(
         Expiry::Lifetime => Ended::Lifetime,
     });
 
-    count(metrics, index, &outcome, timed_out.is_some());
+    count(metrics, upstream, index, &outcome, timed_out.is_some());
     if timed_out.is_none() && !registry.aborting() {
-        observe_l4(&fe, index, &outcome, connected_at);
+        observe_l4(&fe, upstream, index, &outcome, connected_at);
     }
     let ended = if registry.aborting() {
         Ended::Drain
@@ -240,7 +306,7 @@ pub async fn handle(
     } else {
         Ended::Eof(outcome.first_eof.unwrap_or(Side::Client))
     };
-    let addr = fe.upstream.pool().addr(index);
+    let addr = upstream.pool().addr(index);
     log_close(
         &fe,
         source,
@@ -268,6 +334,56 @@ fn refuse(fe: &FrontendState, peer: SocketAddr, refusal: Refusal) {
     }
 }
 
+/// One SNI route as one worker serves it.
+struct Route {
+    /// Backend choice and connects over the route's pool.
+    upstream: Upstream,
+    /// The PROXY header its backends get.
+    send_proxy: Option<ProxyVersion>,
+}
+
+/// Where a ClientHello goes.
+enum Routed<'a> {
+    /// To the route it matched.
+    Route(&'a Route),
+    /// To the frontend's own pool: no match, and the frontend has backends.
+    Default,
+    /// Nowhere: no match and no default.
+    Nowhere,
+}
+
+impl FrontendState {
+    /// Where `hello` goes: a matching route, else the default route.
+    fn route(&self, hello: &ClientHello) -> Routed<'_> {
+        match route::pick(&self.frontend.config.routes, hello) {
+            Some(i) => self.routes.get(i).map_or(Routed::Nowhere, Routed::Route),
+            None if self.upstream.pool().len() > 0 => Routed::Default,
+            None => Routed::Nowhere,
+        }
+    }
+}
+
+/// Counts and logs a client closed by SNI routing, before any backend.
+fn reject_sni(fe: &FrontendState, client: SocketAddr, ended: &Ended<'_>) {
+    let m = fe.metrics();
+    let (counter, reason) = match ended {
+        Ended::NoRoute(_) => (&m.sni_no_route, "no_route"),
+        Ended::ClientHello(ReadError::Timeout(_)) => (&m.sni_timeout, "timeout"),
+        Ended::ClientHello(ReadError::Truncated) => (&m.sni_truncated, "truncated"),
+        Ended::ClientHello(ReadError::Invalid(err)) => match err {
+            sni::ParseError::NotTls => (&m.sni_not_tls, err.label()),
+            sni::ParseError::Malformed(_) => (&m.sni_malformed, err.label()),
+            sni::ParseError::TooLarge => (&m.sni_oversized, err.label()),
+        },
+        _ => return,
+    };
+    counter.inc();
+    tracing::debug!(%client, frontend = fe.name(), reason, detail = %ended, "client closed by SNI routing");
+    if let Some(suppressed) = fe.sni_warning.allow(Instant::now()) {
+        tracing::warn!(%client, frontend = fe.name(), reason, detail = %ended, suppressed, "client closed by SNI routing");
+    }
+}
+
 /// Counts a connection as open for as long as it lives.
 struct Open<'a>(&'a WorkerMetrics);
 
@@ -285,18 +401,85 @@ impl Drop for Open<'_> {
     }
 }
 
-/// Why a client's PROXY header was refused.
+/// Why the bytes a client must send first (a PROXY header, a ClientHello)
+/// were refused; `E` is the parser's error.
 #[derive(Debug, thiserror::Error)]
-enum HeaderError {
-    /// Not a valid header.
+enum ReadError<E> {
+    /// Not valid.
     #[error("{0}")]
-    Invalid(#[from] proxy_protocol::ParseError),
-    /// The client closed or failed before the header was complete.
-    #[error("connection ended before the header was complete")]
+    Invalid(E),
+    /// The client closed or failed before they were complete.
+    #[error("connection ended before it was complete")]
     Truncated,
-    /// The header did not arrive in time.
+    /// They did not arrive in time.
     #[error("not complete within {0:?}")]
     Timeout(Duration),
+}
+
+/// Most bytes one read asks for while a PROXY header or ClientHello is
+/// awaited: the buffer waits in the kernel for as long as the client is
+/// silent, so it stays small; real ClientHellos fit (about 1.8 KiB with a
+/// post-quantum key share), larger ones take a few reads.
+const READ_CHUNK: usize = 4096;
+
+/// Why a client's PROXY header was refused.
+type HeaderError = ReadError<proxy_protocol::ParseError>;
+
+/// Why a client's ClientHello was refused.
+type HelloError = ReadError<sni::ParseError>;
+
+/// Reads from `client`, after the bytes already in `got`, until `judge`
+/// decides on them, buffering at most `max` bytes (`judge` must decide by
+/// then), within `timeout`. Returns the verdict and every byte read. On
+/// timeout the socket is shut down so the pending read completes in the
+/// kernel.
+async fn read_prefix<T, E>(
+    client: &TcpStream,
+    timeout: Duration,
+    mut got: Vec<u8>,
+    max: usize,
+    judge: impl Fn(&[u8]) -> Result<Option<T>, E>,
+) -> Result<(T, Vec<u8>), ReadError<E>> {
+    let read = async {
+        loop {
+            if !got.is_empty() {
+                if let Some(done) = judge(&got).map_err(ReadError::Invalid)? {
+                    return Ok((done, got));
+                }
+            }
+            let want = (max - got.len().min(max - 1)).min(READ_CHUNK);
+            let (res, buf) = uring::recv(client, Vec::with_capacity(want), false).await;
+            match res {
+                Ok(0) | Err(_) => return Err(ReadError::Truncated),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::pin!(read);
+    tokio::select! {
+        res = &mut read => res,
+        _ = tokio::time::sleep(timeout) => {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = read.await;
+            Err(ReadError::Timeout(timeout))
+        }
+    }
+}
+
+/// Reads a TLS ClientHello from `client` within `timeout`, after the bytes
+/// in `early`. Returns it and every byte read, for the backend.
+async fn read_client_hello(
+    client: &TcpStream,
+    timeout: Duration,
+    early: Vec<u8>,
+) -> Result<(ClientHello, Vec<u8>), HelloError> {
+    read_prefix(client, timeout, early, sni::MAX_BUFFER, |got| {
+        sni::parse(got).map(|parsed| match parsed {
+            sni::Parsed::Incomplete => None,
+            sni::Parsed::Complete(hello) => Some(hello),
+        })
+    })
+    .await
 }
 
 /// Reads a PROXY protocol header (v1 or v2) from `client` within `timeout`.
@@ -307,37 +490,24 @@ async fn read_proxy_header(
     client: &TcpStream,
     timeout: Duration,
 ) -> Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>), HeaderError> {
-    let read = async {
-        let mut got: Vec<u8> = Vec::with_capacity(proxy_protocol::MAX_HEADER);
-        loop {
-            let want = proxy_protocol::MAX_HEADER - got.len().min(proxy_protocol::MAX_HEADER - 1);
-            let (res, buf) = uring::recv(client, Vec::with_capacity(want), false).await;
-            match res {
-                Ok(0) | Err(_) => return Err(HeaderError::Truncated),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-            match proxy_protocol::parse(&got)? {
-                Parsed::Incomplete => continue,
-                Parsed::Complete { len, addresses } => return Ok((addresses, got.split_off(len))),
-            }
-        }
-    };
-    tokio::pin!(read);
-    tokio::select! {
-        res = &mut read => res,
-        _ = tokio::time::sleep(timeout) => {
-            let _ = client.shutdown(std::net::Shutdown::Both);
-            let _ = read.await;
-            Err(HeaderError::Timeout(timeout))
-        }
-    }
+    let got = Vec::with_capacity(proxy_protocol::MAX_HEADER);
+    let max = proxy_protocol::MAX_HEADER;
+    let judged = read_prefix(client, timeout, got, max, |got| {
+        proxy_protocol::parse(got).map(|parsed| match parsed {
+            Parsed::Incomplete => None,
+            Parsed::Complete { len, addresses } => Some((len, addresses)),
+        })
+    });
+    let ((len, addresses), mut got) = judged.await?;
+    Ok((addresses, got.split_off(len)))
 }
 
 /// Writes what the backend must see before the relay starts: our PROXY
-/// header if the frontend sends one, then any client bytes read past the
-/// client's own header.
+/// header of version `send_proxy`, if any, then the client bytes read
+/// already (past the client's own header: its ClientHello and whatever came
+/// with it).
 async fn send_preamble(
-    fe: &FrontendState,
+    send_proxy: Option<ProxyVersion>,
     client: &TcpStream,
     backend: &TcpStream,
     peer: SocketAddr,
@@ -345,7 +515,7 @@ async fn send_preamble(
     early: Vec<u8>,
 ) -> Result<(), relay::RelayError> {
     let mut preamble = Vec::new();
-    if let Some(version) = fe.frontend.config.send_proxy {
+    if let Some(version) = send_proxy {
         let (source, dest) = match addresses {
             Some(pair) => pair,
             None => {
@@ -373,10 +543,10 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Adds a finished connection to this worker's counters.
-fn count(m: &WorkerMetrics, backend: usize, outcome: &Outcome, timed_out: bool) {
+fn count(m: &WorkerMetrics, up: &Upstream, backend: usize, outcome: &Outcome, timed_out: bool) {
     m.bytes_in.add(outcome.to_backend);
     m.bytes_out.add(outcome.to_client);
-    if let Some(b) = m.backends.get(backend) {
+    if let Some(b) = up.counters(m, backend) {
         b.bytes_in.add(outcome.to_backend);
         b.bytes_out.add(outcome.to_client);
     }
@@ -393,8 +563,14 @@ fn count(m: &WorkerMetrics, backend: usize, outcome: &Outcome, timed_out: bool) 
 /// Layer-4 observation (HAProxy's `observe layer4`): a backend that resets or
 /// closes a connection before sending a byte, within connect-timeout of the
 /// connect, failed it; a byte from it is a success.
-fn observe_l4(fe: &FrontendState, index: usize, outcome: &Outcome, connected_at: Instant) {
-    let pool = fe.upstream.pool();
+fn observe_l4(
+    fe: &FrontendState,
+    upstream: &Upstream,
+    index: usize,
+    outcome: &Outcome,
+    connected_at: Instant,
+) {
+    let pool = upstream.pool();
     if !pool.passive().observe_l4 {
         return;
     }
@@ -408,7 +584,7 @@ fn observe_l4(fe: &FrontendState, index: usize, outcome: &Outcome, connected_at:
     };
     if backend_ended_first && connected_at.elapsed() <= fe.frontend.config.connect_timeout {
         fe.metrics().l4_failures.inc();
-        fe.upstream.failed(index);
+        upstream.failed(index);
     }
 }
 
