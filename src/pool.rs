@@ -23,6 +23,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::futures::Notified;
@@ -74,6 +75,12 @@ struct Shared {
     /// Without active checks: when a passively downed backend may be tried
     /// again, in milliseconds after the pool's epoch; 0 when not down so.
     retry_at: AtomicU64,
+    /// When it last went up or down, in milliseconds after the pool's epoch;
+    /// 0 when it never changed.
+    changed_at: AtomicU64,
+    /// Why it last failed (a check, or the failure that took it down), for
+    /// the stats page. Written by the prober and at a flip, never per byte.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Pool {
@@ -88,6 +95,8 @@ impl Pool {
                     up: AtomicBool::new(true),
                     streak: AtomicU32::new(0),
                     retry_at: AtomicU64::new(0),
+                    changed_at: AtomicU64::new(0),
+                    last_error: Mutex::new(None),
                 })
                 .collect(),
             room: Notify::new(),
@@ -138,6 +147,7 @@ impl Pool {
             .is_ok()
         {
             b.up.store(true, Ordering::Relaxed);
+            b.changed_at.store(self.now_ms(), Ordering::Relaxed);
             info!(
                 backend = %b.config.addr,
                 "backend {} back after its fail-timeout: real traffic tries it again",
@@ -163,10 +173,31 @@ impl Pool {
     pub fn set_up(&self, i: usize, up: bool) {
         let b = &self.backends[i];
         let was = b.up.swap(up, Ordering::Relaxed);
+        if up != was {
+            b.changed_at.store(self.now_ms(), Ordering::Relaxed);
+        }
         if up && !was {
             b.streak.store(0, Ordering::Relaxed);
             self.room.notify_waiters();
         }
+    }
+
+    /// Records why backend `i` last failed.
+    pub fn set_last_error(&self, i: usize, error: String) {
+        if let Ok(mut last) = self.backends[i].last_error.lock() {
+            *last = Some(error);
+        }
+    }
+
+    /// Why backend `i` last failed, if it ever did.
+    pub fn last_error(&self, i: usize) -> Option<String> {
+        self.backends[i].last_error.lock().ok()?.clone()
+    }
+
+    /// How long since backend `i` last went up or down; `None` if it never did.
+    pub fn since_change(&self, i: usize) -> Option<Duration> {
+        let at = self.backends[i].changed_at.load(Ordering::Relaxed);
+        (at != 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(at)))
     }
 
     /// Takes over the health of every backend `old` also has (same address),
@@ -229,8 +260,10 @@ impl Pool {
         if streak < self.passive.fall || !b.up.swap(false, Ordering::Relaxed) {
             return None;
         }
+        let now = self.now_ms();
+        b.changed_at.store(now, Ordering::Relaxed);
         if !self.passive.active_checks {
-            let retry = self.now_ms() + self.passive.fail_timeout.as_millis() as u64;
+            let retry = now + self.passive.fail_timeout.as_millis() as u64;
             b.retry_at.store(retry, Ordering::Relaxed);
         }
         Some(streak)

@@ -62,6 +62,9 @@ async fn run(weak: Weak<Pool>, frontend: String, config: HealthConfig) {
             if state.is_up() && !pool.is_up(i) {
                 *state = HealthState::starting(false, config.rise, config.fall);
             }
+            if let Err(err) = &result {
+                pool.set_last_error(i, format!("check: {err}"));
+            }
             if let Some(up) = state.observe(result.is_ok()) {
                 pool.set_up(i, up);
                 let addr = pool.addr(i);

@@ -31,19 +31,26 @@ pub fn snapshot(generation: &Generation, since: Instant) -> Value {
 
 fn frontend(f: &Frontend) -> Value {
     let m = &f.metrics;
-    let backends: Vec<Value> = (0..f.pool.len())
-        .map(|i| {
-            let config = f.pool.config(i);
+    let backends: Vec<Value> = f
+        .pools()
+        .into_iter()
+        .flat_map(|(route, pool, first)| (0..pool.len()).map(move |i| (route, pool, first, i)))
+        .map(|(route, pool, first, i)| {
+            let config = pool.config(i);
+            let n = first + i;
             json!({
                 "address": config.addr.to_string(),
-                "up": f.pool.is_up(i),
+                "route": route,
+                "up": pool.is_up(i),
+                "since_change_s": pool.since_change(i).map(|d| d.as_secs()),
+                "last_error": pool.last_error(i),
                 "weight": config.weight,
-                "active": f.pool.active(i),
+                "active": pool.active(i),
                 "max_conns": config.max_conns,
-                "connections_total": m.sum_backend(i, |b| &b.connections),
-                "connect_failures": m.sum_backend(i, |b| &b.connect_failures),
-                "bytes_in": m.sum_backend(i, |b| &b.bytes_in),
-                "bytes_out": m.sum_backend(i, |b| &b.bytes_out),
+                "connections_total": m.sum_backend(n, |b| &b.connections),
+                "connect_failures": m.sum_backend(n, |b| &b.connect_failures),
+                "bytes_in": m.sum_backend(n, |b| &b.bytes_in),
+                "bytes_out": m.sum_backend(n, |b| &b.bytes_out),
             })
         })
         .collect();

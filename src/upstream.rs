@@ -239,7 +239,7 @@ impl Upstream {
                     if let Some(suppressed) = self.warn_throttle.allow(Instant::now()) {
                         warn!(%err, suppressed, "backend connect failed");
                     }
-                    self.failed(i);
+                    self.failed(i, &err);
                     failed = Some(i);
                 }
             }
@@ -249,9 +249,10 @@ impl Upstream {
     /// Reports a failure of backend `i` seen on real traffic (a connect, or
     /// a connection the backend ended before its first byte); says so when
     /// that took the backend down.
-    pub fn failed(&self, i: usize) {
+    pub fn failed(&self, i: usize, why: &dyn fmt::Display) {
         let pool = &*self.pool;
         if let Some(streak) = pool.report_failure(i) {
+            pool.set_last_error(i, why.to_string());
             let addr = pool.addr(i);
             let passive = pool.passive();
             if passive.active_checks {

@@ -120,6 +120,14 @@ fn the_snapshot_has_what_the_page_shows() {
     let down = &web["backends"][1];
     assert_eq!(down["up"], false, "{first}");
     assert_eq!(down["connections_total"], 0, "{first}");
+    assert!(
+        down["since_change_s"].is_u64(),
+        "went down, so it changed: {first}"
+    );
+    let error = down["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("refused"), "the last check's error: {first}");
+    assert!(up["since_change_s"].is_null(), "never changed: {first}");
+    assert!(up["last_error"].is_null(), "{first}");
     let db = &first["frontends"][1];
     assert_eq!(db["name"], "db", "{first}");
     assert_eq!(db["algorithm"], "round-robin", "{first}");
@@ -269,6 +277,8 @@ fn the_page_shows_backends_health_and_counters_in_a_real_browser() {
     let down = backend_row(&dom, &s.web[1]);
     assert!(down.contains("class=\"backend down\""), "{down}");
     assert_eq!(cell(down, "health"), "DOWN", "{down}");
+    assert!(cell(down, "since").ends_with(" s"), "{down}");
+    assert!(cell(down, "last_error").contains("refused"), "{down}");
 
     let db_row = backend_row(&dom, &s.db);
     assert_eq!(cell(db_row, "connections_total"), "3", "{db_row}");

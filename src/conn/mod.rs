@@ -584,7 +584,11 @@ fn observe_l4(
     };
     if backend_ended_first && connected_at.elapsed() <= fe.frontend.config.connect_timeout {
         fe.metrics().l4_failures.inc();
-        upstream.failed(index);
+        let why = match &outcome.error {
+            Some(err) => format!("layer 4: {err} before the backend's first byte"),
+            None => "layer 4: closed by the backend before its first byte".to_string(),
+        };
+        upstream.failed(index, &why);
     }
 }
 
