@@ -374,6 +374,7 @@ fn backends_json(generation: &Generation) -> String {
                 "address": config.addr.to_string(),
                 "weight": config.weight,
                 "max_conns": config.max_conns,
+                "backup": config.backup,
                 "up": pool.is_up(i),
                 "active": pool.active(i),
                 "connections_total": metrics.sum_backend(counter, |b| &b.connections),

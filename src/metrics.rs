@@ -498,6 +498,7 @@ mod tests {
             addr: "127.0.0.1:9000".parse().unwrap(),
             weight: 1,
             max_conns: None,
+            backup: false,
         };
         Arc::new(Pool::new(&[backend], passive))
     }

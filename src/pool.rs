@@ -163,6 +163,20 @@ impl Pool {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
+    /// Whether backend `i` may take new connections as far as the backup
+    /// rule goes: a primary always, a backup only while no primary is up.
+    /// `primary_up` is [`Pool::primary_up`], taken once per pick.
+    pub fn serves(&self, i: usize, primary_up: bool) -> bool {
+        !self.backends[i].config.backup || !primary_up
+    }
+
+    /// Whether a primary (non-backup) backend is up among those `untried`
+    /// leaves for this client: once every primary failed it, a backup may
+    /// take it.
+    pub fn primary_up(&self, untried: impl Fn(usize) -> bool) -> bool {
+        (0..self.len()).any(|i| !self.backends[i].config.backup && self.is_up(i) && untried(i))
+    }
+
     /// Whether any backend passes its health checks.
     pub fn any_up(&self) -> bool {
         (0..self.len()).any(|i| self.is_up(i))
@@ -327,6 +341,7 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
             weight: 1,
             max_conns,
+            backup: false,
         }
     }
 

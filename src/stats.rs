@@ -47,6 +47,7 @@ fn frontend(f: &Frontend) -> Value {
                 "weight": config.weight,
                 "active": pool.active(i),
                 "max_conns": config.max_conns,
+                "backup": config.backup,
                 "connections_total": m.sum_backend(n, |b| &b.connections),
                 "connect_failures": m.sum_backend(n, |b| &b.connect_failures),
                 "bytes_in": m.sum_backend(n, |b| &b.bytes_in),

@@ -155,7 +155,8 @@ impl Upstream {
         let room = pool.room();
         tokio::pin!(room);
         room.as_mut().enable();
-        let free = |i: usize| pool.is_up(i) && !pool.is_full(i);
+        let primary_up = pool.primary_up(|i| !tried[i]);
+        let free = |i: usize| pool.is_up(i) && pool.serves(i, primary_up) && !pool.is_full(i);
         if (0..pool.len()).any(|i| !tried[i] && free(i)) {
             return;
         }
@@ -185,7 +186,16 @@ impl Upstream {
         let mut raced = vec![false; n];
         let mut failed: Option<usize> = None;
         loop {
-            let eligible = |i: usize| !tried[i] && !raced[i] && pool.is_up(i) && !pool.is_full(i);
+            // Backups only while no primary is up, or once every primary
+            // that is up has failed this client.
+            let primary_up = pool.primary_up(|i| !tried[i]);
+            let eligible = |i: usize| {
+                !tried[i]
+                    && !raced[i]
+                    && pool.is_up(i)
+                    && pool.serves(i, primary_up)
+                    && !pool.is_full(i)
+            };
             let pick = match failed {
                 Some(last) => (1..n).map(|k| (last + k) % n).find(|&i| eligible(i)),
                 None => {
@@ -199,8 +209,12 @@ impl Upstream {
                 }
             };
             let Some(i) = pick else {
-                let full =
-                    (0..n).any(|i| !tried[i] && pool.is_up(i) && (raced[i] || pool.is_full(i)));
+                let full = (0..n).any(|i| {
+                    !tried[i]
+                        && pool.is_up(i)
+                        && pool.serves(i, primary_up)
+                        && (raced[i] || pool.is_full(i))
+                });
                 return Pass::Exhausted { full };
             };
             // Another worker may have taken the last slot since the pick.

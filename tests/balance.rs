@@ -274,3 +274,40 @@ fn max_conns_queues_then_times_out() {
     assert_eq!(read_to_end(&mut third), b"y");
     releaser.join().unwrap();
 }
+
+#[test]
+fn a_backup_serves_only_while_no_primary_is_up() {
+    let primary = Backend::tagged(0);
+    let backup = Backend::tagged(1);
+    let lb = Ringlb::start(&[
+        "--workers",
+        "2",
+        "--health-interval",
+        "50ms",
+        "--health-timeout",
+        "200ms",
+        "--rise",
+        "1",
+        "--backend",
+        &primary.arg(),
+        "--backend",
+        &format!("{},backup", backup.arg()),
+    ]);
+    assert_eq!(
+        counts((0..20).map(|_| visit(&lb)), 2),
+        vec![20, 0],
+        "the backup idles while the primary is up"
+    );
+
+    let primary_addr = primary.addr;
+    primary.stop();
+    // Every client is served while the primary dies (failover reaches the
+    // backup once no primary is up), and then all go to the backup.
+    wait_until("the backup takes over", || visit(&lb) == 1);
+    assert_eq!(counts((0..20).map(|_| visit(&lb)), 2), vec![0, 20]);
+
+    let primary = Backend::echo_at(primary_addr, Some(0));
+    wait_until("the primary takes back", || visit(&lb) == 0);
+    assert_eq!(counts((0..20).map(|_| visit(&lb)), 2), vec![20, 0]);
+    drop(primary);
+}

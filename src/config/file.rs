@@ -376,6 +376,7 @@ struct BackendTable {
     addr: BackendAddr,
     weight: Option<Int<0, { u32::MAX as u64 }>>,
     max_conns: Option<Int<0, { u32::MAX as u64 }>>,
+    backup: Option<bool>,
 }
 
 impl RawConfig {
@@ -813,6 +814,7 @@ impl<'de> Visitor<'de> for BackendVisitor {
             addr: t.addr.0,
             weight: t.weight.map_or(DEFAULT_WEIGHT, |n| n.0 as u32),
             max_conns: t.max_conns.map(|n| n.0 as u32),
+            backup: t.backup.unwrap_or(false),
         }))
     }
 }
@@ -856,11 +858,13 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                         addr: addr("127.0.0.1:9000"),
                         weight: 1,
                         max_conns: None,
+                        backup: false,
                     },
                     BackendConfig {
                         addr: addr("127.0.0.1:9001"),
                         weight: 2,
                         max_conns: None,
+                        backup: false,
                     },
                 ],
                 balance: Algorithm::RoundRobin,
@@ -927,7 +931,7 @@ sqpoll = true
 name = "db"
 listen = "127.0.0.1:5432"
 balance = "least-conn"
-backends = ["127.0.0.1:6000,weight=3,max-conns=7", { addr = "127.0.0.1:6001", max-conns = 5 }]
+backends = ["127.0.0.1:6000,weight=3,max-conns=7", { addr = "127.0.0.1:6001", max-conns = 5, backup = true }]
 connect-timeout = "250ms"
 buffer-size = 65536
 idle-timeout = "5m"
@@ -971,12 +975,14 @@ health = { enabled = false, interval = "0s" }
                 BackendConfig {
                     addr: addr("127.0.0.1:6000"),
                     weight: 3,
-                    max_conns: Some(7)
+                    max_conns: Some(7),
+                    backup: false,
                 },
                 BackendConfig {
                     addr: addr("127.0.0.1:6001"),
                     weight: 1,
-                    max_conns: Some(5)
+                    max_conns: Some(5),
+                    backup: true,
                 }
             ]
         );

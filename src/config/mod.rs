@@ -243,6 +243,9 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Most connections open to it at once, across workers; `None` is unlimited.
     pub max_conns: Option<u32>,
+    /// A backup: it gets connections only while no primary backend of its
+    /// pool is up (HAProxy's `backup`).
+    pub backup: bool,
 }
 
 /// Active health check settings.
@@ -847,6 +850,7 @@ pub fn parse_backend(value: &str) -> Result<BackendConfig, ConfigError> {
         addr,
         weight: DEFAULT_WEIGHT,
         max_conns: None,
+        backup: false,
     };
     for option in parts {
         let bad = |reason| ConfigError::BadBackendOption {
@@ -854,14 +858,18 @@ pub fn parse_backend(value: &str) -> Result<BackendConfig, ConfigError> {
             option: option.to_string(),
             reason,
         };
+        if option == "backup" {
+            backend.backup = true;
+            continue;
+        }
         let (key, val) = option
             .split_once('=')
-            .ok_or_else(|| bad("expected key=value"))?;
+            .ok_or_else(|| bad("expected key=value, or backup"))?;
         let n: u32 = val.parse().map_err(|_| bad("expected a whole number"))?;
         match key {
             "weight" => backend.weight = n,
             "max-conns" => backend.max_conns = Some(n),
-            _ => return Err(bad("known options are weight and max-conns")),
+            _ => return Err(bad("known options are weight, max-conns and backup")),
         }
     }
     Ok(backend)
@@ -940,8 +948,14 @@ mod tests {
         let b = parse_backend("127.0.0.1:9000,weight=3,max-conns=10").unwrap();
         assert_eq!((b.weight, b.max_conns), (3, Some(10)));
         let b = parse_backend("127.0.0.1:9000").unwrap();
-        assert_eq!((b.weight, b.max_conns), (DEFAULT_WEIGHT, None));
+        assert_eq!(
+            (b.weight, b.max_conns, b.backup),
+            (DEFAULT_WEIGHT, None, false)
+        );
+        let b = parse_backend("127.0.0.1:9000,backup,weight=2").unwrap();
+        assert_eq!((b.weight, b.backup), (2, true));
         for bad in [
+            "127.0.0.1:9000,backup=1",
             "127.0.0.1:9000,weight=x",
             "127.0.0.1:9000,colour=red",
             "127.0.0.1:9000,weight",
