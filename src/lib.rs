@@ -30,6 +30,7 @@
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
+//! - `testing` (unit tests only): the deterministic random source the parsers' robustness tests share.
 //! - [`admin`]: the admin HTTP endpoint (hyper, bounded): /metrics, /healthz, /backends, the stats page.
 //! - [`stats`]: the stats page (one self-contained HTML file) and its JSON snapshot; rates are the reader's.
 
@@ -59,6 +60,8 @@ pub mod server;
 mod shutdown;
 pub mod sni;
 mod stats;
+#[cfg(test)]
+mod testing;
 mod upstream;
 mod uring;
 mod worker;

@@ -584,6 +584,7 @@ fn take<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::XorShift;
     use std::net::{SocketAddrV4, SocketAddrV6};
 
     fn v4(a: [u8; 4], port: u16) -> SocketAddr {
@@ -1007,36 +1008,6 @@ mod tests {
                 Ok(Parsed::Complete { len, addresses }),
                 "{name:?}"
             );
-        }
-    }
-
-    /// xorshift64: deterministic, so a failure reproduces exactly.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn bytes(&mut self, n: usize, alphabet: &[u8]) -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    if alphabet.is_empty() {
-                        self.next() as u8
-                    } else {
-                        alphabet[self.below(alphabet.len())]
-                    }
-                })
-                .collect()
         }
     }
 

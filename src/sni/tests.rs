@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::XorShift;
 
 /// A ClientHello from OpenSSL (Python's `ssl`, captured through a memory
 /// BIO) for `API.Example.com.` offering ALPN `h2` and `http/1.1`.
@@ -306,39 +307,17 @@ fn labels() {
     );
 }
 
-/// xorshift64: deterministic, so a failure reproduces exactly.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    fn name(&mut self) -> String {
-        const CHARS: &[u8] = b"abcXYZ019-_";
-        let labels = 1 + self.below(4);
-        (0..labels)
-            .map(|_| {
-                (0..1 + self.below(12))
-                    .map(|_| char::from(CHARS[self.below(CHARS.len())]))
-                    .collect::<String>()
-            })
-            .collect::<Vec<_>>()
-            .join(".")
-    }
+/// A random host name of one to four labels.
+fn random_name(rng: &mut XorShift) -> String {
+    const CHARS: &[u8] = b"abcXYZ019-_";
+    let labels = 1 + rng.below(4);
+    (0..labels)
+        .map(|_| {
+            let n = 1 + rng.below(12);
+            String::from_utf8(rng.bytes(n, CHARS)).unwrap()
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A random valid ClientHello in random records, and what it must parse to.
@@ -346,7 +325,7 @@ fn random_hello(rng: &mut XorShift) -> (Vec<u8>, ClientHello) {
     let mut want = ClientHello::default();
     let mut exts: Vec<Vec<u8>> = Vec::new();
     if rng.below(4) != 0 {
-        let name = rng.name();
+        let name = random_name(rng);
         let dot = if rng.below(4) == 0 { "." } else { "" };
         exts.push(sni_ext(format!("{name}{dot}").as_bytes()));
         want.sni = Some(name.to_ascii_lowercase());
@@ -355,7 +334,7 @@ fn random_hello(rng: &mut XorShift) -> (Vec<u8>, ClientHello) {
         let protocols: Vec<Vec<u8>> = (0..1 + rng.below(3))
             .map(|_| {
                 let n = 1 + rng.below(8);
-                rng.bytes(n)
+                rng.bytes(n, &[])
             })
             .collect();
         let refs: Vec<&[u8]> = protocols.iter().map(Vec::as_slice).collect();
@@ -365,7 +344,7 @@ fn random_hello(rng: &mut XorShift) -> (Vec<u8>, ClientHello) {
     for _ in 0..rng.below(4) {
         let kind = 17 + rng.below(60000) as u16;
         let n = rng.below(300);
-        exts.push(ext(kind, &rng.bytes(n)));
+        exts.push(ext(kind, &rng.bytes(n, &[])));
     }
     // Shuffle the extensions' order.
     for i in (1..exts.len()).rev() {
@@ -420,7 +399,7 @@ fn random_and_mutated_hellos_never_break_invariants() {
             1 => {
                 let n = rng.below(600);
                 let mut b = vec![CONTENT_HANDSHAKE, 3, rng.below(5) as u8];
-                b.extend(rng.bytes(n));
+                b.extend(rng.bytes(n, &[]));
                 b
             }
             _ => {
@@ -436,7 +415,7 @@ fn random_and_mutated_hellos_never_break_invariants() {
                     0 => b.truncate(rng.below(b.len() + 1)),
                     1 => {
                         let n = rng.below(100);
-                        b.extend(rng.bytes(n));
+                        b.extend(rng.bytes(n, &[]));
                     }
                     _ => {}
                 }
