@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Imports follow the byte: server → worker → conn → {upstream, relay} →
-# {buffer, uring}. Prints every `crate::` reference that points up that path
+# Imports follow the byte: server → (upgrade, the hot handover of its
+# listeners) → worker → conn → {upstream, relay} → {buffer, uring}. Prints every `crate::` reference that points up that path
 # or sideways along it (and any from a module off the path into it), and
 # fails if there is one.
 set -euo pipefail
@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 rank() {
     case $1 in
         server) echo 0 ;;
-        worker) echo 1 ;;
-        conn) echo 2 ;;
-        upstream | relay) echo 3 ;;
-        buffer | uring) echo 4 ;;
+        upgrade) echo 1 ;;
+        worker) echo 2 ;;
+        conn) echo 3 ;;
+        upstream | relay) echo 4 ;;
+        buffer | uring) echo 5 ;;
         *) echo 9 ;;
     esac
 }

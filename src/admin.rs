@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::frontend::{Generation, Generations};
@@ -69,12 +69,26 @@ pub struct AdminError {
     pub reason: String,
 }
 
-/// Binds `addr` and serves on a thread of its own for the life of the process.
-/// Returns the bound address (useful with port 0).
-pub fn spawn(addr: SocketAddr, generations: Generations) -> Result<SocketAddr, AdminError> {
+/// Binds `addr` (or serves `inherited`, the listener a hot upgrade handed
+/// over) on a thread of its own until `stop` turns true (the process was
+/// taken over) or the process exits. Returns the bound address (useful with
+/// port 0) and a second handle on the listener, for a later takeover.
+pub fn spawn(
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+    generations: Generations,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, std::net::TcpListener), AdminError> {
     let err = |reason: String| AdminError { addr, reason };
-    let listener = bind(addr).map_err(|e| err(e.to_string()))?;
+    let listener = match inherited {
+        Some(listener) => listener
+            .set_nonblocking(true)
+            .map(|()| listener)
+            .map_err(|e| err(e.to_string()))?,
+        None => bind(addr).map_err(|e| err(e.to_string()))?,
+    };
     let bound = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    let handle = listener.try_clone().map_err(|e| err(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -84,15 +98,23 @@ pub fn spawn(addr: SocketAddr, generations: Generations) -> Result<SocketAddr, A
         .name("ringlb-admin".into())
         .spawn(move || {
             runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => accept_loop(listener, state).await,
-                    Err(err) => warn!(%err, "admin endpoint cannot register its listener"),
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        warn!(%err, "admin endpoint cannot register its listener");
+                        return;
+                    }
+                };
+                // Accepting through epoll: dropping the accept is clean.
+                tokio::select! {
+                    () = accept_loop(listener, state) => {}
+                    _ = stop.wait_for(|s| *s) => info!("admin endpoint handed over"),
                 }
             })
         })
         .map_err(|e| err(e.to_string()))?;
     info!(admin = %bound, "admin endpoint listening");
-    Ok(bound)
+    Ok((bound, handle))
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

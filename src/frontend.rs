@@ -32,8 +32,31 @@ pub type Generations = watch::Receiver<Arc<Generation>>;
 pub struct Listeners {
     /// The bound address (the real port when the config said 0).
     pub addr: SocketAddr,
-    /// Socket `i` belongs to worker `i`.
+    /// Socket `i` belongs to worker `i % workers`: one per worker, or more
+    /// when a hot upgrade handed over more sockets than there are workers.
     pub sockets: Vec<socket2::Socket>,
+}
+
+/// A listener handed over by the process a hot upgrade replaces, until a
+/// frontend of the first generation claims it.
+#[derive(Debug)]
+pub struct Handed {
+    /// The frontend it served there.
+    pub name: String,
+    /// That frontend's configured listen address (port 0 stays 0).
+    pub listen: SocketAddr,
+    /// Its sockets and bound address.
+    pub listeners: Listeners,
+}
+
+impl Handed {
+    /// Whether a frontend `name` listening on `listen` takes this listener
+    /// over: its address was configured the same (under the same name, for
+    /// a port 0 that the kernel chose), or is the one this listener is bound to.
+    fn fits(&self, name: &str, listen: SocketAddr) -> bool {
+        (listen == self.listen && (listen.port() != 0 || name == self.name))
+            || listen == self.listeners.addr
+    }
 }
 
 /// One frontend of one generation.
@@ -71,12 +94,14 @@ pub struct Generation {
 
 impl Generation {
     /// Builds generation `id` from `config`, taking listeners over from
-    /// `previous` where a frontend kept its name and listen address, binding
-    /// the rest. Health probers start here, one per pool.
+    /// `previous` where a frontend kept its name and listen address, or
+    /// from `handed` (a hot upgrade's, removed from it when claimed), and
+    /// binding the rest. Health probers start here, one per pool.
     pub fn build(
         id: u64,
         config: Config,
         previous: Option<&Generation>,
+        handed: &mut Vec<Handed>,
     ) -> Result<Generation, BindError> {
         let mut frontends = Vec::with_capacity(config.frontends.len());
         for fe in &config.frontends {
@@ -86,9 +111,26 @@ impl Generation {
                     .find(|old| old.config.name == fe.name && old.config.listen == fe.listen)
                     .map(|old| old.listeners.clone())
             });
-            let listeners = match kept {
-                Some(listeners) => listeners,
-                None => {
+            let claimed = match kept {
+                Some(_) => None,
+                None => handed
+                    .iter()
+                    .position(|h| h.fits(&fe.name, fe.listen))
+                    .map(|i| handed.swap_remove(i).listeners),
+            };
+            let listeners = match (kept, claimed) {
+                (Some(listeners), _) => listeners,
+                (None, Some(mut listeners)) => {
+                    // Fewer sockets than workers: the others join the same
+                    // SO_REUSEPORT group, at the port it is bound to.
+                    let missing = config.workers.saturating_sub(listeners.sockets.len());
+                    if missing > 0 {
+                        let more = net::bind_listeners(listeners.addr, missing)?;
+                        listeners.sockets.extend(more);
+                    }
+                    Arc::new(listeners)
+                }
+                (None, None) => {
                     let sockets = net::bind_listeners(fe.listen, config.workers)?;
                     let addr = sockets
                         .first()

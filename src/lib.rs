@@ -7,6 +7,7 @@
 //! - [`config::manual`]: shell completions and the man page, generated from the command line.
 //! - [`config::file`]: TOML config file -> the same `Config`; errors name file, line and key.
 //! - [`server`]: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP), writes the ready file.
+//! - [`upgrade`]: hot binary upgrade: the control socket, and the takeover of its listeners (SCM_RIGHTS).
 //! - [`frontend`]: one config generation: per frontend its listeners, pools (its own and one per
 //!   SNI route), counters, limit;
 //!   the watch that publishes generations.
@@ -26,7 +27,7 @@
 //! - [`sni`]: the TLS ClientHello read for routing: server name and ALPN; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
-//! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv, send, getsockname, malloc_trim.
+//! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv, send, cancel, getsockname, malloc_trim, adopting received descriptors.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
@@ -62,6 +63,7 @@ pub mod sni;
 mod stats;
 #[cfg(test)]
 mod testing;
+mod upgrade;
 mod upstream;
 mod uring;
 mod worker;

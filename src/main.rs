@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         let cli = cli.clone();
         Box::new(move || load(&cli)) as ringlb::server::Reloader
     });
-    match ringlb::server::run(config, reload) {
+    match ringlb::server::run(config, reload, cli.takeover.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ringlb: {err}");

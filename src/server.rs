@@ -21,7 +21,8 @@ use crate::ceiling::{self, Ceiling};
 use crate::config::Config;
 use crate::frontend::Generation;
 use crate::net::{self, BindError};
-use crate::shutdown::{self, Phase};
+use crate::shutdown::{self, Accepting, Phase};
+use crate::upgrade::{self, AdminListener, ControlSocket, Serve, UpgradeError};
 use crate::worker;
 
 impl ServerError {
@@ -120,6 +121,9 @@ pub enum ServerError {
         /// Descriptors kept for everything else.
         reserve: u64,
     },
+    /// The hot upgrade failed.
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
     /// A worker's thread or ring could not be started.
     #[error("cannot start worker {id}: {source}")]
     Worker {
@@ -132,26 +136,72 @@ pub enum ServerError {
 
 /// Runs until a stop signal has been handled and every connection drained.
 /// `reload`, when given, is called on SIGHUP for the new configuration.
-pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> {
+/// With `takeover`, the listeners come from the ringlb serving that control
+/// socket, which is told to drain once this process accepts.
+pub fn run(
+    config: Config,
+    reload: Option<Reloader>,
+    takeover: Option<PathBuf>,
+) -> Result<(), ServerError> {
     let limits = connection_ceiling(&config)?;
     let ceiling = limits.ceiling.clone();
-    let generation = Arc::new(Generation::build(0, config, None)?);
+    let control_path = config.control_socket.clone();
+    let mut takeover = match &takeover {
+        Some(path) => upgrade::take_over(path, control_path.as_deref())?,
+        None => None,
+    };
+    // Without a takeover the control socket opens first, so a path already
+    // served fails start-up before anything listens.
+    let mut control = match (&control_path, &takeover) {
+        (Some(path), None) => Some(ControlSocket::bind(path)?),
+        _ => None,
+    };
+    let mut handed = takeover
+        .as_mut()
+        .map(|t| std::mem::take(&mut t.handed))
+        .unwrap_or_default();
+    let generation = Arc::new(Generation::build(0, config, None, &mut handed)?);
     let workers = generation.config.workers;
     let admin = generation.config.admin;
     let (publish, generations) = watch::channel(generation.clone());
     let (trigger, phase) = shutdown::channel();
+    let trigger = Arc::new(trigger);
+    let accepting = Arc::new(Accepting::new(workers));
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServerError::Signals)?;
 
-    let mut handles = Vec::with_capacity(workers);
-    for id in 0..workers {
-        let handle = worker::spawn(id, generations.clone(), phase.clone(), ceiling.clone())
-            .map_err(|source| ServerError::Worker { id, source })?;
-        handles.push(handle);
-    }
+    let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = match admin {
-        Some(addr) => Some(admin::spawn(addr, generations.clone())?),
+        Some(listen) => {
+            let inherited = takeover
+                .as_mut()
+                .and_then(|t| t.admin.take())
+                .filter(|(old, socket)| {
+                    *old == listen || socket.local_addr().is_ok_and(|a| a == listen)
+                })
+                .map(|(_, socket)| socket);
+            let (addr, socket) =
+                admin::spawn(listen, inherited, generations.clone(), admin_stopped)?;
+            Some(AdminListener {
+                listen,
+                addr,
+                socket,
+                stop: admin_stop,
+            })
+        }
         None => None,
     };
+    let mut handles = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let handle = worker::spawn(
+            id,
+            generations.clone(),
+            phase.clone(),
+            ceiling.clone(),
+            accepting.clone(),
+        )
+        .map_err(|source| ServerError::Worker { id, source })?;
+        handles.push(handle);
+    }
     let Limits {
         max,
         fd_limit,
@@ -163,12 +213,37 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
         fd_limit, reserve, "connection ceiling: {max} client connections at once (open-file limit {fd_limit}, two descriptors each, {reserve} in reserve); past it clients wait in the listen backlog"
     );
     log_frontends(&generation, None);
-    // Every worker has registered its listeners (worker::spawn waited for it).
-    let ready = generation
-        .config
-        .ready_file
-        .clone()
-        .map(|path| ReadyFile { path, admin });
+
+    // Every worker accepts now (worker::spawn waited for it): the old
+    // process may stop. The listeners no frontend claimed close only once it
+    // has, so nothing queued on them while it still accepted is dropped.
+    if let Some(takeover) = takeover {
+        let pid = takeover.pid;
+        match takeover.finish() {
+            Ok(pid) => info!(
+                pid,
+                "hot upgrade: the old process stopped accepting and drains"
+            ),
+            Err(err) => {
+                warn!(pid, %err, "hot upgrade: the old process did not confirm it stopped accepting")
+            }
+        }
+        systemd(&[NotifyState::MainPid(std::process::id())]);
+        if let Some(path) = &control_path {
+            // Serving already: a control socket that cannot open costs the
+            // next upgrade, not this process.
+            match ControlSocket::bind(path) {
+                Ok(socket) => control = Some(socket),
+                Err(err) => error!("{err}; the next hot upgrade must restart instead"),
+            }
+        }
+    }
+    drop(handed);
+
+    let ready = generation.config.ready_file.clone().map(|path| ReadyFile {
+        path,
+        admin: admin.as_ref().map(|a| a.addr),
+    });
     if let Some(ready) = &ready {
         ready
             .write(&generation)
@@ -176,6 +251,19 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
                 path: ready.path.clone(),
                 source,
             })?;
+    }
+    let control = control.map(Arc::new);
+    if let Some(socket) = &control {
+        upgrade::serve(Serve {
+            socket: socket.clone(),
+            generations: generations.clone(),
+            phase: phase.clone(),
+            trigger: trigger.clone(),
+            accepting,
+            admin,
+            on_drain: Box::new(|| systemd(&[NotifyState::Stopping])),
+        })
+        .map_err(ServerError::Signals)?;
     }
     info!(
         listen = %generation.frontends[0].listeners.addr,
@@ -210,6 +298,9 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
 
     for handle in handles {
         let _ = handle.join();
+    }
+    if let Some(control) = control {
+        control.remove();
     }
     info!("ringlb stopped");
     Ok(())
@@ -289,7 +380,7 @@ fn reload_config(
         warn!("reload: a change of {what} takes a restart; keeping the running value");
     }
 
-    match Generation::build(current.id + 1, config, Some(&current)) {
+    match Generation::build(current.id + 1, config, Some(&current), &mut Vec::new()) {
         Ok(next) => {
             log_frontends(&next, Some(&current));
             let names: Vec<&str> = next

@@ -1,7 +1,11 @@
 //! The stop signal, from the signal thread to every worker. The main thread
 //! turns SIGINT/SIGTERM into a [`Phase`] published on a watch channel; each
-//! worker reads it off its own receiver. Only touched at start and stop, never
-//! on the data path.
+//! worker reads it off its own receiver; a hot upgrade's control socket
+//! escalates it the same way, then waits on [`Accepting`] until every worker
+//! stopped accepting. Only touched at start and stop, never on the data path.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -42,9 +46,60 @@ impl Trigger {
         });
         next
     }
+
+    /// Moves a running process to draining (a hot upgrade's handover); a
+    /// process already stopping stays where it is.
+    pub fn drain(&self) {
+        self.0.send_if_modified(|phase| {
+            let running = *phase == Phase::Running;
+            if running {
+                *phase = Phase::Draining;
+            }
+            running
+        });
+    }
 }
 
 /// Waits until the phase is at least `phase`. Returns at once if the trigger is gone.
 pub async fn reached(watch: &mut Watch, phase: Phase) {
     let _ = watch.wait_for(|p| *p >= phase).await;
+}
+
+/// How many workers still accept new clients, so a hot upgrade can tell
+/// the new process once the old one has let go of every listener.
+#[derive(Debug)]
+pub struct Accepting {
+    /// Workers whose accept loops have not all ended.
+    count: Mutex<usize>,
+    /// Signalled when `count` reaches zero.
+    none: Condvar,
+}
+
+impl Accepting {
+    /// `workers` workers, all accepting.
+    pub fn new(workers: usize) -> Accepting {
+        Accepting {
+            count: Mutex::new(workers),
+            none: Condvar::new(),
+        }
+    }
+
+    /// One worker's accept loops have all ended.
+    pub fn stopped(&self) {
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.none.notify_all();
+        }
+    }
+
+    /// Waits up to `timeout` until no worker accepts; returns whether none does.
+    pub fn wait_none(&self, timeout: Duration) -> bool {
+        let count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, _) = self
+            .none
+            .wait_timeout_while(count, timeout, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *count == 0
+    }
 }

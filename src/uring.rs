@@ -12,8 +12,14 @@
 //! (getsockname), to tell a backend in a PROXY protocol header which address
 //! the client connected to.
 //!
-//! One libc call lives here too, being the crate's other `unsafe`:
-//! [`trim_heap`], which hands memory freed after a burst back to the OS.
+//! A cancellation of every operation on one socket ([`cancel_all_on`]),
+//! which is how a worker stops accepting on a listener that another process
+//! shares during a hot upgrade.
+//!
+//! Two more `unsafe` calls live here, being the crate's others: [`trim_heap`]
+//! (libc's `malloc_trim`), which hands memory freed after a burst back to the
+//! OS, and [`adopt_received`], which takes ownership of the descriptors a
+//! hot upgrade receives over its control socket.
 //!
 //! Each operation hands the kernel pointers into memory it moves into the
 //! driver with the operation (a buffer, a socket address, the socket
@@ -37,7 +43,7 @@ pub fn trim_heap() {
 use std::cell::Cell;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types};
@@ -254,6 +260,46 @@ fn with_ioprio(sqe: squeue::Entry, ioprio: u16) -> squeue::Entry {
     raw[2..4].copy_from_slice(&ioprio.to_ne_bytes());
     // SAFETY: as above, back to the type it came from.
     unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
+/// Cancels every operation this thread's ring has in flight on the socket
+/// `fd` refers to (IORING_OP_ASYNC_CANCEL matching by file, kernel 5.19+),
+/// and waits until the kernel took the cancellation in; returns how many it
+/// found. Each cancelled operation completes with ECANCELED, while one that
+/// had already completed (an accept that took a client) keeps its result.
+/// This is how a worker stops accepting on a listener it shares with another
+/// process without touching the socket itself: shutting it down would reset
+/// every client queued on it, for both processes. The caller keeps `fd` open
+/// until this returns, so its number cannot be reused meanwhile.
+pub async fn cancel_all_on(fd: RawFd) -> io::Result<usize> {
+    let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
+    match UnsubmittedOneshot::new((), CancelDone, sqe).submit().await {
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(0),
+        res => res,
+    }
+}
+
+/// Turns a cancellation's completion into the number of operations it hit.
+struct CancelDone;
+
+impl OneshotOutputTransform for CancelDone {
+    type Output = io::Result<usize>;
+    type StoredData = ();
+
+    fn transform_oneshot_output(self, (): (), cqe: cqueue::Entry) -> Self::Output {
+        completion(&cqe)
+    }
+}
+
+/// Takes ownership of descriptors the kernel installed in this process for
+/// a message received with SCM_RIGHTS, so they are closed when dropped.
+pub fn adopt_received(fds: &[RawFd]) -> Vec<OwnedFd> {
+    fds.iter()
+        // SAFETY: recvmsg(2) just installed each of these descriptors in our
+        // table for the message we read; nothing else in the process knows
+        // their numbers, so each gets exactly one owner, here.
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
 }
 
 /// A completion's result: a count, or the error the kernel returned as a

@@ -7,23 +7,25 @@
 //! All state here is per worker (`Rc`, `Cell`, `RefCell`): tasks never cross
 //! threads, so nothing on the data path takes a lock or shares a cache line.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio_uring::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::ceiling::Ceiling;
 use crate::conn::{self, FrontendState, Registry};
 use crate::frontend::{Generation, Generations, Listeners};
 use crate::logging::Throttle;
-use crate::shutdown::{self, Phase};
+use crate::shutdown::{self, Accepting, Phase};
 use crate::uring;
 
 /// Submission queue entries per ring.
@@ -51,6 +53,7 @@ pub fn spawn(
     generations: Generations,
     phase: shutdown::Watch,
     ceiling: Arc<Ceiling>,
+    accepting: Arc<Accepting>,
 ) -> io::Result<thread::JoinHandle<()>> {
     let (pin, sqpoll) = {
         let first = generations.borrow();
@@ -78,7 +81,7 @@ pub fn spawn(
                     return;
                 }
             };
-            rt.block_on(serve(id, generations, phase, ready_tx, ceiling));
+            rt.block_on(serve(id, generations, phase, ready_tx, ceiling, accepting));
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
@@ -123,19 +126,36 @@ struct Running {
     listeners: Arc<Listeners>,
     /// What new connections are handed; swapped on reload.
     state: Rc<RefCell<Rc<FrontendState>>>,
-    /// Set before the listener is shut down, so acceptors know to stop.
-    stopped: Rc<Cell<bool>>,
-    /// Another handle on this worker's socket: shutting it down completes the
-    /// pending accepts, which dropping their futures would not.
-    stopper: socket2::Socket,
+    /// Set to true to stop the acceptors: those waiting for a slot return at
+    /// once, those in an accept once it is cancelled.
+    stop: watch::Sender<bool>,
+    /// This worker's sockets of the frontend (usually one), each with a
+    /// second handle for the fallback below.
+    sockets: Vec<(Rc<TcpListener>, Rc<socket2::Socket>)>,
     /// The accept loops.
     acceptors: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
+    /// Stops accepting without touching the sockets: every accept in flight
+    /// is cancelled in the ring (dropping its future would not end it), so
+    /// the clients queued on a listener stay there for whoever else accepts
+    /// on it: the next generation's worker, or the new process of a hot
+    /// upgrade. An accept that had already taken a client still hands it
+    /// over. On a kernel without cancellation by descriptor (before 5.19)
+    /// the socket is shut down instead, which ends the accepts too.
     fn stop(&self) {
-        self.stopped.set(true);
-        let _ = self.stopper.shutdown(Shutdown::Both);
+        self.stop.send_replace(true);
+        for (listener, stopper) in &self.sockets {
+            let (listener, stopper) = (listener.clone(), stopper.clone());
+            tokio_uring::spawn(async move {
+                if let Err(err) = uring::cancel_all_on(listener.as_raw_fd()).await {
+                    debug!(%err, "cannot cancel accepts; shutting the listener down");
+                    let _ = stopper.shutdown(Shutdown::Both);
+                }
+                drop(listener);
+            });
+        }
     }
 }
 
@@ -145,6 +165,7 @@ async fn serve(
     mut phase: shutdown::Watch,
     ready: mpsc::Sender<io::Result<()>>,
     ceiling: Arc<Ceiling>,
+    accepting: Arc<Accepting>,
 ) {
     let registry = Registry::new(ceiling);
     let throttle = Rc::new(Throttle::new(Duration::from_secs(1)));
@@ -186,6 +207,7 @@ async fn serve(
             let _ = acceptor.await;
         }
     }
+    accepting.stopped();
 
     let open = registry.len();
     if open > 0 {
@@ -259,19 +281,31 @@ fn apply(
             *r.state.borrow_mut() = state;
             continue;
         }
-        let socket = frontend
+        // Worker `id` takes sockets id, id + workers, ...: one, unless a
+        // hot upgrade handed over more sockets than this process has workers.
+        let sockets = frontend
             .listeners
             .sockets
-            .get(id)
-            .ok_or_else(|| io::Error::other("no listening socket for this worker"))?;
-        let stopper = socket.try_clone()?;
-        let listener = Rc::new(TcpListener::from_std(socket.try_clone()?.into()));
+            .iter()
+            .skip(id)
+            .step_by(generation.config.workers.max(1))
+            .map(|socket| {
+                let stopper = Rc::new(socket.try_clone()?);
+                let listener = Rc::new(TcpListener::from_std(socket.try_clone()?.into()));
+                Ok((listener, stopper))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        if sockets.is_empty() {
+            return Err(io::Error::other("no listening socket for this worker"));
+        }
         let state = Rc::new(RefCell::new(state));
-        let stopped = Rc::new(Cell::new(false));
-        // Several accepts in flight, so a burst of new clients is taken in one
-        // turn of the ring rather than one client per turn.
-        let acceptors = (0..ACCEPTS_IN_FLIGHT)
-            .map(|_| {
+        let (stop, stopped) = watch::channel(false);
+        // Several accepts in flight per socket, so a burst of new clients is
+        // taken in one turn of the ring rather than one client per turn.
+        let acceptors = sockets
+            .iter()
+            .flat_map(|(listener, _)| std::iter::repeat_n(listener, ACCEPTS_IN_FLIGHT))
+            .map(|listener| {
                 tokio_uring::spawn(accept_loop(
                     id,
                     registry.clone(),
@@ -288,8 +322,8 @@ fn apply(
             Running {
                 listeners: frontend.listeners.clone(),
                 state,
-                stopped,
-                stopper,
+                stop,
+                sockets,
                 acceptors,
             },
         ));
@@ -303,17 +337,21 @@ async fn accept_loop(
     registry: Rc<Registry>,
     listener: Rc<TcpListener>,
     state: Rc<RefCell<Rc<FrontendState>>>,
-    stopped: Rc<Cell<bool>>,
+    mut stopped: watch::Receiver<bool>,
     mut phase: shutdown::Watch,
     throttle: Rc<Throttle>,
 ) {
     loop {
+        if *stopped.borrow() {
+            break;
+        }
         // At the process's connection ceiling or the frontend's max-conns,
         // wait for a slot before accepting: the kernel's backlog holds new
         // clients meanwhile.
         let slot = tokio::select! {
             slot = registry.ceiling().acquire() => slot,
             _ = shutdown::reached(&mut phase, Phase::Draining) => break,
+            _ = stopped.wait_for(|s| *s) => break,
         };
         let limit = state.borrow().frontend.limit.clone();
         let permit = match limit {
@@ -324,9 +362,15 @@ async fn accept_loop(
                     Err(_) => break,
                 },
                 _ = shutdown::reached(&mut phase, Phase::Draining) => break,
+                _ = stopped.wait_for(|s| *s) => break,
             },
             None => None,
         };
+        // Nothing runs between this check and the accept's submission (one
+        // thread), so no accept starts after `Running::stop` cancelled them.
+        if *stopped.borrow() {
+            break;
+        }
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let state = state.borrow().clone();
@@ -338,7 +382,7 @@ async fn accept_loop(
                     (slot, permit),
                 ));
             }
-            Err(_) if stopped.get() || *phase.borrow() >= Phase::Draining => break,
+            Err(_) if *stopped.borrow() || *phase.borrow() >= Phase::Draining => break,
             Err(err) => {
                 let state = state.borrow().clone();
                 state.metrics().accept_errors.inc();

@@ -199,9 +199,22 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
 
+    /// Serve hot binary upgrades on this Unix socket (mode 0600, removed on
+    /// exit): a new ringlb started with `--takeover PATH` receives every
+    /// listening socket over it, and this process then drains and exits.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Take over from the ringlb serving this control socket: receive its
+    /// listeners (no client refused), accept on them, then tell it to drain.
+    /// Given the same path as --control-socket, a first start with nobody
+    /// there starts fresh, so every generation can be started the same way.
+    #[arg(long, value_name = "PATH")]
+    pub takeover: Option<PathBuf>,
+
     /// Read frontends and settings from this TOML file (see README); SIGHUP reloads it.
     /// Flags that set process-wide values (--workers, --drain-timeout, --admin,
-    /// --access-log, --pin, --sqpoll, --ready-file) override the file; frontend flags cannot be combined with it.
+    /// --access-log, --pin, --sqpoll, --ready-file, --control-socket) override the file; frontend flags cannot be combined with it.
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -300,6 +313,7 @@ impl Config {
             pin: cli.pin,
             sqpoll: cli.sqpoll,
             ready_file: cli.ready_file.clone(),
+            control_socket: cli.control_socket.clone(),
             frontends: vec![frontend],
         };
         config.validate()?;
@@ -320,6 +334,9 @@ impl Config {
         }
         if let Some(path) = &cli.ready_file {
             self.ready_file = Some(path.clone());
+        }
+        if let Some(path) = &cli.control_socket {
+            self.control_socket = Some(path.clone());
         }
         self.access_log |= cli.access_log;
         self.pin |= cli.pin;

@@ -390,6 +390,7 @@ impl RawConfig {
             pin: self.pin,
             sqpoll: self.sqpoll,
             ready_file: None,
+            control_socket: None,
             frontends: self
                 .frontend
                 .0
@@ -850,6 +851,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
             pin: false,
             sqpoll: false,
             ready_file: None,
+            control_socket: None,
             frontends: vec![FrontendConfig {
                 name: "web".into(),
                 listen: addr("127.0.0.1:8080"),

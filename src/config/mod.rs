@@ -98,6 +98,8 @@ pub struct Config {
     pub sqpoll: bool,
     /// Where to write the bound addresses once listening (a flag only, not in the file).
     pub ready_file: Option<PathBuf>,
+    /// Where to serve the hot-upgrade control socket (a flag only).
+    pub control_socket: Option<PathBuf>,
     /// The frontends, each a listen address with its own pool; names are unique.
     pub frontends: Vec<FrontendConfig>,
 }
@@ -740,6 +742,13 @@ impl Config {
         );
         let ready = &running.ready_file;
         keep(&mut changed, "ready-file", &mut self.ready_file, ready);
+        let control = &running.control_socket;
+        keep(
+            &mut changed,
+            "control-socket",
+            &mut self.control_socket,
+            control,
+        );
         changed
     }
 }
@@ -1011,6 +1020,7 @@ mod tests {
             pin: false,
             sqpoll: false,
             ready_file: None,
+            control_socket: None,
             frontends,
         }
     }

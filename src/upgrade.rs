@@ -1,0 +1,604 @@
+//! Hot binary upgrade: the control socket a running ringlb serves
+//! (`--control-socket PATH`) and the takeover a new one performs through it
+//! (`--takeover PATH`). The running process hands over every listening
+//! socket (each frontend's SO_REUSEPORT group, and the admin listener) with
+//! SCM_RIGHTS; the new process accepts on the same sockets, so the clients
+//! queued in their backlogs are never dropped, and then tells the old one to
+//! drain. The old process stops accepting by cancelling its accepts, never by
+//! shutting a socket down (which would reset the queue for both), answers
+//! once none of its workers accepts any more, and drains as on SIGTERM.
+//!
+//! The conversation, over a Unix stream socket; each message is a 4-byte
+//! big-endian length and a JSON object:
+//! 1. new → old: [`Hello`], naming the protocol and its version;
+//! 2. old → new: [`Offer`], the listeners (or an error, e.g. another version),
+//!    then the descriptors themselves, in that order, in messages of one
+//!    byte carrying up to [`FDS_PER_MESSAGE`] descriptors each;
+//! 3. new → old, once the new process accepts: [`Command`] `drain`;
+//! 4. old → new: [`Stopped`], once the old process accepts no more.
+//!
+//! Until step 3 the old process has changed nothing, so any failure on the
+//! way (no socket, another version, a config that does not validate, a bind
+//! error) leaves it serving untouched while the new one exits with one line.
+
+use std::fs;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::socket::{
+    getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::frontend::{Generations, Handed, Listeners};
+use crate::shutdown::{Accepting, Phase, Trigger};
+use crate::uring;
+
+/// The version of the conversation; both processes must speak the same.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// What a [`Hello`] says it is.
+const PROTOCOL_NAME: &str = "ringlb-takeover";
+/// Descriptors per SCM_RIGHTS message (the kernel takes up to 253).
+const FDS_PER_MESSAGE: usize = 64;
+/// Largest JSON message either side accepts.
+const MAX_MESSAGE: usize = 1 << 20;
+/// How long either side waits for the other's next message, except below.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the old process waits for the new one to start accepting
+/// (building its config generation, starting its workers).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a takeover or the control socket failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// Nothing to connect to, or the connection failed.
+    #[error("takeover: cannot connect to the control socket {}: {source}", .path.display())]
+    Connect {
+        /// The --takeover path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The running process refused (another protocol version, draining...).
+    #[error("takeover: the running ringlb refused: {0}")]
+    Refused(String),
+    /// The conversation broke off or made no sense.
+    #[error("takeover: {0}")]
+    Protocol(String),
+    /// The control socket could not be opened.
+    #[error("cannot open the control socket {}: {reason}", .path.display())]
+    Bind {
+        /// The --control-socket path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Step 1: who is asking, in which version.
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    /// Always [`PROTOCOL_NAME`].
+    protocol: String,
+    /// The asker's [`PROTOCOL_VERSION`].
+    version: u32,
+    /// The asker's process id, for the logs.
+    pid: u32,
+}
+
+/// Step 2: the listeners on offer, whose descriptors follow in this order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Offer {
+    /// The offering process's [`PROTOCOL_VERSION`].
+    version: u32,
+    /// The offering process's id.
+    pid: u32,
+    /// Set when the offer is refused; nothing else then.
+    error: Option<String>,
+    /// Each frontend's listener.
+    frontends: Vec<OfferedListener>,
+    /// The admin endpoint's listener, last.
+    admin: Option<OfferedAdmin>,
+}
+
+/// One frontend's listener on offer.
+#[derive(Debug, Serialize, Deserialize)]
+struct OfferedListener {
+    /// The frontend's name.
+    name: String,
+    /// Its configured listen address.
+    listen: SocketAddr,
+    /// The address bound.
+    addr: SocketAddr,
+    /// How many sockets (one per worker) its group has.
+    sockets: usize,
+}
+
+/// The admin listener on offer.
+#[derive(Debug, Serialize, Deserialize)]
+struct OfferedAdmin {
+    /// The configured --admin address.
+    listen: SocketAddr,
+    /// The address bound.
+    addr: SocketAddr,
+}
+
+/// Step 3: what the new process asks of the old.
+#[derive(Debug, Serialize, Deserialize)]
+struct Command {
+    /// `drain`.
+    command: String,
+}
+
+/// Step 4: the old process accepts no more.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stopped {
+    /// Whether every worker stopped accepting in time.
+    stopped: bool,
+}
+
+/// The admin listener of a running process, for [`serve`] to offer.
+#[derive(Debug)]
+pub struct AdminListener {
+    /// The configured --admin address.
+    pub listen: SocketAddr,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// A handle on the listening socket.
+    pub socket: TcpListener,
+    /// Set to true to stop the admin endpoint's accepting.
+    pub stop: watch::Sender<bool>,
+}
+
+/// A takeover under way, on the new process's side: what was received,
+/// until [`Takeover::finish`] tells the old process to drain.
+#[derive(Debug)]
+pub struct Takeover {
+    /// The connection to the old process.
+    stream: UnixStream,
+    /// The old process's id.
+    pub pid: u32,
+    /// The frontends' listeners, for the first generation to claim.
+    pub handed: Vec<Handed>,
+    /// The admin listener, with its configured address.
+    pub admin: Option<(SocketAddr, TcpListener)>,
+}
+
+/// Connects to the control socket at `path` and receives the running
+/// process's listeners. When `path` is also this process's own
+/// `control_socket` and nobody serves it (no file, or a stale one), this is
+/// a first start: `Ok(None)`.
+pub fn take_over(
+    path: &Path,
+    control_socket: Option<&Path>,
+) -> Result<Option<Takeover>, UpgradeError> {
+    let connect_err = |source| UpgradeError::Connect {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = match UnixStream::connect(path) {
+        Ok(stream) => stream,
+        Err(err)
+            if control_socket == Some(path)
+                && matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ECONNREFUSED)) =>
+        {
+            info!(control_socket = %path.display(), "no running ringlb to take over from: starting fresh");
+            return Ok(None);
+        }
+        Err(err) => return Err(connect_err(err)),
+    };
+    set_timeout(&stream, STEP_TIMEOUT).map_err(connect_err)?;
+    let proto = |err: io::Error| UpgradeError::Protocol(err.to_string());
+    write_message(
+        &mut stream,
+        &Hello {
+            protocol: PROTOCOL_NAME.into(),
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+        },
+    )
+    .map_err(proto)?;
+    let offer: Offer = read_message(&mut stream).map_err(proto)?;
+    if let Some(error) = offer.error {
+        return Err(UpgradeError::Refused(error));
+    }
+    if offer.version != PROTOCOL_VERSION {
+        return Err(UpgradeError::Refused(format!(
+            "it speaks takeover protocol version {}, this ringlb speaks {PROTOCOL_VERSION}",
+            offer.version
+        )));
+    }
+    let total = offer.frontends.iter().map(|f| f.sockets).sum::<usize>()
+        + usize::from(offer.admin.is_some());
+    let mut fds = receive_fds(&stream, total).map_err(proto)?.into_iter();
+    let mut handed = Vec::with_capacity(offer.frontends.len());
+    for f in offer.frontends {
+        let sockets = fds
+            .by_ref()
+            .take(f.sockets)
+            .map(|fd| listening_socket(fd, f.addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        handed.push(Handed {
+            name: f.name,
+            listen: f.listen,
+            listeners: Listeners {
+                addr: f.addr,
+                sockets,
+            },
+        });
+    }
+    let admin = match (offer.admin, fds.next()) {
+        (Some(a), Some(fd)) => Some((a.listen, listening_socket(fd, a.addr)?.into())),
+        _ => None,
+    };
+    info!(
+        pid = offer.pid,
+        frontends = handed.len(),
+        "takeover: received the running ringlb's listeners"
+    );
+    Ok(Some(Takeover {
+        stream,
+        pid: offer.pid,
+        handed,
+        admin,
+    }))
+}
+
+impl Takeover {
+    /// Tells the old process to stop accepting and drain, and waits until it
+    /// accepts no more (then every client in the shared backlogs is ours).
+    pub fn finish(mut self) -> Result<u32, UpgradeError> {
+        let proto = |err: io::Error| UpgradeError::Protocol(err.to_string());
+        write_message(
+            &mut self.stream,
+            &Command {
+                command: "drain".into(),
+            },
+        )
+        .map_err(proto)?;
+        let stopped: Stopped = read_message(&mut self.stream).map_err(proto)?;
+        if !stopped.stopped {
+            return Err(UpgradeError::Protocol(format!(
+                "the old ringlb (pid {}) did not stop accepting in time",
+                self.pid
+            )));
+        }
+        Ok(self.pid)
+    }
+}
+
+/// A received descriptor checked to be a listening TCP socket bound to `addr`.
+fn listening_socket(fd: OwnedFd, addr: SocketAddr) -> Result<socket2::Socket, UpgradeError> {
+    let bad = |why: String| UpgradeError::Protocol(format!("the socket offered for {addr} {why}"));
+    match getsockopt(&fd, sockopt::AcceptConn) {
+        Ok(true) => {}
+        Ok(false) => return Err(bad("is not listening".into())),
+        Err(err) => return Err(bad(format!("is not a socket: {err}"))),
+    }
+    let socket = socket2::Socket::from(fd);
+    let bound = socket.local_addr().ok().and_then(|a| a.as_socket());
+    if bound != Some(addr) {
+        return Err(bad(format!("is bound to {bound:?}")));
+    }
+    Ok(socket)
+}
+
+/// The control socket of a running process: a Unix listener at a path,
+/// mode 0600, removed when dropped if the path is still this one's.
+#[derive(Debug)]
+pub struct ControlSocket {
+    /// The listener.
+    listener: UnixListener,
+    /// Where it is.
+    path: PathBuf,
+    /// The file's (device, inode), to tell it from a successor's.
+    id: (u64, u64),
+}
+
+impl ControlSocket {
+    /// Opens the control socket at `path`. A socket file nobody serves (left
+    /// by a crash) is replaced; one that a running process serves is an
+    /// error, as is a path that is not a socket.
+    pub fn bind(path: &Path) -> Result<ControlSocket, UpgradeError> {
+        let fail = |reason: String| UpgradeError::Bind {
+            path: path.to_owned(),
+            reason,
+        };
+        match fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(fail("it exists and is not a socket".into()));
+            }
+            Ok(_) => {
+                if UnixStream::connect(path).is_ok() {
+                    return Err(fail(format!(
+                        "a running ringlb serves it (start with --takeover {} to take over from it)",
+                        path.display()
+                    )));
+                }
+            }
+            Err(_) => {}
+        }
+        // Bound under a temporary name, made 0600, then renamed into place:
+        // never reachable with looser permissions, and a stale file is
+        // replaced in one step.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp).map_err(|e| fail(e.to_string()))?;
+        let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+            .and_then(|()| fs::rename(&tmp, path))
+            .and_then(|()| fs::symlink_metadata(path));
+        match placed {
+            Ok(meta) => Ok(ControlSocket {
+                listener,
+                path: path.to_owned(),
+                id: (meta.dev(), meta.ino()),
+            }),
+            Err(err) => {
+                let _ = fs::remove_file(&tmp);
+                Err(fail(err.to_string()))
+            }
+        }
+    }
+
+    /// Removes the socket file if it is still this one's (not a successor's).
+    pub fn remove(&self) {
+        let ours = fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
+        if ours {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// What the old process's side needs to hand over and then drain.
+pub struct Serve {
+    /// The control socket; the server removes it at exit.
+    pub socket: Arc<ControlSocket>,
+    /// The current config generation: its listeners are what is offered.
+    pub generations: Generations,
+    /// The phase, to refuse when already draining.
+    pub phase: crate::shutdown::Watch,
+    /// Moves the process to draining.
+    pub trigger: Arc<Trigger>,
+    /// Tells when no worker accepts any more.
+    pub accepting: Arc<Accepting>,
+    /// The admin endpoint's listener, if any.
+    pub admin: Option<AdminListener>,
+    /// Sends `STOPPING=1` to systemd and the like, once draining.
+    pub on_drain: Box<dyn Fn() + Send>,
+}
+
+/// Serves the control socket on a thread of its own until a takeover
+/// succeeds (then the socket file is gone and the process drains) or the
+/// process exits.
+pub fn serve(ctx: Serve) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new()
+        .name("ringlb-control".into())
+        .spawn(move || {
+            info!(control_socket = %ctx.socket.path.display(), "control socket listening");
+            for stream in ctx.socket.listener.incoming() {
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        warn!(%err, "control socket: accept failed");
+                        thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                match hand_over(stream, &ctx) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(err) => {
+                        warn!(%err, "takeover abandoned; still serving as before")
+                    }
+                }
+            }
+        })
+}
+
+/// One conversation with a would-be successor; `Ok(true)` once it took over.
+fn hand_over(mut stream: UnixStream, ctx: &Serve) -> io::Result<bool> {
+    set_timeout(&stream, STEP_TIMEOUT)?;
+    let hello: Hello = read_message(&mut stream)?;
+    let refuse = |stream: &mut UnixStream, error: String| {
+        warn!(pid = hello.pid, "takeover refused: {error}");
+        write_message(
+            stream,
+            &Offer {
+                version: PROTOCOL_VERSION,
+                pid: std::process::id(),
+                error: Some(error),
+                ..Offer::default()
+            },
+        )
+        .map(|()| false)
+    };
+    if hello.protocol != PROTOCOL_NAME || hello.version != PROTOCOL_VERSION {
+        let error = format!(
+            "it speaks {} version {}, the running ringlb (pid {}) speaks {PROTOCOL_NAME} version {PROTOCOL_VERSION}",
+            hello.protocol,
+            hello.version,
+            std::process::id()
+        );
+        return refuse(&mut stream, error);
+    }
+    if *ctx.phase.borrow() != Phase::Running {
+        let error = format!(
+            "the running ringlb (pid {}) is already stopping",
+            std::process::id()
+        );
+        return refuse(&mut stream, error);
+    }
+
+    let generation = ctx.generations.borrow().clone();
+    let mut offer = Offer {
+        version: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        ..Offer::default()
+    };
+    let mut fds: Vec<RawFd> = Vec::new();
+    for fe in &generation.frontends {
+        offer.frontends.push(OfferedListener {
+            name: fe.config.name.clone(),
+            listen: fe.config.listen,
+            addr: fe.listeners.addr,
+            sockets: fe.listeners.sockets.len(),
+        });
+        fds.extend(fe.listeners.sockets.iter().map(|s| s.as_raw_fd()));
+    }
+    if let Some(admin) = &ctx.admin {
+        offer.admin = Some(OfferedAdmin {
+            listen: admin.listen,
+            addr: admin.addr,
+        });
+        fds.push(admin.socket.as_raw_fd());
+    }
+    write_message(&mut stream, &offer)?;
+    send_fds(&stream, &fds)?;
+    // The descriptors were duplicated into the message; ours may go.
+    drop(generation);
+    info!(
+        pid = hello.pid,
+        "takeover: listeners handed over; waiting for the new process to accept"
+    );
+
+    set_timeout(&stream, START_TIMEOUT)?;
+    let command: Command = match read_message(&mut stream) {
+        Ok(command) => command,
+        Err(err) => {
+            warn!(pid = hello.pid, %err, "takeover: the new process went away before it accepted; still serving");
+            return Ok(false);
+        }
+    };
+    if command.command != "drain" {
+        warn!(pid = hello.pid, command = %command.command, "takeover: unknown command; still serving");
+        return Ok(false);
+    }
+
+    // From here on the new process serves: stop accepting, let it have the
+    // control socket's path, and drain.
+    if let Some(admin) = &ctx.admin {
+        admin.stop.send_replace(true);
+    }
+    ctx.socket.remove();
+    ctx.trigger.drain();
+    (ctx.on_drain)();
+    info!(
+        pid = hello.pid,
+        "hot upgrade: process {} took over; no new connections, draining open ones", hello.pid
+    );
+    let stopped = ctx.accepting.wait_none(STEP_TIMEOUT);
+    if !stopped {
+        warn!("takeover: some workers still accept after {STEP_TIMEOUT:?}");
+    }
+    set_timeout(&stream, STEP_TIMEOUT)?;
+    write_message(&mut stream, &Stopped { stopped })?;
+    Ok(true)
+}
+
+/// Sets both timeouts of `stream`.
+fn set_timeout(stream: &UnixStream, timeout: Duration) -> io::Result<()> {
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))
+}
+
+/// Writes `msg` as a length and its JSON.
+fn write_message<T: Serialize>(stream: &mut UnixStream, msg: &T) -> io::Result<()> {
+    let json = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let len = u32::try_from(json.len()).map_err(io::Error::other)?;
+    stream.write_all(&len.to_be_bytes())?;
+    stream.write_all(&json)
+}
+
+/// Reads one message written by [`write_message`]; exactly its bytes, so
+/// descriptors sent after it stay unread.
+fn read_message<T: for<'de> Deserialize<'de>>(stream: &mut UnixStream) -> io::Result<T> {
+    let mut len = [0; 4];
+    stream
+        .read_exact(&mut len)
+        .map_err(|err| match err.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                io::Error::new(err.kind(), "the other side closed the control connection")
+            }
+            _ => err,
+        })?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(io::Error::other(format!(
+            "a message of {len} bytes is too long"
+        )));
+    }
+    let mut json = vec![0; len];
+    stream.read_exact(&mut json)?;
+    serde_json::from_slice(&json)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {err}")))
+}
+
+/// Sends `fds` in messages of one byte and up to [`FDS_PER_MESSAGE`] descriptors.
+fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+    for chunk in fds.chunks(FDS_PER_MESSAGE) {
+        let rights = [ControlMessage::ScmRights(chunk)];
+        let sent = sendmsg::<()>(
+            stream.as_raw_fd(),
+            &[IoSlice::new(b"F")],
+            &rights,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        if sent != 1 {
+            return Err(io::Error::other("short write of a descriptor message"));
+        }
+    }
+    Ok(())
+}
+
+/// Receives `count` descriptors sent by [`send_fds`].
+fn receive_fds(stream: &UnixStream, count: usize) -> io::Result<Vec<OwnedFd>> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let mut byte = [0u8; 1];
+        let mut space = nix::cmsg_space!([RawFd; FDS_PER_MESSAGE]);
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        let msg = recvmsg::<()>(
+            stream.as_fd().as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        if msg.bytes == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the other side closed the control connection before every socket arrived",
+            ));
+        }
+        let mut got = 0;
+        for cmsg in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                got += fds.len();
+                out.extend(uring::adopt_received(&fds));
+            }
+        }
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) || got == 0 {
+            return Err(io::Error::other(
+                "descriptors were lost in transit (out of descriptors?)",
+            ));
+        }
+    }
+    Ok(out)
+}

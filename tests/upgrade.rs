@@ -1,0 +1,342 @@
+//! Hot binary upgrade: `--control-socket` and `--takeover`. A new process
+//! takes over the listeners of the running one while clients keep
+//! connecting; no client is refused or reset, and a failed takeover leaves
+//! the running process serving.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// What the client loop saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn failed(&self) -> bool {
+        !self.failures.lock().unwrap().is_empty()
+    }
+
+    fn first_failures(&self) -> Vec<String> {
+        self.failures
+            .lock()
+            .unwrap()
+            .iter()
+            .take(5)
+            .cloned()
+            .collect()
+    }
+}
+
+/// One short connection: a request and its checked echo.
+fn one_exchange(addr: SocketAddr, n: usize) -> Result<(), String> {
+    let mut conn = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let msg = format!("request {n} {}", "x".repeat(n % 200));
+    conn.write_all(msg.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    conn.shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply)
+        .map_err(|e| format!("read: {e}"))?;
+    if reply != msg.as_bytes() {
+        return Err(format!("reply of {} bytes for {}", reply.len(), msg.len()));
+    }
+    Ok(())
+}
+
+/// Makes about 200 connections a second until `stop`.
+fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        match one_exchange(addr, n) {
+            Ok(()) => {
+                tally.ok.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(err) => tally.failures.lock().unwrap().push(err),
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Streams `total` bytes through `addr`, slowly, while reading the echo;
+/// returns whether the echo's digest matched what was sent.
+fn long_transfer(addr: SocketAddr, total: usize, started: Arc<AtomicBool>) -> Result<(), String> {
+    let mut conn = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut reader = conn.try_clone().unwrap();
+    let receiver = thread::spawn(move || {
+        let mut digest = Sha256::new();
+        let mut buf = vec![0; 64 * 1024];
+        let mut got = 0;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    digest.update(&buf[..n]);
+                    got += n;
+                }
+                Err(e) => return Err(format!("read after {got} bytes: {e}")),
+            }
+        }
+        Ok((got, digest.finalize()))
+    });
+    let data = pattern(7, total);
+    let sent = Sha256::digest(&data);
+    for (i, chunk) in data.chunks(16 * 1024).enumerate() {
+        conn.write_all(chunk)
+            .map_err(|e| format!("write of chunk {i}: {e}"))?;
+        if i == 0 {
+            started.store(true, Ordering::SeqCst);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    conn.shutdown(Shutdown::Write).unwrap();
+    let (got, digest) = receiver.join().unwrap()?;
+    if got != total || digest != sent {
+        return Err(format!("echo of {got} bytes differs from the {total} sent"));
+    }
+    Ok(())
+}
+
+fn ctl_args(ctl: &str) -> Vec<&str> {
+    vec!["--control-socket", ctl, "--takeover", ctl]
+}
+
+#[test]
+fn three_upgrades_under_load_refuse_and_reset_nothing() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("upgrade");
+    let ctl = dir.0.join("ctl");
+    let ctl = ctl.to_str().unwrap();
+    let be = backend.arg();
+    let start = |workers: &str| {
+        let mut args = vec![
+            "--backend",
+            &be,
+            "--workers",
+            workers,
+            "--admin",
+            "127.0.0.1:0",
+        ];
+        args.extend(ctl_args(ctl));
+        Ringlb::start(&args)
+    };
+    // The first start finds nobody at the control socket and starts fresh.
+    let mut old = start("2");
+    let addr = old.addr;
+    let admin = old.admin_addr();
+    let meta = std::fs::metadata(ctl).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients = {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        thread::spawn(move || client_loop(addr, stop, tally))
+    };
+    // 4 MiB at 16 KiB per 10 ms: about 3 s, across the upgrades.
+    let started = Arc::new(AtomicBool::new(false));
+    let long = {
+        let started = started.clone();
+        thread::spawn(move || long_transfer(addr, 4 << 20, started))
+    };
+    wait_until("the long transfer starts", || {
+        started.load(Ordering::SeqCst)
+    });
+
+    // Fewer workers than sockets, then more, then as many: every socket of
+    // the group keeps an acceptor.
+    for workers in ["1", "3", "2"] {
+        let before = tally.ok.load(Ordering::SeqCst);
+        wait_until("clients get through before the upgrade", || {
+            tally.ok.load(Ordering::SeqCst) >= before + 40 || tally.failed()
+        });
+        assert!(
+            !tally.failed(),
+            "clients failed: {:?}",
+            tally.first_failures()
+        );
+        let new = start(workers);
+        assert_eq!(
+            new.addr, addr,
+            "the new process listens where the old one did"
+        );
+        assert_eq!(
+            new.admin_addr(),
+            admin,
+            "and serves the same admin listener"
+        );
+        let status = old.wait();
+        assert!(
+            status.success(),
+            "the old process exits 0, got {status}; log:\n{}",
+            old.log()
+        );
+        assert!(
+            old.log().contains("took over"),
+            "the old process logs the takeover:\n{}",
+            old.log()
+        );
+        old = new;
+    }
+    let before = tally.ok.load(Ordering::SeqCst);
+    wait_until("clients get through after the last upgrade", || {
+        tally.ok.load(Ordering::SeqCst) >= before + 40
+    });
+    stop.store(true, Ordering::SeqCst);
+    clients.join().unwrap();
+    long.join()
+        .unwrap()
+        .expect("the long transfer completes intact");
+
+    let failures = tally.failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed, e.g. {:?}",
+        failures.len(),
+        failures.len() + tally.ok.load(Ordering::SeqCst),
+        &failures[..failures.len().min(5)]
+    );
+    let (status, _) = http_get(admin, "/healthz");
+    assert_eq!(
+        status, 200,
+        "the admin endpoint answers from the last process"
+    );
+
+    // A stopped ringlb removes its control socket.
+    old.signal("TERM");
+    assert!(old.wait().success());
+    assert!(
+        !std::path::Path::new(ctl).exists(),
+        "control socket removed on exit"
+    );
+}
+
+#[test]
+fn failed_takeovers_leave_the_running_process_serving() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("upgrade-fail");
+    let ctl = dir.0.join("ctl");
+    let ctl = ctl.to_str().unwrap();
+    let be = backend.arg();
+    let lb = Ringlb::start(&["--backend", &be, "--control-socket", ctl]);
+    let serving = || assert_eq!(echo_once(&lb, b"still here").unwrap(), b"still here");
+    serving();
+
+    // --takeover alone, with nobody there: an error, not a fresh start.
+    let missing = dir.0.join("nobody");
+    let (status, log) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &be,
+        "--takeover",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("takeover: cannot connect to the control socket"),
+        "{log}"
+    );
+
+    // A config that does not validate: nothing is asked of the old process.
+    let (status, log) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "nonsense",
+        "--takeover",
+        ctl,
+    ]);
+    assert_eq!(status.code(), Some(2), "{log}");
+    serving();
+
+    // A listener the new config cannot bind (a port another program holds).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = dir.write(
+        "two.toml",
+        &format!(
+            "[[frontend]]\nname = \"default\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{be}\"]\n\n\
+             [[frontend]]\nname = \"other\"\nlisten = \"{}\"\nbackends = [\"{be}\"]\n",
+            taken.local_addr().unwrap()
+        ),
+    );
+    let (status, log) = run_to_exit(&["--config", config.to_str().unwrap(), "--takeover", ctl]);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("cannot bind"), "{log}");
+    assert_eq!(
+        log.trim().lines().last().map(|l| l.starts_with("ringlb: ")),
+        Some(true),
+        "{log}"
+    );
+    serving();
+
+    // Another protocol version is refused with its reason.
+    let mut conn = UnixStream::connect(ctl).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let hello = br#"{"protocol":"ringlb-takeover","version":99,"pid":1}"#;
+    conn.write_all(&(hello.len() as u32).to_be_bytes()).unwrap();
+    conn.write_all(hello).unwrap();
+    let mut len = [0; 4];
+    conn.read_exact(&mut len).unwrap();
+    let mut reply = vec![0; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut reply).unwrap();
+    let reply = String::from_utf8(reply).unwrap();
+    assert!(reply.contains("version 99"), "{reply}");
+    drop(conn);
+    serving();
+
+    // A second ringlb on the same control socket without --takeover.
+    let (status, log) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &be,
+        "--control-socket",
+        ctl,
+    ]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("--takeover"), "{log}");
+    serving();
+
+    // After all that, a real takeover still works.
+    let mut lb = lb;
+    let new = Ringlb::start(&["--backend", &be, "--control-socket", ctl, "--takeover", ctl]);
+    assert_eq!(new.addr, lb.addr);
+    assert!(lb.wait().success());
+    assert_eq!(echo_once(&new, b"new").unwrap(), b"new");
+}
+
+#[test]
+fn a_stale_control_socket_is_replaced() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("upgrade-stale");
+    let ctl = dir.0.join("ctl");
+    drop(UnixListener::bind(&ctl).unwrap());
+    assert!(ctl.exists(), "a socket file left behind, as by a crash");
+    let be = backend.arg();
+    let ctl = ctl.to_str().unwrap();
+    let mut lb = Ringlb::start(&["--backend", &be, "--control-socket", ctl, "--takeover", ctl]);
+    assert_eq!(echo_once(&lb, b"x").unwrap(), b"x");
+    wait_until("the control socket is served", || {
+        UnixStream::connect(ctl).is_ok()
+    });
+    lb.signal("TERM");
+    assert!(lb.wait().success());
+}
