@@ -34,6 +34,7 @@ pkg=$(ls -t "$out"/ringlb_*.deb | head -n 1)
 listing=$(dpkg-deb -c "$pkg" | awk '{sub(/^\.\//, "", $6); print "./" $6}')
 missing=0
 for f in ./usr/bin/ringlb ./etc/ringlb/ringlb.toml ./lib/systemd/system/ringlb.service \
+    ./lib/systemd/system/ringlb@.service \
     ./usr/share/man/man8/ringlb.8.gz ./usr/share/bash-completion/completions/ringlb \
     ./usr/share/zsh/vendor-completions/_ringlb ./usr/share/fish/vendor_completions.d/ringlb.fish \
     ./usr/share/doc/ringlb/grafana/ringlb.json; do

@@ -271,3 +271,36 @@ fn passive(fe: &FrontendConfig, health: HealthConfig) -> Passive {
         observe_l4: fe.observe_l4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handed(name: &str, listen: &str, addr: &str) -> Handed {
+        Handed {
+            name: name.into(),
+            listen: listen.parse().unwrap(),
+            listeners: Listeners {
+                addr: addr.parse().unwrap(),
+                sockets: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_handed_listener_fits_the_same_address_or_name_and_port_0() {
+        let fixed = handed("web", "0.0.0.0:80", "0.0.0.0:80");
+        assert!(fixed.fits("web", "0.0.0.0:80".parse().unwrap()));
+        assert!(fixed.fits("renamed", "0.0.0.0:80".parse().unwrap()));
+        assert!(!fixed.fits("web", "0.0.0.0:81".parse().unwrap()));
+
+        let any = handed("web", "127.0.0.1:0", "127.0.0.1:41234");
+        assert!(any.fits("web", "127.0.0.1:0".parse().unwrap()));
+        assert!(!any.fits("api", "127.0.0.1:0".parse().unwrap()));
+        assert!(any.fits("api", "127.0.0.1:41234".parse().unwrap()));
+
+        // [::] that fell back to IPv4: the configured address still fits.
+        let v4 = handed("web", "[::]:80", "0.0.0.0:80");
+        assert!(v4.fits("web", "[::]:80".parse().unwrap()));
+    }
+}

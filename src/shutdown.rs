@@ -103,3 +103,35 @@ impl Accepting {
         *count == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_moves_only_a_running_process() {
+        let (trigger, watch) = channel();
+        trigger.drain();
+        assert_eq!(*watch.borrow(), Phase::Draining);
+        trigger.drain();
+        assert_eq!(
+            *watch.borrow(),
+            Phase::Draining,
+            "a second drain is no abort"
+        );
+        assert_eq!(trigger.escalate(), Phase::Abort);
+        trigger.drain();
+        assert_eq!(*watch.borrow(), Phase::Abort);
+    }
+
+    #[test]
+    fn accepting_counts_down_to_none() {
+        let accepting = std::sync::Arc::new(Accepting::new(2));
+        assert!(!accepting.wait_none(Duration::from_millis(1)));
+        accepting.stopped();
+        let other = accepting.clone();
+        let t = std::thread::spawn(move || other.stopped());
+        assert!(accepting.wait_none(Duration::from_secs(30)));
+        t.join().unwrap();
+    }
+}

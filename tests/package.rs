@@ -58,6 +58,7 @@ fn every_deb_asset_exists_once_generated() {
         "usr/bin/",
         "etc/ringlb/ringlb.toml",
         "lib/systemd/system/ringlb.service",
+        "lib/systemd/system/ringlb@.service",
         "usr/share/man/man8/ringlb.8.gz",
         "usr/share/bash-completion/completions/ringlb",
         "usr/share/zsh/vendor-completions/_ringlb",
