@@ -4,6 +4,7 @@
 //! escalates it the same way, then waits on [`Accepting`] until every worker
 //! stopped accepting. Only touched at start and stop, never on the data path.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -66,9 +67,13 @@ pub async fn reached(watch: &mut Watch, phase: Phase) {
 }
 
 /// How many workers still accept new clients, so a hot upgrade can tell
-/// the new process once the old one has let go of every listener.
+/// the new process once the old one has let go of every listener; and
+/// whether the listeners go to such a successor (then they must stay
+/// open, rather than be shut down so that new clients are refused).
 #[derive(Debug)]
 pub struct Accepting {
+    /// Set before the drain of a hot upgrade.
+    handed_over: AtomicBool,
     /// Workers whose accept loops have not all ended.
     count: Mutex<usize>,
     /// Signalled when `count` reaches zero.
@@ -79,9 +84,21 @@ impl Accepting {
     /// `workers` workers, all accepting.
     pub fn new(workers: usize) -> Accepting {
         Accepting {
+            handed_over: AtomicBool::new(false),
             count: Mutex::new(workers),
             none: Condvar::new(),
         }
+    }
+
+    /// The listeners now belong to a successor too: a drain must leave
+    /// them open. Called before the phase moves to draining.
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Accepting::hand_over`] was called.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::SeqCst)
     }
 
     /// One worker's accept loops have all ended.

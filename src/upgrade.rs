@@ -497,6 +497,7 @@ fn hand_over(mut stream: UnixStream, ctx: &Serve) -> io::Result<bool> {
         admin.stop.send_replace(true);
     }
     ctx.socket.remove();
+    ctx.accepting.hand_over();
     ctx.trigger.drain();
     (ctx.on_drain)();
     info!(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_uring::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::ceiling::Ceiling;
 use crate::conn::{self, FrontendState, Registry};
@@ -137,20 +137,26 @@ struct Running {
 }
 
 impl Running {
-    /// Stops accepting without touching the sockets: every accept in flight
-    /// is cancelled in the ring (dropping its future would not end it), so
-    /// the clients queued on a listener stay there for whoever else accepts
-    /// on it: the next generation's worker, or the new process of a hot
-    /// upgrade. An accept that had already taken a client still hands it
-    /// over. On a kernel without cancellation by descriptor (before 5.19)
-    /// the socket is shut down instead, which ends the accepts too.
-    fn stop(&self) {
+    /// Stops accepting. Shutting a listener down ends the accepts in flight
+    /// (dropping their futures would not) and makes the kernel refuse new
+    /// clients at once, so they go elsewhere: what a drain or a removed
+    /// frontend wants. With `keep_open` (a hot upgrade: the sockets are the
+    /// new process's too) the sockets are left alone and every accept in
+    /// flight is cancelled in the ring instead, so the clients queued on
+    /// them stay there for the new process. Either way an accept that had
+    /// already taken a client still hands it over. On a kernel without
+    /// cancellation by descriptor (before 5.19) the socket is shut down.
+    fn stop(&self, keep_open: bool) {
         self.stop.send_replace(true);
         for (listener, stopper) in &self.sockets {
+            if !keep_open {
+                let _ = stopper.shutdown(Shutdown::Both);
+                continue;
+            }
             let (listener, stopper) = (listener.clone(), stopper.clone());
             tokio_uring::spawn(async move {
                 if let Err(err) = uring::cancel_all_on(listener.as_raw_fd()).await {
-                    debug!(%err, "cannot cancel accepts; shutting the listener down");
+                    warn!(%err, "cannot cancel accepts for the hot upgrade; shutting the listener down");
                     let _ = stopper.shutdown(Shutdown::Both);
                 }
                 drop(listener);
@@ -199,8 +205,9 @@ async fn serve(
         }
     }
 
+    let keep_open = accepting.handed_over();
     for (_, r) in &running {
-        r.stop();
+        r.stop(keep_open);
     }
     for (_, r) in running {
         for acceptor in r.acceptors {
@@ -268,7 +275,7 @@ fn apply(
             .frontend(name)
             .is_some_and(|f| Arc::ptr_eq(&f.listeners, &r.listeners));
         if !stays {
-            r.stop();
+            r.stop(false);
         }
         stays
     });
