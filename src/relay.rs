@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use tokio_uring::net::TcpStream;
 
-use crate::buffer::BufPool;
-use crate::uring;
+use crate::buffer::{self, BufPool};
+use crate::uring::{self, Received};
 
 /// Which peer of the proxied connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +118,9 @@ async fn pump(
         Side::Client => Side::Backend,
         Side::Backend => Side::Client,
     };
-    let mut buf = pool.small();
+    // The pump's own buffer, when it has one: none while it waits on the
+    // provided ring.
+    let mut own = Some(pool.small());
     let mut total = 0u64;
     // Whether the next read should wait for readiness before trying: yes when
     // the last read drained the socket (it came back short of the buffer),
@@ -127,26 +129,69 @@ async fn pump(
     // client's first bytes; the client usually has, by the time we get here.
     let mut poll_first = from == Side::Backend;
     let error = loop {
-        let (res, b) = uring::recv(src, buf, poll_first).await;
-        buf = b;
+        // A read that will most likely wait takes its buffer from the
+        // worker's provided ring when data arrives, so a connection waiting
+        // on an idle peer holds no buffer of its own; the bytes are sent
+        // from that same buffer, which goes back to the ring once sent.
+        if poll_first {
+            if let Some(b) = own.take() {
+                pool.put(b);
+            }
+            match uring::recv_provided(src, true).await {
+                Some(Ok(Received::Eof)) => break None,
+                Some(Ok(Received::Bytes(received))) => {
+                    let n = received.len();
+                    if let Some(activity) = activity {
+                        activity.set(Instant::now());
+                    }
+                    let (res, received) = uring::send_all(dst, received).await;
+                    let full = n == received.capacity();
+                    drop(received);
+                    if let Err(source) = res {
+                        break Some(RelayError::Write { side: to, source });
+                    }
+                    total += n as u64;
+                    // A full buffer: more is likely waiting, so read on at
+                    // once, into a large buffer of our own.
+                    poll_first = !full;
+                    if full {
+                        own = Some(pool.resize(pool.small(), buffer::SMALL));
+                    }
+                    continue;
+                }
+                Some(Err(source)) => break Some(RelayError::Read { side: from, source }),
+                // No ring, or every buffer of it is out: a buffer of our own.
+                None => {}
+            }
+        }
+        let buf = own.take().unwrap_or_else(|| pool.small());
+        let (res, buf) = uring::recv(src, buf, poll_first).await;
         let n = match res {
-            Ok(0) => break None,
+            Ok(0) => {
+                own = Some(buf);
+                break None;
+            }
             Ok(n) => n,
-            Err(source) => break Some(RelayError::Read { side: from, source }),
+            Err(source) => {
+                own = Some(buf);
+                break Some(RelayError::Read { side: from, source });
+            }
         };
         if let Some(activity) = activity {
             activity.set(Instant::now());
         }
-        let (res, b) = uring::send_all(dst, buf).await;
-        buf = b;
+        let (res, buf) = uring::send_all(dst, buf).await;
         if let Err(source) = res {
+            own = Some(buf);
             break Some(RelayError::Write { side: to, source });
         }
         total += n as u64;
         poll_first = n < buf.capacity();
-        buf = pool.resize(buf, n);
+        own = Some(pool.resize(buf, n));
     };
-    pool.put(buf);
+    if let Some(buf) = own {
+        pool.put(buf);
+    }
     if error.is_some() {
         teardown(src, dst);
         return (total, error);

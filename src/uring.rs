@@ -44,6 +44,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types};
@@ -226,18 +227,33 @@ async fn recv_once(
     UnsubmittedOneshot::new(buf, RecvDone, sqe).submit().await
 }
 
+/// Bytes a send can take from memory that stays put while the send runs
+/// (it moves into the driver with the operation).
+pub trait SendBuf: Unpin + 'static {
+    /// The bytes to send.
+    fn bytes(&self) -> &[u8];
+}
+
+impl SendBuf for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 /// Sends all of `buf` (its length, not its capacity) as IORING_OP_SEND, one
 /// send after another until the kernel has taken every byte; hands the
 /// buffer back either way.
-pub async fn send_all(stream: &TcpStream, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+pub async fn send_all<B: SendBuf>(stream: &TcpStream, mut buf: B) -> (io::Result<()>, B) {
     let mut sent = 0;
-    while sent < buf.len() {
-        let rest = &buf[sent..];
+    while sent < buf.bytes().len() {
+        let rest = &buf.bytes()[sent..];
         let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
         let sqe = opcode::Send::new(types::Fd(stream.as_raw_fd()), rest.as_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)
             .build();
-        let (res, b) = UnsubmittedOneshot::new(buf, SendDone, sqe).submit().await;
+        let (res, b) = UnsubmittedOneshot::new(buf, SendDone::new(), sqe)
+            .submit()
+            .await;
         buf = b;
         match res {
             Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
@@ -330,14 +346,271 @@ impl OneshotOutputTransform for RecvDone {
 }
 
 /// Turns a send completion into its byte count and hands the buffer back.
-struct SendDone;
+struct SendDone<B>(std::marker::PhantomData<B>);
 
-impl OneshotOutputTransform for SendDone {
-    type Output = (io::Result<usize>, Vec<u8>);
-    type StoredData = Vec<u8>;
+impl<B> SendDone<B> {
+    fn new() -> Self {
+        SendDone(std::marker::PhantomData)
+    }
+}
 
-    fn transform_oneshot_output(self, buf: Vec<u8>, cqe: cqueue::Entry) -> Self::Output {
+impl<B: SendBuf> OneshotOutputTransform for SendDone<B> {
+    type Output = (io::Result<usize>, B);
+    type StoredData = B;
+
+    fn transform_oneshot_output(self, buf: B, cqe: cqueue::Entry) -> Self::Output {
         (completion(&cqe), buf)
+    }
+}
+
+/// The buffer group id of every worker's provided-buffer ring (one ring per
+/// io_uring, so one id is enough).
+const BUF_GROUP: u16 = 0;
+
+thread_local! {
+    /// This thread's provided-buffer ring, once [`provide_buffers`] set it up.
+    static PROVIDED: std::cell::RefCell<Option<Rc<BufRing>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A provided-buffer ring (IORING_REGISTER_PBUF_RING, kernel 5.19+): buffers
+/// of this worker that the kernel picks one of when a receive *completes*,
+/// so a receive waiting on an idle socket holds no buffer at all. A buffer
+/// the kernel filled belongs to one [`Provided`] until it is dropped, which
+/// hands it back to the kernel by writing a ring entry: no system call.
+#[derive(Debug)]
+pub struct BufRing {
+    /// The ring's entries, page-aligned, shared with the kernel.
+    entries: *mut types::BufRingEntry,
+    /// Number of entries (a power of two), also the number of buffers.
+    count: u16,
+    /// Bytes per buffer.
+    size: usize,
+    /// The buffers, `count * size` bytes.
+    memory: *mut u8,
+    /// The ring's tail as we last published it.
+    tail: Cell<u16>,
+}
+
+impl BufRing {
+    /// Layout of the entries.
+    fn entries_layout(count: u16) -> std::alloc::Layout {
+        let bytes = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
+        std::alloc::Layout::from_size_align(bytes, 4096).expect("a valid layout")
+    }
+
+    /// Layout of the buffers.
+    fn memory_layout(count: u16, size: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(usize::from(count) * size, 4096)
+            .expect("a valid layout")
+    }
+
+    /// Hands buffer `bid` to the kernel again.
+    fn give_back(&self, bid: u16) {
+        let tail = self.tail.get();
+        let mask = self.count - 1;
+        // SAFETY: `entries` holds `count` entries (allocated in
+        // provide_buffers) and `tail & mask` is below `count`; the kernel
+        // reads entries only between its head and the tail we publish, and
+        // this slot is past the published tail until the store below.
+        unsafe {
+            let entry = &mut *self.entries.add(usize::from(tail & mask));
+            entry.set_addr(self.memory.add(usize::from(bid) * self.size) as u64);
+            entry.set_len(self.size as u32);
+            entry.set_bid(bid);
+        }
+        let tail = tail.wrapping_add(1);
+        self.tail.set(tail);
+        // SAFETY: the ring's tail is the `resv` field of its first entry,
+        // which lives as long as the ring; the kernel reads it, so it is
+        // published with a release store, after the entry above.
+        unsafe {
+            let tail_ptr =
+                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
+            (*tail_ptr).store(tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        let _ = tokio_uring::with_submitter(|s| s.unregister_buf_ring(BUF_GROUP));
+        // SAFETY: both were allocated in provide_buffers with these layouts;
+        // the ring is unregistered (or its io_uring is gone), so the kernel
+        // no longer writes to them.
+        unsafe {
+            std::alloc::dealloc(self.entries.cast(), Self::entries_layout(self.count));
+            std::alloc::dealloc(self.memory, Self::memory_layout(self.count, self.size));
+        }
+    }
+}
+
+/// Sets up this worker's provided-buffer ring: `count` (a power of two up to
+/// 32768) buffers of `size` bytes, registered with the thread's io_uring.
+/// Receives can then take their buffer at completion ([`recv_provided`]).
+/// Call on the worker's thread, inside its runtime.
+pub fn provide_buffers(count: u16, size: usize) -> io::Result<()> {
+    if !count.is_power_of_two() || size == 0 || size > u32::MAX as usize {
+        return Err(io::Error::other(
+            "a ring of a power of two of non-empty buffers",
+        ));
+    }
+    // SAFETY: non-zero sizes (count >= 1, size >= 1); zeroed, so every entry
+    // and the tail start at 0.
+    let entries = unsafe { std::alloc::alloc_zeroed(BufRing::entries_layout(count)) };
+    let memory = unsafe { std::alloc::alloc(BufRing::memory_layout(count, size)) };
+    if entries.is_null() || memory.is_null() {
+        return Err(io::ErrorKind::OutOfMemory.into());
+    }
+    let ring = BufRing {
+        entries: entries.cast(),
+        count,
+        size,
+        memory,
+        tail: Cell::new(0),
+    };
+    // SAFETY: `entries` is page-aligned, zeroed and sized for `count`
+    // entries, and stays allocated until the ring is dropped, which
+    // unregisters it first.
+    let registered = tokio_uring::with_submitter(|s| unsafe {
+        s.register_buf_ring(entries as u64, count, BUF_GROUP)
+    })
+    .unwrap_or_else(|| Err(io::Error::other("not on a tokio-uring runtime")));
+    if let Err(err) = registered {
+        // Not registered: dropping it must not unregister another ring.
+        // SAFETY: as in Drop; the kernel never saw these.
+        unsafe {
+            std::alloc::dealloc(entries, BufRing::entries_layout(count));
+            std::alloc::dealloc(memory, BufRing::memory_layout(count, size));
+        }
+        std::mem::forget(ring);
+        return Err(err);
+    }
+    for bid in 0..count {
+        ring.give_back(bid);
+    }
+    PROVIDED.with(|p| *p.borrow_mut() = Some(Rc::new(ring)));
+    Ok(())
+}
+
+/// Drops this thread's provided-buffer ring, before its runtime goes.
+pub fn release_buffers() {
+    PROVIDED.with(|p| p.borrow_mut().take());
+}
+
+/// A buffer of the provided ring that a receive filled; handed back to the
+/// kernel when dropped.
+#[derive(Debug)]
+pub struct Provided {
+    /// Its ring, kept alive while the buffer is out.
+    ring: Rc<BufRing>,
+    /// Its id in the ring.
+    bid: u16,
+    /// Bytes received into it.
+    len: usize,
+}
+
+impl Provided {
+    /// Bytes received.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes it can hold: a receive that filled it may have left more.
+    pub fn capacity(&self) -> usize {
+        self.ring.size
+    }
+}
+
+impl SendBuf for Provided {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: buffer `bid` is `size` bytes at `memory + bid * size`, the
+        // kernel wrote `len <= size` bytes there and does not touch it again
+        // until `give_back(bid)`, which only Drop calls.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ring.memory.add(usize::from(self.bid) * self.ring.size),
+                self.len,
+            )
+        }
+    }
+}
+
+impl Drop for Provided {
+    fn drop(&mut self) {
+        self.ring.give_back(self.bid);
+    }
+}
+
+/// The bytes a receive into a provided buffer brought: none at EOF.
+#[derive(Debug)]
+pub enum Received {
+    /// The peer closed its side.
+    Eof,
+    /// Bytes, in one of the ring's buffers.
+    Bytes(Provided),
+}
+
+/// Receives into a buffer of this thread's provided ring, which the kernel
+/// picks when data arrives; with `poll_first` it waits for readiness before
+/// it tries. `None` when there is no ring on this thread, or when it is
+/// empty (ENOBUFS: every buffer is out): then receive into a buffer of one's
+/// own, as without a ring.
+pub async fn recv_provided(stream: &TcpStream, poll_first: bool) -> Option<io::Result<Received>> {
+    let ring = PROVIDED.with(|p| p.borrow().clone())?;
+    let flags = if poll_first && RECV_FLAGS_OK.get() {
+        RECVSEND_POLL_FIRST
+    } else {
+        0
+    };
+    let len = u32::try_from(ring.size).unwrap_or(u32::MAX);
+    let mut sqe = opcode::Recv::new(types::Fd(stream.as_raw_fd()), std::ptr::null_mut(), len)
+        .buf_group(BUF_GROUP)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT);
+    if flags != 0 {
+        sqe = with_ioprio(sqe, flags);
+    }
+    // The ring moves into the driver with the operation: its memory outlives
+    // the receive even if this future is dropped.
+    let (res, bid, ring) = UnsubmittedOneshot::new(ring, ProvidedDone, sqe)
+        .submit()
+        .await;
+    match res {
+        Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => None,
+        // A kernel that refuses the receive flags: the caller's own receive
+        // learns that and stops passing them.
+        Err(err) if flags != 0 && err.raw_os_error() == Some(libc::EINVAL) => None,
+        Err(err) => {
+            if let Some(bid) = bid {
+                ring.give_back(bid);
+            }
+            Some(Err(err))
+        }
+        Ok(n) => Some(Ok(match bid {
+            Some(bid) if n > 0 => Received::Bytes(Provided {
+                ring,
+                bid,
+                len: n.min(len as usize),
+            }),
+            Some(bid) => {
+                ring.give_back(bid);
+                Received::Eof
+            }
+            None => Received::Eof,
+        })),
+    }
+}
+
+/// Turns a provided-buffer receive's completion into its count and the id
+/// of the buffer the kernel filled, if it took one.
+struct ProvidedDone;
+
+impl OneshotOutputTransform for ProvidedDone {
+    type Output = (io::Result<usize>, Option<u16>, Rc<BufRing>);
+    type StoredData = Rc<BufRing>;
+
+    fn transform_oneshot_output(self, ring: Rc<BufRing>, cqe: cqueue::Entry) -> Self::Output {
+        (completion(&cqe), cqueue::buffer_select(cqe.flags()), ring)
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_uring::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::ceiling::Ceiling;
 use crate::conn::{self, FrontendState, Registry};
@@ -32,6 +32,12 @@ use crate::uring;
 const RING_ENTRIES: u32 = 1024;
 /// How long the SQPOLL kernel thread spins without work before it sleeps.
 const SQPOLL_IDLE_MS: u32 = 1000;
+/// Buffers in each worker's provided ring (see [`uring::provide_buffers`]):
+/// enough for the receives completed and not yet sent at any one moment;
+/// past it, receives use buffers of their own.
+const PROVIDED_BUFFERS: u16 = 256;
+/// Bytes per provided buffer: a typical request or response in one piece.
+const PROVIDED_BUFFER_SIZE: usize = 4096;
 /// Accept operations each worker keeps pending per frontend.
 const ACCEPTS_IN_FLIGHT: usize = 8;
 /// How often a worker looks for connections past their idle timeout or
@@ -173,6 +179,11 @@ async fn serve(
     ceiling: Arc<Ceiling>,
     accepting: Arc<Accepting>,
 ) {
+    // Receives that wait on an idle peer take their buffer from this ring
+    // when data arrives, so an idle connection holds none of its own.
+    if let Err(err) = uring::provide_buffers(PROVIDED_BUFFERS, PROVIDED_BUFFER_SIZE) {
+        debug!(worker = id, %err, "no provided-buffer ring: every receive brings its own buffer");
+    }
     let registry = Registry::new(ceiling);
     let throttle = Rc::new(Throttle::new(Duration::from_secs(1)));
     let mut running: Vec<(String, Running)> = Vec::new();
@@ -220,16 +231,20 @@ async fn serve(
     if open > 0 {
         info!(worker = id, open, "draining connections");
     }
-    tokio::select! {
-        _ = registry.wait_idle() => return,
+    let cut = tokio::select! {
+        _ = registry.wait_idle() => false,
         _ = tokio::time::sleep(drain_timeout) => {
             let cut = registry.len();
             warn!(worker = id, cut, "drain timeout after {drain_timeout:?}: cutting {cut} open connection(s)");
+            true
         }
-        _ = shutdown::reached(&mut phase, Phase::Abort) => {}
+        _ = shutdown::reached(&mut phase, Phase::Abort) => true,
+    };
+    if cut {
+        registry.abort_all();
+        registry.wait_idle().await;
     }
-    registry.abort_all();
-    registry.wait_idle().await;
+    uring::release_buffers();
 }
 
 /// Cuts the connections past their idle timeout or lifetime, every

@@ -290,10 +290,15 @@ pub async fn no_op() -> std::io::Result<()> {
 
 /// ringlb patch 1: runs `f` with the submitter of the current thread's ring,
 /// for what this crate does not wrap (a provided-buffer ring, registered
-/// files). Returns `None` outside a tokio-uring runtime.
+/// files). Returns `None` outside a tokio-uring runtime, or while the driver
+/// is busy (when called from a drop inside its completion dispatch).
 pub fn with_submitter<R>(f: impl FnOnce(&io_uring::Submitter<'_>) -> R) -> Option<R> {
-    runtime::CONTEXT.with(|cx| {
-        cx.handle()
-            .map(|handle| f(&handle.inner.borrow().uring.submitter()))
-    })
+    runtime::CONTEXT
+        .try_with(|cx| {
+            let handle = cx.handle()?;
+            let driver = handle.inner.try_borrow().ok()?;
+            Some(f(&driver.uring.submitter()))
+        })
+        .ok()
+        .flatten()
 }
