@@ -499,6 +499,7 @@ mod tests {
             weight: 1,
             max_conns: None,
             backup: false,
+            slow_start: None,
         };
         Arc::new(Pool::new(&[backend], passive))
     }

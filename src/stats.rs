@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::frontend::{Frontend, Generation};
+use crate::pool::WEIGHT_SCALE;
 
 /// The page: HTML, CSS and script in one file.
 pub const PAGE: &str = include_str!("stats.html");
@@ -44,7 +45,9 @@ fn frontend(f: &Frontend) -> Value {
                 "up": pool.is_up(i),
                 "since_change_s": pool.since_change(i).map(|d| d.as_secs()),
                 "last_error": pool.last_error(i),
-                "weight": config.weight,
+                "weight": pool.weight(i),
+                "effective_weight": f64::from(pool.effective_weight(i)) / f64::from(WEIGHT_SCALE),
+                "state": pool.state(i).name(),
                 "active": pool.active(i),
                 "max_conns": config.max_conns,
                 "backup": config.backup,
