@@ -52,8 +52,8 @@ use crate::config::MAX_WEIGHT;
 use crate::frontend::{Frontend, Generation, Generations};
 use crate::logging::Throttle;
 use crate::metrics::{self, Metrics};
-use crate::pool::{AdminState, Pool, WEIGHT_SCALE};
-use crate::stats;
+use crate::pool::{AdminState, Pool};
+use crate::stats::{self, effective_weight};
 
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -480,7 +480,7 @@ fn backend_json(
         "address": config.addr.to_string(),
         "weight": pool.weight(i),
         "configured_weight": config.weight,
-        "effective_weight": f64::from(pool.effective_weight(i)) / f64::from(WEIGHT_SCALE),
+        "effective_weight": effective_weight(pool, i),
         "slow_start_ms": config.slow_start.map(|d| d.as_millis() as u64),
         "state": pool.state(i).name(),
         "health": if up { "up" } else { "down" },

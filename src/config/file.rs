@@ -937,6 +937,7 @@ workers = 3
 drain-timeout = "10s"
 access-log = true
 admin = "127.0.0.1:9900"
+admin-token-file = "/etc/ringlb/admin-token"
 pin = true
 sqpoll = true
 
@@ -944,7 +945,8 @@ sqpoll = true
 name = "db"
 listen = "127.0.0.1:5432"
 balance = "least-conn"
-backends = ["127.0.0.1:6000,weight=3,max-conns=7", { addr = "127.0.0.1:6001", max-conns = 5, backup = true }]
+backends = ["127.0.0.1:6000,weight=3,max-conns=7", { addr = "127.0.0.1:6001", max-conns = 5, backup = true, slow-start = "1m" }]
+slow-start = "20s"
 connect-timeout = "250ms"
 buffer-size = 65536
 idle-timeout = "5m"
@@ -978,6 +980,8 @@ health = { enabled = false, interval = "0s" }
         assert_eq!(c.drain_timeout, Duration::from_secs(10));
         assert!(c.access_log && c.pin && c.sqpoll);
         assert_eq!(c.admin, Some(addr("127.0.0.1:9900")));
+        let token = c.admin_token_file.as_deref();
+        assert_eq!(token, Some(Path::new("/etc/ringlb/admin-token")));
         let [db, off] = &c.frontends[..] else {
             panic!("{c:?}")
         };
@@ -990,14 +994,14 @@ health = { enabled = false, interval = "0s" }
                     weight: 3,
                     max_conns: Some(7),
                     backup: false,
-                    slow_start: None,
+                    slow_start: Some(Duration::from_secs(20)),
                 },
                 BackendConfig {
                     addr: addr("127.0.0.1:6001"),
                     weight: 1,
                     max_conns: Some(5),
                     backup: true,
-                    slow_start: None,
+                    slow_start: Some(Duration::from_secs(60)),
                 }
             ]
         );
