@@ -432,7 +432,10 @@ fn route(
             stats::PAGE.into(),
         ),
         "/stats.json" => {
-            let mut body = stats::snapshot(generation, state.started).to_string();
+            let mut snapshot = stats::snapshot(generation, state.started);
+            // Whether the page may offer its drain/ready buttons.
+            snapshot["may_change"] = state.may_change.into();
+            let mut body = snapshot.to_string();
             body.push('\n');
             (StatusCode::OK, "application/json", body)
         }
