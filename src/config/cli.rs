@@ -121,7 +121,8 @@ pub struct Cli {
     #[arg(long)]
     pub access_log: bool,
 
-    /// Serve GET /metrics (Prometheus), /healthz and /backends (JSON) over HTTP on this address.
+    /// Serve GET /metrics (Prometheus), /healthz and /backends (JSON), and PATCH
+    /// /frontends/NAME/backends/ADDR (drain, maint, weight), over HTTP on this address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
 
