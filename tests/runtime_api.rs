@@ -14,7 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    http_get, http_request, pattern, read_to_end, run_to_exit, wait_until, Backend, Ringlb, TempDir,
+    http_get, http_request, metric, pattern, read_to_end, run_to_exit, wait_until, Backend, Ringlb,
+    TempDir,
 };
 
 /// Connects, reads the backend's tag byte, and returns the open connection with it.
@@ -266,6 +267,18 @@ fn a_backend_in_maint_gets_neither_connections_nor_health_checks() {
     let answer = patch_ok(admin, &a, r#"{"state":"maint"}"#);
     assert_eq!(answer["state"], "maint", "{answer}");
     assert_eq!(answer["address"], a.as_str(), "{answer}");
+    let metrics = http_get(admin, "/metrics").1;
+    let series =
+        |name: &str, addr: &str| format!("{name}{{frontend=\"default\",backend=\"{addr}\"}}");
+    assert_eq!(metric(&metrics, &series("ringlb_backend_ready", &a)), 0);
+    assert_eq!(
+        metric(
+            &metrics,
+            &series("ringlb_backend_ready", &backends[1].arg())
+        ),
+        1
+    );
+    assert_eq!(metric(&metrics, &series("ringlb_backend_weight", &a)), 1);
     // A check may have been under way when the PATCH landed.
     let settled = Instant::now();
     let accepted = backends[0].accepted();

@@ -404,6 +404,42 @@ mod tests {
     }
 
     #[test]
+    fn slow_start_and_the_admin_token_from_flags() {
+        let cli = Cli::try_parse_from([
+            "ringlb",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "127.0.0.1:1,slow-start=1m",
+            "--backend",
+            "127.0.0.1:2",
+            "--slow-start",
+            "10s",
+            "--admin-token-file",
+            "/run/token",
+        ])
+        .unwrap();
+        let config = Config::from_cli(&cli).unwrap();
+        let ramps: Vec<_> = config.frontends[0]
+            .backends
+            .iter()
+            .map(|b| b.slow_start)
+            .collect();
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(ramps, [secs(60), secs(10)]);
+        assert_eq!(
+            config.admin_token_file.as_deref(),
+            Some(std::path::Path::new("/run/token"))
+        );
+        let file = Config {
+            admin_token_file: None,
+            ..config.clone()
+        };
+        let overridden = file.with_cli_overrides(&cli).unwrap();
+        assert_eq!(overridden.admin_token_file, config.admin_token_file);
+    }
+
+    #[test]
     fn routes_from_flags() {
         let args = [
             "ringlb",
