@@ -34,8 +34,8 @@ pub struct Cli {
     #[arg(short = 'l', long, value_name = "ADDR", conflicts_with = "config")]
     pub listen: Option<String>,
 
-    /// Backend to relay to, as
-    /// `host:port[,weight=N][,max-conns=N][,backup][,slow-start=DURATION]`; repeat for several.
+    /// Backend to relay to, as `host:port`, then optionally `,weight=N`,
+    /// `,max-conns=N`, `,backup` and `,slow-start=DURATION`; repeat for several.
     #[arg(
         short = 'b',
         long = "backend",
