@@ -318,7 +318,7 @@ fn weight_zero_takes_a_backend_out_and_weights_split_the_load() {
 
 #[test]
 fn a_backend_back_from_drain_ramps_up_under_slow_start() {
-    let (lb, backends, admin) = two_backends_with(",slow-start=30s", &[]);
+    let (lb, backends, admin) = two_backends_with(",slow-start=60s", &[]);
     let a = backends[0].arg();
     // It ramps from the start; drain it and bring it back.
     patch_ok(admin, &a, r#"{"state":"drain"}"#);
@@ -334,10 +334,29 @@ fn a_backend_back_from_drain_ramps_up_under_slow_start() {
     eprintln!("slow start: the first 200 connections after ready went {counts:?}");
     assert!(
         counts[0] < 40,
-        "a backend ramping up over 30s took {counts:?} (now at weight {})",
+        "a backend ramping up over 60s took {counts:?} (now at weight {})",
         entry["effective_weight"]
     );
-    assert_eq!(entry["slow_start_ms"], 30_000, "{entry}");
+    assert_eq!(entry["slow_start_ms"], 60_000, "{entry}");
+}
+
+#[test]
+fn backups_take_over_while_every_primary_is_drained() {
+    let (primary, backup) = (Backend::tagged(0), Backend::tagged(1));
+    let lb = Ringlb::start(&[
+        "--backend",
+        &primary.arg(),
+        "--backend",
+        &format!("{},backup", backup.arg()),
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = lb.admin_addr();
+    assert!((0..10).all(|_| visit(&lb) == 0));
+    patch_ok(admin, &primary.arg(), r#"{"state":"drain"}"#);
+    assert!((0..10).all(|_| visit(&lb) == 1), "the backup takes over");
+    patch_ok(admin, &primary.arg(), r#"{"state":"ready"}"#);
+    assert!((0..10).all(|_| visit(&lb) == 0), "and hands back");
 }
 
 #[test]
