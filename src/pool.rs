@@ -48,7 +48,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::futures::Notified;
@@ -128,6 +128,12 @@ pub struct Pool {
     /// running its course (a runtime weight or state, a ramp starting):
     /// workers compare it at each pick.
     weights_generation: AtomicU64,
+    /// The pool a reload built from this one, which took over its runtime
+    /// state: a change made here afterwards (the admin endpoint may still
+    /// hold the old generation) is passed on to it. The lock orders a
+    /// change against the take-over, so none is lost in between; only the
+    /// admin endpoint and reloads take it, never a worker.
+    successor: Mutex<Weak<Pool>>,
 }
 
 /// How failures seen on real traffic take a backend down.
@@ -204,6 +210,7 @@ impl Pool {
                 ..passive
             },
             weights_generation: AtomicU64::new(0),
+            successor: Mutex::new(Weak::new()),
         }
     }
 
@@ -284,9 +291,29 @@ impl Pool {
         AdminState::ALL[usize::from(n).min(2)]
     }
 
-    /// Sets backend `i`'s runtime state. Back to ready, it starts its slow
-    /// start and wakes the clients waiting for a slot.
+    /// Sets backend `i`'s runtime state, here and in the pool a reload
+    /// built from this one. Back to ready, it starts its slow start and
+    /// wakes the clients waiting for a slot.
     pub fn set_state(&self, i: usize, state: AdminState) {
+        let successor = self
+            .successor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.set_state_here(i, state);
+        if let Some((next, j)) = self.successor_of(&successor, i) {
+            next.set_state(j, state);
+        }
+    }
+
+    /// Backend `i`'s counterpart (same address) in `successor`, if any.
+    fn successor_of(&self, successor: &Weak<Pool>, i: usize) -> Option<(Arc<Pool>, usize)> {
+        let next = successor.upgrade()?;
+        let addr = self.addr(i);
+        let j = (0..next.len()).find(|&j| next.addr(j) == addr)?;
+        Some((next, j))
+    }
+
+    fn set_state_here(&self, i: usize, state: AdminState) {
         let n = AdminState::ALL
             .iter()
             .position(|&s| s == state)
@@ -306,9 +333,21 @@ impl Pool {
         self.backends[i].weight.load(Ordering::Relaxed)
     }
 
-    /// Sets backend `i`'s runtime weight; from 0 to more, it starts its
-    /// slow start and wakes the clients waiting for a slot.
+    /// Sets backend `i`'s runtime weight, here and in the pool a reload
+    /// built from this one; from 0 to more, it starts its slow start and
+    /// wakes the clients waiting for a slot.
     pub fn set_weight(&self, i: usize, weight: u32) {
+        let successor = self
+            .successor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.set_weight_here(i, weight);
+        if let Some((next, j)) = self.successor_of(&successor, i) {
+            next.set_weight(j, weight);
+        }
+    }
+
+    fn set_weight_here(&self, i: usize, weight: u32) {
         let b = &self.backends[i];
         b.weight_set.store(true, Ordering::Relaxed);
         let was = b.weight.swap(weight, Ordering::Relaxed);
@@ -436,8 +475,10 @@ impl Pool {
     /// Takes over the runtime state of every backend `old` also has (same
     /// address): its admin state, its weight if the admin endpoint set one,
     /// and where its slow start ramps from, so a reload neither puts a
-    /// drained backend back in service nor ramps a kept one again.
-    pub fn carry_runtime_from(&self, old: &Pool) {
+    /// drained backend back in service nor ramps a kept one again. Changes
+    /// made on `old` from now on are passed on here.
+    pub fn carry_runtime_from(self: &Arc<Pool>, old: &Pool) {
+        let mut successor = old.successor.lock().unwrap_or_else(PoisonError::into_inner);
         for b in &self.backends {
             let Some(j) = old
                 .backends
@@ -456,6 +497,7 @@ impl Pool {
             let since = o.up_since.load(Ordering::Relaxed);
             b.up_since.store(since, Ordering::Relaxed);
         }
+        *successor = Arc::downgrade(self);
         self.weights_changed();
     }
 
@@ -783,7 +825,7 @@ mod tests {
         let old = Pool::new(&[addr(1), addr(2), addr(4)], CHECKED);
         old.set_state(0, AdminState::Drain);
         old.set_weight(1, 7);
-        let new = Pool::new(&[addr(3), addr(2), addr(1), addr(4)], CHECKED);
+        let new = Arc::new(Pool::new(&[addr(3), addr(2), addr(1), addr(4)], CHECKED));
         new.carry_runtime_from(&old);
         let states: Vec<_> = (0..4).map(|i| new.state(i)).collect();
         use AdminState::*;
@@ -794,5 +836,13 @@ mod tests {
             [2, 7, 2, 2],
             "only a weight set at runtime is kept"
         );
+        // The admin endpoint may still hold the old pool: changes reach the new one.
+        old.set_state(2, AdminState::Maint);
+        old.set_weight(0, 9);
+        assert_eq!((new.state(3), new.weight(2)), (Maint, 9));
+        assert_eq!(old.state(2), Maint);
+        drop(new);
+        old.set_state(2, AdminState::Ready);
+        assert_eq!(old.state(2), Ready, "a successor gone is no matter");
     }
 }
