@@ -341,6 +341,23 @@ fn a_backend_back_from_drain_ramps_up_under_slow_start() {
 }
 
 #[test]
+fn a_backend_whose_health_recovers_ramps_up_again() {
+    let (lb, backends, admin) = two_backends_with(",slow-start=2s", &["--fall", "1"]);
+    let a = backends[0].arg();
+    let effective = |admin| entry(admin, &a)["effective_weight"].as_f64().unwrap();
+    wait_until("the ramp from start done", || effective(admin) == 1.0);
+    let addr = backends[0].addr;
+    backends[0].stop();
+    wait_until("backend 0 down", || entry(admin, &a)["health"] == "down");
+    let _back = Backend::echo_at(addr, Some(0));
+    wait_until("backend 0 up again", || entry(admin, &a)["health"] == "up");
+    let now = effective(admin);
+    assert!(now < 1.0, "back up, it ramps again: effective weight {now}");
+    wait_until("and it ends at its weight", || effective(admin) == 1.0);
+    drop(lb);
+}
+
+#[test]
 fn backups_take_over_while_every_primary_is_drained() {
     let (primary, backup) = (Backend::tagged(0), Backend::tagged(1));
     let lb = Ringlb::start(&[
