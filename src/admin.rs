@@ -4,7 +4,17 @@
 //! `GET /healthz` says whether every frontend has a backend up, `GET
 //! /backends` lists the pools as JSON, `GET /` is the stats page and `GET
 //! /stats.json` its snapshot ([`stats`]); each reads the
-//! current config generation.
+//! current config generation. `PATCH /frontends/{frontend}/backends/{addr}`
+//! with `{"state": "ready"|"drain"|"maint"}` and/or `{"weight": N}` changes a
+//! backend at once, in every pool of that frontend that has the address (see
+//! [`Pool`] for what the workers make of it).
+//!
+//! Who may do what: with a token (`admin-token-file`), every request but
+//! `GET /metrics` and `GET /healthz` (which Prometheus and load balancers
+//! probe without credentials) must carry `Authorization: Bearer TOKEN`,
+//! compared in constant time, else 401. Without one, changes are refused
+//! (403) unless the endpoint listens on a loopback address, where only local
+//! users reach it.
 //!
 //! Whatever its clients do, it must not take resources from the proxy, so
 //! everything it holds is bounded: at most [`MAX_CONNECTIONS`] connections
@@ -18,6 +28,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{CONNECTION, CONTENT_TYPE};
+use hyper::header::{HeaderMap, AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -37,10 +48,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::frontend::{Generation, Generations};
+use crate::config::MAX_WEIGHT;
+use crate::frontend::{Frontend, Generation, Generations};
 use crate::logging::Throttle;
-use crate::metrics;
-use crate::stats;
+use crate::metrics::{self, Metrics};
+use crate::pool::{AdminState, Pool};
+use crate::stats::{self, effective_weight};
 
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -72,7 +85,8 @@ pub struct AdminError {
 /// Binds `addr` (or serves `inherited`, the listener a hot upgrade handed
 /// over) on a thread of its own until `stop` turns true (the process was
 /// taken over) or the process exits. Returns the bound address (useful with
-/// port 0) and a second handle on the listener, for a later takeover.
+/// port 0) and a second handle on the listener, for a later takeover. The
+/// token, if the config names a token file, is read here, once.
 pub fn spawn(
     addr: SocketAddr,
     inherited: Option<std::net::TcpListener>,
@@ -80,6 +94,12 @@ pub fn spawn(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, std::net::TcpListener), AdminError> {
     let err = |reason: String| AdminError { addr, reason };
+    let token_file = generations.borrow().config.admin_token_file.clone();
+    let token = token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()
+        .map_err(err)?;
     let listener = match inherited {
         Some(listener) => listener
             .set_nonblocking(true)
@@ -93,7 +113,8 @@ pub fn spawn(
         .enable_all()
         .build()
         .map_err(|e| err(e.to_string()))?;
-    let state = Arc::new(State::new(generations));
+    let may_change = token.is_some() || bound.ip().to_canonical().is_loopback();
+    let state = Arc::new(State::new(generations, token, may_change));
     thread::Builder::new()
         .name("ringlb-admin".into())
         .spawn(move || {
@@ -117,6 +138,17 @@ pub fn spawn(
     Ok((bound, handle))
 }
 
+/// The token in `path`, without surrounding whitespace; an empty one is an
+/// error, since it would let anyone in.
+fn read_token(path: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+    match text.trim() {
+        "" => Err(format!("the admin token file {} is empty", path.display())),
+        token => Ok(token.as_bytes().to_vec()),
+    }
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -134,10 +166,14 @@ struct State {
     registry: Registry,
     /// When the endpoint started: `/stats.json` sample times count from it.
     started: Instant,
+    /// The bearer token every request but /metrics and /healthz must carry.
+    token: Option<Vec<u8>>,
+    /// Whether changes are allowed: with a token, or on a loopback address.
+    may_change: bool,
 }
 
 impl State {
-    fn new(generations: Generations) -> State {
+    fn new(generations: Generations, token: Option<Vec<u8>>, may_change: bool) -> State {
         let current = generations.clone();
         let registry = metrics::registry(move || {
             let generation = current.borrow().clone();
@@ -157,6 +193,8 @@ impl State {
             generations,
             registry,
             started: Instant::now(),
+            token,
+            may_change,
         }
     }
 }
@@ -282,20 +320,55 @@ impl Conns {
 /// Answers one request whose head hyper has parsed within the limits.
 async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     let (head, body) = request.into_parts();
+    let open = head.method == Method::GET && matches!(head.uri.path(), "/metrics" | "/healthz");
+    if let Some(token) = &state.token {
+        if !open && !bearer_matches(&head.headers, token) {
+            let mut response = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "unauthorized: send Authorization: Bearer TOKEN (the admin token file's)\n".into(),
+            );
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+            return response;
+        }
+    }
     if body.size_hint().lower() > MAX_BODY_BYTES as u64 {
         return too_large();
     }
-    if let Err(err) = Limited::new(body, MAX_BODY_BYTES).collect().await {
-        if err.is::<LengthLimitError>() {
-            return too_large();
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) if err.is::<LengthLimitError>() => return too_large(),
+        Err(err) => {
+            debug!(%err, "admin request body unreadable");
+            return reply(StatusCode::BAD_REQUEST, "text/plain", "bad body\n".into());
         }
-        debug!(%err, "admin request body unreadable");
-        return reply(StatusCode::BAD_REQUEST, "text/plain", "bad body\n".into());
-    }
+    };
     let generation = state.generations.borrow().clone();
     let path = head.uri.path();
-    let (status, content_type, body) = route(&head.method, path, &generation, state);
+    let (status, content_type, body) = route(&head.method, path, &body, &generation, state);
     reply(status, content_type, body)
+}
+
+/// Whether `headers` carry `Authorization: Bearer TOKEN` with this token,
+/// compared in constant time (for a token of a given length).
+fn bearer_matches(headers: &HeaderMap, token: &[u8]) -> bool {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let Some((scheme, given)) = value.split_at_checked(7) else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer ") || given.len() != token.len() {
+        return false;
+    }
+    let diff = given
+        .iter()
+        .zip(token)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(diff) == 0
 }
 
 fn too_large() -> Response<Full<Bytes>> {
@@ -324,9 +397,27 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 fn route(
     method: &Method,
     path: &str,
+    body: &[u8],
     generation: &Generation,
     state: &State,
 ) -> (StatusCode, &'static str, String) {
+    if path.starts_with("/frontends/") {
+        if method != Method::PATCH {
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "only PATCH is supported here\n".into(),
+            );
+        }
+        if !state.may_change {
+            return (
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "forbidden: changes need an admin token (admin-token-file) when the admin endpoint listens on a non-loopback address\n".into(),
+            );
+        }
+        return patch(path, body, generation);
+    }
     if method != Method::GET {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -363,7 +454,10 @@ fn route(
             stats::PAGE.into(),
         ),
         "/stats.json" => {
-            let mut body = stats::snapshot(generation, state.started).to_string();
+            let mut snapshot = stats::snapshot(generation, state.started);
+            // Whether the page may offer its drain/ready buttons.
+            snapshot["may_change"] = state.may_change.into();
+            let mut body = snapshot.to_string();
             body.push('\n');
             (StatusCode::OK, "application/json", body)
         }
@@ -375,7 +469,7 @@ fn route(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /, /stats.json, /metrics, /healthz or /backends\n".into(),
+            "not found: try /, /stats.json, /metrics, /healthz, /backends or PATCH /frontends/NAME/backends/ADDR\n".into(),
         ),
     }
 }
@@ -386,33 +480,157 @@ fn backends_json(generation: &Generation) -> String {
         .iter()
         .flat_map(|f| {
             f.pools().into_iter().flat_map(move |(route, pool, first)| {
-                (0..pool.len()).map(move |i| (&*f.metrics, route, pool.clone(), i, first + i))
+                (0..pool.len()).map(move |i| backend_json(&f.metrics, route, pool, i, first + i))
             })
-        })
-        .map(|(metrics, route, pool, i, counter)| {
-            let config = pool.config(i);
-            let mut entry = serde_json::json!({
-                "frontend": metrics.frontend,
-                "address": config.addr.to_string(),
-                "weight": config.weight,
-                "max_conns": config.max_conns,
-                "backup": config.backup,
-                "up": pool.is_up(i),
-                "active": pool.active(i),
-                "connections_total": metrics.sum_backend(counter, |b| &b.connections),
-                "connect_failures": metrics.sum_backend(counter, |b| &b.connect_failures),
-                "bytes_in": metrics.sum_backend(counter, |b| &b.bytes_in),
-                "bytes_out": metrics.sum_backend(counter, |b| &b.bytes_out),
-            });
-            if let Some(route) = route {
-                entry["route"] = route.into();
-            }
-            entry
         })
         .collect();
     let mut body = serde_json::Value::Array(backends).to_string();
     body.push('\n');
     body
+}
+
+/// Backend `i` of `pool` (of route `route`, if any), whose counters are
+/// `counter` in `metrics`, as /backends lists it.
+fn backend_json(
+    metrics: &Metrics,
+    route: Option<&str>,
+    pool: &Pool,
+    i: usize,
+    counter: usize,
+) -> serde_json::Value {
+    let config = pool.config(i);
+    let up = pool.is_up(i);
+    let mut entry = serde_json::json!({
+        "frontend": metrics.frontend,
+        "address": config.addr.to_string(),
+        "weight": pool.weight(i),
+        "configured_weight": config.weight,
+        "effective_weight": effective_weight(pool, i),
+        "slow_start_ms": config.slow_start.map(|d| d.as_millis() as u64),
+        "state": pool.state(i).name(),
+        "health": if up { "up" } else { "down" },
+        "max_conns": config.max_conns,
+        "backup": config.backup,
+        "up": up,
+        "active": pool.active(i),
+        "connections_total": metrics.sum_backend(counter, |b| &b.connections),
+        "connect_failures": metrics.sum_backend(counter, |b| &b.connect_failures),
+        "bytes_in": metrics.sum_backend(counter, |b| &b.bytes_in),
+        "bytes_out": metrics.sum_backend(counter, |b| &b.bytes_out),
+    });
+    if let Some(route) = route {
+        entry["route"] = route.into();
+    }
+    entry
+}
+
+/// A PATCH body: what to change.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    state: Option<AdminState>,
+    weight: Option<u64>,
+}
+
+impl Change {
+    /// Reads a body; the error is one line saying what is wrong.
+    fn parse(body: &[u8]) -> Result<Change, String> {
+        let change: Change = serde_json::from_slice(body).map_err(|e| {
+            let e = e.to_string().replace(['\n', '\r'], " ");
+            format!("bad body: {e}")
+        })?;
+        if change.state.is_none() && change.weight.is_none() {
+            return Err(format!(
+                "bad body: nothing to change: give \"state\" (ready, drain or maint) and/or \"weight\" (0 to {MAX_WEIGHT})"
+            ));
+        }
+        if let Some(weight) = change.weight.filter(|&w| w > u64::from(MAX_WEIGHT)) {
+            return Err(format!(
+                "bad weight: must be between 0 and {MAX_WEIGHT}, got {weight}"
+            ));
+        }
+        Ok(change)
+    }
+}
+
+/// `PATCH /frontends/{frontend}/backends/{addr}`: applies the body to every
+/// pool of the frontend holding the address; answers with the first one's
+/// backend as /backends shows it.
+fn patch(path: &str, body: &[u8], generation: &Generation) -> (StatusCode, &'static str, String) {
+    let not_found = |what: String| (StatusCode::NOT_FOUND, "text/plain", format!("{what}\n"));
+    let Some((name, addr)) = path
+        .strip_prefix("/frontends/")
+        .and_then(|rest| rest.rsplit_once("/backends/"))
+        .and_then(|(name, addr)| Some((percent_decode(name)?, percent_decode(addr)?)))
+    else {
+        return not_found("not found: expected /frontends/NAME/backends/ADDR".into());
+    };
+    let Some(frontend) = generation.frontend(&name) else {
+        return not_found(format!("no frontend named {name:?}"));
+    };
+    let held = holding(frontend, &addr);
+    if held.is_empty() {
+        return not_found(format!("frontend {name:?} has no backend {addr:?}"));
+    }
+    let change = match Change::parse(body) {
+        Ok(change) => change,
+        Err(reason) => return (StatusCode::BAD_REQUEST, "text/plain", format!("{reason}\n")),
+    };
+    for &(_, pool, _, i) in &held {
+        if let Some(weight) = change.weight {
+            pool.set_weight(i, weight as u32);
+        }
+        if let Some(state) = change.state {
+            pool.set_state(i, state);
+        }
+        info!(frontend = %name, backend = %pool.addr(i), state = %pool.state(i), weight = pool.weight(i), "backend changed on the admin endpoint");
+    }
+    let (route, pool, first, i) = held[0];
+    let mut body = backend_json(&frontend.metrics, route, pool, i, first + i).to_string();
+    body.push('\n');
+    (StatusCode::OK, "application/json", body)
+}
+
+/// Every backend of `frontend` at `addr` (as /backends shows it, or any
+/// spelling that parses to the same address): route, pool, its first
+/// counter, index.
+fn holding<'f>(
+    frontend: &'f Frontend,
+    addr: &str,
+) -> Vec<(Option<&'f str>, &'f Pool, usize, usize)> {
+    let parsed = addr.parse::<SocketAddr>().ok();
+    frontend
+        .pools()
+        .into_iter()
+        .flat_map(|(route, pool, first)| {
+            (0..pool.len())
+                .filter(|&i| {
+                    let a = pool.addr(i);
+                    Some(a) == parsed || a.to_string() == addr
+                })
+                .map(move |i| (route, &**pool, first, i))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes (so `%5B::1%5D:80` names `[::1]:80`); `None` for a
+/// bad escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -438,5 +656,55 @@ mod tests {
         conns.close_longest_idle();
         assert!(!idle(&busy));
         assert_eq!(conns.0.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_bodies_get_one_line_reasons() {
+        let err = |body: &str| Change::parse(body.as_bytes()).err().unwrap();
+        for (body, says) in [
+            ("", "bad body"),
+            ("{", "bad body"),
+            ("{\"state\": \"sleep\"}", "unknown variant"),
+            ("{\"weight\": 1001}", "between 0 and 1000, got 1001"),
+            ("{\"weight\": -1}", "bad body"),
+            ("{\"colour\": 1}", "unknown field"),
+            ("{}", "nothing to change"),
+            ("{\n\"state\":\n3}", "bad body"),
+        ] {
+            let reason = err(body);
+            assert!(reason.contains(says), "{body:?}: {reason}");
+            assert!(!reason.contains('\n'), "{body:?}: {reason}");
+        }
+        let change = Change::parse(br#"{"state":"drain","weight":0}"#).unwrap();
+        assert_eq!(
+            (change.state, change.weight),
+            (Some(AdminState::Drain), Some(0))
+        );
+    }
+
+    #[test]
+    fn addresses_in_paths_may_be_escaped() {
+        assert_eq!(percent_decode("%5B::1%5D:80").as_deref(), Some("[::1]:80"));
+        assert_eq!(percent_decode("a%2fb").as_deref(), Some("a/b"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%4"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+    }
+
+    #[test]
+    fn only_the_right_bearer_token_passes() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, value.parse().unwrap());
+            bearer_matches(&headers, b"s3cret")
+        };
+        assert!(with("Bearer s3cret"));
+        assert!(with("bearer s3cret"));
+        assert!(!with("Bearer s3cre"));
+        assert!(!with("Bearer s3cret2"));
+        assert!(!with("Bearer S3cret"));
+        assert!(!with("Basic s3cret"));
+        assert!(!with("Bearer"));
+        assert!(!bearer_matches(&HeaderMap::new(), b"s3cret"));
     }
 }

@@ -8,7 +8,9 @@
 //! its backends, its routes' backends and names and its health settings are
 //! unchanged, and its connection limit while max-conns is. A changed pool
 //! takes over the health of the backends it kept, a route's from the old
-//! route of the same name. Everything else is
+//! route of the same name, and their runtime state (drain or maint, a
+//! weight set on the admin endpoint, where a slow start ramps from).
+//! Everything else is
 //! new, and connections opened before keep what they started with.
 
 use std::net::SocketAddr;
@@ -236,9 +238,10 @@ impl Frontend {
 }
 
 /// A new pool of `backends` (of route `route`, if any) under `health` and
-/// `fe`'s passive settings, taking over the health of `old`'s backends at the same
-/// addresses (under health checks: without them nothing would bring a
-/// carried down backend back, so it starts all up), with its prober started.
+/// `fe`'s passive settings, taking over the runtime state of `old`'s backends
+/// at the same addresses, and their health under health checks (without them
+/// nothing would bring a carried down backend back, so it starts all up),
+/// with its prober started.
 fn new_pool(
     fe: &FrontendConfig,
     route: Option<&str>,
@@ -247,6 +250,9 @@ fn new_pool(
     old: Option<&Arc<Pool>>,
 ) -> Arc<Pool> {
     let pool = Arc::new(Pool::new(backends, passive(fe, health)));
+    if let Some(o) = old {
+        pool.carry_runtime_from(o);
+    }
     if health.checks && !backends.is_empty() {
         if let Some(o) = old {
             pool.carry_health_from(o);

@@ -18,11 +18,13 @@
 //!   backend, relay, timeouts, access log; its per-worker frontend state (an upstream per pool),
 //!   the pure route choice, and the worker's registry of open connections (and their timers).
 //! - [`ceiling`]: the process-wide connection ceiling from the fd limit; workers accept under it.
-//! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue.
+//! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue;
+//!   skips drained, maint and weight-0 backends, rebuilds its balancer when weights change or ramp.
 //! - [`balance`]: the balancing algorithms, one file each, pure.
-//! - [`pool`]: the backends' cross-worker state (active counts, health, failure streaks) as atomics.
+//! - [`pool`]: the backends' cross-worker state (active counts, health, failure streaks, runtime
+//!   state ready/drain/maint and weight, the slow-start ramp) as atomics.
 //! - [`health`]: the pure rise/fall health state machine.
-//! - [`probe`]: the one prober thread that runs health checks and publishes them.
+//! - [`probe`]: the one prober thread per pool that runs health checks (none in maint) and publishes them.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
 //! - [`sni`]: the TLS ClientHello read for routing: server name and ALPN; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
@@ -32,7 +34,8 @@
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
 //! - `testing` (unit tests only): the deterministic random source the parsers' robustness tests share.
-//! - [`admin`]: the admin HTTP endpoint (hyper, bounded): /metrics, /healthz, /backends, the stats page.
+//! - [`admin`]: the admin HTTP endpoint (hyper, bounded): /metrics, /healthz, /backends, the stats page,
+//!   PATCH of a backend's state and weight, the bearer token.
 //! - [`stats`]: the stats page (one self-contained HTML file) and its JSON snapshot; rates are the reader's.
 
 // An application crate: its docs are built with --document-private-items, so the

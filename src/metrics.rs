@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::pool::Pool;
+use crate::pool::{AdminState, Pool};
 
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
@@ -370,6 +370,18 @@ const FAMILIES: &[Family] = &[
         help: "1 while the backend passes health checks.",
         source: Source::Pool(|p, i| p.is_up(i) as u64),
     },
+    Family {
+        name: "ringlb_backend_ready",
+        kind: Kind::Gauge,
+        help: "1 while the backend's runtime state is ready, 0 in drain or maint (admin endpoint).",
+        source: Source::Pool(|p, i| (p.state(i) == AdminState::Ready) as u64),
+    },
+    Family {
+        name: "ringlb_backend_weight",
+        kind: Kind::Gauge,
+        help: "The backend's weight now: as configured, or as set on the admin endpoint (0 takes no new connections).",
+        source: Source::Pool(|p, i| u64::from(p.weight(i))),
+    },
 ];
 
 impl Family {
@@ -499,6 +511,7 @@ mod tests {
             weight: 1,
             max_conns: None,
             backup: false,
+            slow_start: None,
         };
         Arc::new(Pool::new(&[backend], passive))
     }

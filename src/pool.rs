@@ -20,10 +20,35 @@
 //!
 //! Each backend's atomics sit on their own cache line so workers counting
 //! connections to different backends do not contend.
+//!
+//! Runtime control (the admin endpoint's PATCH): each backend also has an
+//! [`AdminState`] (`ready`, `drain`, `maint`) and a runtime weight, both
+//! atomics that workers read at each pick without a lock. A backend takes new
+//! connections only while `ready` with a weight above 0; `maint` also stops
+//! its health checks. Open connections are never touched. A change bumps the
+//! pool's weights generation, one relaxed load that each worker compares at
+//! a pick to know when to rebuild its balancer from [`Pool::weights`].
+//!
+//! Slow start: a backend with `slow-start` ramps its effective weight
+//! linearly ([`ramp`]) from almost nothing to its weight over that time after
+//! it comes up: when the pool is built (start, or a reload that added it),
+//! when its health recovers, and when it leaves `drain` or `maint` (or weight
+//! 0). Weights reach the balancers multiplied by [`WEIGHT_SCALE`] (HAProxy's
+//! `BE_WEIGHT_SCALE`), so even a weight-1 backend ramps in 16 steps instead
+//! of jumping from 1 to 1. The ramp starts at 1/16 of a weight-1 backend's
+//! share rather than at 10% of its weight: a backend that just came up (a cold
+//! cache, a JIT warming up) is what slow start protects, and HAProxy also
+//! starts near zero. While a ramp runs, workers rebuild their balancer at
+//! most every [`RAMP_STEP`] (checked lazily at pick time, see
+//! [`Pool::weights`]); no worker polls.
+//!
+//! Time in the pool is milliseconds since one process-wide epoch, so a
+//! reload's new pool can take over its predecessor's times as they are.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::futures::Notified;
@@ -33,6 +58,64 @@ use tracing::info;
 
 use crate::config::BackendConfig;
 
+/// Weights reach the balancers multiplied by this, so that slow start has
+/// steps to ramp through even for a weight-1 backend.
+pub const WEIGHT_SCALE: u32 = 16;
+
+/// While a backend ramps up, how often a worker recomputes its weights:
+/// often enough for a smooth ramp, rarely enough to cost nothing.
+pub const RAMP_STEP: Duration = Duration::from_millis(200);
+
+/// A backend's effective weight `since_up` after it came up with `weight`,
+/// under `slow_start`: linear from 1 (never 0, so it still gets a little
+/// traffic) up to `weight`, reached once `slow_start` has passed. A zero
+/// `slow_start` is no ramp; a zero `weight` stays 0.
+pub fn ramp(weight: u32, since_up: Duration, slow_start: Duration) -> u32 {
+    if weight == 0 || since_up >= slow_start {
+        return weight;
+    }
+    let share = u128::from(weight) * since_up.as_nanos() / slow_start.as_nanos();
+    (share as u32).max(1)
+}
+
+/// What the operator set a backend to, on the admin endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Normal: new connections while its health allows.
+    Ready,
+    /// No new connections; open ones go on.
+    Drain,
+    /// As drain, and no health checks either.
+    Maint,
+}
+
+impl AdminState {
+    const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
+    /// As /backends and the PATCH body spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Milliseconds since the process-wide epoch, at least 1 so that 0 can mean
+/// "not set".
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 /// All backends of one frontend.
 #[derive(Debug)]
 pub struct Pool {
@@ -41,8 +124,16 @@ pub struct Pool {
     room: Notify,
     /// How failures seen on real traffic take a backend down.
     passive: Passive,
-    /// Zero point of the `retry_at` times.
-    epoch: Instant,
+    /// Bumped whenever the balancers' weights change other than by a ramp
+    /// running its course (a runtime weight or state, a ramp starting):
+    /// workers compare it at each pick.
+    weights_generation: AtomicU64,
+    /// The pool a reload built from this one, which took over its runtime
+    /// state: a change made here afterwards (the admin endpoint may still
+    /// hold the old generation) is passed on to it. The lock orders a
+    /// change against the take-over, so none is lost in between; only the
+    /// admin endpoint and reloads take it, never a worker.
+    successor: Mutex<Weak<Pool>>,
 }
 
 /// How failures seen on real traffic take a backend down.
@@ -73,19 +164,29 @@ struct Shared {
     /// Failures in a row seen by workers (connects, layer-4 observations).
     streak: AtomicU32,
     /// Without active checks: when a passively downed backend may be tried
-    /// again, in milliseconds after the pool's epoch; 0 when not down so.
+    /// again, in ms of [`now_ms`]; 0 when not down so.
     retry_at: AtomicU64,
-    /// When it last went up or down, in milliseconds after the pool's epoch;
+    /// When it last went up or down, in ms of [`now_ms`];
     /// 0 when it never changed.
     changed_at: AtomicU64,
     /// Why it last failed (a check, or the failure that took it down), for
     /// the stats page. Written by the prober and at a flip, never per byte.
     last_error: Mutex<Option<String>>,
+    /// Its [`AdminState`], as its index in `AdminState::ALL`.
+    state: AtomicU8,
+    /// Its weight now: the configured one until the admin endpoint sets one.
+    weight: AtomicU32,
+    /// Whether the admin endpoint set `weight` (a reload then keeps it).
+    weight_set: AtomicBool,
+    /// When it last came up (pool built, health back, state back to
+    /// ready), in ms of [`now_ms`]: where its slow start ramps from.
+    up_since: AtomicU64,
 }
 
 impl Pool {
     /// A pool with every backend up and idle.
     pub fn new(configs: &[BackendConfig], passive: Passive) -> Pool {
+        let now = now_ms();
         Pool {
             backends: configs
                 .iter()
@@ -97,6 +198,10 @@ impl Pool {
                     retry_at: AtomicU64::new(0),
                     changed_at: AtomicU64::new(0),
                     last_error: Mutex::new(None),
+                    state: AtomicU8::new(0),
+                    weight: AtomicU32::new(config.weight),
+                    weight_set: AtomicBool::new(false),
+                    up_since: AtomicU64::new(now),
                 })
                 .collect(),
             room: Notify::new(),
@@ -104,7 +209,8 @@ impl Pool {
                 fall: passive.fall.max(1),
                 ..passive
             },
-            epoch: Instant::now(),
+            weights_generation: AtomicU64::new(0),
+            successor: Mutex::new(Weak::new()),
         }
     }
 
@@ -123,23 +229,165 @@ impl Pool {
         self.backends[i].config.addr
     }
 
-    /// The weights, in backend order, for building balancers.
-    pub fn weights(&self) -> Vec<u32> {
-        self.backends.iter().map(|b| b.config.weight).collect()
+    /// The effective weights now, in backend order and in units of
+    /// 1/[`WEIGHT_SCALE`], for building balancers; and whether any backend
+    /// is still ramping up, so they will change with time alone.
+    pub fn weights(&self) -> (Vec<u32>, bool) {
+        let now = now_ms();
+        let mut ramping = false;
+        let weights = (0..self.len())
+            .map(|i| {
+                let (w, ramps) = self.effective_weight_at(i, now);
+                ramping |= ramps;
+                w
+            })
+            .collect();
+        (weights, ramping)
+    }
+
+    /// Backend `i`'s effective weight now, in units of 1/[`WEIGHT_SCALE`].
+    pub fn effective_weight(&self, i: usize) -> u32 {
+        self.effective_weight_at(i, now_ms()).0
+    }
+
+    fn effective_weight_at(&self, i: usize, now: u64) -> (u32, bool) {
+        let b = &self.backends[i];
+        let weight = b
+            .weight
+            .load(Ordering::Relaxed)
+            .saturating_mul(WEIGHT_SCALE);
+        match b.config.slow_start {
+            Some(slow_start) if !slow_start.is_zero() => {
+                let up_since = b.up_since.load(Ordering::Relaxed);
+                let since = Duration::from_millis(now.saturating_sub(up_since));
+                (ramp(weight, since, slow_start), since < slow_start)
+            }
+            _ => (weight, false),
+        }
+    }
+
+    /// Changes when the weights change other than by a ramp's progress; one
+    /// load, for a worker to compare at each pick.
+    pub fn weights_generation(&self) -> u64 {
+        self.weights_generation.load(Ordering::Acquire)
+    }
+
+    fn weights_changed(&self) {
+        self.weights_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Backend `i` starts its slow start again, if it has one.
+    fn came_up(&self, i: usize) {
+        let b = &self.backends[i];
+        if b.config.slow_start.is_some_and(|d| !d.is_zero()) {
+            b.up_since.store(now_ms(), Ordering::Relaxed);
+            self.weights_changed();
+        }
+    }
+
+    /// Backend `i`'s runtime state.
+    pub fn state(&self, i: usize) -> AdminState {
+        let n = self.backends[i].state.load(Ordering::Relaxed);
+        AdminState::ALL[usize::from(n).min(2)]
+    }
+
+    /// Sets backend `i`'s runtime state, here and in the pool a reload
+    /// built from this one. Back to ready, it starts its slow start and
+    /// wakes the clients waiting for a slot.
+    pub fn set_state(&self, i: usize, state: AdminState) {
+        let successor = self
+            .successor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.set_state_here(i, state);
+        if let Some((next, j)) = self.successor_of(&successor, i) {
+            next.set_state(j, state);
+        }
+    }
+
+    /// Backend `i`'s counterpart (same address) in `successor`, if any.
+    fn successor_of(&self, successor: &Weak<Pool>, i: usize) -> Option<(Arc<Pool>, usize)> {
+        let next = successor.upgrade()?;
+        let addr = self.addr(i);
+        let j = (0..next.len()).find(|&j| next.addr(j) == addr)?;
+        Some((next, j))
+    }
+
+    fn set_state_here(&self, i: usize, state: AdminState) {
+        let n = AdminState::ALL
+            .iter()
+            .position(|&s| s == state)
+            .unwrap_or(0) as u8;
+        let was = self.backends[i].state.swap(n, Ordering::Relaxed);
+        if was != n {
+            if state == AdminState::Ready {
+                self.came_up(i);
+                self.room.notify_waiters();
+            }
+            self.weights_changed();
+        }
+    }
+
+    /// Backend `i`'s runtime weight (0 takes no new connections).
+    pub fn weight(&self, i: usize) -> u32 {
+        self.backends[i].weight.load(Ordering::Relaxed)
+    }
+
+    /// Sets backend `i`'s runtime weight, here and in the pool a reload
+    /// built from this one; from 0 to more, it starts its slow start and
+    /// wakes the clients waiting for a slot.
+    pub fn set_weight(&self, i: usize, weight: u32) {
+        let successor = self
+            .successor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.set_weight_here(i, weight);
+        if let Some((next, j)) = self.successor_of(&successor, i) {
+            next.set_weight(j, weight);
+        }
+    }
+
+    fn set_weight_here(&self, i: usize, weight: u32) {
+        let b = &self.backends[i];
+        b.weight_set.store(true, Ordering::Relaxed);
+        let was = b.weight.swap(weight, Ordering::Relaxed);
+        if was == 0 && weight > 0 {
+            self.came_up(i);
+            self.room.notify_waiters();
+        }
+        self.weights_changed();
+    }
+
+    /// Whether backend `i` may take new connections as far as the operator
+    /// goes: ready, with a weight above 0.
+    pub fn admits(&self, i: usize) -> bool {
+        let b = &self.backends[i];
+        b.state.load(Ordering::Relaxed) == 0 && b.weight.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether backend `i` is health checked: not in maint.
+    pub fn checked(&self, i: usize) -> bool {
+        self.state(i) != AdminState::Maint
+    }
+
+    /// Whether any backend is up and admitted by the operator.
+    pub fn any_available(&self) -> bool {
+        (0..self.len()).any(|i| self.is_up(i) && self.admits(i))
     }
 
     /// Whether backend `i` may take new connections: it passes its health
     /// checks, or (without active checks) its fail-timeout has passed.
     pub fn is_up(&self, i: usize) -> bool {
         let b = &self.backends[i];
-        b.up.load(Ordering::Relaxed) || self.retry_due(b)
+        b.up.load(Ordering::Relaxed) || self.retry_due(i)
     }
 
     /// Brings a passively downed backend back once its fail-timeout passed
     /// (only without active checks; the clock is read only while it is down).
-    fn retry_due(&self, b: &Shared) -> bool {
+    fn retry_due(&self, i: usize) -> bool {
+        let b = &self.backends[i];
         let at = b.retry_at.load(Ordering::Relaxed);
-        if at == 0 || self.now_ms() < at {
+        if at == 0 || now_ms() < at {
             return false;
         }
         if b.retry_at
@@ -147,7 +395,8 @@ impl Pool {
             .is_ok()
         {
             b.up.store(true, Ordering::Relaxed);
-            b.changed_at.store(self.now_ms(), Ordering::Relaxed);
+            b.changed_at.store(now_ms(), Ordering::Relaxed);
+            self.came_up(i);
             info!(
                 backend = %b.config.addr,
                 "backend {} back after its fail-timeout: real traffic tries it again",
@@ -158,11 +407,6 @@ impl Pool {
         true
     }
 
-    fn now_ms(&self) -> u64 {
-        // At least 1, so that 0 can mean "not set".
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-
     /// Whether backend `i` may take new connections as far as the backup
     /// rule goes: a primary always, a backup only while no primary is up.
     /// `primary_up` is [`Pool::primary_up`], taken once per pick.
@@ -170,11 +414,13 @@ impl Pool {
         !self.backends[i].config.backup || !primary_up
     }
 
-    /// Whether a primary (non-backup) backend is up among those `untried`
-    /// leaves for this client: once every primary failed it, a backup may
-    /// take it.
+    /// Whether a primary (non-backup) backend is up (and admitted by the
+    /// operator) among those `untried` leaves for this client: once every
+    /// primary failed it, a backup may take it.
     pub fn primary_up(&self, untried: impl Fn(usize) -> bool) -> bool {
-        (0..self.len()).any(|i| !self.backends[i].config.backup && self.is_up(i) && untried(i))
+        (0..self.len()).any(|i| {
+            !self.backends[i].config.backup && self.is_up(i) && self.admits(i) && untried(i)
+        })
     }
 
     /// Whether any backend passes its health checks.
@@ -188,10 +434,11 @@ impl Pool {
         let b = &self.backends[i];
         let was = b.up.swap(up, Ordering::Relaxed);
         if up != was {
-            b.changed_at.store(self.now_ms(), Ordering::Relaxed);
+            b.changed_at.store(now_ms(), Ordering::Relaxed);
         }
         if up && !was {
             b.streak.store(0, Ordering::Relaxed);
+            self.came_up(i);
             self.room.notify_waiters();
         }
     }
@@ -211,7 +458,7 @@ impl Pool {
     /// How long since backend `i` last went up or down; `None` if it never did.
     pub fn since_change(&self, i: usize) -> Option<Duration> {
         let at = self.backends[i].changed_at.load(Ordering::Relaxed);
-        (at != 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(at)))
+        (at != 0).then(|| Duration::from_millis(now_ms().saturating_sub(at)))
     }
 
     /// Takes over the health of every backend `old` also has (same address),
@@ -223,6 +470,35 @@ impl Pool {
                 b.up.store(o.up.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
+    }
+
+    /// Takes over the runtime state of every backend `old` also has (same
+    /// address): its admin state, its weight if the admin endpoint set one,
+    /// and where its slow start ramps from, so a reload neither puts a
+    /// drained backend back in service nor ramps a kept one again. Changes
+    /// made on `old` from now on are passed on here.
+    pub fn carry_runtime_from(self: &Arc<Pool>, old: &Pool) {
+        let mut successor = old.successor.lock().unwrap_or_else(PoisonError::into_inner);
+        for b in &self.backends {
+            let Some(j) = old
+                .backends
+                .iter()
+                .position(|o| o.config.addr == b.config.addr)
+            else {
+                continue;
+            };
+            let o = &old.backends[j];
+            b.state
+                .store(o.state.load(Ordering::Relaxed), Ordering::Relaxed);
+            if o.weight_set.load(Ordering::Relaxed) {
+                b.weight.store(old.weight(j), Ordering::Relaxed);
+                b.weight_set.store(true, Ordering::Relaxed);
+            }
+            let since = o.up_since.load(Ordering::Relaxed);
+            b.up_since.store(since, Ordering::Relaxed);
+        }
+        *successor = Arc::downgrade(self);
+        self.weights_changed();
     }
 
     /// Connections open (or opening) to backend `i`, across workers.
@@ -274,7 +550,7 @@ impl Pool {
         if streak < self.passive.fall || !b.up.swap(false, Ordering::Relaxed) {
             return None;
         }
-        let now = self.now_ms();
+        let now = now_ms();
         b.changed_at.store(now, Ordering::Relaxed);
         if !self.passive.active_checks {
             let retry = now + self.passive.fail_timeout.as_millis() as u64;
@@ -342,6 +618,7 @@ mod tests {
             weight: 1,
             max_conns,
             backup: false,
+            slow_start: None,
         }
     }
 
@@ -465,5 +742,107 @@ mod tests {
             "one more failure: down again"
         );
         assert!(!pool.is_up(0));
+    }
+
+    #[test]
+    fn the_ramp_is_linear_from_almost_nothing_to_the_weight() {
+        let s = |secs: u64| Duration::from_secs(secs);
+        let w = 10 * WEIGHT_SCALE;
+        assert_eq!(ramp(w, s(0), s(30)), 1, "never 0 while it ramps");
+        assert_eq!(ramp(w, s(3), s(30)), w / 10);
+        assert_eq!(ramp(w, s(15), s(30)), w / 2);
+        assert_eq!(ramp(w, Duration::from_millis(29_999), s(30)), w - 1);
+        assert_eq!(ramp(w, s(30), s(30)), w);
+        assert_eq!(ramp(w, s(3600), s(30)), w, "done ramping");
+        assert_eq!(
+            ramp(WEIGHT_SCALE, s(8), s(16)),
+            WEIGHT_SCALE / 2,
+            "weight 1 ramps too"
+        );
+        assert_eq!(ramp(w, s(0), Duration::ZERO), w, "zero is no ramp");
+        assert_eq!(ramp(0, s(1), s(30)), 0, "weight 0 stays 0");
+        assert_eq!(ramp(u32::MAX, s(1), s(2)), u32::MAX / 2);
+        let mut last = 0;
+        for ms in (0..=30_000).step_by(250) {
+            let now = ramp(w, Duration::from_millis(ms), s(30));
+            assert!(now >= last, "the ramp never goes back");
+            last = now;
+        }
+    }
+
+    #[test]
+    fn only_a_ready_backend_with_weight_takes_new_connections() {
+        let pool = Pool::new(&[backend(None)], CHECKED);
+        let generation = pool.weights_generation();
+        assert!(pool.admits(0));
+        pool.set_state(0, AdminState::Drain);
+        assert!(!pool.admits(0) && pool.checked(0));
+        assert!(pool.weights_generation() > generation);
+        pool.set_state(0, AdminState::Maint);
+        assert!(!pool.admits(0) && !pool.checked(0));
+        assert_eq!(pool.state(0), AdminState::Maint);
+        pool.set_state(0, AdminState::Ready);
+        assert!(pool.admits(0));
+        pool.set_weight(0, 0);
+        assert!(!pool.admits(0));
+        assert!(!pool.any_available());
+        assert!(pool.any_up(), "health is another matter");
+        pool.set_weight(0, 3);
+        assert_eq!(pool.weights().0, [3 * WEIGHT_SCALE]);
+    }
+
+    #[test]
+    fn coming_up_restarts_the_slow_start() {
+        let slow = BackendConfig {
+            slow_start: Some(Duration::from_secs(60)),
+            weight: 10,
+            ..backend(None)
+        };
+        let pool = Pool::new(&[slow, backend(None)], CHECKED);
+        let (weights, ramping) = pool.weights();
+        assert!(ramping);
+        assert!(weights[0] < 10 * WEIGHT_SCALE / 10, "{weights:?}");
+        assert_eq!(weights[1], WEIGHT_SCALE, "no slow start, no ramp");
+        let up_since = pool.backends[0].up_since.load(Ordering::Relaxed);
+        let half = pool.effective_weight_at(0, up_since + 30_000);
+        assert_eq!(half, (10 * WEIGHT_SCALE / 2, true));
+        let later = pool.effective_weight_at(0, up_since + 61_000);
+        assert_eq!(later, (10 * WEIGHT_SCALE, false));
+        let generation = pool.weights_generation();
+        pool.set_up(0, false);
+        pool.set_up(0, true);
+        assert!(pool.weights_generation() > generation);
+        assert!(pool.weights().1, "health back: ramping again");
+    }
+
+    #[test]
+    fn runtime_state_carries_over_by_address() {
+        let addr = |port| BackendConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 2,
+            ..backend(None)
+        };
+        let old = Pool::new(&[addr(1), addr(2), addr(4)], CHECKED);
+        old.set_state(0, AdminState::Drain);
+        old.set_weight(1, 7);
+        let new = Arc::new(Pool::new(&[addr(3), addr(2), addr(1), addr(4)], CHECKED));
+        new.carry_runtime_from(&old);
+        let states: Vec<_> = (0..4).map(|i| new.state(i)).collect();
+        use AdminState::*;
+        assert_eq!(states, [Ready, Ready, Drain, Ready]);
+        let weights: Vec<_> = (0..4).map(|i| new.weight(i)).collect();
+        assert_eq!(
+            weights,
+            [2, 7, 2, 2],
+            "only a weight set at runtime is kept"
+        );
+        // The admin endpoint may still hold the old pool: changes reach the new one.
+        old.set_state(2, AdminState::Maint);
+        old.set_weight(0, 9);
+        assert_eq!((new.state(3), new.weight(2)), (Maint, 9));
+        assert_eq!(old.state(2), Maint);
+        drop(new);
+        old.set_state(2, AdminState::Ready);
+        assert_eq!(old.state(2), Ready, "a successor gone is no matter");
     }
 }

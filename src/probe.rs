@@ -3,7 +3,8 @@
 //! results into each backend's [`HealthState`], and publishes flips to the
 //! [`Pool`] that workers read without locks. Failures on real traffic take a
 //! backend down in the pool itself; the prober then needs `rise` passed
-//! checks to bring it back. It holds the pool weakly and ends once a reload has replaced
+//! checks to bring it back. A backend in `maint` is not checked at all; its
+//! health stays as it was until it leaves maint. It holds the pool weakly and ends once a reload has replaced
 //! the pool and its last connection is gone.
 
 use std::io;
@@ -50,9 +51,15 @@ async fn run(weak: Weak<Pool>, frontend: String, config: HealthConfig) {
         };
         // Concurrent, so one silent backend does not delay the others' checks.
         let checks: Vec<_> = (0..pool.len())
-            .map(|i| tokio::spawn(check(pool.clone(), i, config.timeout)))
+            .map(|i| {
+                pool.checked(i)
+                    .then(|| tokio::spawn(check(pool.clone(), i, config.timeout)))
+            })
             .collect();
         for (i, handle) in checks.into_iter().enumerate() {
+            let Some(handle) = handle else {
+                continue;
+            };
             let result = handle
                 .await
                 .unwrap_or_else(|err| Err(format!("check task failed: {err}")));

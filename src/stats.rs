@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::frontend::{Frontend, Generation};
+use crate::pool::{Pool, WEIGHT_SCALE};
 
 /// The page: HTML, CSS and script in one file.
 pub const PAGE: &str = include_str!("stats.html");
@@ -44,7 +45,9 @@ fn frontend(f: &Frontend) -> Value {
                 "up": pool.is_up(i),
                 "since_change_s": pool.since_change(i).map(|d| d.as_secs()),
                 "last_error": pool.last_error(i),
-                "weight": config.weight,
+                "weight": pool.weight(i),
+                "effective_weight": effective_weight(pool, i),
+                "state": pool.state(i).name(),
                 "active": pool.active(i),
                 "max_conns": config.max_conns,
                 "backup": config.backup,
@@ -68,6 +71,15 @@ fn frontend(f: &Frontend) -> Value {
         "no_backend": m.sum(|w| &w.no_backend),
         "backends": backends,
     })
+}
+
+/// Backend `i`'s share of new connections now, in units of its weight: its
+/// slow start's progress, 0 while drained, in maint or at weight 0.
+pub fn effective_weight(pool: &Pool, i: usize) -> f64 {
+    if !pool.admits(i) {
+        return 0.0;
+    }
+    f64::from(pool.effective_weight(i)) / f64::from(WEIGHT_SCALE)
 }
 
 #[cfg(test)]

@@ -9,6 +9,13 @@
 //! the connect timeout; a slot freed on any worker wakes it (see
 //! [`Pool::room`]), nothing polls. The connect itself is [`uring::connect`], which a
 //! timeout can cut off.
+//!
+//! A backend the operator drained, put in maint or gave weight 0 is not
+//! eligible ([`Pool::admits`]). The balancer is rebuilt from
+//! [`Pool::weights`] when the pool's weights generation moved (a runtime
+//! weight or state changed, a slow start began) and, while a backend ramps
+//! up, at most every [`RAMP_STEP`]; both are checked at the pick, lazily: one
+//! atomic load, plus a clock read only while a ramp runs.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -22,7 +29,7 @@ use tracing::warn;
 use crate::balance::{self, Algorithm, Balancer, PickContext};
 use crate::logging::Throttle;
 use crate::metrics::{BackendMetrics, WorkerMetrics};
-use crate::pool::{Lease, Pool};
+use crate::pool::{Lease, Pool, RAMP_STEP};
 use crate::uring;
 
 /// Most clients one worker holds waiting for a free backend slot; past it they are closed.
@@ -61,6 +68,17 @@ pub struct Upstream {
     first: usize,
     /// This worker's balancer.
     balancer: RefCell<Box<dyn Balancer>>,
+    /// What it is rebuilt with when the weights change.
+    algorithm: Algorithm,
+    /// This worker's seed, varied per rebuild so a rebuilt rotation does
+    /// not always start on the same backend.
+    seed: Cell<u64>,
+    /// The effective weights the balancer was built with.
+    weights: RefCell<Vec<u32>>,
+    /// The pool's weights generation they were read at.
+    weights_seen: Cell<u64>,
+    /// While a backend ramps up: when to read the weights again.
+    ramp_check: Cell<Option<Instant>>,
     /// Limit per connect attempt, and for waiting in the queue.
     timeout: Duration,
     /// Clients of this worker waiting for a slot.
@@ -92,15 +110,44 @@ impl Upstream {
         timeout: Duration,
         seed: u64,
     ) -> Self {
-        let balancer = RefCell::new(balance::build(algorithm, &pool.weights(), seed));
+        let weights_seen = pool.weights_generation();
+        let (weights, ramping) = pool.weights();
+        let balancer = RefCell::new(balance::build(algorithm, &weights, seed));
         Upstream {
             pool,
             first,
             balancer,
+            algorithm,
+            seed: Cell::new(seed),
+            weights: RefCell::new(weights),
+            weights_seen: Cell::new(weights_seen),
+            ramp_check: Cell::new(ramping.then(|| Instant::now() + RAMP_STEP)),
             timeout,
             queued: Cell::new(0),
             warn_throttle: Throttle::new(Duration::from_secs(1)),
             local_throttle: Throttle::new(Duration::from_secs(1)),
+        }
+    }
+
+    /// Rebuilds the balancer if the pool's weights changed since it was
+    /// built, or may have while a backend ramps up.
+    fn refresh_weights(&self) {
+        let generation = self.pool.weights_generation();
+        let ramp_due = self.ramp_check.get().is_some_and(|at| Instant::now() >= at);
+        if generation == self.weights_seen.get() && !ramp_due {
+            return;
+        }
+        self.weights_seen.set(generation);
+        let (weights, ramping) = self.pool.weights();
+        self.ramp_check
+            .set(ramping.then(|| Instant::now() + RAMP_STEP));
+        if weights != *self.weights.borrow() {
+            // Workers differ by their seed's low bits: step by a large odd
+            // number so they keep differing.
+            let seed = self.seed.get().wrapping_add(0x9e37_79b9);
+            self.seed.set(seed);
+            *self.balancer.borrow_mut() = balance::build(self.algorithm, &weights, seed);
+            *self.weights.borrow_mut() = weights;
         }
     }
 
@@ -128,7 +175,7 @@ impl Upstream {
         loop {
             match self.pass(client, &mut tried, metrics).await {
                 Pass::Connected(lease, stream) => return Ok((lease, stream)),
-                Pass::Exhausted { full: false } if !self.pool.any_up() => {
+                Pass::Exhausted { full: false } if !self.pool.any_available() => {
                     return Err(NoBackend::Down)
                 }
                 Pass::Exhausted { full: false } => return Err(NoBackend::Failed),
@@ -156,7 +203,9 @@ impl Upstream {
         tokio::pin!(room);
         room.as_mut().enable();
         let primary_up = pool.primary_up(|i| !tried[i]);
-        let free = |i: usize| pool.is_up(i) && pool.serves(i, primary_up) && !pool.is_full(i);
+        let free = |i: usize| {
+            pool.is_up(i) && pool.admits(i) && pool.serves(i, primary_up) && !pool.is_full(i)
+        };
         if (0..pool.len()).any(|i| !tried[i] && free(i)) {
             return;
         }
@@ -193,12 +242,14 @@ impl Upstream {
                 !tried[i]
                     && !raced[i]
                     && pool.is_up(i)
+                    && pool.admits(i)
                     && pool.serves(i, primary_up)
                     && !pool.is_full(i)
             };
             let pick = match failed {
                 Some(last) => (1..n).map(|k| (last + k) % n).find(|&i| eligible(i)),
                 None => {
+                    self.refresh_weights();
                     let active = |i: usize| pool.active(i);
                     let ctx = PickContext {
                         client,
@@ -212,6 +263,7 @@ impl Upstream {
                 let full = (0..n).any(|i| {
                     !tried[i]
                         && pool.is_up(i)
+                        && pool.admits(i)
                         && pool.serves(i, primary_up)
                         && (raced[i] || pool.is_full(i))
                 });

@@ -189,6 +189,8 @@ fn help_documents_every_flag() {
         "--accept-proxy-from",
         "--fail-timeout",
         "--no-observe-l4",
+        "--slow-start",
+        "--admin-token-file",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../README.md");

@@ -269,6 +269,12 @@ fn the_page_shows_backends_health_and_counters_in_a_real_browser() {
     assert!(up.contains("class=\"backend up\""), "{up}");
     assert_eq!(cell(up, "health"), "UP", "{up}");
     assert_eq!(cell(up, "weight"), "3", "{up}");
+    // The admin endpoint is on loopback: the page offers to drain it.
+    let state = cell(up, "state");
+    assert!(
+        state.starts_with("ready ") && state.contains("data-to=\"drain\""),
+        "{up}"
+    );
     assert!(cell(up, "active").ends_with("/ 50"), "{up}");
     let total: u64 = cell(up, "connections_total").parse().unwrap();
     assert!(total >= 6, "{up}");

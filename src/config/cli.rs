@@ -11,12 +11,12 @@ use clap::Parser;
 use ipnet::IpNet;
 
 use super::{
-    default_workers, parse_backend, parse_buffer_size, parse_cidr, parse_sni_pattern, resolve,
-    Config, ConfigError, FrontendConfig, HealthConfig, OrNever, RouteBy, RouteConfig,
-    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RISE,
-    DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL, MAX_WORKERS,
+    default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
+    parse_sni_pattern, resolve, Config, ConfigError, FrontendConfig, HealthConfig, OrNever,
+    RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_RISE, DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL, MAX_WORKERS,
 };
 use crate::balance::Algorithm;
 use crate::logging::LogFormat;
@@ -34,7 +34,8 @@ pub struct Cli {
     #[arg(short = 'l', long, value_name = "ADDR", conflicts_with = "config")]
     pub listen: Option<String>,
 
-    /// Backend to relay to, as `host:port[,weight=N][,max-conns=N]`; repeat for several.
+    /// Backend to relay to, as `host:port`, then optionally `,weight=N`,
+    /// `,max-conns=N`, `,backup` and `,slow-start=DURATION`; repeat for several.
     #[arg(
         short = 'b',
         long = "backend",
@@ -120,9 +121,23 @@ pub struct Cli {
     #[arg(long)]
     pub access_log: bool,
 
-    /// Serve GET /metrics (Prometheus), /healthz and /backends (JSON) over HTTP on this address.
+    /// Serve GET /metrics (Prometheus), /healthz and /backends (JSON), and PATCH
+    /// /frontends/NAME/backends/ADDR (drain, maint, weight), over HTTP on this address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+
+    /// Read the admin endpoint's token from this file (surrounding
+    /// whitespace trimmed): every admin request but GET /metrics and
+    /// /healthz must then carry `Authorization: Bearer TOKEN`. Without it,
+    /// changes (PATCH) are refused unless --admin is a loopback address.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Ramp each backend's weight up linearly over this long after it comes
+    /// up (at start, after recovering its health, after leaving drain or
+    /// maint); a backend's own `slow-start=` wins [default: no ramp].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "config")]
+    pub slow_start: Option<Duration>,
 
     /// Send a PROXY protocol header (v1 text or v2 binary) to each backend, so it learns the client address.
     #[arg(long, value_name = "VERSION", conflicts_with = "config")]
@@ -214,7 +229,8 @@ pub struct Cli {
 
     /// Read frontends and settings from this TOML file (see README); SIGHUP reloads it.
     /// Flags that set process-wide values (--workers, --drain-timeout, --admin,
-    /// --access-log, --pin, --sqpoll, --ready-file, --control-socket) override the file; frontend flags cannot be combined with it.
+    /// --admin-token-file, --access-log, --pin, --sqpoll, --ready-file, --control-socket) override the file;
+    /// frontend flags cannot be combined with it.
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -266,6 +282,8 @@ impl Config {
                 (listen, backends)
             }
         };
+        let mut backends = backends;
+        default_slow_start(&mut backends, cli.slow_start);
         let health = HealthConfig {
             checks: !cli.no_health_checks,
             interval: cli.health_interval.into(),
@@ -297,11 +315,15 @@ impl Config {
             routes: cli
                 .routes
                 .iter()
-                .map(|r| RouteConfig {
-                    balance: cli.balance,
-                    send_proxy: cli.send_proxy,
-                    health,
-                    ..r.clone()
+                .map(|r| {
+                    let mut route = RouteConfig {
+                        balance: cli.balance,
+                        send_proxy: cli.send_proxy,
+                        health,
+                        ..r.clone()
+                    };
+                    default_slow_start(&mut route.backends, cli.slow_start);
+                    route
                 })
                 .collect(),
         };
@@ -310,6 +332,7 @@ impl Config {
             drain_timeout: cli.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             access_log: cli.access_log,
             admin: cli.admin.as_deref().map(resolve).transpose()?,
+            admin_token_file: cli.admin_token_file.clone(),
             pin: cli.pin,
             sqpoll: cli.sqpoll,
             ready_file: cli.ready_file.clone(),
@@ -331,6 +354,9 @@ impl Config {
         }
         if let Some(admin) = cli.admin.as_deref() {
             self.admin = Some(resolve(admin)?);
+        }
+        if let Some(path) = &cli.admin_token_file {
+            self.admin_token_file = Some(path.clone());
         }
         if let Some(path) = &cli.ready_file {
             self.ready_file = Some(path.clone());
@@ -393,6 +419,42 @@ mod tests {
         let cli = Cli::try_parse_from(["ringlb", "8080", "127.0.0.1", "9000"]).unwrap();
         let config = Config::from_cli(&cli).unwrap();
         assert_eq!(config.frontends[0].listen, "[::]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn slow_start_and_the_admin_token_from_flags() {
+        let cli = Cli::try_parse_from([
+            "ringlb",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "127.0.0.1:1,slow-start=1m",
+            "--backend",
+            "127.0.0.1:2",
+            "--slow-start",
+            "10s",
+            "--admin-token-file",
+            "/run/token",
+        ])
+        .unwrap();
+        let config = Config::from_cli(&cli).unwrap();
+        let ramps: Vec<_> = config.frontends[0]
+            .backends
+            .iter()
+            .map(|b| b.slow_start)
+            .collect();
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(ramps, [secs(60), secs(10)]);
+        assert_eq!(
+            config.admin_token_file.as_deref(),
+            Some(std::path::Path::new("/run/token"))
+        );
+        let file = Config {
+            admin_token_file: None,
+            ..config.clone()
+        };
+        let overridden = file.with_cli_overrides(&cli).unwrap();
+        assert_eq!(overridden.admin_token_file, config.admin_token_file);
     }
 
     #[test]

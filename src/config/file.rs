@@ -25,12 +25,12 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{
-    default_workers, parse_backend, parse_buffer_size, parse_cidr, parse_sni_pattern,
-    range_message, resolve, BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig,
-    Location, OrNever, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
+    default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
+    parse_sni_pattern, range_message, resolve, BackendConfig, Config, ConfigError, FrontendConfig,
+    HealthConfig, Location, OrNever, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_ROUTE_BY,
-    DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
+    DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
 };
 use crate::balance::Algorithm;
 use crate::proxy_protocol::Version as ProxyVersion;
@@ -301,6 +301,7 @@ struct RawConfig {
     #[serde(default)]
     access_log: bool,
     admin: Option<Addr>,
+    admin_token_file: Option<PathBuf>,
     #[serde(default)]
     pin: bool,
     #[serde(default)]
@@ -338,6 +339,7 @@ struct RawFrontend {
     health: Option<Table<RawHealth>>,
     route_by: Option<RouteByValue>,
     sni_timeout: Option<Dur>,
+    slow_start: Option<Dur>,
     #[serde(default)]
     route: Vec<Table<RawRoute>>,
 }
@@ -377,6 +379,7 @@ struct BackendTable {
     weight: Option<Int<0, { u32::MAX as u64 }>>,
     max_conns: Option<Int<0, { u32::MAX as u64 }>>,
     backup: Option<bool>,
+    slow_start: Option<Dur>,
 }
 
 impl RawConfig {
@@ -387,6 +390,7 @@ impl RawConfig {
             drain_timeout: self.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
             access_log: self.access_log,
             admin: self.admin.map(|a| a.0),
+            admin_token_file: self.admin_token_file,
             pin: self.pin,
             sqpoll: self.sqpoll,
             ready_file: None,
@@ -405,10 +409,15 @@ impl RawFrontend {
     fn into_config(self) -> FrontendConfig {
         let health = RawHealth::over(self.health, DEFAULT_HEALTH);
         let send_proxy = self.send_proxy.map(|v| v.0);
+        let slow_start = self.slow_start.map(|d| d.0).or(DEFAULT_SLOW_START);
+        let backends = |mut b: Backends| {
+            default_slow_start(&mut b.0, slow_start);
+            b.0
+        };
         FrontendConfig {
             name: self.name.0,
             listen: self.listen.0,
-            backends: self.backends.0,
+            backends: backends(self.backends),
             balance: self.balance.map_or(DEFAULT_BALANCE, |b| b.0),
             health,
             buffer_size: self.buffer_size.map_or(DEFAULT_BUFFER_SIZE, |b| b.0),
@@ -438,7 +447,7 @@ impl RawFrontend {
                 .map(|Table(r)| RouteConfig {
                     sni: r.sni.into_iter().map(|s| s.0).collect(),
                     alpn: r.alpn,
-                    backends: r.backends.0,
+                    backends: backends(r.backends),
                     balance: r.balance.map_or(DEFAULT_BALANCE, |b| b.0),
                     send_proxy: r.send_proxy.map(|v| v.0).or(send_proxy),
                     health: RawHealth::over(r.health, health),
@@ -816,6 +825,7 @@ impl<'de> Visitor<'de> for BackendVisitor {
             weight: t.weight.map_or(DEFAULT_WEIGHT, |n| n.0 as u32),
             max_conns: t.max_conns.map(|n| n.0 as u32),
             backup: t.backup.unwrap_or(false),
+            slow_start: t.slow_start.map(|d| d.0),
         }))
     }
 }
@@ -848,6 +858,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
             drain_timeout: Duration::from_secs(30),
             access_log: false,
             admin: None,
+            admin_token_file: None,
             pin: false,
             sqpoll: false,
             ready_file: None,
@@ -861,12 +872,14 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                         weight: 1,
                         max_conns: None,
                         backup: false,
+                        slow_start: None,
                     },
                     BackendConfig {
                         addr: addr("127.0.0.1:9001"),
                         weight: 2,
                         max_conns: None,
                         backup: false,
+                        slow_start: None,
                     },
                 ],
                 balance: Algorithm::RoundRobin,
@@ -926,6 +939,7 @@ workers = 3
 drain-timeout = "10s"
 access-log = true
 admin = "127.0.0.1:9900"
+admin-token-file = "/etc/ringlb/admin-token"
 pin = true
 sqpoll = true
 
@@ -933,7 +947,8 @@ sqpoll = true
 name = "db"
 listen = "127.0.0.1:5432"
 balance = "least-conn"
-backends = ["127.0.0.1:6000,weight=3,max-conns=7", { addr = "127.0.0.1:6001", max-conns = 5, backup = true }]
+backends = ["127.0.0.1:6000,weight=3,max-conns=7", { addr = "127.0.0.1:6001", max-conns = 5, backup = true, slow-start = "1m" }]
+slow-start = "20s"
 connect-timeout = "250ms"
 buffer-size = 65536
 idle-timeout = "5m"
@@ -967,6 +982,8 @@ health = { enabled = false, interval = "0s" }
         assert_eq!(c.drain_timeout, Duration::from_secs(10));
         assert!(c.access_log && c.pin && c.sqpoll);
         assert_eq!(c.admin, Some(addr("127.0.0.1:9900")));
+        let token = c.admin_token_file.as_deref();
+        assert_eq!(token, Some(Path::new("/etc/ringlb/admin-token")));
         let [db, off] = &c.frontends[..] else {
             panic!("{c:?}")
         };
@@ -979,12 +996,14 @@ health = { enabled = false, interval = "0s" }
                     weight: 3,
                     max_conns: Some(7),
                     backup: false,
+                    slow_start: Some(Duration::from_secs(20)),
                 },
                 BackendConfig {
                     addr: addr("127.0.0.1:6001"),
                     weight: 1,
                     max_conns: Some(5),
                     backup: true,
+                    slow_start: Some(Duration::from_secs(60)),
                 }
             ]
         );

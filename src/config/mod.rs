@@ -58,6 +58,9 @@ pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_OBSERVE_L4: bool = true;
 /// A backend's share of new connections when no weight is given.
 pub const DEFAULT_WEIGHT: u32 = 1;
+/// How long a backend's weight ramps up after it comes up, unless the
+/// backend or its frontend sets `slow-start`: no ramp.
+pub const DEFAULT_SLOW_START: Option<Duration> = None;
 /// Health checks as they run when a frontend says nothing about them.
 pub const DEFAULT_HEALTH: HealthConfig = HealthConfig {
     checks: true,
@@ -92,6 +95,9 @@ pub struct Config {
     pub access_log: bool,
     /// Where the admin HTTP endpoint listens.
     pub admin: Option<SocketAddr>,
+    /// The file holding the admin endpoint's bearer token; read when the
+    /// endpoint starts, not here.
+    pub admin_token_file: Option<PathBuf>,
     /// Pin each worker thread to one CPU.
     pub pin: bool,
     /// Use a kernel submission-polling thread per ring.
@@ -248,6 +254,10 @@ pub struct BackendConfig {
     /// A backup: it gets connections only while no primary backend of its
     /// pool is up (HAProxy's `backup`).
     pub backup: bool,
+    /// How long its effective weight ramps up after it comes up (the
+    /// backend's own `slow-start`, else its frontend's); `None` or zero is
+    /// no ramp.
+    pub slow_start: Option<Duration>,
 }
 
 /// Active health check settings.
@@ -733,6 +743,13 @@ impl Config {
         keep(&mut changed, "pin", &mut self.pin, &running.pin);
         keep(&mut changed, "sqpoll", &mut self.sqpoll, &running.sqpoll);
         keep(&mut changed, "admin", &mut self.admin, &running.admin);
+        let token = &running.admin_token_file;
+        keep(
+            &mut changed,
+            "admin-token-file",
+            &mut self.admin_token_file,
+            token,
+        );
         let drain = &running.drain_timeout;
         keep(
             &mut changed,
@@ -847,8 +864,8 @@ impl std::str::FromStr for OrNever {
     }
 }
 
-/// Parses `host:port[,weight=N][,max-conns=N]`; ranges are
-/// [`Config::validate`]'s to check.
+/// Parses `host:port[,weight=N][,max-conns=N][,backup][,slow-start=DURATION]`;
+/// ranges are [`Config::validate`]'s to check.
 pub fn parse_backend(value: &str) -> Result<BackendConfig, ConfigError> {
     let mut parts = value.split(',');
     let addr = resolve(parts.next().unwrap_or_default())?;
@@ -860,6 +877,7 @@ pub fn parse_backend(value: &str) -> Result<BackendConfig, ConfigError> {
         weight: DEFAULT_WEIGHT,
         max_conns: None,
         backup: false,
+        slow_start: DEFAULT_SLOW_START,
     };
     for option in parts {
         let bad = |reason| ConfigError::BadBackendOption {
@@ -874,14 +892,34 @@ pub fn parse_backend(value: &str) -> Result<BackendConfig, ConfigError> {
         let (key, val) = option
             .split_once('=')
             .ok_or_else(|| bad("expected key=value, or backup"))?;
-        let n: u32 = val.parse().map_err(|_| bad("expected a whole number"))?;
+        let number = || {
+            val.parse::<u32>()
+                .map_err(|_| bad("expected a whole number"))
+        };
         match key {
-            "weight" => backend.weight = n,
-            "max-conns" => backend.max_conns = Some(n),
-            _ => return Err(bad("known options are weight, max-conns and backup")),
+            "weight" => backend.weight = number()?,
+            "max-conns" => backend.max_conns = Some(number()?),
+            "slow-start" => {
+                let d = humantime::parse_duration(val)
+                    .map_err(|_| bad("expected a duration such as 30s"))?;
+                backend.slow_start = Some(d);
+            }
+            _ => {
+                return Err(bad(
+                    "known options are weight, max-conns, backup and slow-start",
+                ))
+            }
         }
     }
     Ok(backend)
+}
+
+/// Gives every backend of `backends` without a `slow-start` of its own the
+/// frontend's `default`.
+pub fn default_slow_start(backends: &mut [BackendConfig], default: Option<Duration>) {
+    for b in backends {
+        b.slow_start = b.slow_start.or(default);
+    }
 }
 
 /// Resolves `host:port` to its first address.
@@ -963,11 +1001,22 @@ mod tests {
         );
         let b = parse_backend("127.0.0.1:9000,backup,weight=2").unwrap();
         assert_eq!((b.weight, b.backup), (2, true));
+        let b = parse_backend("127.0.0.1:9000,slow-start=30s").unwrap();
+        assert_eq!(b.slow_start, Some(Duration::from_secs(30)));
+        let mut both = [b, parse_backend("127.0.0.1:9001").unwrap()];
+        default_slow_start(&mut both, Some(Duration::from_secs(5)));
+        let got: Vec<_> = both.iter().map(|b| b.slow_start).collect();
+        assert_eq!(
+            got,
+            [Some(Duration::from_secs(30)), Some(Duration::from_secs(5))],
+            "the backend's own wins over the frontend's"
+        );
         for bad in [
             "127.0.0.1:9000,backup=1",
             "127.0.0.1:9000,weight=x",
             "127.0.0.1:9000,colour=red",
             "127.0.0.1:9000,weight",
+            "127.0.0.1:9000,slow-start=soon",
             "127.0.0.1:0",
         ] {
             let err = parse_backend(bad).unwrap_err().to_string();
@@ -1017,6 +1066,7 @@ mod tests {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             access_log: false,
             admin: None,
+            admin_token_file: None,
             pin: false,
             sqpoll: false,
             ready_file: None,

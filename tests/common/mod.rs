@@ -468,12 +468,30 @@ impl Ringlb {
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[], "")
+}
+
+/// One HTTP/1.1 request with `headers` (`("Name", "value")`) and `body`
+/// (with its Content-Length when not empty); returns the status code and
+/// the body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut conn = client(addr);
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: ringlb\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: ringlb\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    conn.write_all(request.as_bytes()).unwrap();
     let text = String::from_utf8(read_to_end(&mut conn)).unwrap();
     let status = text
         .split_whitespace()
