@@ -22,6 +22,8 @@
 //! - [`pool`]: the backends' cross-worker state (active counts, health, failure streaks) as atomics.
 //! - [`health`]: the pure rise/fall health state machine.
 //! - [`probe`]: the one prober thread that runs health checks and publishes them.
+//! - [`discovery`]: backends written as names (A/AAAA, SRV): resolved at start, then
+//!   re-resolved on a thread of its own, publishing a new generation when addresses change.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
 //! - [`sni`]: the TLS ClientHello read for routing: server name and ALPN; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
@@ -47,6 +49,7 @@ mod buffer;
 mod ceiling;
 pub mod config;
 mod conn;
+mod discovery;
 mod frontend;
 mod health;
 pub mod logging;

@@ -342,6 +342,7 @@ mod tests {
             weight: 1,
             max_conns,
             backup: false,
+            name: None,
         }
     }
 

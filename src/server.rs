@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminError};
 use crate::ceiling::{self, Ceiling};
 use crate::config::Config;
+use crate::discovery::{Discovery, DiscoveryError};
 use crate::frontend::Generation;
 use crate::net::{self, BindError};
 use crate::shutdown::{self, Phase};
@@ -28,7 +29,10 @@ impl ServerError {
     /// Whether the configuration asked for something impossible (exit 2,
     /// like any other bad setting), rather than the system failing us.
     pub fn is_config(&self) -> bool {
-        matches!(self, ServerError::AboveCeiling { .. })
+        matches!(
+            self,
+            ServerError::AboveCeiling { .. } | ServerError::Discovery(_)
+        )
     }
 }
 
@@ -95,6 +99,9 @@ pub enum ServerError {
     /// The admin endpoint could not be opened.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// A backend name did not resolve at start.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -133,14 +140,21 @@ pub enum ServerError {
 /// Runs until a stop signal has been handled and every connection drained.
 /// `reload`, when given, is called on SIGHUP for the new configuration.
 pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> {
+    // Backend names resolve first: the ceiling counts their addresses.
+    let (discovery, config) = Discovery::start(config)?;
     let limits = connection_ceiling(&config)?;
     let ceiling = limits.ceiling.clone();
-    let generation = Arc::new(Generation::build(0, config, None)?);
+    let mut generation = Generation::build(0, config, None)?;
+    generation.dns = discovery.status();
+    let generation = Arc::new(generation);
     let workers = generation.config.workers;
     let admin = generation.config.admin;
     let (publish, generations) = watch::channel(generation.clone());
     let (trigger, phase) = shutdown::channel();
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServerError::Signals)?;
+    if let Err(err) = discovery.spawn(publish.clone()) {
+        warn!(%err, "cannot start DNS discovery: backend names are not resolved again");
+    }
 
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
@@ -192,7 +206,7 @@ pub fn run(config: Config, reload: Option<Reloader>) -> Result<(), ServerError> 
             for signal in signals.forever() {
                 if signal == SIGHUP {
                     match &reload {
-                        Some(reload) => apply_reload(reload, &publish, ready.as_ref()),
+                        Some(reload) => apply_reload(reload, &publish, ready.as_ref(), &discovery),
                         None => info!("SIGHUP: no config file to reload (started from flags)"),
                     }
                     continue;
@@ -251,6 +265,7 @@ fn apply_reload(
     reload: &Reloader,
     publish: &watch::Sender<Arc<Generation>>,
     ready: Option<&ReadyFile>,
+    discovery: &Discovery,
 ) {
     // systemd's Type=notify-reload wants the time the reload began.
     let mut reloading = vec![NotifyState::Reloading];
@@ -258,7 +273,7 @@ fn apply_reload(
         reloading.push(now);
     }
     systemd(&reloading);
-    reload_config(reload, publish, ready);
+    reload_config(reload, publish, ready, discovery);
     systemd(&[NotifyState::Ready]);
 }
 
@@ -276,7 +291,10 @@ fn reload_config(
     reload: &Reloader,
     publish: &watch::Sender<Arc<Generation>>,
     ready: Option<&ReadyFile>,
+    discovery: &Discovery,
 ) {
+    // DNS discovery publishes too: one at a time.
+    let _publishing = discovery.publishing();
     let current = publish.borrow().clone();
     let mut config = match reload() {
         Ok(config) => config,
@@ -288,6 +306,13 @@ fn reload_config(
     for what in config.keep_restart_only(&current.config) {
         warn!("reload: a change of {what} takes a restart; keeping the running value");
     }
+    let config = match discovery.reload(config) {
+        Ok(config) => config,
+        Err(err) => {
+            error!("reload rejected, keeping the running config: {err}");
+            return;
+        }
+    };
 
     match Generation::build(current.id + 1, config, Some(&current)) {
         Ok(next) => {
