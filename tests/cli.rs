@@ -189,6 +189,10 @@ fn help_documents_every_flag() {
         "--accept-proxy-from",
         "--fail-timeout",
         "--no-observe-l4",
+        "--resolve-interval",
+        "--resolve-hold",
+        "--resolve-at-start",
+        "--resolver",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../README.md");
