@@ -62,3 +62,22 @@ fn two_instances_with_the_same_backends_agree_on_hashed_clients() {
         "a share far from even: {per_backend:?}"
     );
 }
+
+/// The ringlb.toml the Kubernetes ConfigMap carries is a valid config.
+#[test]
+fn the_kubernetes_configmap_holds_a_valid_config() {
+    let yaml = include_str!("../deploy/kubernetes/configmap.yaml");
+    let (_, block) = yaml
+        .split_once("ringlb.toml: |\n")
+        .expect("a ringlb.toml block");
+    let toml: String = block
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(toml.contains("srv:_http._tcp.web.default.svc.cluster.local"));
+    let dir = common::TempDir::new("k8s");
+    let path = dir.write("ringlb.toml", &toml);
+    let (status, out) = common::run_to_exit(&["--check", "--config", path.to_str().unwrap()]);
+    assert!(status.success(), "{out}\n{toml}");
+}
