@@ -628,6 +628,45 @@ mod tests {
     }
 
     #[test]
+    fn backend_names_label_their_frontend_and_have_families_of_their_own() {
+        let passive = pool().passive();
+        let named = BackendConfig {
+            addr: "127.0.0.2:80".parse().unwrap(),
+            weight: 1,
+            max_conns: None,
+            backup: false,
+            name: Some(crate::config::BackendName::Host {
+                host: "web.test".into(),
+                port: 80,
+            }),
+        };
+        let plain = BackendConfig {
+            name: None,
+            addr: "127.0.0.1:81".parse().unwrap(),
+            ..named.clone()
+        };
+        let both = Arc::new(Pool::new(&[named, plain], passive));
+        let m = Arc::new(Metrics::new("web", 1, 2));
+        let names = vec![NameSample {
+            name: "web.test:80".into(),
+            addresses: 1,
+            failures: 4,
+            stale: true,
+        }];
+        let frontends = vec![(m, vec![(None, both, 0)])];
+        let text = render(&registry(move || frontends.clone(), move || names.clone()));
+        for line in [
+            "ringlb_backend_up{frontend=\"web\",backend=\"127.0.0.2:80\",name=\"web.test:80\"} 1\n",
+            "ringlb_backend_up{frontend=\"web\",backend=\"127.0.0.1:81\",name=\"\"} 1\n",
+            "ringlb_dns_addresses{name=\"web.test:80\"} 1\n",
+            "ringlb_dns_failures_total{name=\"web.test:80\"} 4\n",
+            "ringlb_dns_stale{name=\"web.test:80\"} 1\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let name = "a\"b\\c\nd";
         let m = Arc::new(Metrics::new(name, 1, 1));

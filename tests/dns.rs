@@ -505,3 +505,38 @@ fn resolve_at_start_and_the_hold() {
         seen.elapsed()
     );
 }
+
+#[test]
+fn a_reload_adds_and_checks_names() {
+    let dns = Dns::start();
+    let (port, _backends) = backends_on_one_port(&[2, 3, 4]);
+    dns.set_a("web.test", &[ip(2), ip(3)]);
+    let dir = common::TempDir::new("dns-reload");
+    let file = |backend: &str| {
+        format!(
+            "admin = \"127.0.0.1:0\"\nresolvers = [\"{}\"]\n\n[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{backend}\"]\nresolve-interval = \"1s\"\n",
+            dns.arg()
+        )
+    };
+    let path = dir.write("ringlb.toml", &file(&format!("127.0.0.2:{port}")));
+    let lb = Ringlb::start_with_config(&path, &[]);
+    assert_eq!(listed(&lb), [format!("127.0.0.2:{port}")]);
+
+    // A reload brings a name in: resolved at once, then followed.
+    dir.write("ringlb.toml", &file(&format!("web.test:{port}")));
+    lb.signal("HUP");
+    wait_until("the name's addresses", || listed(&lb).len() == 2);
+    dns.set_a("web.test", &[ip(2), ip(3), ip(4)]);
+    wait_until("the new address", || listed(&lb).len() == 3);
+
+    // A reload with a name that does not resolve is rejected.
+    dir.write("ringlb.toml", &file(&format!("nowhere.test:{port}")));
+    lb.signal("HUP");
+    wait_until("the rejection", || lb.log().contains("reload rejected"));
+    assert!(lb.log().contains("nowhere.test"), "{}", lb.log());
+    assert_eq!(listed(&lb).len(), 3);
+    assert_eq!(
+        one_client(lb.addr).map(|t| (2..=4).contains(&t)).ok(),
+        Some(true)
+    );
+}

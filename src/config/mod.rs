@@ -562,8 +562,8 @@ pub enum ConfigError {
         route: Option<usize>,
         /// The backend's index in its pool.
         backend: usize,
-        /// The backend's address.
-        addr: SocketAddr,
+        /// The backend's address, or its name as written.
+        addr: String,
         /// [`Key::Weight`] or [`Key::MaxConns`].
         key: Key,
         /// The value given.
@@ -829,7 +829,10 @@ fn check_backends(
                 frontend,
                 route,
                 backend: j,
-                addr: b.addr,
+                addr: b
+                    .name
+                    .as_ref()
+                    .map_or_else(|| b.addr.to_string(), |n| n.to_string()),
                 key,
                 value,
             });
