@@ -231,7 +231,7 @@ pub fn expand(templates: &Config, sets: &BTreeMap<BackendName, NameState>) -> Co
             .flat_map(|b| match &b.name {
                 None => vec![b.clone()],
                 Some(name) => sets
-                    .get(name)
+                    .get(&lookup_key(name))
                     .map_or_else(Vec::new, |s| expand_backend(b, s.set())),
             })
             .collect()
@@ -252,7 +252,10 @@ pub fn names(config: &Config) -> BTreeMap<BackendName, (Duration, Duration)> {
     let mut out: BTreeMap<BackendName, (Duration, Duration)> = BTreeMap::new();
     for fe in &config.frontends {
         let pools = std::iter::once(&fe.backends).chain(fe.routes.iter().map(|r| &r.backends));
-        for name in pools.flatten().filter_map(|b| b.name.clone()) {
+        for name in pools
+            .flatten()
+            .filter_map(|b| b.name.as_ref().map(lookup_key))
+        {
             let entry = out
                 .entry(name)
                 .or_insert((fe.resolve_interval, fe.resolve_hold));
@@ -261,6 +264,18 @@ pub fn names(config: &Config) -> BTreeMap<BackendName, (Duration, Duration)> {
         }
     }
     out
+}
+
+/// What is looked up for `name`: the same for every spelling of its options
+/// (an SRV name with a weight set or not is one lookup, one metric series).
+fn lookup_key(name: &BackendName) -> BackendName {
+    match name {
+        BackendName::Srv { name, .. } => BackendName::Srv {
+            name: name.clone(),
+            weight_given: false,
+        },
+        host => host.clone(),
+    }
 }
 
 /// One name as /metrics shows it.
@@ -445,8 +460,10 @@ impl Discovery {
                 });
             }
             let mut changed = false;
-            while let Some(Ok((name, answer))) = lookups.join_next().await {
-                changed |= self.observe(&name, answer);
+            while let Some(done) = lookups.join_next().await {
+                if let Ok((name, answer)) = done {
+                    changed |= self.observe(&name, answer);
+                }
             }
             self.update_status();
             if changed {
@@ -657,8 +674,10 @@ fn resolve_now(servers: &[SocketAddr], names: Vec<BackendName>) -> Vec<Answer> {
             lookups.spawn(async move { (i, lookup(&resolver, &name).await) });
         }
         let mut answers = vec![Answer::Failed("lookup did not finish".into()); names.len()];
-        while let Some(Ok((i, answer))) = lookups.join_next().await {
-            answers[i] = answer;
+        while let Some(done) = lookups.join_next().await {
+            if let Ok((i, answer)) = done {
+                answers[i] = answer;
+            }
         }
         answers
     })
