@@ -344,6 +344,10 @@ fn a_name_follows_its_records_under_load() {
     wait_until("127.0.0.3 is no longer listed", || {
         !listed(&lb).contains(&format!("127.0.0.3:{port}"))
     });
+    // Workers take the new generation up just after the admin endpoint, and
+    // clients already on 127.0.0.3 finish: let a few more go by first.
+    let before = load.total();
+    wait_until("a few more clients", || load.total() > before + 20);
     let served = backends[1].served();
     let before = load.total();
     wait_until("more clients served", || load.total() > before + 100);
