@@ -175,20 +175,28 @@ struct State {
 impl State {
     fn new(generations: Generations, token: Option<Vec<u8>>, may_change: bool) -> State {
         let current = generations.clone();
-        let registry = metrics::registry(move || {
-            let generation = current.borrow().clone();
-            generation
-                .frontends
-                .iter()
-                .map(|f| {
-                    let pools = f.pools().into_iter();
-                    let pools = pools.map(|(route, pool, first)| {
-                        (route.map(str::to_string), pool.clone(), first)
-                    });
-                    (f.metrics.clone(), pools.collect())
-                })
-                .collect()
-        });
+        let names = generations.clone();
+        let registry = metrics::registry(
+            move || {
+                let generation = current.borrow().clone();
+                generation
+                    .frontends
+                    .iter()
+                    .map(|f| {
+                        let pools = f.pools().into_iter();
+                        let pools = pools.map(|(route, pool, first)| {
+                            (route.map(str::to_string), pool.clone(), first)
+                        });
+                        (f.metrics.clone(), pools.collect())
+                    })
+                    .collect()
+            },
+            move || {
+                let generation = names.borrow().clone();
+                let samples = generation.dns.lock().map(|s| s.clone());
+                samples.unwrap_or_default()
+            },
+        );
         State {
             generations,
             registry,
@@ -503,6 +511,7 @@ fn backend_json(
     let mut entry = serde_json::json!({
         "frontend": metrics.frontend,
         "address": config.addr.to_string(),
+        "name": config.name.as_ref().map(|n| n.to_string()),
         "weight": pool.weight(i),
         "configured_weight": config.weight,
         "effective_weight": effective_weight(pool, i),

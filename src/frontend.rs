@@ -20,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::warn;
 
 use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig};
+use crate::discovery;
 use crate::metrics::Metrics;
 use crate::net::{self, BindError};
 use crate::pool::{Passive, Pool};
@@ -92,6 +93,9 @@ pub struct Generation {
     pub config: Config,
     /// In config order.
     pub frontends: Vec<Arc<Frontend>>,
+    /// The backend names DNS discovery follows, for /metrics; the same
+    /// across generations.
+    pub dns: Arc<discovery::Status>,
 }
 
 impl Generation {
@@ -196,6 +200,7 @@ impl Generation {
             id,
             config,
             frontends,
+            dns: previous.map_or_else(Arc::default, |p| p.dns.clone()),
         })
     }
 

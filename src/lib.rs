@@ -25,6 +25,8 @@
 //!   state ready/drain/maint and weight, the slow-start ramp) as atomics.
 //! - [`health`]: the pure rise/fall health state machine.
 //! - [`probe`]: the one prober thread per pool that runs health checks (none in maint) and publishes them.
+//! - [`discovery`]: backends written as names (A/AAAA, SRV): resolved at start, then
+//!   re-resolved on a thread of its own, publishing a new generation when addresses change.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
 //! - [`sni`]: the TLS ClientHello read for routing: server name and ALPN; pure.
 //! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
@@ -51,6 +53,7 @@ mod buffer;
 mod ceiling;
 pub mod config;
 mod conn;
+mod discovery;
 mod frontend;
 mod health;
 pub mod logging;

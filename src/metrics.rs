@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::discovery::NameSample;
 use crate::pool::{AdminState, Pool};
 
 /// A counter written by one thread only.
@@ -208,6 +209,8 @@ enum Source {
     Backend(fn(&BackendMetrics) -> &Counter),
     /// A value the pool keeps for each backend, across workers.
     Pool(fn(&Pool, usize) -> u64),
+    /// A backend name DNS discovery follows: one sample per name.
+    Name(fn(&NameSample) -> u64),
 }
 
 /// One metric family as exposed.
@@ -382,6 +385,24 @@ const FAMILIES: &[Family] = &[
         help: "The backend's weight now: as configured, or as set on the admin endpoint (0 takes no new connections).",
         source: Source::Pool(|p, i| u64::from(p.weight(i))),
     },
+    Family {
+        name: "ringlb_dns_addresses",
+        kind: Kind::Gauge,
+        help: "Addresses a backend name (host:port or srv:name) resolves to and that serve as backends now.",
+        source: Source::Name(|n| n.addresses),
+    },
+    Family {
+        name: "ringlb_dns_failures_total",
+        kind: Kind::Counter,
+        help: "Lookups of a backend name that failed (timeout, SERVFAIL...) or found nothing (NXDOMAIN, no records); the last addresses are kept.",
+        source: Source::Name(|n| n.failures),
+    },
+    Family {
+        name: "ringlb_dns_stale",
+        kind: Kind::Gauge,
+        help: "1 while a backend name's addresses are kept from an earlier answer because its lookups fail.",
+        source: Source::Name(|n| n.stale as u64),
+    },
 ];
 
 impl Family {
@@ -397,6 +418,7 @@ impl Family {
     fn encode(
         &self,
         frontends: &[ScrapedFrontend],
+        names: &[NameSample],
         encoder: &mut DescriptorEncoder,
     ) -> fmt::Result {
         let metric_type = match self.kind {
@@ -409,8 +431,19 @@ impl Family {
             Kind::Counter => ConstCounter::new(value).encode(family.encode_family(&labels)?),
             Kind::Gauge => ConstGauge::new(value).encode(family.encode_family(&labels)?),
         };
+        if let Source::Name(f) = &self.source {
+            for n in names {
+                sample(&[("name", n.name.as_str())], f(n))?;
+            }
+            return Ok(());
+        }
         for (m, pools) in frontends {
             let frontend = ("frontend", m.frontend.as_str());
+            // A frontend with backends written as names labels every
+            // backend with its name ("" for an address).
+            let named = pools
+                .iter()
+                .any(|(_, pool, _)| (0..pool.len()).any(|i| pool.config(i).name.is_some()));
             // A frontend with routes labels every backend with its route;
             // the frontend's own pool is route "".
             let routed = pools.len() > 1;
@@ -427,18 +460,24 @@ impl Family {
                 Source::Backend(_) | Source::Pool(_) => {
                     for (route, pool, i, counter) in backends {
                         let addr = pool.addr(i).to_string();
+                        let name = pool.config(i).name.as_ref().map(|n| n.to_string());
                         let value = match &self.source {
                             Source::Backend(f) => m.sum_backend(counter, f),
                             Source::Pool(f) => f(pool, i),
                             _ => 0,
                         };
+                        let mut labels = vec![frontend];
                         if routed {
-                            sample(&[frontend, ("route", route), ("backend", &addr)], value)?;
-                        } else {
-                            sample(&[frontend, ("backend", &addr)], value)?;
+                            labels.push(("route", route));
                         }
+                        labels.push(("backend", &addr));
+                        if named {
+                            labels.push(("name", name.as_deref().unwrap_or("")));
+                        }
+                        sample(&labels, value)?;
                     }
                 }
+                Source::Name(_) => {}
             }
         }
         Ok(())
@@ -458,31 +497,39 @@ pub type Frontends = Vec<ScrapedFrontend>;
 
 /// The collector behind `/metrics`: at each scrape it asks for the current
 /// frontends and sums their per-worker counters; it keeps no state of its own.
-struct Collect<F>(F);
+struct Collect<F, N>(F, N);
 
-impl<F> fmt::Debug for Collect<F> {
+impl<F, N> fmt::Debug for Collect<F, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ringlb metrics collector")
     }
 }
 
-impl<F: Fn() -> Frontends + Send + Sync + 'static> Collector for Collect<F> {
+impl<F, N> Collector for Collect<F, N>
+where
+    F: Fn() -> Frontends + Send + Sync + 'static,
+    N: Fn() -> Vec<NameSample> + Send + Sync + 'static,
+{
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let frontends = (self.0)();
+        let names = (self.1)();
         FAMILIES
             .iter()
-            .try_for_each(|family| family.encode(&frontends, &mut encoder))
+            .try_for_each(|family| family.encode(&frontends, &names, &mut encoder))
     }
 }
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// A registry exposing every family over whatever `frontends` returns at
-/// scrape time.
-pub fn registry(frontends: impl Fn() -> Frontends + Send + Sync + 'static) -> Registry {
+/// A registry exposing every family over whatever `frontends` and `names`
+/// (the backend names DNS discovery follows) return at scrape time.
+pub fn registry(
+    frontends: impl Fn() -> Frontends + Send + Sync + 'static,
+    names: impl Fn() -> Vec<NameSample> + Send + Sync + 'static,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Collect(frontends)));
+    registry.register_collector(Box::new(Collect(frontends, names)));
     registry
 }
 
@@ -512,12 +559,13 @@ mod tests {
             max_conns: None,
             backup: false,
             slow_start: None,
+            name: None,
         };
         Arc::new(Pool::new(&[backend], passive))
     }
 
     fn scrape(frontends: Frontends) -> String {
-        render(&registry(move || frontends.clone()))
+        render(&registry(move || frontends.clone(), Vec::new))
     }
 
     #[test]
@@ -589,6 +637,46 @@ mod tests {
                 family.kind == Kind::Counter,
                 family.name.ends_with("_total")
             );
+        }
+    }
+
+    #[test]
+    fn backend_names_label_their_frontend_and_have_families_of_their_own() {
+        let passive = pool().passive();
+        let named = BackendConfig {
+            addr: "127.0.0.2:80".parse().unwrap(),
+            weight: 1,
+            max_conns: None,
+            backup: false,
+            slow_start: None,
+            name: Some(crate::config::BackendName::Host {
+                host: "web.test".into(),
+                port: 80,
+            }),
+        };
+        let plain = BackendConfig {
+            name: None,
+            addr: "127.0.0.1:81".parse().unwrap(),
+            ..named.clone()
+        };
+        let both = Arc::new(Pool::new(&[named, plain], passive));
+        let m = Arc::new(Metrics::new("web", 1, 2));
+        let names = vec![NameSample {
+            name: "web.test:80".into(),
+            addresses: 1,
+            failures: 4,
+            stale: true,
+        }];
+        let frontends = vec![(m, vec![(None, both, 0)])];
+        let text = render(&registry(move || frontends.clone(), move || names.clone()));
+        for line in [
+            "ringlb_backend_up{frontend=\"web\",backend=\"127.0.0.2:80\",name=\"web.test:80\"} 1\n",
+            "ringlb_backend_up{frontend=\"web\",backend=\"127.0.0.1:81\",name=\"\"} 1\n",
+            "ringlb_dns_addresses{name=\"web.test:80\"} 1\n",
+            "ringlb_dns_failures_total{name=\"web.test:80\"} 4\n",
+            "ringlb_dns_stale{name=\"web.test:80\"} 1\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
         }
     }
 

@@ -619,6 +619,7 @@ mod tests {
             max_conns,
             backup: false,
             slow_start: None,
+            name: None,
         }
     }
 

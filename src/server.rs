@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminError};
 use crate::ceiling::{self, Ceiling};
 use crate::config::Config;
+use crate::discovery::{Discovery, DiscoveryError};
 use crate::frontend::Generation;
 use crate::net::{self, BindError};
 use crate::shutdown::{self, Accepting, Phase};
@@ -29,7 +30,10 @@ impl ServerError {
     /// Whether the configuration asked for something impossible (exit 2,
     /// like any other bad setting), rather than the system failing us.
     pub fn is_config(&self) -> bool {
-        matches!(self, ServerError::AboveCeiling { .. })
+        matches!(
+            self,
+            ServerError::AboveCeiling { .. } | ServerError::Discovery(_)
+        )
     }
 }
 
@@ -96,6 +100,9 @@ pub enum ServerError {
     /// The admin endpoint could not be opened.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// A backend name did not resolve at start.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -143,6 +150,8 @@ pub fn run(
     reload: Option<Reloader>,
     takeover: Option<PathBuf>,
 ) -> Result<(), ServerError> {
+    // Backend names resolve first: the ceiling counts their addresses.
+    let (discovery, config) = Discovery::start(config)?;
     let limits = connection_ceiling(&config)?;
     let ceiling = limits.ceiling.clone();
     let control_path = config.control_socket.clone();
@@ -160,7 +169,9 @@ pub fn run(
         .as_mut()
         .map(|t| std::mem::take(&mut t.handed))
         .unwrap_or_default();
-    let generation = Arc::new(Generation::build(0, config, None, &mut handed)?);
+    let mut generation = Generation::build(0, config, None, &mut handed)?;
+    generation.dns = discovery.status();
+    let generation = Arc::new(generation);
     let workers = generation.config.workers;
     let admin = generation.config.admin;
     let (publish, generations) = watch::channel(generation.clone());
@@ -168,6 +179,9 @@ pub fn run(
     let trigger = Arc::new(trigger);
     let accepting = Arc::new(Accepting::new(workers));
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServerError::Signals)?;
+    if let Err(err) = discovery.spawn(publish.clone()) {
+        warn!(%err, "cannot start DNS discovery: backend names are not resolved again");
+    }
 
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = match admin {
@@ -280,7 +294,7 @@ pub fn run(
             for signal in signals.forever() {
                 if signal == SIGHUP {
                     match &reload {
-                        Some(reload) => apply_reload(reload, &publish, ready.as_ref()),
+                        Some(reload) => apply_reload(reload, &publish, ready.as_ref(), &discovery),
                         None => info!("SIGHUP: no config file to reload (started from flags)"),
                     }
                     continue;
@@ -342,6 +356,7 @@ fn apply_reload(
     reload: &Reloader,
     publish: &watch::Sender<Arc<Generation>>,
     ready: Option<&ReadyFile>,
+    discovery: &Discovery,
 ) {
     // systemd's Type=notify-reload wants the time the reload began.
     let mut reloading = vec![NotifyState::Reloading];
@@ -349,7 +364,7 @@ fn apply_reload(
         reloading.push(now);
     }
     systemd(&reloading);
-    reload_config(reload, publish, ready);
+    reload_config(reload, publish, ready, discovery);
     systemd(&[NotifyState::Ready]);
 }
 
@@ -367,7 +382,10 @@ fn reload_config(
     reload: &Reloader,
     publish: &watch::Sender<Arc<Generation>>,
     ready: Option<&ReadyFile>,
+    discovery: &Discovery,
 ) {
+    // DNS discovery publishes too: one at a time.
+    let _publishing = discovery.publishing();
     let current = publish.borrow().clone();
     let mut config = match reload() {
         Ok(config) => config,
@@ -379,6 +397,13 @@ fn reload_config(
     for what in config.keep_restart_only(&current.config) {
         warn!("reload: a change of {what} takes a restart; keeping the running value");
     }
+    let config = match discovery.reload(config) {
+        Ok(config) => config,
+        Err(err) => {
+            error!("reload rejected, keeping the running config: {err}");
+            return;
+        }
+    };
 
     match Generation::build(current.id + 1, config, Some(&current), &mut Vec::new()) {
         Ok(next) => {

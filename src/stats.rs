@@ -41,6 +41,7 @@ fn frontend(f: &Frontend) -> Value {
             let n = first + i;
             json!({
                 "address": config.addr.to_string(),
+                "name": config.name.as_ref().map(|n| n.to_string()),
                 "route": route,
                 "up": pool.is_up(i),
                 "since_change_s": pool.since_change(i).map(|d| d.as_secs()),

@@ -191,6 +191,10 @@ fn help_documents_every_flag() {
         "--no-observe-l4",
         "--slow-start",
         "--admin-token-file",
+        "--resolve-interval",
+        "--resolve-hold",
+        "--resolve-at-start",
+        "--resolver",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../README.md");

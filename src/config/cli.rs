@@ -12,11 +12,12 @@ use ipnet::IpNet;
 
 use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
-    parse_sni_pattern, resolve, Config, ConfigError, FrontendConfig, HealthConfig, OrNever,
-    RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
+    parse_resolver, parse_sni_pattern, resolve, Config, ConfigError, FrontendConfig, HealthConfig,
+    OrNever, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL,
     DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT,
-    DEFAULT_RISE, DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL, MAX_WORKERS,
+    DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE,
+    DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL, MAX_WORKERS,
 };
 use crate::balance::Algorithm;
 use crate::logging::LogFormat;
@@ -34,8 +35,10 @@ pub struct Cli {
     #[arg(short = 'l', long, value_name = "ADDR", conflicts_with = "config")]
     pub listen: Option<String>,
 
-    /// Backend to relay to, as `host:port`, then optionally `,weight=N`,
-    /// `,max-conns=N`, `,backup` and `,slow-start=DURATION`; repeat for several.
+    /// Backend to relay to, as `ADDR[,weight=N][,max-conns=N][,backup][,slow-start=DURATION]`;
+    /// repeat for several. ADDR is `ip:port`, `host:port` (every A and AAAA
+    /// address, re-resolved while running) or `srv:_service._proto.name`
+    /// (SRV records: each target and port, weighted by the records).
     #[arg(
         short = 'b',
         long = "backend",
@@ -182,6 +185,28 @@ pub struct Cli {
     #[arg(long = "route", value_name = "ROUTE", value_parser = parse_route, conflicts_with = "config")]
     pub routes: Vec<RouteConfig>,
 
+    /// How often backends written as names are resolved again (sooner when
+    /// the records' TTL is shorter, at most once a second).
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_RESOLVE_INTERVAL.into(), conflicts_with = "config")]
+    pub resolve_interval: humantime::Duration,
+
+    /// How long a name that resolved before keeps its last addresses once
+    /// DNS answers NXDOMAIN or no records; then its backends go. (Failures
+    /// such as SERVFAIL or a timeout keep them for good.)
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_RESOLVE_HOLD.into(), conflicts_with = "config")]
+    pub resolve_hold: humantime::Duration,
+
+    /// Whether a backend name that does not resolve at start is an error;
+    /// with `--resolve-at-start=false` its backends start empty and fill
+    /// when DNS answers [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 1, require_equals = true)]
+    pub resolve_at_start: Option<bool>,
+
+    /// DNS server for backends written as names, `IP` or `IP:PORT` (port 53
+    /// if not given); repeat for several [default: those of /etc/resolv.conf].
+    #[arg(long = "resolver", value_name = "ADDR", value_parser = parse_resolver)]
+    pub resolvers: Vec<SocketAddr>,
+
     /// Frontend name, used in logs and metric labels.
     #[arg(
         long,
@@ -229,8 +254,8 @@ pub struct Cli {
 
     /// Read frontends and settings from this TOML file (see README); SIGHUP reloads it.
     /// Flags that set process-wide values (--workers, --drain-timeout, --admin,
-    /// --admin-token-file, --access-log, --pin, --sqpoll, --ready-file, --control-socket) override the file;
-    /// frontend flags cannot be combined with it.
+    /// --admin-token-file, --access-log, --pin, --sqpoll, --ready-file, --control-socket,
+    /// --resolver, --resolve-at-start) override the file; frontend flags cannot be combined with it.
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -326,6 +351,8 @@ impl Config {
                     route
                 })
                 .collect(),
+            resolve_interval: cli.resolve_interval.into(),
+            resolve_hold: cli.resolve_hold.into(),
         };
         let config = Config {
             workers: cli.workers.map_or_else(default_workers, |n| n as usize),
@@ -338,6 +365,8 @@ impl Config {
             ready_file: cli.ready_file.clone(),
             control_socket: cli.control_socket.clone(),
             frontends: vec![frontend],
+            resolvers: cli.resolvers.clone(),
+            resolve_at_start: cli.resolve_at_start.unwrap_or(DEFAULT_RESOLVE_AT_START),
         };
         config.validate()?;
         Ok(config)
@@ -363,6 +392,12 @@ impl Config {
         }
         if let Some(path) = &cli.control_socket {
             self.control_socket = Some(path.clone());
+        }
+        if !cli.resolvers.is_empty() {
+            self.resolvers = cli.resolvers.clone();
+        }
+        if let Some(at_start) = cli.resolve_at_start {
+            self.resolve_at_start = at_start;
         }
         self.access_log |= cli.access_log;
         self.pin |= cli.pin;

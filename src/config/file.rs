@@ -26,11 +26,13 @@ use serde::Deserialize;
 
 use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
-    parse_sni_pattern, range_message, resolve, BackendConfig, Config, ConfigError, FrontendConfig,
-    HealthConfig, Location, OrNever, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_ROUTE_BY,
-    DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
+    parse_resolver, parse_sni_pattern, range_message, resolve, BackendConfig, BackendName, Config,
+    ConfigError, FrontendConfig, HealthConfig, Location, OrNever, RouteBy, RouteConfig,
+    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH, DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4,
+    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD,
+    DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT,
+    DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
 };
 use crate::balance::Algorithm;
 use crate::proxy_protocol::Version as ProxyVersion;
@@ -307,6 +309,9 @@ struct RawConfig {
     #[serde(default)]
     sqpoll: bool,
     #[serde(default)]
+    resolvers: Vec<Resolver>,
+    resolve_at_start: Option<bool>,
+    #[serde(default)]
     frontend: Frontends,
 }
 
@@ -342,6 +347,8 @@ struct RawFrontend {
     slow_start: Option<Dur>,
     #[serde(default)]
     route: Vec<Table<RawRoute>>,
+    resolve_interval: Option<Dur>,
+    resolve_hold: Option<Dur>,
 }
 
 /// One `[[frontend.route]]` table as written.
@@ -401,6 +408,8 @@ impl RawConfig {
                 .into_iter()
                 .map(RawFrontend::into_config)
                 .collect(),
+            resolvers: self.resolvers.into_iter().map(|r| r.0).collect(),
+            resolve_at_start: self.resolve_at_start.unwrap_or(DEFAULT_RESOLVE_AT_START),
         }
     }
 }
@@ -453,6 +462,10 @@ impl RawFrontend {
                     health: RawHealth::over(r.health, health),
                 })
                 .collect(),
+            resolve_interval: self
+                .resolve_interval
+                .map_or(DEFAULT_RESOLVE_INTERVAL, |d| d.0),
+            resolve_hold: self.resolve_hold.map_or(DEFAULT_RESOLVE_HOLD, |d| d.0),
         }
     }
 }
@@ -585,8 +598,21 @@ impl<'de> Deserialize<'de> for Addr {
     }
 }
 
+/// A `resolvers` entry: an IP address, with a port or not.
+struct Resolver(SocketAddr);
+
+impl<'de> Deserialize<'de> for Resolver {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(
+            d,
+            "an address such as \"10.0.0.2\" or \"127.0.0.1:5353\"",
+            |s| parse_resolver(s).map(Resolver),
+        )
+    }
+}
+
 /// A backend table's `addr`: an address only, options go in their own keys.
-struct BackendAddr(SocketAddr);
+struct BackendAddr(BackendConfig);
 
 impl<'de> Deserialize<'de> for BackendAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -596,9 +622,7 @@ impl<'de> Deserialize<'de> for BackendAddr {
                     "invalid address '{s}': in a table, give weight and max-conns as keys"
                 ));
             }
-            parse_backend(s)
-                .map(|b| BackendAddr(b.addr))
-                .map_err(|e| e.to_string())
+            parse_backend(s).map(BackendAddr).map_err(|e| e.to_string())
         })
     }
 }
@@ -820,8 +844,13 @@ impl<'de> Visitor<'de> for BackendVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let t = BackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        let mut name = t.addr.0.name;
+        if let (Some(BackendName::Srv { weight_given, .. }), Some(_)) = (&mut name, &t.weight) {
+            *weight_given = true;
+        }
         Ok(Backend(BackendConfig {
-            addr: t.addr.0,
+            addr: t.addr.0.addr,
+            name,
             weight: t.weight.map_or(DEFAULT_WEIGHT, |n| n.0 as u32),
             max_conns: t.max_conns.map(|n| n.0 as u32),
             backup: t.backup.unwrap_or(false),
@@ -873,6 +902,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                         max_conns: None,
                         backup: false,
                         slow_start: None,
+                        name: None,
                     },
                     BackendConfig {
                         addr: addr("127.0.0.1:9001"),
@@ -880,6 +910,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                         max_conns: None,
                         backup: false,
                         slow_start: None,
+                        name: None,
                     },
                 ],
                 balance: Algorithm::RoundRobin,
@@ -906,7 +937,11 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 route_by: RouteBy::None,
                 sni_timeout: Duration::from_secs(5),
                 routes: vec![],
+                resolve_interval: Duration::from_secs(5),
+                resolve_hold: Duration::from_secs(30),
             }],
+            resolvers: vec![],
+            resolve_at_start: true,
         };
         assert_eq!(parse_str(text).unwrap(), expected);
     }
@@ -942,6 +977,8 @@ admin = "127.0.0.1:9900"
 admin-token-file = "/etc/ringlb/admin-token"
 pin = true
 sqpoll = true
+resolvers = ["127.0.0.1:5353", "::1"]
+resolve-at-start = false
 
 [[frontend]]
 name = "db"
@@ -962,6 +999,8 @@ allow = ["10.0.0.0/8", "::1"]
 deny = ["10.9.0.0/16"]
 fail-timeout = "30s"
 observe-l4 = false
+resolve-interval = "2s"
+resolve-hold = "1m"
 
 [frontend.health]
 interval = "10s"
@@ -997,6 +1036,7 @@ health = { enabled = false, interval = "0s" }
                     max_conns: Some(7),
                     backup: false,
                     slow_start: Some(Duration::from_secs(20)),
+                    name: None,
                 },
                 BackendConfig {
                     addr: addr("127.0.0.1:6001"),
@@ -1004,6 +1044,7 @@ health = { enabled = false, interval = "0s" }
                     max_conns: Some(5),
                     backup: true,
                     slow_start: Some(Duration::from_secs(60)),
+                    name: None,
                 }
             ]
         );
@@ -1033,6 +1074,15 @@ health = { enabled = false, interval = "0s" }
         assert_eq!(db.deny, nets(&["10.9.0.0/16"]));
         assert_eq!(db.fail_timeout, Duration::from_secs(30));
         assert!(!db.observe_l4 && off.observe_l4);
+        assert_eq!(
+            c.resolvers,
+            [addr("127.0.0.1:5353"), addr("[::1]:53")],
+            "resolvers"
+        );
+        assert!(!c.resolve_at_start);
+        assert_eq!(db.resolve_interval, Duration::from_secs(2));
+        assert_eq!(db.resolve_hold, Duration::from_secs(60));
+        assert_eq!(off.resolve_interval, DEFAULT_RESOLVE_INTERVAL);
         assert_eq!(off.idle_timeout, None);
         assert_eq!(off.buffer_size, 1 << 20);
         assert!(!off.health.checks);

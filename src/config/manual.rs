@@ -43,7 +43,15 @@ types and bad values are rejected with one line naming the file, line and key.
 Frontend flags (\fB\-\-listen\fR, \fB\-\-backend\fR, \fB\-\-balance\fR, ...)
 cannot be combined with \fB\-\-config\fR; the process\-wide flags
 \fB\-\-workers\fR, \fB\-\-drain\-timeout\fR, \fB\-\-admin\fR,
-\fB\-\-access\-log\fR, \fB\-\-pin\fR and \fB\-\-sqpoll\fR override the file.
+\fB\-\-access\-log\fR, \fB\-\-pin\fR, \fB\-\-sqpoll\fR, \fB\-\-resolver\fR and
+\fB\-\-resolve\-at\-start\fR override the file.
+.PP
+A backend written as a name (\fIname\fR:\fIport\fR, or
+\fBsrv:\fR\fI_service._proto.name\fR for SRV records) follows DNS: every
+address it resolves to is a backend, looked up again every
+\fB\-\-resolve\-interval\fR (or at the TTL when shorter) and applied without
+a reload. A failed lookup keeps the last addresses; NXDOMAIN keeps them for
+\fB\-\-resolve\-hold\fR.
 .PP
 \fBringlb \-\-check \-\-config\fR \fIFILE\fR validates a file without starting.
 A commented example listing every key and its default is shipped as

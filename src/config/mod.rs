@@ -61,6 +61,16 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 /// How long a backend's weight ramps up after it comes up, unless the
 /// backend or its frontend sets `slow-start`: no ramp.
 pub const DEFAULT_SLOW_START: Option<Duration> = None;
+/// How often a backend written as a name is resolved again (sooner when
+/// its records' TTL is shorter, but never more than once a second).
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a name that resolved before keeps its last addresses once DNS
+/// says it does not exist (NXDOMAIN) or has no records, before its backends go.
+pub const DEFAULT_RESOLVE_HOLD: Duration = Duration::from_secs(30);
+/// Whether a backend name that does not resolve at start is an error.
+pub const DEFAULT_RESOLVE_AT_START: bool = true;
+/// The port `--resolver ADDR` uses when ADDR has none.
+pub const DNS_PORT: u16 = 53;
 /// Health checks as they run when a frontend says nothing about them.
 pub const DEFAULT_HEALTH: HealthConfig = HealthConfig {
     checks: true,
@@ -108,6 +118,11 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// The frontends, each a listen address with its own pool; names are unique.
     pub frontends: Vec<FrontendConfig>,
+    /// DNS servers for backends written as names; empty uses /etc/resolv.conf.
+    pub resolvers: Vec<SocketAddr>,
+    /// Whether a backend name that does not resolve at start (or when a
+    /// reload adds it) is an error; if not, its backends start empty.
+    pub resolve_at_start: bool,
 }
 
 /// One frontend: a listen address and everything about its backend pool.
@@ -161,6 +176,11 @@ pub struct FrontendConfig {
     /// The SNI routes, tried in order; the frontend's own `backends`, when
     /// not empty, is the default for no SNI or no match.
     pub routes: Vec<RouteConfig>,
+    /// How often its backends written as names are resolved again.
+    pub resolve_interval: Duration,
+    /// How long a name answered with NXDOMAIN or no records keeps its last
+    /// addresses.
+    pub resolve_hold: Duration,
 }
 
 /// What picks the pool a connection goes to.
@@ -245,8 +265,13 @@ pub fn parse_sni_pattern(s: &str) -> Result<String, String> {
 /// One backend of the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
-    /// Resolved address we connect to.
+    /// Resolved address we connect to. For a backend written as a name, as
+    /// parsed, this is only a template (`0.0.0.0` and the port) that
+    /// discovery replaces by one backend per address the name has.
     pub addr: SocketAddr,
+    /// The name it was written as, for a backend that follows DNS; `None`
+    /// for an address.
+    pub name: Option<BackendName>,
     /// Relative share of new connections (>= 1).
     pub weight: u32,
     /// Most connections open to it at once, across workers; `None` is unlimited.
@@ -258,6 +283,37 @@ pub struct BackendConfig {
     /// backend's own `slow-start`, else its frontend's); `None` or zero is
     /// no ramp.
     pub slow_start: Option<Duration>,
+}
+
+/// A backend written as a name, which discovery resolves and keeps
+/// resolving: each address (or SRV target) it yields becomes a backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendName {
+    /// `host:port`: the host's A and AAAA records, all on that port.
+    Host {
+        /// The host name, as written.
+        host: String,
+        /// The port of every address.
+        port: u16,
+    },
+    /// `srv:_service._proto.name`: the name's SRV records, each target
+    /// (resolved to its addresses) on its port.
+    Srv {
+        /// The SRV name, as written after `srv:`.
+        name: String,
+        /// Whether the config set a weight, which then wins over the SRV
+        /// records' weights.
+        weight_given: bool,
+    },
+}
+
+impl fmt::Display for BackendName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendName::Host { host, port } => write!(f, "{host}:{port}"),
+            BackendName::Srv { name, .. } => write!(f, "srv:{name}"),
+        }
+    }
 }
 
 /// Active health check settings.
@@ -311,6 +367,10 @@ pub enum Key {
     SniTimeout,
     /// A route's server names.
     Sni,
+    /// `resolve-interval`.
+    ResolveInterval,
+    /// `resolve-hold`.
+    ResolveHold,
 }
 
 impl Key {
@@ -334,6 +394,8 @@ impl Key {
             Key::RouteBy => "route-by",
             Key::SniTimeout => "sni-timeout",
             Key::Sni => "route",
+            Key::ResolveInterval => "resolve-interval",
+            Key::ResolveHold => "resolve-hold",
         }
     }
 
@@ -357,6 +419,8 @@ impl Key {
             Key::RouteBy => &["route-by"],
             Key::SniTimeout => &["sni-timeout"],
             Key::Sni => &["sni"],
+            Key::ResolveInterval => &["resolve-interval"],
+            Key::ResolveHold => &["resolve-hold"],
         }
     }
 }
@@ -510,8 +574,8 @@ pub enum ConfigError {
         route: Option<usize>,
         /// The backend's index in its pool.
         backend: usize,
-        /// The backend's address.
-        addr: SocketAddr,
+        /// The backend's address, or its name as written.
+        addr: String,
         /// [`Key::Weight`] or [`Key::MaxConns`].
         key: Key,
         /// The value given.
@@ -682,6 +746,8 @@ impl Config {
                 (Key::ProxyHeaderTimeout, Some(fe.proxy_header_timeout)),
                 (Key::FailTimeout, Some(fe.fail_timeout)),
                 (Key::SniTimeout, Some(fe.sni_timeout)),
+                (Key::ResolveInterval, Some(fe.resolve_interval)),
+                (Key::ResolveHold, Some(fe.resolve_hold)),
             ] {
                 if value.is_some_and(|v| v.is_zero()) {
                     return Err(ConfigError::ZeroDuration {
@@ -766,6 +832,8 @@ impl Config {
             &mut self.control_socket,
             control,
         );
+        let resolvers = &running.resolvers;
+        keep(&mut changed, "resolvers", &mut self.resolvers, resolvers);
         changed
     }
 }
@@ -787,7 +855,10 @@ fn check_backends(
                 frontend,
                 route,
                 backend: j,
-                addr: b.addr,
+                addr: b
+                    .name
+                    .as_ref()
+                    .map_or_else(|| b.addr.to_string(), |n| n.to_string()),
                 key,
                 value,
             });
@@ -864,16 +935,18 @@ impl std::str::FromStr for OrNever {
     }
 }
 
-/// Parses `host:port[,weight=N][,max-conns=N][,backup][,slow-start=DURATION]`;
-/// ranges are [`Config::validate`]'s to check.
+/// Parses `ADDR[,weight=N][,max-conns=N][,backup][,slow-start=DURATION]`,
+/// ADDR being `ip:port`, `host:port` or `srv:NAME`; ranges are
+/// [`Config::validate`]'s to check. A name is not resolved here: see [`BackendName`].
 pub fn parse_backend(value: &str) -> Result<BackendConfig, ConfigError> {
     let mut parts = value.split(',');
-    let addr = resolve(parts.next().unwrap_or_default())?;
-    if addr.port() == 0 {
+    let (addr, name) = parse_backend_addr(parts.next().unwrap_or_default())?;
+    if addr.port() == 0 && name.is_none() {
         return Err(ConfigError::BackendPortZero(value.to_string()));
     }
     let mut backend = BackendConfig {
         addr,
+        name,
         weight: DEFAULT_WEIGHT,
         max_conns: None,
         backup: false,
@@ -897,7 +970,12 @@ pub fn parse_backend(value: &str) -> Result<BackendConfig, ConfigError> {
                 .map_err(|_| bad("expected a whole number"))
         };
         match key {
-            "weight" => backend.weight = number()?,
+            "weight" => {
+                backend.weight = number()?;
+                if let Some(BackendName::Srv { weight_given, .. }) = &mut backend.name {
+                    *weight_given = true;
+                }
+            }
             "max-conns" => backend.max_conns = Some(number()?),
             "slow-start" => {
                 let d = humantime::parse_duration(val)
@@ -920,6 +998,56 @@ pub fn default_slow_start(backends: &mut [BackendConfig], default: Option<Durati
     for b in backends {
         b.slow_start = b.slow_start.or(default);
     }
+}
+
+/// A backend's address: an IP literal, or a name for discovery (with a
+/// template address holding its port).
+pub fn parse_backend_addr(value: &str) -> Result<(SocketAddr, Option<BackendName>), ConfigError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok((addr, None));
+    }
+    let bad = || ConfigError::BadAddress(value.to_string());
+    let valid_name = |name: &str| {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        !name.is_empty()
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            })
+    };
+    let template = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    if let Some(name) = value.strip_prefix("srv:") {
+        if !valid_name(name) {
+            return Err(bad());
+        }
+        let name = BackendName::Srv {
+            name: name.to_string(),
+            weight_given: false,
+        };
+        return Ok((template(0), Some(name)));
+    }
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.parse::<IpAddr>().is_ok() || !valid_name(host) {
+        return Err(bad());
+    }
+    let name = BackendName::Host {
+        host: host.to_string(),
+        port,
+    };
+    Ok((template(port), Some(name)))
+}
+
+/// Parses a `--resolver` value: an IP address, with a port or not (53).
+pub fn parse_resolver(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse::<SocketAddr>()
+        .or_else(|_| value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, DNS_PORT)))
+        .map_err(|_| {
+            format!("invalid resolver '{value}': expected an IP address, with or without a port (e.g. 10.0.0.2 or 127.0.0.1:5353)")
+        })
 }
 
 /// Resolves `host:port` to its first address.
@@ -1025,6 +1153,50 @@ mod tests {
     }
 
     #[test]
+    fn backend_names_are_kept_for_discovery() {
+        let b = parse_backend("web.example:8080,weight=2").unwrap();
+        let host = BackendName::Host {
+            host: "web.example".into(),
+            port: 8080,
+        };
+        assert_eq!((b.name, b.addr.port(), b.weight), (Some(host), 8080, 2));
+        let b = parse_backend("srv:_http._tcp.web.default.svc.cluster.local").unwrap();
+        let srv = BackendName::Srv {
+            name: "_http._tcp.web.default.svc.cluster.local".into(),
+            weight_given: false,
+        };
+        assert_eq!(b.name.as_ref(), Some(&srv));
+        assert_eq!(
+            srv.to_string(),
+            "srv:_http._tcp.web.default.svc.cluster.local"
+        );
+        let b = parse_backend("srv:_x._tcp.web,weight=3,backup").unwrap();
+        assert!(matches!(
+            b.name,
+            Some(BackendName::Srv {
+                weight_given: true,
+                ..
+            })
+        ));
+        assert!(b.backup);
+        assert_eq!(parse_backend("127.0.0.1:1").unwrap().name, None);
+        for bad in ["srv:", "srv:a..b", "web:0x", "we b:80", "web.example"] {
+            assert!(parse_backend(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_resolver("127.0.0.1"),
+            Ok("127.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_resolver("[::1]:5353"),
+            Ok("[::1]:5353".parse().unwrap())
+        );
+        assert!(parse_resolver("dns.example")
+            .unwrap_err()
+            .contains("dns.example"));
+    }
+
+    #[test]
     fn buffer_sizes() {
         assert_eq!(parse_buffer_size("16384"), Ok(16384));
         assert_eq!(parse_buffer_size("64k"), Ok(65536));
@@ -1057,6 +1229,8 @@ mod tests {
             route_by: DEFAULT_ROUTE_BY,
             sni_timeout: DEFAULT_SNI_TIMEOUT,
             routes: vec![],
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+            resolve_hold: DEFAULT_RESOLVE_HOLD,
         }
     }
 
@@ -1072,6 +1246,8 @@ mod tests {
             ready_file: None,
             control_socket: None,
             frontends,
+            resolvers: vec![],
+            resolve_at_start: DEFAULT_RESOLVE_AT_START,
         }
     }
 

@@ -1,0 +1,546 @@
+//! Backends that follow DNS, against a real authoritative DNS server
+//! (hickory-server, in this process, UDP and TCP on a free loopback port)
+//! whose records the tests change while clients go through ringlb. Backends
+//! listen on 127.0.0.2-4, so one name can have several addresses.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{http_get, metric, run_to_exit, wait_until, Backend, Ringlb};
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, SRV};
+use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::Server;
+
+/// The zone: records by lowercase name without the final dot. A name that
+/// is not here is NXDOMAIN; a name here without records of the asked type
+/// is an empty answer.
+#[derive(Default)]
+struct Zone {
+    records: Mutex<HashMap<String, Vec<Record>>>,
+}
+
+struct Handler(Arc<Zone>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        let answers: Vec<Record> = match request.request_info() {
+            Ok(info) => {
+                let name = info.query.name().to_string().to_lowercase();
+                let name = name.trim_end_matches('.');
+                let kind = info.query.query_type();
+                match self.0.records.lock().unwrap().get(name) {
+                    None => {
+                        metadata.response_code = ResponseCode::NXDomain;
+                        vec![]
+                    }
+                    Some(records) => records
+                        .iter()
+                        .filter(|r| r.record_type() == kind)
+                        .cloned()
+                        .collect(),
+                }
+            }
+            Err(_) => {
+                metadata.response_code = ResponseCode::FormErr;
+                vec![]
+            }
+        };
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let message = builder.build(metadata, answers.iter(), [], [], []);
+        response.send_response(message).await.unwrap_or_else(|_| {
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        })
+    }
+}
+
+/// The DNS server: serves `zone` until stopped (or dropped).
+struct Dns {
+    addr: SocketAddr,
+    zone: Arc<Zone>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// TTL of every record: short, so ringlb looks again every second.
+const TTL: u32 = 1;
+
+impl Dns {
+    fn start() -> Dns {
+        let zone = Arc::new(Zone::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handler = Handler(zone.clone());
+        let thread = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                // UDP and TCP on one port: retry while the TCP side is taken.
+                let (udp, tcp) = loop {
+                    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    let addr = udp.local_addr().unwrap();
+                    if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+                        break (udp, tcp);
+                    }
+                };
+                let addr = udp.local_addr().unwrap();
+                let mut server = Server::new(handler);
+                server.register_socket(udp);
+                server.register_listener(tcp, Duration::from_secs(5), 4096);
+                ready_tx.send(addr).unwrap();
+                let _ = stopped.await;
+                let _ = server.shutdown_gracefully().await;
+            });
+        });
+        let addr = ready_rx.recv().unwrap();
+        Dns {
+            addr,
+            zone,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Replaces `name`'s A records.
+    fn set_a(&self, name: &str, ips: &[Ipv4Addr]) {
+        let records = ips
+            .iter()
+            .map(|ip| Record::from_rdata(fqdn(name), TTL, RData::A(A(*ip))))
+            .collect();
+        self.zone
+            .records
+            .lock()
+            .unwrap()
+            .insert(name.into(), records);
+    }
+
+    /// Replaces `name`'s SRV records: (priority, weight, port, target).
+    fn set_srv(&self, name: &str, targets: &[(u16, u16, u16, &str)]) {
+        let records = targets
+            .iter()
+            .map(|&(priority, weight, port, target)| {
+                let srv = SRV::new(priority, weight, port, fqdn(target));
+                Record::from_rdata(fqdn(name), TTL, RData::SRV(srv))
+            })
+            .collect();
+        self.zone
+            .records
+            .lock()
+            .unwrap()
+            .insert(name.into(), records);
+    }
+
+    /// Takes `name` out of the zone: NXDOMAIN from now on.
+    fn remove(&self, name: &str) {
+        self.zone.records.lock().unwrap().remove(name);
+    }
+
+    /// Stops answering: the port is closed, lookups fail.
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+
+    fn arg(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn fqdn(name: &str) -> Name {
+    Name::from_ascii(format!("{name}.")).unwrap()
+}
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// Tagged echo backends on 127.0.0.`last` for each of `lasts`, all on one
+/// port (a name's addresses share its port); the tag is `last`.
+fn backends_on_one_port(lasts: &[u8]) -> (u16, Vec<Backend>) {
+    loop {
+        let first = TcpListener::bind((ip(lasts[0]), 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        let rest: Option<Vec<TcpListener>> = lasts[1..]
+            .iter()
+            .map(|&l| TcpListener::bind((ip(l), port)).ok())
+            .collect();
+        if rest.is_none() {
+            continue;
+        }
+        drop((first, rest));
+        let backends = lasts
+            .iter()
+            .map(|&l| Backend::echo_at(SocketAddr::new(IpAddr::V4(ip(l)), port), Some(l)))
+            .collect();
+        return (port, backends);
+    }
+}
+
+/// Clients going through ringlb one after another on a few threads; each
+/// reads the backend's tag, echoes a byte, and counts per tag and failures.
+struct Load {
+    seen: Arc<Mutex<HashMap<u8, usize>>>,
+    failures: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, threads: usize) -> Load {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let (seen, failures, stop) = (seen.clone(), failures.clone(), stop.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        match one_client(addr) {
+                            Ok(tag) => *seen.lock().unwrap().entry(tag).or_default() += 1,
+                            Err(err) => {
+                                eprintln!("client failed: {err}");
+                                failures.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            seen,
+            failures,
+            stop,
+            threads,
+        }
+    }
+
+    fn count(&self, tag: u8) -> usize {
+        self.seen.lock().unwrap().get(&tag).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> usize {
+        self.seen.lock().unwrap().values().sum()
+    }
+
+    fn failures(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        self.failures()
+    }
+}
+
+/// One client: the backend's tag, then one byte echoed.
+fn one_client(addr: SocketAddr) -> std::io::Result<u8> {
+    let mut conn = common::client(addr);
+    let mut tag = [0u8; 1];
+    conn.read_exact(&mut tag)?;
+    conn.write_all(b"x")?;
+    let mut echo = [0u8; 1];
+    conn.read_exact(&mut echo)?;
+    if echo != *b"x" {
+        return Err(std::io::Error::other("wrong echo"));
+    }
+    Ok(tag[0])
+}
+
+/// The /backends JSON of `lb`.
+fn backends_json(lb: &Ringlb) -> Vec<serde_json::Value> {
+    let (status, body) = http_get(lb.admin_addr(), "/backends");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn listed(lb: &Ringlb) -> Vec<String> {
+    let mut out: Vec<String> = backends_json(lb)
+        .iter()
+        .map(|b| b["address"].as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_name_follows_its_records_under_load() {
+    let started = Instant::now();
+    let dns = Dns::start();
+    let (port, backends) = backends_on_one_port(&[2, 3, 4]);
+    dns.set_a("web.test", &[ip(2), ip(3)]);
+    let name = format!("web.test:{port}");
+    let mut dns = dns;
+    let lb = Ringlb::start(&[
+        "--backend",
+        &name,
+        "--resolver",
+        &dns.arg(),
+        "--resolve-interval",
+        "1s",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(
+        listed(&lb),
+        [format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}")]
+    );
+    let entry = &backends_json(&lb)[0];
+    assert_eq!(entry["name"], name.as_str(), "{entry}");
+
+    let load = Load::start(lb.addr, 3);
+    wait_until("both addresses serve", || {
+        load.count(2) > 0 && load.count(3) > 0
+    });
+
+    // A third address: it gets traffic within two intervals.
+    dns.set_a("web.test", &[ip(2), ip(3), ip(4)]);
+    let changed = Instant::now();
+    wait_until("the new address serves", || load.count(4) > 0);
+    let took = changed.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the new address took {took:?}; log:\n{}",
+        lb.log()
+    );
+
+    // One address goes: it gets no new connection, and no client fails.
+    dns.set_a("web.test", &[ip(2), ip(4)]);
+    wait_until("127.0.0.3 is no longer listed", || {
+        !listed(&lb).contains(&format!("127.0.0.3:{port}"))
+    });
+    // Workers take the new generation up just after the admin endpoint, and
+    // clients already on 127.0.0.3 finish: let a few more go by first.
+    let before = load.total();
+    wait_until("a few more clients", || load.total() > before + 20);
+    let served = backends[1].served();
+    let before = load.total();
+    wait_until("more clients served", || load.total() > before + 100);
+    assert_eq!(
+        backends[1].served(),
+        served,
+        "the removed address got clients"
+    );
+
+    // DNS goes away: service goes on with the last addresses.
+    dns.stop();
+    wait_until("a failed lookup", || {
+        let (_, text) = http_get(lb.admin_addr(), "/metrics");
+        metric(
+            &text,
+            &format!("ringlb_dns_failures_total{{name=\"{name}\"}}"),
+        ) > 0
+    });
+    let (_, text) = http_get(lb.admin_addr(), "/metrics");
+    assert_eq!(
+        metric(&text, &format!("ringlb_dns_stale{{name=\"{name}\"}}")),
+        1
+    );
+    assert_eq!(
+        metric(&text, &format!("ringlb_dns_addresses{{name=\"{name}\"}}")),
+        2
+    );
+    let label = format!("backend=\"127.0.0.2:{port}\",name=\"{name}\"");
+    assert!(text.contains(&label), "no {label} in:\n{text}");
+    let (two, four) = (load.count(2), load.count(4));
+    wait_until("both kept addresses serve on", || {
+        load.count(2) > two + 20 && load.count(4) > four + 20
+    });
+    assert_eq!(
+        lb.log().matches("DNS lookup of").count(),
+        1,
+        "one warning per change of state; log:\n{}",
+        lb.log()
+    );
+    assert_eq!(load.finish(), 0, "failed clients; log:\n{}", lb.log());
+    eprintln!("took {:?}", started.elapsed());
+}
+
+#[test]
+fn srv_records_give_ports_weights_and_backups() {
+    let dns = Dns::start();
+    let a = Backend::echo_at("127.0.0.2:0".parse().unwrap(), Some(b'a'));
+    let b = Backend::echo_at("127.0.0.3:0".parse().unwrap(), Some(b'b'));
+    let c = Backend::echo_at("127.0.0.4:0".parse().unwrap(), Some(b'c'));
+    dns.set_a("a.svc.test", &[ip(2)]);
+    dns.set_a("b.svc.test", &[ip(3)]);
+    dns.set_a("c.svc.test", &[ip(4)]);
+    dns.set_srv(
+        "_app._tcp.svc.test",
+        &[
+            (10, 3, a.addr.port(), "a.svc.test"),
+            (10, 1, b.addr.port(), "b.svc.test"),
+            (20, 1, c.addr.port(), "c.svc.test"),
+        ],
+    );
+    let lb = Ringlb::start(&[
+        "--backend",
+        "srv:_app._tcp.svc.test",
+        "--resolver",
+        &dns.arg(),
+        "--workers",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let mut entries = backends_json(&lb);
+    entries.sort_by_key(|e| e["address"].as_str().unwrap().to_string());
+    let got: Vec<(String, u64, bool)> = entries
+        .iter()
+        .map(|e| {
+            assert_eq!(e["name"], "srv:_app._tcp.svc.test", "{e}");
+            let addr = e["address"].as_str().unwrap().to_string();
+            (addr, e["weight"].as_u64().unwrap(), e["backup"] == true)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [(a.arg(), 3, false), (b.arg(), 1, false), (c.arg(), 1, true)]
+    );
+
+    let mut seen: HashMap<u8, usize> = HashMap::new();
+    for _ in 0..400 {
+        *seen.entry(one_client(lb.addr).unwrap()).or_default() += 1;
+    }
+    let (na, nb) = (seen[&b'a'], seen.get(&b'b').copied().unwrap_or(0));
+    assert!(
+        (280..=320).contains(&na) && (80..=120).contains(&nb),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.get(&b'c'),
+        None,
+        "the backup served while primaries were up"
+    );
+
+    // The primaries go: the higher priority value takes over.
+    a.stop();
+    b.stop();
+    wait_until("the backup serves", || {
+        one_client(lb.addr).is_ok_and(|tag| tag == b'c')
+    });
+}
+
+#[test]
+fn resolve_at_start_and_the_hold() {
+    let dns = Dns::start();
+    let (port, _backends) = backends_on_one_port(&[2]);
+    let name = format!("later.test:{port}");
+    let base = [
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &name,
+        "--resolver",
+        &dns.arg(),
+    ];
+    // Unresolvable at start is an error, naming the name.
+    let (status, out) = run_to_exit(&base);
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(&name) && out.contains("cannot resolve"),
+        "{out}"
+    );
+
+    // Unless told otherwise: the backend starts empty and fills.
+    let mut args = base.to_vec();
+    args.extend([
+        "--resolve-at-start=false",
+        "--resolve-interval",
+        "1s",
+        "--resolve-hold",
+        "2s",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let lb = Ringlb::start(&args);
+    assert!(listed(&lb).is_empty());
+    dns.set_a("later.test", &[ip(2)]);
+    wait_until("the name resolves", || !listed(&lb).is_empty());
+    assert_eq!(one_client(lb.addr).unwrap(), 2);
+
+    // NXDOMAIN: the last address stays for the hold, then goes.
+    dns.remove("later.test");
+    wait_until("the NXDOMAIN is seen", || {
+        lb.log().contains("has no addresses")
+    });
+    let seen = Instant::now();
+    assert_eq!(listed(&lb).len(), 1, "gone before the hold");
+    assert_eq!(one_client(lb.addr).unwrap(), 2);
+    wait_until("the hold runs out", || listed(&lb).is_empty());
+    assert!(
+        seen.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        seen.elapsed()
+    );
+}
+
+#[test]
+fn a_reload_adds_and_checks_names() {
+    let dns = Dns::start();
+    let (port, _backends) = backends_on_one_port(&[2, 3, 4]);
+    dns.set_a("web.test", &[ip(2), ip(3)]);
+    let dir = common::TempDir::new("dns-reload");
+    let file = |backend: &str| {
+        format!(
+            "admin = \"127.0.0.1:0\"\nresolvers = [\"{}\"]\n\n[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{backend}\"]\nresolve-interval = \"1s\"\n",
+            dns.arg()
+        )
+    };
+    let path = dir.write("ringlb.toml", &file(&format!("127.0.0.2:{port}")));
+    let lb = Ringlb::start_with_config(&path, &[]);
+    assert_eq!(listed(&lb), [format!("127.0.0.2:{port}")]);
+
+    // A reload brings a name in: resolved at once, then followed.
+    dir.write("ringlb.toml", &file(&format!("web.test:{port}")));
+    lb.signal("HUP");
+    wait_until("the name's addresses", || listed(&lb).len() == 2);
+    dns.set_a("web.test", &[ip(2), ip(3), ip(4)]);
+    wait_until("the new address", || listed(&lb).len() == 3);
+
+    // A reload with a name that does not resolve is rejected.
+    dir.write("ringlb.toml", &file(&format!("nowhere.test:{port}")));
+    lb.signal("HUP");
+    wait_until("the rejection", || lb.log().contains("reload rejected"));
+    assert!(lb.log().contains("nowhere.test"), "{}", lb.log());
+    assert_eq!(listed(&lb).len(), 3);
+    assert_eq!(
+        one_client(lb.addr).map(|t| (2..=4).contains(&t)).ok(),
+        Some(true)
+    );
+}
