@@ -35,10 +35,11 @@ pub struct Cli {
     #[arg(short = 'l', long, value_name = "ADDR", conflicts_with = "config")]
     pub listen: Option<String>,
 
-    /// Backend to relay to, as `ADDR[,weight=N][,max-conns=N][,backup][,slow-start=DURATION]`;
-    /// repeat for several. ADDR is `ip:port`, `host:port` (every A and AAAA
-    /// address, re-resolved while running) or `srv:_service._proto.name`
-    /// (SRV records: each target and port, weighted by the records).
+    /// Backend to relay to, as ADDR, then optionally `,weight=N`,
+    /// `,max-conns=N`, `,backup` and `,slow-start=DURATION`; repeat for
+    /// several. ADDR is `ip:port`, `host:port` (every A and AAAA address,
+    /// re-resolved while running) or `srv:_service._proto.name` (SRV
+    /// records: each target and port, weighted by the records).
     #[arg(
         short = 'b',
         long = "backend",
