@@ -49,6 +49,9 @@ SCALE_WORKERS=(1 2)
 BULK_BYTES=$((10 * 1024 * 1024))
 
 usage() {
+    local peers workloads
+    peers=$(IFS=,; echo "${ALL_PEERS[*]}")
+    workloads=$(IFS=,; echo "${ALL_WORKLOADS[*]}")
     cat <<EOF
 Usage: scripts/bench.sh [options]
 
@@ -82,10 +85,10 @@ Options (defaults in brackets):
   --bulk-connections N wrk connections for bulk [8; smoke 2]
   --idle-conns N       connections held open in the idle test [4000; smoke 200]
   --wrk-threads N      wrk threads [1]
-  --only LIST          comma-separated subset of: ${ALL_PEERS[*]// /,}
+  --only LIST          comma-separated subset of: $peers
                        [all]  (ratios to a peer left out are shown as "-")
-  --workloads LIST     comma-separated subset of: ${ALL_WORKLOADS[*]// /,}
-                       [all]
+  --workloads LIST     comma-separated subset of:
+                       $workloads [all]
   --many-conns LIST    connection counts of the many workload [1000,4000]
   --layout L           pinned, unpinned or both [pinned]:
                        pinned:   backend(s) on the last CPU(s), wrk and the
@@ -94,6 +97,7 @@ Options (defaults in brackets):
                        both:     the whole run once in each layout, one after
                                  the other, reported side by side
   --out FILE.md        report path; the chart goes next to it as FILE.svg
+                       (with --layout both, the unpinned one as FILE-unpinned.svg)
                        [bench/results/latest.md; smoke bench/results/smoke.md]
   --ringlb-bin PATH    use this ringlb binary instead of building one
                        (also: RINGLB_BIN=PATH)
@@ -125,7 +129,7 @@ die() {
 # ---------------------------------------------------------------- arguments --
 
 WORKERS="" ROUNDS="" DURATION="" CONNS="" BULK_CONNS="" IDLE_CONNS="" WRK_THREADS=""
-ONLY="" OUT="" SMOKE=0 PIN=1 BUILD=1 INSTALL=1 KEEP_TMP=0
+ONLY="" OUT="" SMOKE=0 BUILD=1 INSTALL=1 KEEP_TMP=0
 WORKLOADS_ARG="" MANY_ARG="" LAYOUT_ARG=""
 RINGLB_BIN=${RINGLB_BIN:-}
 
@@ -225,6 +229,7 @@ parse_args() {
     MANY_MAX=0
     for w in "${MANY_CONNS[@]}"; do
         [[ $w =~ ^[1-9][0-9]*$ ]] || die "--many-conns must be a comma-separated list of positive integers, got '$MANY_ARG'"
+        ((w >= WRK_THREADS)) || die "--many-conns: $w connections are fewer than --wrk-threads $WRK_THREADS"
         ((w > MANY_MAX)) && MANY_MAX=$w
     done
 
@@ -658,7 +663,6 @@ start_peer() {
         return 1
     fi
     if has_workload sni; then
-        SNI_PORT[$p]=$(free_ports 1)
         if ! start_instance "$p" "$p-sni" "${SNI_PORT[$p]}" "$WORKERS" sni; then
             fail_peer "$p" 0 "sni: did not start or did not route each server name to its TLS backend${LAST_LOG_LINE:+; its log ends: $LAST_LOG_LINE}"
             DEAD[$p-sni]=1
@@ -945,9 +949,10 @@ run_layout() {
     compute_layout
     DEAD=() PORT=() SNI_PORT=()
     local ports
-    read -r -a ports <<<"$(free_ports 6)"
+    read -r -a ports <<<"$(free_ports 9)"
     BACKEND_PORT=${ports[0]} TLS_PORT_A=${ports[4]} TLS_PORT_B=${ports[5]}
     PORT[ringlb]=${ports[1]} PORT[haproxy]=${ports[2]} PORT[nginx]=${ports[3]}
+    SNI_PORT[ringlb]=${ports[6]} SNI_PORT[haproxy]=${ports[7]} SNI_PORT[nginx]=${ports[8]}
 
     log "=== layout $CUR_LAYOUT: $LAYOUT; proxies get $WORKERS worker(s); fd limit $NOFILE"
     # Anything else burning CPU (a compile, a test suite) skews every figure.
