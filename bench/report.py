@@ -32,6 +32,9 @@ PEER_COLOR = {"direct": "#9a9a9a", "ringlb": "#e4572e", "haproxy": "#4c78a8", "n
 # The sni workload's TLS backend counts as the bottleneck from this busy (percent
 # of its workers' CPUs) on.
 BACKEND_BOUND_PCT = 90
+# A proxy whose sni connections/s come this close to direct's was held back by
+# the load generator, not by its own cost.
+CLIENT_BOUND = 0.9
 
 SNI = "sni (TLS churn, routed by SNI)"
 
@@ -165,6 +168,13 @@ def notes(w, layout, med, peers, meta):
             w(f"- sni: the TLS backend stayed below {BACKEND_BOUND_PCT}% of its CPU in every run, "
               "so connections/s is set by the proxy and wrk (which does the client side of "
               "every handshake) on their CPU(s).")
+        direct = med.get((layout, "direct", "sni_cps"))
+        close = [PEER_LABEL[p] for p in peers if p != "direct" and direct
+                 and (v := med.get((layout, p, "sni_cps"))) and v >= CLIENT_BOUND * direct]
+        if close:
+            w(f"- sni: {', '.join(close)} reached {CLIENT_BOUND:.0%} or more of direct's "
+              "connections/s: wrk's own handshakes, not the proxy, set the pace there, so "
+              "connections/s hardly tells those proxies apart; proxy CPU per connection does.")
     cpus = meta.get(f"load_cpus:{layout}")
     hi = (meta.get("scale_workers", "1 2").split() + ["2"])[1]
     if any((layout, p, "scale_factor") in med for p in peers) and cpus and int(cpus) < int(hi):
