@@ -32,7 +32,8 @@ def main():
         sys.exit(f"tls_probe: {name} on port {port}: {e}")
     head, _, body = data.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200") or body.strip() != expected.encode():
-        sys.exit(f"tls_probe: {name} on port {port}: got {data[:80]!r}, wanted 200 {expected}")
+        status = head.split(b"\r\n", 1)[0]
+        sys.exit(f"tls_probe: {name} on port {port}: got {status!r} {body[:40]!r}, wanted 200 {expected}")
 
 
 if __name__ == "__main__":
