@@ -2,7 +2,9 @@
 #
 # scripts/bench.sh: ringlb next to HAProxy (mode tcp) and nginx (stream), side
 # by side in one run, all in front of the same real HTTP backend (nginx), plus
-# "direct" (wrk straight at the backend) as the no-proxy baseline.
+# "direct" (wrk straight at the backend) as the no-proxy baseline.  The sni
+# workload puts each proxy, routing by TLS server name, in front of two TLS
+# backends (nginx with ssl) instead.
 #
 # Run `scripts/bench.sh --help` for flags.  The interesting design choices:
 #
@@ -18,6 +20,10 @@
 #   backend is not what is being measured, so it must never be the bottleneck
 #   nor steal cycles from the proxy; the proxy competing with the load
 #   generator is then the same handicap for every proxy.
+# * Layouts (--layout): a proxy's lead can depend on the layout (issue 14: the
+#   keep-alive lead pinned was gone unpinned), so "both" runs the whole
+#   measurement once pinned and once with nothing pinned, each with freshly
+#   started processes, and reports them side by side.
 #
 set -euo pipefail
 
@@ -26,9 +32,26 @@ PATH=$PATH:/usr/sbin:/sbin
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 ALL_PEERS=(direct ringlb haproxy nginx)
+ALL_WORKLOADS=(keepalive churn bulk idle sni many scaling)
+ALL_LAYOUTS=(pinned unpinned)
+# The sni workload's two server names.  wrk takes the server name it sends
+# (SNI) from the URL's host, and resolves that same host to connect: the
+# measured name must resolve to 127.0.0.1 on any machine without editing
+# /etc/hosts, which leaves "localhost".  The second name is never resolved
+# (only the startup probe sends it, connecting to 127.0.0.1 itself), so it
+# can be anything; it is listed first in every proxy's rules so the measured
+# name is looked up past it.  It is also where the default route goes.
+SNI_NAME_A=localhost
+SNI_NAME_B=b.sni.test
+# ringlb --workers / HAProxy nbthread / nginx worker_processes compared by the
+# scaling workload.
+SCALE_WORKERS=(1 2)
 BULK_BYTES=$((10 * 1024 * 1024))
 
 usage() {
+    local peers workloads
+    peers=$(IFS=,; echo "${ALL_PEERS[*]}")
+    workloads=$(IFS=,; echo "${ALL_WORKLOADS[*]}")
     cat <<EOF
 Usage: scripts/bench.sh [options]
 
@@ -41,6 +64,17 @@ Benchmarks ringlb against HAProxy (mode tcp) and nginx (stream module), with
   bulk       wrk, GET of a 10 MiB file: MB/s (10^6 bytes/s)
   idle       N connections held open through the proxy after one tiny request
              each: proxy RSS growth in KiB per connection
+  sni        TLS connection churn (wrk https://localhost, "Connection: close":
+             a full handshake per request) through each proxy routing by
+             server name to two nginx TLS backends (ringlb --route-by sni,
+             HAProxy req.ssl_sni ACLs, nginx ssl_preread + map): new
+             connections/s, proxy CPU per connection, and the TLS backend's
+             CPU use (the report says when the backend was the bottleneck)
+  many       keep-alive with many connections (--many-conns, 1000 and 4000):
+             req/s, p50, p99 and proxy CPU per request
+  scaling    keep-alive on fresh proxies with 1 and with 2 workers (ringlb
+             --workers, HAProxy nbthread, nginx worker_processes): req/s and
+             the scaling factor 2 workers / 1 worker (not for direct)
 
 Options (defaults in brackets):
   --workers N          proxy workers: haproxy nbthread, nginx worker_processes,
@@ -51,22 +85,33 @@ Options (defaults in brackets):
   --bulk-connections N wrk connections for bulk [8; smoke 2]
   --idle-conns N       connections held open in the idle test [4000; smoke 200]
   --wrk-threads N      wrk threads [1]
-  --only LIST          comma-separated subset of: ${ALL_PEERS[*]// /,}
+  --only LIST          comma-separated subset of: $peers
                        [all]  (ratios to a peer left out are shown as "-")
+  --workloads LIST     comma-separated subset of:
+                       $workloads [all]
+  --many-conns LIST    connection counts of the many workload [1000,4000]
+  --layout L           pinned, unpinned or both [pinned]:
+                       pinned:   backend(s) on the last CPU(s), wrk and the
+                                 proxy on the rest (taskset)
+                       unpinned: nothing pinned, wrk -t1 (--wrk-threads)
+                       both:     the whole run once in each layout, one after
+                                 the other, reported side by side
   --out FILE.md        report path; the chart goes next to it as FILE.svg
+                       (with --layout both, the unpinned one as FILE-unpinned.svg)
                        [bench/results/latest.md; smoke bench/results/smoke.md]
   --ringlb-bin PATH    use this ringlb binary instead of building one
                        (also: RINGLB_BIN=PATH)
   --no-build           do not run cargo; use \${CARGO_TARGET_DIR:-target}/release/ringlb
-  --no-pin             do not pin anything to CPUs with taskset
+  --no-pin             same as --layout unpinned
   --no-install         never apt-get install; just say what is missing
   --keep-tmp           keep the temp dir (configs, logs) and print its path
   --smoke              quick self-test: ~1 s per workload, 1 round, 200 idle
-                       connections, 2 bulk connections; exits non-zero if any
-                       peer failed to serve
+                       connections, 2 bulk connections, every workload (many
+                       with 1000 and 4000 connections too, to exercise the fd
+                       limits); exits non-zero if any peer failed to serve
   -h, --help           this text
 
-Missing tools (wrk, haproxy, nginx + stream module, python3) are installed
+Missing tools (wrk, haproxy, nginx + stream module, openssl, python3) are installed
 with apt-get when running as root; otherwise the script prints what to install
 and exits 2.  ringlb is built with "cargo build --release" (honours
 CARGO_TARGET_DIR).  The exit status is non-zero if any peer failed to start or
@@ -84,7 +129,8 @@ die() {
 # ---------------------------------------------------------------- arguments --
 
 WORKERS="" ROUNDS="" DURATION="" CONNS="" BULK_CONNS="" IDLE_CONNS="" WRK_THREADS=""
-ONLY="" OUT="" SMOKE=0 PIN=1 BUILD=1 INSTALL=1 KEEP_TMP=0
+ONLY="" OUT="" SMOKE=0 BUILD=1 INSTALL=1 KEEP_TMP=0
+WORKLOADS_ARG="" MANY_ARG="" LAYOUT_ARG=""
 RINGLB_BIN=${RINGLB_BIN:-}
 
 set_opt() {
@@ -99,6 +145,9 @@ set_opt() {
         --only) ONLY=$2 ;;
         --out) OUT=$2 ;;
         --ringlb-bin) RINGLB_BIN=$2 ;;
+        --workloads) WORKLOADS_ARG=$2 ;;
+        --many-conns) MANY_ARG=$2 ;;
+        --layout) LAYOUT_ARG=$2 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
 }
@@ -111,12 +160,13 @@ parse_args() {
                 exit 0
                 ;;
             --smoke) SMOKE=1 ;;
-            --no-pin) PIN=0 ;;
+            --no-pin) LAYOUT_ARG=unpinned ;;
             --no-build) BUILD=0 ;;
             --no-install) INSTALL=0 ;;
             --keep-tmp) KEEP_TMP=1 ;;
             --workers | --rounds | --duration | --connections | --bulk-connections | \
-                --idle-conns | --wrk-threads | --only | --out | --ringlb-bin)
+                --idle-conns | --wrk-threads | --only | --out | --ringlb-bin | \
+                --workloads | --many-conns | --layout)
                 (($# >= 2)) || die "$1 needs a value"
                 set_opt "$1" "$2"
                 shift
@@ -134,6 +184,7 @@ parse_args() {
     fi
     : "${WORKERS:=1}" "${ROUNDS:=3}" "${DURATION:=5}" "${CONNS:=64}" "${BULK_CONNS:=8}"
     : "${IDLE_CONNS:=4000}" "${WRK_THREADS:=1}" "${OUT:=$BENCH/results/latest.md}"
+    : "${MANY_ARG:=1000,4000}" "${LAYOUT_ARG:=pinned}"
 
     local name
     for name in WORKERS ROUNDS DURATION CONNS BULK_CONNS IDLE_CONNS WRK_THREADS; do
@@ -145,11 +196,11 @@ parse_args() {
     [[ $OUT == /* ]] || OUT=$PWD/$OUT
 
     # Peers to run, always in canonical order (the round order is derived from it).
+    local want w p
     PEERS=()
     if [[ -z $ONLY ]]; then
         PEERS=("${ALL_PEERS[@]}")
     else
-        local want w p
         IFS=, read -r -a want <<<"$ONLY"
         for w in "${want[@]}"; do
             [[ " ${ALL_PEERS[*]} " == *" $w "* ]] || die "--only: unknown peer '$w' (known: ${ALL_PEERS[*]})"
@@ -159,9 +210,38 @@ parse_args() {
         done
     fi
     ((${#PEERS[@]})) || die "--only selected no peer"
+
+    WORKLOADS=()
+    if [[ -z $WORKLOADS_ARG ]]; then
+        WORKLOADS=("${ALL_WORKLOADS[@]}")
+    else
+        IFS=, read -r -a want <<<"$WORKLOADS_ARG"
+        for w in "${want[@]}"; do
+            [[ " ${ALL_WORKLOADS[*]} " == *" $w "* ]] || die "--workloads: unknown workload '$w' (known: ${ALL_WORKLOADS[*]})"
+        done
+        for w in "${ALL_WORKLOADS[@]}"; do
+            [[ ",$WORKLOADS_ARG," == *",$w,"* ]] && WORKLOADS+=("$w")
+        done
+    fi
+    ((${#WORKLOADS[@]})) || die "--workloads selected no workload"
+
+    IFS=, read -r -a MANY_CONNS <<<"$MANY_ARG"
+    MANY_MAX=0
+    for w in "${MANY_CONNS[@]}"; do
+        [[ $w =~ ^[1-9][0-9]*$ ]] || die "--many-conns must be a comma-separated list of positive integers, got '$MANY_ARG'"
+        ((w >= WRK_THREADS)) || die "--many-conns: $w connections are fewer than --wrk-threads $WRK_THREADS"
+        ((w > MANY_MAX)) && MANY_MAX=$w
+    done
+
+    case $LAYOUT_ARG in
+        pinned | unpinned) LAYOUTS=("$LAYOUT_ARG") ;;
+        both) LAYOUTS=("${ALL_LAYOUTS[@]}") ;;
+        *) die "--layout must be pinned, unpinned or both, got '$LAYOUT_ARG'" ;;
+    esac
 }
 
 has_peer() { [[ " ${PEERS[*]} " == *" $1 "* ]]; }
+has_workload() { [[ " ${WORKLOADS[*]} " == *" $1 "* ]]; }
 
 # ------------------------------------------------------------- dependencies --
 
@@ -200,6 +280,10 @@ ensure_deps() {
     fi
     command -v taskset >/dev/null && command -v setsid >/dev/null || pkgs+=(util-linux)
     command -v timeout >/dev/null || pkgs+=(coreutils)
+    # sni: openssl makes the TLS backends' keys and certificates.  (Debian's
+    # nginx has the http ssl module built in, and ssl_preread is part of
+    # libnginx-mod-stream; HAProxy's req.ssl_sni is in its core.)
+    if has_workload sni; then command -v openssl >/dev/null || pkgs+=(openssl); fi
     if has_peer ringlb && ((BUILD)) && [[ -z $RINGLB_BIN ]]; then
         command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup), or pass --ringlb-bin / --only"
     fi
@@ -255,7 +339,8 @@ build_ringlb() {
 # ------------------------------------------------------- processes, cleanup --
 
 TMP=""
-declare -A PIDS=() PORT=() FAILED=() DEAD=()
+declare -A PIDS=() PORT=() SNI_PORT=() FAILED=() DEAD=()
+CUR_LAYOUT=pinned
 PGIDS=()
 RINGLB_BUILD_ERROR=""
 LAST_LOG_LINE=""
@@ -349,18 +434,40 @@ http_probe() {
         [[ $line == "HTTP/1."?" 200"* ]]' _ "$1" 2>/dev/null
 }
 
-wait_ready() { # NAME PORT: until it answers HTTP 200 (through to the backend)
-    local name=$1 port=$2 i
+# TLS probes (bench/tls_probe.py: one HTTPS request with that server name, the
+# answer must come from that TLS backend): "sni" checks a proxy's routing,
+# both names each to its own backend; "tls-a" / "tls-b" one TLS backend.
+# The last failure's message is left in $TMP/tls-probe.err.
+tls_probe() { # MODE PORT
+    local probe=("python3" "$BENCH/tls_probe.py" "$2")
+    case $1 in
+        sni) "${probe[@]}" "$SNI_NAME_B" tls-b 2>"$TMP/tls-probe.err" &&
+            "${probe[@]}" "$SNI_NAME_A" tls-a 2>"$TMP/tls-probe.err" ;;
+        tls-a) "${probe[@]}" "$SNI_NAME_A" tls-a 2>"$TMP/tls-probe.err" ;;
+        tls-b) "${probe[@]}" "$SNI_NAME_B" tls-b 2>"$TMP/tls-probe.err" ;;
+    esac
+}
+
+# wait_ready NAME PORT [MODE]: until it answers HTTP 200 through to the HTTP
+# backend (MODE http, the default) or passes tls_probe MODE.
+wait_ready() {
+    local name=$1 port=$2 mode=${3:-http} i what
     for ((i = 0; i < 150; i++)); do
         if ! alive "${PIDS[$name]}"; then
             log "ERROR: $name exited during startup"
             show_log "$name"
             return 1
         fi
-        http_probe "$port" && return 0
+        if [[ $mode == http ]]; then
+            http_probe "$port" && return 0
+        else
+            tls_probe "$mode" "$port" && return 0
+        fi
         sleep 0.1
     done
-    log "ERROR: $name did not answer HTTP 200 on 127.0.0.1:$port within 15 s"
+    what="answer HTTP 200"
+    [[ $mode == http ]] || what="pass the TLS probe '$mode' ($(tail -n 1 "$TMP/tls-probe.err"))"
+    log "ERROR: $name did not $what on 127.0.0.1:$port within 15 s"
     show_log "$name"
     return 1
 }
@@ -368,9 +475,9 @@ wait_ready() { # NAME PORT: until it answers HTTP 200 (through to the backend)
 # Record that a peer failed (it stays in the report, marked, and the exit
 # status becomes non-zero).
 fail_peer() { # PEER ROUND REASON
-    log "FAILED: $1 (round $2): $3"
+    log "FAILED: $1 ($CUR_LAYOUT layout, round $2): $3"
     FAILED[$1]=1
-    printf '%s\t%s\tFAIL\t%s\n' "$2" "$1" "${3//$'\t'/ }" >>"$RESULTS"
+    printf '%s\t%s\t%s\tFAIL\t%s\n' "$CUR_LAYOUT" "$2" "$1" "${3//$'\t'/ }" >>"$RESULTS"
 }
 
 # ------------------------------------------------------------ environment --
@@ -406,8 +513,12 @@ raise_nofile() {
     [[ $hard == unlimited ]] && hard=1048576
     ulimit -n "$hard" 2>/dev/null || true
     NOFILE=$(ulimit -n)
-    local need=$((2 * IDLE_CONNS + 4 * CONNS + 500))
-    ((NOFILE >= need)) || die "open-file limit is $NOFILE but the idle test needs ~$need; lower --idle-conns or raise 'ulimit -Hn'"
+    # The many workload: the proxy holds two fds per connection too, wrk and
+    # the backend one each.
+    local most=$IDLE_CONNS
+    has_workload many && ((MANY_MAX > most)) && most=$MANY_MAX
+    local need=$((2 * most + 4 * CONNS + 500))
+    ((NOFILE >= need)) || die "open-file limit is $NOFILE but the idle test / many workload needs ~$need; lower --idle-conns / --many-conns or raise 'ulimit -Hn'"
     # haproxy needs ~2 fds per connection plus a reserve and refuses to start
     # otherwise; nginx counts both sides of a proxied connection in
     # worker_connections.  Use the same ceiling for everybody.
@@ -427,16 +538,20 @@ compute_layout() {
     ((NCPU >= 8)) && BACKEND_WORKERS=2
     BACKEND_PREFIX=()
     LOAD_PREFIX=()
-    LAYOUT="not pinned (--no-pin)"
+    N_LOAD_CPUS=$NCPU
+    PIN=0
+    [[ $CUR_LAYOUT == pinned ]] && PIN=1
+    LAYOUT="not pinned: backend, wrk and proxy float over all $NCPU CPU(s); wrk $WRK_THREADS thread(s)"
     if ((PIN)) && ((NCPU >= 2)); then
         local n_load=$((NCPU - BACKEND_WORKERS)) IFS=,
         BACKEND_CPUS="${cpus[*]:n_load}"
         LOAD_CPUS="${cpus[*]:0:n_load}"
         BACKEND_PREFIX=(taskset -c "$BACKEND_CPUS")
         LOAD_PREFIX=(taskset -c "$LOAD_CPUS")
+        N_LOAD_CPUS=$n_load
         LAYOUT="backend nginx on CPU $BACKEND_CPUS; wrk, idle client and proxy on CPU $LOAD_CPUS"
         if ((WORKERS > n_load)); then
-            log "note: --workers $WORKERS > $n_load CPU(s) left after the backend; proxies will be oversubscribed (try --no-pin)"
+            log "note: --workers $WORKERS > $n_load CPU(s) left after the backend; proxies will be oversubscribed (try --layout unpinned)"
         fi
     elif ((PIN)); then
         LAYOUT="not pinned (only one CPU)"
@@ -447,7 +562,7 @@ compute_layout() {
 
 start_backend() {
     mkdir -p "$TMP/www" "$TMP/backend-tmp"
-    head -c "$BULK_BYTES" /dev/urandom >"$TMP/www/10m"
+    [[ -f $TMP/www/10m ]] || head -c "$BULK_BYTES" /dev/urandom >"$TMP/www/10m"
     # nginx started as root switches its workers to "nobody", who cannot read
     # our 0700 temp dir; as root, keep the workers root (it is all loopback).
     local user_directive=""
@@ -460,42 +575,98 @@ start_backend() {
     wait_ready backend "$BACKEND_PORT" || die "the backend nginx did not start; nothing to measure"
 }
 
-# start_instance PEER NAME PORT: start one instance of a proxy, named NAME
-# (logs, config, pid file), listening on PORT; wait until it proxies.
+# Self-signed ECDSA P-256 certificates for the two TLS backends (a: localhost,
+# b: $SNI_NAME_B).  P-256 rather than RSA-2048: a server's handshake costs
+# several times less CPU, and the backend's CPU is not what is measured.
+make_certs() {
+    mkdir -p "$TMP/tls"
+    local b name
+    for b in a b; do
+        name=$SNI_NAME_A
+        [[ $b == b ]] && name=$SNI_NAME_B
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj "/CN=$name" -addext "subjectAltName=DNS:$name" \
+            -keyout "$TMP/tls/$b.key" -out "$TMP/tls/$b.crt" >"$TMP/tls/openssl.log" 2>&1 ||
+            die "openssl could not make a certificate: $(tail -n 1 "$TMP/tls/openssl.log")"
+    done
+}
+
+# The sni workload's two TLS backends: one nginx with two TLS server blocks,
+# pinned like the HTTP backend (only one of the two is busy at a time).
+start_tls_backend() {
+    mkdir -p "$TMP/tls-backend-tmp"
+    local user_directive=""
+    ((EUID == 0)) && user_directive="user root;"
+    render "$BENCH/nginx-tls-backend.conf.in" "$TMP/tls-backend.conf" \
+        "USER_DIRECTIVE=$user_directive" "WORKERS=$BACKEND_WORKERS" "NOFILE=$NOFILE" \
+        "WORKER_CONNECTIONS=$WORKER_CONNECTIONS" "TMP=$TMP" "PORT_A=$TLS_PORT_A" \
+        "PORT_B=$TLS_PORT_B" "NAME_B=$SNI_NAME_B"
+    spawn tls-backend "${BACKEND_PREFIX[@]}" nginx -p "$TMP/" -e "$TMP/tls-backend-error.log" -c "$TMP/tls-backend.conf"
+    wait_ready tls-backend "$TLS_PORT_A" tls-a && wait_ready tls-backend "$TLS_PORT_B" tls-b ||
+        die "the TLS backend nginx did not start (run without the sni workload: --workloads)"
+}
+
+# start_instance PEER NAME PORT [WORKERS [MODE]]: start one instance of a
+# proxy, named NAME (logs, config, pid file), listening on PORT, with WORKERS
+# workers [--workers]; MODE http (in front of the HTTP backend, the default)
+# or sni (routing by server name to the two TLS backends).  Waits until it
+# proxies (sni: each name to its own backend).
 start_instance() {
-    local p=$1 name=$2 port=$3
-    case $p in
-        ringlb)
+    local p=$1 name=$2 port=$3 workers=${4:-$WORKERS} mode=${5:-http}
+    case $p/$mode in
+        ringlb/http)
             spawn "$name" "${LOAD_PREFIX[@]}" "$RINGLB_BIN" --listen "127.0.0.1:$port" \
-                --backend "127.0.0.1:$BACKEND_PORT" --workers "$WORKERS" --log-level warn
+                --backend "127.0.0.1:$BACKEND_PORT" --workers "$workers" --log-level warn
             ;;
-        haproxy)
-            render "$BENCH/haproxy.cfg.in" "$TMP/$name.cfg" "NAME=$name" "WORKERS=$WORKERS" \
-                "MAXCONN=$MAXCONN" "TMP=$TMP" "PORT=$port" "BACKEND_PORT=$BACKEND_PORT"
+        ringlb/sni)
+            # Same routes, same order as HAProxy's ACLs and nginx's map; --backend is the default route.
+            spawn "$name" "${LOAD_PREFIX[@]}" "$RINGLB_BIN" --listen "127.0.0.1:$port" \
+                --route-by sni --route "$SNI_NAME_B=127.0.0.1:$TLS_PORT_B" \
+                --route "$SNI_NAME_A=127.0.0.1:$TLS_PORT_A" --backend "127.0.0.1:$TLS_PORT_B" \
+                --workers "$workers" --log-level warn
+            ;;
+        haproxy/*)
+            local tpl=$BENCH/haproxy.cfg.in
+            [[ $mode == sni ]] && tpl=$BENCH/haproxy-sni.cfg.in
+            render "$tpl" "$TMP/$name.cfg" "NAME=$name" "WORKERS=$workers" \
+                "MAXCONN=$MAXCONN" "TMP=$TMP" "PORT=$port" "BACKEND_PORT=$BACKEND_PORT" \
+                "PORT_A=$TLS_PORT_A" "PORT_B=$TLS_PORT_B" "NAME_B=$SNI_NAME_B"
             spawn "$name" "${LOAD_PREFIX[@]}" haproxy -db -f "$TMP/$name.cfg"
             ;;
-        nginx)
-            render "$BENCH/nginx-stream.conf.in" "$TMP/$name.conf" "NAME=$name" \
-                "LOAD_MODULE=$NGINX_LOAD_MODULE" "WORKERS=$WORKERS" "NOFILE=$NOFILE" \
+        nginx/*)
+            local tpl=$BENCH/nginx-stream.conf.in
+            [[ $mode == sni ]] && tpl=$BENCH/nginx-sni.conf.in
+            render "$tpl" "$TMP/$name.conf" "NAME=$name" \
+                "LOAD_MODULE=$NGINX_LOAD_MODULE" "WORKERS=$workers" "NOFILE=$NOFILE" \
                 "WORKER_CONNECTIONS=$WORKER_CONNECTIONS" "TMP=$TMP" "PORT=$port" \
-                "BACKEND_PORT=$BACKEND_PORT"
+                "BACKEND_PORT=$BACKEND_PORT" "PORT_A=$TLS_PORT_A" "PORT_B=$TLS_PORT_B" \
+                "NAME_B=$SNI_NAME_B"
             # -e: error log before the config is read (else /var/log/nginx).
             spawn "$name" "${LOAD_PREFIX[@]}" nginx -p "$TMP/" -e "$TMP/$name-error.log" -c "$TMP/$name.conf"
             ;;
     esac
-    wait_ready "$name" "$port"
+    wait_ready "$name" "$port" "$mode"
 }
 
-start_peer() { # PEER: start the long-lived instance (direct: nothing to start)
+# start_peer PEER: start the long-lived instance, and with the sni workload
+# the long-lived sni instance PEER-sni (direct: nothing to start).
+start_peer() {
     local p=$1
     if [[ $p == direct ]]; then
         PORT[direct]=$BACKEND_PORT
+        SNI_PORT[direct]=$TLS_PORT_A
         return 0
     fi
     if [[ $p == ringlb && -z $RINGLB_BIN ]]; then
         fail_peer ringlb 0 "not started: $RINGLB_BUILD_ERROR"
         DEAD[$p]=1
         return 1
+    fi
+    if has_workload sni; then
+        if ! start_instance "$p" "$p-sni" "${SNI_PORT[$p]}" "$WORKERS" sni; then
+            fail_peer "$p" 0 "sni: did not start or did not route each server name to its TLS backend${LAST_LOG_LINE:+; its log ends: $LAST_LOG_LINE}"
+            DEAD[$p-sni]=1
+        fi
     fi
     if ! start_instance "$p" "$p" "${PORT[$p]}"; then
         fail_peer "$p" 0 "did not start or did not proxy to the backend${LAST_LOG_LINE:+; its log ends: $LAST_LOG_LINE}"
@@ -511,22 +682,24 @@ declare -A W=()
 
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 
-record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
+# One measurement: LAYOUT ROUND PEER METRIC VALUE, a line of results.tsv.
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$CUR_LAYOUT" "$1" "$2" "$3" "$4" >>"$RESULTS"; }
 
-# run_wrk PEER ROUND WORKLOAD CONNS SECONDS PATH [wrk args...]: one wrk run against
-# the peer; fills W[] from wrk-report.lua's line.  Returns 1 (after recording
+# run_wrk PEER ROUND WORKLOAD CONNS SECONDS PATH|URL [wrk args...]: one wrk run
+# against the peer (a PATH goes to the peer's long-lived instance, a URL where
+# it says); fills W[] from wrk-report.lua's line.  Returns 1 (after recording
 # the failure) if wrk failed or the run does not look like a healthy server:
 # zero requests, any non-2xx/3xx answer, or socket errors above a trivial
 # level (more than max(5, 0.1% of requests)).
 run_wrk() {
-    local peer=$1 round=$2 wl=$3 conns=$4 secs=$5 path=$6 out rc=0 line kv
+    local peer=$1 round=$2 wl=$3 conns=$4 secs=$5 url=$6 out rc=0 line kv
     shift 6
+    [[ $url == /* ]] && url="http://127.0.0.1:${PORT[$peer]}$url"
     # --foreground: keep wrk in our process group so Ctrl-C reaches it.
     out=$(timeout --foreground $((secs + 30)) "${LOAD_PREFIX[@]}" wrk -t"$WRK_THREADS" -c"$conns" \
-        -d"${secs}s" --timeout 10s -s "$BENCH/wrk-report.lua" "$@" \
-        "http://127.0.0.1:${PORT[$peer]}$path" 2>&1) || rc=$?
+        -d"${secs}s" --timeout 10s -s "$BENCH/wrk-report.lua" "$@" "$url" 2>&1) || rc=$?
     # Keep wrk's own output (kept with --keep-tmp or on failure) for post-mortems.
-    printf '=== round %s %s %s (exit %s)\n%s\n' "$round" "$peer" "$wl" "$rc" "$out" >>"$TMP/wrk-runs.log"
+    printf '=== %s round %s %s %s (exit %s)\n%s\n' "$CUR_LAYOUT" "$round" "$peer" "$wl" "$rc" "$out" >>"$TMP/wrk-runs.log"
     W=()
     line=$(grep -m1 '^@@bench ' <<<"$out" || true)
     if ((rc != 0)) || [[ -z $line ]]; then
@@ -549,9 +722,11 @@ run_wrk() {
     return 0
 }
 
-# CPU seconds (all processes and threads) of a peer's process group; empty for direct.
+# CPU seconds (all processes and threads) of an instance's process group
+# (a peer's long-lived instance, or any other spawned NAME); empty for direct
+# and for names that were never started.
 peer_cpu() {
-    [[ $1 == direct ]] && return 0
+    [[ $1 == direct || -z ${PIDS[$1]:-} ]] && return 0
     local stats cpu
     # (no process substitution here: its child could outlive this subshell)
     stats=$(python3 "$BENCH/procstat.py" "${PIDS[$1]}") || return 0
@@ -559,62 +734,99 @@ peer_cpu() {
     echo "$cpu"
 }
 
-check_alive() { # PEER ROUND: a proxy that crashed is failed and skipped from then on
+# check_alive PEER ROUND [NAME]: a proxy instance (the peer's long-lived one,
+# or NAME) that crashed is failed and skipped from then on.
+check_alive() {
+    local name=${3:-$1}
     [[ $1 == direct ]] && return 0
-    alive "${PIDS[$1]}" && return 0
-    fail_peer "$1" "$2" "process exited (crashed?)"
-    show_log "$1"
-    DEAD[$1]=1
+    alive "${PIDS[$name]}" && return 0
+    fail_peer "$1" "$2" "${name}: process exited (crashed?)"
+    show_log "$name"
+    DEAD[$name]=1
     return 1
 }
 
-measure_peer() { # PEER ROUND
-    local p=$1 r=$2 cpu0 cpu1 secs
-    [[ -n ${DEAD[$p]:-} ]] && return 0
+# measure_keepalive PEER ROUND KEY CONNS [NAME PORT]: keep-alive GET / with
+# CONNS connections against the peer's long-lived instance (or instance NAME
+# on PORT); records KEY_rps, KEY_p50_ms, KEY_p99_ms and, around the run, the
+# proxy's CPU per request as KEY_cpu_s_per_100k.  Returns 1 if the run failed.
+measure_keepalive() {
+    local p=$1 r=$2 key=$3 conns=$4 name=${5:-$1} port=${6:-${PORT[$1]}} cpu0 cpu1 secs rps
+    cpu0=$(peer_cpu "$name")
+    run_wrk "$p" "$r" "$key" "$conns" "$DURATION" "http://127.0.0.1:$port/" --latency || return 1
+    cpu1=$(peer_cpu "$name")
+    secs=$(calc "${W[duration_us]} / 1e6")
+    rps=$(calc "${W[requests]} / $secs")
+    record "$r" "$p" "${key}_rps" "$rps"
+    record "$r" "$p" "${key}_p50_ms" "$(calc "${W[p50_us]} / 1000")"
+    record "$r" "$p" "${key}_p99_ms" "$(calc "${W[p99_us]} / 1000")"
+    [[ -n $cpu0 && -n $cpu1 ]] &&
+        record "$r" "$p" "${key}_cpu_s_per_100k" "$(calc "($cpu1 - $cpu0) / ${W[requests]} * 100000")"
+    log "$(printf '  %-8s %s (%s conns): %.0f req/s, p50 %.3f ms, p99 %.3f ms' "$p" "$key" "$conns" \
+        "$rps" "$(calc "${W[p50_us]} / 1000")" "$(calc "${W[p99_us]} / 1000")")${cpu0:+$(printf ', proxy CPU %.2f s' "$(calc "$cpu1 - $cpu0")")}"
+    RPS=$rps
+}
 
-    # (1) keep-alive small requests; the proxy's CPU time is read around it.
-    cpu0=$(peer_cpu "$p")
-    if run_wrk "$p" "$r" keepalive "$CONNS" "$DURATION" / --latency; then
-        cpu1=$(peer_cpu "$p")
-        secs=$(calc "${W[duration_us]} / 1e6")
-        record "$r" "$p" keepalive_rps "$(calc "${W[requests]} / $secs")"
-        record "$r" "$p" keepalive_p50_ms "$(calc "${W[p50_us]} / 1000")"
-        record "$r" "$p" keepalive_p99_ms "$(calc "${W[p99_us]} / 1000")"
-        [[ -n $cpu0 && -n $cpu1 ]] &&
-            record "$r" "$p" cpu_s_per_100k "$(calc "($cpu1 - $cpu0) / ${W[requests]} * 100000")"
-        log "$(printf '  %-8s keepalive: %.0f req/s, p50 %.3f ms, p99 %.3f ms' "$p" \
-            "$(calc "${W[requests]} / $secs")" "$(calc "${W[p50_us]} / 1000")" "$(calc "${W[p99_us]} / 1000")")${cpu0:+$(printf ', proxy CPU %.2f s' "$(calc "$cpu1 - $cpu0")")}"
+# sni: TLS connection churn through the peer's sni instance (direct: straight
+# at TLS backend a).  wrk takes SNI from the URL's host, hence localhost (see
+# SNI_NAME_A); "Connection: close" makes every request a new connection and a
+# full handshake.  Records connections/s, the proxy's CPU per connection, and
+# how busy the TLS backend was (percent of its workers' CPUs): near 100% the
+# backend, not the proxy, set the pace.
+measure_sni() {
+    local p=$1 r=$2 name=$1-sni cpu0 cpu1 b0 b1 secs cps util
+    [[ -n ${DEAD[$name]:-} ]] && return 0
+    cpu0=$(peer_cpu "$name")
+    b0=$(peer_cpu tls-backend)
+    run_wrk "$p" "$r" sni "$CONNS" "$DURATION" "https://$SNI_NAME_A:${SNI_PORT[$p]}/" \
+        -H "Connection: close" || return 0
+    cpu1=$(peer_cpu "$name")
+    b1=$(peer_cpu tls-backend)
+    secs=$(calc "${W[duration_us]} / 1e6")
+    cps=$(calc "${W[requests]} / $secs")
+    record "$r" "$p" sni_cps "$cps"
+    [[ -n $cpu0 && -n $cpu1 ]] &&
+        record "$r" "$p" sni_cpu_us_per_conn "$(calc "($cpu1 - $cpu0) / ${W[requests]} * 1e6")"
+    util=""
+    if [[ -n $b0 && -n $b1 ]]; then
+        util=$(calc "($b1 - $b0) / $secs / $BACKEND_WORKERS * 100")
+        record "$r" "$p" sni_backend_cpu_pct "$util"
     fi
-    check_alive "$p" "$r" || return 0
+    log "$(printf '  %-8s sni: %.0f conn/s' "$p" "$cps")${cpu0:+$(printf ', proxy CPU %.0f us/conn' \
+        "$(calc "($cpu1 - $cpu0) / ${W[requests]} * 1e6")")}${util:+$(printf ', TLS backend CPU %.0f%%' "$util")}"
+}
 
-    # (2) connection churn: one request per connection, server closes.
-    if run_wrk "$p" "$r" churn "$CONNS" "$DURATION" / -H "Connection: close"; then
-        secs=$(calc "${W[duration_us]} / 1e6")
-        record "$r" "$p" churn_cps "$(calc "${W[requests]} / $secs")"
-        log "$(printf '  %-8s churn: %.0f conn/s' "$p" "$(calc "${W[requests]} / $secs")")"
-    fi
-    check_alive "$p" "$r" || return 0
-
-    # (3) bulk: 10 MiB responses.  Also catch a proxy that truncates bodies.
-    # At least 2 s: at -d1 on a busy machine every connection can still be
-    # mid-body when wrk stops, i.e. zero completed requests from a healthy proxy.
-    if run_wrk "$p" "$r" bulk "$BULK_CONNS" "$((DURATION < 2 ? 2 : DURATION))" /10m; then
-        if ((W[bytes] < W[requests] * BULK_BYTES)); then
-            fail_peer "$p" "$r" "bulk: ${W[bytes]} bytes for ${W[requests]} responses of 10 MiB (truncated?)"
-        else
-            secs=$(calc "${W[duration_us]} / 1e6")
-            record "$r" "$p" bulk_mbps "$(calc "${W[bytes]} / $secs / 1e6")"
-            log "$(printf '  %-8s bulk: %.0f MB/s' "$p" "$(calc "${W[bytes]} / $secs / 1e6")")"
+# scaling: keep-alive on fresh instances with 1 and with 2 workers, started for
+# it and stopped after (like idle), in the same round; the factor is per round.
+measure_scaling() {
+    local p=$1 r=$2 w name port
+    local -A rps=()
+    for w in "${SCALE_WORKERS[@]}"; do
+        name=$p-w$w
+        port=$(free_ports 1)
+        if ! start_instance "$p" "$name" "$port" "$w"; then
+            fail_peer "$p" "$r" "scaling: a fresh instance with $w worker(s) did not start${LAST_LOG_LINE:+; its log ends: $LAST_LOG_LINE}"
+            stop_instance "$name"
+            return 0
         fi
+        if measure_keepalive "$p" "$r" "scale_w$w" "$CONNS" "$name" "$port"; then
+            rps[$w]=$RPS
+        fi
+        stop_instance "$name"
+    done
+    local lo=${SCALE_WORKERS[0]} hi=${SCALE_WORKERS[1]}
+    if [[ -n ${rps[$lo]:-} && -n ${rps[$hi]:-} ]]; then
+        record "$r" "$p" scale_factor "$(calc "${rps[$hi]} / ${rps[$lo]}")"
+        log "$(printf '  %-8s scaling %s -> %s workers: %.2fx' "$p" "$lo" "$hi" "$(calc "${rps[$hi]} / ${rps[$lo]}")")"
     fi
-    check_alive "$p" "$r" || return 0
+}
 
-    # (4) idle connections: only meaningful for a proxy.  Measured on a fresh
-    # instance of the proxy started just for this (and stopped after): a
-    # process that already held N connections in an earlier round keeps that
-    # memory in its pools/allocator, and "growth" would then read as ~0.
-    [[ $p == direct ]] && return 0
-    local out rc=0 line kv iport name=$p-idle
+# idle connections: only meaningful for a proxy.  Measured on a fresh
+# instance of the proxy started just for this (and stopped after): a
+# process that already held N connections in an earlier round keeps that
+# memory in its pools/allocator, and "growth" would then read as ~0.
+measure_idle() {
+    local p=$1 r=$2 out rc=0 line kv iport name=$1-idle
     local -A I=()
     iport=$(free_ports 1)
     if ! start_instance "$p" "$name" "$iport"; then
@@ -634,6 +846,58 @@ measure_peer() { # PEER ROUND
         log "  $(printf '%-8s' "$p") idle: ${I[kib_per_conn]} KiB/conn (RSS ${I[rss_before_kib]} -> ${I[rss_after_kib]} KiB for ${I[opened]} conns)"
     fi
     stop_instance "$name"
+}
+
+measure_peer() { # PEER ROUND
+    local p=$1 r=$2 secs n
+    [[ -n ${DEAD[$p]:-} ]] && return 0
+
+    # (1) keep-alive small requests; the proxy's CPU time is read around it.
+    if has_workload keepalive; then
+        measure_keepalive "$p" "$r" keepalive "$CONNS" || true
+        check_alive "$p" "$r" || return 0
+    fi
+
+    # (2) the same with many connections (1,000, 4,000).
+    if has_workload many; then
+        for n in "${MANY_CONNS[@]}"; do
+            measure_keepalive "$p" "$r" "many$n" "$n" || true
+            check_alive "$p" "$r" || return 0
+        done
+    fi
+
+    # (3) connection churn: one request per connection, server closes.
+    if has_workload churn && run_wrk "$p" "$r" churn "$CONNS" "$DURATION" / -H "Connection: close"; then
+        secs=$(calc "${W[duration_us]} / 1e6")
+        record "$r" "$p" churn_cps "$(calc "${W[requests]} / $secs")"
+        log "$(printf '  %-8s churn: %.0f conn/s' "$p" "$(calc "${W[requests]} / $secs")")"
+    fi
+    check_alive "$p" "$r" || return 0
+
+    # (4) bulk: 10 MiB responses.  Also catch a proxy that truncates bodies.
+    # At least 2 s: at -d1 on a busy machine every connection can still be
+    # mid-body when wrk stops, i.e. zero completed requests from a healthy proxy.
+    if has_workload bulk && run_wrk "$p" "$r" bulk "$BULK_CONNS" "$((DURATION < 2 ? 2 : DURATION))" /10m; then
+        if ((W[bytes] < W[requests] * BULK_BYTES)); then
+            fail_peer "$p" "$r" "bulk: ${W[bytes]} bytes for ${W[requests]} responses of 10 MiB (truncated?)"
+        else
+            secs=$(calc "${W[duration_us]} / 1e6")
+            record "$r" "$p" bulk_mbps "$(calc "${W[bytes]} / $secs / 1e6")"
+            log "$(printf '  %-8s bulk: %.0f MB/s' "$p" "$(calc "${W[bytes]} / $secs / 1e6")")"
+        fi
+    fi
+    check_alive "$p" "$r" || return 0
+
+    # (5) TLS churn routed by server name, on the peer's sni instance.
+    if has_workload sni; then
+        measure_sni "$p" "$r"
+        [[ $p == direct || -n ${DEAD[$p-sni]:-} ]] || check_alive "$p" "$r" "$p-sni" || true
+    fi
+
+    # (6) and (7): fresh instances, proxies only.
+    [[ $p == direct ]] && return 0
+    if has_workload scaling; then measure_scaling "$p" "$r"; fi
+    if has_workload idle; then measure_idle "$p" "$r"; fi
 }
 
 # ------------------------------------------------------------------- report --
@@ -659,6 +923,7 @@ write_meta() {
         has_peer haproxy && printf 'haproxy\t%s\n' "$(first_line haproxy -v | sed 's/ - http.*//')"
         printf 'nginx\t%s\n' "$(first_line nginx -v | sed 's/^nginx version: //')"
         printf 'wrk\t%s\n' "$(first_line wrk -v | sed 's/ \[.*//')"
+        has_workload sni && printf 'openssl\t%s\n' "$(first_line openssl version)"
         printf 'workers\t%s\n' "$WORKERS"
         printf 'rounds\t%s\n' "$ROUNDS"
         printf 'duration\t%s\n' "$DURATION"
@@ -666,51 +931,47 @@ write_meta() {
         printf 'connections\t%s\n' "$CONNS"
         printf 'bulk_connections\t%s\n' "$BULK_CONNS"
         printf 'idle_conns\t%s\n' "$IDLE_CONNS"
+        printf 'many_conns\t%s\n' "${MANY_CONNS[*]}"
+        printf 'scale_workers\t%s\n' "${SCALE_WORKERS[*]}"
+        printf 'sni_names\t%s\n' "$SNI_NAME_B $SNI_NAME_A"
         printf 'wrk_threads\t%s\n' "$WRK_THREADS"
         printf 'backend_workers\t%s\n' "$BACKEND_WORKERS"
-        printf 'layout\t%s\n' "$LAYOUT"
-        printf 'loadavg\t%s\n' "$LOAD_AT_START"
+        printf 'layouts\t%s\n' "${LAYOUTS[*]}"
+        printf 'workloads\t%s\n' "${WORKLOADS[*]}"
         printf 'peers\t%s\n' "${PEERS[*]}"
+        cat "$TMP/meta-layouts.tsv"
     } >"$f"
 }
 
-# -------------------------------------------------------------------- main --
-
-main() {
-    parse_args "$@"
-    [[ $(uname -s) == Linux ]] || die "Linux only (ringlb is io_uring based)"
-    ensure_deps
-    NGINX_LOAD_MODULE=""
-    if has_peer nginx; then
-        NGINX_LOAD_MODULE=$(nginx_stream_load_line) || die "nginx has no stream module (Debian: apt-get install libnginx-mod-stream)"
-    fi
-
-    TMP=$(mktemp -d "${TMPDIR:-/tmp}/ringlb-bench.XXXXXX")
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-    RESULTS=$TMP/results.tsv
-    : >"$RESULTS"
-
-    build_ringlb
-    raise_nofile
+# run_layout: the whole measurement in layout $CUR_LAYOUT: fresh backends and
+# proxies (pinned or not), warm-up, the interleaved rounds; then stop them all.
+run_layout() {
     compute_layout
-
+    DEAD=() PORT=() SNI_PORT=()
     local ports
-    read -r -a ports <<<"$(free_ports 4)"
-    BACKEND_PORT=${ports[0]}
+    read -r -a ports <<<"$(free_ports 9)"
+    BACKEND_PORT=${ports[0]} TLS_PORT_A=${ports[4]} TLS_PORT_B=${ports[5]}
     PORT[ringlb]=${ports[1]} PORT[haproxy]=${ports[2]} PORT[nginx]=${ports[3]}
+    SNI_PORT[ringlb]=${ports[6]} SNI_PORT[haproxy]=${ports[7]} SNI_PORT[nginx]=${ports[8]}
 
-    log "layout: $LAYOUT; proxies get $WORKERS worker(s); fd limit $NOFILE"
+    log "=== layout $CUR_LAYOUT: $LAYOUT; proxies get $WORKERS worker(s); fd limit $NOFILE"
     # Anything else burning CPU (a compile, a test suite) skews every figure.
     local load
     read -r load _ </proc/loadavg
     if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
         log "note: 1-minute load average is $load: the machine is not idle, expect noisy figures"
     fi
-    LOAD_AT_START=$load
+    printf 'layout:%s\t%s\nloadavg:%s\t%s\nload_cpus:%s\t%s\n' "$CUR_LAYOUT" "$LAYOUT" \
+        "$CUR_LAYOUT" "$load" "$CUR_LAYOUT" "$N_LOAD_CPUS" >>"$TMP/meta-layouts.tsv"
+    if has_workload scaling && ((N_LOAD_CPUS < ${SCALE_WORKERS[-1]})); then
+        log "note: only $N_LOAD_CPUS CPU(s) for wrk and the proxy in this layout: ${SCALE_WORKERS[-1]} workers cannot scale here"
+    fi
     log "starting backend nginx on 127.0.0.1:$BACKEND_PORT"
     start_backend
+    if has_workload sni; then
+        log "starting TLS backend nginx on 127.0.0.1:$TLS_PORT_A ($SNI_NAME_A) and :$TLS_PORT_B ($SNI_NAME_B)"
+        start_tls_backend
+    fi
     local p
     for p in "${PEERS[@]}"; do
         [[ $p == direct ]] || log "starting $p on 127.0.0.1:${PORT[$p]}"
@@ -735,15 +996,44 @@ main() {
             order=()
             for ((i = ${#PEERS[@]} - 1; i >= 0; i--)); do order+=("${PEERS[i]}"); done
         fi
-        log "round $r/$ROUNDS: ${order[*]}"
+        log "$CUR_LAYOUT, round $r/$ROUNDS: ${order[*]}"
         for p in "${order[@]}"; do measure_peer "$p" "$r"; done
+    done
+    stop_all
+}
+
+# -------------------------------------------------------------------- main --
+
+main() {
+    parse_args "$@"
+    [[ $(uname -s) == Linux ]] || die "Linux only (ringlb is io_uring based)"
+    ensure_deps
+    NGINX_LOAD_MODULE=""
+    if has_peer nginx; then
+        NGINX_LOAD_MODULE=$(nginx_stream_load_line) || die "nginx has no stream module (Debian: apt-get install libnginx-mod-stream)"
+    fi
+
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/ringlb-bench.XXXXXX")
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    RESULTS=$TMP/results.tsv
+    : >"$RESULTS"
+    : >"$TMP/meta-layouts.tsv"
+
+    build_ringlb
+    raise_nofile
+    has_workload sni && make_certs
+
+    for CUR_LAYOUT in "${LAYOUTS[@]}"; do
+        run_layout
     done
 
     write_meta
     mkdir -p "$(dirname -- "$OUT")"
     python3 "$BENCH/report.py" --results "$RESULTS" --meta "$TMP/meta.tsv" \
         --md "$OUT" --svg "${OUT%.md}.svg"
-    log "report: $OUT, chart: ${OUT%.md}.svg"
+    log "report: $OUT, chart(s): ${OUT%.md}.svg$( ((${#LAYOUTS[@]} > 1)) && echo " and ${OUT%.md}-${LAYOUTS[1]}.svg")"
 
     if ((${#FAILED[@]})); then
         log "FAILED peers: ${!FAILED[*]} (see above and the report)"
