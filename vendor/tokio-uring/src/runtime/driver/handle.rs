@@ -116,7 +116,8 @@ impl WeakHandle {
 
 impl AsRawFd for Handle {
     fn as_raw_fd(&self) -> RawFd {
-        self.inner.borrow().uring.as_raw_fd()
+        // ringlb patch 2: the driver's wake-up descriptor (the ring, or its eventfd).
+        self.inner.borrow().as_raw_fd()
     }
 }
 
