@@ -96,11 +96,8 @@ pub fn spawn(
     }
 }
 
-/// A ring with SINGLE_ISSUER and DEFER_TASKRUN (kernel 6.1+: completions are
-/// posted when the worker enters the ring to collect them, batched, instead
-/// of by interrupting it; the vendored tokio-uring's patch 2 makes that
-/// work), else COOP_TASKRUN (fewer interrupts; kernel 5.19+), else a plain
-/// one. With `sqpoll`, a kernel thread polls the submission queue
+/// A ring with COOP_TASKRUN (fewer interrupts; kernel 5.19+), falling back to
+/// a plain one. With `sqpoll`, a kernel thread polls the submission queue
 /// (no fallback: the user asked for it).
 fn build_runtime(sqpoll: bool) -> io::Result<tokio_uring::Runtime> {
     let mut uring = tokio_uring::uring_builder();
@@ -120,18 +117,12 @@ fn build_runtime(sqpoll: bool) -> io::Result<tokio_uring::Runtime> {
         });
     }
     uring.setup_coop_taskrun();
-    let mut deferred = uring.clone();
-    deferred.setup_single_issuer().setup_defer_taskrun();
-    let builder = |uring: &io_uring::Builder| {
-        tokio_uring::Runtime::new(
-            tokio_uring::builder()
-                .entries(RING_ENTRIES)
-                .uring_builder(uring),
-        )
-    };
-    builder(&deferred)
-        .or_else(|_| builder(&uring))
-        .or_else(|_| tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)))
+    tokio_uring::Runtime::new(
+        tokio_uring::builder()
+            .entries(RING_ENTRIES)
+            .uring_builder(&uring),
+    )
+    .or_else(|_| tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)))
     .map_err(|err| io::Error::new(err.kind(), format!("cannot set up io_uring: {err}")))
 }
 

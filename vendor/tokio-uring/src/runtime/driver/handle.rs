@@ -116,8 +116,7 @@ impl WeakHandle {
 
 impl AsRawFd for Handle {
     fn as_raw_fd(&self) -> RawFd {
-        // ringlb patch 2: the driver's wake-up descriptor (the ring, or its eventfd).
-        self.inner.borrow().as_raw_fd()
+        self.inner.borrow().uring.as_raw_fd()
     }
 }
 

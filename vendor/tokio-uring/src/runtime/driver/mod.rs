@@ -4,7 +4,7 @@ use io_uring::opcode::AsyncCancel;
 use io_uring::{cqueue, squeue, IoUring};
 use slab::Slab;
 use std::cell::RefCell;
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::{io, mem};
@@ -25,13 +25,6 @@ pub(crate) struct Driver {
     /// Ensures that the buffers are not dropped until
     /// after the io-uring runtime has terminated.
     fixed_buffers: Option<Rc<RefCell<dyn FixedBuffers>>>,
-
-    /// ringlb patch 2: whether completions wait for a GETEVENTS enter.
-    defer_taskrun: bool,
-
-    /// ringlb patch 2: with deferred task work, the eventfd the kernel
-    /// signals when there is work; what the runtime polls instead of the ring.
-    wake_fd: Option<OwnedFd>,
 }
 
 struct Ops {
@@ -46,31 +39,11 @@ struct Ops {
 impl Driver {
     pub(crate) fn new(b: &crate::Builder) -> io::Result<Driver> {
         let uring = b.urb.build(b.entries)?;
-        // io-uring 0.6 has no getter for DEFER_TASKRUN; ringlb sets it only
-        // together with SINGLE_ISSUER, which it can read.
-        let defer_taskrun = uring.params().is_setup_single_issuer();
-        // Deferred task work does not wake a poller of the ring's own
-        // descriptor, only a registered eventfd: the runtime watches that.
-        let wake_fd = if defer_taskrun {
-            // SAFETY: eventfd(2) takes no pointers.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: a new descriptor that nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            uring.submitter().register_eventfd(fd.as_raw_fd())?;
-            Some(fd)
-        } else {
-            None
-        };
 
         Ok(Driver {
             ops: Ops::new(),
             uring,
             fixed_buffers: None,
-            defer_taskrun,
-            wake_fd,
         })
     }
 
@@ -103,28 +76,6 @@ impl Driver {
     }
 
     pub(crate) fn dispatch_completions(&mut self) {
-        // ringlb patch 2: with IORING_SETUP_DEFER_TASKRUN the kernel posts
-        // completions only when the ring is entered with GETEVENTS, so enter
-        // it before reaping (upstream only reads the queue, and hangs).
-        if self.defer_taskrun {
-            if let Some(fd) = &self.wake_fd {
-                // Clear the wake-up first: work queued from here on signals again.
-                let mut count = 0u64;
-                // SAFETY: reads 8 bytes into `count`; non-blocking.
-                let _ = unsafe {
-                    libc::read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8)
-                };
-            }
-            // SAFETY: no submissions, no argument: a plain GETEVENTS enter.
-            let _ = unsafe {
-                self.uring.submitter().enter::<libc::sigset_t>(
-                    0,
-                    0,
-                    1, // IORING_ENTER_GETEVENTS (io-uring 0.6 keeps its constants private)
-                    None,
-                )
-            };
-        }
         let mut cq = self.uring.completion();
         cq.sync();
 
@@ -410,10 +361,7 @@ impl Driver {
 
 impl AsRawFd for Driver {
     fn as_raw_fd(&self) -> RawFd {
-        match &self.wake_fd {
-            Some(fd) => fd.as_raw_fd(),
-            None => self.uring.as_raw_fd(),
-        }
+        self.uring.as_raw_fd()
     }
 }
 
