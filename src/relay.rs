@@ -159,8 +159,11 @@ async fn pump(
                     }
                     continue;
                 }
+                // Every buffer of the ring is out, and bytes are waiting: a
+                // buffer of our own, read at once.
+                Some(Ok(Received::RingEmpty)) => poll_first = false,
                 Some(Err(source)) => break Some(RelayError::Read { side: from, source }),
-                // No ring, or every buffer of it is out: a buffer of our own.
+                // No ring on this worker: a buffer of our own.
                 None => {}
             }
         }

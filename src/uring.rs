@@ -548,13 +548,16 @@ pub enum Received {
     Eof,
     /// Bytes, in one of the ring's buffers.
     Bytes(Provided),
+    /// Bytes are waiting, but every buffer of the ring is out (ENOBUFS):
+    /// read them into a buffer of one's own, at once.
+    RingEmpty,
 }
 
 /// Receives into a buffer of this thread's provided ring, which the kernel
 /// picks when data arrives; with `poll_first` it waits for readiness before
-/// it tries. `None` when there is no ring on this thread, or when it is
-/// empty (ENOBUFS: every buffer is out): then receive into a buffer of one's
-/// own, as without a ring.
+/// it tries. `None` when there is no ring on this thread (or the kernel
+/// refuses the receive's flags): then receive into a buffer of one's own, as
+/// without a ring.
 pub async fn recv_provided(stream: &TcpStream, poll_first: bool) -> Option<io::Result<Received>> {
     let ring = PROVIDED.with(|p| p.borrow().clone())?;
     let flags = if poll_first && RECV_FLAGS_OK.get() {
@@ -576,7 +579,7 @@ pub async fn recv_provided(stream: &TcpStream, poll_first: bool) -> Option<io::R
         .submit()
         .await;
     match res {
-        Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => None,
+        Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Some(Ok(Received::RingEmpty)),
         // A kernel that refuses the receive flags: the caller's own receive
         // learns that and stops passing them.
         Err(err) if flags != 0 && err.raw_os_error() == Some(libc::EINVAL) => None,

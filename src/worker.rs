@@ -35,9 +35,9 @@ const SQPOLL_IDLE_MS: u32 = 1000;
 /// Buffers in each worker's provided ring (see [`uring::provide_buffers`]):
 /// enough for the receives completed and not yet sent at any one moment;
 /// past it, receives use buffers of their own.
-const PROVIDED_BUFFERS: u16 = 256;
+const PROVIDED_BUFFERS: u16 = 512;
 /// Bytes per provided buffer: a typical request or response in one piece.
-const PROVIDED_BUFFER_SIZE: usize = 4096;
+const PROVIDED_BUFFER_SIZE: usize = 2048;
 /// Accept operations each worker keeps pending per frontend.
 const ACCEPTS_IN_FLIGHT: usize = 8;
 /// How often a worker looks for connections past their idle timeout or
