@@ -225,6 +225,11 @@ async fn serve(
             let _ = acceptor.await;
         }
     }
+    // A client accepted just before the stop is handed to a task that has
+    // not run yet, so it is not in the registry: let those tasks run (they
+    // register before their first await), or the drain below would find the
+    // registry empty and end the worker without them.
+    tokio::task::yield_now().await;
     accepting.stopped();
 
     let open = registry.len();

@@ -44,14 +44,20 @@ impl Tally {
 fn one_exchange(addr: SocketAddr, n: usize) -> Result<(), String> {
     let mut conn = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let started = std::time::Instant::now();
     let msg = format!("request {n} {}", "x".repeat(n % 200));
     conn.write_all(msg.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
     conn.shutdown(Shutdown::Write)
         .map_err(|e| format!("shutdown: {e}"))?;
     let mut reply = Vec::new();
-    conn.read_to_end(&mut reply)
-        .map_err(|e| format!("read: {e}"))?;
+    conn.read_to_end(&mut reply).map_err(|e| {
+        format!(
+            "read of request {n} from {:?} after {:?}: {e}",
+            conn.local_addr().ok(),
+            started.elapsed()
+        )
+    })?;
     if reply != msg.as_bytes() {
         return Err(format!("reply of {} bytes for {}", reply.len(), msg.len()));
     }
@@ -162,6 +168,8 @@ fn three_upgrades_under_load_refuse_and_reset_nothing() {
 
     // Fewer workers than sockets, then more, then as many: every socket of
     // the group keeps an acceptor.
+    // Every generation's log, for the failure message.
+    let mut logs: Vec<String> = Vec::new();
     for workers in ["1", "3", "2"] {
         let before = tally.ok.load(Ordering::SeqCst);
         wait_until("clients get through before the upgrade", || {
@@ -169,8 +177,10 @@ fn three_upgrades_under_load_refuse_and_reset_nothing() {
         });
         assert!(
             !tally.failed(),
-            "clients failed: {:?}",
-            tally.first_failures()
+            "clients failed: {:?}\nlogs of the earlier generations:\n{}\nlog of the running one:\n{}",
+            tally.first_failures(),
+            logs.join("\n---\n"),
+            old.log()
         );
         let new = start(workers);
         assert_eq!(
@@ -193,6 +203,7 @@ fn three_upgrades_under_load_refuse_and_reset_nothing() {
             "the old process logs the takeover:\n{}",
             old.log()
         );
+        logs.push(old.log());
         old = new;
     }
     let before = tally.ok.load(Ordering::SeqCst);

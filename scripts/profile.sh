@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# scripts/profile.sh: where ringlb's and HAProxy's CPU goes in the same
+# keep-alive workload, split into user space, io_uring, TCP/IP and the rest
+# of the kernel, from `perf record` samples. Same setup as scripts/bench.sh's
+# keepalive workload in its pinned layout: the backend nginx on the last CPU,
+# wrk and the proxy on CPU 0, one proxy worker, 64 connections.
+#
+#   scripts/profile.sh [--seconds N] [--ringlb-bin PATH]
+#
+# Prints a table per proxy; needs perf, wrk, nginx and haproxy (bench.sh
+# installs the last three). A measurement, never a test: the shares are what
+# matters, the machine's noise moves the totals.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER=8
+RINGLB_BIN=target/release/ringlb
+while (($#)); do
+    case $1 in
+        --seconds) SECONDS_PER=$2; shift 2 ;;
+        --ringlb-bin) RINGLB_BIN=$2; shift 2 ;;
+        -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "profile.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+for tool in perf wrk nginx haproxy taskset; do
+    command -v "$tool" >/dev/null || { echo "profile.sh: $tool is missing" >&2; exit 2; }
+done
+[[ -x $RINGLB_BIN ]] || { echo "profile.sh: no ringlb at $RINGLB_BIN (cargo build --release)" >&2; exit 2; }
+
+TMP=$(mktemp -d /tmp/ringlb-profile.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+render() {
+    local template=$1 out=$2 text kv
+    shift 2
+    text=$(<"$template")
+    for kv in "$@"; do text=${text//@${kv%%=*}@/${kv#*=}}; done
+    printf '%s\n' "$text" >"$out"
+}
+wait_port() {
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "profile.sh: nothing listens on $1" >&2
+    exit 1
+}
+
+LAST=$(($(nproc) - 1))
+BACKEND_PORT=$(free_port)
+mkdir -p "$TMP/www" "$TMP/backend-tmp"
+user=""
+((EUID == 0)) && user="user root;"
+render bench/nginx-backend.conf.in "$TMP/backend.conf" "USER_DIRECTIVE=$user" "WORKERS=1" \
+    "NOFILE=65536" "WORKER_CONNECTIONS=16384" "TMP=$TMP" "PORT=$BACKEND_PORT"
+taskset -c "$LAST" nginx -p "$TMP/" -e "$TMP/backend-error.log" -c "$TMP/backend.conf" &
+PIDS+=($!)
+wait_port "$BACKEND_PORT"
+
+# profile NAME PORT PID: load through PORT with wrk while perf samples PID.
+profile() {
+    local name=$1 port=$2 pid=$3
+    taskset -c 0 wrk -t1 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
+    taskset -c 0 wrk -t1 -c64 -d"$((SECONDS_PER + 2))s" "http://127.0.0.1:$port/" >"$TMP/$name.wrk" &
+    local wrk=$!
+    sleep 1
+    perf record -q -F 999 -p "$pid" -o "$TMP/$name.data" -- sleep "$SECONDS_PER" 2>/dev/null
+    wait "$wrk"
+    local rps
+    rps=$(awk '/Requests\/sec/ {print $2}' "$TMP/$name.wrk")
+    perf report -q -i "$TMP/$name.data" --no-children --sort dso,sym --stdio 2>/dev/null |
+        python3 - "$name" "$rps" <<'EOF'
+import re, sys
+name, rps = sys.argv[1], sys.argv[2]
+buckets = {"user space": 0.0, "io_uring": 0.0, "TCP/IP and loopback": 0.0, "epoll": 0.0,
+           "syscall entry/exit": 0.0, "scheduler and wake-ups": 0.0, "memory": 0.0, "other kernel": 0.0}
+for line in sys.stdin:
+    m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(\S+)", line)
+    if not m:
+        continue
+    pct, dso, kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+    if kind != "k":
+        buckets["user space"] += pct
+    elif re.match(r"_?_?io_|io_uring|__io_", sym):
+        buckets["io_uring"] += pct
+    elif re.search(r"tcp|^_?_?ip_|inet|^_?_?sk_|skb|^_?_?dev_|netif|net_rx|loopback|^_?_?napi|sock|nf_|^_?_?udp|raw_|^_?_?neigh|csum|^_?_?release_sock|__inet|ipv4|ipv6", sym):
+        buckets["TCP/IP and loopback"] += pct
+    elif re.search(r"epoll|ep_", sym):
+        buckets["epoll"] += pct
+    elif re.search(r"syscall|entry_|^do_syscall|^x64_sys|^__x64|^__sys|fdget|fput|fget|seccomp|^ret_from", sym):
+        buckets["syscall entry/exit"] += pct
+    elif re.search(r"sched|wake|schedule|task_|finish_task|futex|__switch|switch_|pick_|enqueue|dequeue|update_curr|try_to_wake|ttwu", sym):
+        buckets["scheduler and wake-ups"] += pct
+    elif re.search(r"kmem|kmalloc|kfree|slab|__alloc|page|memcg|mem_cgroup|memcpy|memset|copy_|_copy|rep_movs", sym):
+        buckets["memory"] += pct
+    else:
+        buckets["other kernel"] += pct
+total = sum(buckets.values()) or 1
+print(f"\n{name}: {rps} requests/s (wrk, pinned with the proxy on CPU 0)")
+print("| where | share of the proxy's CPU samples |")
+print("|---|---:|")
+for k, v in buckets.items():
+    print(f"| {k} | {100 * v / total:.1f}% |")
+EOF
+}
+
+PORT=$(free_port)
+taskset -c 0 "$RINGLB_BIN" --listen "127.0.0.1:$PORT" --backend "127.0.0.1:$BACKEND_PORT" \
+    --workers 1 --log-level warn &
+PIDS+=($!)
+wait_port "$PORT"
+profile ringlb "$PORT" "${PIDS[-1]}"
+kill "${PIDS[-1]}"
+
+PORT=$(free_port)
+render bench/haproxy.cfg.in "$TMP/haproxy.cfg" "NAME=haproxy" "WORKERS=1" "MAXCONN=10000" \
+    "TMP=$TMP" "PORT=$PORT" "BACKEND_PORT=$BACKEND_PORT"
+taskset -c 0 haproxy -db -f "$TMP/haproxy.cfg" &
+PIDS+=($!)
+wait_port "$PORT"
+profile haproxy "$PORT" "${PIDS[-1]}"
