@@ -33,9 +33,51 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$TMP"
+    [[ -n ${KEEP:-} ]] && echo "kept $TMP" >&2 || rm -rf "$TMP"
 }
 trap cleanup EXIT
+
+# Buckets perf's per-symbol shares (on stdin) by where the time goes.
+cat >"$TMP/split.py" <<'EOF'
+import re, sys
+name, rps = sys.argv[1], sys.argv[2]
+buckets = {"user space": 0.0, "io_uring": 0.0, "TCP/IP and loopback": 0.0, "epoll": 0.0,
+           "syscall entry/exit": 0.0, "scheduler and wake-ups": 0.0, "memory": 0.0,
+           "spinlock release (interrupts back on: softirq work lands here)": 0.0, "other kernel": 0.0}
+other = {}
+for line in sys.stdin:
+    m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(\S+)", line)
+    if not m:
+        continue
+    pct, dso, kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+    if kind != "k":
+        buckets["user space"] += pct
+    elif re.match(r"_raw_spin_unlock|_raw_spin_lock", sym):
+        buckets["spinlock release (interrupts back on: softirq work lands here)"] += pct
+    elif re.match(r"_?_?io_|io_uring|__io_", sym):
+        buckets["io_uring"] += pct
+    elif re.search(r"tcp|^_?_?ip_|inet|^_?_?sk_|skb|^_?_?dev_|netif|net_rx|loopback|^_?_?napi|sock|nf_|^_?_?udp|^raw_|^_?_?neigh|csum|^_?_?release_sock|__inet|ipv4|ipv6", sym):
+        buckets["TCP/IP and loopback"] += pct
+    elif re.search(r"epoll|ep_", sym):
+        buckets["epoll"] += pct
+    elif re.search(r"syscall|entry_|^do_syscall|^x64_sys|^__x64|^__sys|fdget|fput|fget|seccomp|^ret_from", sym):
+        buckets["syscall entry/exit"] += pct
+    elif re.search(r"sched|wake|schedule|task_|finish_task|futex|__switch|switch_|pick_|enqueue|dequeue|update_curr|try_to_wake|ttwu", sym):
+        buckets["scheduler and wake-ups"] += pct
+    elif re.search(r"kmem|kmalloc|kfree|slab|__alloc|page|memcg|mem_cgroup|memcpy|memset|copy_|_copy|rep_movs", sym):
+        buckets["memory"] += pct
+    else:
+        buckets["other kernel"] += pct
+        other[sym] = other.get(sym, 0.0) + pct
+total = sum(buckets.values()) or 1
+print(f"\n{name}: {rps} requests/s (wrk, pinned with the proxy on CPU 0)")
+print("| where | share of the proxy's CPU samples |")
+print("|---|---:|")
+for k, v in buckets.items():
+    print(f"| {k} | {100 * v / total:.1f}% |")
+top = sorted(other.items(), key=lambda kv: -kv[1])[:6]
+print("other kernel, largest: " + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in top))
+EOF
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 render() {
@@ -72,44 +114,13 @@ profile() {
     taskset -c 0 wrk -t1 -c64 -d"$((SECONDS_PER + 2))s" "http://127.0.0.1:$port/" >"$TMP/$name.wrk" &
     local wrk=$!
     sleep 1
-    perf record -q -F 999 -p "$pid" -o "$TMP/$name.data" -- sleep "$SECONDS_PER" 2>/dev/null
+    perf record -q -F 999 -p "$pid" -o "$TMP/$name.data" -- sleep "$SECONDS_PER" 2>"$TMP/$name.perf.log" || { cat "$TMP/$name.perf.log" >&2; exit 1; }
     wait "$wrk"
     local rps
     rps=$(awk '/Requests\/sec/ {print $2}' "$TMP/$name.wrk")
-    perf report -q -i "$TMP/$name.data" --no-children --sort dso,sym --stdio 2>/dev/null |
-        python3 - "$name" "$rps" <<'EOF'
-import re, sys
-name, rps = sys.argv[1], sys.argv[2]
-buckets = {"user space": 0.0, "io_uring": 0.0, "TCP/IP and loopback": 0.0, "epoll": 0.0,
-           "syscall entry/exit": 0.0, "scheduler and wake-ups": 0.0, "memory": 0.0, "other kernel": 0.0}
-for line in sys.stdin:
-    m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(\S+)", line)
-    if not m:
-        continue
-    pct, dso, kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
-    if kind != "k":
-        buckets["user space"] += pct
-    elif re.match(r"_?_?io_|io_uring|__io_", sym):
-        buckets["io_uring"] += pct
-    elif re.search(r"tcp|^_?_?ip_|inet|^_?_?sk_|skb|^_?_?dev_|netif|net_rx|loopback|^_?_?napi|sock|nf_|^_?_?udp|raw_|^_?_?neigh|csum|^_?_?release_sock|__inet|ipv4|ipv6", sym):
-        buckets["TCP/IP and loopback"] += pct
-    elif re.search(r"epoll|ep_", sym):
-        buckets["epoll"] += pct
-    elif re.search(r"syscall|entry_|^do_syscall|^x64_sys|^__x64|^__sys|fdget|fput|fget|seccomp|^ret_from", sym):
-        buckets["syscall entry/exit"] += pct
-    elif re.search(r"sched|wake|schedule|task_|finish_task|futex|__switch|switch_|pick_|enqueue|dequeue|update_curr|try_to_wake|ttwu", sym):
-        buckets["scheduler and wake-ups"] += pct
-    elif re.search(r"kmem|kmalloc|kfree|slab|__alloc|page|memcg|mem_cgroup|memcpy|memset|copy_|_copy|rep_movs", sym):
-        buckets["memory"] += pct
-    else:
-        buckets["other kernel"] += pct
-total = sum(buckets.values()) or 1
-print(f"\n{name}: {rps} requests/s (wrk, pinned with the proxy on CPU 0)")
-print("| where | share of the proxy's CPU samples |")
-print("|---|---:|")
-for k, v in buckets.items():
-    print(f"| {k} | {100 * v / total:.1f}% |")
-EOF
+    perf report -q -i "$TMP/$name.data" --no-children --sort dso,sym --stdio \
+        >"$TMP/$name.report" 2>"$TMP/$name.report.log"
+    python3 "$TMP/split.py" "$name" "$rps" <"$TMP/$name.report"
 }
 
 PORT=$(free_port)
@@ -121,7 +132,7 @@ profile ringlb "$PORT" "${PIDS[-1]}"
 kill "${PIDS[-1]}"
 
 PORT=$(free_port)
-render bench/haproxy.cfg.in "$TMP/haproxy.cfg" "NAME=haproxy" "WORKERS=1" "MAXCONN=10000" \
+render bench/haproxy.cfg.in "$TMP/haproxy.cfg" "NAME=haproxy" "WORKERS=1" "MAXCONN=4000" \
     "TMP=$TMP" "PORT=$PORT" "BACKEND_PORT=$BACKEND_PORT"
 taskset -c 0 haproxy -db -f "$TMP/haproxy.cfg" &
 PIDS+=($!)
