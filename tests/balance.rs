@@ -6,23 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 
-use common::{http_get, metric, read_to_end, wait_until, Backend, Ringlb, PATIENCE};
-
-/// Connects, reads the backend's tag byte, and returns the open connection with it.
-fn tag_of(mut conn: TcpStream) -> (u8, TcpStream) {
-    let mut tag = [0u8; 1];
-    conn.read_exact(&mut tag).unwrap();
-    (tag[0], conn)
-}
-
-/// One short request through `lb`; returns which backend answered.
-fn visit(lb: &Ringlb) -> u8 {
-    let (tag, mut conn) = tag_of(lb.connect());
-    conn.write_all(b"x").unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut conn), b"x");
-    tag
-}
+use common::{http_get, metric, read_to_end, tag_of, visit, wait_until, Backend, Ringlb, PATIENCE};
 
 fn counts(tags: impl IntoIterator<Item = u8>, n: usize) -> Vec<usize> {
     let mut c = vec![0; n];

@@ -129,11 +129,7 @@ impl Dns {
             .iter()
             .map(|ip| Record::from_rdata(fqdn(name), TTL, RData::A(A(*ip))))
             .collect();
-        self.zone
-            .records
-            .lock()
-            .unwrap()
-            .insert(name.into(), records);
+        self.replace(name, records);
     }
 
     /// Replaces `name`'s SRV records: (priority, weight, port, target).
@@ -145,6 +141,11 @@ impl Dns {
                 Record::from_rdata(fqdn(name), TTL, RData::SRV(srv))
             })
             .collect();
+        self.replace(name, records);
+    }
+
+    /// Sets `name`'s records to `records`.
+    fn replace(&self, name: &str, records: Vec<Record>) {
         self.zone
             .records
             .lock()

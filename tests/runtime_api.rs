@@ -14,16 +14,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    http_get, http_request, metric, pattern, read_to_end, run_to_exit, wait_until, Backend, Ringlb,
-    TempDir,
+    http_get, http_request, metric, pattern, read_to_end, run_to_exit, tag_of, visit, wait_until,
+    Backend, Ringlb, TempDir,
 };
-
-/// Connects, reads the backend's tag byte, and returns the open connection with it.
-fn tag_of(mut conn: TcpStream) -> (u8, TcpStream) {
-    let mut tag = [0u8; 1];
-    conn.read_exact(&mut tag).unwrap();
-    (tag[0], conn)
-}
 
 /// A connection through `lb` that reached the backend tagged `tag`.
 fn connection_to(lb: &Ringlb, tag: u8) -> TcpStream {
@@ -36,15 +29,6 @@ fn connection_to(lb: &Ringlb, tag: u8) -> TcpStream {
         found.is_some()
     });
     found.unwrap()
-}
-
-/// One short request through `lb`; returns which backend answered.
-fn visit(lb: &Ringlb) -> u8 {
-    let (tag, mut conn) = tag_of(lb.connect());
-    conn.write_all(b"x").unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut conn), b"x");
-    tag
 }
 
 /// Client threads looping short connections through ringlb, each a

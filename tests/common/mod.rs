@@ -556,6 +556,23 @@ pub fn metric(text: &str, series: &str) -> u64 {
         .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
 }
 
+/// Reads a tagged backend's tag byte (see [`Backend::tagged`]); returns it
+/// with the open connection.
+pub fn tag_of(mut conn: TcpStream) -> (u8, TcpStream) {
+    let mut tag = [0u8; 1];
+    conn.read_exact(&mut tag).unwrap();
+    (tag[0], conn)
+}
+
+/// One short request through `lb` to tagged backends; returns which one answered.
+pub fn visit(lb: &Ringlb) -> u8 {
+    let (tag, mut conn) = tag_of(lb.connect());
+    conn.write_all(b"x").unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut conn), b"x");
+    tag
+}
+
 /// One client through `lb`: sends `msg`, half-closes, reads to the end.
 pub fn echo_once(lb: &Ringlb, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut conn = lb.connect();
