@@ -5,7 +5,10 @@
 # keepalive workload in its pinned layout: the backend nginx on the last CPU,
 # wrk and the proxy on CPU 0, one proxy worker, 64 connections.
 #
-#   scripts/profile.sh [--seconds N] [--ringlb-bin PATH]
+#   scripts/profile.sh [--seconds N] [--conns N] [--ringlb-bin PATH]
+#
+# --conns sets wrk's connection count (64; bench.sh's many workload uses
+# 1000 and 4000).
 #
 # Prints a table per proxy; needs perf, wrk, nginx and haproxy (bench.sh
 # installs the last three). A measurement, never a test: the shares are what
@@ -14,12 +17,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_PER=8
+CONNS=64
 RINGLB_BIN=target/release/ringlb
 while (($#)); do
     case $1 in
         --seconds) SECONDS_PER=$2; shift 2 ;;
+        --conns) CONNS=$2; shift 2 ;;
         --ringlb-bin) RINGLB_BIN=$2; shift 2 ;;
-        -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "profile.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -110,8 +115,8 @@ wait_port "$BACKEND_PORT"
 # profile NAME PORT PID: load through PORT with wrk while perf samples PID.
 profile() {
     local name=$1 port=$2 pid=$3
-    taskset -c 0 wrk -t1 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
-    taskset -c 0 wrk -t1 -c64 -d"$((SECONDS_PER + 2))s" "http://127.0.0.1:$port/" >"$TMP/$name.wrk" &
+    taskset -c 0 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
+    taskset -c 0 wrk -t1 -c"$CONNS" -d"$((SECONDS_PER + 2))s" "http://127.0.0.1:$port/" >"$TMP/$name.wrk" &
     local wrk=$!
     sleep 1
     perf record -q -F 999 -p "$pid" -o "$TMP/$name.data" -- sleep "$SECONDS_PER" 2>"$TMP/$name.perf.log" || { cat "$TMP/$name.perf.log" >&2; exit 1; }
@@ -132,7 +137,7 @@ profile ringlb "$PORT" "${PIDS[-1]}"
 kill "${PIDS[-1]}"
 
 PORT=$(free_port)
-render bench/haproxy.cfg.in "$TMP/haproxy.cfg" "NAME=haproxy" "WORKERS=1" "MAXCONN=4000" \
+render bench/haproxy.cfg.in "$TMP/haproxy.cfg" "NAME=haproxy" "WORKERS=1" "MAXCONN=$((CONNS + 4000))" \
     "TMP=$TMP" "PORT=$PORT" "BACKEND_PORT=$BACKEND_PORT"
 taskset -c 0 haproxy -db -f "$TMP/haproxy.cfg" &
 PIDS+=($!)

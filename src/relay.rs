@@ -12,14 +12,17 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use tokio_uring::net::TcpStream;
 
 use crate::buffer::{self, BufPool};
-use crate::uring::{self, Received};
+use crate::uring::{self, Provided, Received};
 
 /// Which peer of the proxied connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,121 +95,244 @@ pub async fn relay(
     pool: &BufPool,
     activity: Option<&Cell<Instant>>,
 ) -> Outcome {
-    let first_eof = Cell::new(None);
-    let up = pump(client, backend, Side::Client, pool, &first_eof, activity);
-    let down = pump(backend, client, Side::Backend, pool, &first_eof, activity);
-    let ((to_backend, up_err), (to_client, down_err)) = tokio::join!(up, down);
+    let shared = Shared {
+        pool,
+        first_eof: Cell::new(None),
+        activity,
+    };
+    let mut up = Pump::new(client, backend, Side::Client);
+    let mut down = Pump::new(backend, client, Side::Backend);
+    std::future::poll_fn(|cx| {
+        // Both are polled on every wake-up, as `join!` would: a pump whose
+        // operation has not completed only looks at its slot in the driver.
+        let up_done = up.poll(cx, &shared).is_ready();
+        let down_done = down.poll(cx, &shared).is_ready();
+        if up_done && down_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    let (to_backend, up_err) = up.result();
+    let (to_client, down_err) = down.result();
     Outcome {
         to_backend,
         to_client,
-        first_eof: first_eof.get(),
+        first_eof: shared.first_eof.get(),
         error: up_err.or(down_err),
     }
 }
 
-/// Copies `src` to `dst` until EOF, then half-closes `dst`. Returns the byte
-/// count and the error that stopped it, if any.
-async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
+/// What both pumps of a connection use.
+struct Shared<'a> {
+    /// The worker's relay buffers.
+    pool: &'a BufPool,
+    /// The first side to send EOF.
+    first_eof: Cell<Option<Side>>,
+    /// Stamped on every read that brings bytes, for the idle timeout.
+    activity: Option<&'a Cell<Instant>>,
+}
+
+/// Copies `src` to `dst` until EOF, then half-closes `dst`; on an error it
+/// tears both sockets down. A state machine written by hand rather than an
+/// `async fn`: it is most of the memory an idle connection holds (two per
+/// connection), and this way it holds only its operation in flight and a
+/// few words, a third of what the same loop as an `async fn` kept.
+struct Pump<'a> {
+    /// Where bytes come from.
+    src: &'a TcpStream,
+    /// Where they go.
+    dst: &'a TcpStream,
+    /// The side `src` is.
     from: Side,
-    pool: &BufPool,
-    first_eof: &Cell<Option<Side>>,
-    activity: Option<&Cell<Instant>>,
-) -> (u64, Option<RelayError>) {
-    let to = match from {
-        Side::Client => Side::Backend,
-        Side::Backend => Side::Client,
-    };
-    // The pump's own buffer, when it has one: none while it waits on the
-    // provided ring.
-    let mut own = Some(pool.small());
-    let mut total = 0u64;
-    // Whether the next read should wait for readiness before trying: yes when
-    // the last read drained the socket (it came back short of the buffer),
-    // as every read does in request-response traffic, where the peer says
-    // nothing until its answer comes. A backend rarely speaks before the
-    // client's first bytes; the client usually has, by the time we get here.
-    let mut poll_first = from == Side::Backend;
-    let error = loop {
-        // A read that will most likely wait takes its buffer from the
-        // worker's provided ring when data arrives, so a connection waiting
-        // on an idle peer holds no buffer of its own; the bytes are sent
-        // from that same buffer, which goes back to the ring once sent.
-        if poll_first {
-            if let Some(b) = own.take() {
-                pool.put(b);
-            }
-            match uring::recv_provided(src, true).await {
-                Some(Ok(Received::Eof)) => break None,
-                Some(Ok(Received::Bytes(received))) => {
-                    let n = received.len();
-                    if let Some(activity) = activity {
-                        activity.set(Instant::now());
+    /// Whether the next read should wait for readiness before trying: yes
+    /// when the last read drained the socket (it came back short of the
+    /// buffer), as every read does in request-response traffic, where the
+    /// peer says nothing until its answer comes. A backend rarely speaks
+    /// before the client's first bytes; the client usually has, by the time
+    /// we get here.
+    poll_first: bool,
+    /// Bytes carried.
+    total: u64,
+    /// The pump's own buffer, when it has one between operations: none while
+    /// it waits on the provided ring.
+    own: Option<Vec<u8>>,
+    /// The operation in flight.
+    step: Step<'a>,
+}
+
+/// Where a [`Pump`] is.
+enum Step<'a> {
+    /// About to start a read.
+    Read,
+    /// A read into a buffer the worker's provided ring gives at completion.
+    RecvProvided(uring::RecvProvided),
+    /// A read into the pump's own buffer.
+    Recv(uring::Recv<'a>),
+    /// Sending what a read brought in a provided buffer.
+    SendProvided(uring::SendAll<'a, Provided>),
+    /// Sending what a read brought in the pump's own buffer.
+    Send(uring::SendAll<'a, Vec<u8>>),
+    /// Ended, with the error that ended it, if any (taken by `result`).
+    Done(Option<RelayError>),
+}
+
+impl<'a> Pump<'a> {
+    fn new(src: &'a TcpStream, dst: &'a TcpStream, from: Side) -> Self {
+        Pump {
+            src,
+            dst,
+            from,
+            poll_first: from == Side::Backend,
+            total: 0,
+            own: None,
+            step: Step::Read,
+        }
+    }
+
+    /// The side `dst` is.
+    fn to(&self) -> Side {
+        match self.from {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+
+    /// Runs the pump until its operation in flight is not done yet (pending)
+    /// or it has ended (ready).
+    fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared<'_>) -> Poll<()> {
+        let pool = shared.pool;
+        loop {
+            match &mut self.step {
+                Step::Read if self.poll_first => {
+                    // A read that will most likely wait takes its buffer from
+                    // the worker's provided ring when data arrives, so a
+                    // connection waiting on an idle peer holds no buffer of
+                    // its own; the bytes are sent from that same buffer, which
+                    // goes back to the ring once sent.
+                    if let Some(b) = self.own.take() {
+                        pool.put(b);
                     }
-                    let (res, received) = uring::send_all(dst, received).await;
-                    let full = n == received.capacity();
-                    drop(received);
+                    self.step = Step::RecvProvided(uring::recv_provided(self.src, true));
+                }
+                Step::Read => {
+                    let buf = self.own.take().unwrap_or_else(|| pool.small());
+                    self.step = Step::Recv(uring::recv(self.src, buf, self.poll_first));
+                }
+                Step::RecvProvided(op) => match ready!(Pin::new(op).poll(cx)) {
+                    Some(Ok(Received::Eof)) => return self.end(None, shared),
+                    Some(Ok(Received::Bytes(received))) => {
+                        shared.stamp();
+                        self.step = Step::SendProvided(uring::send_all(self.dst, received));
+                    }
+                    // Every buffer of the ring is out, and bytes are waiting:
+                    // a buffer of our own, read at once.
+                    Some(Ok(Received::RingEmpty)) => {
+                        self.poll_first = false;
+                        self.step = Step::Read;
+                    }
+                    Some(Err(source)) => {
+                        let from = self.from;
+                        return self.end(Some(RelayError::Read { side: from, source }), shared);
+                    }
+                    // No ring on this worker: a buffer of our own.
+                    None => {
+                        let buf = pool.small();
+                        self.step = Step::Recv(uring::recv(self.src, buf, self.poll_first));
+                    }
+                },
+                Step::SendProvided(op) => {
+                    let (res, sent) = ready!(Pin::new(op).poll(cx));
+                    let n = sent.len();
+                    let full = n == sent.capacity();
+                    drop(sent);
                     if let Err(source) = res {
-                        break Some(RelayError::Write { side: to, source });
+                        let to = self.to();
+                        return self.end(Some(RelayError::Write { side: to, source }), shared);
                     }
-                    total += n as u64;
+                    self.total += n as u64;
                     // A full buffer: more is likely waiting, so read on at
                     // once, into a large buffer of our own.
-                    poll_first = !full;
+                    self.poll_first = !full;
                     if full {
-                        own = Some(pool.resize(pool.small(), buffer::SMALL));
+                        self.own = Some(pool.resize(pool.small(), buffer::SMALL));
                     }
-                    continue;
+                    self.step = Step::Read;
                 }
-                // Every buffer of the ring is out, and bytes are waiting: a
-                // buffer of our own, read at once.
-                Some(Ok(Received::RingEmpty)) => poll_first = false,
-                Some(Err(source)) => break Some(RelayError::Read { side: from, source }),
-                // No ring on this worker: a buffer of our own.
-                None => {}
+                Step::Recv(op) => {
+                    let (res, buf) = ready!(Pin::new(op).poll(cx));
+                    match res {
+                        Ok(0) => {
+                            self.own = Some(buf);
+                            return self.end(None, shared);
+                        }
+                        Ok(_) => {
+                            shared.stamp();
+                            self.step = Step::Send(uring::send_all(self.dst, buf));
+                        }
+                        Err(source) => {
+                            self.own = Some(buf);
+                            let from = self.from;
+                            return self.end(Some(RelayError::Read { side: from, source }), shared);
+                        }
+                    }
+                }
+                Step::Send(op) => {
+                    let (res, buf) = ready!(Pin::new(op).poll(cx));
+                    if let Err(source) = res {
+                        self.own = Some(buf);
+                        let to = self.to();
+                        return self.end(Some(RelayError::Write { side: to, source }), shared);
+                    }
+                    let n = buf.len();
+                    self.total += n as u64;
+                    self.poll_first = n < buf.capacity();
+                    self.own = Some(pool.resize(buf, n));
+                    self.step = Step::Read;
+                }
+                Step::Done(_) => return Poll::Ready(()),
             }
         }
-        let buf = own.take().unwrap_or_else(|| pool.small());
-        let (res, buf) = uring::recv(src, buf, poll_first).await;
-        let n = match res {
-            Ok(0) => {
-                own = Some(buf);
-                break None;
-            }
-            Ok(n) => n,
-            Err(source) => {
-                own = Some(buf);
-                break Some(RelayError::Read { side: from, source });
-            }
-        };
-        if let Some(activity) = activity {
+    }
+
+    /// Ends the pump: on an error both sockets are torn down; on EOF, `dst`
+    /// is half-closed unless the other direction has ended too.
+    fn end(&mut self, error: Option<RelayError>, shared: &Shared<'_>) -> Poll<()> {
+        if let Some(buf) = self.own.take() {
+            shared.pool.put(buf);
+        }
+        if error.is_some() {
+            teardown(self.src, self.dst);
+        } else if shared.first_eof.get().is_none() {
+            shared.first_eof.set(Some(self.from));
+            let _ = self.dst.shutdown(Shutdown::Write);
+        }
+        // Otherwise the other direction has ended too: both sockets are
+        // about to be closed, and close() sends the FIN (both receive queues
+        // are drained, so it is a FIN, not a reset), which saves a shutdown
+        // call per connection.
+        self.step = Step::Done(error);
+        Poll::Ready(())
+    }
+
+    /// The bytes carried and the error that ended the pump, if any; once,
+    /// after it ended.
+    fn result(&mut self) -> (u64, Option<RelayError>) {
+        match &mut self.step {
+            Step::Done(error) => (self.total, error.take()),
+            _ => (self.total, None),
+        }
+    }
+}
+
+impl Shared<'_> {
+    /// Notes that a read brought bytes.
+    fn stamp(&self) {
+        if let Some(activity) = self.activity {
             activity.set(Instant::now());
         }
-        let (res, buf) = uring::send_all(dst, buf).await;
-        if let Err(source) = res {
-            own = Some(buf);
-            break Some(RelayError::Write { side: to, source });
-        }
-        total += n as u64;
-        poll_first = n < buf.capacity();
-        own = Some(pool.resize(buf, n));
-    };
-    if let Some(buf) = own {
-        pool.put(buf);
     }
-    if error.is_some() {
-        teardown(src, dst);
-        return (total, error);
-    }
-    if first_eof.get().is_none() {
-        first_eof.set(Some(from));
-        let _ = dst.shutdown(Shutdown::Write);
-    }
-    // Otherwise the other direction has ended too: both sockets are about to
-    // be closed, and close() sends the FIN (both receive queues are drained,
-    // so it is a FIN, not a reset), which saves a shutdown call per connection.
-    (total, None)
 }
 
 /// Shuts both sockets down so every pending operation on them completes.

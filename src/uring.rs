@@ -41,16 +41,19 @@ pub fn trim_heap() {
 }
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio_uring::net::TcpStream;
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 /// Why one connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,45 +181,70 @@ thread_local! {
 }
 
 /// Receives into `buf`, from its start and up to its capacity, like
-/// `TcpStream::read`; returns the byte count (0 at EOF) with the buffer, its
-/// length set to the bytes received. With `poll_first` the kernel waits until
-/// the socket is readable before it tries: cheaper when the socket is known
-/// to be empty, dearer (an extra round through the ring) when it is not.
-/// Kernels without the flag get plain receives.
-pub async fn recv(
-    stream: &TcpStream,
-    buf: Vec<u8>,
-    poll_first: bool,
-) -> (io::Result<usize>, Vec<u8>) {
-    recv_with(
-        stream,
-        buf,
-        if poll_first { RECVSEND_POLL_FIRST } else { 0 },
-    )
-    .await
+/// `TcpStream::read`; resolves to the byte count (0 at EOF) with the buffer,
+/// its length set to the bytes received. With `poll_first` the kernel waits
+/// until the socket is readable before it tries: cheaper when the socket is
+/// known to be empty, dearer (an extra round through the ring) when it is
+/// not. Kernels without the flag get plain receives.
+pub fn recv(stream: &TcpStream, buf: Vec<u8>, poll_first: bool) -> Recv<'_> {
+    let flags = if poll_first && RECV_FLAGS_OK.get() {
+        RECVSEND_POLL_FIRST
+    } else {
+        0
+    };
+    recv_with(stream, buf, flags)
 }
 
-/// [`recv`] with the SQE's receive flags (`ioprio`) given; if the kernel
-/// refuses them, this thread stops passing any and the receive is retried
-/// without.
-async fn recv_with(stream: &TcpStream, buf: Vec<u8>, flags: u16) -> (io::Result<usize>, Vec<u8>) {
-    let flags = if RECV_FLAGS_OK.get() { flags } else { 0 };
-    let (res, buf) = recv_once(stream, buf, flags).await;
-    match res {
-        Err(err) if flags != 0 && err.raw_os_error() == Some(libc::EINVAL) => {
-            RECV_FLAGS_OK.set(false);
-            recv_once(stream, buf, 0).await
-        }
-        res => (res, buf),
+/// [`recv`] with the SQE's receive flags (`ioprio`) given.
+fn recv_with(stream: &TcpStream, buf: Vec<u8>, flags: u16) -> Recv<'_> {
+    Recv {
+        stream,
+        flags,
+        op: recv_once(stream, buf, flags),
     }
 }
 
-/// One IORING_OP_RECV with receive flags `flags`.
-async fn recv_once(
+/// The receive [`recv`] started. The operations of the relay are futures
+/// written by hand, not `async fn`s: a task waiting on one holds only the
+/// operation in flight (a `Vec` or ring handle and its slot in the driver),
+/// not an `async fn`'s copies of its arguments and of the 64-byte SQE, and
+/// every idle connection's task waits on two of them.
+pub struct Recv<'a> {
+    /// The socket, for a retry without flags.
+    stream: &'a TcpStream,
+    /// The receive flags the operation in flight was given.
+    flags: u16,
+    /// The receive in flight.
+    op: InFlightOneshot<Vec<u8>, RecvDone>,
+}
+
+impl Future for Recv<'_> {
+    type Output = (io::Result<usize>, Vec<u8>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let (res, buf) = ready!(Pin::new(&mut this.op).poll(cx));
+            match res {
+                // A kernel older than 5.19 refuses the flags: this thread
+                // stops passing them, and the receive is retried without.
+                Err(err) if this.flags != 0 && err.raw_os_error() == Some(libc::EINVAL) => {
+                    RECV_FLAGS_OK.set(false);
+                    this.flags = 0;
+                    this.op = recv_once(this.stream, buf, 0);
+                }
+                res => return Poll::Ready((res, buf)),
+            }
+        }
+    }
+}
+
+/// One IORING_OP_RECV with receive flags `flags`, submitted.
+fn recv_once(
     stream: &TcpStream,
     mut buf: Vec<u8>,
     flags: u16,
-) -> (io::Result<usize>, Vec<u8>) {
+) -> InFlightOneshot<Vec<u8>, RecvDone> {
     let len = u32::try_from(buf.capacity()).unwrap_or(u32::MAX);
     let mut sqe = opcode::Recv::new(types::Fd(stream.as_raw_fd()), buf.as_mut_ptr(), len).build();
     if flags != 0 {
@@ -224,7 +252,7 @@ async fn recv_once(
     }
     // The buffer lives in the driver with the operation until the kernel is
     // done with it; moving the `Vec` does not move its bytes.
-    UnsubmittedOneshot::new(buf, RecvDone, sqe).submit().await
+    UnsubmittedOneshot::new(buf, RecvDone, sqe).submit()
 }
 
 /// Bytes a send can take from memory that stays put while the send runs
@@ -243,25 +271,79 @@ impl SendBuf for Vec<u8> {
 /// Sends all of `buf` (its length, not its capacity) as IORING_OP_SEND, one
 /// send after another until the kernel has taken every byte; hands the
 /// buffer back either way.
-pub async fn send_all<B: SendBuf>(stream: &TcpStream, mut buf: B) -> (io::Result<()>, B) {
-    let mut sent = 0;
-    while sent < buf.bytes().len() {
-        let rest = &buf.bytes()[sent..];
-        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-        let sqe = opcode::Send::new(types::Fd(stream.as_raw_fd()), rest.as_ptr(), len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
-        let (res, b) = UnsubmittedOneshot::new(buf, SendDone::new(), sqe)
-            .submit()
-            .await;
-        buf = b;
-        match res {
-            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-            Ok(n) => sent += n,
-            Err(err) => return (Err(err), buf),
+pub fn send_all<B: SendBuf>(stream: &TcpStream, buf: B) -> SendAll<'_, B> {
+    let state = if buf.bytes().is_empty() {
+        Sending::Nothing(Some(buf))
+    } else {
+        Sending::InFlight(send_from(stream, buf, 0))
+    };
+    SendAll {
+        stream,
+        sent: 0,
+        state,
+    }
+}
+
+/// The sends [`send_all`] started.
+pub struct SendAll<'a, B: SendBuf> {
+    /// The socket, for the next send of a partly sent buffer.
+    stream: &'a TcpStream,
+    /// Bytes the kernel has taken so far.
+    sent: usize,
+    /// The send in flight, or the empty buffer there was nothing to send of.
+    state: Sending<B>,
+}
+
+/// Where a [`SendAll`] is.
+enum Sending<B: SendBuf> {
+    /// A send is in flight.
+    InFlight(InFlightOneshot<B, SendDone<B>>),
+    /// The buffer was empty: done, once it is handed back.
+    Nothing(Option<B>),
+}
+
+impl<B: SendBuf> Future for SendAll<'_, B> {
+    type Output = (io::Result<()>, B);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let op = match &mut this.state {
+                Sending::InFlight(op) => op,
+                Sending::Nothing(buf) => {
+                    return Poll::Ready((Ok(()), buf.take().expect("polled after completion")));
+                }
+            };
+            let (res, buf) = ready!(Pin::new(op).poll(cx));
+            match res {
+                Ok(0) => return Poll::Ready((Err(io::ErrorKind::WriteZero.into()), buf)),
+                Ok(n) => {
+                    this.sent += n;
+                    if this.sent >= buf.bytes().len() {
+                        return Poll::Ready((Ok(()), buf));
+                    }
+                    this.state = Sending::InFlight(send_from(this.stream, buf, this.sent));
+                }
+                Err(err) => return Poll::Ready((Err(err), buf)),
+            }
         }
     }
-    (Ok(()), buf)
+}
+
+/// One IORING_OP_SEND of `buf`'s bytes from `sent` on, submitted.
+fn send_from<B: SendBuf>(
+    stream: &TcpStream,
+    buf: B,
+    sent: usize,
+) -> InFlightOneshot<B, SendDone<B>> {
+    let rest = &buf.bytes()[sent..];
+    let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+    let sqe = opcode::Send::new(types::Fd(stream.as_raw_fd()), rest.as_ptr(), len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build();
+    // The buffer lives in the driver with the operation; its bytes do not
+    // move with it.
+    UnsubmittedOneshot::new(buf, SendDone::new(), sqe).submit()
 }
 
 /// Sets the `ioprio` field of `sqe`, which io-uring 0.6's `Recv` builder does
@@ -555,53 +637,81 @@ pub enum Received {
 
 /// Receives into a buffer of this thread's provided ring, which the kernel
 /// picks when data arrives; with `poll_first` it waits for readiness before
-/// it tries. `None` when there is no ring on this thread (or the kernel
-/// refuses the receive's flags): then receive into a buffer of one's own, as
-/// without a ring.
-pub async fn recv_provided(stream: &TcpStream, poll_first: bool) -> Option<io::Result<Received>> {
-    let ring = PROVIDED.with(|p| p.borrow().clone())?;
-    let flags = if poll_first && RECV_FLAGS_OK.get() {
-        RECVSEND_POLL_FIRST
-    } else {
-        0
-    };
+/// it tries. Resolves to `None` when there is no ring on this thread (or the
+/// kernel refuses the receive's flags): then receive into a buffer of one's
+/// own, as without a ring.
+pub fn recv_provided(stream: &TcpStream, poll_first: bool) -> RecvProvided {
+    let poll_first = poll_first && RECV_FLAGS_OK.get();
+    RecvProvided {
+        poll_first,
+        op: PROVIDED
+            .with(|p| p.borrow().clone())
+            .map(|ring| recv_provided_once(stream, ring, poll_first)),
+    }
+}
+
+/// The receive [`recv_provided`] started.
+pub struct RecvProvided {
+    /// Whether it was to poll first.
+    poll_first: bool,
+    /// The receive in flight; none without a ring.
+    op: Option<InFlightOneshot<Rc<BufRing>, ProvidedDone>>,
+}
+
+impl Future for RecvProvided {
+    type Output = Option<io::Result<Received>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(op) = &mut this.op else {
+            return Poll::Ready(None);
+        };
+        let (res, bid, ring) = ready!(Pin::new(op).poll(cx));
+        this.op = None;
+        Poll::Ready(match res {
+            Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Some(Ok(Received::RingEmpty)),
+            // A kernel that refuses the receive flags: the caller's own
+            // receive learns that and stops passing them.
+            Err(err) if this.poll_first && err.raw_os_error() == Some(libc::EINVAL) => None,
+            Err(err) => {
+                if let Some(bid) = bid {
+                    ring.give_back(bid);
+                }
+                Some(Err(err))
+            }
+            Ok(n) => Some(Ok(match bid {
+                Some(bid) if n > 0 => {
+                    let len = n.min(ring.size);
+                    Received::Bytes(Provided { ring, bid, len })
+                }
+                Some(bid) => {
+                    ring.give_back(bid);
+                    Received::Eof
+                }
+                None => Received::Eof,
+            })),
+        })
+    }
+}
+
+/// One IORING_OP_RECV into a buffer the kernel picks from `ring`, polling
+/// first if `poll_first`, submitted.
+fn recv_provided_once(
+    stream: &TcpStream,
+    ring: Rc<BufRing>,
+    poll_first: bool,
+) -> InFlightOneshot<Rc<BufRing>, ProvidedDone> {
     let len = u32::try_from(ring.size).unwrap_or(u32::MAX);
     let mut sqe = opcode::Recv::new(types::Fd(stream.as_raw_fd()), std::ptr::null_mut(), len)
         .buf_group(BUF_GROUP)
         .build()
         .flags(squeue::Flags::BUFFER_SELECT);
-    if flags != 0 {
-        sqe = with_ioprio(sqe, flags);
+    if poll_first {
+        sqe = with_ioprio(sqe, RECVSEND_POLL_FIRST);
     }
     // The ring moves into the driver with the operation: its memory outlives
     // the receive even if this future is dropped.
-    let (res, bid, ring) = UnsubmittedOneshot::new(ring, ProvidedDone, sqe)
-        .submit()
-        .await;
-    match res {
-        Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Some(Ok(Received::RingEmpty)),
-        // A kernel that refuses the receive flags: the caller's own receive
-        // learns that and stops passing them.
-        Err(err) if flags != 0 && err.raw_os_error() == Some(libc::EINVAL) => None,
-        Err(err) => {
-            if let Some(bid) = bid {
-                ring.give_back(bid);
-            }
-            Some(Err(err))
-        }
-        Ok(n) => Some(Ok(match bid {
-            Some(bid) if n > 0 => Received::Bytes(Provided {
-                ring,
-                bid,
-                len: n.min(len as usize),
-            }),
-            Some(bid) => {
-                ring.give_back(bid);
-                Received::Eof
-            }
-            None => Received::Eof,
-        })),
-    }
+    UnsubmittedOneshot::new(ring, ProvidedDone, sqe).submit()
 }
 
 /// Turns a provided-buffer receive's completion into its count and the id

@@ -245,7 +245,9 @@ pub async fn handle(
     let connected = if registry.aborting() {
         Err(NoBackend::Failed)
     } else {
-        upstream.connect(source.ip(), metrics).await
+        // Boxed: connecting (with its timer) takes more room than relaying,
+        // and only for a moment, so it should not size every idle task.
+        Box::pin(upstream.connect(source.ip(), metrics)).await
     };
     let (lease, backend) = match connected {
         Ok(connected) => connected,
