@@ -2,10 +2,15 @@
 # scripts/profile.sh: where ringlb's and HAProxy's CPU goes in the same
 # keep-alive workload, split into user space, io_uring, TCP/IP and the rest
 # of the kernel, from `perf record` samples. Same setup as scripts/bench.sh's
-# keepalive workload in its pinned layout: the backend nginx on the last CPU,
-# wrk and the proxy on CPU 0, one proxy worker, 64 connections.
+# keepalive workload: by default in its pinned layout (the backend nginx on
+# the last CPU, wrk and the proxy on CPU 0), one proxy worker, 64 connections.
 #
-#   scripts/profile.sh [--seconds N] [--conns N] [--ringlb-bin PATH]
+#   scripts/profile.sh [--seconds N] [--conns N] [--layout pinned|unpinned]
+#                      [--ringlb-bin PATH]
+#
+# --layout unpinned pins nothing, as bench.sh's unpinned layout; the table
+# then also says how often the proxy was switched out (perf's
+# context switches per 1,000 requests).
 #
 # --conns sets wrk's connection count (64; bench.sh's many workload uses
 # 1000 and 4000).
@@ -18,19 +23,26 @@ cd "$(dirname "$0")/.."
 
 SECONDS_PER=8
 CONNS=64
+LAYOUT=pinned
 RINGLB_BIN=target/release/ringlb
 while (($#)); do
     case $1 in
         --seconds) SECONDS_PER=$2; shift 2 ;;
         --conns) CONNS=$2; shift 2 ;;
+        --layout) LAYOUT=$2; shift 2 ;;
         --ringlb-bin) RINGLB_BIN=$2; shift 2 ;;
-        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "profile.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
 for tool in perf wrk nginx haproxy taskset; do
     command -v "$tool" >/dev/null || { echo "profile.sh: $tool is missing" >&2; exit 2; }
 done
+case $LAYOUT in
+    pinned) PIN_PROXY=(taskset -c 0); PIN_BACKEND=(taskset -c "$(($(nproc) - 1))") ;;
+    unpinned) PIN_PROXY=(); PIN_BACKEND=() ;;
+    *) echo "profile.sh: --layout is pinned or unpinned, got '$LAYOUT'" >&2; exit 2 ;;
+esac
 [[ -x $RINGLB_BIN ]] || { echo "profile.sh: no ringlb at $RINGLB_BIN (cargo build --release)" >&2; exit 2; }
 
 TMP=$(mktemp -d /tmp/ringlb-profile.XXXXXX)
@@ -45,7 +57,7 @@ trap cleanup EXIT
 # Buckets perf's per-symbol shares (on stdin) by where the time goes.
 cat >"$TMP/split.py" <<'EOF'
 import re, sys
-name, rps = sys.argv[1], sys.argv[2]
+name, rps, layout, cpu_us, switches = sys.argv[1:6]
 buckets = {"user space": 0.0, "io_uring": 0.0, "TCP/IP and loopback": 0.0, "epoll": 0.0,
            "syscall entry/exit": 0.0, "scheduler and wake-ups": 0.0, "memory": 0.0,
            "spinlock release (interrupts back on: softirq work lands here)": 0.0, "other kernel": 0.0}
@@ -75,7 +87,7 @@ for line in sys.stdin:
         buckets["other kernel"] += pct
         other[sym] = other.get(sym, 0.0) + pct
 total = sum(buckets.values()) or 1
-print(f"\n{name}: {rps} requests/s (wrk, pinned with the proxy on CPU 0)")
+print(f"\n{name}: {rps} requests/s, {cpu_us} us of CPU and {switches} context switches per request ({layout})")
 print("| where | share of the proxy's CPU samples |")
 print("|---|---:|")
 for k, v in buckets.items():
@@ -101,35 +113,51 @@ wait_port() {
     exit 1
 }
 
-LAST=$(($(nproc) - 1))
 BACKEND_PORT=$(free_port)
 mkdir -p "$TMP/www" "$TMP/backend-tmp"
 user=""
 ((EUID == 0)) && user="user root;"
 render bench/nginx-backend.conf.in "$TMP/backend.conf" "USER_DIRECTIVE=$user" "WORKERS=1" \
     "NOFILE=65536" "WORKER_CONNECTIONS=16384" "TMP=$TMP" "PORT=$BACKEND_PORT"
-taskset -c "$LAST" nginx -p "$TMP/" -e "$TMP/backend-error.log" -c "$TMP/backend.conf" &
+"${PIN_BACKEND[@]}" nginx -p "$TMP/" -e "$TMP/backend-error.log" -c "$TMP/backend.conf" &
 PIDS+=($!)
 wait_port "$BACKEND_PORT"
+
+# usage PID: the CPU ticks (user + system) and the context switches
+# (voluntary + not) of all of PID's threads so far.
+usage() {
+    local cpu=0 cs=0 t fields
+    for t in /proc/"$1"/task/*; do
+        read -ra fields <"$t/stat" || continue
+        cpu=$((cpu + fields[13] + fields[14]))
+        cs=$((cs + $(awk '/ctxt_switches/ {n += $2} END {print n}' "$t/status")))
+    done
+    echo "$cpu $cs"
+}
 
 # profile NAME PORT PID: load through PORT with wrk while perf samples PID.
 profile() {
     local name=$1 port=$2 pid=$3
-    taskset -c 0 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
-    taskset -c 0 wrk -t1 -c"$CONNS" -d"$((SECONDS_PER + 2))s" "http://127.0.0.1:$port/" >"$TMP/$name.wrk" &
+    "${PIN_PROXY[@]}" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
+    "${PIN_PROXY[@]}" wrk -t1 -c"$CONNS" -d"$((SECONDS_PER + 2))s" "http://127.0.0.1:$port/" >"$TMP/$name.wrk" &
     local wrk=$!
     sleep 1
+    local cpu0 cs0 cpu1 cs1
+    read -r cpu0 cs0 < <(usage "$pid")
     perf record -q -F 999 -p "$pid" -o "$TMP/$name.data" -- sleep "$SECONDS_PER" 2>"$TMP/$name.perf.log" || { cat "$TMP/$name.perf.log" >&2; exit 1; }
+    read -r cpu1 cs1 < <(usage "$pid")
     wait "$wrk"
-    local rps
+    local rps per_req
     rps=$(awk '/Requests\/sec/ {print $2}' "$TMP/$name.wrk")
+    # Over the perf window: CPU ticks (1/100 s) and switches, per request.
+    per_req=$(python3 -c "r = $rps * $SECONDS_PER; print(f'{($cpu1 - $cpu0) * 1e4 / r:.1f} {($cs1 - $cs0) / r:.2f}')")
     perf report -q -i "$TMP/$name.data" --no-children --sort dso,sym --stdio \
         >"$TMP/$name.report" 2>"$TMP/$name.report.log"
-    python3 "$TMP/split.py" "$name" "$rps" <"$TMP/$name.report"
+    python3 "$TMP/split.py" "$name" "$rps" "$LAYOUT" $per_req <"$TMP/$name.report"
 }
 
 PORT=$(free_port)
-taskset -c 0 "$RINGLB_BIN" --listen "127.0.0.1:$PORT" --backend "127.0.0.1:$BACKEND_PORT" \
+"${PIN_PROXY[@]}" "$RINGLB_BIN" --listen "127.0.0.1:$PORT" --backend "127.0.0.1:$BACKEND_PORT" \
     --workers 1 --log-level warn &
 PIDS+=($!)
 wait_port "$PORT"
@@ -139,7 +167,7 @@ kill "${PIDS[-1]}"
 PORT=$(free_port)
 render bench/haproxy.cfg.in "$TMP/haproxy.cfg" "NAME=haproxy" "WORKERS=1" "MAXCONN=$((CONNS + 4000))" \
     "TMP=$TMP" "PORT=$PORT" "BACKEND_PORT=$BACKEND_PORT"
-taskset -c 0 haproxy -db -f "$TMP/haproxy.cfg" &
+"${PIN_PROXY[@]}" haproxy -db -f "$TMP/haproxy.cfg" &
 PIDS+=($!)
 wait_port "$PORT"
 profile haproxy "$PORT" "${PIDS[-1]}"
