@@ -29,7 +29,7 @@
 //!   re-resolved on a thread of its own, publishing a new generation when addresses change.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
 //! - [`sni`]: the TLS ClientHello read for routing: server name and ALPN; pure.
-//! - [`relay`]: the two owned-buffer pumps, half-close and teardown.
+//! - [`relay`]: the two owned-buffer pumps (hand-written state machines), half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
 //! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv, send, cancel, getsockname, the
 //!   provided-buffer ring, malloc_trim, adopting received descriptors.
