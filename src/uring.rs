@@ -8,7 +8,9 @@
 //! readiness before it tries, used when the last read drained the socket so
 //! the kernel skips a receive that would only fail with EAGAIN; and a send
 //! (IORING_OP_SEND); both reach the socket more directly than the generic
-//! read and write tokio-uring uses. And the socket's local address
+//! read and write tokio-uring uses. These are futures written by hand
+//! ([`Recv`], [`RecvProvided`], [`SendAll`]), so a task waiting on one holds
+//! only the operation in flight. And the socket's local address
 //! (getsockname), to tell a backend in a PROXY protocol header which address
 //! the client connected to.
 //!
