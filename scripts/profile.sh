@@ -58,33 +58,32 @@ trap cleanup EXIT
 cat >"$TMP/split.py" <<'EOF'
 import re, sys
 name, rps, layout, cpu_us, switches = sys.argv[1:6]
-buckets = {"user space": 0.0, "io_uring": 0.0, "TCP/IP and loopback": 0.0, "epoll": 0.0,
-           "syscall entry/exit": 0.0, "scheduler and wake-ups": 0.0, "memory": 0.0,
-           "spinlock release (interrupts back on: softirq work lands here)": 0.0, "other kernel": 0.0}
+SPIN = "spinlock release (interrupts back on: softirq work lands here)"
+# Kernel symbols to buckets: the first pattern that matches wins.
+KERNEL = [
+    (SPIN, re.compile(r"^(_raw_spin_unlock|_raw_spin_lock)")),
+    ("io_uring", re.compile(r"^(_?_?io_|io_uring|__io_)")),
+    ("TCP/IP and loopback", re.compile(r"tcp|^_?_?ip_|inet|^_?_?sk_|skb|^_?_?dev_|netif|net_rx|loopback|^_?_?napi|sock|nf_|^_?_?udp|^raw_|^_?_?neigh|csum|^_?_?release_sock|__inet|ipv4|ipv6")),
+    ("epoll", re.compile(r"epoll|ep_")),
+    ("syscall entry/exit", re.compile(r"syscall|entry_|^do_syscall|^x64_sys|^__x64|^__sys|fdget|fput|fget|seccomp|^ret_from")),
+    ("scheduler and wake-ups", re.compile(r"sched|wake|schedule|task_|finish_task|futex|__switch|switch_|pick_|enqueue|dequeue|update_curr|try_to_wake|ttwu")),
+    ("memory", re.compile(r"kmem|kmalloc|kfree|slab|__alloc|page|memcg|mem_cgroup|memcpy|memset|copy_|_copy|rep_movs")),
+]
+# In the order the table prints them.
+buckets = dict.fromkeys(["user space", "io_uring", "TCP/IP and loopback", "epoll", "syscall entry/exit",
+                         "scheduler and wake-ups", "memory", SPIN, "other kernel"], 0.0)
 other = {}
 for line in sys.stdin:
     m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(\S+)", line)
     if not m:
         continue
-    pct, dso, kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+    pct, kind, sym = float(m.group(1)), m.group(3), m.group(4)
     if kind != "k":
         buckets["user space"] += pct
-    elif re.match(r"_raw_spin_unlock|_raw_spin_lock", sym):
-        buckets["spinlock release (interrupts back on: softirq work lands here)"] += pct
-    elif re.match(r"_?_?io_|io_uring|__io_", sym):
-        buckets["io_uring"] += pct
-    elif re.search(r"tcp|^_?_?ip_|inet|^_?_?sk_|skb|^_?_?dev_|netif|net_rx|loopback|^_?_?napi|sock|nf_|^_?_?udp|^raw_|^_?_?neigh|csum|^_?_?release_sock|__inet|ipv4|ipv6", sym):
-        buckets["TCP/IP and loopback"] += pct
-    elif re.search(r"epoll|ep_", sym):
-        buckets["epoll"] += pct
-    elif re.search(r"syscall|entry_|^do_syscall|^x64_sys|^__x64|^__sys|fdget|fput|fget|seccomp|^ret_from", sym):
-        buckets["syscall entry/exit"] += pct
-    elif re.search(r"sched|wake|schedule|task_|finish_task|futex|__switch|switch_|pick_|enqueue|dequeue|update_curr|try_to_wake|ttwu", sym):
-        buckets["scheduler and wake-ups"] += pct
-    elif re.search(r"kmem|kmalloc|kfree|slab|__alloc|page|memcg|mem_cgroup|memcpy|memset|copy_|_copy|rep_movs", sym):
-        buckets["memory"] += pct
-    else:
-        buckets["other kernel"] += pct
+        continue
+    bucket = next((b for b, pattern in KERNEL if pattern.search(sym)), "other kernel")
+    buckets[bucket] += pct
+    if bucket == "other kernel":
         other[sym] = other.get(sym, 0.0) + pct
 total = sum(buckets.values()) or 1
 print(f"\n{name}: {rps} requests/s, {cpu_us} us of CPU and {switches} context switches per request ({layout})")
