@@ -55,6 +55,11 @@ impl Ceiling {
         })
     }
 
+    /// The most connections it lets open at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Takes a slot, waiting while all are taken.
     pub async fn acquire(self: &Arc<Self>) -> Slot {
         if self.try_take() {

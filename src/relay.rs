@@ -22,7 +22,7 @@ use std::time::Instant;
 use tokio_uring::net::TcpStream;
 
 use crate::buffer::{self, BufPool};
-use crate::uring::{self, Provided, Received};
+use crate::uring::{self, FixedPair, Provided, Received, Sock};
 
 /// Which peer of the proxied connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,8 +100,15 @@ pub async fn relay(
         first_eof: Cell::new(None),
         activity,
     };
-    let mut up = Pump::new(client, backend, Side::Client);
-    let mut down = Pump::new(backend, client, Side::Backend);
+    // Registered with the ring for the relay's operations, when the worker
+    // has a slot for them; unregistered when this ends, after the last one.
+    let fixed = FixedPair::register(client, backend);
+    let (c, b) = match &fixed {
+        Some(fixed) => fixed.socks(),
+        None => (client.into(), backend.into()),
+    };
+    let mut up = Pump::new(c, b, Side::Client);
+    let mut down = Pump::new(b, c, Side::Backend);
     std::future::poll_fn(|cx| {
         // Both are polled on every wake-up, as `join!` would: a pump whose
         // operation has not completed only looks at its slot in the driver.
@@ -141,9 +148,9 @@ struct Shared<'a> {
 /// few words, a third of what the same loop as an `async fn` kept.
 struct Pump<'a> {
     /// Where bytes come from.
-    src: &'a TcpStream,
+    src: Sock<'a>,
     /// Where they go.
-    dst: &'a TcpStream,
+    dst: Sock<'a>,
     /// The side `src` is.
     from: Side,
     /// Whether the next read should wait for readiness before trying: yes
@@ -179,7 +186,7 @@ enum Step<'a> {
 }
 
 impl<'a> Pump<'a> {
-    fn new(src: &'a TcpStream, dst: &'a TcpStream, from: Side) -> Self {
+    fn new(src: Sock<'a>, dst: Sock<'a>, from: Side) -> Self {
         Pump {
             src,
             dst,
@@ -336,9 +343,9 @@ impl Shared<'_> {
 }
 
 /// Shuts both sockets down so every pending operation on them completes.
-pub fn teardown(a: &TcpStream, b: &TcpStream) {
-    let _ = a.shutdown(Shutdown::Both);
-    let _ = b.shutdown(Shutdown::Both);
+pub fn teardown<'a>(a: impl Into<Sock<'a>>, b: impl Into<Sock<'a>>) {
+    let _ = a.into().shutdown(Shutdown::Both);
+    let _ = b.into().shutdown(Shutdown::Both);
 }
 
 #[cfg(test)]

@@ -171,6 +171,199 @@ pub fn local_addr(stream: &TcpStream) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
+/// A socket as the relay's operations name it: by its descriptor, or by its
+/// slot in this thread's table of registered files ([`FixedPair`]), which
+/// spares the kernel looking the descriptor up (`fget`, `fput`, two atomic
+/// counts on a shared cache line) on every operation. Borrows the stream, so
+/// the descriptor stays open while it is named.
+#[derive(Clone, Copy)]
+pub struct Sock<'a> {
+    /// The descriptor, for what is not an io_uring operation (shutdown).
+    fd: RawFd,
+    /// Its slot in the registered table, or [`NO_SLOT`].
+    slot: u32,
+    /// The stream the descriptor belongs to.
+    stream: std::marker::PhantomData<&'a TcpStream>,
+}
+
+/// The slot of a socket that is not registered.
+const NO_SLOT: u32 = u32::MAX;
+
+impl<'a> From<&'a TcpStream> for Sock<'a> {
+    fn from(stream: &'a TcpStream) -> Self {
+        Sock {
+            fd: stream.as_raw_fd(),
+            slot: NO_SLOT,
+            stream: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Sock<'_> {
+    /// The SQE `build` makes for a target descriptor, aimed at this socket:
+    /// its slot, flagged as one (IOSQE_FIXED_FILE), when it has one.
+    fn sqe(self, build: impl FnOnce(types::Fd) -> squeue::Entry) -> squeue::Entry {
+        if self.slot == NO_SLOT {
+            build(types::Fd(self.fd))
+        } else {
+            build(types::Fd(self.slot as RawFd)).flags(squeue::Flags::FIXED_FILE)
+        }
+    }
+
+    /// Shuts the socket down, as `TcpStream::shutdown` does.
+    pub fn shutdown(self, how: Shutdown) -> io::Result<()> {
+        // SAFETY: the descriptor belongs to a stream borrowed for as long as
+        // this `Sock` lives, so it is open; the borrow ends with this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        SockRef::from(&fd).shutdown(how)
+    }
+}
+
+thread_local! {
+    /// This thread's table of registered files, once [`register_file_table`]
+    /// set it up.
+    static FILES: std::cell::RefCell<Option<FileTable>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Which pairs of slots of the registered table are free: every pair from
+/// `next` on, and those in `free`, handed back. Grows only as far as the
+/// most connections relayed at once, not the table's size.
+struct FileTable {
+    /// Pairs, by their first slot, that were used and are free again.
+    free: Vec<u32>,
+    /// The first slot of the first pair never used.
+    next: u32,
+    /// Slots in the table.
+    slots: u32,
+}
+
+/// Registers a sparse table of `slots` files with this thread's io_uring
+/// (IORING_REGISTER_FILES2, kernel 5.19+; at most the open-file limit), for
+/// [`FixedPair`]. Call on the worker's thread, inside its runtime.
+pub fn register_file_table(slots: u32) -> io::Result<()> {
+    tokio_uring::with_submitter(|s| s.register_files_sparse(slots))
+        .unwrap_or_else(|| Err(io::Error::other("not on a tokio-uring runtime")))?;
+    FILES.with(|f| {
+        *f.borrow_mut() = Some(FileTable {
+            free: Vec::new(),
+            next: 0,
+            slots,
+        })
+    });
+    Ok(())
+}
+
+/// Forgets this thread's table (it goes with its io_uring).
+pub fn release_file_table() {
+    FILES.with(|f| f.borrow_mut().take());
+}
+
+/// Both sockets of a relayed connection, registered in this thread's table
+/// of files for as long as this lives: one `io_uring_register` call to add
+/// them, and one IORING_OP_FILES_UPDATE, sent with the next submission, to
+/// remove them. The pair of slots is free again only once the kernel has
+/// removed them, so a later pair cannot be clobbered by an earlier removal.
+pub struct FixedPair<'a> {
+    /// The first of the two slots.
+    slot: u32,
+    /// The sockets.
+    socks: (&'a TcpStream, &'a TcpStream),
+}
+
+impl<'a> FixedPair<'a> {
+    /// Registers `a` and `b`; `None` when this thread has no table, or no
+    /// free pair of slots in it, or the kernel refuses: then name the
+    /// sockets by descriptor.
+    pub fn register(a: &'a TcpStream, b: &'a TcpStream) -> Option<Self> {
+        let slot = FILES.with(|f| {
+            let mut f = f.borrow_mut();
+            let table = f.as_mut()?;
+            table.free.pop().or_else(|| {
+                (table.next + 2 <= table.slots).then(|| {
+                    table.next += 2;
+                    table.next - 2
+                })
+            })
+        })?;
+        let fds = [a.as_raw_fd(), b.as_raw_fd()];
+        match tokio_uring::with_submitter(|s| s.register_files_update(slot, &fds)) {
+            Some(Ok(2)) => Some(FixedPair {
+                slot,
+                socks: (a, b),
+            }),
+            _ => {
+                // Whatever it took is replaced by the next pair to use it.
+                free_pair(slot);
+                None
+            }
+        }
+    }
+
+    /// The two sockets, named by their slots.
+    pub fn socks(&self) -> (Sock<'_>, Sock<'_>) {
+        let named = |stream: &TcpStream, slot| Sock {
+            fd: stream.as_raw_fd(),
+            slot,
+            stream: std::marker::PhantomData,
+        };
+        (
+            named(self.socks.0, self.slot),
+            named(self.socks.1, self.slot + 1),
+        )
+    }
+}
+
+impl Drop for FixedPair<'_> {
+    fn drop(&mut self) {
+        let removal = Box::new(Removal {
+            fds: [-1, -1],
+            slot: self.slot,
+        });
+        let sqe = opcode::FilesUpdate::new(removal.fds.as_ptr(), 2)
+            .offset(self.slot as i32)
+            .build();
+        // Dropped at once: the driver keeps the removal until the kernel
+        // completes it, and then drops it, which frees the pair. The fds
+        // array is in the box, so it does not move meanwhile.
+        drop(UnsubmittedOneshot::new(removal, RemovalDone, sqe).submit());
+    }
+}
+
+/// A removal of a pair of slots, in flight.
+struct Removal {
+    /// What the slots become: empty.
+    fds: [RawFd; 2],
+    /// The first slot.
+    slot: u32,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        free_pair(self.slot);
+    }
+}
+
+/// Hands the pair of slots starting at `slot` back to this thread's table.
+fn free_pair(slot: u32) {
+    // The driver may drop a removal as the thread ends, after the table.
+    let _ = FILES.try_with(|f| {
+        if let Some(table) = f.borrow_mut().as_mut() {
+            table.free.push(slot);
+        }
+    });
+}
+
+/// The completion of a removal: nothing to report (a slot the kernel could
+/// not empty is overwritten by the next registration in it).
+struct RemovalDone;
+
+impl OneshotOutputTransform for RemovalDone {
+    type Output = ();
+    type StoredData = Box<Removal>;
+
+    fn transform_oneshot_output(self, _: Box<Removal>, _: cqueue::Entry) {}
+}
+
 /// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, kernel 5.19+), a flag in
 /// the SQE's `ioprio` field: arm the readiness poll at once instead of first
 /// trying a receive that is expected to find nothing.
@@ -188,21 +381,21 @@ thread_local! {
 /// until the socket is readable before it tries: cheaper when the socket is
 /// known to be empty, dearer (an extra round through the ring) when it is
 /// not. Kernels without the flag get plain receives.
-pub fn recv(stream: &TcpStream, buf: Vec<u8>, poll_first: bool) -> Recv<'_> {
+pub fn recv<'a>(sock: impl Into<Sock<'a>>, buf: Vec<u8>, poll_first: bool) -> Recv<'a> {
     let flags = if poll_first && RECV_FLAGS_OK.get() {
         RECVSEND_POLL_FIRST
     } else {
         0
     };
-    recv_with(stream, buf, flags)
+    recv_with(sock.into(), buf, flags)
 }
 
 /// [`recv`] with the SQE's receive flags (`ioprio`) given.
-fn recv_with(stream: &TcpStream, buf: Vec<u8>, flags: u16) -> Recv<'_> {
+fn recv_with(sock: Sock<'_>, buf: Vec<u8>, flags: u16) -> Recv<'_> {
     Recv {
-        stream,
+        sock,
         flags,
-        op: recv_once(stream, buf, flags),
+        op: recv_once(sock, buf, flags),
     }
 }
 
@@ -213,7 +406,7 @@ fn recv_with(stream: &TcpStream, buf: Vec<u8>, flags: u16) -> Recv<'_> {
 /// every idle connection's task waits on two of them.
 pub struct Recv<'a> {
     /// The socket, for a retry without flags.
-    stream: &'a TcpStream,
+    sock: Sock<'a>,
     /// The receive flags the operation in flight was given.
     flags: u16,
     /// The receive in flight.
@@ -233,7 +426,7 @@ impl Future for Recv<'_> {
                 Err(err) if this.flags != 0 && err.raw_os_error() == Some(libc::EINVAL) => {
                     RECV_FLAGS_OK.set(false);
                     this.flags = 0;
-                    this.op = recv_once(this.stream, buf, 0);
+                    this.op = recv_once(this.sock, buf, 0);
                 }
                 res => return Poll::Ready((res, buf)),
             }
@@ -242,13 +435,9 @@ impl Future for Recv<'_> {
 }
 
 /// One IORING_OP_RECV with receive flags `flags`, submitted.
-fn recv_once(
-    stream: &TcpStream,
-    mut buf: Vec<u8>,
-    flags: u16,
-) -> InFlightOneshot<Vec<u8>, RecvDone> {
+fn recv_once(sock: Sock<'_>, mut buf: Vec<u8>, flags: u16) -> InFlightOneshot<Vec<u8>, RecvDone> {
     let len = u32::try_from(buf.capacity()).unwrap_or(u32::MAX);
-    let mut sqe = opcode::Recv::new(types::Fd(stream.as_raw_fd()), buf.as_mut_ptr(), len).build();
+    let mut sqe = sock.sqe(|fd| opcode::Recv::new(fd, buf.as_mut_ptr(), len).build());
     if flags != 0 {
         sqe = with_ioprio(sqe, flags);
     }
@@ -273,14 +462,15 @@ impl SendBuf for Vec<u8> {
 /// Sends all of `buf` (its length, not its capacity) as IORING_OP_SEND, one
 /// send after another until the kernel has taken every byte; hands the
 /// buffer back either way.
-pub fn send_all<B: SendBuf>(stream: &TcpStream, buf: B) -> SendAll<'_, B> {
+pub fn send_all<'a, B: SendBuf>(sock: impl Into<Sock<'a>>, buf: B) -> SendAll<'a, B> {
+    let sock = sock.into();
     let state = if buf.bytes().is_empty() {
         Sending::Nothing(Some(buf))
     } else {
-        Sending::InFlight(send_from(stream, buf, 0))
+        Sending::InFlight(send_from(sock, buf, 0))
     };
     SendAll {
-        stream,
+        sock,
         sent: 0,
         state,
     }
@@ -289,7 +479,7 @@ pub fn send_all<B: SendBuf>(stream: &TcpStream, buf: B) -> SendAll<'_, B> {
 /// The sends [`send_all`] started.
 pub struct SendAll<'a, B: SendBuf> {
     /// The socket, for the next send of a partly sent buffer.
-    stream: &'a TcpStream,
+    sock: Sock<'a>,
     /// Bytes the kernel has taken so far.
     sent: usize,
     /// The send in flight, or the empty buffer there was nothing to send of.
@@ -324,7 +514,7 @@ impl<B: SendBuf> Future for SendAll<'_, B> {
                     if this.sent >= buf.bytes().len() {
                         return Poll::Ready((Ok(()), buf));
                     }
-                    this.state = Sending::InFlight(send_from(this.stream, buf, this.sent));
+                    this.state = Sending::InFlight(send_from(this.sock, buf, this.sent));
                 }
                 Err(err) => return Poll::Ready((Err(err), buf)),
             }
@@ -333,16 +523,14 @@ impl<B: SendBuf> Future for SendAll<'_, B> {
 }
 
 /// One IORING_OP_SEND of `buf`'s bytes from `sent` on, submitted.
-fn send_from<B: SendBuf>(
-    stream: &TcpStream,
-    buf: B,
-    sent: usize,
-) -> InFlightOneshot<B, SendDone<B>> {
+fn send_from<B: SendBuf>(sock: Sock<'_>, buf: B, sent: usize) -> InFlightOneshot<B, SendDone<B>> {
     let rest = &buf.bytes()[sent..];
     let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-    let sqe = opcode::Send::new(types::Fd(stream.as_raw_fd()), rest.as_ptr(), len)
-        .flags(libc::MSG_NOSIGNAL)
-        .build();
+    let sqe = sock.sqe(|fd| {
+        opcode::Send::new(fd, rest.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+    });
     // The buffer lives in the driver with the operation; its bytes do not
     // move with it.
     UnsubmittedOneshot::new(buf, SendDone::new(), sqe).submit()
@@ -642,13 +830,14 @@ pub enum Received {
 /// it tries. Resolves to `None` when there is no ring on this thread (or the
 /// kernel refuses the receive's flags): then receive into a buffer of one's
 /// own, as without a ring.
-pub fn recv_provided(stream: &TcpStream, poll_first: bool) -> RecvProvided {
+pub fn recv_provided<'a>(sock: impl Into<Sock<'a>>, poll_first: bool) -> RecvProvided {
+    let sock = sock.into();
     let poll_first = poll_first && RECV_FLAGS_OK.get();
     RecvProvided {
         poll_first,
         op: PROVIDED
             .with(|p| p.borrow().clone())
-            .map(|ring| recv_provided_once(stream, ring, poll_first)),
+            .map(|ring| recv_provided_once(sock, ring, poll_first)),
     }
 }
 
@@ -699,15 +888,17 @@ impl Future for RecvProvided {
 /// One IORING_OP_RECV into a buffer the kernel picks from `ring`, polling
 /// first if `poll_first`, submitted.
 fn recv_provided_once(
-    stream: &TcpStream,
+    sock: Sock<'_>,
     ring: Rc<BufRing>,
     poll_first: bool,
 ) -> InFlightOneshot<Rc<BufRing>, ProvidedDone> {
     let len = u32::try_from(ring.size).unwrap_or(u32::MAX);
-    let mut sqe = opcode::Recv::new(types::Fd(stream.as_raw_fd()), std::ptr::null_mut(), len)
-        .buf_group(BUF_GROUP)
-        .build()
-        .flags(squeue::Flags::BUFFER_SELECT);
+    let mut sqe = sock.sqe(|fd| {
+        opcode::Recv::new(fd, std::ptr::null_mut(), len)
+            .buf_group(BUF_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+    });
     if poll_first {
         sqe = with_ioprio(sqe, RECVSEND_POLL_FIRST);
     }
@@ -827,18 +1018,63 @@ mod tests {
         tokio_uring::start(async {
             let (mut peer, ours) = pair();
             peer.write_all(b"x").unwrap();
-            let (res, buf) = recv_once(&ours, Vec::with_capacity(8), 0x8000).await;
+            let (res, buf) = recv_once((&ours).into(), Vec::with_capacity(8), 0x8000).await;
             assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::EINVAL));
             // recv_with falls back to no flags (as on a kernel without
             // POLL_FIRST) and this thread stops passing them.
             assert!(RECV_FLAGS_OK.get());
-            let (res, buf) = recv_with(&ours, buf, 0x8000).await;
+            let (res, buf) = recv_with((&ours).into(), buf, 0x8000).await;
             assert_eq!((res.unwrap(), &buf[..]), (1, &b"x"[..]));
             assert!(!RECV_FLAGS_OK.get());
             peer.write_all(b"y").unwrap();
             let (res, buf) = recv(&ours, buf, true).await;
             assert_eq!((res.unwrap(), &buf[..]), (1, &b"y"[..]));
             drop(peer);
+        });
+    }
+
+    #[test]
+    fn fixed_pairs_carry_bytes_and_free_their_slots_once_removed() {
+        tokio_uring::start(async {
+            let (mut pa, a) = pair();
+            let (mut pb, b) = pair();
+            assert!(FixedPair::register(&a, &b).is_none(), "no table yet");
+            register_file_table(4).unwrap();
+            let first = FixedPair::register(&a, &b).expect("a free pair");
+            let (sa, sb) = first.socks();
+            assert_eq!((sa.slot, sb.slot), (0, 1));
+            // Operations by slot reach the right sockets.
+            let (res, _) = send_all(sa, b"to a".to_vec()).await;
+            res.unwrap();
+            let mut got = [0u8; 4];
+            std::io::Read::read_exact(&mut pa, &mut got).unwrap();
+            assert_eq!(&got, b"to a");
+            pb.write_all(b"from b").unwrap();
+            let (res, buf) = recv(sb, Vec::with_capacity(16), false).await;
+            assert_eq!((res.unwrap(), &buf[..]), (6, &b"from b"[..]));
+            // Two pairs fill four slots.
+            let (_pc, c) = pair();
+            let (_pd, d) = pair();
+            let second = FixedPair::register(&c, &d).expect("a second pair");
+            assert_eq!(second.socks().0.slot, 2);
+            assert!(FixedPair::register(&c, &d).is_none(), "the table is full");
+            // The first pair's slots come back once the kernel removed them,
+            // and not before: its removal is still unsubmitted here.
+            drop(first);
+            assert!(FixedPair::register(&c, &d).is_none(), "removal in flight");
+            let again = loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if let Some(again) = FixedPair::register(&c, &d) {
+                    break again;
+                }
+            };
+            assert_eq!(again.socks().0.slot, 0);
+            // The table no longer holds `a`: closing it closes the socket.
+            drop(a);
+            pa.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert_eq!(std::io::Read::read(&mut pa, &mut got).unwrap(), 0, "EOF");
+            drop((again, second));
+            release_file_table();
         });
     }
 }

@@ -38,6 +38,10 @@ const SQPOLL_IDLE_MS: u32 = 1000;
 const PROVIDED_BUFFERS: u16 = 512;
 /// Bytes per provided buffer: a typical request or response in one piece.
 const PROVIDED_BUFFER_SIZE: usize = 2048;
+/// Most slots in each worker's table of registered files, two per relayed
+/// connection (see [`uring::FixedPair`]); past them, and past the process's
+/// connection ceiling, sockets are named by descriptor.
+const FIXED_FILES: usize = 65536;
 /// Accept operations each worker keeps pending per frontend.
 const ACCEPTS_IN_FLIGHT: usize = 8;
 /// How often a worker looks for connections past their idle timeout or
@@ -184,6 +188,12 @@ async fn serve(
     if let Err(err) = uring::provide_buffers(PROVIDED_BUFFERS, PROVIDED_BUFFER_SIZE) {
         debug!(worker = id, %err, "no provided-buffer ring: every receive brings its own buffer");
     }
+    // The relay's sockets are named by their slot in this table, which
+    // spares the kernel a descriptor lookup on every operation.
+    let slots = (2 * ceiling.max()).min(FIXED_FILES) as u32;
+    if let Err(err) = uring::register_file_table(slots) {
+        debug!(worker = id, %err, "no registered file table: sockets are named by descriptor");
+    }
     let registry = Registry::new(ceiling);
     let throttle = Rc::new(Throttle::new(Duration::from_secs(1)));
     let mut running: Vec<(String, Running)> = Vec::new();
@@ -250,6 +260,7 @@ async fn serve(
         registry.wait_idle().await;
     }
     uring::release_buffers();
+    uring::release_file_table();
 }
 
 /// Cuts the connections past their idle timeout or lifetime, every

@@ -262,7 +262,7 @@ pub async fn handle(
     let backend = Rc::new(backend);
     registration.set_backend(backend.clone());
     if registry.aborting() {
-        relay::teardown(&client, &backend);
+        relay::teardown(&*client, &*backend);
     }
     if send_proxy.is_some() || !early.is_empty() {
         let preamble = Box::pin(send_preamble(
