@@ -36,7 +36,7 @@
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
-//! - `testing` (unit tests only): the deterministic random source the parsers' robustness tests share.
+//! - `testing` (unit tests only): the deterministic random source the parsers' robustness tests share, and a loopback socket pair.
 //! - [`admin`]: the admin HTTP endpoint (hyper, bounded): /metrics, /healthz, /backends, the stats page,
 //!   PATCH of a backend's state and weight, the bearer token.
 //! - [`stats`]: the stats page (one self-contained HTML file) and its JSON snapshot; rates are the reader's.

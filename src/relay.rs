@@ -22,7 +22,7 @@ use std::time::Instant;
 use tokio_uring::net::TcpStream;
 
 use crate::buffer::{self, BufPool};
-use crate::uring::{self, FixedPair, Provided, Received, Sock};
+use crate::uring::{self, FixedPair, Provided, Received, RecvStream, Sock, Streamed};
 
 /// Which peer of the proxied connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +131,11 @@ pub async fn relay(
     }
 }
 
+/// Completions a multishot receive may hold (each in a ring buffer) while
+/// its pump's send waits, before it is stopped: the per-socket bound on the
+/// shared ring.
+const STREAM_BACKLOG: usize = 4;
+
 /// What both pumps of a connection use.
 struct Shared<'a> {
     /// The worker's relay buffers.
@@ -165,6 +170,10 @@ struct Pump<'a> {
     /// The pump's own buffer, when it has one between operations: none while
     /// it waits on the provided ring.
     own: Option<Vec<u8>>,
+    /// The multishot receive on `src`, while armed: no other receive on
+    /// `src` starts until its last completion came out, or bytes could be
+    /// read out of order.
+    stream: Option<RecvStream>,
     /// The operation in flight.
     step: Step<'a>,
 }
@@ -173,6 +182,8 @@ struct Pump<'a> {
 enum Step<'a> {
     /// About to start a read.
     Read,
+    /// Waiting for the next completion of the multishot receive.
+    Stream,
     /// A read into a buffer the worker's provided ring gives at completion.
     RecvProvided(uring::RecvProvided),
     /// A read into the pump's own buffer.
@@ -194,6 +205,7 @@ impl<'a> Pump<'a> {
             poll_first: from == Side::Backend,
             total: 0,
             own: None,
+            stream: None,
             step: Step::Read,
         }
     }
@@ -217,11 +229,59 @@ impl<'a> Pump<'a> {
                     // the worker's provided ring when data arrives, so a
                     // connection waiting on an idle peer holds no buffer of
                     // its own; the bytes are sent from that same buffer, which
-                    // goes back to the ring once sent.
+                    // goes back to the ring once sent. The receive stays
+                    // armed for the next arrival (multishot) where the kernel
+                    // can.
                     if let Some(b) = self.own.take() {
                         pool.put(b);
                     }
-                    self.step = Step::RecvProvided(uring::recv_provided(self.src, true));
+                    self.stream = uring::recv_stream(self.src);
+                    self.step = if self.stream.is_some() {
+                        Step::Stream
+                    } else {
+                        Step::RecvProvided(uring::recv_provided(self.src, true))
+                    };
+                }
+                Step::Stream => {
+                    let Some(stream) = &mut self.stream else {
+                        self.step = Step::Read;
+                        continue;
+                    };
+                    let next = ready!(stream.poll_next(cx));
+                    if stream.is_done() {
+                        self.stream = None;
+                    }
+                    match next {
+                        Streamed::Bytes(received) => {
+                            shared.stamp();
+                            self.step = Step::SendProvided(uring::send_all(self.dst, received));
+                        }
+                        Streamed::Eof if self.stream.is_none() => return self.end(None, shared),
+                        Streamed::Failed(source) if self.stream.is_none() => {
+                            let from = self.from;
+                            return self.end(Some(RelayError::Read { side: from, source }), shared);
+                        }
+                        // Every buffer of the ring is out, and bytes are
+                        // waiting: once the stream has ended, a buffer of our
+                        // own, read at once.
+                        Streamed::RingEmpty => {
+                            self.poll_first = false;
+                            if let Some(stream) = &mut self.stream {
+                                stream.cancel();
+                            }
+                        }
+                        // Ended without news, or a last completion the
+                        // kernel did not mark as last (not expected): stop
+                        // it, and read again once it has ended.
+                        Streamed::Stopped | Streamed::Eof | Streamed::Failed(_) => {
+                            if let Some(stream) = &mut self.stream {
+                                stream.cancel();
+                            }
+                        }
+                    }
+                    if self.stream.is_none() && matches!(self.step, Step::Stream) {
+                        self.step = Step::Read;
+                    }
                 }
                 Step::Read => {
                     let buf = self.own.take().unwrap_or_else(|| pool.small());
@@ -250,6 +310,17 @@ impl<'a> Pump<'a> {
                     }
                 },
                 Step::SendProvided(op) => {
+                    // Backpressure: while this send waits on a slow reader,
+                    // a multishot receive keeps filling ring buffers; past a
+                    // few, it is stopped, and armed again once what it
+                    // brought has been sent.
+                    if let Some(stream) = &mut self.stream {
+                        if !stream.is_cancelled()
+                            && stream.poll_backlog(cx, STREAM_BACKLOG).is_ready()
+                        {
+                            stream.cancel();
+                        }
+                    }
                     let (res, sent) = ready!(Pin::new(op).poll(cx));
                     let n = sent.len();
                     let full = n == sent.capacity();
@@ -260,12 +331,22 @@ impl<'a> Pump<'a> {
                     }
                     self.total += n as u64;
                     // A full buffer: more is likely waiting, so read on at
-                    // once, into a large buffer of our own.
+                    // once, into a large buffer of our own, once the
+                    // multishot receive (stopped here) has handed out what it
+                    // already brought.
                     self.poll_first = !full;
-                    if full {
+                    if full && self.own.is_none() {
                         self.own = Some(pool.resize(pool.small(), buffer::SMALL));
                     }
-                    self.step = Step::Read;
+                    self.step = match &mut self.stream {
+                        Some(stream) => {
+                            if full {
+                                stream.cancel();
+                            }
+                            Step::Stream
+                        }
+                        None => Step::Read,
+                    };
                 }
                 Step::Recv(op) => {
                     let (res, buf) = ready!(Pin::new(op).poll(cx));
@@ -311,6 +392,9 @@ impl<'a> Pump<'a> {
         }
         if error.is_some() {
             teardown(self.src, self.dst);
+            // The shutdown ends a multishot receive still armed; the driver
+            // hands the buffers it brings back to the ring.
+            self.stream = None;
         } else if shared.first_eof.get().is_none() {
             shared.first_eof.set(Some(self.from));
             let _ = self.dst.shutdown(Shutdown::Write);
@@ -359,5 +443,61 @@ mod tests {
         // this bound should be a decision, not an accident.
         let size = std::mem::size_of::<Pump<'static>>();
         assert!(size <= 160, "a pump takes {size} bytes");
+    }
+
+    #[test]
+    fn a_stalled_reader_holds_a_few_ring_buffers_not_the_ring() {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        tokio_uring::start(async {
+            uring::provide_buffers(16, 2048).unwrap();
+            // Small socket buffers, and a client who reads nothing: the
+            // relay's send to it stalls soon, and so does the backend.
+            let (client_peer, client) = crate::testing::pair_with_buffers(Some(4096));
+            let (mut backend_peer, backend) = crate::testing::pair_with_buffers(Some(4096));
+            // The backend talks in small writes, each its own arrival, each
+            // taking a ring buffer of its own unless the relay bounds them.
+            let written = Arc::new(AtomicUsize::new(0));
+            let writer = {
+                let written = written.clone();
+                std::thread::spawn(move || {
+                    while backend_peer.write_all(&[7; 100]).is_ok() {
+                        written.fetch_add(100, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            };
+            let pool = BufPool::new(64 * 1024);
+            let check = async {
+                // Stalled: the backend's writes stop getting through.
+                let mut last = usize::MAX;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let now = written.load(Ordering::Relaxed);
+                    if now == last {
+                        break;
+                    }
+                    last = now;
+                }
+                // The stalled connection holds a few of the ring's 16
+                // buffers: another socket's receive still finds one.
+                let (mut other_peer, other) = crate::testing::pair();
+                other_peer.write_all(b"x").unwrap();
+                let got = uring::recv_provided(&other, false).await;
+                assert!(
+                    matches!(got, Some(Ok(Received::Bytes(_)))),
+                    "the ring ran dry: {got:?}"
+                );
+                drop(client_peer);
+            };
+            let (outcome, ()) = tokio::join!(relay(&client, &backend, &pool, None), check);
+            assert!(outcome.error.is_some(), "the client went away unread");
+            drop(backend);
+            writer.join().unwrap();
+            uring::release_buffers();
+        });
     }
 }

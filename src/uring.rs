@@ -55,7 +55,10 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio_uring::net::TcpStream;
-use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::{
+    InFlightMultishot, InFlightOneshot, MultishotData, OneshotOutputTransform,
+    UnsubmittedMultishot, UnsubmittedOneshot,
+};
 
 /// Why one connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -907,6 +910,152 @@ fn recv_provided_once(
     UnsubmittedOneshot::new(ring, ProvidedDone, sqe).submit()
 }
 
+/// `IORING_RECV_MULTISHOT` (linux/io_uring.h, kernel 6.0+), in the SQE's
+/// `ioprio`: the receive stays armed and completes once per arrival.
+const RECV_MULTISHOT: u16 = 2;
+
+thread_local! {
+    /// Whether this thread's ring takes multishot receives; cleared by the
+    /// first one a kernel older than 6.0 refuses (EINVAL).
+    static MULTISHOT_OK: Cell<bool> = const { Cell::new(true) };
+}
+
+/// The ring a multishot receive fills, kept in the driver with it.
+struct StreamRing(Rc<BufRing>);
+
+impl MultishotData for StreamRing {
+    fn discard(&mut self, flags: u32) {
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            self.0.give_back(bid);
+        }
+    }
+}
+
+/// A receive armed once that completes every time bytes arrive, each time
+/// into a buffer of this thread's provided ring (a multishot receive): a
+/// connection in request-response traffic submits no receive per request.
+/// What it brings comes out in order ([`RecvStream::poll_next`]) until its
+/// last completion; dropped before that, the buffers of the completions
+/// nobody took go back to the ring as they arrive.
+pub struct RecvStream {
+    /// The receive in flight.
+    op: InFlightMultishot<StreamRing>,
+    /// Whether [`RecvStream::cancel`] was called.
+    cancelled: bool,
+}
+
+/// One completion of a [`RecvStream`].
+#[derive(Debug)]
+pub enum Streamed {
+    /// Bytes, in one of the ring's buffers.
+    Bytes(Provided),
+    /// The peer closed its side (the last completion).
+    Eof,
+    /// Bytes are waiting but every buffer of the ring is out (ENOBUFS, the
+    /// last completion): read them into a buffer of one's own.
+    RingEmpty,
+    /// The stream ended without news: cancelled, or refused by a kernel
+    /// without multishot receives. Receive again.
+    Stopped,
+    /// The receive failed (the last completion).
+    Failed(io::Error),
+}
+
+/// Arms a multishot receive on `sock`; `None` when this thread has no
+/// provided ring, or its kernel takes no multishot receives: then receive
+/// one at a time.
+pub fn recv_stream<'a>(sock: impl Into<Sock<'a>>) -> Option<RecvStream> {
+    if !MULTISHOT_OK.get() || !RECV_FLAGS_OK.get() {
+        return None;
+    }
+    let ring = PROVIDED.with(|p| p.borrow().clone())?;
+    // Length 0: each completion fills at most one whole buffer.
+    let sqe = sock.into().sqe(|fd| {
+        opcode::Recv::new(fd, std::ptr::null_mut(), 0)
+            .buf_group(BUF_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+    });
+    let sqe = with_ioprio(sqe, RECV_MULTISHOT | RECVSEND_POLL_FIRST);
+    // The ring moves into the driver with the operation: its memory outlives
+    // the receive even if this stream is dropped.
+    Some(RecvStream {
+        op: UnsubmittedMultishot::new(StreamRing(ring), sqe).submit(),
+        cancelled: false,
+    })
+}
+
+impl RecvStream {
+    /// The next completion, in the order the kernel posted them.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Streamed> {
+        let Some((res, flags)) = ready!(self.op.poll_next(cx)) else {
+            return Poll::Ready(Streamed::Stopped);
+        };
+        let ring = &self.op.data().0;
+        let bid = cqueue::buffer_select(flags);
+        Poll::Ready(match res {
+            Ok(n) if n > 0 => match bid {
+                Some(bid) => Streamed::Bytes(Provided {
+                    ring: ring.clone(),
+                    bid,
+                    len: (n as usize).min(ring.size),
+                }),
+                None => Streamed::Failed(io::Error::other("a receive brought bytes but no buffer")),
+            },
+            res => {
+                if let Some(bid) = bid {
+                    ring.give_back(bid);
+                }
+                match res {
+                    Ok(_) => Streamed::Eof,
+                    Err(err) => match err.raw_os_error() {
+                        Some(libc::ENOBUFS) => Streamed::RingEmpty,
+                        Some(libc::ECANCELED) if self.cancelled => Streamed::Stopped,
+                        // A kernel without multishot receives: this thread
+                        // stops asking for them.
+                        Some(libc::EINVAL) => {
+                            MULTISHOT_OK.set(false);
+                            Streamed::Stopped
+                        }
+                        _ => Streamed::Failed(err),
+                    },
+                }
+            }
+        })
+    }
+
+    /// Whether its last completion was handed out: only then may another
+    /// receive on the socket start, or bytes could be read out of order.
+    pub fn is_done(&self) -> bool {
+        self.op.is_done()
+    }
+
+    /// Ready once `n` completions arrived that were not taken yet (each
+    /// holds a buffer of the ring); until then, each new one wakes the task.
+    pub fn poll_backlog(&mut self, cx: &mut Context<'_>, n: usize) -> Poll<()> {
+        self.op.poll_backlog(cx, n)
+    }
+
+    /// Whether [`RecvStream::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    /// Asks the kernel to stop the receive (IORING_OP_ASYNC_CANCEL); the
+    /// completions before its last still come out. Once is enough.
+    pub fn cancel(&mut self) {
+        if std::mem::replace(&mut self.cancelled, true) {
+            return;
+        }
+        if let Some(user_data) = self.op.user_data() {
+            let sqe = opcode::AsyncCancel::new(user_data).build();
+            // Nothing to wait for: the receive's own last completion says
+            // when it stopped.
+            drop(UnsubmittedOneshot::new((), CancelDone, sqe).submit());
+        }
+    }
+}
+
 /// Turns a provided-buffer receive's completion into its count and the id
 /// of the buffer the kernel filled, if it took one.
 struct ProvidedDone;
@@ -923,16 +1072,8 @@ impl OneshotOutputTransform for ProvidedDone {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::pair;
     use std::io::Write;
-
-    /// A connected pair: a std socket for the test to drive, and the
-    /// tokio-uring end under test. Must run inside the runtime.
-    fn pair() -> (std::net::TcpStream, TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (ours, _) = listener.accept().unwrap();
-        (peer, TcpStream::from_std(ours))
-    }
 
     #[test]
     fn connect_connects_or_names_the_refusing_address() {
@@ -1075,6 +1216,82 @@ mod tests {
             assert_eq!(std::io::Read::read(&mut pa, &mut got).unwrap(), 0, "EOF");
             drop((again, second));
             release_file_table();
+        });
+    }
+
+    /// The next completion of `stream`.
+    async fn next(stream: &mut RecvStream) -> Streamed {
+        std::future::poll_fn(|cx| stream.poll_next(cx)).await
+    }
+
+    /// Waits until `stream` holds `n` completions not taken yet.
+    async fn backlog_reaches(stream: &mut RecvStream, n: usize) {
+        std::future::poll_fn(|cx| stream.poll_backlog(cx, n)).await
+    }
+
+    #[test]
+    fn a_receive_stream_brings_every_arrival_in_order_and_ends_at_eof() {
+        tokio_uring::start(async {
+            provide_buffers(8, 16).unwrap();
+            let (mut peer, ours) = pair();
+            let mut stream = recv_stream(&ours).expect("a ring");
+            for msg in [&b"one"[..], b"two", b"three"] {
+                peer.write_all(msg).unwrap();
+                match next(&mut stream).await {
+                    Streamed::Bytes(got) => assert_eq!(got.bytes(), msg),
+                    other => panic!("expected bytes, got {other:?}"),
+                }
+                assert!(!stream.is_done(), "one receive for every arrival");
+            }
+            // More than a buffer holds, and arrivals that wait: several
+            // completions, in order.
+            let data: Vec<u8> = (0..100u8).collect();
+            peer.write_all(&data).unwrap();
+            backlog_reaches(&mut stream, 2).await;
+            let mut got = Vec::new();
+            while got.len() < data.len() {
+                match next(&mut stream).await {
+                    Streamed::Bytes(part) => {
+                        assert!(part.len() <= 16);
+                        got.extend_from_slice(part.bytes());
+                    }
+                    other => panic!("expected bytes, got {other:?}"),
+                }
+            }
+            assert_eq!(got, data);
+            drop(peer);
+            assert!(matches!(next(&mut stream).await, Streamed::Eof));
+            assert!(stream.is_done());
+            release_buffers();
+        });
+    }
+
+    #[test]
+    fn a_cancelled_stream_stops_and_a_dropped_one_gives_its_buffers_back() {
+        tokio_uring::start(async {
+            provide_buffers(4, 16).unwrap();
+            let (_peer, ours) = pair();
+            let mut stream = recv_stream(&ours).expect("a ring");
+            stream.cancel();
+            assert!(matches!(next(&mut stream).await, Streamed::Stopped));
+            assert!(stream.is_done());
+            // Four arrivals fill the ring's four buffers; nobody takes them.
+            let (mut peer, ours) = pair();
+            let mut stream = recv_stream(&ours).expect("a ring");
+            for n in 1..=4 {
+                peer.write_all(&[1; 16]).unwrap();
+                backlog_reaches(&mut stream, n).await;
+            }
+            // Dropped: the driver hands the four back to the ring, so a
+            // receive on another socket finds one.
+            drop(stream);
+            let (mut other_peer, other) = pair();
+            other_peer.write_all(b"x").unwrap();
+            match recv_provided(&other, false).await {
+                Some(Ok(Received::Bytes(got))) => assert_eq!(got.bytes(), b"x"),
+                other => panic!("expected a ring buffer, got {other:?}"),
+            }
+            release_buffers();
         });
     }
 }

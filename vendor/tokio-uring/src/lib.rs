@@ -81,7 +81,10 @@ pub mod fs;
 pub mod net;
 
 pub use io::write::*;
-pub use runtime::driver::op::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
+pub use runtime::driver::op::{
+    InFlightMultishot, InFlightOneshot, MultishotData, OneshotOutputTransform, UnsubmittedMultishot,
+    UnsubmittedOneshot,
+};
 pub use runtime::spawn;
 pub use runtime::Runtime;
 

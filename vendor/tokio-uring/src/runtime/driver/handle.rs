@@ -21,7 +21,9 @@ use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
 
 use crate::buf::fixed::FixedBuffers;
-use crate::runtime::driver::op::{Completable, MultiCQEFuture, Op, Updateable};
+use crate::runtime::driver::op::{
+    Completable, CqeResult, MultiCQEFuture, MultishotData, Op, Updateable,
+};
 use crate::runtime::driver::Driver;
 
 #[derive(Clone)]
@@ -103,6 +105,22 @@ impl Handle {
 
     pub(crate) fn remove_op_2<T: 'static>(&self, index: usize, data: T) {
         self.inner.borrow_mut().remove_op_2(index, data)
+    }
+
+    pub(crate) fn poll_next_2(&self, index: usize, cx: &mut Context<'_>) -> Poll<CqeResult> {
+        self.inner.borrow_mut().poll_next_2(index, cx)
+    }
+
+    pub(crate) fn poll_backlog_2(&self, index: usize, n: usize, cx: &mut Context<'_>) -> Poll<()> {
+        self.inner.borrow_mut().poll_backlog_2(index, n, cx)
+    }
+
+    pub(crate) fn submit_multishot_2(&self, sqe: squeue::Entry) -> usize {
+        self.inner.borrow_mut().submit_multishot_2(sqe)
+    }
+
+    pub(crate) fn remove_multishot(&self, index: usize, data: Box<dyn MultishotData>) {
+        self.inner.borrow_mut().remove_multishot(index, data)
     }
 }
 

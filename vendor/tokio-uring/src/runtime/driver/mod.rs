@@ -1,5 +1,8 @@
 use crate::buf::fixed::FixedBuffers;
-use crate::runtime::driver::op::{Completable, Lifecycle, MultiCQEFuture, Op, Updateable};
+use crate::runtime::driver::op::{
+    Completable, CqeResult, Lifecycle, MultiCQEFuture, MultishotData, Op, SlabListIndices,
+    Updateable,
+};
 use io_uring::opcode::AsyncCancel;
 use io_uring::{cqueue, squeue, IoUring};
 use slab::Slab;
@@ -197,7 +200,9 @@ impl Driver {
                     self.ops.remove(op.index());
                 }
             }
-            Lifecycle::Ignored(..) => unreachable!(),
+            Lifecycle::Ignored(..)
+            | Lifecycle::IgnoredMultishot(..)
+            | Lifecycle::Streaming(..) => unreachable!(),
         }
     }
 
@@ -232,7 +237,94 @@ impl Driver {
                     self.ops.remove(index);
                 }
             }
-            Lifecycle::Ignored(..) => unreachable!(),
+            Lifecycle::Ignored(..)
+            | Lifecycle::IgnoredMultishot(..)
+            | Lifecycle::Streaming(..) => unreachable!(),
+        }
+    }
+
+    /// Submits a multishot operation (ringlb patch 2): its completions are
+    /// queued in order for [`Driver::poll_next_2`].
+    pub(crate) fn submit_multishot_2(&mut self, sqe: squeue::Entry) -> usize {
+        let index = self
+            .ops
+            .lifecycle
+            .insert(Lifecycle::Streaming(SlabListIndices::new(), None));
+        let sqe = sqe.user_data(index as _);
+        while unsafe { self.uring.submission().push(&sqe).is_err() } {
+            self.submit().expect("Internal error, failed to submit ops");
+        }
+        index
+    }
+
+    /// The next completion of the multishot operation at `index` (ringlb
+    /// patch 2); the operation is removed once its last one is handed out.
+    pub(crate) fn poll_next_2(&mut self, index: usize, cx: &mut Context<'_>) -> Poll<CqeResult> {
+        let (lifecycle, completions) = self.ops.get_mut(index).expect("invalid internal state");
+        let Lifecycle::Streaming(indices, waker) = lifecycle else {
+            unreachable!("not a multishot operation")
+        };
+        let mut list = mem::replace(indices, SlabListIndices::new()).into_list(completions);
+        let next = list.pop();
+        *indices = list.into_indices();
+        match next {
+            None => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Some(cqe) => {
+                if !cqueue::more(cqe.flags) {
+                    self.ops.remove(index);
+                }
+                Poll::Ready(cqe)
+            }
+        }
+    }
+
+    /// Ready once the multishot operation at `index` holds at least `n`
+    /// completions not handed out yet; until then the task is woken by each
+    /// new one (ringlb patch 2).
+    pub(crate) fn poll_backlog_2(&mut self, index: usize, n: usize, cx: &mut Context<'_>) -> Poll<()> {
+        let Some((lifecycle, completions)) = self.ops.get_mut(index) else {
+            return Poll::Pending;
+        };
+        let Lifecycle::Streaming(indices, waker) = lifecycle else {
+            unreachable!("not a multishot operation")
+        };
+        let list = mem::replace(indices, SlabListIndices::new()).into_list(completions);
+        let queued = list.count_entries();
+        *indices = list.into_indices();
+        if queued >= n {
+            return Poll::Ready(());
+        }
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The submitter of the multishot operation at `index` went away
+    /// (ringlb patch 2): completions not handed out are discarded through
+    /// `data` now, later ones as they arrive.
+    pub(crate) fn remove_multishot(&mut self, index: usize, mut data: Box<dyn MultishotData>) {
+        let (lifecycle, completions) = match self.ops.get_mut(index) {
+            Some(val) => val,
+            None => return,
+        };
+        let Lifecycle::Streaming(indices, _) = mem::replace(lifecycle, Lifecycle::Submitted) else {
+            unreachable!("not a multishot operation")
+        };
+        let mut more = true;
+        for cqe in indices.into_list(completions) {
+            data.discard(cqe.flags);
+            more = cqueue::more(cqe.flags);
+        }
+        if more {
+            *lifecycle = Lifecycle::IgnoredMultishot(data);
+        } else {
+            self.ops.remove(index);
         }
     }
 
@@ -252,7 +344,9 @@ impl Driver {
                 *lifecycle = Lifecycle::Waiting(waker);
                 Poll::Pending
             }
-            Lifecycle::Ignored(..) => unreachable!(),
+            Lifecycle::Ignored(..)
+            | Lifecycle::IgnoredMultishot(..)
+            | Lifecycle::Streaming(..) => unreachable!(),
             Lifecycle::Completed(cqe) => {
                 self.ops.remove(index);
                 Poll::Ready(cqe)
@@ -285,7 +379,9 @@ impl Driver {
                 *lifecycle = Lifecycle::Waiting(waker);
                 Poll::Pending
             }
-            Lifecycle::Ignored(..) => unreachable!(),
+            Lifecycle::Ignored(..)
+            | Lifecycle::IgnoredMultishot(..)
+            | Lifecycle::Streaming(..) => unreachable!(),
             Lifecycle::Completed(cqe) => {
                 self.ops.remove(op.index());
                 Poll::Ready(op.take_data().unwrap().complete(cqe.into()))
@@ -322,7 +418,9 @@ impl Driver {
                 *lifecycle = Lifecycle::Waiting(waker);
                 Poll::Pending
             }
-            Lifecycle::Ignored(..) => unreachable!(),
+            Lifecycle::Ignored(..)
+            | Lifecycle::IgnoredMultishot(..)
+            | Lifecycle::Streaming(..) => unreachable!(),
             Lifecycle::Completed(cqe) => {
                 // This is possible. We may have previously polled a CompletionList,
                 // and the final CQE registered as Completed
@@ -389,6 +487,18 @@ impl Drop for Driver {
                 lc @ Lifecycle::Completed(_) => {
                     // don't cancel completed items
                     *cycle = lc;
+                }
+
+                Lifecycle::Streaming(indices, _) => {
+                    // ringlb patch 2: like a completion list, but it may be
+                    // empty (still running: cancel it).
+                    let mut list = indices.into_list(&mut self.ops.completions);
+                    if list
+                        .peek_end()
+                        .is_some_and(|cqe| !io_uring::cqueue::more(cqe.flags))
+                    {
+                        *cycle = Lifecycle::Completed(unsafe { mem::zeroed() });
+                    }
                 }
 
                 Lifecycle::CompletionList(indices) => {

@@ -9,7 +9,8 @@ use io_uring::{cqueue, squeue};
 mod slab_list;
 
 use slab::Slab;
-use slab_list::{SlabListEntry, SlabListIndices};
+pub(crate) use slab_list::SlabListIndices;
+use slab_list::SlabListEntry;
 
 use crate::runtime::{driver, CONTEXT};
 
@@ -114,6 +115,111 @@ impl<D: 'static, T: OneshotOutputTransform<StoredData = D>> Drop for InFlightOne
     }
 }
 
+/// What a multishot operation keeps in the driver while it runs (ringlb
+/// patch 2): told of every completion that nobody will take, once its
+/// [`InFlightMultishot`] was dropped before the last one, so it can give
+/// back what the kernel handed over with it (a provided buffer).
+pub trait MultishotData: 'static {
+    /// A completion, with these CQE flags, that nobody will take.
+    fn discard(&mut self, flags: u32);
+}
+
+/// An unsubmitted multishot operation (ringlb patch 2).
+pub struct UnsubmittedMultishot<D: MultishotData> {
+    data: D,
+    sqe: squeue::Entry,
+}
+
+impl<D: MultishotData> UnsubmittedMultishot<D> {
+    /// Construct a new multishot operation for later submission.
+    pub fn new(data: D, sqe: squeue::Entry) -> Self {
+        Self { data, sqe }
+    }
+
+    /// Submit the operation to the driver for batched entry to the kernel.
+    pub fn submit(self) -> InFlightMultishot<D> {
+        let handle = CONTEXT
+            .with(|x| x.handle())
+            .expect("Could not submit op; not in runtime context");
+        let index = handle.submit_multishot_2(self.sqe);
+        InFlightMultishot {
+            op: Some(((&handle).into(), index)),
+            data: Some(self.data),
+        }
+    }
+}
+
+/// A multishot operation in flight (ringlb patch 2): every completion the
+/// kernel posts for it is handed out in order by [`poll_next`], the last
+/// being the first without IORING_CQE_F_MORE. Dropped before that, the
+/// driver keeps its data and passes each later completion to
+/// [`MultishotData::discard`].
+///
+/// [`poll_next`]: InFlightMultishot::poll_next
+pub struct InFlightMultishot<D: MultishotData> {
+    /// The driver and the operation's slot; none once the last completion
+    /// was handed out.
+    op: Option<(driver::WeakHandle, usize)>,
+    /// What the operation keeps; moved to the driver if dropped early.
+    data: Option<D>,
+}
+
+impl<D: MultishotData> InFlightMultishot<D> {
+    /// The next completion, as its result and CQE flags; `None` after the
+    /// last one.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(io::Result<u32>, u32)>> {
+        let Some((driver, index)) = &self.op else {
+            return Poll::Ready(None);
+        };
+        let upgraded = driver
+            .upgrade()
+            .expect("Failed to poll op: driver no longer exists");
+        let cqe = ready!(upgraded.poll_next_2(*index, cx));
+        if !io_uring::cqueue::more(cqe.flags) {
+            // The driver has removed the operation.
+            self.op = None;
+        }
+        Poll::Ready(Some((cqe.result, cqe.flags)))
+    }
+
+    /// Whether the last completion was handed out.
+    pub fn is_done(&self) -> bool {
+        self.op.is_none()
+    }
+
+    /// Ready once at least `n` completions arrived that were not handed out
+    /// yet; until then, each new completion wakes the task.
+    pub fn poll_backlog(&mut self, cx: &mut Context<'_>, n: usize) -> Poll<()> {
+        match &self.op {
+            Some((driver, index)) => driver
+                .upgrade()
+                .map_or(Poll::Pending, |d| d.poll_backlog_2(*index, n, cx)),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The operation's user_data in the ring, for an IORING_OP_ASYNC_CANCEL;
+    /// `None` after the last completion.
+    pub fn user_data(&self) -> Option<u64> {
+        self.op.as_ref().map(|(_, index)| *index as u64)
+    }
+
+    /// What the operation keeps.
+    pub fn data(&self) -> &D {
+        self.data.as_ref().expect("data is only taken on drop")
+    }
+}
+
+impl<D: MultishotData> Drop for InFlightMultishot<D> {
+    fn drop(&mut self) {
+        if let (Some((driver, index)), Some(data)) = (self.op.take(), self.data.take()) {
+            if let Some(driver) = driver.upgrade() {
+                driver.remove_multishot(index, Box::new(data))
+            }
+        }
+    }
+}
+
 /// Transforms the output of a oneshot operation into a more user-friendly format.
 pub trait OneshotOutputTransform {
     /// The final output after the transformation.
@@ -167,6 +273,15 @@ pub(crate) enum Lifecycle {
     /// The submitter no longer has interest in the operation result. The state
     /// must be passed to the driver and held until the operation completes.
     Ignored(Box<dyn std::any::Any>),
+
+    /// A multishot operation whose submitter went away before its last
+    /// completion (ringlb patch 2): each later completion is discarded
+    /// through its data.
+    IgnoredMultishot(Box<dyn MultishotData>),
+
+    /// A multishot operation (ringlb patch 2): its completions not handed
+    /// out yet, in order, and the task to wake when one arrives.
+    Streaming(SlabListIndices, Option<Waker>),
 
     /// The operation has completed with a single cqe result
     Completed(cqueue::Entry),
@@ -293,6 +408,26 @@ impl Lifecycle {
                     false
                 } else {
                     // This Op has completed, we can drop
+                    true
+                }
+            }
+
+            Lifecycle::Streaming(indices, waker) => {
+                let mut list = indices.into_list(completions);
+                list.push(cqe.into());
+                *self = Lifecycle::Streaming(list.into_indices(), None);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                false
+            }
+
+            Lifecycle::IgnoredMultishot(mut data) => {
+                data.discard(cqe.flags());
+                if io_uring::cqueue::more(cqe.flags()) {
+                    *self = Lifecycle::IgnoredMultishot(data);
+                    false
+                } else {
                     true
                 }
             }

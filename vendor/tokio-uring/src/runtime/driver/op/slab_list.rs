@@ -77,6 +77,17 @@ impl<'a, T> SlabList<'a, T> {
         }
     }
 
+    /// Entries in the list, which stays unchanged (ringlb patch 2)
+    pub(crate) fn count_entries(&self) -> usize {
+        let mut n = 0;
+        let mut at = self.index.start;
+        while at != usize::MAX {
+            n += 1;
+            at = self.slab[at].next;
+        }
+        n
+    }
+
     /// Pop from front of list
     pub(crate) fn pop(&mut self) -> Option<T> {
         self.slab
