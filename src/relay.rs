@@ -165,6 +165,14 @@ struct Pump<'a> {
     /// before the client's first bytes; the client usually has, by the time
     /// we get here.
     poll_first: bool,
+    /// Whether a read that waits should be a multishot receive: yes once a
+    /// read into a ring buffer came back short of it (small messages, as in
+    /// request-response traffic); no after a full read, since a stream
+    /// armed into bulk data would hand it out in ring-buffer-sized pieces
+    /// until stopped.
+    stream_ok: bool,
+    /// Whether `stream` was asked to stop (once is enough).
+    stream_stopping: bool,
     /// Bytes carried.
     total: u64,
     /// The pump's own buffer, when it has one between operations: none while
@@ -203,6 +211,8 @@ impl<'a> Pump<'a> {
             dst,
             from,
             poll_first: from == Side::Backend,
+            stream_ok: false,
+            stream_stopping: false,
             total: 0,
             own: None,
             stream: None,
@@ -229,13 +239,16 @@ impl<'a> Pump<'a> {
                     // the worker's provided ring when data arrives, so a
                     // connection waiting on an idle peer holds no buffer of
                     // its own; the bytes are sent from that same buffer, which
-                    // goes back to the ring once sent. The receive stays
-                    // armed for the next arrival (multishot) where the kernel
-                    // can.
+                    // goes back to the ring once sent. Where the messages are
+                    // small, the receive stays armed for the next arrival
+                    // (multishot), if the kernel can.
                     if let Some(b) = self.own.take() {
                         pool.put(b);
                     }
-                    self.stream = uring::recv_stream(self.src);
+                    if self.stream_ok {
+                        self.stream = uring::recv_stream(self.src);
+                        self.stream_stopping = false;
+                    }
                     self.step = if self.stream.is_some() {
                         Step::Stream
                     } else {
@@ -266,17 +279,13 @@ impl<'a> Pump<'a> {
                         // own, read at once.
                         Streamed::RingEmpty => {
                             self.poll_first = false;
-                            if let Some(stream) = &mut self.stream {
-                                stream.cancel();
-                            }
+                            self.stop_stream();
                         }
                         // Ended without news, or a last completion the
                         // kernel did not mark as last (not expected): stop
                         // it, and read again once it has ended.
                         Streamed::Stopped | Streamed::Eof | Streamed::Failed(_) => {
-                            if let Some(stream) = &mut self.stream {
-                                stream.cancel();
-                            }
+                            self.stop_stream()
                         }
                     }
                     if self.stream.is_none() && matches!(self.step, Step::Stream) {
@@ -315,9 +324,10 @@ impl<'a> Pump<'a> {
                     // few, it is stopped, and armed again once what it
                     // brought has been sent.
                     if let Some(stream) = &mut self.stream {
-                        if !stream.is_cancelled()
+                        if !self.stream_stopping
                             && stream.poll_backlog(cx, STREAM_BACKLOG).is_ready()
                         {
+                            self.stream_stopping = true;
                             stream.cancel();
                         }
                     }
@@ -335,17 +345,17 @@ impl<'a> Pump<'a> {
                     // multishot receive (stopped here) has handed out what it
                     // already brought.
                     self.poll_first = !full;
+                    self.stream_ok = !full;
                     if full && self.own.is_none() {
                         self.own = Some(pool.resize(pool.small(), buffer::SMALL));
                     }
-                    self.step = match &mut self.stream {
-                        Some(stream) => {
-                            if full {
-                                stream.cancel();
-                            }
-                            Step::Stream
+                    self.step = if self.stream.is_some() {
+                        if full {
+                            self.stop_stream();
                         }
-                        None => Step::Read,
+                        Step::Stream
+                    } else {
+                        Step::Read
                     };
                 }
                 Step::Recv(op) => {
@@ -376,10 +386,22 @@ impl<'a> Pump<'a> {
                     let n = buf.len();
                     self.total += n as u64;
                     self.poll_first = n < buf.capacity();
+                    // A ring buffer's read tells first whether the messages
+                    // are small enough for a stream.
+                    self.stream_ok = false;
                     self.own = Some(pool.resize(buf, n));
                     self.step = Step::Read;
                 }
                 Step::Done(_) => return Poll::Ready(()),
+            }
+        }
+    }
+
+    /// Asks the multishot receive, if one is armed, to stop, once.
+    fn stop_stream(&mut self) {
+        if let Some(stream) = &self.stream {
+            if !std::mem::replace(&mut self.stream_stopping, true) {
+                stream.cancel();
             }
         }
     }

@@ -940,8 +940,6 @@ impl MultishotData for StreamRing {
 pub struct RecvStream {
     /// The receive in flight.
     op: InFlightMultishot<StreamRing>,
-    /// Whether [`RecvStream::cancel`] was called.
-    cancelled: bool,
 }
 
 /// One completion of a [`RecvStream`].
@@ -981,7 +979,6 @@ pub fn recv_stream<'a>(sock: impl Into<Sock<'a>>) -> Option<RecvStream> {
     // the receive even if this stream is dropped.
     Some(RecvStream {
         op: UnsubmittedMultishot::new(StreamRing(ring), sqe).submit(),
-        cancelled: false,
     })
 }
 
@@ -1010,7 +1007,8 @@ impl RecvStream {
                     Ok(_) => Streamed::Eof,
                     Err(err) => match err.raw_os_error() {
                         Some(libc::ENOBUFS) => Streamed::RingEmpty,
-                        Some(libc::ECANCELED) if self.cancelled => Streamed::Stopped,
+                        // Only [`RecvStream::cancel`] cancels it.
+                        Some(libc::ECANCELED) => Streamed::Stopped,
                         // A kernel without multishot receives: this thread
                         // stops asking for them.
                         Some(libc::EINVAL) => {
@@ -1036,17 +1034,10 @@ impl RecvStream {
         self.op.poll_backlog(cx, n)
     }
 
-    /// Whether [`RecvStream::cancel`] was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled
-    }
-
     /// Asks the kernel to stop the receive (IORING_OP_ASYNC_CANCEL); the
-    /// completions before its last still come out. Once is enough.
-    pub fn cancel(&mut self) {
-        if std::mem::replace(&mut self.cancelled, true) {
-            return;
-        }
+    /// completions before its last still come out. Once is enough: the
+    /// caller keeps track.
+    pub fn cancel(&self) {
         if let Some(user_data) = self.op.user_data() {
             let sqe = opcode::AsyncCancel::new(user_data).build();
             // Nothing to wait for: the receive's own last completion says

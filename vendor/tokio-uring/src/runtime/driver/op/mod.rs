@@ -144,7 +144,7 @@ impl<D: MultishotData> UnsubmittedMultishot<D> {
         let index = handle.submit_multishot_2(self.sqe);
         InFlightMultishot {
             op: Some(((&handle).into(), index)),
-            data: Some(self.data),
+            data: std::mem::ManuallyDrop::new(self.data),
         }
     }
 }
@@ -160,8 +160,9 @@ pub struct InFlightMultishot<D: MultishotData> {
     /// The driver and the operation's slot; none once the last completion
     /// was handed out.
     op: Option<(driver::WeakHandle, usize)>,
-    /// What the operation keeps; moved to the driver if dropped early.
-    data: Option<D>,
+    /// What the operation keeps; moved to the driver if dropped early (not
+    /// an `Option`, so an `Option` of this takes no more room).
+    data: std::mem::ManuallyDrop<D>,
 }
 
 impl<D: MultishotData> InFlightMultishot<D> {
@@ -206,13 +207,15 @@ impl<D: MultishotData> InFlightMultishot<D> {
 
     /// What the operation keeps.
     pub fn data(&self) -> &D {
-        self.data.as_ref().expect("data is only taken on drop")
+        &self.data
     }
 }
 
 impl<D: MultishotData> Drop for InFlightMultishot<D> {
     fn drop(&mut self) {
-        if let (Some((driver, index)), Some(data)) = (self.op.take(), self.data.take()) {
+        // SAFETY: `data` is taken here, once, and never touched again.
+        let data = unsafe { std::mem::ManuallyDrop::take(&mut self.data) };
+        if let Some((driver, index)) = self.op.take() {
             if let Some(driver) = driver.upgrade() {
                 driver.remove_multishot(index, Box::new(data))
             }

@@ -6,6 +6,7 @@
 //! It also holds the index of the last element, to support
 //! push operations without list traversal.
 use slab::Slab;
+use std::convert::TryFrom;
 use std::ops::{Deref, DerefMut};
 
 /// A linked list backed by slab storage
@@ -17,9 +18,14 @@ pub(crate) struct SlabList<'a, T> {
 // Indices to the head and tail of a single list held within a SlabList
 #[derive(Clone)]
 pub(crate) struct SlabListIndices {
-    start: usize,
-    end: usize,
+    // u32 (ringlb patch 2): keeps an operation's lifecycle, which holds one
+    // of these and a waker when it streams, at its old size.
+    start: u32,
+    end: u32,
 }
+
+/// The end of a list.
+const NONE: u32 = u32::MAX;
 
 /// Multi cycle operations may return an unbounded number of CQE's
 /// for a single cycle SQE.
@@ -27,7 +33,7 @@ pub(crate) struct SlabListIndices {
 /// These are held in an indexed linked list
 pub(crate) struct SlabListEntry<T> {
     entry: T,
-    next: usize,
+    next: u32,
 }
 
 impl<T> Deref for SlabListEntry<T> {
@@ -46,7 +52,7 @@ impl<T> DerefMut for SlabListEntry<T> {
 
 impl SlabListIndices {
     pub(crate) fn new() -> Self {
-        let start = usize::MAX;
+        let start = NONE;
         SlabListIndices { start, end: start }
     }
 
@@ -64,16 +70,16 @@ impl<'a, T> SlabList<'a, T> {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.index.start == usize::MAX
+        self.index.start == NONE
     }
 
     /// Peek at the end of the list (most recently pushed)
     /// This leaves the list unchanged
     pub(crate) fn peek_end(&mut self) -> Option<&T> {
-        if self.index.end == usize::MAX {
+        if self.index.end == NONE {
             None
         } else {
-            Some(&self.slab[self.index.end].entry)
+            Some(&self.slab[self.index.end as usize].entry)
         }
     }
 
@@ -81,20 +87,23 @@ impl<'a, T> SlabList<'a, T> {
     pub(crate) fn count_entries(&self) -> usize {
         let mut n = 0;
         let mut at = self.index.start;
-        while at != usize::MAX {
+        while at != NONE {
             n += 1;
-            at = self.slab[at].next;
+            at = self.slab[at as usize].next;
         }
         n
     }
 
     /// Pop from front of list
     pub(crate) fn pop(&mut self) -> Option<T> {
+        if self.index.start == NONE {
+            return None;
+        }
         self.slab
-            .try_remove(self.index.start)
+            .try_remove(self.index.start as usize)
             .map(|SlabListEntry { next, entry, .. }| {
-                if next == usize::MAX {
-                    self.index.end = usize::MAX;
+                if next == NONE {
+                    self.index.end = NONE;
                 }
                 self.index.start = next;
                 entry
@@ -104,13 +113,10 @@ impl<'a, T> SlabList<'a, T> {
     /// Push to the end of the list
     pub(crate) fn push(&mut self, entry: T) {
         let prev = self.index.end;
-        let entry = SlabListEntry {
-            entry,
-            next: usize::MAX,
-        };
-        self.index.end = self.slab.insert(entry);
-        if prev != usize::MAX {
-            self.slab[prev].next = self.index.end;
+        let entry = SlabListEntry { entry, next: NONE };
+        self.index.end = u32::try_from(self.slab.insert(entry)).expect("fewer than 2^32 completions");
+        if prev != NONE {
+            self.slab[prev as usize].next = self.index.end;
         } else {
             self.index.start = self.index.end;
         }
@@ -125,7 +131,7 @@ impl<'a, T> SlabList<'a, T> {
 impl<'a, T> Drop for SlabList<'a, T> {
     fn drop(&mut self) {
         while !self.is_empty() {
-            let removed = self.slab.remove(self.index.start);
+            let removed = self.slab.remove(self.index.start as usize);
             self.index.start = removed.next;
         }
     }
