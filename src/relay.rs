@@ -2,9 +2,14 @@
 //! backend -> client, both driven by one task.
 //!
 //! Each pump reads into an owned buffer and writes that same buffer out, so
-//! there is no copy in user space and at most one buffer per direction is in
-//! flight (the backpressure bound: a slow reader stalls the writer's pump,
-//! never grows memory). EOF on one side becomes `shutdown(Write)` on the other
+//! there is no copy in user space and one send per direction is in flight
+//! (the backpressure bound: a slow reader stalls the writer's pump, never
+//! grows memory). In request-response traffic a pump's receive is a
+//! multishot one, armed once and completing at every arrival into a buffer
+//! of the worker's provided ring; while a send waits, it may fill at most
+//! [`STREAM_BACKLOG`] ring buffers before the pump stops it. Both sockets
+//! are named to the kernel by their slots in the worker's registered file
+//! table. EOF on one side becomes `shutdown(Write)` on the other
 //! while the opposite pump keeps going (half-close). An error on either side
 //! shuts both sockets down, which completes the other pump's pending
 //! operations in the kernel: in tokio-uring a dropped operation is not

@@ -10,7 +10,11 @@
 //! (IORING_OP_SEND); both reach the socket more directly than the generic
 //! read and write tokio-uring uses. These are futures written by hand
 //! ([`Recv`], [`RecvProvided`], [`SendAll`]), so a task waiting on one holds
-//! only the operation in flight. And the socket's local address
+//! only the operation in flight. A multishot receive ([`RecvStream`]): armed
+//! once, it completes at every arrival into a buffer of the worker's
+//! provided ring. The worker's table of registered files ([`FixedPair`]), so
+//! the relay names its two sockets by slot ([`Sock`]) and the kernel skips a
+//! descriptor lookup per operation. And the socket's local address
 //! (getsockname), to tell a backend in a PROXY protocol header which address
 //! the client connected to.
 //!
