@@ -27,7 +27,7 @@ use std::time::Instant;
 use tokio_uring::net::TcpStream;
 
 use crate::buffer::{self, BufPool};
-use crate::uring::{self, FixedPair, Provided, Received, RecvStream, Sock, Streamed};
+use crate::uring::{self, FixedPair, Provided, Received, RecvStream, Sock};
 
 /// Which peer of the proxied connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,28 +270,28 @@ impl<'a> Pump<'a> {
                         self.stream = None;
                     }
                     match next {
-                        Streamed::Bytes(received) => {
+                        Some(Ok(Received::Bytes(received))) => {
                             shared.stamp();
                             self.step = Step::SendProvided(uring::send_all(self.dst, received));
                         }
-                        Streamed::Eof if self.stream.is_none() => return self.end(None, shared),
-                        Streamed::Failed(source) if self.stream.is_none() => {
+                        Some(Ok(Received::Eof)) if self.stream.is_none() => {
+                            return self.end(None, shared)
+                        }
+                        Some(Err(source)) if self.stream.is_none() => {
                             let from = self.from;
                             return self.end(Some(RelayError::Read { side: from, source }), shared);
                         }
                         // Every buffer of the ring is out, and bytes are
                         // waiting: once the stream has ended, a buffer of our
                         // own, read at once.
-                        Streamed::RingEmpty => {
+                        Some(Ok(Received::RingEmpty)) => {
                             self.poll_first = false;
                             self.stop_stream();
                         }
                         // Ended without news, or a last completion the
                         // kernel did not mark as last (not expected): stop
                         // it, and read again once it has ended.
-                        Streamed::Stopped | Streamed::Eof | Streamed::Failed(_) => {
-                            self.stop_stream()
-                        }
+                        None | Some(Ok(Received::Eof)) | Some(Err(_)) => self.stop_stream(),
                     }
                     if self.stream.is_none() && matches!(self.step, Step::Stream) {
                         self.step = Step::Read;

@@ -308,10 +308,9 @@ impl<'a> FixedPair<'a> {
 
     /// The two sockets, named by their slots.
     pub fn socks(&self) -> (Sock<'_>, Sock<'_>) {
-        let named = |stream: &TcpStream, slot| Sock {
-            fd: stream.as_raw_fd(),
+        let named = |stream, slot| Sock {
             slot,
-            stream: std::marker::PhantomData,
+            ..Sock::from(stream)
         };
         (
             named(self.socks.0, self.slot),
@@ -866,29 +865,35 @@ impl Future for RecvProvided {
         };
         let (res, bid, ring) = ready!(Pin::new(op).poll(cx));
         this.op = None;
-        Poll::Ready(match res {
-            Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Some(Ok(Received::RingEmpty)),
+        Poll::Ready(match received(res, bid, &ring) {
             // A kernel that refuses the receive flags: the caller's own
             // receive learns that and stops passing them.
             Err(err) if this.poll_first && err.raw_os_error() == Some(libc::EINVAL) => None,
-            Err(err) => {
-                if let Some(bid) = bid {
-                    ring.give_back(bid);
-                }
-                Some(Err(err))
-            }
-            Ok(n) => Some(Ok(match bid {
-                Some(bid) if n > 0 => {
-                    let len = n.min(ring.size);
-                    Received::Bytes(Provided { ring, bid, len })
-                }
-                Some(bid) => {
-                    ring.give_back(bid);
-                    Received::Eof
-                }
-                None => Received::Eof,
-            })),
+            res => Some(res),
         })
+    }
+}
+
+/// What a receive into `ring` brought, from its result and the id of the
+/// buffer the kernel filled, if it took one; a buffer that holds no bytes
+/// goes back to the ring at once.
+fn received(res: io::Result<usize>, bid: Option<u16>, ring: &Rc<BufRing>) -> io::Result<Received> {
+    match (res, bid) {
+        (Ok(n), Some(bid)) if n > 0 => Ok(Received::Bytes(Provided {
+            ring: ring.clone(),
+            bid,
+            len: n.min(ring.size),
+        })),
+        (res, bid) => {
+            if let Some(bid) = bid {
+                ring.give_back(bid);
+            }
+            match res {
+                Ok(_) => Ok(Received::Eof),
+                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Ok(Received::RingEmpty),
+                Err(err) => Err(err),
+            }
+        }
     }
 }
 
@@ -946,23 +951,6 @@ pub struct RecvStream {
     op: InFlightMultishot<StreamRing>,
 }
 
-/// One completion of a [`RecvStream`].
-#[derive(Debug)]
-pub enum Streamed {
-    /// Bytes, in one of the ring's buffers.
-    Bytes(Provided),
-    /// The peer closed its side (the last completion).
-    Eof,
-    /// Bytes are waiting but every buffer of the ring is out (ENOBUFS, the
-    /// last completion): read them into a buffer of one's own.
-    RingEmpty,
-    /// The stream ended without news: cancelled, or refused by a kernel
-    /// without multishot receives. Receive again.
-    Stopped,
-    /// The receive failed (the last completion).
-    Failed(io::Error),
-}
-
 /// Arms a multishot receive on `sock`; `None` when this thread has no
 /// provided ring, or its kernel takes no multishot receives: then receive
 /// one at a time.
@@ -987,43 +975,27 @@ pub fn recv_stream<'a>(sock: impl Into<Sock<'a>>) -> Option<RecvStream> {
 }
 
 impl RecvStream {
-    /// The next completion, in the order the kernel posted them.
-    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Streamed> {
+    /// The next completion, in the order the kernel posted them; `None`
+    /// when the stream ended without news (cancelled, or refused by a
+    /// kernel without multishot receives): receive again.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Received>>> {
         let Some((res, flags)) = ready!(self.op.poll_next(cx)) else {
-            return Poll::Ready(Streamed::Stopped);
+            return Poll::Ready(None);
         };
-        let ring = &self.op.data().0;
-        let bid = cqueue::buffer_select(flags);
-        Poll::Ready(match res {
-            Ok(n) if n > 0 => match bid {
-                Some(bid) => Streamed::Bytes(Provided {
-                    ring: ring.clone(),
-                    bid,
-                    len: (n as usize).min(ring.size),
-                }),
-                None => Streamed::Failed(io::Error::other("a receive brought bytes but no buffer")),
+        let res = res.map(|n| n as usize);
+        Poll::Ready(
+            match received(res, cqueue::buffer_select(flags), &self.op.data().0) {
+                // Only [`RecvStream::cancel`] cancels it.
+                Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => None,
+                // A kernel without multishot receives: this thread stops
+                // asking for them.
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                    MULTISHOT_OK.set(false);
+                    None
+                }
+                res => Some(res),
             },
-            res => {
-                if let Some(bid) = bid {
-                    ring.give_back(bid);
-                }
-                match res {
-                    Ok(_) => Streamed::Eof,
-                    Err(err) => match err.raw_os_error() {
-                        Some(libc::ENOBUFS) => Streamed::RingEmpty,
-                        // Only [`RecvStream::cancel`] cancels it.
-                        Some(libc::ECANCELED) => Streamed::Stopped,
-                        // A kernel without multishot receives: this thread
-                        // stops asking for them.
-                        Some(libc::EINVAL) => {
-                            MULTISHOT_OK.set(false);
-                            Streamed::Stopped
-                        }
-                        _ => Streamed::Failed(err),
-                    },
-                }
-            }
-        })
+        )
     }
 
     /// Whether its last completion was handed out: only then may another
@@ -1215,7 +1187,7 @@ mod tests {
     }
 
     /// The next completion of `stream`.
-    async fn next(stream: &mut RecvStream) -> Streamed {
+    async fn next(stream: &mut RecvStream) -> Option<io::Result<Received>> {
         std::future::poll_fn(|cx| stream.poll_next(cx)).await
     }
 
@@ -1233,7 +1205,7 @@ mod tests {
             for msg in [&b"one"[..], b"two", b"three"] {
                 peer.write_all(msg).unwrap();
                 match next(&mut stream).await {
-                    Streamed::Bytes(got) => assert_eq!(got.bytes(), msg),
+                    Some(Ok(Received::Bytes(got))) => assert_eq!(got.bytes(), msg),
                     other => panic!("expected bytes, got {other:?}"),
                 }
                 assert!(!stream.is_done(), "one receive for every arrival");
@@ -1246,7 +1218,7 @@ mod tests {
             let mut got = Vec::new();
             while got.len() < data.len() {
                 match next(&mut stream).await {
-                    Streamed::Bytes(part) => {
+                    Some(Ok(Received::Bytes(part))) => {
                         assert!(part.len() <= 16);
                         got.extend_from_slice(part.bytes());
                     }
@@ -1255,7 +1227,7 @@ mod tests {
             }
             assert_eq!(got, data);
             drop(peer);
-            assert!(matches!(next(&mut stream).await, Streamed::Eof));
+            assert!(matches!(next(&mut stream).await, Some(Ok(Received::Eof))));
             assert!(stream.is_done());
             release_buffers();
         });
@@ -1268,7 +1240,7 @@ mod tests {
             let (_peer, ours) = pair();
             let mut stream = recv_stream(&ours).expect("a ring");
             stream.cancel();
-            assert!(matches!(next(&mut stream).await, Streamed::Stopped));
+            assert!(next(&mut stream).await.is_none(), "stopped");
             assert!(stream.is_done());
             // Four arrivals fill the ring's four buffers; nobody takes them.
             let (mut peer, ours) = pair();

@@ -246,14 +246,10 @@ impl Driver {
     /// Submits a multishot operation (ringlb patch 2): its completions are
     /// queued in order for [`Driver::poll_next_2`].
     pub(crate) fn submit_multishot_2(&mut self, sqe: squeue::Entry) -> usize {
-        let index = self
-            .ops
-            .lifecycle
-            .insert(Lifecycle::Streaming(SlabListIndices::new(), None));
-        let sqe = sqe.user_data(index as _);
-        while unsafe { self.uring.submission().push(&sqe).is_err() } {
-            self.submit().expect("Internal error, failed to submit ops");
-        }
+        let index = self.submit_op_2(sqe);
+        // The entry is queued, not yet submitted, so no completion of it can
+        // have been seen.
+        self.ops.lifecycle[index] = Lifecycle::Streaming(SlabListIndices::new(), None);
         index
     }
 

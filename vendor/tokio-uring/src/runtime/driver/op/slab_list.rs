@@ -96,9 +96,6 @@ impl<'a, T> SlabList<'a, T> {
 
     /// Pop from front of list
     pub(crate) fn pop(&mut self) -> Option<T> {
-        if self.index.start == NONE {
-            return None;
-        }
         self.slab
             .try_remove(self.index.start as usize)
             .map(|SlabListEntry { next, entry, .. }| {
