@@ -267,8 +267,9 @@ pub fn run(
             })?;
     }
     let control = control.map(Arc::new);
+    let mut conversation = None;
     if let Some(socket) = &control {
-        upgrade::serve(Serve {
+        let served = upgrade::serve(Serve {
             socket: socket.clone(),
             generations: generations.clone(),
             phase: phase.clone(),
@@ -278,6 +279,7 @@ pub fn run(
             on_drain: Box::new(|| systemd(&[NotifyState::Stopping])),
         })
         .map_err(ServerError::Signals)?;
+        conversation = Some(served);
     }
     info!(
         listen = %generation.frontends[0].listeners.addr,
@@ -312,6 +314,9 @@ pub fn run(
 
     for handle in handles {
         let _ = handle.join();
+    }
+    if let Some(conversation) = conversation {
+        conversation.finish();
     }
     if let Some(control) = control {
         control.remove();

@@ -28,6 +28,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -384,11 +385,34 @@ pub struct Serve {
     pub on_drain: Box<dyn Fn() + Send>,
 }
 
+/// The thread serving the control socket.
+pub struct Control {
+    thread: thread::JoinHandle<()>,
+    /// Set once a successor told this process to drain: from then on the
+    /// thread finishes the conversation in bounded time.
+    handing_over: Arc<AtomicBool>,
+}
+
+impl Control {
+    /// Called as the process exits: if it drains because a successor took
+    /// over, waits for the conversation to end, so the successor hears that
+    /// this process stopped accepting (and the log says so) before it goes.
+    /// Otherwise the thread still waits for a successor and is left to exit
+    /// with the process.
+    pub fn finish(self) {
+        if self.handing_over.load(Ordering::SeqCst) {
+            let _ = self.thread.join();
+        }
+    }
+}
+
 /// Serves the control socket on a thread of its own until a takeover
 /// succeeds (then the socket file is gone and the process drains) or the
 /// process exits.
-pub fn serve(ctx: Serve) -> io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new()
+pub fn serve(ctx: Serve) -> io::Result<Control> {
+    let handing_over = Arc::new(AtomicBool::new(false));
+    let flag = handing_over.clone();
+    let thread = thread::Builder::new()
         .name("ringlb-control".into())
         .spawn(move || {
             info!(control_socket = %ctx.socket.path.display(), "control socket listening");
@@ -401,19 +425,27 @@ pub fn serve(ctx: Serve) -> io::Result<thread::JoinHandle<()>> {
                         continue;
                     }
                 };
-                match hand_over(stream, &ctx) {
+                match hand_over(stream, &ctx, &flag) {
                     Ok(true) => return,
                     Ok(false) => {}
+                    Err(err) if flag.load(Ordering::SeqCst) => {
+                        warn!(%err, "takeover: the new process serves, but did not hear that this one stopped accepting");
+                        return;
+                    }
                     Err(err) => {
                         warn!(%err, "takeover abandoned; still serving as before")
                     }
                 }
             }
-        })
+        })?;
+    Ok(Control {
+        thread,
+        handing_over,
+    })
 }
 
 /// One conversation with a would-be successor; `Ok(true)` once it took over.
-fn hand_over(mut stream: UnixStream, ctx: &Serve) -> io::Result<bool> {
+fn hand_over(mut stream: UnixStream, ctx: &Serve, handing_over: &AtomicBool) -> io::Result<bool> {
     set_timeout(&stream, STEP_TIMEOUT)?;
     let hello: Hello = read_message(&mut stream)?;
     let refuse = |stream: &mut UnixStream, error: String| {
@@ -492,7 +524,13 @@ fn hand_over(mut stream: UnixStream, ctx: &Serve) -> io::Result<bool> {
     }
 
     // From here on the new process serves: stop accepting, let it have the
-    // control socket's path, and drain.
+    // control socket's path, and drain. The process waits for the rest of
+    // this conversation before it exits, however soon its drain ends.
+    handing_over.store(true, Ordering::SeqCst);
+    info!(
+        pid = hello.pid,
+        "hot upgrade: process {} took over; no new connections, draining open ones", hello.pid
+    );
     if let Some(admin) = &ctx.admin {
         admin.stop.send_replace(true);
     }
@@ -500,10 +538,6 @@ fn hand_over(mut stream: UnixStream, ctx: &Serve) -> io::Result<bool> {
     ctx.accepting.hand_over();
     ctx.trigger.drain();
     (ctx.on_drain)();
-    info!(
-        pid = hello.pid,
-        "hot upgrade: process {} took over; no new connections, draining open ones", hello.pid
-    );
     let stopped = ctx.accepting.wait_none(STEP_TIMEOUT);
     if !stopped {
         warn!("takeover: some workers still accept after {STEP_TIMEOUT:?}");

@@ -206,10 +206,26 @@ fn three_upgrades_under_load_refuse_and_reset_nothing() {
         logs.push(old.log());
         old = new;
     }
+    // A stuck exchange gives up after PATIENCE and is tallied as a failure,
+    // so wait past that and report it with every generation's log.
     let before = tally.ok.load(Ordering::SeqCst);
-    wait_until("clients get through after the last upgrade", || {
-        tally.ok.load(Ordering::SeqCst) >= before + 40
-    });
+    let deadline = std::time::Instant::now() + 2 * PATIENCE;
+    while tally.ok.load(Ordering::SeqCst) < before + 40 && !tally.failed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clients stuck after the last upgrade\nlogs of the earlier generations:\n{}\nlog of the running one:\n{}",
+            logs.join("\n---\n"),
+            old.log()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !tally.failed(),
+        "clients failed after the last upgrade: {:?}\nlogs of the earlier generations:\n{}\nlog of the running one:\n{}",
+        tally.first_failures(),
+        logs.join("\n---\n"),
+        old.log()
+    );
     stop.store(true, Ordering::SeqCst);
     clients.join().unwrap();
     long.join()
