@@ -480,7 +480,7 @@ mod tests {
         use std::time::Duration;
 
         tokio_uring::start(async {
-            uring::provide_buffers(16, 2048).unwrap();
+            uring::provide_buffers(16, 16, 2048).unwrap();
             // Small socket buffers, and a client who reads nothing: the
             // relay's send to it stalls soon, and so does the backend.
             let (client_peer, client) = crate::testing::pair_with_buffers(Some(4096));

@@ -655,15 +655,25 @@ thread_local! {
 /// so a receive waiting on an idle socket holds no buffer at all. A buffer
 /// the kernel filled belongs to one [`Provided`] until it is dropped, which
 /// hands it back to the kernel by writing a ring entry: no system call.
+///
+/// The kernel takes buffers in the order they were handed back, so over time
+/// it writes into every buffer the ring holds, and each becomes resident
+/// memory. The ring therefore starts with a few of its buffers and hands the
+/// kernel more (doubling) only when a receive found none left: a burst of
+/// many connections at once grows it, while connections that come and go
+/// one at a time never touch more than the first few.
 #[derive(Debug)]
 pub struct BufRing {
     /// The ring's entries, page-aligned, shared with the kernel.
     entries: *mut types::BufRingEntry,
-    /// Number of entries (a power of two), also the number of buffers.
+    /// Number of entries (a power of two), also the most buffers.
     count: u16,
+    /// Buffers handed to the kernel so far (ids `0..provided`).
+    provided: Cell<u16>,
     /// Bytes per buffer.
     size: usize,
-    /// The buffers, `count * size` bytes.
+    /// Room for `count` buffers, `count * size` bytes, reserved but not
+    /// touched (so not resident) until the kernel writes into a buffer.
     memory: *mut u8,
     /// The ring's tail as we last published it.
     tail: Cell<u16>,
@@ -680,6 +690,18 @@ impl BufRing {
     fn memory_layout(count: u16, size: usize) -> std::alloc::Layout {
         std::alloc::Layout::from_size_align(usize::from(count) * size, 4096)
             .expect("a valid layout")
+    }
+
+    /// Hands the kernel as many buffers again as it has (up to `count`),
+    /// after a receive found none left; false if the ring is at its most.
+    fn grow(&self) -> bool {
+        let provided = self.provided.get();
+        let more = provided.min(self.count - provided);
+        for bid in provided..provided + more {
+            self.give_back(bid);
+        }
+        self.provided.set(provided + more);
+        more > 0
     }
 
     /// Hands buffer `bid` to the kernel again.
@@ -722,16 +744,19 @@ impl Drop for BufRing {
     }
 }
 
-/// Sets up this worker's provided-buffer ring: `count` (a power of two up to
-/// 32768) buffers of `size` bytes, registered with the thread's io_uring.
-/// Receives can then take their buffer at completion ([`recv_provided`]).
-/// Call on the worker's thread, inside its runtime.
-pub fn provide_buffers(count: u16, size: usize) -> io::Result<()> {
+/// Sets up this worker's provided-buffer ring: room for `count` (a power of
+/// two up to 32768) buffers of `size` bytes, registered with the thread's
+/// io_uring, of which the first `first` (at least 1) are handed to the kernel
+/// now and the rest as bursts need them (see [`BufRing`]). Receives can then
+/// take their buffer at completion ([`recv_provided`]). Call on the worker's
+/// thread, inside its runtime.
+pub fn provide_buffers(count: u16, first: u16, size: usize) -> io::Result<()> {
     if !count.is_power_of_two() || size == 0 || size > u32::MAX as usize {
         return Err(io::Error::other(
             "a ring of a power of two of non-empty buffers",
         ));
     }
+    let first = first.clamp(1, count);
     // SAFETY: non-zero sizes (count >= 1, size >= 1); zeroed, so every entry
     // and the tail start at 0.
     let entries = unsafe { std::alloc::alloc_zeroed(BufRing::entries_layout(count)) };
@@ -742,6 +767,7 @@ pub fn provide_buffers(count: u16, size: usize) -> io::Result<()> {
     let ring = BufRing {
         entries: entries.cast(),
         count,
+        provided: Cell::new(first),
         size,
         memory,
         tail: Cell::new(0),
@@ -763,7 +789,7 @@ pub fn provide_buffers(count: u16, size: usize) -> io::Result<()> {
         std::mem::forget(ring);
         return Err(err);
     }
-    for bid in 0..count {
+    for bid in 0..first {
         ring.give_back(bid);
     }
     PROVIDED.with(|p| *p.borrow_mut() = Some(Rc::new(ring)));
@@ -890,7 +916,10 @@ fn received(res: io::Result<usize>, bid: Option<u16>, ring: &Rc<BufRing>) -> io:
             }
             match res {
                 Ok(_) => Ok(Received::Eof),
-                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => Ok(Received::RingEmpty),
+                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {
+                    ring.grow();
+                    Ok(Received::RingEmpty)
+                }
                 Err(err) => Err(err),
             }
         }
@@ -1199,7 +1228,7 @@ mod tests {
     #[test]
     fn a_receive_stream_brings_every_arrival_in_order_and_ends_at_eof() {
         tokio_uring::start(async {
-            provide_buffers(8, 16).unwrap();
+            provide_buffers(8, 8, 16).unwrap();
             let (mut peer, ours) = pair();
             let mut stream = recv_stream(&ours).expect("a ring");
             for msg in [&b"one"[..], b"two", b"three"] {
@@ -1234,9 +1263,43 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_that_ran_empty_grows_up_to_its_room() {
+        tokio_uring::start(async {
+            // Room for 4 buffers, 1 handed out at first.
+            provide_buffers(4, 1, 16).unwrap();
+            let mut held = Vec::new();
+            let mut empties = 0;
+            let mut peers = Vec::new();
+            // Each receive keeps its buffer; the ring runs empty at 1, then
+            // at 2 (grown to 2), then at 4, then stays empty at its room.
+            for _ in 0..8 {
+                let (mut peer, ours) = pair();
+                peer.write_all(b"x").unwrap();
+                match recv_provided(&ours, false).await {
+                    Some(Ok(Received::Bytes(got))) => held.push(got),
+                    Some(Ok(Received::RingEmpty)) => empties += 1,
+                    other => panic!("expected bytes or an empty ring, got {other:?}"),
+                }
+                peers.push((peer, ours));
+            }
+            assert_eq!(held.len(), 4, "the ring grew to its room of 4, no further");
+            assert_eq!(empties, 4);
+            // Handed back, they serve again.
+            held.clear();
+            let (mut peer, ours) = pair();
+            peer.write_all(b"y").unwrap();
+            assert!(matches!(
+                recv_provided(&ours, false).await,
+                Some(Ok(Received::Bytes(_)))
+            ));
+            release_buffers();
+        });
+    }
+
+    #[test]
     fn a_cancelled_stream_stops_and_a_dropped_one_gives_its_buffers_back() {
         tokio_uring::start(async {
-            provide_buffers(4, 16).unwrap();
+            provide_buffers(4, 4, 16).unwrap();
             let (_peer, ours) = pair();
             let mut stream = recv_stream(&ours).expect("a ring");
             stream.cancel();
