@@ -260,6 +260,16 @@ pub fn register_file_table(slots: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Connections whose sockets this thread's table holds now (pairs in use),
+/// if it has one.
+fn pairs_in_use() -> Option<u32> {
+    FILES.with(|f| {
+        f.borrow()
+            .as_ref()
+            .map(|t| (t.next / 2).saturating_sub(t.free.len() as u32))
+    })
+}
+
 /// Forgets this thread's table (it goes with its io_uring).
 pub fn release_file_table() {
     FILES.with(|f| f.borrow_mut().take());
@@ -692,11 +702,17 @@ impl BufRing {
             .expect("a valid layout")
     }
 
-    /// Hands the kernel as many buffers again as it has (up to `count`),
-    /// after a receive found none left; false if the ring is at its most.
+    /// Hands the kernel as many buffers again as it has, after a receive
+    /// found none left: up to `count`, and up to two per connection the
+    /// worker holds (a receive in each direction), so a few busy bulk
+    /// connections do not grow it; false if it stays as it is.
     fn grow(&self) -> bool {
         let provided = self.provided.get();
-        let more = provided.min(self.count - provided);
+        let most = pairs_in_use().map_or(self.count, |pairs| {
+            let want = pairs.saturating_mul(2).max(1).next_power_of_two();
+            want.min(u32::from(self.count)) as u16
+        });
+        let more = provided.min(most.saturating_sub(provided));
         for bid in provided..provided + more {
             self.give_back(bid);
         }
