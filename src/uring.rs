@@ -705,8 +705,8 @@ impl BufRing {
     /// Hands the kernel as many buffers again as it has, after a receive
     /// found none left: up to `count`, and up to two per connection the
     /// worker holds (a receive in each direction), so a few busy bulk
-    /// connections do not grow it; false if it stays as it is.
-    fn grow(&self) -> bool {
+    /// connections do not grow it.
+    fn grow(&self) {
         let provided = self.provided.get();
         let most = pairs_in_use().map_or(self.count, |pairs| {
             let want = pairs.saturating_mul(2).max(1).next_power_of_two();
@@ -717,7 +717,6 @@ impl BufRing {
             self.give_back(bid);
         }
         self.provided.set(provided + more);
-        more > 0
     }
 
     /// Hands buffer `bid` to the kernel again.
@@ -1309,6 +1308,33 @@ mod tests {
                 Some(Ok(Received::Bytes(_)))
             ));
             release_buffers();
+        });
+    }
+
+    #[test]
+    fn a_ring_grows_to_two_buffers_per_connection_held_not_further() {
+        tokio_uring::start(async {
+            // One relayed connection in the file table: room for 8, but
+            // two buffers are all it may grow to.
+            register_file_table(4).unwrap();
+            let (_pa, a) = pair();
+            let (_pb, b) = pair();
+            let _held_pair = FixedPair::register(&a, &b).expect("a free pair");
+            provide_buffers(8, 1, 16).unwrap();
+            let mut held = Vec::new();
+            let mut peers = Vec::new();
+            for _ in 0..6 {
+                let (mut peer, ours) = pair();
+                peer.write_all(b"x").unwrap();
+                if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false).await {
+                    held.push(got);
+                }
+                peers.push((peer, ours));
+            }
+            assert_eq!(held.len(), 2, "grown to two buffers for one connection");
+            drop(held);
+            release_buffers();
+            release_file_table();
         });
     }
 
