@@ -48,11 +48,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::backend::pool::{AdminState, Pool};
 use crate::config::MAX_WEIGHT;
 use crate::frontend::{Frontend, Generation, Generations};
 use crate::logging::Throttle;
 use crate::metrics::{self, Metrics};
-use crate::pool::{AdminState, Pool};
 use crate::stats::{self, effective_weight};
 
 /// Admin connections served at once.

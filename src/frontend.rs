@@ -19,12 +19,12 @@ use std::sync::Arc;
 use tokio::sync::{watch, Semaphore};
 use tracing::warn;
 
+use crate::backend::discovery;
+use crate::backend::pool::{Passive, Pool};
+use crate::backend::probe;
 use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig};
-use crate::discovery;
 use crate::metrics::Metrics;
 use crate::net::{self, BindError};
-use crate::pool::{Passive, Pool};
-use crate::probe;
 
 /// Config generations as the server publishes them to the workers and the
 /// admin endpoint: the current one, and a wake-up when a reload replaces it.

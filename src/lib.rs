@@ -18,17 +18,10 @@
 //!   backend, relay, timeouts, access log; its per-worker frontend state (an upstream per pool),
 //!   the pure route choice, and the worker's registry of open connections (and their timers).
 //! - [`ceiling`]: the process-wide connection ceiling from the fd limit; workers accept under it.
-//! - [`upstream`]: choosing a backend and connecting to it, with failover and the max-conns queue;
-//!   skips drained, maint and weight-0 backends, rebuilds its balancer when weights change or ramp.
-//! - [`balance`]: the balancing algorithms, one file each, pure.
-//! - [`pool`]: the backends' cross-worker state (active counts, health, failure streaks, runtime
-//!   state ready/drain/maint and weight, the slow-start ramp) as atomics.
-//! - [`health`]: the pure rise/fall health state machine.
-//! - [`probe`]: the one prober thread per pool that runs health checks (none in maint) and publishes them.
-//! - [`discovery`]: backends written as names (A/AAAA, SRV): resolved at start, then
-//!   re-resolved on a thread of its own, publishing a new generation when addresses change.
-//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, parsed and written; pure.
-//! - [`sni`]: the TLS ClientHello read for routing: server name and ALPN; pure.
+//! - [`backend`]: the backend side: pools (cross-worker state as atomics) and eligibility, health
+//!   (pure) and its prober, the balancing algorithms, upstream (pick, connect with failover, the
+//!   max-conns queue, the report of each backend's successes and failures), DNS discovery.
+//! - [`protocol`]: the pure wire parsers, fuzzed: PROXY protocol v1/v2, the TLS ClientHello.
 //! - [`relay`]: the two owned-buffer pumps (hand-written state machines), half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
 //! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv (one-shot and multishot), send,
@@ -49,28 +42,22 @@
 
 mod access;
 mod admin;
-mod balance;
+mod backend;
 mod buffer;
 mod ceiling;
 pub mod config;
 mod conn;
-mod discovery;
 mod frontend;
-mod health;
 pub mod logging;
 mod metrics;
 mod net;
-mod pool;
-mod probe;
-pub mod proxy_protocol;
+pub mod protocol;
 mod relay;
 pub mod server;
 mod shutdown;
-pub mod sni;
 mod stats;
 #[cfg(test)]
 mod testing;
 mod upgrade;
-mod upstream;
 mod uring;
 mod worker;

@@ -18,8 +18,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::discovery::NameSample;
-use crate::pool::{AdminState, Pool};
+use crate::backend::discovery::NameSample;
+use crate::backend::pool::{AdminState, Pool};
 
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
@@ -547,7 +547,7 @@ mod tests {
     use crate::config::BackendConfig;
 
     fn pool() -> Arc<Pool> {
-        let passive = crate::pool::Passive {
+        let passive = crate::backend::pool::Passive {
             fall: 3,
             fail_timeout: std::time::Duration::from_secs(10),
             active_checks: true,

@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminError};
+use crate::backend::discovery::{Discovery, DiscoveryError};
 use crate::ceiling::{self, Ceiling};
 use crate::config::Config;
-use crate::discovery::{Discovery, DiscoveryError};
 use crate::frontend::Generation;
 use crate::net::{self, BindError};
 use crate::shutdown::{self, Accepting, Phase};

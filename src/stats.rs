@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::backend::pool::{Pool, WEIGHT_SCALE};
 use crate::frontend::{Frontend, Generation};
-use crate::pool::{Pool, WEIGHT_SCALE};
 
 /// The page: HTML, CSS and script in one file.
 pub const PAGE: &str = include_str!("stats.html");

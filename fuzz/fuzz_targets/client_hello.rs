@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringlb::sni::{parse, Parsed, MAX_BUFFER};
+use ringlb::protocol::tls::{parse, Parsed, MAX_BUFFER};
 
 fuzz_target!(|data: &[u8]| {
     let result = parse(data);

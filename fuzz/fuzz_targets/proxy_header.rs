@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringlb::proxy_protocol::{parse, Parsed, MAX_HEADER};
+use ringlb::protocol::proxy::{parse, Parsed, MAX_HEADER};
 
 fuzz_target!(|data: &[u8]| {
     let result = parse(data);

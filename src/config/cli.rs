@@ -19,9 +19,9 @@ use super::{
     DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE,
     DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL, MAX_WORKERS,
 };
-use crate::balance::Algorithm;
+use crate::backend::balance::Algorithm;
 use crate::logging::LogFormat;
-use crate::proxy_protocol::Version as ProxyVersion;
+use crate::protocol::proxy::Version as ProxyVersion;
 
 /// A per-core io_uring TCP load balancer.
 ///

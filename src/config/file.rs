@@ -34,8 +34,8 @@ use super::{
     DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT,
     DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
 };
-use crate::balance::Algorithm;
-use crate::proxy_protocol::Version as ProxyVersion;
+use crate::backend::balance::Algorithm;
+use crate::protocol::proxy::Version as ProxyVersion;
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, FileError> {

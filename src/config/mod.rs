@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::balance::Algorithm;
-use crate::proxy_protocol::Version as ProxyVersion;
+use crate::backend::balance::Algorithm;
+use crate::protocol::proxy::Version as ProxyVersion;
 
 pub mod cli;
 pub mod file;

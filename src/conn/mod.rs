@@ -17,17 +17,17 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_uring::net::TcpStream;
 
 use crate::access::{self, Refusal};
+use crate::backend::pool::Pool;
+use crate::backend::upstream::{NoBackend, Upstream};
 use crate::buffer::BufPool;
 use crate::ceiling::Slot;
 use crate::config::RouteBy;
 use crate::frontend::Frontend;
 use crate::logging::{Throttle, ACCESS_TARGET};
 use crate::metrics::WorkerMetrics;
-use crate::pool::Pool;
-use crate::proxy_protocol::{self, Parsed, Version as ProxyVersion};
+use crate::protocol::proxy::{self, Parsed, Version as ProxyVersion};
+use crate::protocol::tls::{self, ClientHello};
 use crate::relay::{self, relay, Outcome, Side};
-use crate::sni::{self, ClientHello};
-use crate::upstream::{NoBackend, Upstream};
 use crate::uring;
 
 mod registry;
@@ -373,9 +373,9 @@ fn reject_sni(fe: &FrontendState, client: SocketAddr, ended: &Ended<'_>) {
         Ended::ClientHello(ReadError::Timeout(_)) => (&m.sni_timeout, "timeout"),
         Ended::ClientHello(ReadError::Truncated) => (&m.sni_truncated, "truncated"),
         Ended::ClientHello(ReadError::Invalid(err)) => match err {
-            sni::ParseError::NotTls => (&m.sni_not_tls, err.label()),
-            sni::ParseError::Malformed(_) => (&m.sni_malformed, err.label()),
-            sni::ParseError::TooLarge => (&m.sni_oversized, err.label()),
+            tls::ParseError::NotTls => (&m.sni_not_tls, err.label()),
+            tls::ParseError::Malformed(_) => (&m.sni_malformed, err.label()),
+            tls::ParseError::TooLarge => (&m.sni_oversized, err.label()),
         },
         _ => return,
     };
@@ -425,10 +425,10 @@ enum ReadError<E> {
 const READ_CHUNK: usize = 4096;
 
 /// Why a client's PROXY header was refused.
-type HeaderError = ReadError<proxy_protocol::ParseError>;
+type HeaderError = ReadError<proxy::ParseError>;
 
 /// Why a client's ClientHello was refused.
-type HelloError = ReadError<sni::ParseError>;
+type HelloError = ReadError<tls::ParseError>;
 
 /// Reads from `client`, after the bytes already in `got`, until `judge`
 /// decides on them, buffering at most `max` bytes (`judge` must decide by
@@ -475,10 +475,10 @@ async fn read_client_hello(
     timeout: Duration,
     early: Vec<u8>,
 ) -> Result<(ClientHello, Vec<u8>), HelloError> {
-    read_prefix(client, timeout, early, sni::MAX_BUFFER, |got| {
-        sni::parse(got).map(|parsed| match parsed {
-            sni::Parsed::Incomplete => None,
-            sni::Parsed::Complete(hello) => Some(hello),
+    read_prefix(client, timeout, early, tls::MAX_BUFFER, |got| {
+        tls::parse(got).map(|parsed| match parsed {
+            tls::Parsed::Incomplete => None,
+            tls::Parsed::Complete(hello) => Some(hello),
         })
     })
     .await
@@ -492,10 +492,10 @@ async fn read_proxy_header(
     client: &TcpStream,
     timeout: Duration,
 ) -> Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>), HeaderError> {
-    let got = Vec::with_capacity(proxy_protocol::MAX_HEADER);
-    let max = proxy_protocol::MAX_HEADER;
+    let got = Vec::with_capacity(proxy::MAX_HEADER);
+    let max = proxy::MAX_HEADER;
     let judged = read_prefix(client, timeout, got, max, |got| {
-        proxy_protocol::parse(got).map(|parsed| match parsed {
+        proxy::parse(got).map(|parsed| match parsed {
             Parsed::Incomplete => None,
             Parsed::Complete { len, addresses } => Some((len, addresses)),
         })
@@ -529,7 +529,7 @@ async fn send_preamble(
                 (peer, canonical(local))
             }
         };
-        proxy_protocol::encode(version, source, dest, &mut preamble);
+        proxy::encode(version, source, dest, &mut preamble);
     }
     preamble.extend_from_slice(&early);
     let (res, _) = uring::send_all(backend, preamble).await;

@@ -5,7 +5,7 @@
 //! ALPN protocols also needs the client to offer one of them.
 
 use crate::config::RouteConfig;
-use crate::sni::ClientHello;
+use crate::protocol::tls::ClientHello;
 
 /// The index of the route `hello` goes to, or `None` for the default.
 pub fn pick(routes: &[RouteConfig], hello: &ClientHello) -> Option<usize> {

@@ -126,7 +126,7 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::test_support::{assert_proportional, counts, pick_with, CLIENT};
+    use crate::backend::balance::test_support::{assert_proportional, counts, pick_with, CLIENT};
 
     fn sequence(rr: &mut RoundRobin, eligible: &[bool], picks: usize) -> Vec<usize> {
         let idle = vec![0; eligible.len()];

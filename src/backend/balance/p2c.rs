@@ -51,7 +51,7 @@ impl Balancer for P2c {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::test_support::{assert_proportional, counts, pick_with, CLIENT};
+    use crate::backend::balance::test_support::{assert_proportional, counts, pick_with, CLIENT};
 
     fn tally(p: &mut P2c, eligible: &[bool], active: &[usize], k: usize) -> Vec<usize> {
         let mut got = vec![0; eligible.len()];

@@ -35,7 +35,7 @@ impl Balancer for WeightedRandom {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::test_support::{assert_proportional, counts, pick_with, CLIENT};
+    use crate::backend::balance::test_support::{assert_proportional, counts, pick_with, CLIENT};
 
     #[test]
     fn shares_follow_weights() {

@@ -60,7 +60,7 @@ impl Balancer for LeastConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::test_support::{pick_with, CLIENT};
+    use crate::backend::balance::test_support::{pick_with, CLIENT};
 
     fn picks(lc: &mut LeastConn, eligible: &[bool], active: &[usize], k: usize) -> Vec<usize> {
         (0..k)

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::backend::health::HealthState;
+use crate::backend::pool::Pool;
 use crate::config::HealthConfig;
-use crate::health::HealthState;
-use crate::pool::Pool;
 
 /// Starts the prober thread for `pool`; it runs as long as the pool lives.
 pub fn spawn(

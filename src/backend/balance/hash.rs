@@ -130,7 +130,7 @@ fn unit_interval(h: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::test_support::{assert_proportional, pick_with};
+    use crate::backend::balance::test_support::{assert_proportional, pick_with};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     /// Distinct, sequential client addresses: the hard case for a weak hash.
@@ -160,7 +160,11 @@ mod tests {
             assign(&mut a, &eligible, 2_000)
         );
         // Same through `build`, where each worker passes its own seed.
-        let mut c = crate::balance::build(crate::balance::Algorithm::Hash, &[1, 2, 3, 1], 99);
+        let mut c = crate::backend::balance::build(
+            crate::backend::balance::Algorithm::Hash,
+            &[1, 2, 3, 1],
+            99,
+        );
         let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
         assert_eq!(
             pick_with(c.as_mut(), ip, &eligible, &[0; 4]),

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use tokio_uring::net::TcpStream;
 use tracing::warn;
 
-use crate::balance::{self, Algorithm, Balancer, PickContext};
+use crate::backend::balance::{self, Algorithm, Balancer, PickContext};
+use crate::backend::pool::{Lease, Pool, RAMP_STEP};
 use crate::logging::Throttle;
 use crate::metrics::{BackendMetrics, WorkerMetrics};
-use crate::pool::{Lease, Pool, RAMP_STEP};
 use crate::uring;
 
 /// Most clients one worker holds waiting for a free backend slot; past it they are closed.
