@@ -197,12 +197,12 @@ fn help_documents_every_flag() {
         "--resolver",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/configuration.md");
         assert!(
             flag.len() < 3
                 || readme.contains(&format!("{flag} "))
                 || readme.contains(&format!("{flag}`")),
-            "README's flag table lacks {flag}"
+            "docs/configuration.md's flag table lacks {flag}"
         );
     }
     let (status, out) = run_to_exit(&["--version"]);

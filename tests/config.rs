@@ -180,16 +180,16 @@ fn reload_adds_and_removes_frontends() {
 
 #[test]
 fn readme_example_config_is_the_shipped_one_and_valid() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../docs/configuration.md");
     let example = include_str!("../examples/ringlb.toml");
     let block = readme
         .split("```toml\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .expect("README has a ```toml block");
+        .expect("docs/configuration.md has a ```toml block");
     assert_eq!(
         block, example,
-        "README's example differs from examples/ringlb.toml"
+        "docs/configuration.md's example differs from examples/ringlb.toml"
     );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ringlb.toml");
     let (status, out) = run_to_exit(&["--check", "--config", path]);
