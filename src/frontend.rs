@@ -12,9 +12,14 @@
 //! weight set on the admin endpoint, where a slow start ramps from).
 //! Everything else is
 //! new, and connections opened before keep what they started with.
+//!
+//! The [`Publisher`] is the one place a generation is built and published:
+//! a reload hands it the new config, a DNS change the running templates with
+//! their new addresses, and it builds the two one at a time, so neither undoes
+//! the other's.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{watch, Semaphore};
 use tracing::warn;
@@ -29,6 +34,57 @@ use crate::net::{self, BindError};
 /// Config generations as the server publishes them to the workers and the
 /// admin endpoint: the current one, and a wake-up when a reload replaces it.
 pub type Generations = watch::Receiver<Arc<Generation>>;
+
+/// Builds and publishes generations, one at a time, for every source of
+/// change (a reload, a DNS answer): sources hand it a config, it hands the
+/// workers and the admin endpoint a generation.
+#[derive(Debug)]
+pub struct Publisher {
+    /// The watch every worker and the admin endpoint follow.
+    sender: watch::Sender<Arc<Generation>>,
+    /// Held from reading the running generation to publishing the next, so
+    /// two sources never build on the same one and the later undo the earlier.
+    building: Mutex<()>,
+}
+
+/// What [`Publisher::publish`] replaced, and with what.
+#[derive(Debug)]
+pub struct Published {
+    /// The generation that ran until now.
+    pub previous: Arc<Generation>,
+    /// The one published.
+    pub current: Arc<Generation>,
+}
+
+impl Publisher {
+    /// A publisher whose first generation is `first`, and the watch on it.
+    pub fn new(first: Arc<Generation>) -> (Publisher, Generations) {
+        let (sender, generations) = watch::channel(first);
+        let publisher = Publisher {
+            sender,
+            building: Mutex::new(()),
+        };
+        (publisher, generations)
+    }
+
+    /// Builds the generation after the running one from the config `next`
+    /// returns (it is given the running generation, and runs under the
+    /// publisher's lock), and publishes it. On an error from `next` or from
+    /// the build, nothing is published and the running generation stays.
+    pub fn publish<E: From<BindError>>(
+        &self,
+        next: impl FnOnce(&Generation) -> Result<Config, E>,
+    ) -> Result<Published, E> {
+        let _building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = self.sender.borrow().clone();
+        let config = next(&previous)?;
+        let generation =
+            Generation::build(previous.id + 1, config, Some(&previous), &mut Vec::new())?;
+        let current = Arc::new(generation);
+        self.sender.send_replace(current.clone());
+        Ok(Published { previous, current })
+    }
+}
 
 /// A frontend's listening sockets, one per worker, all on one address.
 #[derive(Debug)]

@@ -20,7 +20,7 @@ use crate::admin::{self, AdminError};
 use crate::backend::discovery::{Discovery, DiscoveryError};
 use crate::ceiling::{self, Ceiling};
 use crate::config::Config;
-use crate::frontend::Generation;
+use crate::frontend::{Generation, Published, Publisher};
 use crate::net::{self, BindError};
 use crate::shutdown::{self, Accepting, Phase};
 use crate::upgrade::{self, AdminListener, ControlSocket, Serve, UpgradeError};
@@ -174,12 +174,25 @@ pub fn run(
     let generation = Arc::new(generation);
     let workers = generation.config.workers;
     let admin = generation.config.admin;
-    let (publish, generations) = watch::channel(generation.clone());
+    let (publisher, generations) = Publisher::new(generation.clone());
+    let publisher = Arc::new(publisher);
     let (trigger, phase) = shutdown::channel();
     let trigger = Arc::new(trigger);
     let accepting = Arc::new(Accepting::new(workers));
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServerError::Signals)?;
-    if let Err(err) = discovery.spawn(publish.clone()) {
+    let on_dns_change = {
+        let (publisher, discovery) = (publisher.clone(), discovery.clone());
+        move || match publisher.publish(|_| Ok::<_, BindError>(discovery.config())) {
+            Ok(published) => info!(
+                generation = published.current.id,
+                "backends changed by DNS: new generation"
+            ),
+            Err(err) => {
+                warn!(%err, "DNS changed the backends, but the new generation failed; keeping the running one")
+            }
+        }
+    };
+    if let Err(err) = discovery.spawn(on_dns_change) {
         warn!(%err, "cannot start DNS discovery: backend names are not resolved again");
     }
 
@@ -296,7 +309,9 @@ pub fn run(
             for signal in signals.forever() {
                 if signal == SIGHUP {
                     match &reload {
-                        Some(reload) => apply_reload(reload, &publish, ready.as_ref(), &discovery),
+                        Some(reload) => {
+                            apply_reload(reload, &publisher, ready.as_ref(), &discovery)
+                        }
                         None => info!("SIGHUP: no config file to reload (started from flags)"),
                     }
                     continue;
@@ -359,7 +374,7 @@ fn log_frontends(generation: &Generation, previous: Option<&Generation>) {
 /// error logs it and keeps the running one.
 fn apply_reload(
     reload: &Reloader,
-    publish: &watch::Sender<Arc<Generation>>,
+    publisher: &Publisher,
     ready: Option<&ReadyFile>,
     discovery: &Discovery,
 ) {
@@ -369,7 +384,7 @@ fn apply_reload(
         reloading.push(now);
     }
     systemd(&reloading);
-    reload_config(reload, publish, ready, discovery);
+    reload_config(reload, publisher, ready, discovery);
     systemd(&[NotifyState::Ready]);
 }
 
@@ -382,54 +397,54 @@ fn systemd(state: &[NotifyState]) {
     }
 }
 
+/// Why a reload kept the running config.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    /// The new config did not read or validate.
+    #[error("{0}")]
+    Config(String),
+    /// A backend name it adds did not resolve.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// A listener it adds could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
 /// The body of a reload, between the notifications.
 fn reload_config(
     reload: &Reloader,
-    publish: &watch::Sender<Arc<Generation>>,
+    publisher: &Publisher,
     ready: Option<&ReadyFile>,
     discovery: &Discovery,
 ) {
-    // DNS discovery publishes too: one at a time.
-    let _publishing = discovery.publishing();
-    let current = publish.borrow().clone();
-    let mut config = match reload() {
-        Ok(config) => config,
+    let published = publisher.publish(|current| -> Result<Config, ReloadError> {
+        let mut config = reload().map_err(ReloadError::Config)?;
+        for what in config.keep_restart_only(&current.config) {
+            warn!("reload: a change of {what} takes a restart; keeping the running value");
+        }
+        Ok(discovery.reload(config)?)
+    });
+    let Published { previous, current } = match published {
+        Ok(published) => published,
         Err(err) => {
             error!("reload rejected, keeping the running config: {err}");
             return;
         }
     };
-    for what in config.keep_restart_only(&current.config) {
-        warn!("reload: a change of {what} takes a restart; keeping the running value");
-    }
-    let config = match discovery.reload(config) {
-        Ok(config) => config,
-        Err(err) => {
-            error!("reload rejected, keeping the running config: {err}");
-            return;
+    log_frontends(&current, Some(&previous));
+    let names: Vec<&str> = current
+        .frontends
+        .iter()
+        .map(|f| f.config.name.as_str())
+        .collect();
+    info!(generation = current.id, frontends = %names.join(","), "config reloaded");
+    // New listeners are already listening: clients queue in their
+    // backlog until the workers, told just now, accept them.
+    if let Some(ready) = ready {
+        if let Err(err) = ready.write(&current) {
+            error!(path = %ready.path.display(), %err, "cannot rewrite the ready file");
         }
-    };
-
-    match Generation::build(current.id + 1, config, Some(&current), &mut Vec::new()) {
-        Ok(next) => {
-            log_frontends(&next, Some(&current));
-            let names: Vec<&str> = next
-                .frontends
-                .iter()
-                .map(|f| f.config.name.as_str())
-                .collect();
-            info!(generation = next.id, frontends = %names.join(","), "config reloaded");
-            let next = Arc::new(next);
-            publish.send_replace(next.clone());
-            // New listeners are already listening: clients queue in their
-            // backlog until the workers, told just now, accept them.
-            if let Some(ready) = ready {
-                if let Err(err) = ready.write(&next) {
-                    error!(path = %ready.path.display(), %err, "cannot rewrite the ready file");
-                }
-            }
-        }
-        Err(err) => error!("reload rejected, keeping the running config: {err}"),
     }
 }
 

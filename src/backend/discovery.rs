@@ -9,12 +9,14 @@
 //! weight is the backend's weight unless the config set one, and targets
 //! above the lowest priority value are backups.
 //!
-//! When a name's addresses change it publishes a new generation through the
-//! same watch as a reload, built from the running templates (the file is not
-//! read again), so workers pick the new pool up without a lock on the data
-//! path; [`Generation::build`] carries the health of kept addresses over, and
-//! open connections keep the pool they started with, so a removed address
-//! drains. Publishing is serialised with reloads ([`Discovery::publishing`]).
+//! Discovery only produces address sets: when a name's addresses change it
+//! calls the hook it was spawned with, and the frontend's publisher builds a
+//! new generation from [`Discovery::config`], the running templates with
+//! every name's current addresses (the file is not read again), serialised
+//! with reloads. Workers pick the new pool up without a lock on the data
+//! path; the generation's build carries the health of kept addresses over,
+//! and open connections keep the pool they started with, so a removed
+//! address drains.
 //!
 //! Failures keep the last good set: a timeout or an error answer (SERVFAIL,
 //! REFUSED...) for good, NXDOMAIN or an empty answer for a name that
@@ -35,11 +37,10 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::{BackendConfig, BackendName, Config, MAX_WEIGHT};
-use crate::frontend::Generation;
 
 /// The shortest time between two lookups of a name, whatever its TTL.
 pub const MIN_RESOLVE_DELAY: Duration = Duration::from_secs(1);
@@ -313,9 +314,6 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    /// Held while a generation is built and published, by reloads and by
-    /// the discovery thread alike, so neither undoes the other's.
-    publishing: Mutex<()>,
     /// Wakes the thread when a reload changed the names.
     wake: Notify,
     status: Arc<Status>,
@@ -348,7 +346,6 @@ impl Discovery {
                 templates: config,
                 names: entries,
             }),
-            publishing: Mutex::new(()),
             wake: Notify::new(),
             status: Arc::default(),
         });
@@ -357,21 +354,23 @@ impl Discovery {
         Ok((discovery, expanded))
     }
 
-    /// Starts the thread that keeps resolving and publishes changes on `publish`.
-    pub fn spawn(&self, publish: watch::Sender<Arc<Generation>>) -> std::io::Result<()> {
+    /// Starts the thread that keeps resolving, and calls `changed` after
+    /// lookups that changed a name's addresses.
+    pub fn spawn(&self, changed: impl Fn() + Send + 'static) -> std::io::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let this = self.clone();
         thread::Builder::new()
             .name("ringlb-dns".into())
-            .spawn(move || rt.block_on(this.run(publish)))?;
+            .spawn(move || rt.block_on(this.run(changed)))?;
         Ok(())
     }
 
-    /// Held by a reload while it builds and publishes its generation.
-    pub fn publishing(&self) -> MutexGuard<'_, ()> {
-        lock(&self.shared.publishing)
+    /// The running templates with every name's current addresses as backends.
+    pub fn config(&self) -> Config {
+        let state = lock(&self.shared.state);
+        expand(&state.templates, &sets(&state.names))
     }
 
     /// The names' state for /metrics.
@@ -417,8 +416,8 @@ impl Discovery {
         Ok(expanded)
     }
 
-    /// The thread: look up each name when due, publish when a set changed.
-    async fn run(self, publish: watch::Sender<Arc<Generation>>) {
+    /// The thread: look up each name when due, call `changed` when a set changed.
+    async fn run(self, changed_hook: impl Fn()) {
         let mut resolver = None;
         loop {
             let woken = self.shared.wake.notified();
@@ -467,7 +466,7 @@ impl Discovery {
             }
             self.update_status();
             if changed {
-                self.publish(&publish);
+                changed_hook();
             }
         }
     }
@@ -506,29 +505,6 @@ impl Discovery {
             );
         }
         changed
-    }
-
-    /// Builds the next generation from the templates and the current sets,
-    /// and publishes it.
-    fn publish(&self, publish: &watch::Sender<Arc<Generation>>) {
-        let _publishing = self.publishing();
-        let config = {
-            let state = lock(&self.shared.state);
-            expand(&state.templates, &sets(&state.names))
-        };
-        let current = publish.borrow().clone();
-        match Generation::build(current.id + 1, config, Some(&current), &mut Vec::new()) {
-            Ok(next) => {
-                info!(
-                    generation = next.id,
-                    "backends changed by DNS: new generation"
-                );
-                publish.send_replace(Arc::new(next));
-            }
-            Err(err) => {
-                warn!(%err, "DNS changed the backends, but the new generation failed; keeping the running one")
-            }
-        }
     }
 
     fn update_status(&self) {
