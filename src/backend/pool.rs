@@ -372,7 +372,25 @@ impl Pool {
 
     /// Whether any backend is up and admitted by the operator.
     pub fn any_available(&self) -> bool {
-        (0..self.len()).any(|i| self.is_up(i) && self.admits(i))
+        (0..self.len()).any(|i| self.available(i))
+    }
+
+    /// Whether backend `i` is up and admitted by the operator.
+    fn available(&self, i: usize) -> bool {
+        self.is_up(i) && self.admits(i)
+    }
+
+    /// Whether backend `i` takes clients, its max-conns aside: available,
+    /// and a backup only while no primary is up for this client
+    /// (`primary_up`, see [`Pool::primary_up`]).
+    pub fn in_service(&self, i: usize, primary_up: bool) -> bool {
+        self.available(i) && self.serves(i, primary_up)
+    }
+
+    /// Whether backend `i` can take a client now: in service and below its
+    /// max-conns. The one test the balancer, failover and the queue share.
+    pub fn eligible(&self, i: usize, primary_up: bool) -> bool {
+        self.in_service(i, primary_up) && !self.is_full(i)
     }
 
     /// Whether backend `i` may take new connections: it passes its health
@@ -410,7 +428,7 @@ impl Pool {
     /// Whether backend `i` may take new connections as far as the backup
     /// rule goes: a primary always, a backup only while no primary is up.
     /// `primary_up` is [`Pool::primary_up`], taken once per pick.
-    pub fn serves(&self, i: usize, primary_up: bool) -> bool {
+    fn serves(&self, i: usize, primary_up: bool) -> bool {
         !self.backends[i].config.backup || !primary_up
     }
 
@@ -418,9 +436,7 @@ impl Pool {
     /// operator) among those `untried` leaves for this client: once every
     /// primary failed it, a backup may take it.
     pub fn primary_up(&self, untried: impl Fn(usize) -> bool) -> bool {
-        (0..self.len()).any(|i| {
-            !self.backends[i].config.backup && self.is_up(i) && self.admits(i) && untried(i)
-        })
+        (0..self.len()).any(|i| !self.backends[i].config.backup && self.available(i) && untried(i))
     }
 
     /// Whether any backend passes its health checks.
@@ -544,7 +560,7 @@ impl Pool {
     /// Records a failure of backend `i` seen on real traffic. Returns the
     /// streak when this failure took the backend down (exactly one caller
     /// sees that), so it can say so.
-    pub fn report_failure(&self, i: usize) -> Option<u32> {
+    pub(super) fn report_failure(&self, i: usize) -> Option<u32> {
         let b = &self.backends[i];
         let streak = b.streak.fetch_add(1, Ordering::Relaxed) + 1;
         if streak < self.passive.fall || !b.up.swap(false, Ordering::Relaxed) {
@@ -561,7 +577,7 @@ impl Pool {
 
     /// Records a success of backend `i` on real traffic: the failure streak
     /// starts again (written only when there was one, to keep the line clean).
-    pub fn report_success(&self, i: usize) {
+    pub(super) fn report_success(&self, i: usize) {
         let b = &self.backends[i];
         if b.streak.load(Ordering::Relaxed) != 0 {
             b.streak.store(0, Ordering::Relaxed);

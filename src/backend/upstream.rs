@@ -11,7 +11,7 @@
 //! timeout can cut off.
 //!
 //! A backend the operator drained, put in maint or gave weight 0 is not
-//! eligible ([`Pool::admits`]). The balancer is rebuilt from
+//! eligible ([`Pool::eligible`], the one test of whether a backend can take a client). The balancer is rebuilt from
 //! [`Pool::weights`] when the pool's weights generation moved (a runtime
 //! weight or state changed, a slow start began) and, while a backend ramps
 //! up, at most every [`RAMP_STEP`]; both are checked at the pick, lazily: one
@@ -203,9 +203,7 @@ impl Upstream {
         tokio::pin!(room);
         room.as_mut().enable();
         let primary_up = pool.primary_up(|i| !tried[i]);
-        let free = |i: usize| {
-            pool.is_up(i) && pool.admits(i) && pool.serves(i, primary_up) && !pool.is_full(i)
-        };
+        let free = |i: usize| pool.eligible(i, primary_up);
         if (0..pool.len()).any(|i| !tried[i] && free(i)) {
             return;
         }
@@ -238,14 +236,7 @@ impl Upstream {
             // Backups only while no primary is up, or once every primary
             // that is up has failed this client.
             let primary_up = pool.primary_up(|i| !tried[i]);
-            let eligible = |i: usize| {
-                !tried[i]
-                    && !raced[i]
-                    && pool.is_up(i)
-                    && pool.admits(i)
-                    && pool.serves(i, primary_up)
-                    && !pool.is_full(i)
-            };
+            let eligible = |i: usize| !tried[i] && !raced[i] && pool.eligible(i, primary_up);
             let pick = match failed {
                 Some(last) => (1..n).map(|k| (last + k) % n).find(|&i| eligible(i)),
                 None => {
@@ -261,11 +252,7 @@ impl Upstream {
             };
             let Some(i) = pick else {
                 let full = (0..n).any(|i| {
-                    !tried[i]
-                        && pool.is_up(i)
-                        && pool.admits(i)
-                        && pool.serves(i, primary_up)
-                        && (raced[i] || pool.is_full(i))
+                    !tried[i] && pool.in_service(i, primary_up) && (raced[i] || pool.is_full(i))
                 });
                 return Pass::Exhausted { full };
             };
@@ -284,7 +271,7 @@ impl Upstream {
                     // With layer-4 observation, success is the backend's
                     // first byte, which the connection reports.
                     if !pool.passive().observe_l4 {
-                        pool.report_success(i);
+                        self.succeeded(i);
                     }
                     return Pass::Connected(lease, stream);
                 }
@@ -310,6 +297,12 @@ impl Upstream {
                 }
             }
         }
+    }
+
+    /// Reports a success of backend `i` on real traffic (a connect, or with
+    /// layer-4 observation the backend's first byte): its failure streak ends.
+    pub fn succeeded(&self, i: usize) {
+        self.pool.report_success(i);
     }
 
     /// Reports a failure of backend `i` seen on real traffic (a connect, or

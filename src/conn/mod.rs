@@ -577,7 +577,7 @@ fn observe_l4(
         return;
     }
     if outcome.to_client > 0 {
-        pool.report_success(index);
+        upstream.succeeded(index);
         return;
     }
     let backend_ended_first = match &outcome.error {
