@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use tokio_uring::net::TcpStream;
 
-use crate::buffer::{self, BufPool};
+use crate::tcp::buffer::{self, BufPool};
 use crate::uring::{self, FixedPair, Provided, Received, RecvStream, Sock};
 
 /// Which peer of the proxied connection.

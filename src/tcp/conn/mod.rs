@@ -19,7 +19,6 @@ use tokio_uring::net::TcpStream;
 use crate::access::{self, Refusal};
 use crate::backend::pool::Pool;
 use crate::backend::upstream::{NoBackend, Upstream};
-use crate::buffer::BufPool;
 use crate::ceiling::Slot;
 use crate::config::RouteBy;
 use crate::frontend::Frontend;
@@ -27,7 +26,8 @@ use crate::logging::{Throttle, ACCESS_TARGET};
 use crate::metrics::WorkerMetrics;
 use crate::protocol::proxy::{self, Parsed, Version as ProxyVersion};
 use crate::protocol::tls::{self, ClientHello};
-use crate::relay::{self, relay, Outcome, Side};
+use crate::tcp::buffer::BufPool;
+use crate::tcp::relay::{self, relay, Outcome, Side};
 use crate::uring;
 
 mod registry;
