@@ -34,7 +34,7 @@ mod registry;
 mod route;
 
 pub use registry::Registry;
-use registry::{Expiry, Timer};
+use registry::{Expiry, Registration, Timer};
 
 /// One frontend as one worker serves it in one generation. Connections hold
 /// the one they were accepted under, so a reload leaves them untouched.
@@ -119,11 +119,11 @@ pub struct Limits {
 
 /// Why a connection closed, as the access log says it.
 #[derive(Debug)]
-enum Ended<'a> {
+enum Ended {
     /// Both directions ended; `side` sent EOF first.
     Eof(Side),
     /// A read or write failed.
-    Error(&'a relay::RelayError),
+    Error(relay::RelayError),
     /// No byte either way for the idle timeout.
     IdleTimeout,
     /// The connection reached its maximum lifetime.
@@ -140,7 +140,7 @@ enum Ended<'a> {
     NoRoute(Option<String>),
 }
 
-impl fmt::Display for Ended<'_> {
+impl fmt::Display for Ended {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ended::Eof(side) => write!(f, "{side} EOF"),
@@ -160,6 +160,7 @@ impl fmt::Display for Ended<'_> {
 /// Runs one client connection to its end, registered in `registry` while it
 /// is open. `permits` are its slot under the process's connection ceiling
 /// and its place under the frontend's max-conns, returned when this returns.
+/// Its one exit after the source check logs how it closed.
 pub async fn handle(
     registry: Rc<Registry>,
     fe: Rc<FrontendState>,
@@ -171,17 +172,58 @@ pub async fn handle(
     // An IPv4 client of a dual-stack `[::]` listener arrives as
     // `::ffff:a.b.c.d`; logs, PROXY headers and hashing see it as IPv4.
     let peer = canonical(peer);
-    let metrics = fe.metrics();
     // Before a byte is read (the PROXY header included) or a backend chosen.
     if let Err(refusal) = access::check(&fe.frontend.config, peer.ip()) {
         refuse(&fe, peer, refusal);
         return;
     }
     let start = Instant::now();
-    let _open = Open::new(metrics);
+    let _open = Open::new(fe.metrics());
     let client = Rc::new(client);
     let registration = registry.register(client.clone());
+    let closed = serve(&registry, &registration, &fe, client, peer, start).await;
+    log_close(&fe, &closed, start);
+}
 
+/// How a connection ended, as its access line tells it.
+struct Closed {
+    /// The client: the PROXY header's source when there was one.
+    client: SocketAddr,
+    /// The backend, once one was connected.
+    backend: Option<SocketAddr>,
+    /// Bytes carried from client to backend.
+    bytes_in: u64,
+    /// Bytes carried from backend to client.
+    bytes_out: u64,
+    /// Why it closed.
+    ended: Ended,
+}
+
+impl Closed {
+    /// A connection that ended before a byte was relayed.
+    fn early(client: SocketAddr, backend: Option<SocketAddr>, ended: Ended) -> Closed {
+        Closed {
+            client,
+            backend,
+            bytes_in: 0,
+            bytes_out: 0,
+            ended,
+        }
+    }
+}
+
+/// The connection's life after the source check: PROXY header, ClientHello
+/// and route, backend, preamble, relay, and the health observation; `start`
+/// is when it was accepted, where its lifetime counts from.
+async fn serve(
+    registry: &Rc<Registry>,
+    registration: &Registration,
+    fe: &FrontendState,
+    client: Rc<TcpStream>,
+    peer: SocketAddr,
+    start: Instant,
+) -> Closed {
+    let metrics = fe.metrics();
     // Behind another load balancer the real client comes in a PROXY header;
     // bytes read past it are the client's first payload.
     let mut early = Vec::new();
@@ -200,8 +242,7 @@ pub async fn handle(
             }
             Err(err) => {
                 metrics.proxy_header_errors.inc();
-                log_close(&fe, peer, None, 0, 0, start, &Ended::ProxyHeader(err));
-                return;
+                return Closed::early(peer, None, Ended::ProxyHeader(err));
             }
         }
     }
@@ -235,9 +276,8 @@ pub async fn handle(
             }
             Ok(Routed::Default | Routed::Nowhere) => {}
             Err(ended) => {
-                reject_sni(&fe, source, &ended);
-                log_close(&fe, source, None, 0, 0, start, &ended);
-                return;
+                reject_sni(fe, source, &ended);
+                return Closed::early(source, None, ended);
             }
         }
     }
@@ -253,8 +293,7 @@ pub async fn handle(
         Ok(connected) => connected,
         Err(why) => {
             metrics.no_backend.inc();
-            log_close(&fe, source, None, 0, 0, start, &Ended::NoBackend(why));
-            return;
+            return Closed::early(source, None, Ended::NoBackend(why));
         }
     };
     let index = lease.index();
@@ -271,8 +310,7 @@ pub async fn handle(
         if let Err(err) = preamble.await {
             metrics.backend_errors.inc();
             let addr = upstream.pool().addr(lease.index());
-            log_close(&fe, source, Some(addr), 0, 0, start, &Ended::Error(&err));
-            return;
+            return Closed::early(source, Some(addr), Ended::Error(err));
         }
     }
 
@@ -297,28 +335,25 @@ pub async fn handle(
 
     count(metrics, upstream, index, &outcome, timed_out.is_some());
     if timed_out.is_none() && !registry.aborting() {
-        observe_l4(&fe, upstream, index, &outcome, connected_at);
+        observe_l4(fe, upstream, index, &outcome, connected_at);
     }
     let ended = if registry.aborting() {
         Ended::Drain
     } else if let Some(ended) = timed_out {
         ended
-    } else if let Some(err) = &outcome.error {
+    } else if let Some(err) = outcome.error {
         Ended::Error(err)
     } else {
         Ended::Eof(outcome.first_eof.unwrap_or(Side::Client))
     };
-    let addr = upstream.pool().addr(index);
-    log_close(
-        &fe,
-        source,
-        Some(addr),
-        outcome.to_backend,
-        outcome.to_client,
-        start,
-        &ended,
-    );
     drop(lease);
+    Closed {
+        client: source,
+        backend: Some(upstream.pool().addr(index)),
+        bytes_in: outcome.to_backend,
+        bytes_out: outcome.to_client,
+        ended,
+    }
 }
 
 /// Counts and logs a client refused by the source rules; dropping its socket
@@ -366,7 +401,7 @@ impl FrontendState {
 }
 
 /// Counts and logs a client closed by SNI routing, before any backend.
-fn reject_sni(fe: &FrontendState, client: SocketAddr, ended: &Ended<'_>) {
+fn reject_sni(fe: &FrontendState, client: SocketAddr, ended: &Ended) {
     let m = fe.metrics();
     let (counter, reason) = match ended {
         Ended::NoRoute(_) => (&m.sni_no_route, "no_route"),
@@ -608,16 +643,15 @@ impl fmt::Display for MaybeAddr {
 
 /// The per-connection line: at info on the access log target when
 /// `--access-log` is on, else at debug.
-fn log_close(
-    fe: &FrontendState,
-    client: SocketAddr,
-    backend: Option<SocketAddr>,
-    bytes_in: u64,
-    bytes_out: u64,
-    start: Instant,
-    reason: &Ended<'_>,
-) {
-    let backend = MaybeAddr(backend);
+fn log_close(fe: &FrontendState, closed: &Closed, start: Instant) {
+    let Closed {
+        client,
+        backend,
+        bytes_in,
+        bytes_out,
+        ended: reason,
+    } = closed;
+    let backend = MaybeAddr(*backend);
     let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
     // One line, two levels: tracing needs the level and target at the call site.
     macro_rules! line {
