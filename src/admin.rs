@@ -50,9 +50,10 @@ use tracing::{debug, info, warn};
 
 use crate::backend::pool::{AdminState, Pool};
 use crate::config::MAX_WEIGHT;
+use crate::counters::Metrics;
 use crate::frontend::{Frontend, Generation, Generations};
 use crate::logging::Throttle;
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 use crate::stats::{self, effective_weight};
 
 /// Admin connections served at once.

@@ -28,7 +28,7 @@ use crate::backend::discovery;
 use crate::backend::pool::{Passive, Pool};
 use crate::backend::probe;
 use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig};
-use crate::metrics::Metrics;
+use crate::counters::Metrics;
 use crate::net::{self, BindError};
 
 /// Config generations as the server publishes them to the workers and the

@@ -41,6 +41,7 @@ mod admin;
 mod backend;
 mod ceiling;
 pub mod config;
+mod counters;
 mod frontend;
 pub mod logging;
 mod metrics;

@@ -28,8 +28,8 @@ use tracing::warn;
 
 use crate::backend::balance::{self, Algorithm, Balancer, PickContext};
 use crate::backend::pool::{Lease, Pool, RAMP_STEP};
+use crate::counters::{BackendMetrics, WorkerMetrics};
 use crate::logging::Throttle;
-use crate::metrics::{BackendMetrics, WorkerMetrics};
 use crate::uring;
 
 /// Most clients one worker holds waiting for a free backend slot; past it they are closed.
