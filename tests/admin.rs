@@ -74,7 +74,9 @@ fn metrics_parse_with_the_reference_parser_whatever_the_frontend_name() {
         "admin = \"127.0.0.1:0\"\nworkers = 2\n\n[[frontend]]\nname = \"a\\\"b\\\\c\\nd\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{}\"]\n",
         backend.arg()
     );
-    let lb = Ringlb::start_with_config(&dir.write("ringlb.toml", &config), &[]);
+    let lb = Ringlb::builder()
+        .config(&dir.write("ringlb.toml", &config))
+        .start();
     let admin: SocketAddr = lb.admin_addr();
 
     let mut sent = 0.0;
@@ -122,13 +124,7 @@ fn metrics_parse_with_the_reference_parser_whatever_the_frontend_name() {
 /// ringlb with one echo backend and the admin endpoint; returns its address.
 fn with_admin() -> (Ringlb, Backend, SocketAddr) {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--admin",
-        "127.0.0.1:0",
-        "--no-health-checks",
-    ]);
+    let lb = Ringlb::over(&backend).admin().no_health_checks().start();
     let admin = lb.admin_addr();
     (lb, backend, admin)
 }
@@ -322,15 +318,11 @@ fn idle_connections_are_closed_after_the_head_timeout() {
 #[test]
 fn the_accept_loop_survives_running_out_of_fds() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--no-health-checks",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .admin()
+        .workers(1)
+        .no_health_checks()
+        .start();
     let admin: SocketAddr = lb.admin_addr();
     assert_eq!(http_get(admin, "/healthz").0, 200);
     // Room for a few more fds only, from now on.

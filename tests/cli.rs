@@ -225,8 +225,11 @@ fn rsp_form_listens_on_all_interfaces() {
                 "--workers".into(),
                 "1".into(),
             ];
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Ringlb::try_start(&args).ok().map(|lb| (lb, port))
+            Ringlb::builder()
+                .args(&args)
+                .try_start()
+                .ok()
+                .map(|lb| (lb, port))
         })
         .expect("no free port in 5 tries");
     let listen = lb.ready_addrs()[0].1;
@@ -249,7 +252,7 @@ fn rsp_form_listens_on_all_interfaces() {
 #[test]
 fn one_listening_socket_per_worker() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "3"]);
+    let lb = Ringlb::over(&backend).workers(3).start();
     // The kernel's table of listening sockets, as `ss -ltn` reads it.
     let port = format!(":{:04X} ", lb.addr.port());
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
@@ -268,7 +271,7 @@ fn one_listening_socket_per_worker() {
 #[test]
 fn pin_gives_each_worker_one_cpu() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "2", "--pin"]);
+    let lb = Ringlb::over(&backend).workers(2).flag("--pin").start();
     let mut workers = 0;
     for task in std::fs::read_dir(format!("/proc/{}/task", lb.pid())).unwrap() {
         let dir = task.unwrap().path();
@@ -295,7 +298,7 @@ fn pin_gives_each_worker_one_cpu() {
 #[test]
 fn sqpoll_ring_relays() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "1", "--sqpoll"]);
+    let lb = Ringlb::over(&backend).workers(1).flag("--sqpoll").start();
     let mut conn = lb.connect();
     conn.write_all(b"polled").unwrap();
     conn.shutdown(Shutdown::Write).unwrap();
@@ -331,13 +334,11 @@ fn ready_file_lists_bound_addresses_and_follows_reloads() {
         )
     };
     let config = dir.write("ringlb.toml", &fe("web", &a));
-    let args = [
-        "--ready-file",
-        ready.to_str().unwrap(),
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    let lb = Ringlb::start_with_config(&config, &args);
+    let lb = Ringlb::builder()
+        .config(&config)
+        .arg("--ready-file", ready.to_str().unwrap())
+        .admin()
+        .start();
 
     // Written before the start-up line, so it is there once ringlb has started.
     let lines = ready_lines(&ready).expect("ready file written at start");
@@ -392,7 +393,11 @@ fn ipv4_clients_of_a_dual_stack_listener_are_ipv4_in_proxy_headers() {
         .find_map(|_| {
             let port = free_port().to_string();
             let args = [port.as_str(), "127.0.0.1", &bport, "--send-proxy", "v1"];
-            Ringlb::try_start(&args).ok().map(|lb| (lb, port))
+            Ringlb::builder()
+                .args(&args)
+                .try_start()
+                .ok()
+                .map(|lb| (lb, port))
         })
         .expect("no free port in 5 tries");
     assert!(lb.ready_addrs()[0].1.ip().is_unspecified());

@@ -52,7 +52,7 @@ fn two_frontends_from_one_file() {
     let dir = TempDir::new("two");
     let text = frontend("web", "127.0.0.1:0", &[&a]) + &frontend("api", "127.0.0.1:0", &[&b]);
     let path = dir.write("ringlb.toml", &text);
-    let lb = Ringlb::start_with_config(&path, &["--workers", "2"]);
+    let lb = Ringlb::builder().config(&path).workers(2).start();
     let (web, api) = (lb.frontend_addr("web"), lb.frontend_addr("api"));
     assert_ne!(web, api);
     exchange(web, b"to web").unwrap();
@@ -91,7 +91,7 @@ fn reload_under_traffic_fails_no_connection() {
     let (a, b) = (Backend::echo(), Backend::echo());
     let dir = TempDir::new("reload");
     let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
-    let lb = Ringlb::start_with_config(&path, &["--workers", "2"]);
+    let lb = Ringlb::builder().config(&path).workers(2).start();
     let addr = lb.frontend_addr("web");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -149,7 +149,7 @@ fn bad_reload_keeps_the_running_config() {
     let a = Backend::echo();
     let dir = TempDir::new("badreload");
     let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let addr = lb.frontend_addr("web");
     exchange(addr, b"before").unwrap();
 
@@ -166,7 +166,7 @@ fn reload_adds_and_removes_frontends() {
     let (a, b) = (Backend::echo(), Backend::echo());
     let dir = TempDir::new("addremove");
     let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
-    let lb = Ringlb::start_with_config(&path, &["--workers", "2"]);
+    let lb = Ringlb::builder().config(&path).workers(2).start();
     let web = lb.frontend_addr("web");
 
     std::fs::write(&path, frontend("api", "127.0.0.1:0", &[&b])).unwrap();
@@ -205,7 +205,7 @@ fn reload_keeps_counters_while_the_pool_is_unchanged() {
         "ringlb.toml",
         &(admin_line.to_string() + &frontend("web", "127.0.0.1:0", &[&a])),
     );
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let admin: SocketAddr = lb.admin_addr();
     let web = lb.frontend_addr("web");
     let total = || {
@@ -262,7 +262,7 @@ fn reload_that_changes_the_pool_keeps_known_health() {
             )
     };
     let path = dir.write("ringlb.toml", &config(&[&x, &a], "50ms", 1));
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let admin: SocketAddr = lb.admin_addr();
     let up = |addr: &str| -> Option<bool> {
         let list: serde_json::Value =
@@ -358,7 +358,9 @@ fn idle_timeout_has_a_default_and_accepts_never() {
         .join(" ");
     assert!(line.contains("default: 10m"), "{line}");
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--idle-timeout", "never"]);
+    let lb = Ringlb::over(&backend)
+        .arg("--idle-timeout", "never")
+        .start();
     assert_eq!(echo_once(&lb, b"hi").unwrap(), b"hi");
 }
 
@@ -369,7 +371,7 @@ fn reload_to_overlapping_listens_is_rejected() {
     let dir = TempDir::new("overlap-reload");
     let web = frontend("web", &format!("127.0.0.1:{port}"), &[&a]);
     let path = dir.write("ringlb.toml", &web);
-    let Ok(lb) = Ringlb::try_start(&["--config", path.to_str().unwrap()]) else {
+    let Ok(lb) = Ringlb::builder().config(&path).try_start() else {
         return; // The free port was taken meanwhile: nothing to test here.
     };
     let addr = lb.frontend_addr("web");

@@ -71,14 +71,11 @@ fn every_metric_and_label_the_dashboard_queries_is_scraped() {
     }
 
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &backend.arg(),
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = Ringlb::builder()
+        .arg("--listen", "127.0.0.1:0")
+        .backend(&backend)
+        .admin()
+        .start();
     let mut conn = lb.connect();
     conn.write_all(b"ping").unwrap();
     conn.shutdown(Shutdown::Write).unwrap();

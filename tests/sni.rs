@@ -354,22 +354,15 @@ fn setup(default: bool, extra: &[&str]) -> Setup {
         .collect();
     let api_route = format!("api.example.com={}", backends[0].arg());
     let www_route = format!("www.example.com,*.web.example.com={}", backends[1].arg());
-    let mut args = vec![
-        "--route-by",
-        "sni",
-        "--route",
-        &api_route,
-        "--route",
-        &www_route,
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    let fallback_arg = backends[2].arg();
+    let mut start = Ringlb::builder()
+        .arg("--route-by", "sni")
+        .arg("--route", api_route)
+        .arg("--route", www_route)
+        .admin();
     if default {
-        args.extend(["--backend", &fallback_arg]);
+        start = start.backend(backends[2].arg());
     }
-    args.extend(extra);
-    let lb = Ringlb::start(&args);
+    let lb = start.args(extra).start();
     Setup {
         pki,
         _backends: backends,
@@ -495,7 +488,7 @@ fn routes_from_a_config_file_and_reload() {
     let path = pki
         .dir
         .write("ringlb.toml", &config(&[("API.example.com.", &api)]));
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let addr = lb.frontend_addr("tls");
     let ok = |cn: &str| Ok((cn.to_string(), "HTTP/1.0 200 ok".to_string()));
     assert_eq!(
@@ -532,14 +525,11 @@ fn a_mebibyte_each_way_and_200_concurrent_handshakes_across_routes() {
         .zip(&backends)
         .map(|(n, b)| format!("{n}={}", b.addr))
         .collect();
-    let lb = Ringlb::start(&[
-        "--route-by",
-        "sni",
-        "--route",
-        &routes[0],
-        "--route",
-        &routes[1],
-    ]);
+    let lb = Ringlb::builder()
+        .arg("--route-by", "sni")
+        .arg("--route", &routes[0])
+        .arg("--route", &routes[1])
+        .start();
     let load = |connections: &str, size: &str| {
         let out = Command::new("python3")
             .arg(pki.path("load.py"))
@@ -578,7 +568,7 @@ fn a_route_sends_its_own_proxy_header_then_the_client_hello_untouched() {
             recorder.arg()
         ),
     );
-    let lb = Ringlb::start_with_config(&config, &[]);
+    let lb = Ringlb::builder().config(&config).start();
     let addr = lb.frontend_addr("tls");
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.write_all(HELLO).unwrap();

@@ -53,7 +53,9 @@ backends = ["{}"]
         down.arg(),
         other.arg()
     );
-    let lb = Ringlb::start_with_config(&dir.write("ringlb.toml", &config), &[]);
+    let lb = Ringlb::builder()
+        .config(&dir.write("ringlb.toml", &config))
+        .start();
     Setup {
         web: [echo.arg(), down.arg()],
         db: other.arg(),
