@@ -7,12 +7,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{client, http_get, metric, read_to_end, wait_until, Backend, Ringlb, TempDir};
+use common::{
+    client, echo_once, http_get, metric, read_to_end, wait_until, Backend, Ringlb, TempDir,
+};
 
 /// Interpreters to try for the parser: the one on PATH, then Debian's, which
 /// is where `python3-prometheus-client` installs it.
@@ -82,10 +84,7 @@ fn metrics_parse_with_the_reference_parser_whatever_the_frontend_name() {
     let mut sent = 0.0;
     for i in 0..5 {
         let msg = vec![b'x'; 10 + i];
-        let mut conn = lb.connect();
-        conn.write_all(&msg).unwrap();
-        conn.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(read_to_end(&mut conn), msg);
+        assert_eq!(echo_once(&lb, &msg).unwrap(), msg);
         sent += msg.len() as f64;
     }
     let escaped = "a\\\"b\\\\c\\nd";
@@ -138,10 +137,7 @@ fn exchange(admin: SocketAddr, request: &[u8]) -> String {
 
 /// One round through the proxy.
 fn relays(lb: &Ringlb) {
-    let mut conn = lb.connect();
-    conn.write_all(b"still relaying").unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut conn), b"still relaying");
+    assert_eq!(echo_once(lb, b"still relaying").unwrap(), b"still relaying");
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
-use common::{http_get, metric, read_to_end, wait_until, Backend, Ringlb};
+use common::{echo_once, http_get, metric, read_to_end, wait_until, Backend, Ringlb};
 
 fn echo_round(conn: &mut std::net::TcpStream, msg: &[u8]) {
     conn.write_all(msg).unwrap();
@@ -152,10 +152,7 @@ fn metrics_count_the_traffic_sent() {
     let mut sent = 0u64;
     for i in 0..20u64 {
         let msg = vec![b'm'; 100 + i as usize];
-        let mut conn = lb.connect();
-        conn.write_all(&msg).unwrap();
-        conn.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(read_to_end(&mut conn), msg);
+        assert_eq!(echo_once(&lb, &msg).unwrap(), msg);
         sent += msg.len() as u64;
     }
     let fe = "{frontend=\"default\"}";
