@@ -6,7 +6,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 
-use common::{http_get, metric, read_to_end, tag_of, visit, wait_until, Backend, Ringlb, PATIENCE};
+use common::{
+    http_get, metric, read_to_end, tag_of, visit, wait_until, Backend, Ringlb, Start, PATIENCE,
+};
 
 fn counts(tags: impl IntoIterator<Item = u8>, n: usize) -> Vec<usize> {
     let mut c = vec![0; n];
@@ -154,6 +156,16 @@ fn every_backend_down_closes_clients_and_logs_once() {
     assert_eq!(visit(&lb), 0);
 }
 
+/// ringlb with `workers` over `a` with `max-conns=1`, without health checks,
+/// queueing clients for up to `connect_timeout`.
+fn one_slot(a: &Backend, workers: usize, connect_timeout: &str) -> Start {
+    Ringlb::builder()
+        .workers(workers)
+        .connect_timeout(connect_timeout)
+        .no_health_checks()
+        .backend_with(a, "max-conns=1")
+}
+
 #[test]
 fn queued_clients_on_every_worker_are_woken_as_slots_free() {
     // Two workers, one slot: the queued clients land on either worker, and a
@@ -161,13 +173,7 @@ fn queued_clients_on_every_worker_are_woken_as_slots_free() {
     // connect timeout outlasts the clients' patience, so a missed wakeup
     // fails the test instead of ending the wait.
     let a = Backend::tagged(0);
-    let lb = Ringlb::builder()
-        .workers(2)
-        .connect_timeout("120s")
-        .no_health_checks()
-        .backend_with(&a, "max-conns=1")
-        .admin()
-        .start();
+    let lb = one_slot(&a, 2, "120s").admin().start();
     let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
     let (_, mut first) = tag_of(lb.connect());
     let queued: Vec<_> = (0..6)
@@ -195,12 +201,7 @@ fn queued_clients_on_every_worker_are_woken_as_slots_free() {
 #[test]
 fn max_conns_queues_then_times_out() {
     let a = Backend::tagged(0);
-    let lb = Ringlb::builder()
-        .workers(1)
-        .connect_timeout("300ms")
-        .no_health_checks()
-        .backend_with(&a, "max-conns=1")
-        .start();
+    let lb = one_slot(&a, 1, "300ms").start();
     let (_, mut first) = tag_of(lb.connect());
     // The second client waits for the slot...
     let mut second = lb.connect();

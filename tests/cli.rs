@@ -210,28 +210,29 @@ fn help_documents_every_flag() {
     assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
 }
 
-#[test]
-fn rsp_form_listens_on_all_interfaces() {
-    let backend = Backend::echo();
+/// ringlb in the `PORT HOST BACKEND-PORT` form, to `backend` on 127.0.0.1,
+/// with `extra` after; returns it and its port. A port from free_port() can
+/// be taken again before ringlb binds it: it tries five.
+fn rsp_form(backend: &Backend, extra: &[&str]) -> (Ringlb, u16) {
     let bport = backend.addr.port().to_string();
-    // A port from free_port() can be taken again before ringlb binds it: retry.
-    let (lb, port) = (0..5)
+    (0..5)
         .find_map(|_| {
             let port = free_port();
-            let args = [
-                port.to_string(),
-                "127.0.0.1".into(),
-                bport.clone(),
-                "--workers".into(),
-                "1".into(),
-            ];
+            let rsp = [port.to_string(), "127.0.0.1".into(), bport.clone()];
             Ringlb::builder()
-                .args(&args)
+                .args(&rsp)
+                .args(extra)
                 .try_start()
                 .ok()
                 .map(|lb| (lb, port))
         })
-        .expect("no free port in 5 tries");
+        .expect("no free port in 5 tries")
+}
+
+#[test]
+fn rsp_form_listens_on_all_interfaces() {
+    let backend = Backend::echo();
+    let (lb, port) = rsp_form(&backend, &["--workers", "1"]);
     let listen = lb.ready_addrs()[0].1;
     assert!(listen.ip().is_unspecified(), "{listen}");
     let mut clients = vec![format!("127.0.0.1:{port}")];
@@ -388,18 +389,7 @@ fn ipv4_clients_of_a_dual_stack_listener_are_ipv4_in_proxy_headers() {
             let _ = (&conn).write_all(line.as_bytes());
         }
     });
-    let bport = backend.addr.port().to_string();
-    let (lb, port) = (0..5)
-        .find_map(|_| {
-            let port = free_port().to_string();
-            let args = [port.as_str(), "127.0.0.1", &bport, "--send-proxy", "v1"];
-            Ringlb::builder()
-                .args(&args)
-                .try_start()
-                .ok()
-                .map(|lb| (lb, port))
-        })
-        .expect("no free port in 5 tries");
+    let (lb, port) = rsp_form(&backend, &["--send-proxy", "v1"]);
     assert!(lb.ready_addrs()[0].1.ip().is_unspecified());
     let mut conn = common::client(format!("127.0.0.1:{port}").parse().unwrap());
     let mut line = String::new();

@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -23,6 +24,15 @@ fn frontend(name: &str, listen: &str, backends: &[&Backend]) -> String {
         "[[frontend]]\nname = \"{name}\"\nlisten = \"{listen}\"\nbackends = [{}]\n[frontend.health]\ninterval = \"100ms\"\n\n",
         list.join(", ")
     )
+}
+
+/// ringlb with two workers from `dir`'s ringlb.toml: one frontend `web` over
+/// `backend`. Returns the file, ringlb and web's address.
+fn web_over(dir: &TempDir, backend: &Backend) -> (PathBuf, Ringlb, SocketAddr) {
+    let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[backend]));
+    let lb = Ringlb::builder().config(&path).workers(2).start();
+    let addr = lb.frontend_addr("web");
+    (path, lb, addr)
 }
 
 /// One echo exchange through `addr`; Err describes what failed.
@@ -90,9 +100,7 @@ fn check_validates_and_names_the_bad_line() {
 fn reload_under_traffic_fails_no_connection() {
     let (a, b) = (Backend::echo(), Backend::echo());
     let dir = TempDir::new("reload");
-    let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
-    let lb = Ringlb::builder().config(&path).workers(2).start();
-    let addr = lb.frontend_addr("web");
+    let (path, lb, addr) = web_over(&dir, &a);
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -165,9 +173,7 @@ fn bad_reload_keeps_the_running_config() {
 fn reload_adds_and_removes_frontends() {
     let (a, b) = (Backend::echo(), Backend::echo());
     let dir = TempDir::new("addremove");
-    let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
-    let lb = Ringlb::builder().config(&path).workers(2).start();
-    let web = lb.frontend_addr("web");
+    let (path, lb, web) = web_over(&dir, &a);
 
     std::fs::write(&path, frontend("api", "127.0.0.1:0", &[&b])).unwrap();
     lb.signal("HUP");

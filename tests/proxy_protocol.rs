@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
@@ -25,20 +25,28 @@ fn recorder() -> (Backend, mpsc::Receiver<Vec<u8>>) {
     (backend, rx)
 }
 
-fn send_and_close(lb: &Ringlb, bytes: &[u8]) -> std::net::TcpStream {
+fn send_and_close(lb: &Ringlb, bytes: &[u8]) -> TcpStream {
     let mut conn = lb.connect();
     conn.write_all(bytes).unwrap();
     conn.shutdown(Shutdown::Write).unwrap();
     conn
 }
 
+/// Sends `payload` through ringlb with `--send-proxy version` to a
+/// [`recorder`]; returns ringlb, the client connection and what the backend
+/// received.
+fn through_send_proxy(version: &str, payload: &[u8]) -> (Ringlb, TcpStream, Vec<u8>) {
+    let (backend, got) = recorder();
+    let lb = Ringlb::over(&backend).arg("--send-proxy", version).start();
+    let conn = send_and_close(&lb, payload);
+    let received = got.recv_timeout(PATIENCE).unwrap();
+    (lb, conn, received)
+}
+
 #[test]
 fn send_proxy_v1_announces_the_client() {
-    let (backend, got) = recorder();
-    let lb = Ringlb::over(&backend).arg("--send-proxy", "v1").start();
-    let conn = send_and_close(&lb, b"hello");
+    let (lb, conn, received) = through_send_proxy("v1", b"hello");
     let client = conn.local_addr().unwrap();
-    let received = got.recv_timeout(PATIENCE).unwrap();
     let expected = format!(
         "PROXY TCP4 {} {} {} {}\r\nhello",
         client.ip(),
@@ -51,11 +59,8 @@ fn send_proxy_v1_announces_the_client() {
 
 #[test]
 fn send_proxy_v2_announces_the_client() {
-    let (backend, got) = recorder();
-    let lb = Ringlb::over(&backend).arg("--send-proxy", "v2").start();
-    let conn = send_and_close(&lb, b"payload");
+    let (lb, conn, received) = through_send_proxy("v2", b"payload");
     let client = conn.local_addr().unwrap();
-    let received = got.recv_timeout(PATIENCE).unwrap();
     let mut expected = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     expected.extend_from_slice(&[0x21, 0x11, 0x00, 12]);
     let (SocketAddr::V4(c), SocketAddr::V4(l)) = (client, lb.addr) else {
