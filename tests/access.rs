@@ -46,14 +46,10 @@ fn served_from(source: &str, to: SocketAddr, send: &[u8]) -> bool {
 #[test]
 fn allow_serves_only_matching_sources_and_deny_wins() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--allow",
-        "127.0.0.2/32",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .arg("--allow", "127.0.0.2/32")
+        .admin()
+        .start();
     assert!(served_from("127.0.0.2", lb.addr, b""));
     assert!(!served_from("127.0.0.3", lb.addr, b""));
     let admin: SocketAddr = lb.admin_addr();
@@ -71,14 +67,10 @@ fn allow_serves_only_matching_sources_and_deny_wins() {
         "the refused client never reached a backend"
     );
 
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--allow",
-        "127.0.0.0/8",
-        "--deny",
-        "127.0.0.2",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .arg("--allow", "127.0.0.0/8")
+        .arg("--deny", "127.0.0.2")
+        .start();
     assert!(!served_from("127.0.0.2", lb.addr, b""));
     assert!(served_from("127.0.0.3", lb.addr, b""));
 }
@@ -86,13 +78,10 @@ fn allow_serves_only_matching_sources_and_deny_wins() {
 #[test]
 fn proxy_header_is_believed_only_from_listed_sources() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--accept-proxy",
-        "--accept-proxy-from",
-        "127.0.0.2/32",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .flag("--accept-proxy")
+        .arg("--accept-proxy-from", "127.0.0.2/32")
+        .start();
     let header = b"PROXY TCP4 10.1.2.3 10.0.0.1 1111 80\r\n";
     assert!(served_from("127.0.0.2", lb.addr, header));
     assert!(!served_from("127.0.0.3", lb.addr, header));
@@ -130,7 +119,7 @@ fn reload_changes_the_rules() {
         )
     };
     let path = dir.write("ringlb.toml", &config("allow = [\"127.0.0.2\"]"));
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let addr = lb.frontend_addr("web");
     assert!(served_from("127.0.0.2", addr, b""));
     assert!(!served_from("127.0.0.3", addr, b""));

@@ -7,12 +7,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{client, http_get, metric, read_to_end, wait_until, Backend, Ringlb, TempDir};
+use common::{
+    client, echo_once, http_get, metric, read_to_end, wait_until, Backend, Ringlb, TempDir,
+};
 
 /// Interpreters to try for the parser: the one on PATH, then Debian's, which
 /// is where `python3-prometheus-client` installs it.
@@ -74,16 +76,15 @@ fn metrics_parse_with_the_reference_parser_whatever_the_frontend_name() {
         "admin = \"127.0.0.1:0\"\nworkers = 2\n\n[[frontend]]\nname = \"a\\\"b\\\\c\\nd\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{}\"]\n",
         backend.arg()
     );
-    let lb = Ringlb::start_with_config(&dir.write("ringlb.toml", &config), &[]);
+    let lb = Ringlb::builder()
+        .config(&dir.write("ringlb.toml", &config))
+        .start();
     let admin: SocketAddr = lb.admin_addr();
 
     let mut sent = 0.0;
     for i in 0..5 {
         let msg = vec![b'x'; 10 + i];
-        let mut conn = lb.connect();
-        conn.write_all(&msg).unwrap();
-        conn.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(read_to_end(&mut conn), msg);
+        assert_eq!(echo_once(&lb, &msg).unwrap(), msg);
         sent += msg.len() as f64;
     }
     let escaped = "a\\\"b\\\\c\\nd";
@@ -122,13 +123,7 @@ fn metrics_parse_with_the_reference_parser_whatever_the_frontend_name() {
 /// ringlb with one echo backend and the admin endpoint; returns its address.
 fn with_admin() -> (Ringlb, Backend, SocketAddr) {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--admin",
-        "127.0.0.1:0",
-        "--no-health-checks",
-    ]);
+    let lb = Ringlb::over(&backend).admin().no_health_checks().start();
     let admin = lb.admin_addr();
     (lb, backend, admin)
 }
@@ -142,10 +137,7 @@ fn exchange(admin: SocketAddr, request: &[u8]) -> String {
 
 /// One round through the proxy.
 fn relays(lb: &Ringlb) {
-    let mut conn = lb.connect();
-    conn.write_all(b"still relaying").unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut conn), b"still relaying");
+    assert_eq!(echo_once(lb, b"still relaying").unwrap(), b"still relaying");
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -322,15 +314,11 @@ fn idle_connections_are_closed_after_the_head_timeout() {
 #[test]
 fn the_accept_loop_survives_running_out_of_fds() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--no-health-checks",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .admin()
+        .workers(1)
+        .no_health_checks()
+        .start();
     let admin: SocketAddr = lb.admin_addr();
     assert_eq!(http_get(admin, "/healthz").0, 200);
     // Room for a few more fds only, from now on.

@@ -6,7 +6,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 
-use common::{http_get, metric, read_to_end, tag_of, visit, wait_until, Backend, Ringlb, PATIENCE};
+use common::{
+    http_get, metric, read_to_end, tag_of, visit, wait_until, Backend, Ringlb, Start, PATIENCE,
+};
 
 fn counts(tags: impl IntoIterator<Item = u8>, n: usize) -> Vec<usize> {
     let mut c = vec![0; n];
@@ -19,12 +21,7 @@ fn counts(tags: impl IntoIterator<Item = u8>, n: usize) -> Vec<usize> {
 #[test]
 fn round_robin_spreads_evenly() {
     let backends: Vec<_> = (0..3).map(Backend::tagged).collect();
-    let mut args = vec!["--workers".to_string(), "2".to_string()];
-    for b in &backends {
-        args.extend(["--backend".to_string(), b.arg()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let lb = Ringlb::start(&args);
+    let lb = Ringlb::builder().workers(2).backends(&backends).start();
     let c = counts((0..300).map(|_| visit(&lb)), 3);
     // Each worker rotates exactly; the two workers' phases differ by at most one each.
     for n in &c {
@@ -35,30 +32,22 @@ fn round_robin_spreads_evenly() {
 #[test]
 fn weights_are_honoured() {
     let (a, b) = (Backend::tagged(0), Backend::tagged(1));
-    let lb = Ringlb::start(&[
-        "--workers",
-        "1",
-        "--backend",
-        &format!("{},weight=3", a.arg()),
-        "--backend",
-        &b.arg(),
-    ]);
+    let lb = Ringlb::builder()
+        .workers(1)
+        .backend_with(&a, "weight=3")
+        .backend(&b)
+        .start();
     assert_eq!(counts((0..400).map(|_| visit(&lb)), 2), vec![300, 100]);
 }
 
 #[test]
 fn least_conn_avoids_the_backend_holding_long_connections() {
     let (a, b) = (Backend::tagged(0), Backend::tagged(1));
-    let lb = Ringlb::start(&[
-        "--workers",
-        "1",
-        "--balance",
-        "least-conn",
-        "--backend",
-        &a.arg(),
-        "--backend",
-        &b.arg(),
-    ]);
+    let lb = Ringlb::builder()
+        .workers(1)
+        .arg("--balance", "least-conn")
+        .backends(&[&a, &b])
+        .start();
     let held: Vec<_> = (0..10).map(|_| tag_of(lb.connect())).collect();
     assert_eq!(counts(held.iter().map(|(t, _)| *t), 2), vec![5, 5]);
     // Close the five on backend 1, keep the five on backend 0.
@@ -87,12 +76,11 @@ fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
 #[test]
 fn hash_keeps_a_client_on_its_backend() {
     let backends: Vec<_> = (0..4).map(Backend::tagged).collect();
-    let mut args = vec!["--workers", "2", "--balance", "hash"];
-    let addrs: Vec<String> = backends.iter().map(Backend::arg).collect();
-    for a in &addrs {
-        args.extend(["--backend", a]);
-    }
-    let lb = Ringlb::start(&args);
+    let lb = Ringlb::builder()
+        .workers(2)
+        .arg("--balance", "hash")
+        .backends(&backends)
+        .start();
     let mut first = Vec::new();
     for client in 1..=40u8 {
         let source = [127, 0, 3, client];
@@ -116,22 +104,14 @@ fn hash_keeps_a_client_on_its_backend() {
 fn killed_backend_is_taken_out_and_restarted_one_comes_back() {
     let a = Backend::tagged(0);
     let b = Backend::tagged(1);
-    let lb = Ringlb::start(&[
-        "--workers",
-        "2",
-        "--health-interval",
-        "50ms",
-        "--health-timeout",
-        "200ms",
-        "--fall",
-        "3",
-        "--rise",
-        "2",
-        "--backend",
-        &a.arg(),
-        "--backend",
-        &b.arg(),
-    ]);
+    let lb = Ringlb::builder()
+        .workers(2)
+        .health_interval("50ms")
+        .arg("--health-timeout", "200ms")
+        .arg("--fall", "3")
+        .arg("--rise", "2")
+        .backends(&[&a, &b])
+        .start();
     let b_addr = b.addr;
     b.stop();
     // While b is dying and after, every client is served (failover past refused connects).
@@ -154,16 +134,12 @@ fn killed_backend_is_taken_out_and_restarted_one_comes_back() {
 #[test]
 fn every_backend_down_closes_clients_and_logs_once() {
     let a = Backend::tagged(0);
-    let lb = Ringlb::start(&[
-        "--health-interval",
-        "50ms",
-        "--fall",
-        "2",
-        "--rise",
-        "1",
-        "--backend",
-        &a.arg(),
-    ]);
+    let lb = Ringlb::builder()
+        .health_interval("50ms")
+        .arg("--fall", "2")
+        .arg("--rise", "1")
+        .backend(&a)
+        .start();
     let addr = a.addr;
     a.stop();
     wait_until("all down", || lb.log().contains("every backend is down"));
@@ -180,6 +156,16 @@ fn every_backend_down_closes_clients_and_logs_once() {
     assert_eq!(visit(&lb), 0);
 }
 
+/// ringlb with `workers` over `a` with `max-conns=1`, without health checks,
+/// queueing clients for up to `connect_timeout`.
+fn one_slot(a: &Backend, workers: usize, connect_timeout: &str) -> Start {
+    Ringlb::builder()
+        .workers(workers)
+        .connect_timeout(connect_timeout)
+        .no_health_checks()
+        .backend_with(a, "max-conns=1")
+}
+
 #[test]
 fn queued_clients_on_every_worker_are_woken_as_slots_free() {
     // Two workers, one slot: the queued clients land on either worker, and a
@@ -187,17 +173,7 @@ fn queued_clients_on_every_worker_are_woken_as_slots_free() {
     // connect timeout outlasts the clients' patience, so a missed wakeup
     // fails the test instead of ending the wait.
     let a = Backend::tagged(0);
-    let lb = Ringlb::start(&[
-        "--workers",
-        "2",
-        "--connect-timeout",
-        "120s",
-        "--no-health-checks",
-        "--backend",
-        &format!("{},max-conns=1", a.arg()),
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = one_slot(&a, 2, "120s").admin().start();
     let admin: SocketAddr = lb.log_value("admin").parse().unwrap();
     let (_, mut first) = tag_of(lb.connect());
     let queued: Vec<_> = (0..6)
@@ -225,15 +201,7 @@ fn queued_clients_on_every_worker_are_woken_as_slots_free() {
 #[test]
 fn max_conns_queues_then_times_out() {
     let a = Backend::tagged(0);
-    let lb = Ringlb::start(&[
-        "--workers",
-        "1",
-        "--connect-timeout",
-        "300ms",
-        "--no-health-checks",
-        "--backend",
-        &format!("{},max-conns=1", a.arg()),
-    ]);
+    let lb = one_slot(&a, 1, "300ms").start();
     let (_, mut first) = tag_of(lb.connect());
     // The second client waits for the slot...
     let mut second = lb.connect();
@@ -263,20 +231,14 @@ fn max_conns_queues_then_times_out() {
 fn a_backup_serves_only_while_no_primary_is_up() {
     let primary = Backend::tagged(0);
     let backup = Backend::tagged(1);
-    let lb = Ringlb::start(&[
-        "--workers",
-        "2",
-        "--health-interval",
-        "50ms",
-        "--health-timeout",
-        "200ms",
-        "--rise",
-        "1",
-        "--backend",
-        &primary.arg(),
-        "--backend",
-        &format!("{},backup", backup.arg()),
-    ]);
+    let lb = Ringlb::builder()
+        .workers(2)
+        .health_interval("50ms")
+        .arg("--health-timeout", "200ms")
+        .arg("--rise", "1")
+        .backend(&primary)
+        .backend_with(&backup, "backup")
+        .start();
     assert_eq!(
         counts((0..20).map(|_| visit(&lb)), 2),
         vec![20, 0],

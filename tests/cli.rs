@@ -210,25 +210,29 @@ fn help_documents_every_flag() {
     assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
 }
 
+/// ringlb in the `PORT HOST BACKEND-PORT` form, to `backend` on 127.0.0.1,
+/// with `extra` after; returns it and its port. A port from free_port() can
+/// be taken again before ringlb binds it: it tries five.
+fn rsp_form(backend: &Backend, extra: &[&str]) -> (Ringlb, u16) {
+    let bport = backend.addr.port().to_string();
+    (0..5)
+        .find_map(|_| {
+            let port = free_port();
+            let rsp = [port.to_string(), "127.0.0.1".into(), bport.clone()];
+            Ringlb::builder()
+                .args(&rsp)
+                .args(extra)
+                .try_start()
+                .ok()
+                .map(|lb| (lb, port))
+        })
+        .expect("no free port in 5 tries")
+}
+
 #[test]
 fn rsp_form_listens_on_all_interfaces() {
     let backend = Backend::echo();
-    let bport = backend.addr.port().to_string();
-    // A port from free_port() can be taken again before ringlb binds it: retry.
-    let (lb, port) = (0..5)
-        .find_map(|_| {
-            let port = free_port();
-            let args = [
-                port.to_string(),
-                "127.0.0.1".into(),
-                bport.clone(),
-                "--workers".into(),
-                "1".into(),
-            ];
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Ringlb::try_start(&args).ok().map(|lb| (lb, port))
-        })
-        .expect("no free port in 5 tries");
+    let (lb, port) = rsp_form(&backend, &["--workers", "1"]);
     let listen = lb.ready_addrs()[0].1;
     assert!(listen.ip().is_unspecified(), "{listen}");
     let mut clients = vec![format!("127.0.0.1:{port}")];
@@ -249,7 +253,7 @@ fn rsp_form_listens_on_all_interfaces() {
 #[test]
 fn one_listening_socket_per_worker() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "3"]);
+    let lb = Ringlb::over(&backend).workers(3).start();
     // The kernel's table of listening sockets, as `ss -ltn` reads it.
     let port = format!(":{:04X} ", lb.addr.port());
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
@@ -268,7 +272,7 @@ fn one_listening_socket_per_worker() {
 #[test]
 fn pin_gives_each_worker_one_cpu() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "2", "--pin"]);
+    let lb = Ringlb::over(&backend).workers(2).flag("--pin").start();
     let mut workers = 0;
     for task in std::fs::read_dir(format!("/proc/{}/task", lb.pid())).unwrap() {
         let dir = task.unwrap().path();
@@ -295,7 +299,7 @@ fn pin_gives_each_worker_one_cpu() {
 #[test]
 fn sqpoll_ring_relays() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "1", "--sqpoll"]);
+    let lb = Ringlb::over(&backend).workers(1).flag("--sqpoll").start();
     let mut conn = lb.connect();
     conn.write_all(b"polled").unwrap();
     conn.shutdown(Shutdown::Write).unwrap();
@@ -331,13 +335,11 @@ fn ready_file_lists_bound_addresses_and_follows_reloads() {
         )
     };
     let config = dir.write("ringlb.toml", &fe("web", &a));
-    let args = [
-        "--ready-file",
-        ready.to_str().unwrap(),
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    let lb = Ringlb::start_with_config(&config, &args);
+    let lb = Ringlb::builder()
+        .config(&config)
+        .arg("--ready-file", ready.to_str().unwrap())
+        .admin()
+        .start();
 
     // Written before the start-up line, so it is there once ringlb has started.
     let lines = ready_lines(&ready).expect("ready file written at start");
@@ -387,14 +389,7 @@ fn ipv4_clients_of_a_dual_stack_listener_are_ipv4_in_proxy_headers() {
             let _ = (&conn).write_all(line.as_bytes());
         }
     });
-    let bport = backend.addr.port().to_string();
-    let (lb, port) = (0..5)
-        .find_map(|_| {
-            let port = free_port().to_string();
-            let args = [port.as_str(), "127.0.0.1", &bport, "--send-proxy", "v1"];
-            Ringlb::try_start(&args).ok().map(|lb| (lb, port))
-        })
-        .expect("no free port in 5 tries");
+    let (lb, port) = rsp_form(&backend, &["--send-proxy", "v1"]);
     assert!(lb.ready_addrs()[0].1.ip().is_unspecified());
     let mut conn = common::client(format!("127.0.0.1:{port}").parse().unwrap());
     let mut line = String::new();

@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -23,6 +24,15 @@ fn frontend(name: &str, listen: &str, backends: &[&Backend]) -> String {
         "[[frontend]]\nname = \"{name}\"\nlisten = \"{listen}\"\nbackends = [{}]\n[frontend.health]\ninterval = \"100ms\"\n\n",
         list.join(", ")
     )
+}
+
+/// ringlb with two workers from `dir`'s ringlb.toml: one frontend `web` over
+/// `backend`. Returns the file, ringlb and web's address.
+fn web_over(dir: &TempDir, backend: &Backend) -> (PathBuf, Ringlb, SocketAddr) {
+    let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[backend]));
+    let lb = Ringlb::builder().config(&path).workers(2).start();
+    let addr = lb.frontend_addr("web");
+    (path, lb, addr)
 }
 
 /// One echo exchange through `addr`; Err describes what failed.
@@ -52,7 +62,7 @@ fn two_frontends_from_one_file() {
     let dir = TempDir::new("two");
     let text = frontend("web", "127.0.0.1:0", &[&a]) + &frontend("api", "127.0.0.1:0", &[&b]);
     let path = dir.write("ringlb.toml", &text);
-    let lb = Ringlb::start_with_config(&path, &["--workers", "2"]);
+    let lb = Ringlb::builder().config(&path).workers(2).start();
     let (web, api) = (lb.frontend_addr("web"), lb.frontend_addr("api"));
     assert_ne!(web, api);
     exchange(web, b"to web").unwrap();
@@ -90,9 +100,7 @@ fn check_validates_and_names_the_bad_line() {
 fn reload_under_traffic_fails_no_connection() {
     let (a, b) = (Backend::echo(), Backend::echo());
     let dir = TempDir::new("reload");
-    let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
-    let lb = Ringlb::start_with_config(&path, &["--workers", "2"]);
-    let addr = lb.frontend_addr("web");
+    let (path, lb, addr) = web_over(&dir, &a);
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -149,7 +157,7 @@ fn bad_reload_keeps_the_running_config() {
     let a = Backend::echo();
     let dir = TempDir::new("badreload");
     let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let addr = lb.frontend_addr("web");
     exchange(addr, b"before").unwrap();
 
@@ -165,9 +173,7 @@ fn bad_reload_keeps_the_running_config() {
 fn reload_adds_and_removes_frontends() {
     let (a, b) = (Backend::echo(), Backend::echo());
     let dir = TempDir::new("addremove");
-    let path = dir.write("ringlb.toml", &frontend("web", "127.0.0.1:0", &[&a]));
-    let lb = Ringlb::start_with_config(&path, &["--workers", "2"]);
-    let web = lb.frontend_addr("web");
+    let (path, lb, web) = web_over(&dir, &a);
 
     std::fs::write(&path, frontend("api", "127.0.0.1:0", &[&b])).unwrap();
     lb.signal("HUP");
@@ -205,7 +211,7 @@ fn reload_keeps_counters_while_the_pool_is_unchanged() {
         "ringlb.toml",
         &(admin_line.to_string() + &frontend("web", "127.0.0.1:0", &[&a])),
     );
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let admin: SocketAddr = lb.admin_addr();
     let web = lb.frontend_addr("web");
     let total = || {
@@ -262,7 +268,7 @@ fn reload_that_changes_the_pool_keeps_known_health() {
             )
     };
     let path = dir.write("ringlb.toml", &config(&[&x, &a], "50ms", 1));
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let admin: SocketAddr = lb.admin_addr();
     let up = |addr: &str| -> Option<bool> {
         let list: serde_json::Value =
@@ -358,7 +364,9 @@ fn idle_timeout_has_a_default_and_accepts_never() {
         .join(" ");
     assert!(line.contains("default: 10m"), "{line}");
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--idle-timeout", "never"]);
+    let lb = Ringlb::over(&backend)
+        .arg("--idle-timeout", "never")
+        .start();
     assert_eq!(echo_once(&lb, b"hi").unwrap(), b"hi");
 }
 
@@ -369,7 +377,7 @@ fn reload_to_overlapping_listens_is_rejected() {
     let dir = TempDir::new("overlap-reload");
     let web = frontend("web", &format!("127.0.0.1:{port}"), &[&a]);
     let path = dir.write("ringlb.toml", &web);
-    let Ok(lb) = Ringlb::try_start(&["--config", path.to_str().unwrap()]) else {
+    let Ok(lb) = Ringlb::builder().config(&path).try_start() else {
         return; // The free port was taken meanwhile: nothing to test here.
     };
     let addr = lb.frontend_addr("web");

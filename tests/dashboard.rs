@@ -6,10 +6,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::net::Shutdown;
 
-use common::{http_get, read_to_end, Backend, Ringlb};
+use common::{echo_once, http_get, Backend, Ringlb};
 
 const DASHBOARD: &str = include_str!("../deploy/grafana/ringlb.json");
 
@@ -71,18 +69,12 @@ fn every_metric_and_label_the_dashboard_queries_is_scraped() {
     }
 
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &backend.arg(),
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    let mut conn = lb.connect();
-    conn.write_all(b"ping").unwrap();
-    conn.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut conn), b"ping");
+    let lb = Ringlb::builder()
+        .arg("--listen", "127.0.0.1:0")
+        .backend(&backend)
+        .admin()
+        .start();
+    assert_eq!(echo_once(&lb, b"ping").unwrap(), b"ping");
     let (status, scrape) = http_get(lb.admin_addr(), "/metrics");
     assert_eq!(status, 200);
     let scraped: BTreeSet<&str> = scrape

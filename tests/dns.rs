@@ -307,16 +307,11 @@ fn a_name_follows_its_records_under_load() {
     dns.set_a("web.test", &[ip(2), ip(3)]);
     let name = format!("web.test:{port}");
     let mut dns = dns;
-    let lb = Ringlb::start(&[
-        "--backend",
-        &name,
-        "--resolver",
-        &dns.arg(),
-        "--resolve-interval",
-        "1s",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = Ringlb::over(&name)
+        .arg("--resolver", dns.arg())
+        .arg("--resolve-interval", "1s")
+        .admin()
+        .start();
     assert_eq!(
         listed(&lb),
         [format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}")]
@@ -409,16 +404,11 @@ fn srv_records_give_ports_weights_and_backups() {
             (20, 1, c.addr.port(), "c.svc.test"),
         ],
     );
-    let lb = Ringlb::start(&[
-        "--backend",
-        "srv:_app._tcp.svc.test",
-        "--resolver",
-        &dns.arg(),
-        "--workers",
-        "1",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = Ringlb::over("srv:_app._tcp.svc.test")
+        .arg("--resolver", dns.arg())
+        .workers(1)
+        .admin()
+        .start();
     let mut entries = backends_json(&lb);
     entries.sort_by_key(|e| e["address"].as_str().unwrap().to_string());
     let got: Vec<(String, u64, bool)> = entries
@@ -479,17 +469,13 @@ fn resolve_at_start_and_the_hold() {
     );
 
     // Unless told otherwise: the backend starts empty and fills.
-    let mut args = base.to_vec();
-    args.extend([
-        "--resolve-at-start=false",
-        "--resolve-interval",
-        "1s",
-        "--resolve-hold",
-        "2s",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    let lb = Ringlb::start(&args);
+    let lb = Ringlb::builder()
+        .args(&base)
+        .flag("--resolve-at-start=false")
+        .arg("--resolve-interval", "1s")
+        .arg("--resolve-hold", "2s")
+        .admin()
+        .start();
     assert!(listed(&lb).is_empty());
     dns.set_a("later.test", &[ip(2)]);
     wait_until("the name resolves", || !listed(&lb).is_empty());
@@ -524,7 +510,7 @@ fn a_reload_adds_and_checks_names() {
         )
     };
     let path = dir.write("ringlb.toml", &file(&format!("127.0.0.2:{port}")));
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     assert_eq!(listed(&lb), [format!("127.0.0.2:{port}")]);
 
     // A reload brings a name in: resolved at once, then followed.

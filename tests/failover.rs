@@ -17,14 +17,7 @@ fn echo_once(lb: &Ringlb, msg: &[u8]) -> Vec<u8> {
 fn refused_backend_is_skipped() {
     let refused = Refused::new();
     let good = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &refused.arg(),
-        "--backend",
-        &good.arg(),
-        "--workers",
-        "2",
-    ]);
+    let lb = Ringlb::over(&refused).backend(&good).workers(2).start();
     for i in 0..20 {
         let msg = format!("hello {i}");
         assert_eq!(echo_once(&lb, msg.as_bytes()), msg.as_bytes());
@@ -40,14 +33,7 @@ fn refused_backend_is_skipped() {
 #[test]
 fn round_robin_alternates() {
     let (a, b) = (Backend::echo(), Backend::echo());
-    let lb = Ringlb::start(&[
-        "--backend",
-        &a.arg(),
-        "--backend",
-        &b.arg(),
-        "--workers",
-        "1",
-    ]);
+    let lb = Ringlb::over(&a).backend(&b).workers(1).start();
     for _ in 0..10 {
         assert_eq!(echo_once(&lb, b"x"), b"x");
     }
@@ -57,7 +43,7 @@ fn round_robin_alternates() {
 #[test]
 fn all_backends_down_closes_the_client() {
     let (r1, r2) = (Refused::new(), Refused::new());
-    let lb = Ringlb::start(&["--backend", &r1.arg(), "--backend", &r2.arg()]);
+    let lb = Ringlb::over(&r1).backend(&r2).start();
     for _ in 0..3 {
         let mut conn = lb.connect();
         let mut buf = [0u8; 16];
@@ -77,16 +63,11 @@ fn all_backends_down_closes_the_client() {
 fn silent_backend_times_out_and_its_socket_is_released() {
     let (_silent, _fillers, silent_addr) = common::black_hole();
     let good = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &silent_addr.to_string(),
-        "--backend",
-        &good.arg(),
-        "--workers",
-        "1",
-        "--connect-timeout",
-        "100ms",
-    ]);
+    let lb = Ringlb::over(silent_addr)
+        .backend(&good)
+        .workers(1)
+        .connect_timeout("100ms")
+        .start();
     let baseline = fd_count(lb.pid());
     for i in 0..6 {
         let msg = format!("m{i}");
@@ -124,13 +105,7 @@ fn set_nofile(pid: u32, limit: usize) {
 #[test]
 fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
     let good = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &good.arg(),
-        "--workers",
-        "1",
-        "--no-health-checks",
-    ]);
+    let lb = Ringlb::over(&good).workers(1).no_health_checks().start();
     // Room for one proxied connection (two descriptors), then accept hits EMFILE.
     set_nofile(lb.pid(), fd_count(lb.pid()) + 2);
     let mut first = lb.connect();

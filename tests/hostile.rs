@@ -42,21 +42,14 @@ fn backend_metric(text: &str, name: &str, backend: &str) -> u64 {
 fn black_holed_backend_is_passively_marked_down_without_active_checks() {
     let (_listener, _fillers, hole) = black_hole();
     let good = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &hole.to_string(),
-        "--backend",
-        &good.arg(),
-        "--workers",
-        "1",
-        "--no-health-checks",
-        "--connect-timeout",
-        "200ms",
-        "--fall",
-        "2",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = Ringlb::over(hole)
+        .backend(&good)
+        .workers(1)
+        .no_health_checks()
+        .connect_timeout("200ms")
+        .arg("--fall", "2")
+        .admin()
+        .start();
     let admin: SocketAddr = lb.admin_addr();
     for i in 0..20 {
         let msg = format!("m{i}");
@@ -85,18 +78,12 @@ fn black_holed_backend_is_passively_marked_down_without_active_checks() {
 fn accept_then_reset_backend_is_marked_down_by_layer4_observation() {
     let bad = resetting_backend();
     let good = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &bad.arg(),
-        "--backend",
-        &good.arg(),
-        "--workers",
-        "1",
-        "--health-interval",
-        "1m",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = Ringlb::over(&bad)
+        .backend(&good)
+        .workers(1)
+        .health_interval("1m")
+        .admin()
+        .start();
     let admin: SocketAddr = lb.admin_addr();
     let mut failed = 0;
     for i in 0..200 {
@@ -130,17 +117,12 @@ fn layer4_observation_can_be_turned_off() {
     // failure is one that only layer-4 observation can see.
     let bad = resetting_backend_after(Duration::from_millis(50));
     let good = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &bad.arg(),
-        "--backend",
-        &good.arg(),
-        "--workers",
-        "1",
-        "--health-interval",
-        "1m",
-        "--no-observe-l4",
-    ]);
+    let lb = Ringlb::over(&bad)
+        .backend(&good)
+        .workers(1)
+        .health_interval("1m")
+        .flag("--no-observe-l4")
+        .start();
     let failed = (0..40)
         .filter(|i| {
             let msg = format!("m{i}");
@@ -156,10 +138,11 @@ fn layer4_observation_can_be_turned_off() {
 #[test]
 fn out_of_descriptors_queues_clients_and_never_blames_the_backend() {
     let backend = Backend::echo();
-    let lb = Ringlb::start_wrapped(
-        &["prlimit", "--nofile=256:256", "--"],
-        &["--backend", &backend.arg(), "--workers", "2"],
-    );
+    let lb = Ringlb::builder()
+        .wrapped(&["prlimit", "--nofile=256:256", "--"])
+        .backend(&backend)
+        .workers(2)
+        .start();
     // Logged before the ready file is written; the reader of its stderr
     // may not have caught up yet.
     wait_until("the ceiling is logged at start", || {
@@ -251,14 +234,10 @@ fn stalled_half_closed_upload_is_released_at_idle_timeout() {
         thread::sleep(Duration::from_secs(30));
         drop(conn);
     });
-    let lb = Ringlb::start(&[
-        "--backend",
-        &stalled.arg(),
-        "--workers",
-        "1",
-        "--idle-timeout",
-        "500ms",
-    ]);
+    let lb = Ringlb::over(&stalled)
+        .workers(1)
+        .arg("--idle-timeout", "500ms")
+        .start();
     let baseline = fd_count(lb.pid());
     {
         let mut conn = lb.connect();

@@ -29,13 +29,12 @@ fn tag_from(source: Ipv4Addr, lb: SocketAddr) -> u8 {
 #[test]
 fn two_instances_with_the_same_backends_agree_on_hashed_clients() {
     let backends: Vec<Backend> = (1..=4).map(Backend::tagged).collect();
-    let mut args = vec!["--balance", "hash", "--workers", "2"];
-    let addrs: Vec<String> = backends.iter().map(Backend::arg).collect();
-    for addr in &addrs {
-        args.extend(["--backend", addr]);
-    }
-    let one = Ringlb::start(&args);
-    let two = Ringlb::start(&args);
+    let both = Ringlb::builder()
+        .arg("--balance", "hash")
+        .workers(2)
+        .backends(&backends);
+    let one = both.start();
+    let two = both.start();
     let mut per_backend: HashMap<u8, usize> = HashMap::new();
     for i in 0..1000u32 {
         // Varied client addresses, all on loopback (127.0.0.0/8).

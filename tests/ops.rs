@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
-use common::{http_get, metric, read_to_end, wait_until, Backend, Ringlb};
+use common::{echo_once, http_get, metric, read_to_end, wait_until, Backend, Ringlb};
 
 fn echo_round(conn: &mut std::net::TcpStream, msg: &[u8]) {
     conn.write_all(msg).unwrap();
@@ -19,14 +19,11 @@ fn echo_round(conn: &mut std::net::TcpStream, msg: &[u8]) {
 #[test]
 fn idle_timeout_closes_both_sides() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--idle-timeout",
-        "300ms",
-        "--access-log",
-        "--no-health-checks",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .arg("--idle-timeout", "300ms")
+        .access_log()
+        .no_health_checks()
+        .start();
     let mut conn = lb.connect();
     echo_round(&mut conn, b"hello");
     // No more bytes: the proxy closes the client after the idle timeout.
@@ -38,7 +35,9 @@ fn idle_timeout_closes_both_sides() {
 #[test]
 fn traffic_keeps_a_connection_alive_past_the_idle_timeout() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--idle-timeout", "400ms"]);
+    let lb = Ringlb::over(&backend)
+        .arg("--idle-timeout", "400ms")
+        .start();
     let mut conn = lb.connect();
     // Ten rounds 100 ms apart: 1 s in all, never 400 ms quiet.
     for i in 0..10 {
@@ -52,13 +51,10 @@ fn traffic_keeps_a_connection_alive_past_the_idle_timeout() {
 #[test]
 fn max_lifetime_closes_a_busy_connection() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--max-lifetime",
-        "300ms",
-        "--access-log",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .arg("--max-lifetime", "300ms")
+        .access_log()
+        .start();
     let mut conn = lb.connect();
     let mut closed = false;
     for _ in 0..200 {
@@ -85,15 +81,11 @@ fn max_lifetime_closes_a_busy_connection() {
 #[test]
 fn max_conns_holds_new_clients_in_the_backlog() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--workers",
-        "1",
-        "--max-conns",
-        "1",
-        "--no-health-checks",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .workers(1)
+        .arg("--max-conns", "1")
+        .no_health_checks()
+        .start();
     let mut first = lb.connect();
     echo_round(&mut first, b"first");
     // The second client's handshake completes in the kernel, but ringlb does
@@ -121,18 +113,13 @@ fn max_conns_holds_new_clients_in_the_backlog() {
 #[test]
 fn access_log_in_json_has_every_field() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--access-log",
-        "--log-format",
-        "json",
+    let lb = Ringlb::over(&backend)
+        .access_log()
+        .arg("--log-format", "json")
         // Access lines pass a stricter level; the start-up line is let through for the harness.
-        "--log-level",
-        "warn,ringlb::server=info",
-        "--name",
-        "web",
-    ]);
+        .arg("--log-level", "warn,ringlb::server=info")
+        .arg("--name", "web")
+        .start();
     let mut conn = lb.connect();
     conn.write_all(b"12345").unwrap();
     conn.shutdown(Shutdown::Write).unwrap();
@@ -160,24 +147,12 @@ fn access_log_in_json_has_every_field() {
 #[test]
 fn metrics_count_the_traffic_sent() {
     let (a, b) = (Backend::echo(), Backend::echo());
-    let lb = Ringlb::start(&[
-        "--backend",
-        &a.arg(),
-        "--backend",
-        &b.arg(),
-        "--workers",
-        "2",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = Ringlb::over(&a).backend(&b).workers(2).admin().start();
     let admin: SocketAddr = lb.admin_addr();
     let mut sent = 0u64;
     for i in 0..20u64 {
         let msg = vec![b'm'; 100 + i as usize];
-        let mut conn = lb.connect();
-        conn.write_all(&msg).unwrap();
-        conn.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(read_to_end(&mut conn), msg);
+        assert_eq!(echo_once(&lb, &msg).unwrap(), msg);
         sent += msg.len() as u64;
     }
     let fe = "{frontend=\"default\"}";
@@ -223,16 +198,11 @@ fn metrics_count_the_traffic_sent() {
 #[test]
 fn healthz_fails_when_every_backend_is_down() {
     let a = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &a.arg(),
-        "--health-interval",
-        "50ms",
-        "--fall",
-        "1",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = Ringlb::over(&a)
+        .health_interval("50ms")
+        .arg("--fall", "1")
+        .admin()
+        .start();
     let admin: SocketAddr = lb.admin_addr();
     a.stop();
     wait_until("healthz 503", || http_get(admin, "/healthz").0 == 503);

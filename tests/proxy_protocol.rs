@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
@@ -25,20 +25,28 @@ fn recorder() -> (Backend, mpsc::Receiver<Vec<u8>>) {
     (backend, rx)
 }
 
-fn send_and_close(lb: &Ringlb, bytes: &[u8]) -> std::net::TcpStream {
+fn send_and_close(lb: &Ringlb, bytes: &[u8]) -> TcpStream {
     let mut conn = lb.connect();
     conn.write_all(bytes).unwrap();
     conn.shutdown(Shutdown::Write).unwrap();
     conn
 }
 
+/// Sends `payload` through ringlb with `--send-proxy version` to a
+/// [`recorder`]; returns ringlb, the client connection and what the backend
+/// received.
+fn through_send_proxy(version: &str, payload: &[u8]) -> (Ringlb, TcpStream, Vec<u8>) {
+    let (backend, got) = recorder();
+    let lb = Ringlb::over(&backend).arg("--send-proxy", version).start();
+    let conn = send_and_close(&lb, payload);
+    let received = got.recv_timeout(PATIENCE).unwrap();
+    (lb, conn, received)
+}
+
 #[test]
 fn send_proxy_v1_announces_the_client() {
-    let (backend, got) = recorder();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--send-proxy", "v1"]);
-    let conn = send_and_close(&lb, b"hello");
+    let (lb, conn, received) = through_send_proxy("v1", b"hello");
     let client = conn.local_addr().unwrap();
-    let received = got.recv_timeout(PATIENCE).unwrap();
     let expected = format!(
         "PROXY TCP4 {} {} {} {}\r\nhello",
         client.ip(),
@@ -51,11 +59,8 @@ fn send_proxy_v1_announces_the_client() {
 
 #[test]
 fn send_proxy_v2_announces_the_client() {
-    let (backend, got) = recorder();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--send-proxy", "v2"]);
-    let conn = send_and_close(&lb, b"payload");
+    let (lb, conn, received) = through_send_proxy("v2", b"payload");
     let client = conn.local_addr().unwrap();
-    let received = got.recv_timeout(PATIENCE).unwrap();
     let mut expected = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     expected.extend_from_slice(&[0x21, 0x11, 0x00, 12]);
     let (SocketAddr::V4(c), SocketAddr::V4(l)) = (client, lb.addr) else {
@@ -72,14 +77,11 @@ fn send_proxy_v2_announces_the_client() {
 #[test]
 fn accept_proxy_takes_the_client_from_the_header_and_passes_it_on() {
     let (backend, got) = recorder();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--accept-proxy",
-        "--send-proxy",
-        "v1",
-        "--access-log",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .flag("--accept-proxy")
+        .arg("--send-proxy", "v1")
+        .access_log()
+        .start();
     // The header and the first payload bytes in one write, as a balancer sends them.
     let _conn = send_and_close(&lb, b"PROXY TCP4 192.0.2.1 198.51.100.7 5555 443\r\nhello");
     let received = got.recv_timeout(PATIENCE).unwrap();
@@ -93,7 +95,7 @@ fn accept_proxy_takes_the_client_from_the_header_and_passes_it_on() {
 
     // v2 in, payload only out.
     let (backend2, got2) = recorder();
-    let lb2 = Ringlb::start(&["--backend", &backend2.arg(), "--accept-proxy"]);
+    let lb2 = Ringlb::over(&backend2).flag("--accept-proxy").start();
     let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     header.extend_from_slice(&[
         0x21, 0x11, 0x00, 12, 192, 0, 2, 1, 127, 0, 0, 1, 0x15, 0xb3, 0, 80,
@@ -106,17 +108,12 @@ fn accept_proxy_takes_the_client_from_the_header_and_passes_it_on() {
 #[test]
 fn bad_headers_close_only_their_connection_and_are_counted() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--accept-proxy",
-        "--proxy-header-timeout",
-        "300ms",
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ]);
+    let lb = Ringlb::over(&backend)
+        .flag("--accept-proxy")
+        .arg("--proxy-header-timeout", "300ms")
+        .admin()
+        .workers(2)
+        .start();
     let admin: SocketAddr = lb.admin_addr();
     // A client that stays open throughout, to show others are not harmed.
     let mut steady = lb.connect();

@@ -31,7 +31,7 @@ fn thirty_two_mib_each_way_then_half_close() {
         send.join().unwrap();
         conn.write_all(&hasher.finalize()).unwrap();
     });
-    let lb = Ringlb::start(&["--backend", &backend.arg()]);
+    let lb = Ringlb::over(&backend).start();
     let mut conn = lb.connect();
     let mut writer = conn.try_clone().unwrap();
     let send = thread::spawn(move || {
@@ -62,7 +62,7 @@ fn backend_speaks_first() {
         conn.read_to_end(&mut line).unwrap();
         conn.write_all(&line).unwrap();
     });
-    let lb = Ringlb::start(&["--backend", &backend.arg()]);
+    let lb = Ringlb::over(&backend).start();
     let mut conn = lb.connect();
     let mut banner = [0u8; 11];
     conn.read_exact(&mut banner).unwrap();
@@ -78,7 +78,7 @@ fn backend_writes_eight_mib_and_closes_at_once() {
         conn.write_all(&pattern(3, 8 * MIB)).unwrap();
         // Dropped here: the FIN follows the last byte immediately.
     });
-    let lb = Ringlb::start(&["--backend", &backend.arg()]);
+    let lb = Ringlb::over(&backend).start();
     let mut conn = lb.connect();
     let got = read_to_end(&mut conn);
     assert_eq!(got.len(), 8 * MIB);
@@ -88,7 +88,7 @@ fn backend_writes_eight_mib_and_closes_at_once() {
 #[test]
 fn four_hundred_concurrent_connections() {
     let backend = Backend::echo();
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "2"]);
+    let lb = Ringlb::over(&backend).workers(2).start();
     let mut conns: Vec<_> = (0..400).map(|_| lb.connect()).collect();
     for (i, conn) in conns.iter_mut().enumerate() {
         conn.write_all(&pattern(i as u64, 1000)).unwrap();
@@ -125,7 +125,7 @@ fn client_reset_closes_the_backend_side() {
         tx.lock().unwrap().send(()).unwrap();
     });
     // No health checks, so the backend's only connection is the client's.
-    let lb = Ringlb::start(&["--backend", &backend.arg(), "--no-health-checks"]);
+    let lb = Ringlb::over(&backend).no_health_checks().start();
     let conn = lb.connect();
     (&conn).write_all(b"hello").unwrap();
     common::wait_until("backend accepted", || backend.accepted() == 1);

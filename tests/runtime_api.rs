@@ -169,23 +169,15 @@ fn two_backends(extra: &[&str]) -> (Ringlb, [Backend; 2], SocketAddr) {
 /// backend 0's address.
 fn two_backends_with(options: &str, extra: &[&str]) -> (Ringlb, [Backend; 2], SocketAddr) {
     let backends = [Backend::tagged(0), Backend::tagged(1)];
-    let (a, b) = (format!("{}{options}", backends[0].arg()), backends[1].arg());
-    let mut args = vec![
-        "--workers",
-        "2",
-        "--backend",
-        &a,
-        "--backend",
-        &b,
-        "--admin",
-        "127.0.0.1:0",
-        "--health-interval",
-        "20ms",
-        "--rise",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    let lb = Ringlb::start(&args);
+    let lb = Ringlb::builder()
+        .workers(2)
+        .backend(format!("{}{options}", backends[0].arg()))
+        .backend(&backends[1])
+        .admin()
+        .health_interval("20ms")
+        .arg("--rise", "1")
+        .args(extra)
+        .start();
     let admin = lb.admin_addr();
     (lb, backends, admin)
 }
@@ -344,14 +336,10 @@ fn a_backend_whose_health_recovers_ramps_up_again() {
 #[test]
 fn backups_take_over_while_every_primary_is_drained() {
     let (primary, backup) = (Backend::tagged(0), Backend::tagged(1));
-    let lb = Ringlb::start(&[
-        "--backend",
-        &primary.arg(),
-        "--backend",
-        &format!("{},backup", backup.arg()),
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let lb = Ringlb::over(&primary)
+        .backend_with(&backup, "backup")
+        .admin()
+        .start();
     let admin = lb.admin_addr();
     assert!((0..10).all(|_| visit(&lb) == 0));
     patch_ok(admin, &primary.arg(), r#"{"state":"drain"}"#);
@@ -365,14 +353,10 @@ fn the_admin_endpoint_answers_401_404_and_400() {
     let dir = TempDir::new("admin-token");
     let token_file = dir.write("token", "  s3cret \n");
     let backend = Backend::tagged(0);
-    let lb = Ringlb::start(&[
-        "--backend",
-        &backend.arg(),
-        "--admin",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token_file.to_str().unwrap(),
-    ]);
+    let lb = Ringlb::over(&backend)
+        .admin()
+        .arg("--admin-token-file", token_file.to_str().unwrap())
+        .start();
     let admin = lb.admin_addr();
     let auth = [("Authorization", "Bearer s3cret")];
     let addr = backend.arg();
@@ -439,7 +423,7 @@ fn changes_need_a_token_off_loopback_and_an_empty_token_file_is_an_error() {
     let addr = backend.arg();
     // Listening on every address: not loopback, though the test connects
     // through 127.0.0.1.
-    let lb = Ringlb::start(&["--backend", &addr, "--admin", "0.0.0.0:0"]);
+    let lb = Ringlb::over(&addr).arg("--admin", "0.0.0.0:0").start();
     let admin = lb.admin_addr();
     let (status, answer) = patch(admin, "default", &addr, &[], r#"{"state":"drain"}"#);
     assert_eq!(status, 403, "{answer}");
@@ -477,7 +461,7 @@ fn runtime_state_survives_a_reload_for_the_backends_kept() {
         )
     };
     let path = dir.write("ringlb.toml", &config(&[&a, &b]));
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let admin = lb.admin_addr();
     patch_ok(admin, &a, r#"{"state":"drain"}"#);
     patch_ok(admin, &b, r#"{"weight":5}"#);

@@ -15,7 +15,7 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
     let backend = Backend::spawn(|mut conn| {
         let _ = conn.write_all(&pattern(7, 16 * MIB));
     });
-    let mut lb = Ringlb::start(&["--backend", &backend.arg(), "--workers", "2"]);
+    let mut lb = Ringlb::over(&backend).workers(2).start();
     let mut conn = lb.connect();
     let mut first = vec![0u8; MIB];
     conn.read_exact(&mut first).unwrap();
@@ -39,7 +39,9 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
 #[test]
 fn drain_timeout_closes_idle_connections_and_exits_zero() {
     let backend = Backend::echo();
-    let mut lb = Ringlb::start(&["--backend", &backend.arg(), "--drain-timeout", "200ms"]);
+    let mut lb = Ringlb::over(&backend)
+        .arg("--drain-timeout", "200ms")
+        .start();
     let mut conn = lb.connect();
     conn.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
@@ -66,7 +68,7 @@ fn drain_timeout_closes_idle_connections_and_exits_zero() {
 #[test]
 fn second_signal_closes_at_once() {
     let backend = Backend::echo();
-    let mut lb = Ringlb::start(&["--backend", &backend.arg(), "--drain-timeout", "1h"]);
+    let mut lb = Ringlb::over(&backend).arg("--drain-timeout", "1h").start();
     let mut conn = lb.connect();
     conn.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];

@@ -163,23 +163,18 @@ impl Pki {
     fn new() -> Pki {
         let dir = TempDir::new("sni");
         let pki = Pki { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
+        pki.req_new_key(
+            &["-x509"],
             "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=ringlb test CA",
-            "-days",
-            "2",
-        ]);
+            &[
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=ringlb test CA",
+                "-days",
+                "2",
+            ],
+        );
         pki.dir.write("client.py", CLIENT);
         pki.dir.write("server.py", SERVER);
         pki.dir.write("load.py", LOAD);
@@ -200,6 +195,24 @@ impl Pki {
         assert!(out.status.success(), "openssl {args:?}: {out:?}");
     }
 
+    /// `openssl req` with `first` (e.g. `-x509`), a new P-256 key written
+    /// unencrypted to `key`, then `rest`.
+    fn req_new_key(&self, first: &[&str], key: &str, rest: &[&str]) {
+        let mut args = vec!["req"];
+        args.extend_from_slice(first);
+        args.extend([
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key,
+        ]);
+        args.extend_from_slice(rest);
+        self.openssl(&args);
+    }
+
     /// A key and certificate for `cn` valid for `names`; returns the file stem.
     fn cert(&self, cn: &str, names: &[&str]) -> String {
         let stem = cn.replace('.', "_");
@@ -208,20 +221,16 @@ impl Pki {
             &format!("{stem}.ext"),
             &format!("subjectAltName={}\n", san.join(",")),
         );
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
+        self.req_new_key(
+            &[],
             &format!("{stem}.key"),
-            "-out",
-            &format!("{stem}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
+            &[
+                "-out",
+                &format!("{stem}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
         self.openssl(&[
             "x509",
             "-req",
@@ -261,9 +270,19 @@ impl Pki {
     }
 }
 
+/// A child process, killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An `openssl s_server -www` on a free port, killed on drop.
 struct TlsBackend {
-    child: Child,
+    _child: Killed,
     addr: SocketAddr,
 }
 
@@ -283,7 +302,10 @@ impl TlsBackend {
             .spawn()
             .expect("openssl s_server");
         wait_until("s_server to listen", || TcpStream::connect(addr).is_ok());
-        TlsBackend { child, addr }
+        TlsBackend {
+            _child: Killed(child),
+            addr,
+        }
     }
 
     fn arg(&self) -> String {
@@ -291,16 +313,9 @@ impl TlsBackend {
     }
 }
 
-impl Drop for TlsBackend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The Python TLS backend of [`SERVER`], killed on drop.
 struct PyBackend {
-    child: Child,
+    _child: Killed,
     addr: SocketAddr,
 }
 
@@ -323,16 +338,9 @@ impl PyBackend {
         .unwrap();
         let port: u16 = line.trim().parse().expect("the backend's port");
         PyBackend {
-            child,
+            _child: Killed(child),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         }
-    }
-}
-
-impl Drop for PyBackend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -354,22 +362,15 @@ fn setup(default: bool, extra: &[&str]) -> Setup {
         .collect();
     let api_route = format!("api.example.com={}", backends[0].arg());
     let www_route = format!("www.example.com,*.web.example.com={}", backends[1].arg());
-    let mut args = vec![
-        "--route-by",
-        "sni",
-        "--route",
-        &api_route,
-        "--route",
-        &www_route,
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    let fallback_arg = backends[2].arg();
+    let mut start = Ringlb::builder()
+        .arg("--route-by", "sni")
+        .arg("--route", api_route)
+        .arg("--route", www_route)
+        .admin();
     if default {
-        args.extend(["--backend", &fallback_arg]);
+        start = start.backend(backends[2].arg());
     }
-    args.extend(extra);
-    let lb = Ringlb::start(&args);
+    let lb = start.args(extra).start();
     Setup {
         pki,
         _backends: backends,
@@ -495,7 +496,7 @@ fn routes_from_a_config_file_and_reload() {
     let path = pki
         .dir
         .write("ringlb.toml", &config(&[("API.example.com.", &api)]));
-    let lb = Ringlb::start_with_config(&path, &[]);
+    let lb = Ringlb::builder().config(&path).start();
     let addr = lb.frontend_addr("tls");
     let ok = |cn: &str| Ok((cn.to_string(), "HTTP/1.0 200 ok".to_string()));
     assert_eq!(
@@ -532,14 +533,11 @@ fn a_mebibyte_each_way_and_200_concurrent_handshakes_across_routes() {
         .zip(&backends)
         .map(|(n, b)| format!("{n}={}", b.addr))
         .collect();
-    let lb = Ringlb::start(&[
-        "--route-by",
-        "sni",
-        "--route",
-        &routes[0],
-        "--route",
-        &routes[1],
-    ]);
+    let lb = Ringlb::builder()
+        .arg("--route-by", "sni")
+        .arg("--route", &routes[0])
+        .arg("--route", &routes[1])
+        .start();
     let load = |connections: &str, size: &str| {
         let out = Command::new("python3")
             .arg(pki.path("load.py"))
@@ -578,7 +576,7 @@ fn a_route_sends_its_own_proxy_header_then_the_client_hello_untouched() {
             recorder.arg()
         ),
     );
-    let lb = Ringlb::start_with_config(&config, &[]);
+    let lb = Ringlb::builder().config(&config).start();
     let addr = lb.frontend_addr("tls");
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.write_all(HELLO).unwrap();

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use common::{http_get, read_to_end, wait_until, Backend, Refused, Ringlb, TempDir, PATIENCE};
 
 /// ringlb with two frontends: `web` over an echo backend and a refused one
-/// (taken down by its health checks), `db` over another echo backend.
+/// (taken down by its health checks; [`setup`] returns once it is down),
+/// `db` over another echo backend.
 struct Setup {
     lb: Ringlb,
     web: [String; 2],
@@ -53,7 +54,13 @@ backends = ["{}"]
         down.arg(),
         other.arg()
     );
-    let lb = Ringlb::start_with_config(&dir.write("ringlb.toml", &config), &[]);
+    let lb = Ringlb::builder()
+        .config(&dir.write("ringlb.toml", &config))
+        .start();
+    let admin = lb.admin_addr();
+    wait_until("the refused backend down", || {
+        backend_down(admin, &down.arg())
+    });
     Setup {
         web: [echo.arg(), down.arg()],
         db: other.arg(),
@@ -92,9 +99,6 @@ fn backend_down(admin: SocketAddr, addr: &str) -> bool {
 fn the_snapshot_has_what_the_page_shows() {
     let s = setup();
     let admin = s.lb.admin_addr();
-    wait_until("the refused backend down", || {
-        backend_down(admin, &s.web[1])
-    });
     traffic(s.lb.frontend_addr("web"), 4, 1000);
     traffic(s.lb.frontend_addr("db"), 2, 10);
 
@@ -228,9 +232,6 @@ fn cell<'a>(html: &'a str, key: &str) -> &'a str {
 fn the_page_shows_backends_health_and_counters_in_a_real_browser() {
     let s = setup();
     let admin = s.lb.admin_addr();
-    wait_until("the refused backend down", || {
-        backend_down(admin, &s.web[1])
-    });
     let (web, db) = (s.lb.frontend_addr("web"), s.lb.frontend_addr("db"));
     traffic(web, 6, 5000);
     traffic(db, 3, 100);

@@ -41,7 +41,7 @@ fn ready_reloading_and_stopping_reach_systemd() {
             backend.arg()
         ),
     );
-    let mut lb = Ringlb::start_with_config(&config, &[]);
+    let mut lb = Ringlb::builder().config(&config).start();
     assert_eq!(next(&socket), ["READY=1"]);
 
     lb.signal("HUP");

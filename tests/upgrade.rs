@@ -130,20 +130,15 @@ fn three_upgrades_under_load_refuse_and_reset_nothing() {
     let ctl = dir.0.join("ctl");
     let ctl = ctl.to_str().unwrap();
     let be = backend.arg();
-    let start = |workers: &str| {
-        let mut args = vec![
-            "--backend",
-            &be,
-            "--workers",
-            workers,
-            "--admin",
-            "127.0.0.1:0",
-        ];
-        args.extend(ctl_args(ctl));
-        Ringlb::start(&args)
+    let start = |workers| {
+        Ringlb::over(&be)
+            .workers(workers)
+            .admin()
+            .args(&ctl_args(ctl))
+            .start()
     };
     // The first start finds nobody at the control socket and starts fresh.
-    let mut old = start("2");
+    let mut old = start(2);
     let addr = old.addr;
     let admin = old.admin_addr();
     let meta = std::fs::metadata(ctl).unwrap();
@@ -170,7 +165,7 @@ fn three_upgrades_under_load_refuse_and_reset_nothing() {
     // the group keeps an acceptor.
     // Every generation's log, for the failure message.
     let mut logs: Vec<String> = Vec::new();
-    for workers in ["1", "3", "2"] {
+    for workers in [1, 3, 2] {
         let before = tally.ok.load(Ordering::SeqCst);
         wait_until("clients get through before the upgrade", || {
             tally.ok.load(Ordering::SeqCst) >= before + 40 || tally.failed()
@@ -262,7 +257,7 @@ fn failed_takeovers_leave_the_running_process_serving() {
     let ctl = dir.0.join("ctl");
     let ctl = ctl.to_str().unwrap();
     let be = backend.arg();
-    let lb = Ringlb::start(&["--backend", &be, "--control-socket", ctl]);
+    let lb = Ringlb::over(&be).arg("--control-socket", ctl).start();
     let serving = || assert_eq!(echo_once(&lb, b"still here").unwrap(), b"still here");
     serving();
 
@@ -344,7 +339,7 @@ fn failed_takeovers_leave_the_running_process_serving() {
 
     // After all that, a real takeover still works.
     let mut lb = lb;
-    let new = Ringlb::start(&["--backend", &be, "--control-socket", ctl, "--takeover", ctl]);
+    let new = Ringlb::over(&be).args(&ctl_args(ctl)).start();
     assert_eq!(new.addr, lb.addr);
     assert!(lb.wait().success());
     assert_eq!(echo_once(&new, b"new").unwrap(), b"new");
@@ -359,7 +354,7 @@ fn a_stale_control_socket_is_replaced() {
     assert!(ctl.exists(), "a socket file left behind, as by a crash");
     let be = backend.arg();
     let ctl = ctl.to_str().unwrap();
-    let mut lb = Ringlb::start(&["--backend", &be, "--control-socket", ctl, "--takeover", ctl]);
+    let mut lb = Ringlb::over(&be).args(&ctl_args(ctl)).start();
     assert_eq!(echo_once(&lb, b"x").unwrap(), b"x");
     wait_until("the control socket is served", || {
         UnixStream::connect(ctl).is_ok()

@@ -29,28 +29,24 @@ pub struct Ringlb {
 }
 
 impl Ringlb {
-    /// Starts ringlb with `args` plus `--listen 127.0.0.1:0` (unless given) and
-    /// waits until it is ready.
-    pub fn start(args: &[&str]) -> Ringlb {
-        Ringlb::try_start(args).unwrap_or_else(|log| panic!("ringlb did not start; log:\n{log}"))
+    /// A [`Start`] with no arguments yet: state what the test needs, then
+    /// [`Start::start`]. ringlb's own defaults apply to everything not stated.
+    pub fn builder() -> Start {
+        Start::default()
     }
 
-    /// Like [`Ringlb::start`], but run under `wrapper` (e.g. `prlimit --nofile=256:256 --`).
-    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Ringlb {
-        Ringlb::try_start_wrapped(wrapper, args)
-            .unwrap_or_else(|log| panic!("ringlb did not start; log:\n{log}"))
+    /// A [`Start`] with `--backend to` (see [`Start::backend`]), the most
+    /// common beginning.
+    pub fn over(to: impl std::fmt::Display) -> Start {
+        Ringlb::builder().backend(to)
     }
 
-    /// Like [`Ringlb::start`], but returns the log instead of panicking when
-    /// ringlb does not start (e.g. a port picked by [`free_port`] got taken).
-    pub fn try_start(args: &[&str]) -> Result<Ringlb, String> {
-        Ringlb::try_start_wrapped(&[], args)
-    }
-
-    /// Starts ringlb, under `wrapper` if not empty, and waits for its
-    /// `--ready-file` (added unless `args` has one), which names the
-    /// addresses it listens on once it accepts.
-    pub fn try_start_wrapped(wrapper: &[&str], args: &[&str]) -> Result<Ringlb, String> {
+    /// Starts ringlb with `args` plus `--listen 127.0.0.1:0` (unless `args`
+    /// give a listen address, a config file or the `PORT HOST BACKEND-PORT`
+    /// form), under `wrapper` if not empty, and waits for its `--ready-file`
+    /// (added unless `args` has one), which names the addresses it listens on
+    /// once it accepts.
+    fn try_start_wrapped(wrapper: &[&str], args: &[&str]) -> Result<Ringlb, String> {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
@@ -182,6 +178,126 @@ impl Ringlb {
     /// A client connected through the proxy, with a read timeout so a bug fails rather than hangs.
     pub fn connect(&self) -> TcpStream {
         client(self.addr)
+    }
+}
+
+/// How to start ringlb: its arguments in the order given, then
+/// [`Start::start`]. `--listen 127.0.0.1:0` is added unless a listen address
+/// or a config file is given, and a `--ready-file` unless one is.
+#[derive(Clone, Default)]
+pub struct Start {
+    args: Vec<String>,
+    wrapper: Vec<String>,
+}
+
+/// A backend's address as a flag value, so a [`Backend`] goes where an
+/// address does (see [`Start::backend`]).
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// As for [`Backend`].
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+impl Start {
+    /// `--backend to`: a [`Backend`], a [`Refused`] port, an address or a
+    /// name.
+    pub fn backend(self, to: impl std::fmt::Display) -> Start {
+        self.arg("--backend", to.to_string())
+    }
+
+    /// `--backend to,options`, e.g. options `weight=3` or `backup`.
+    pub fn backend_with(self, to: impl std::fmt::Display, options: &str) -> Start {
+        self.arg("--backend", format!("{to},{options}"))
+    }
+
+    /// A `--backend` for each of `all`, in order.
+    pub fn backends<T: std::fmt::Display>(self, all: &[T]) -> Start {
+        all.iter().fold(self, |start, to| start.backend(to))
+    }
+
+    /// `--workers n`.
+    pub fn workers(self, n: usize) -> Start {
+        self.arg("--workers", n.to_string())
+    }
+
+    /// `--admin 127.0.0.1:0`: the admin endpoint on a free loopback port
+    /// (see [`Ringlb::admin_addr`]).
+    pub fn admin(self) -> Start {
+        self.arg("--admin", "127.0.0.1:0")
+    }
+
+    /// `--no-health-checks`.
+    pub fn no_health_checks(self) -> Start {
+        self.flag("--no-health-checks")
+    }
+
+    /// `--health-interval every`, e.g. `50ms`.
+    pub fn health_interval(self, every: &str) -> Start {
+        self.arg("--health-interval", every)
+    }
+
+    /// `--connect-timeout after`, e.g. `200ms`.
+    pub fn connect_timeout(self, after: &str) -> Start {
+        self.arg("--connect-timeout", after)
+    }
+
+    /// `--access-log`.
+    pub fn access_log(self) -> Start {
+        self.flag("--access-log")
+    }
+
+    /// `--config path`.
+    pub fn config(self, path: &std::path::Path) -> Start {
+        self.arg("--config", path.to_str().unwrap())
+    }
+
+    /// Any flag with its value, e.g. `("--balance", "least-conn")`.
+    pub fn arg(mut self, flag: &str, value: impl Into<String>) -> Start {
+        self.args.push(flag.to_string());
+        self.args.push(value.into());
+        self
+    }
+
+    /// Any flag without a value, e.g. `--accept-proxy`.
+    pub fn flag(mut self, flag: &str) -> Start {
+        self.args.push(flag.to_string());
+        self
+    }
+
+    /// `args` as they are (a list shared by several starts, or the
+    /// `PORT HOST BACKEND-PORT` form).
+    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Start {
+        self.args
+            .extend(args.iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// Runs ringlb under `wrapper`, e.g. `["prlimit", "--nofile=256:256", "--"]`.
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Start {
+        self.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
+        self
+    }
+
+    /// Starts ringlb and waits until it is ready; panics with its log if it
+    /// does not start.
+    pub fn start(&self) -> Ringlb {
+        self.try_start()
+            .unwrap_or_else(|log| panic!("ringlb did not start; log:\n{log}"))
+    }
+
+    /// Like [`Start::start`], but returns the log instead of panicking when
+    /// ringlb does not start (e.g. a port picked by [`free_port`] got taken).
+    pub fn try_start(&self) -> Result<Ringlb, String> {
+        let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Ringlb::try_start_wrapped(&wrapper, &args)
     }
 }
 
@@ -509,13 +625,6 @@ impl Ringlb {
     /// Where frontend `name` listens, from the ready file (rewritten on reload).
     pub fn frontend_addr(&self, name: &str) -> SocketAddr {
         self.named_addr(name)
-    }
-
-    /// Starts ringlb with `--config path` plus `args`.
-    pub fn start_with_config(path: &std::path::Path, args: &[&str]) -> Ringlb {
-        let mut all = vec!["--config", path.to_str().unwrap()];
-        all.extend_from_slice(args);
-        Ringlb::start(&all)
     }
 }
 
