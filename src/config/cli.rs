@@ -12,16 +12,14 @@ use ipnet::IpNet;
 
 use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
-    parse_resolver, parse_sni_pattern, resolve, Config, ConfigError, FrontendConfig, HealthConfig,
-    OrNever, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL,
-    DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT,
-    DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE,
-    DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL, MAX_WORKERS,
+    parse_resolver, parse_sni_pattern, resolve, Algorithm, Config, ConfigError, FrontendConfig,
+    HealthConfig, LogFormat, OrNever, ProxyVersion, RouteBy, RouteConfig, DEFAULT_BALANCE,
+    DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT,
+    DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD,
+    DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE, DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL,
+    MAX_WORKERS,
 };
-use crate::balance::Algorithm;
-use crate::logging::LogFormat;
-use crate::proxy_protocol::Version as ProxyVersion;
 
 /// A per-core io_uring TCP load balancer.
 ///

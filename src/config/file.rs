@@ -26,16 +26,14 @@ use serde::Deserialize;
 
 use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
-    parse_resolver, parse_sni_pattern, range_message, resolve, BackendConfig, BackendName, Config,
-    ConfigError, FrontendConfig, HealthConfig, Location, OrNever, RouteBy, RouteConfig,
-    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH, DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4,
-    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD,
-    DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT,
-    DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
+    parse_resolver, parse_sni_pattern, range_message, resolve, Algorithm, BackendConfig,
+    BackendName, Config, ConfigError, FrontendConfig, HealthConfig, Location, OrNever,
+    ProxyVersion, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4, DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY,
+    DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
 };
-use crate::balance::Algorithm;
-use crate::proxy_protocol::Version as ProxyVersion;
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, FileError> {

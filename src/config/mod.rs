@@ -3,19 +3,19 @@
 //! command line ([`cli`]) and the config file ([`file`](mod@file)) both fill
 //! in from, and re-exports the parts so callers name them `config::X`:
 //! - `model`: [`Config`] and its parts, plain data;
-//! - `kinds`: the named choices a setting takes ([`RouteBy`]);
+//! - `kinds`: the named choices a setting takes ([`Algorithm`],
+//!   [`ProxyVersion`], [`RouteBy`], [`LogFormat`]);
 //! - `error`: [`ConfigError`], and the [`Key`] and [`Location`] that say where
 //!   a validation error is, so the file layer can point at the line without
 //!   searching;
 //! - `validate`: [`Config::validate`], what parsing one value cannot check;
 //! - `parse`: the value parsers both layers share.
 //!
-//! Nothing here binds a socket.
+//! Nothing here binds a socket, and nothing here depends on a runtime module:
+//! the runtime takes these types as they are.
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
-
-use crate::balance::Algorithm;
 
 pub mod cli;
 mod error;
@@ -28,7 +28,9 @@ mod validate;
 
 pub(crate) use error::range_message;
 pub use error::{ConfigError, Key, Location};
-pub use kinds::RouteBy;
+pub use kinds::{
+    Algorithm, LogFormat, ParseAlgorithmError, ParseVersionError, ProxyVersion, RouteBy,
+};
 pub use model::{BackendConfig, BackendName, Config, FrontendConfig, HealthConfig, RouteConfig};
 pub use parse::{
     default_slow_start, parse_backend, parse_backend_addr, parse_buffer_size, parse_cidr,

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::RouteBy;
-use crate::balance::Algorithm;
-use crate::proxy_protocol::Version as ProxyVersion;
+use super::{Algorithm, ProxyVersion, RouteBy};
 
 /// The whole process's settings, validated. Shared read-only by all workers.
 #[derive(Debug, Clone, PartialEq)]
