@@ -40,6 +40,33 @@ impl FromStr for RouteBy {
     }
 }
 
+/// The transport a frontend serves. Only TCP so far: the key exists so that
+/// a second transport is a new variant, not a new kind of frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP: each accepted connection is relayed to one backend.
+    Tcp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            _ => Err(format!("invalid protocol '{s}': expected \"tcp\"")),
+        }
+    }
+}
+
 /// Declares every balancing algorithm once, so the enum, its list and its
 /// names cannot drift apart. The runtime's `balance::build` matches on the
 /// enum, so an algorithm added here without a balancer does not compile.
@@ -189,6 +216,16 @@ mod tests {
             "unknown balancing algorithm \"roundrobin\" \
              (expected one of round-robin, least-conn, random, p2c, hash)"
         );
+    }
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!("tcp".parse(), Ok(Protocol::Tcp));
+        assert_eq!(Protocol::Tcp.to_string(), "tcp");
+        for bad in ["udp", "TCP", ""] {
+            let err = bad.parse::<Protocol>().unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
     }
 
     #[test]

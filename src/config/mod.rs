@@ -3,8 +3,8 @@
 //! command line ([`cli`]) and the config file ([`file`](mod@file)) both fill
 //! in from, and re-exports the parts so callers name them `config::X`:
 //! - `model`: [`Config`] and its parts, plain data;
-//! - `kinds`: the named choices a setting takes ([`Algorithm`],
-//!   [`ProxyVersion`], [`RouteBy`], [`LogFormat`]);
+//! - `kinds`: the named choices a setting takes ([`Protocol`],
+//!   [`Algorithm`], [`ProxyVersion`], [`RouteBy`], [`LogFormat`]);
 //! - `error`: [`ConfigError`], and the [`Key`] and [`Location`] that say where
 //!   a validation error is, so the file layer can point at the line without
 //!   searching;
@@ -29,7 +29,7 @@ mod validate;
 pub(crate) use error::range_message;
 pub use error::{ConfigError, Key, Location};
 pub use kinds::{
-    Algorithm, LogFormat, ParseAlgorithmError, ParseVersionError, ProxyVersion, RouteBy,
+    Algorithm, LogFormat, ParseAlgorithmError, ParseVersionError, Protocol, ProxyVersion, RouteBy,
 };
 pub use model::{BackendConfig, BackendName, Config, FrontendConfig, HealthConfig, RouteConfig};
 pub use parse::{
@@ -39,6 +39,8 @@ pub use parse::{
 
 /// A frontend's name when none is given.
 pub const DEFAULT_NAME: &str = "default";
+/// The transport a frontend serves, unless configured (the only one so far).
+pub const DEFAULT_PROTOCOL: Protocol = Protocol::Tcp;
 /// How workers choose a backend, unless configured.
 pub const DEFAULT_BALANCE: Algorithm = Algorithm::RoundRobin;
 /// Time between two health checks of one backend.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::{Algorithm, ProxyVersion, RouteBy};
+use super::{Algorithm, Protocol, ProxyVersion, RouteBy};
 
 /// The whole process's settings, validated. Shared read-only by all workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +50,8 @@ pub struct FrontendConfig {
     pub name: String,
     /// Where clients connect; port 0 means "any free port", fixed by the first bind.
     pub listen: SocketAddr,
+    /// The transport it serves.
+    pub protocol: Protocol,
     /// The backend pool, in the order given; indexes into it identify a backend.
     pub backends: Vec<BackendConfig>,
     /// How workers choose a backend.
@@ -260,6 +262,7 @@ pub(super) mod tests {
         FrontendConfig {
             name: name.into(),
             listen: listen.parse().unwrap(),
+            protocol: DEFAULT_PROTOCOL,
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
             balance: DEFAULT_BALANCE,
             health: DEFAULT_HEALTH,
