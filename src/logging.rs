@@ -6,20 +6,13 @@ use std::cell::Cell;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
+
+// The format is a setting, so the type is config's.
+pub use crate::config::LogFormat;
 
 /// Where access log lines go, so they can be let through whatever the level.
 pub const ACCESS_TARGET: &str = "ringlb::access";
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Installs the global subscriber writing to stderr. `filter` overrides
 /// RUST_LOG; with `access_log`, access lines pass whatever the filter says.

@@ -195,6 +195,7 @@ fn help_documents_every_flag() {
         "--resolve-hold",
         "--resolve-at-start",
         "--resolver",
+        "--protocol",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../docs/configuration.md");

@@ -2,7 +2,8 @@
 //! from one file, --check, reload under continuous traffic with no failed
 //! connection, a bad reload that keeps the running config, frontends added
 //! and removed, counters and health across reloads, the README's example config,
-//! overlapping listen addresses, truncated files, and the idle timeout's default.
+//! overlapping listen addresses, an unknown protocol, truncated files, and the
+//! idle timeout's default.
 
 mod common;
 
@@ -94,6 +95,22 @@ fn check_validates_and_names_the_bad_line() {
     let (status, out) =
         run_to_exit(&["--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
     assert_eq!(status.code(), Some(2), "{out}");
+}
+
+#[test]
+fn unknown_protocol_is_one_located_line() {
+    let dir = TempDir::new("protocol");
+    let bad = dir.write(
+        "udp.toml",
+        "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"udp\"\nbackends = [\"127.0.0.1:9\"]\n",
+    );
+    let (status, out) = run_to_exit(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    assert!(
+        out.contains("udp.toml:4") && out.contains("frontend[0].protocol") && out.contains("'udp'"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -12,16 +12,14 @@ use ipnet::IpNet;
 
 use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
-    parse_resolver, parse_sni_pattern, resolve, Config, ConfigError, FrontendConfig, HealthConfig,
-    OrNever, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL,
-    DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME, DEFAULT_PROXY_HEADER_TIMEOUT,
+    parse_resolver, parse_sni_pattern, resolve, Algorithm, Config, ConfigError, FrontendConfig,
+    HealthConfig, LogFormat, OrNever, Protocol, ProxyVersion, RouteBy, RouteConfig,
+    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME, DEFAULT_PROTOCOL, DEFAULT_PROXY_HEADER_TIMEOUT,
     DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE,
     DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL, MAX_WORKERS,
 };
-use crate::backend::balance::Algorithm;
-use crate::logging::LogFormat;
-use crate::protocol::proxy::Version as ProxyVersion;
 
 /// A per-core io_uring TCP load balancer.
 ///
@@ -34,6 +32,15 @@ pub struct Cli {
     /// Address to accept clients on, as host:port (port 0 picks a free port).
     #[arg(short = 'l', long, value_name = "ADDR", conflicts_with = "config")]
     pub listen: Option<String>,
+
+    /// Transport to serve on --listen: tcp, the only one so far.
+    #[arg(
+        long,
+        value_name = "PROTOCOL",
+        default_value_t = DEFAULT_PROTOCOL,
+        conflicts_with = "config"
+    )]
+    pub protocol: Protocol,
 
     /// Backend to relay to, as ADDR, then optionally `,weight=N`,
     /// `,max-conns=N`, `,backup` and `,slow-start=DURATION`; repeat for
@@ -320,6 +327,7 @@ impl Config {
         let frontend = FrontendConfig {
             name: cli.name.clone(),
             listen,
+            protocol: cli.protocol,
             backends,
             balance: cli.balance,
             health,
@@ -491,6 +499,25 @@ mod tests {
         };
         let overridden = file.with_cli_overrides(&cli).unwrap();
         assert_eq!(overridden.admin_token_file, config.admin_token_file);
+    }
+
+    #[test]
+    fn protocol_flag_takes_tcp_only() {
+        let args = [
+            "ringlb",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "127.0.0.1:1",
+        ];
+        let config = Config::from_cli(&Cli::try_parse_from(args).unwrap()).unwrap();
+        assert_eq!(config.frontends[0].protocol, Protocol::Tcp);
+        let tcp = Cli::try_parse_from(args.iter().chain(&["--protocol", "tcp"])).unwrap();
+        assert_eq!(tcp.protocol, Protocol::Tcp);
+        let err = Cli::try_parse_from(args.iter().chain(&["--protocol", "udp"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid protocol 'udp'"), "{err}");
     }
 
     #[test]

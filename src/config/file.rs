@@ -26,16 +26,14 @@ use serde::Deserialize;
 
 use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
-    parse_resolver, parse_sni_pattern, range_message, resolve, BackendConfig, BackendName, Config,
-    ConfigError, FrontendConfig, HealthConfig, Location, OrNever, RouteBy, RouteConfig,
-    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH, DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4,
-    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD,
-    DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT,
-    DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
+    parse_resolver, parse_sni_pattern, range_message, resolve, Algorithm, BackendConfig,
+    BackendName, Config, ConfigError, FrontendConfig, HealthConfig, Location, OrNever, Protocol,
+    ProxyVersion, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4, DEFAULT_PROTOCOL, DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY,
+    DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
 };
-use crate::backend::balance::Algorithm;
-use crate::protocol::proxy::Version as ProxyVersion;
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, FileError> {
@@ -321,6 +319,7 @@ struct RawConfig {
 struct RawFrontend {
     name: Name,
     listen: Addr,
+    protocol: Option<ProtocolValue>,
     balance: Option<Balance>,
     #[serde(default)]
     backends: Backends,
@@ -426,6 +425,7 @@ impl RawFrontend {
         FrontendConfig {
             name: self.name.0,
             listen: self.listen.0,
+            protocol: self.protocol.map_or(DEFAULT_PROTOCOL, |p| p.0),
             backends: backends(self.backends),
             balance: self.balance.map_or(DEFAULT_BALANCE, |b| b.0),
             health,
@@ -666,6 +666,15 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// A transport's name: `"tcp"`.
+struct ProtocolValue(Protocol);
+
+impl<'de> Deserialize<'de> for ProtocolValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "\"tcp\"", |s| s.parse().map(ProtocolValue))
+    }
+}
+
 /// A balancing algorithm's name.
 struct Balance(Algorithm);
 
@@ -895,6 +904,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
             frontends: vec![FrontendConfig {
                 name: "web".into(),
                 listen: addr("127.0.0.1:8080"),
+                protocol: Protocol::Tcp,
                 backends: vec![
                     BackendConfig {
                         addr: addr("127.0.0.1:9000"),
@@ -1335,6 +1345,24 @@ health = { enabled = false, interval = "0s" }
             assert!(err.contains(message), "{what}: {err:?} lacks {message:?}");
             assert!(!err.contains('\n'), "{what}: {err:?} is not one line");
         }
+    }
+
+    /// `protocol` takes "tcp" only, and anything else is a located error
+    /// naming the value, as `balance` does.
+    #[test]
+    fn protocol_is_tcp_only() {
+        const FE: &str = "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n";
+        let tcp = format!("{FE}protocol = \"tcp\"\nbackends = [\"127.0.0.1:9000\"]\n");
+        assert_eq!(
+            parse_str(&tcp).unwrap().frontends[0].protocol,
+            Protocol::Tcp
+        );
+        let udp = format!("{FE}protocol = \"udp\"\nbackends = [\"127.0.0.1:9000\"]\n");
+        let err = parse_str(&udp).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{PATH}:4: frontend[0].protocol: invalid protocol 'udp': expected \"tcp\"")
+        );
     }
 
     #[test]

@@ -40,45 +40,9 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
 
-/// Which header version to send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Version {
-    /// The human-readable text line (`PROXY TCP4 ...\r\n`).
-    V1,
-    /// The binary form with the 12-byte signature.
-    V2,
-}
-
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Version::V1 => "v1",
-            Version::V2 => "v2",
-        })
-    }
-}
-
-/// The error from parsing a [`Version`] out of anything but `v1` or `v2`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown PROXY protocol version {0:?} (expected \"v1\" or \"v2\")")]
-pub struct ParseVersionError(String);
-
-impl FromStr for Version {
-    type Err = ParseVersionError;
-
-    /// Accepts `v1` and `v2`, ignoring ASCII case so `V2` in a config works too.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.eq_ignore_ascii_case("v1") {
-            Ok(Version::V1)
-        } else if s.eq_ignore_ascii_case("v2") {
-            Ok(Version::V2)
-        } else {
-            Err(ParseVersionError(s.to_owned()))
-        }
-    }
-}
+// Which header version to send is a setting, so the type is config's.
+pub use crate::config::ProxyVersion as Version;
 
 /// Most bytes a header may take before we give up (v1 is at most 107 by spec;
 /// v2 is 16 + len, we cap len).
@@ -971,16 +935,6 @@ mod tests {
             ParseError::V2ShortAddressBlock.to_string(),
             "v2 address block shorter than its family needs"
         );
-    }
-
-    #[test]
-    fn version_text() {
-        for v in [Version::V1, Version::V2] {
-            assert_eq!(v.to_string().parse::<Version>(), Ok(v));
-        }
-        assert_eq!("V2".parse::<Version>(), Ok(Version::V2));
-        assert!("v3".parse::<Version>().is_err());
-        assert!("".parse::<Version>().is_err());
     }
 
     #[test]

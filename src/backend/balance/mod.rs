@@ -1,6 +1,7 @@
-//! Backend selection: the [`Balancer`] trait, the [`Algorithm`] names users
-//! choose from, and the helpers the algorithms share (a seeded PRNG, a stable
-//! 64-bit mixer and a weighted sampler).
+//! Backend selection: the [`Balancer`] trait, [`build`] for each
+//! [`Algorithm`] users choose from (a config type), and the helpers the
+//! algorithms share (a seeded PRNG, a stable 64-bit mixer and a weighted
+//! sampler).
 //!
 //! Invariants every balancer keeps, whatever its inputs: `pick` returns only an
 //! index `i < n` for which `eligible(i)` was true, returns `None` exactly when no
@@ -10,12 +11,13 @@
 //! and whatever is shared across workers (connection counts, health) reaches
 //! them only through [`PickContext`].
 //!
-//! Adding an algorithm is one new file plus one row in the `algorithms!` table
-//! below, which derives the enum, its names, parsing and construction.
+//! Adding an algorithm is one new file, one row in config's `algorithms!`
+//! table (the enum, its names and parsing) and one arm in [`build`].
 
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
+
+// The algorithm is a setting, so the type is config's.
+pub(crate) use crate::config::Algorithm;
 
 pub mod hash;
 pub mod least_conn;
@@ -42,90 +44,6 @@ pub trait Balancer: Send {
     fn pick(&mut self, ctx: &PickContext<'_>) -> Option<usize>;
 }
 
-/// Declares every algorithm once, so the enum, its user-facing names and its
-/// constructor cannot drift apart. Each constructor is
-/// `fn(weights: &[u32], seed: u64) -> Self`.
-macro_rules! algorithms {
-    ($( $(#[$doc:meta])* $variant:ident = $name:literal => $ctor:path, )+) => {
-        /// A balancing algorithm, named on the command line as `round-robin`,
-        /// `least-conn`, `random`, `p2c` or `hash`.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum Algorithm {
-            $( $(#[$doc])* $variant, )+
-        }
-
-        impl Algorithm {
-            /// Every algorithm, in declaration order.
-            pub const ALL: &'static [Algorithm] = &[$(Algorithm::$variant),+];
-
-            /// The name accepted by [`FromStr`] and printed by [`Display`](fmt::Display).
-            pub const fn name(self) -> &'static str {
-                match self {
-                    $(Algorithm::$variant => $name,)+
-                }
-            }
-
-            fn construct(self, weights: &[u32], seed: u64) -> Box<dyn Balancer> {
-                match self {
-                    $(Algorithm::$variant => Box::new($ctor(weights, seed)),)+
-                }
-            }
-        }
-    };
-}
-
-algorithms! {
-    /// Smooth weighted round-robin (nginx's): weighted shares without bursts.
-    RoundRobin = "round-robin" => round_robin::RoundRobin::new,
-    /// Fewest active connections per unit of weight; ties rotate.
-    LeastConn = "least-conn" => least_conn::LeastConn::new,
-    /// Weighted random choice.
-    Random = "random" => random::WeightedRandom::new,
-    /// Power of two random choices: the less loaded of two weighted-random picks.
-    P2c = "p2c" => p2c::P2c::new,
-    /// Weighted rendezvous hashing of the client IP: sticky and consistent across workers.
-    Hash = "hash" => hash::Rendezvous::new,
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Algorithm {
-    type Err = ParseAlgorithmError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Algorithm::ALL
-            .iter()
-            .copied()
-            .find(|alg| alg.name() == s)
-            .ok_or_else(|| ParseAlgorithmError(s.to_owned()))
-    }
-}
-
-/// The string given was not the name of any [`Algorithm`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParseAlgorithmError(pub String);
-
-impl fmt::Display for ParseAlgorithmError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown balancing algorithm {:?} (expected one of",
-            self.0
-        )?;
-        for (i, alg) in Algorithm::ALL.iter().enumerate() {
-            let sep = if i == 0 { " " } else { ", " };
-            write!(f, "{sep}{alg}")?;
-        }
-        f.write_str(")")
-    }
-}
-
-impl std::error::Error for ParseAlgorithmError {}
-
 /// Builds a balancer for backends with these weights (weights >= 1). `seed` seeds any randomness (each worker passes its own).
 ///
 /// A weight of 0 is treated as 1 rather than rejected here: refusing it is the
@@ -138,7 +56,13 @@ impl std::error::Error for ParseAlgorithmError {}
 /// connection to backend 0. `hash` ignores it, since every worker must map a
 /// client to the same backend.
 pub fn build(alg: Algorithm, weights: &[u32], seed: u64) -> Box<dyn Balancer> {
-    alg.construct(weights, seed)
+    match alg {
+        Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(weights, seed)),
+        Algorithm::LeastConn => Box::new(least_conn::LeastConn::new(weights, seed)),
+        Algorithm::Random => Box::new(random::WeightedRandom::new(weights, seed)),
+        Algorithm::P2c => Box::new(p2c::P2c::new(weights, seed)),
+        Algorithm::Hash => Box::new(hash::Rendezvous::new(weights, seed)),
+    }
 }
 
 /// Weights as the algorithms use them: a zero weight would make a backend
@@ -339,28 +263,6 @@ mod tests {
     use super::test_support::{pick_with, CLIENT};
     use super::*;
     use std::net::Ipv4Addr;
-
-    #[test]
-    fn names_round_trip() {
-        let names: Vec<String> = Algorithm::ALL.iter().map(|a| a.to_string()).collect();
-        assert_eq!(
-            names,
-            ["round-robin", "least-conn", "random", "p2c", "hash"]
-        );
-        for &alg in Algorithm::ALL {
-            assert_eq!(alg.name().parse::<Algorithm>(), Ok(alg));
-        }
-    }
-
-    #[test]
-    fn unknown_name_is_an_error_listing_the_choices() {
-        let err = "roundrobin".parse::<Algorithm>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unknown balancing algorithm \"roundrobin\" \
-             (expected one of round-robin, least-conn, random, p2c, hash)"
-        );
-    }
 
     #[test]
     fn every_algorithm_returns_none_when_nothing_is_eligible() {

@@ -1,0 +1,275 @@
+//! [`Config::validate`]: what parsing one value cannot check, such as a pool
+//! per frontend, durations above zero, backend weights in range, unique names
+//! and listen addresses that do not overlap. Pure: it reads the config and
+//! nothing else, and its errors carry where they are.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::{BackendConfig, Config, ConfigError, Key, RouteBy, MAX_WEIGHT};
+
+impl Config {
+    /// Checks what parsing one value cannot: durations above zero, a pool
+    /// per frontend, backend weights and limits in range, unique names and
+    /// listen addresses. The error says where (frontend, backend, key).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.frontends.is_empty() {
+            return Err(ConfigError::NoFrontend);
+        }
+        for (i, fe) in self.frontends.iter().enumerate() {
+            match fe.route_by {
+                RouteBy::None if !fe.routes.is_empty() => {
+                    return Err(ConfigError::RoutesWithoutRouteBy { frontend: i })
+                }
+                RouteBy::None if fe.backends.is_empty() => {
+                    return Err(ConfigError::NoBackend { frontend: i })
+                }
+                RouteBy::Sni if fe.routes.is_empty() && fe.backends.is_empty() => {
+                    return Err(ConfigError::NoRoute { frontend: i })
+                }
+                _ => {}
+            }
+            check_backends(i, None, &fe.backends)?;
+            for (r, route) in fe.routes.iter().enumerate() {
+                let empty = |key| ConfigError::EmptyRoute {
+                    frontend: i,
+                    route: r,
+                    label: route.label().to_string(),
+                    key,
+                };
+                if route.sni.is_empty() {
+                    return Err(empty(Key::Sni));
+                }
+                if route.backends.is_empty() {
+                    return Err(empty(Key::Backends));
+                }
+                check_backends(i, Some(r), &route.backends)?;
+                if route.health.checks {
+                    for (key, value) in [
+                        (Key::HealthInterval, route.health.interval),
+                        (Key::HealthTimeout, route.health.timeout),
+                    ] {
+                        if value.is_zero() {
+                            return Err(ConfigError::ZeroDuration {
+                                frontend: i,
+                                route: Some(r),
+                                key,
+                            });
+                        }
+                    }
+                }
+                let earlier = fe.routes[..r].iter().flat_map(|r| &r.sni);
+                let seen: Vec<&String> = earlier.collect();
+                for (k, name) in route.sni.iter().enumerate() {
+                    if seen.contains(&name) || route.sni[..k].contains(name) {
+                        return Err(ConfigError::DuplicateSni {
+                            frontend: i,
+                            route: r,
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+            let health = Some(&fe.health).filter(|h| h.checks);
+            for (key, value) in [
+                (Key::ConnectTimeout, Some(fe.connect_timeout)),
+                (Key::HealthInterval, health.map(|h| h.interval)),
+                (Key::HealthTimeout, health.map(|h| h.timeout)),
+                (Key::IdleTimeout, fe.idle_timeout),
+                (Key::MaxLifetime, fe.max_lifetime),
+                (Key::ProxyHeaderTimeout, Some(fe.proxy_header_timeout)),
+                (Key::FailTimeout, Some(fe.fail_timeout)),
+                (Key::SniTimeout, Some(fe.sni_timeout)),
+                (Key::ResolveInterval, Some(fe.resolve_interval)),
+                (Key::ResolveHold, Some(fe.resolve_hold)),
+            ] {
+                if value.is_some_and(|v| v.is_zero()) {
+                    return Err(ConfigError::ZeroDuration {
+                        frontend: i,
+                        route: None,
+                        key,
+                    });
+                }
+            }
+            if !fe.accept_proxy_from.is_empty() && !fe.accept_proxy {
+                return Err(ConfigError::ProxyFromWithoutProxy { frontend: i });
+            }
+            for other in &self.frontends[..i] {
+                if other.name == fe.name {
+                    return Err(ConfigError::DuplicateName {
+                        frontend: i,
+                        name: fe.name.clone(),
+                    });
+                }
+                if other.listen == fe.listen && fe.listen.port() != 0 {
+                    return Err(ConfigError::DuplicateListen {
+                        frontend: i,
+                        addr: fe.listen,
+                        first: other.name.clone(),
+                        second: fe.name.clone(),
+                    });
+                }
+                if listens_overlap(other.listen, fe.listen) {
+                    return Err(ConfigError::OverlappingListen {
+                        frontend: i,
+                        addr: fe.listen,
+                        first: other.name.clone(),
+                        first_addr: other.listen,
+                        second: fe.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks the weights and limits of one pool's backends.
+fn check_backends(
+    frontend: usize,
+    route: Option<usize>,
+    backends: &[BackendConfig],
+) -> Result<(), ConfigError> {
+    for (j, b) in backends.iter().enumerate() {
+        let out_of_range = if !(1..=MAX_WEIGHT).contains(&b.weight) {
+            Some((Key::Weight, b.weight))
+        } else {
+            b.max_conns.filter(|&n| n == 0).map(|n| (Key::MaxConns, n))
+        };
+        if let Some((key, value)) = out_of_range {
+            return Err(ConfigError::BackendOutOfRange {
+                frontend,
+                route,
+                backend: j,
+                addr: b
+                    .name
+                    .as_ref()
+                    .map_or_else(|| b.addr.to_string(), |n| n.to_string()),
+                key,
+                value,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether two listen addresses would share a port on some address, so the
+/// kernel (SO_REUSEPORT) would split one frontend's clients with the other:
+/// a wildcard covers every address of its family, and `[::]` is dual-stack,
+/// so it covers IPv4 too. Port 0 is a fresh port each, so never overlaps.
+fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    fn covers(wildcard: IpAddr, other: IpAddr) -> bool {
+        match wildcard {
+            IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+            IpAddr::V6(w) => w.is_unspecified(),
+        }
+    }
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a == b || covers(a, b) || covers(b, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::model::tests::{config, frontend};
+    use crate::config::{parse_backend, parse_cidr, Location};
+
+    /// Every validation error says where it is, down to the backend.
+    #[test]
+    fn validation_errors_are_located() {
+        let at = |frontend, backend, key| {
+            Some(Location {
+                frontend,
+                route: None,
+                backend,
+                key,
+            })
+        };
+        let web = || frontend("web", "127.0.0.1:80", &["127.0.0.1:9000"]);
+        let api = || frontend("api", "127.0.0.1:81", &["127.0.0.1:9000"]);
+        let mut cases: Vec<(Config, Option<Location>)> = Vec::new();
+        cases.push((config(vec![]), None));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[1].backends.clear();
+        cases.push((c, at(1, None, Key::Backends)));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[1]
+            .backends
+            .push(parse_backend("127.0.0.1:1,weight=0").unwrap());
+        cases.push((c, at(1, Some(1), Key::Weight)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].backends[0].max_conns = Some(0);
+        cases.push((c, at(0, Some(0), Key::MaxConns)));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[1].health.timeout = Duration::ZERO;
+        cases.push((c, at(1, None, Key::HealthTimeout)));
+        cases.push((config(vec![web(), api(), web()]), at(2, None, Key::Name)));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[1].listen = c.frontends[0].listen;
+        cases.push((c, at(1, None, Key::Listen)));
+        let mut c = config(vec![web(), api()]);
+        c.frontends[0].listen = "0.0.0.0:81".parse().unwrap();
+        cases.push((c, at(1, None, Key::Listen)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].fail_timeout = Duration::ZERO;
+        cases.push((c, at(0, None, Key::FailTimeout)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].idle_timeout = Some(Duration::ZERO);
+        cases.push((c, at(0, None, Key::IdleTimeout)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].accept_proxy_from = vec![parse_cidr("10.0.0.0/8").unwrap()];
+        cases.push((c, at(0, None, Key::AcceptProxyFrom)));
+        for (c, location) in cases {
+            let err = c.validate().unwrap_err();
+            assert_eq!(err.location(), location, "{err}");
+        }
+        assert!(config(vec![web(), api()]).validate().is_ok());
+    }
+
+    #[test]
+    fn listen_overlaps() {
+        let overlap = |a: &str, b: &str| {
+            let (a, b) = (a.parse().unwrap(), b.parse().unwrap());
+            let one = listens_overlap(a, b);
+            assert_eq!(one, listens_overlap(b, a), "{a} {b} is not symmetric");
+            one
+        };
+        for (a, b) in [
+            ("127.0.0.1:80", "127.0.0.1:80"),
+            ("0.0.0.0:80", "127.0.0.1:80"),
+            ("0.0.0.0:80", "0.0.0.0:80"),
+            ("[::]:80", "[::1]:80"),
+            // [::] is dual-stack.
+            ("[::]:80", "127.0.0.1:80"),
+            ("[::]:80", "0.0.0.0:80"),
+            ("[::ffff:127.0.0.1]:80", "127.0.0.1:80"),
+            ("0.0.0.0:80", "[::ffff:10.0.0.1]:80"),
+        ] {
+            assert!(overlap(a, b), "{a} {b}");
+        }
+        for (a, b) in [
+            ("0.0.0.0:80", "0.0.0.0:81"),
+            ("0.0.0.0:0", "127.0.0.1:0"),
+            ("[::]:0", "[::]:0"),
+            ("127.0.0.1:80", "127.0.0.2:80"),
+            ("0.0.0.0:80", "[::1]:80"),
+            ("[::1]:80", "127.0.0.1:80"),
+        ] {
+            assert!(!overlap(a, b), "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn overlap_error_names_both_sides() {
+        let a = frontend("a", "0.0.0.0:8080", &["127.0.0.1:9"]);
+        let b = frontend("b", "127.0.0.1:8080", &["127.0.0.1:9"]);
+        let err = config(vec![a, b]).validate().unwrap_err().to_string();
+        for part in ["'a'", "'b'", "0.0.0.0:8080", "127.0.0.1:8080"] {
+            assert!(err.contains(part), "{err} lacks {part}");
+        }
+    }
+}
