@@ -31,8 +31,9 @@
 //! - [`sni`]: the TLS ClientHello read for routing: server name and ALPN; pure.
 //! - [`relay`]: the two owned-buffer pumps (hand-written state machines), half-close and teardown.
 //! - [`buffer`]: relay buffers, small while idle, large (pooled per worker) under load.
-//! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv (one-shot and multishot), send,
-//!   cancel, getsockname, the provided-buffer ring, the registered file table, malloc_trim, adopting received descriptors.
+//! - [`uring`]: every raw io_uring operation and every `unsafe` block, a file per family: each worker's runtime and ring
+//!   sizes, connect (and getsockname), the registered file table, one-shot recv/send and cancel, the provided-buffer ring,
+//!   the multishot receive; malloc_trim and adopting received descriptors.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
