@@ -197,12 +197,15 @@ fn send_from<B: SendBuf>(sock: Sock<'_>, buf: B, sent: usize) -> InFlightOneshot
 pub(super) fn with_ioprio(sqe: squeue::Entry, ioprio: u16) -> squeue::Entry {
     // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte
     // `io_uring_sqe` (transmute checks the size), which starts with
-    // `opcode: u8, flags: u8, ioprio: u16`; any bit pattern is a valid SQE
-    // to Rust, and the kernel validates the flags (a test below checks it
-    // reads ours).
+    // `opcode: u8, flags: u8, ioprio: u16` and has no padding; io-uring's
+    // opcode builders start from a zeroed SQE, so all 64 bytes are
+    // initialized and reading them as bytes is sound.
     let mut raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
     raw[2..4].copy_from_slice(&ioprio.to_ne_bytes());
-    // SAFETY: as above, back to the type it came from.
+    // SAFETY: the bytes came from a `squeue::Entry` (same size, checked by
+    // transmute) and only `ioprio` changed; the SQE's fields are integers
+    // and unions of integers, for which any bit pattern is valid to Rust,
+    // and the kernel validates the flags (a test below checks it reads ours).
     unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
 }
 

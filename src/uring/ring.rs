@@ -92,7 +92,9 @@ impl BufRing {
         // SAFETY: `entries` holds `count` entries (allocated in
         // provide_buffers) and `tail & mask` is below `count`; the kernel
         // reads entries only between its head and the tail we publish, and
-        // this slot is past the published tail until the store below.
+        // this slot is past the published tail until the store below (at
+        // most `count` buffers exist, each in the ring at most once, so the
+        // tail never laps an entry the kernel has not taken yet).
         unsafe {
             let entry = &mut *self.entries.add(usize::from(tail & mask));
             entry.set_addr(self.memory.add(usize::from(bid) * self.size) as u64);
@@ -115,9 +117,17 @@ impl BufRing {
 impl Drop for BufRing {
     fn drop(&mut self) {
         let _ = tokio_uring::with_submitter(|s| s.unregister_buf_ring(BUF_GROUP));
-        // SAFETY: both were allocated in provide_buffers with these layouts;
-        // the ring is unregistered (or its io_uring is gone), so the kernel
-        // no longer writes to them.
+        // SAFETY: both were allocated in provide_buffers with these layouts
+        // and are freed only here. The kernel touches them only for a
+        // receive that selects from this buffer group, and every such
+        // receive holds an `Rc` of this ring until its last completion, so
+        // none is in flight now; the ring is also unregistered above,
+        // unless the driver is busy dispatching (`with_submitter` is then
+        // `None`) or its io_uring is gone. No `Provided` is out either: each
+        // holds an `Rc` too. (tokio-uring's `Driver::drop` is the exception:
+        // it drops the data of the operations it cancels before their last
+        // completion; the relay shuts its sockets down, which ends their
+        // receives, before a worker's runtime goes.)
         unsafe {
             std::alloc::dealloc(self.entries.cast(), Self::entries_layout(self.count));
             std::alloc::dealloc(self.memory, Self::memory_layout(self.count, self.size));
@@ -141,6 +151,9 @@ pub fn provide_buffers(count: u16, first: u16, size: usize) -> io::Result<()> {
     // SAFETY: non-zero sizes (count >= 1, size >= 1); zeroed, so every entry
     // and the tail start at 0.
     let entries = unsafe { std::alloc::alloc_zeroed(BufRing::entries_layout(count)) };
+    // SAFETY: a non-zero size (count >= 1, size >= 1, checked above); left
+    // uninitialized, as nothing reads a buffer before the kernel wrote into
+    // it (`Provided::bytes` covers only the bytes a receive brought).
     let memory = unsafe { std::alloc::alloc(BufRing::memory_layout(count, size)) };
     if entries.is_null() || memory.is_null() {
         return Err(io::ErrorKind::OutOfMemory.into());
