@@ -26,8 +26,9 @@
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners (`[::]` dual-stack), the fd limit.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
-//! - [`uring`]: every raw io_uring operation and every `unsafe` block: connect, recv (one-shot and multishot), send,
-//!   cancel, getsockname, the provided-buffer ring, the registered file table, malloc_trim, adopting received descriptors.
+//! - [`uring`]: every raw io_uring operation and every `unsafe` block, a file per family: each worker's runtime and ring
+//!   sizes, connect (and getsockname), the registered file table, one-shot recv/send and cancel, the provided-buffer ring,
+//!   the multishot receive; malloc_trim and adopting received descriptors.
 //! - `testing` (unit tests only): the deterministic random source the parsers' robustness tests share, and a loopback socket pair.
 
 // An application crate: its docs are built with --document-private-items, so the

@@ -493,6 +493,11 @@ impl Drop for Driver {
                         .peek_end()
                         .is_some_and(|cqe| !io_uring::cqueue::more(cqe.flags))
                     {
+                        // SAFETY: `cqueue::Entry` is `#[repr(C)]` around the
+                        // kernel's `io_uring_cqe`, whose fields are integers
+                        // (and an empty array), so all zeroes is a valid
+                        // value; it only marks the operation done, and the
+                        // loop below removes it without reading it.
                         *cycle = Lifecycle::Completed(unsafe { mem::zeroed() });
                     }
                 }

@@ -213,7 +213,9 @@ impl<D: MultishotData> InFlightMultishot<D> {
 
 impl<D: MultishotData> Drop for InFlightMultishot<D> {
     fn drop(&mut self) {
-        // SAFETY: `data` is taken here, once, and never touched again.
+        // SAFETY: `data` is taken here, once, and never touched again: this
+        // is `drop`, so nothing reads `self.data` afterwards, and being
+        // `ManuallyDrop` it is not dropped a second time.
         let data = unsafe { std::mem::ManuallyDrop::take(&mut self.data) };
         if let Some((driver, index)) = self.op.take() {
             if let Some(driver) = driver.upgrade() {

@@ -1,0 +1,42 @@
+//! Every raw io_uring operation and every `unsafe` block of ringlb, one file
+//! per operation family; this folder alone allows `unsafe`, the rest of the
+//! crate is `#![deny(unsafe_code)]`. It holds what tokio-uring's `TcpStream`
+//! does not offer, and the set-up of each worker's ring. Each operation hands
+//! the kernel pointers into memory it moves into the driver with the
+//! operation (a buffer, a socket address, the socket itself, the provided
+//! ring), so that memory outlives the operation even if its future is
+//! dropped. Every `unsafe` block says why it is sound in a `SAFETY:` comment.
+//!
+//! - [`runtime`]: each worker's runtime ([`build_runtime`]), and the sizes of
+//!   its ring, provided-buffer ring and registered file table.
+//! - [`connect`](mod@connect): a connect a timeout can cut off ([`connect()`]), and the
+//!   socket's local address ([`local_addr`]).
+//! - [`files`]: the registered file table: a relayed pair's sockets named by slot ([`FixedPair`], [`Sock`]).
+//! - [`recv_send`]: the one-shot receive and send ([`Recv`], [`SendAll`]), and
+//!   the cancellation of every operation on a socket ([`cancel_all_on`]).
+//! - [`ring`]: the provided-buffer ring, and the one-shot receive into it ([`RecvProvided`]).
+//! - [`stream`]: the multishot receive into the provided ring ([`RecvStream`]).
+//! - [`sys`]: the two `unsafe` libc calls that are no io_uring operation:
+//!   [`trim_heap`] and [`adopt_received`].
+
+#![allow(unsafe_code)]
+
+mod connect;
+mod files;
+mod recv_send;
+mod ring;
+mod runtime;
+mod stream;
+mod sys;
+
+pub(crate) use connect::{connect, local_addr};
+pub(crate) use files::{register_file_table, release_file_table, FixedPair, Sock};
+pub(crate) use recv_send::{cancel_all_on, recv, send_all, Recv, SendAll};
+pub(crate) use ring::{
+    provide_buffers, recv_provided, release_buffers, Provided, Received, RecvProvided,
+};
+pub(crate) use runtime::{
+    build_runtime, FIRST_PROVIDED_BUFFERS, FIXED_FILES, PROVIDED_BUFFERS, PROVIDED_BUFFER_SIZE,
+};
+pub(crate) use stream::{recv_stream, RecvStream};
+pub(crate) use sys::{adopt_received, trim_heap};

@@ -1,0 +1,429 @@
+//! The worker's provided-buffer ring ([`BufRing`]): buffers the kernel picks
+//! one of when a receive completes, so a receive waiting on an idle socket
+//! holds no buffer. A filled buffer belongs to one [`Provided`] until it is
+//! dropped, which hands it back; [`recv_provided`] is the one-shot receive
+//! into the ring.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+
+use io_uring::{cqueue, opcode, squeue, types};
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
+
+use super::files::{pairs_in_use, Sock};
+use super::recv_send::{completion, with_ioprio, SendBuf, RECVSEND_POLL_FIRST, RECV_FLAGS_OK};
+
+/// The buffer group id of every worker's provided-buffer ring (one ring per
+/// io_uring, so one id is enough).
+pub(super) const BUF_GROUP: u16 = 0;
+
+thread_local! {
+    /// This thread's provided-buffer ring, once [`provide_buffers`] set it up.
+    pub(super) static PROVIDED: std::cell::RefCell<Option<Rc<BufRing>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A provided-buffer ring (IORING_REGISTER_PBUF_RING, kernel 5.19+): buffers
+/// of this worker that the kernel picks one of when a receive *completes*,
+/// so a receive waiting on an idle socket holds no buffer at all. A buffer
+/// the kernel filled belongs to one [`Provided`] until it is dropped, which
+/// hands it back to the kernel by writing a ring entry: no system call.
+///
+/// The kernel takes buffers in the order they were handed back, so over time
+/// it writes into every buffer the ring holds, and each becomes resident
+/// memory. The ring therefore starts with a few of its buffers and hands the
+/// kernel more (doubling) only when a receive found none left: a burst of
+/// many connections at once grows it, while connections that come and go
+/// one at a time never touch more than the first few.
+#[derive(Debug)]
+pub struct BufRing {
+    /// The ring's entries, page-aligned, shared with the kernel.
+    entries: *mut types::BufRingEntry,
+    /// Number of entries (a power of two), also the most buffers.
+    count: u16,
+    /// Buffers handed to the kernel so far (ids `0..provided`).
+    provided: Cell<u16>,
+    /// Bytes per buffer.
+    size: usize,
+    /// Room for `count` buffers, `count * size` bytes, reserved but not
+    /// touched (so not resident) until the kernel writes into a buffer.
+    memory: *mut u8,
+    /// The ring's tail as we last published it.
+    tail: Cell<u16>,
+}
+
+impl BufRing {
+    /// Layout of the entries.
+    fn entries_layout(count: u16) -> std::alloc::Layout {
+        let bytes = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
+        std::alloc::Layout::from_size_align(bytes, 4096).expect("a valid layout")
+    }
+
+    /// Layout of the buffers.
+    fn memory_layout(count: u16, size: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(usize::from(count) * size, 4096)
+            .expect("a valid layout")
+    }
+
+    /// Hands the kernel as many buffers again as it has, after a receive
+    /// found none left: up to `count`, and up to two per connection the
+    /// worker holds (a receive in each direction), so a few busy bulk
+    /// connections do not grow it.
+    fn grow(&self) {
+        let provided = self.provided.get();
+        let most = pairs_in_use().map_or(self.count, |pairs| {
+            let want = pairs.saturating_mul(2).max(1).next_power_of_two();
+            want.min(u32::from(self.count)) as u16
+        });
+        let more = provided.min(most.saturating_sub(provided));
+        for bid in provided..provided + more {
+            self.give_back(bid);
+        }
+        self.provided.set(provided + more);
+    }
+
+    /// Hands buffer `bid` to the kernel again.
+    pub(super) fn give_back(&self, bid: u16) {
+        let tail = self.tail.get();
+        let mask = self.count - 1;
+        // SAFETY: `entries` holds `count` entries (allocated in
+        // provide_buffers) and `tail & mask` is below `count`; the kernel
+        // reads entries only between its head and the tail we publish, and
+        // this slot is past the published tail until the store below (at
+        // most `count` buffers exist, each in the ring at most once, so the
+        // tail never laps an entry the kernel has not taken yet).
+        unsafe {
+            let entry = &mut *self.entries.add(usize::from(tail & mask));
+            entry.set_addr(self.memory.add(usize::from(bid) * self.size) as u64);
+            entry.set_len(self.size as u32);
+            entry.set_bid(bid);
+        }
+        let tail = tail.wrapping_add(1);
+        self.tail.set(tail);
+        // SAFETY: the ring's tail is the `resv` field of its first entry,
+        // which lives as long as the ring; the kernel reads it, so it is
+        // published with a release store, after the entry above.
+        unsafe {
+            let tail_ptr =
+                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
+            (*tail_ptr).store(tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        let _ = tokio_uring::with_submitter(|s| s.unregister_buf_ring(BUF_GROUP));
+        // SAFETY: both were allocated in provide_buffers with these layouts
+        // and are freed only here. The kernel touches them only for a
+        // receive that selects from this buffer group, and every such
+        // receive holds an `Rc` of this ring until its last completion, so
+        // none is in flight now; the ring is also unregistered above,
+        // unless the driver is busy dispatching (`with_submitter` is then
+        // `None`) or its io_uring is gone. No `Provided` is out either: each
+        // holds an `Rc` too. (tokio-uring's `Driver::drop` is the exception:
+        // it drops the data of the operations it cancels before their last
+        // completion; the relay shuts its sockets down, which ends their
+        // receives, before a worker's runtime goes.)
+        unsafe {
+            std::alloc::dealloc(self.entries.cast(), Self::entries_layout(self.count));
+            std::alloc::dealloc(self.memory, Self::memory_layout(self.count, self.size));
+        }
+    }
+}
+
+/// Sets up this worker's provided-buffer ring: room for `count` (a power of
+/// two up to 32768) buffers of `size` bytes, registered with the thread's
+/// io_uring, of which the first `first` (at least 1) are handed to the kernel
+/// now and the rest as bursts need them (see [`BufRing`]). Receives can then
+/// take their buffer at completion ([`recv_provided`]). Call on the worker's
+/// thread, inside its runtime.
+pub fn provide_buffers(count: u16, first: u16, size: usize) -> io::Result<()> {
+    if !count.is_power_of_two() || size == 0 || size > u32::MAX as usize {
+        return Err(io::Error::other(
+            "a ring of a power of two of non-empty buffers",
+        ));
+    }
+    let first = first.clamp(1, count);
+    // SAFETY: non-zero sizes (count >= 1, size >= 1); zeroed, so every entry
+    // and the tail start at 0.
+    let entries = unsafe { std::alloc::alloc_zeroed(BufRing::entries_layout(count)) };
+    // SAFETY: a non-zero size (count >= 1, size >= 1, checked above); left
+    // uninitialized, as nothing reads a buffer before the kernel wrote into
+    // it (`Provided::bytes` covers only the bytes a receive brought).
+    let memory = unsafe { std::alloc::alloc(BufRing::memory_layout(count, size)) };
+    if entries.is_null() || memory.is_null() {
+        return Err(io::ErrorKind::OutOfMemory.into());
+    }
+    let ring = BufRing {
+        entries: entries.cast(),
+        count,
+        provided: Cell::new(first),
+        size,
+        memory,
+        tail: Cell::new(0),
+    };
+    // SAFETY: `entries` is page-aligned, zeroed and sized for `count`
+    // entries, and stays allocated until the ring is dropped, which
+    // unregisters it first.
+    let registered = tokio_uring::with_submitter(|s| unsafe {
+        s.register_buf_ring(entries as u64, count, BUF_GROUP)
+    })
+    .unwrap_or_else(|| Err(io::Error::other("not on a tokio-uring runtime")));
+    if let Err(err) = registered {
+        // Not registered: dropping it must not unregister another ring.
+        // SAFETY: as in Drop; the kernel never saw these.
+        unsafe {
+            std::alloc::dealloc(entries, BufRing::entries_layout(count));
+            std::alloc::dealloc(memory, BufRing::memory_layout(count, size));
+        }
+        std::mem::forget(ring);
+        return Err(err);
+    }
+    for bid in 0..first {
+        ring.give_back(bid);
+    }
+    PROVIDED.with(|p| *p.borrow_mut() = Some(Rc::new(ring)));
+    Ok(())
+}
+
+/// Drops this thread's provided-buffer ring, before its runtime goes.
+pub fn release_buffers() {
+    PROVIDED.with(|p| p.borrow_mut().take());
+}
+
+/// A buffer of the provided ring that a receive filled; handed back to the
+/// kernel when dropped.
+#[derive(Debug)]
+pub struct Provided {
+    /// Its ring, kept alive while the buffer is out.
+    ring: Rc<BufRing>,
+    /// Its id in the ring.
+    bid: u16,
+    /// Bytes received into it.
+    len: usize,
+}
+
+impl Provided {
+    /// Bytes received.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes it can hold: a receive that filled it may have left more.
+    pub fn capacity(&self) -> usize {
+        self.ring.size
+    }
+}
+
+impl SendBuf for Provided {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: buffer `bid` is `size` bytes at `memory + bid * size`, the
+        // kernel wrote `len <= size` bytes there and does not touch it again
+        // until `give_back(bid)`, which only Drop calls.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ring.memory.add(usize::from(self.bid) * self.ring.size),
+                self.len,
+            )
+        }
+    }
+}
+
+impl Drop for Provided {
+    fn drop(&mut self) {
+        self.ring.give_back(self.bid);
+    }
+}
+
+/// The bytes a receive into a provided buffer brought: none at EOF.
+#[derive(Debug)]
+pub enum Received {
+    /// The peer closed its side.
+    Eof,
+    /// Bytes, in one of the ring's buffers.
+    Bytes(Provided),
+    /// Bytes are waiting, but every buffer of the ring is out (ENOBUFS):
+    /// read them into a buffer of one's own, at once.
+    RingEmpty,
+}
+
+/// Receives into a buffer of this thread's provided ring, which the kernel
+/// picks when data arrives; with `poll_first` it waits for readiness before
+/// it tries. Resolves to `None` when there is no ring on this thread (or the
+/// kernel refuses the receive's flags): then receive into a buffer of one's
+/// own, as without a ring.
+pub fn recv_provided<'a>(sock: impl Into<Sock<'a>>, poll_first: bool) -> RecvProvided {
+    let sock = sock.into();
+    let poll_first = poll_first && RECV_FLAGS_OK.get();
+    RecvProvided {
+        poll_first,
+        op: PROVIDED
+            .with(|p| p.borrow().clone())
+            .map(|ring| recv_provided_once(sock, ring, poll_first)),
+    }
+}
+
+/// The receive [`recv_provided`] started.
+pub struct RecvProvided {
+    /// Whether it was to poll first.
+    poll_first: bool,
+    /// The receive in flight; none without a ring.
+    op: Option<InFlightOneshot<Rc<BufRing>, ProvidedDone>>,
+}
+
+impl Future for RecvProvided {
+    type Output = Option<io::Result<Received>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(op) = &mut this.op else {
+            return Poll::Ready(None);
+        };
+        let (res, bid, ring) = ready!(Pin::new(op).poll(cx));
+        this.op = None;
+        Poll::Ready(match received(res, bid, &ring) {
+            // A kernel that refuses the receive flags: the caller's own
+            // receive learns that and stops passing them.
+            Err(err) if this.poll_first && err.raw_os_error() == Some(libc::EINVAL) => None,
+            res => Some(res),
+        })
+    }
+}
+
+/// What a receive into `ring` brought, from its result and the id of the
+/// buffer the kernel filled, if it took one; a buffer that holds no bytes
+/// goes back to the ring at once.
+pub(super) fn received(
+    res: io::Result<usize>,
+    bid: Option<u16>,
+    ring: &Rc<BufRing>,
+) -> io::Result<Received> {
+    match (res, bid) {
+        (Ok(n), Some(bid)) if n > 0 => Ok(Received::Bytes(Provided {
+            ring: ring.clone(),
+            bid,
+            len: n.min(ring.size),
+        })),
+        (res, bid) => {
+            if let Some(bid) = bid {
+                ring.give_back(bid);
+            }
+            match res {
+                Ok(_) => Ok(Received::Eof),
+                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {
+                    ring.grow();
+                    Ok(Received::RingEmpty)
+                }
+                Err(err) => Err(err),
+            }
+        }
+    }
+}
+
+/// One IORING_OP_RECV into a buffer the kernel picks from `ring`, polling
+/// first if `poll_first`, submitted.
+fn recv_provided_once(
+    sock: Sock<'_>,
+    ring: Rc<BufRing>,
+    poll_first: bool,
+) -> InFlightOneshot<Rc<BufRing>, ProvidedDone> {
+    let len = u32::try_from(ring.size).unwrap_or(u32::MAX);
+    let mut sqe = sock.sqe(|fd| {
+        opcode::Recv::new(fd, std::ptr::null_mut(), len)
+            .buf_group(BUF_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+    });
+    if poll_first {
+        sqe = with_ioprio(sqe, RECVSEND_POLL_FIRST);
+    }
+    // The ring moves into the driver with the operation: its memory outlives
+    // the receive even if this future is dropped.
+    UnsubmittedOneshot::new(ring, ProvidedDone, sqe).submit()
+}
+
+/// Turns a provided-buffer receive's completion into its count and the id
+/// of the buffer the kernel filled, if it took one.
+struct ProvidedDone;
+
+impl OneshotOutputTransform for ProvidedDone {
+    type Output = (io::Result<usize>, Option<u16>, Rc<BufRing>);
+    type StoredData = Rc<BufRing>;
+
+    fn transform_oneshot_output(self, ring: Rc<BufRing>, cqe: cqueue::Entry) -> Self::Output {
+        (completion(&cqe), cqueue::buffer_select(cqe.flags()), ring)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::pair;
+    use crate::uring::{register_file_table, release_file_table, FixedPair};
+    use std::io::Write;
+
+    #[test]
+    fn a_ring_that_ran_empty_grows_up_to_its_room() {
+        tokio_uring::start(async {
+            // Room for 4 buffers, 1 handed out at first.
+            provide_buffers(4, 1, 16).unwrap();
+            let mut held = Vec::new();
+            let mut empties = 0;
+            let mut peers = Vec::new();
+            // Each receive keeps its buffer; the ring runs empty at 1, then
+            // at 2 (grown to 2), then at 4, then stays empty at its room.
+            for _ in 0..8 {
+                let (mut peer, ours) = pair();
+                peer.write_all(b"x").unwrap();
+                match recv_provided(&ours, false).await {
+                    Some(Ok(Received::Bytes(got))) => held.push(got),
+                    Some(Ok(Received::RingEmpty)) => empties += 1,
+                    other => panic!("expected bytes or an empty ring, got {other:?}"),
+                }
+                peers.push((peer, ours));
+            }
+            assert_eq!(held.len(), 4, "the ring grew to its room of 4, no further");
+            assert_eq!(empties, 4);
+            // Handed back, they serve again.
+            held.clear();
+            let (mut peer, ours) = pair();
+            peer.write_all(b"y").unwrap();
+            assert!(matches!(
+                recv_provided(&ours, false).await,
+                Some(Ok(Received::Bytes(_)))
+            ));
+            release_buffers();
+        });
+    }
+
+    #[test]
+    fn a_ring_grows_to_two_buffers_per_connection_held_not_further() {
+        tokio_uring::start(async {
+            // One relayed connection in the file table: room for 8, but
+            // two buffers are all it may grow to.
+            register_file_table(4).unwrap();
+            let (_pa, a) = pair();
+            let (_pb, b) = pair();
+            let _held_pair = FixedPair::register(&a, &b).expect("a free pair");
+            provide_buffers(8, 1, 16).unwrap();
+            let mut held = Vec::new();
+            let mut peers = Vec::new();
+            for _ in 0..6 {
+                let (mut peer, ours) = pair();
+                peer.write_all(b"x").unwrap();
+                if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false).await {
+                    held.push(got);
+                }
+                peers.push((peer, ours));
+            }
+            assert_eq!(held.len(), 2, "grown to two buffers for one connection");
+            drop(held);
+            release_buffers();
+            release_file_table();
+        });
+    }
+}

@@ -1,0 +1,205 @@
+//! The multishot receive ([`RecvStream`]): armed once, it completes at every
+//! arrival into a buffer of the worker's provided ring, and hands its
+//! completions out in order (vendored tokio-uring patch 2); dropped, it gives
+//! the buffers nobody took back to the ring.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+
+use io_uring::{cqueue, opcode, squeue};
+use tokio_uring::{InFlightMultishot, MultishotData, UnsubmittedMultishot, UnsubmittedOneshot};
+
+use super::files::Sock;
+use super::recv_send::{with_ioprio, CancelDone, RECVSEND_POLL_FIRST, RECV_FLAGS_OK};
+use super::ring::{received, BufRing, Received, BUF_GROUP, PROVIDED};
+
+/// `IORING_RECV_MULTISHOT` (linux/io_uring.h, kernel 6.0+), in the SQE's
+/// `ioprio`: the receive stays armed and completes once per arrival.
+const RECV_MULTISHOT: u16 = 2;
+
+thread_local! {
+    /// Whether this thread's ring takes multishot receives; cleared by the
+    /// first one a kernel older than 6.0 refuses (EINVAL).
+    static MULTISHOT_OK: Cell<bool> = const { Cell::new(true) };
+}
+
+/// The ring a multishot receive fills, kept in the driver with it.
+struct StreamRing(Rc<BufRing>);
+
+impl MultishotData for StreamRing {
+    fn discard(&mut self, flags: u32) {
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            self.0.give_back(bid);
+        }
+    }
+}
+
+/// A receive armed once that completes every time bytes arrive, each time
+/// into a buffer of this thread's provided ring (a multishot receive): a
+/// connection in request-response traffic submits no receive per request.
+/// What it brings comes out in order ([`RecvStream::poll_next`]) until its
+/// last completion; dropped before that, the buffers of the completions
+/// nobody took go back to the ring as they arrive.
+pub struct RecvStream {
+    /// The receive in flight.
+    op: InFlightMultishot<StreamRing>,
+}
+
+/// Arms a multishot receive on `sock`; `None` when this thread has no
+/// provided ring, or its kernel takes no multishot receives: then receive
+/// one at a time.
+pub fn recv_stream<'a>(sock: impl Into<Sock<'a>>) -> Option<RecvStream> {
+    if !MULTISHOT_OK.get() || !RECV_FLAGS_OK.get() {
+        return None;
+    }
+    let ring = PROVIDED.with(|p| p.borrow().clone())?;
+    // Length 0: each completion fills at most one whole buffer.
+    let sqe = sock.into().sqe(|fd| {
+        opcode::Recv::new(fd, std::ptr::null_mut(), 0)
+            .buf_group(BUF_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+    });
+    let sqe = with_ioprio(sqe, RECV_MULTISHOT | RECVSEND_POLL_FIRST);
+    // The ring moves into the driver with the operation: its memory outlives
+    // the receive even if this stream is dropped.
+    Some(RecvStream {
+        op: UnsubmittedMultishot::new(StreamRing(ring), sqe).submit(),
+    })
+}
+
+impl RecvStream {
+    /// The next completion, in the order the kernel posted them; `None`
+    /// when the stream ended without news (cancelled, or refused by a
+    /// kernel without multishot receives): receive again.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Received>>> {
+        let Some((res, flags)) = ready!(self.op.poll_next(cx)) else {
+            return Poll::Ready(None);
+        };
+        let res = res.map(|n| n as usize);
+        Poll::Ready(
+            match received(res, cqueue::buffer_select(flags), &self.op.data().0) {
+                // Only [`RecvStream::cancel`] cancels it.
+                Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => None,
+                // A kernel without multishot receives: this thread stops
+                // asking for them.
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                    MULTISHOT_OK.set(false);
+                    None
+                }
+                res => Some(res),
+            },
+        )
+    }
+
+    /// Whether its last completion was handed out: only then may another
+    /// receive on the socket start, or bytes could be read out of order.
+    pub fn is_done(&self) -> bool {
+        self.op.is_done()
+    }
+
+    /// Ready once `n` completions arrived that were not taken yet (each
+    /// holds a buffer of the ring); until then, each new one wakes the task.
+    pub fn poll_backlog(&mut self, cx: &mut Context<'_>, n: usize) -> Poll<()> {
+        self.op.poll_backlog(cx, n)
+    }
+
+    /// Asks the kernel to stop the receive (IORING_OP_ASYNC_CANCEL); the
+    /// completions before its last still come out. Once is enough: the
+    /// caller keeps track.
+    pub fn cancel(&self) {
+        if let Some(user_data) = self.op.user_data() {
+            let sqe = opcode::AsyncCancel::new(user_data).build();
+            // Nothing to wait for: the receive's own last completion says
+            // when it stopped.
+            drop(UnsubmittedOneshot::new((), CancelDone, sqe).submit());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::pair;
+    use crate::uring::recv_send::SendBuf;
+    use crate::uring::{provide_buffers, recv_provided, release_buffers};
+    use std::io::Write;
+
+    /// The next completion of `stream`.
+    async fn next(stream: &mut RecvStream) -> Option<io::Result<Received>> {
+        std::future::poll_fn(|cx| stream.poll_next(cx)).await
+    }
+
+    /// Waits until `stream` holds `n` completions not taken yet.
+    async fn backlog_reaches(stream: &mut RecvStream, n: usize) {
+        std::future::poll_fn(|cx| stream.poll_backlog(cx, n)).await
+    }
+
+    #[test]
+    fn a_receive_stream_brings_every_arrival_in_order_and_ends_at_eof() {
+        tokio_uring::start(async {
+            provide_buffers(8, 8, 16).unwrap();
+            let (mut peer, ours) = pair();
+            let mut stream = recv_stream(&ours).expect("a ring");
+            for msg in [&b"one"[..], b"two", b"three"] {
+                peer.write_all(msg).unwrap();
+                match next(&mut stream).await {
+                    Some(Ok(Received::Bytes(got))) => assert_eq!(got.bytes(), msg),
+                    other => panic!("expected bytes, got {other:?}"),
+                }
+                assert!(!stream.is_done(), "one receive for every arrival");
+            }
+            // More than a buffer holds, and arrivals that wait: several
+            // completions, in order.
+            let data: Vec<u8> = (0..100u8).collect();
+            peer.write_all(&data).unwrap();
+            backlog_reaches(&mut stream, 2).await;
+            let mut got = Vec::new();
+            while got.len() < data.len() {
+                match next(&mut stream).await {
+                    Some(Ok(Received::Bytes(part))) => {
+                        assert!(part.len() <= 16);
+                        got.extend_from_slice(part.bytes());
+                    }
+                    other => panic!("expected bytes, got {other:?}"),
+                }
+            }
+            assert_eq!(got, data);
+            drop(peer);
+            assert!(matches!(next(&mut stream).await, Some(Ok(Received::Eof))));
+            assert!(stream.is_done());
+            release_buffers();
+        });
+    }
+
+    #[test]
+    fn a_cancelled_stream_stops_and_a_dropped_one_gives_its_buffers_back() {
+        tokio_uring::start(async {
+            provide_buffers(4, 4, 16).unwrap();
+            let (_peer, ours) = pair();
+            let mut stream = recv_stream(&ours).expect("a ring");
+            stream.cancel();
+            assert!(next(&mut stream).await.is_none(), "stopped");
+            assert!(stream.is_done());
+            // Four arrivals fill the ring's four buffers; nobody takes them.
+            let (mut peer, ours) = pair();
+            let mut stream = recv_stream(&ours).expect("a ring");
+            for n in 1..=4 {
+                peer.write_all(&[1; 16]).unwrap();
+                backlog_reaches(&mut stream, n).await;
+            }
+            // Dropped: the driver hands the four back to the ring, so a
+            // receive on another socket finds one.
+            drop(stream);
+            let (mut other_peer, other) = pair();
+            other_peer.write_all(b"x").unwrap();
+            match recv_provided(&other, false).await {
+                Some(Ok(Received::Bytes(got))) => assert_eq!(got.bytes(), b"x"),
+                other => panic!("expected a ring buffer, got {other:?}"),
+            }
+            release_buffers();
+        });
+    }
+}
