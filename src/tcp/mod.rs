@@ -27,6 +27,7 @@ use tokio_uring::net::TcpListener;
 use tracing::warn;
 
 use crate::ceiling::Ceiling;
+use crate::config::Protocol;
 use crate::frontend::{Generation, Listeners};
 use crate::logging::Throttle;
 use crate::service::{self, LocalFuture};
@@ -190,9 +191,10 @@ fn give_back_memory(registry: &Registry, running: &[(String, Running)]) {
     }
 }
 
-/// Brings this worker's frontends in line with `generation`: keeps the
+/// Brings this worker's TCP frontends in line with `generation`: keeps the
 /// listeners that stay (new connections get the new settings), starts new
-/// ones, stops the ones that went.
+/// ones, stops the ones that went. Frontends of other protocols are other
+/// services'.
 fn apply(
     id: usize,
     registry: &Rc<Registry>,
@@ -202,16 +204,22 @@ fn apply(
     throttle: &Rc<Throttle>,
 ) -> io::Result<()> {
     let access_log = generation.config.access_log;
+    let frontends = || {
+        generation
+            .frontends
+            .iter()
+            .filter(|f| f.config.protocol == Protocol::Tcp)
+    };
     running.retain(|(name, r)| {
-        let stays = generation
-            .frontend(name)
+        let stays = frontends()
+            .find(|f| f.config.name == *name)
             .is_some_and(|f| Arc::ptr_eq(&f.listeners, &r.listeners));
         if !stays {
             r.stop(false);
         }
         stays
     });
-    for frontend in &generation.frontends {
+    for frontend in frontends() {
         let state = Rc::new(FrontendState::new(id, frontend.clone(), access_log));
         if let Some((_, r)) = running
             .iter()
