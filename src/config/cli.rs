@@ -260,7 +260,7 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub takeover: Option<PathBuf>,
 
-    /// Read frontends and settings from this TOML file (see README); SIGHUP reloads it.
+    /// Read frontends and settings from this TOML file (see docs/configuration.md); SIGHUP reloads it.
     /// Flags that set process-wide values (--workers, --drain-timeout, --admin,
     /// --admin-token-file, --access-log, --pin, --sqpoll, --ready-file, --control-socket,
     /// --resolver, --resolve-at-start) override the file; frontend flags cannot be combined with it.
