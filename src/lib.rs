@@ -3,32 +3,33 @@
 //! # Layout
 //! How a byte travels, module by module, top down: every import points down
 //! this list (`scripts/check-imports.sh` checks it).
-//! - [`config`]: file and flags -> the validated `Config`; the one table of defaults; located errors.
 //! - [`server`]: the process: starts workers, turns signals into a drain (SIGTERM) or a reload (SIGHUP), writes the ready file.
 //! - [`upgrade`]: hot binary upgrade: the control socket, and the takeover of its listeners (SCM_RIGHTS).
 //! - [`admin`]: the admin HTTP endpoint (hyper, bounded): /metrics, /healthz, /backends, the stats page,
 //!   PATCH of a backend's state and weight, the bearer token.
 //! - [`stats`]: the stats page (one self-contained HTML file) and its JSON snapshot; rates are the reader's.
 //! - [`worker`]: one thread + one ring per core running the services; reloads, memory trimming, the drain.
-//! - [`service`]: the seam between a worker and a transport: what every service (TCP today) does for it.
 //! - [`tcp`]: the TCP service: accept loops, one connection from accept to close ([`tcp::conn`]: PROXY
 //!   header, ClientHello and SNI route, backend, relay, timeouts, access log, the registry of open
 //!   connections), the owned-buffer relay pumps ([`tcp::relay`]) and their buffers ([`tcp::buffer`]).
+//! - [`service`]: the seam between a worker and a transport: what every service (TCP today) does for it.
 //! - [`frontend`]: one config generation: per frontend its listeners, pools (its own and one per
 //!   SNI route), counters, limit; the one publisher of generations, for reloads and DNS changes.
 //! - [`access`]: the source rules (allow, deny, accept-proxy-from) a client is checked against at accept; pure.
 //! - [`ceiling`]: the process-wide connection ceiling from the fd limit; workers accept under it.
+//! - [`metrics`]: the exposition: every metric's name, type, help and source in one table, rendered at scrape.
 //! - [`backend`]: the backend side: pools (cross-worker state as atomics) and eligibility, health
 //!   (pure) and its prober, the balancing algorithms, upstream (pick, connect with failover, the
 //!   max-conns queue, the report of each backend's successes and failures), DNS discovery.
+//! - [`counters`]: the per-worker counters the data path writes, summed at scrape.
 //! - [`protocol`]: the pure wire parsers, fuzzed: PROXY protocol v1/v2, the TLS ClientHello.
-//! - [`metrics`]: per-worker counters, summed at scrape; every metric's name, type and help.
 //! - [`net`]: start-up socket work: SO_REUSEPORT listeners (`[::]` dual-stack), the fd limit.
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`uring`]: every raw io_uring operation and every `unsafe` block, a file per family: each worker's runtime and ring
 //!   sizes, connect (and getsockname), the registered file table, one-shot recv/send and cancel, the provided-buffer ring,
 //!   the multishot receive; malloc_trim and adopting received descriptors.
+//! - [`config`]: file and flags -> the validated `Config`; the one table of defaults; located errors.
 //! - `testing` (unit tests only): the deterministic random source the parsers' robustness tests share, and a loopback socket pair.
 
 // An application crate: its docs are built with --document-private-items, so the
