@@ -17,9 +17,12 @@
 
 use super::{normalized, Balancer, PickContext};
 
-/// `new` pre-advances a weighted rotation by `seed` picks to stagger workers;
-/// this bounds that warm-up when the weights make the cycle very long.
-const MAX_PHASE_STEPS: u64 = 1 << 16;
+/// `new` starts a weighted rotation `seed` picks into its cycle to stagger
+/// workers. Up to this many backend visits it steps there pick by pick (the
+/// exact sequence); past it, it places the scores where an ideal rotation
+/// would be after that many picks, in O(N log N), so a rebuild never stalls
+/// the worker however many backends and however long the cycle.
+const MAX_PHASE_WORK: u64 = 1 << 12;
 
 /// Smooth weighted round-robin over a fixed backend set.
 #[derive(Clone, Debug)]
@@ -54,11 +57,45 @@ impl RoundRobin {
         if uniform {
             rr.next = (seed % n as u64) as usize;
         } else {
-            for _ in 0..seed % rr.cycle_len().min(MAX_PHASE_STEPS) {
-                rr.pick_weighted(&|_| true);
-            }
+            rr.advance(seed % rr.cycle_len());
         }
         rr
+    }
+
+    /// Moves the weighted rotation `k` picks into its all-eligible cycle.
+    fn advance(&mut self, k: u64) {
+        let n = self.weights.len() as u64;
+        if k.saturating_mul(n) <= MAX_PHASE_WORK {
+            for _ in 0..k {
+                self.pick_weighted(&|_| true);
+            }
+            return;
+        }
+        // After k picks each backend has had about k * w / W turns, and its
+        // score is what it is owed: k * w - W * turns. Give each the floor
+        // of its share, the remaining turns to the largest remainders (so
+        // the turns add up to k and the scores to 0, the invariant above),
+        // and the scores follow; every score stays within one total weight
+        // of 0, as in a rotation that started at 0.
+        let total: i128 = self.weights.iter().map(|&w| i128::from(w)).sum();
+        let k = i128::from(k);
+        let mut turns: Vec<i128> = self
+            .weights
+            .iter()
+            .map(|&w| k * i128::from(w) / total)
+            .collect();
+        let given: i128 = turns.iter().sum();
+        let mut by_remainder: Vec<usize> = (0..self.weights.len()).collect();
+        by_remainder.sort_by_key(|&i| std::cmp::Reverse(k * i128::from(self.weights[i]) % total));
+        for &i in by_remainder.iter().take((k - given) as usize) {
+            turns[i] += 1;
+        }
+        for (i, cur) in self.current.iter_mut().enumerate() {
+            let owed = k * i128::from(self.weights[i]) - total * turns[i];
+            *cur = owed as i64;
+        }
+        #[cfg(test)]
+        tests::WARMUP_VISITS.with(|v| v.set(v.get() + n));
     }
 
     /// Picks after which the all-eligible sequence repeats: the weights' sum
@@ -85,6 +122,8 @@ impl RoundRobin {
     }
 
     fn pick_weighted(&mut self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        #[cfg(test)]
+        tests::WARMUP_VISITS.with(|v| v.set(v.get() + self.weights.len() as u64));
         let mut total: i64 = 0;
         let mut best: Option<(usize, i64)> = None;
         for (i, (cur, &w)) in self.current.iter_mut().zip(&self.weights).enumerate() {
@@ -127,6 +166,11 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::backend::balance::test_support::{assert_proportional, counts, pick_with, CLIENT};
+
+    thread_local! {
+        /// Backends visited by this thread's weighted picks and phase placements.
+        pub(super) static WARMUP_VISITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
 
     fn sequence(rr: &mut RoundRobin, eligible: &[bool], picks: usize) -> Vec<usize> {
         let idle = vec![0; eligible.len()];
@@ -218,6 +262,36 @@ mod tests {
         let got = counts(&mut rr, 3, 1_000);
         assert_eq!(got.iter().sum::<usize>(), 1_000);
         assert_eq!(got[1], 0);
+    }
+
+    #[test]
+    fn a_long_cycle_is_entered_without_stepping_through_it() {
+        // 200 backends weighted 1..=200: a cycle of 20,100 picks, each
+        // visiting every backend. Stepping a worker's phase pick by pick
+        // (up to 65,536 picks before, 65 million visits with 1,000
+        // backends) stalls its worker, and a rebuild repeats every 200 ms
+        // while a backend ramps up.
+        let weights: Vec<u32> = (1..=200).collect();
+        WARMUP_VISITS.with(|v| v.set(0));
+        let mut rr = RoundRobin::new(&weights, 0x9e37_79b9_0000_0007);
+        let visits = WARMUP_VISITS.with(|v| v.get());
+        assert!(
+            visits <= MAX_PHASE_WORK.max(10 * 200),
+            "{visits} backend visits to build"
+        );
+        // The scores keep the rotation's invariant and bounds.
+        assert_eq!(rr.current.iter().sum::<i64>(), 0);
+        let total: i64 = rr.weights.iter().sum();
+        assert!(rr.current.iter().all(|c| c.abs() < total));
+        // And it still hands out turns in proportion to the weights.
+        let got = counts(&mut rr, 200, 20_100);
+        for (i, &c) in got.iter().enumerate() {
+            assert!(
+                c.abs_diff(i + 1) <= 1,
+                "backend {i} got {c} turns, weight {}",
+                i + 1
+            );
+        }
     }
 
     #[test]
