@@ -116,18 +116,28 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        let _ = tokio_uring::with_submitter(|s| s.unregister_buf_ring(BUF_GROUP));
+        // Never free memory the kernel may write into: only a ring it no
+        // longer knows is freed. Unregistering is impossible while the
+        // driver dispatches completions (the last receive that held the
+        // ring ended there) or once the runtime is going; the ring is then
+        // left allocated, once per worker at most (a worker has one ring,
+        // dropped when it stops).
+        let unregistered = matches!(
+            tokio_uring::with_submitter(|s| s.unregister_buf_ring(BUF_GROUP)),
+            Some(Ok(()))
+        );
+        #[cfg(test)]
+        tests::RINGS_DROPPED.with(|d| d.set(d.get() + 1));
+        if !unregistered {
+            #[cfg(test)]
+            tests::RINGS_LEAKED.with(|l| l.set(l.get() + 1));
+            return;
+        }
         // SAFETY: both were allocated in provide_buffers with these layouts
-        // and are freed only here. The kernel touches them only for a
-        // receive that selects from this buffer group, and every such
-        // receive holds an `Rc` of this ring until its last completion, so
-        // none is in flight now; the ring is also unregistered above,
-        // unless the driver is busy dispatching (`with_submitter` is then
-        // `None`) or its io_uring is gone. No `Provided` is out either: each
-        // holds an `Rc` too. (tokio-uring's `Driver::drop` is the exception:
-        // it drops the data of the operations it cancels before their last
-        // completion; the relay shuts its sockets down, which ends their
-        // receives, before a worker's runtime goes.)
+        // and are freed only here, once the kernel has let go of the ring
+        // (unregistered just above). No receive selects from it any more:
+        // each held an `Rc` of this ring until its last completion. No
+        // `Provided` is out either: each holds an `Rc` too.
         unsafe {
             std::alloc::dealloc(self.entries.cast(), Self::entries_layout(self.count));
             std::alloc::dealloc(self.memory, Self::memory_layout(self.count, self.size));
@@ -366,6 +376,12 @@ mod tests {
     use crate::uring::{register_file_table, release_file_table, FixedPair};
     use std::io::Write;
 
+    thread_local! {
+        /// Rings this thread dropped, and of those the ones left allocated.
+        pub(super) static RINGS_DROPPED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        pub(super) static RINGS_LEAKED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
     #[test]
     fn a_ring_that_ran_empty_grows_up_to_its_room() {
         tokio_uring::start(async {
@@ -398,6 +414,40 @@ mod tests {
             ));
             release_buffers();
         });
+    }
+
+    #[test]
+    fn a_ring_still_registered_is_never_freed() {
+        use crate::uring::recv_stream;
+        tokio_uring::start(async {
+            provide_buffers(4, 4, 64).unwrap();
+            let (peer, ours) = pair();
+            // A multishot receive is the ring's last holder once the
+            // worker lets go of it; dropped, the driver keeps it (and its
+            // ring) until its last completion, which the kernel posts when
+            // the peer goes, and the ring goes with it inside the
+            // driver's completion dispatch.
+            let stream = recv_stream(&ours).expect("a multishot receive");
+            release_buffers();
+            let dropped = RINGS_DROPPED.with(|d| d.get());
+            drop(stream);
+            drop(peer);
+            // Sleeping parks the thread, which submits and reaps.
+            while RINGS_DROPPED.with(|d| d.get()) == dropped {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            // It could not be unregistered there: the kernel still has it...
+            let still = tokio_uring::with_submitter(|s| s.unregister_buf_ring(BUF_GROUP));
+            assert!(matches!(still, Some(Ok(()))), "still registered: {still:?}");
+            // ...so its memory was left alone, not freed.
+            assert_eq!(RINGS_LEAKED.with(|l| l.get()), 1);
+        });
+        // A ring the worker drops itself is unregistered and freed.
+        tokio_uring::start(async {
+            provide_buffers(4, 4, 64).unwrap();
+            release_buffers();
+        });
+        assert_eq!(RINGS_LEAKED.with(|l| l.get()), 1);
     }
 
     #[test]

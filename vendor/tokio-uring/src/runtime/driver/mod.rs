@@ -61,6 +61,10 @@ impl Driver {
     }
 
     pub(crate) fn submit(&mut self) -> io::Result<()> {
+        // ringlb patch 4: EAGAIN (the kernel could not allocate for the
+        // submission) is retried a few times after reaping completions,
+        // which frees what they held, before it is an error.
+        let mut again = 0;
         loop {
             match self.uring.submit() {
                 Ok(_) => {
@@ -69,6 +73,11 @@ impl Driver {
                 }
                 Err(ref e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     self.dispatch_completions();
+                }
+                Err(ref e) if e.raw_os_error() == Some(libc::EAGAIN) && again < SUBMIT_RETRIES => {
+                    again += 1;
+                    self.dispatch_completions();
+                    std::thread::yield_now();
                 }
                 Err(e) if e.raw_os_error() != Some(libc::EINTR) => {
                     return Err(e);
@@ -134,9 +143,20 @@ impl Driver {
         let sqe = sqe.user_data(index as _);
 
         // Push the new operation
+        // SAFETY: the SQE's pointers are into the operation's data, which
+        // the caller moved into the driver with it (as upstream's submit_op).
         while unsafe { self.uring.submission().push(&sqe).is_err() } {
             // If the submission queue is full, flush it to the kernel
-            self.submit().expect("Internal error, failed to submit ops");
+            if let Err(err) = self.submit() {
+                // ringlb patch 4: the kernel took none of the queue (it
+                // could not allocate, or the ring is gone). Upstream
+                // panicked here, which `panic = "abort"` turned into the
+                // end of every connection; the operation fails instead,
+                // with that error, as if the kernel had refused it, and
+                // the queue is tried again at the next flush.
+                self.ops.complete(index, failed_completion(index, &err));
+                return index;
+            }
         }
 
         index
@@ -512,6 +532,14 @@ impl Drop for Driver {
                     }
                 }
 
+                // ringlb patch 3: a dropped operation's data (its buffer,
+                // its socket) stays until the kernel is done with it, as
+                // in `complete`: freed before the cancel below completed,
+                // the kernel could still write into it.
+                lc @ (Lifecycle::Ignored(..) | Lifecycle::IgnoredMultishot(..)) => {
+                    *cycle = lc;
+                }
+
                 _ => {
                     // All other states need cancelling.
                     // The mem::replace means these are now marked Ignored.
@@ -521,7 +549,7 @@ impl Drop for Driver {
 
         // Submit cancellation for all ops marked Ignored
         for (id, cycle) in self.ops.lifecycle.iter_mut() {
-            if let Lifecycle::Ignored(..) = cycle {
+            if let Lifecycle::Ignored(..) | Lifecycle::IgnoredMultishot(..) = cycle {
                 unsafe {
                     while self
                         .uring
@@ -551,7 +579,7 @@ impl Drop for Driver {
             // Cycles are either all ignored or complete
             // If there is at least one Ignored still to process, call wait
             match self.ops.lifecycle.get(id) {
-                Some(Lifecycle::Ignored(..)) => {
+                Some(Lifecycle::Ignored(..) | Lifecycle::IgnoredMultishot(..)) => {
                     // If waiting fails, ignore the error. The wait will be attempted
                     // again on the next loop.
                     let _ = self.wait();
@@ -570,6 +598,31 @@ impl Drop for Driver {
             }
         }
     }
+}
+
+/// ringlb patch 4: how often a submission the kernel could not allocate
+/// for (EAGAIN) is tried again before the operation that needed it fails.
+const SUBMIT_RETRIES: u32 = 3;
+
+/// ringlb patch 4: a completion of operation `index` with `err`, for an
+/// operation the kernel never saw.
+fn failed_completion(index: usize, err: &io::Error) -> cqueue::Entry {
+    #[repr(C)]
+    struct RawCqe {
+        user_data: u64,
+        res: i32,
+        flags: u32,
+    }
+    let raw = RawCqe {
+        user_data: index as u64,
+        res: -err.raw_os_error().unwrap_or(libc::EIO),
+        flags: 0,
+    };
+    // SAFETY: `cqueue::Entry` is `#[repr(C)]` around the kernel's
+    // `io_uring_cqe`: a u64, an i32, a u32 and a zero-sized array, which
+    // `RawCqe` matches field for field (transmute checks the sizes), and
+    // every bit pattern of those integers is a valid entry.
+    unsafe { std::mem::transmute::<RawCqe, cqueue::Entry>(raw) }
 }
 
 impl Ops {
