@@ -289,6 +289,71 @@ mod tests {
     use crate::testing::pair;
     use std::io::Write;
 
+    /// The descriptor of this process's one io_uring.
+    fn only_ring_fd() -> std::os::fd::RawFd {
+        let rings: Vec<_> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                (target.to_str()? == "anon_inode:[io_uring]")
+                    .then(|| e.file_name().to_str()?.parse().ok())
+                    .flatten()
+            })
+            .collect();
+        assert_eq!(rings.len(), 1, "one io_uring in this process: {rings:?}");
+        rings[0]
+    }
+
+    #[test]
+    #[ignore = "run in a process of its own by a_failed_submission_fails_its_operation_not_the_process"]
+    fn failed_submission_in_a_process_of_its_own() {
+        let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(8)).unwrap();
+        let last = rt.block_on(async {
+            let (_peer, ours) = pair();
+            // From here every io_uring_enter fails: the ring's descriptor
+            // names /dev/null.
+            let null = std::fs::File::open("/dev/null").unwrap();
+            // SAFETY: both descriptors are open; the ring's mappings stay,
+            // so operations still go into its submission queue, and only
+            // entering the kernel fails, which is what this test wants.
+            let dup = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), only_ring_fd()) };
+            assert!(dup >= 0);
+            // Eight fill the queue; the ninth's push finds it full, and
+            // the flush that would make room fails.
+            let mut pending: Vec<Recv<'_>> =
+                (0..12).map(|_| recv(&ours, vec![0; 1], false)).collect();
+            let (res, _) = pending.pop().unwrap().await;
+            drop(pending);
+            res
+        });
+        assert!(last.is_err(), "the operation failed: {last:?}");
+        // Its ring is gone: nothing to tear down.
+        std::mem::forget(rt);
+        println!("the operation failed and the process lives: {last:?}");
+    }
+
+    #[test]
+    fn a_failed_submission_fails_its_operation_not_the_process() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "uring::recv_send::tests::failed_submission_in_a_process_of_its_own",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("the process lives"),
+            "{}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn recv_with_and_without_poll_first_delivers_bytes_and_eof() {
         tokio_uring::start(async {
