@@ -93,6 +93,16 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Sets the soft open-file limit of a running process (the hard one stays).
+/// The `n`th lowest descriptor number (from 0) that `pid` has free: a
+/// descriptor limit of it leaves `pid` exactly `n` descriptors to open.
+fn free_fd(pid: u32, n: usize) -> usize {
+    let open: std::collections::BTreeSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).filter(|fd| !open.contains(fd)).nth(n).unwrap()
+}
+
 fn set_nofile(pid: u32, limit: usize) {
     let out = std::process::Command::new("prlimit")
         .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
@@ -107,11 +117,16 @@ fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
     let good = Backend::echo();
     let lb = Ringlb::over(&good).workers(1).no_health_checks().start();
     // Room for one proxied connection (two descriptors), then accept hits EMFILE.
-    set_nofile(lb.pid(), fd_count(lb.pid()) + 2);
+    set_nofile(lb.pid(), free_fd(lb.pid(), 2));
     let mut first = lb.connect();
     first.write_all(b"one").unwrap();
     let mut buf = [0u8; 3];
     first.read_exact(&mut buf).unwrap();
+    // No room left at all. The limit is on descriptor numbers, not their
+    // count: one spare number (a descriptor closed since, or held only for a
+    // moment when the limit was set) lets every waiting client be accepted,
+    // and closed for want of a backend socket, without one failed accept.
+    set_nofile(lb.pid(), free_fd(lb.pid(), 0));
     let waiting: Vec<TcpStream> = (0..5).map(|_| lb.connect()).collect();
     wait_until("accept failure logged", || {
         lb.log().contains("accept failed")
