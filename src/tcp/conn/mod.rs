@@ -303,17 +303,8 @@ async fn serve(
     if registry.aborting() {
         relay::teardown(&*client, &*backend);
     }
-    if send_proxy.is_some() || !early.is_empty() {
-        let preamble = Box::pin(send_preamble(
-            send_proxy, &client, &backend, peer, addresses, early,
-        ));
-        if let Err(err) = preamble.await {
-            metrics.backend_errors.inc();
-            let addr = upstream.pool().addr(lease.index());
-            return Closed::early(source, Some(addr), Ended::Error(err));
-        }
-    }
-
+    // The idle timeout and the lifetime run from here: a backend that takes
+    // no byte of the preamble (a zero window) is cut like an idle relay.
     let limits = &fe.limits;
     let timer = Timer::new(
         Instant::now(),
@@ -323,15 +314,41 @@ async fn serve(
     if let Some(timer) = &timer {
         registration.set_timer(timer.clone());
     }
+    let expired = |timer: &Option<Rc<Timer>>| {
+        timer
+            .as_ref()
+            .and_then(|t| t.expired())
+            .map(|expiry| match expiry {
+                Expiry::Idle => Ended::IdleTimeout,
+                Expiry::Lifetime => Ended::Lifetime,
+            })
+    };
+    if send_proxy.is_some() || !early.is_empty() {
+        let preamble = Box::pin(send_preamble(
+            send_proxy, &client, &backend, peer, addresses, early,
+        ));
+        if let Err(err) = preamble.await {
+            let addr = upstream.pool().addr(lease.index());
+            let ended = match expired(&timer) {
+                Some(ended) => {
+                    metrics.timeouts.inc();
+                    ended
+                }
+                None => {
+                    metrics.backend_errors.inc();
+                    Ended::Error(err)
+                }
+            };
+            return Closed::early(source, Some(addr), ended);
+        }
+    }
+
     let track = timer
         .as_ref()
         .filter(|_| limits.idle_timeout.is_some())
         .map(|t| &t.activity);
     let outcome = relay(&client, &backend, &fe.buffers, track).await;
-    let timed_out = timer.and_then(|t| t.expired()).map(|expiry| match expiry {
-        Expiry::Idle => Ended::IdleTimeout,
-        Expiry::Lifetime => Ended::Lifetime,
-    });
+    let timed_out = expired(&timer);
 
     count(metrics, upstream, index, &outcome, timed_out.is_some());
     if timed_out.is_none() && !registry.aborting() {
