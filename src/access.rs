@@ -44,6 +44,31 @@ pub(crate) fn check(fe: &FrontendConfig, peer: IpAddr) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The rules of `fe` that look as if they held IPv4 clients of its dual-stack
+/// (`[::]`) listener but never do: IPv6 networks that cover IPv4-mapped
+/// addresses (`::ffff:0:0/96`, such as `::/0`), while those clients are
+/// matched as the IPv4 addresses they are. Each with its key.
+pub(crate) fn unmatched_v4_rules(fe: &FrontendConfig) -> Vec<(&'static str, IpNet)> {
+    let dual_stack = matches!(fe.listen.ip(), IpAddr::V6(ip) if ip.is_unspecified());
+    if !dual_stack {
+        return Vec::new();
+    }
+    let mapped: IpNet = "::ffff:0:0/96".parse().expect("a valid network");
+    let overlaps = |net: &IpNet| net.contains(&mapped) || mapped.contains(net);
+    [
+        ("allow", &fe.allow),
+        ("deny", &fe.deny),
+        ("accept-proxy-from", &fe.accept_proxy_from),
+    ]
+    .into_iter()
+    .flat_map(|(key, nets)| {
+        nets.iter()
+            .filter(|net| matches!(net, IpNet::V6(_)) && overlaps(net))
+            .map(move |net| (key, *net))
+    })
+    .collect()
+}
+
 /// Whether any of `nets` holds `ip` (already canonical).
 fn matches(nets: &[IpNet], ip: IpAddr) -> bool {
     nets.iter().any(|net| net.contains(&ip))
@@ -69,6 +94,26 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_rules_over_mapped_addresses_are_named_on_a_dual_stack_listener() {
+        let mut fe = frontend(&["--allow", "::/0", "--deny", "2001:db8::/32"]);
+        // A client 10.1.2.3 of [::] arrives as ::ffff:10.1.2.3 and is
+        // matched as 10.1.2.3: `::/0` does not hold it.
+        assert_eq!(check(&fe, ip("::ffff:10.1.2.3")), Err(Refusal::Source));
+        assert!(unmatched_v4_rules(&fe).is_empty(), "not dual-stack");
+        fe.listen = "[::]:8080".parse().unwrap();
+        let named: Vec<String> = unmatched_v4_rules(&fe)
+            .iter()
+            .map(|(key, net)| format!("{key} {net}"))
+            .collect();
+        assert_eq!(named, ["allow ::/0"]);
+        // A rule inside the mapped range is an IPv4 rule already.
+        let mut fe = frontend(&["--deny", "::ffff:10.0.0.0/104"]);
+        fe.listen = "[::]:8080".parse().unwrap();
+        assert!(unmatched_v4_rules(&fe).is_empty());
+        assert_eq!(check(&fe, ip("::ffff:10.1.2.3")), Err(Refusal::Source));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use signal_hook::iterator::Signals;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::access;
 use crate::admin::{self, AdminError};
 use crate::backend::discovery::{Discovery, DiscoveryError};
 use crate::ceiling::{self, Ceiling};
@@ -344,6 +345,13 @@ pub fn run(
 /// the bound address is known even for port 0; and one per frontend removed.
 fn log_frontends(generation: &Generation, previous: Option<&Generation>) {
     for fe in &generation.frontends {
+        for (key, net) in access::unmatched_v4_rules(&fe.config) {
+            warn!(
+                frontend = %fe.config.name,
+                "{key} rule {net} never matches IPv4 clients of the dual-stack listener {}: they are matched as IPv4 addresses (add the IPv4 network, e.g. 0.0.0.0/0, to the rule)",
+                fe.config.listen
+            );
+        }
         let kept = previous
             .and_then(|p| p.frontend(&fe.config.name))
             .is_some_and(|old| Arc::ptr_eq(&old.listeners, &fe.listeners));

@@ -131,3 +131,20 @@ fn reload_changes_the_rules() {
     });
     assert!(served_from("127.0.0.3", addr, b""));
 }
+
+#[test]
+fn an_ipv6_rule_that_ipv4_clients_never_match_is_warned_about() {
+    let backend = Backend::echo();
+    // IPv4 clients of [::] are matched as IPv4: `::/0` never holds them.
+    let lb = Ringlb::over(&backend)
+        .arg("--listen", "[::]:0")
+        .arg("--allow", "::/0")
+        .start();
+    let log = lb.log();
+    assert!(
+        log.contains("allow rule ::/0 never matches IPv4 clients of the dual-stack listener"),
+        "{log}"
+    );
+    let v4: SocketAddr = ([127, 0, 0, 1], lb.addr.port()).into();
+    assert!(!served_from("127.0.0.1", v4, b"x"));
+}
