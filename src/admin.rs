@@ -20,11 +20,13 @@
 //! everything it holds is bounded: at most [`MAX_CONNECTIONS`] connections
 //! (past that it stops accepting and new ones wait in the listen backlog,
 //! except that the connection idle longest is closed to make room), request
-//! heads up to [`MAX_HEAD_BYTES`] (431 past it), bodies up to
-//! [`MAX_BODY_BYTES`] (413), and [`HEAD_TIMEOUT`] to send a request head,
-//! counted from when the server starts waiting for one (so it is also the
-//! keep-alive idle timeout). A failing accept (EMFILE...) backs off and
-//! retries; the accept loop never ends.
+//! heads up to [`MAX_HEAD_BYTES`] (431 past it), [`HEAD_TIMEOUT`] to send a
+//! request head, counted from when the server starts waiting for one (so it
+//! is also the keep-alive idle timeout), and a body only on `PATCH`, up to
+//! [`MAX_BODY_BYTES`] (413) within [`BODY_TIMEOUT`] (408). Whatever the head
+//! alone refuses (auth, method, a body on a `GET`: 400) is refused before a
+//! byte of body is read. A failing accept (EMFILE...) backs off and retries;
+//! the accept loop never ends.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -65,6 +67,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time a client has to send a whole request head, from when the server
 /// starts waiting for it: after connecting and between keep-alive requests.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to send a `PATCH` body, from when its head is parsed;
+/// 408 past it. No other request may carry a body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending connections the kernel holds while the server is at its cap.
 const LISTEN_BACKLOG: i32 = 1024;
 /// First and longest pause after a failed accept.
@@ -327,8 +332,47 @@ impl Conns {
 }
 
 /// Answers one request whose head hyper has parsed within the limits.
+/// Everything the head alone can refuse (auth, method, a body where none
+/// belongs) is refused before a byte of body is
+/// read, so a client announcing a body it never sends holds nothing; the
+/// only body read, a `PATCH`'s, has [`BODY_TIMEOUT`] to arrive.
 async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     let (head, body) = request.into_parts();
+    let has_body = !body.is_end_stream();
+    let mut response = match refusal(&head, has_body, state) {
+        Some(refusal) => refusal,
+        None => {
+            let generation = state.generations.borrow().clone();
+            let path = head.uri.path();
+            let (status, content_type, body) = if head.method == Method::PATCH {
+                match read_body(body).await {
+                    Ok(body) => patch(path, &body, &generation),
+                    Err((status, reason)) => (status, "text/plain", reason),
+                }
+            } else {
+                get(path, &generation, state)
+            };
+            reply(status, content_type, body)
+        }
+    };
+    if has_body && !response.status().is_success() {
+        // The body may be unread, or read only in part: the connection
+        // cannot carry another request.
+        response
+            .headers_mut()
+            .insert(CONNECTION, "close".parse().unwrap());
+    }
+    response
+}
+
+/// The answer refusing the request, judged from its head alone; `None` if
+/// it may go on to be served.
+fn refusal(
+    head: &hyper::http::request::Parts,
+    has_body: bool,
+    state: &State,
+) -> Option<Response<Full<Bytes>>> {
+    let refuse = |status, text: String| Some(reply(status, "text/plain", text));
     let open = head.method == Method::GET && matches!(head.uri.path(), "/metrics" | "/healthz");
     if let Some(token) = &state.token {
         if !open && !bearer_matches(&head.headers, token) {
@@ -340,24 +384,64 @@ async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Byte
             response
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, "Bearer".parse().unwrap());
-            return response;
+            return Some(response);
         }
     }
-    if body.size_hint().lower() > MAX_BODY_BYTES as u64 {
-        return too_large();
-    }
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(err) if err.is::<LengthLimitError>() => return too_large(),
-        Err(err) => {
-            debug!(%err, "admin request body unreadable");
-            return reply(StatusCode::BAD_REQUEST, "text/plain", "bad body\n".into());
+    if !head.uri.path().starts_with("/frontends/") {
+        if head.method != Method::GET {
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is supported\n".into(),
+            );
         }
+        if has_body {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad request: a GET takes no body\n".into(),
+            );
+        }
+        return None;
+    }
+    if head.method != Method::PATCH {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only PATCH is supported here\n".into(),
+        );
+    }
+    if !state.may_change {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden: changes need an admin token (admin-token-file) when the admin endpoint listens on a non-loopback address\n".into(),
+        );
+    }
+    None
+}
+
+/// A `PATCH` body, up to [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`]; the
+/// refusal's status and one-line reason otherwise.
+async fn read_body(body: Incoming) -> Result<Bytes, (StatusCode, String)> {
+    let too_large = || {
+        let reason = format!("request body over {MAX_BODY_BYTES} bytes\n");
+        (StatusCode::PAYLOAD_TOO_LARGE, reason)
     };
-    let generation = state.generations.borrow().clone();
-    let path = head.uri.path();
-    let (status, content_type, body) = route(&head.method, path, &body, &generation, state);
-    reply(status, content_type, body)
+    if body.size_hint().lower() > MAX_BODY_BYTES as u64 {
+        return Err(too_large());
+    }
+    // Reading through epoll: dropping the read at the deadline is clean.
+    let read = Limited::new(body, MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(err)) if err.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(err)) => {
+            debug!(%err, "admin request body unreadable");
+            Err((StatusCode::BAD_REQUEST, "bad body\n".into()))
+        }
+        Err(_) => {
+            let secs = BODY_TIMEOUT.as_secs();
+            let reason = format!("request body not received within {secs} s\n");
+            Err((StatusCode::REQUEST_TIMEOUT, reason))
+        }
+    }
 }
 
 /// Whether `headers` carry `Authorization: Bearer TOKEN` with this token,
@@ -380,19 +464,6 @@ fn bearer_matches(headers: &HeaderMap, token: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn too_large() -> Response<Full<Bytes>> {
-    let mut response = reply(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "text/plain",
-        format!("request body over {MAX_BODY_BYTES} bytes\n"),
-    );
-    // The rest of the body is unread: the connection cannot carry another request.
-    response
-        .headers_mut()
-        .insert(CONNECTION, "close".parse().unwrap());
-    response
-}
-
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -402,38 +473,8 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     response
 }
 
-/// Answers one request: status, content type, body.
-fn route(
-    method: &Method,
-    path: &str,
-    body: &[u8],
-    generation: &Generation,
-    state: &State,
-) -> (StatusCode, &'static str, String) {
-    if path.starts_with("/frontends/") {
-        if method != Method::PATCH {
-            return (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "only PATCH is supported here\n".into(),
-            );
-        }
-        if !state.may_change {
-            return (
-                StatusCode::FORBIDDEN,
-                "text/plain",
-                "forbidden: changes need an admin token (admin-token-file) when the admin endpoint listens on a non-loopback address\n".into(),
-            );
-        }
-        return patch(path, body, generation);
-    }
-    if method != Method::GET {
-        return (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET is supported\n".into(),
-        );
-    }
+/// Answers a `GET` that [`refusal`] let through: status, content type, body.
+fn get(path: &str, generation: &Generation, state: &State) -> (StatusCode, &'static str, String) {
     match path {
         "/metrics" => (
             StatusCode::OK,
