@@ -14,7 +14,8 @@
 //! probe without credentials) must carry `Authorization: Bearer TOKEN`,
 //! compared in constant time, else 401. Without one, changes are refused
 //! (403) unless the endpoint listens on a loopback address, where only local
-//! users reach it.
+//! users reach it, and the request names it (`Host`) by an IP address or
+//! `localhost`, which a DNS-rebinding page in a local browser cannot.
 //!
 //! Whatever its clients do, it must not take resources from the proxy, so
 //! everything it holds is bounded: at most [`MAX_CONNECTIONS`] connections
@@ -29,7 +30,7 @@
 //! the accept loop never ends.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{HeaderMap, AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderMap, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -333,7 +334,7 @@ impl Conns {
 
 /// Answers one request whose head hyper has parsed within the limits.
 /// Everything the head alone can refuse (auth, method, a body where none
-/// belongs) is refused before a byte of body is
+/// belongs, the `Host` of a change) is refused before a byte of body is
 /// read, so a client announcing a body it never sends holds nothing; the
 /// only body read, a `PATCH`'s, has [`BODY_TIMEOUT`] to arrive.
 async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
@@ -414,7 +415,55 @@ fn refusal(
             "forbidden: changes need an admin token (admin-token-file) when the admin endpoint listens on a non-loopback address\n".into(),
         );
     }
+    if state.token.is_none() {
+        if let Err(host) = names_this_machine(head) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("forbidden: without an admin token, a change must name this endpoint by IP address or localhost, not by {host} (a guard against DNS rebinding)\n"),
+            );
+        }
+    }
     None
+}
+
+/// Whether the request names its server (its `Host`, and the authority of
+/// an absolute URI if it has one) by an IP literal or `localhost`, each
+/// with an optional port: a name a DNS-rebinding page cannot make a
+/// browser send to us. What it gives otherwise, for the refusal.
+fn names_this_machine(head: &hyper::http::request::Parts) -> Result<(), String> {
+    let Some(host) = head.headers.get(HOST) else {
+        return Err("no Host header".into());
+    };
+    let host = String::from_utf8_lossy(host.as_bytes());
+    if !is_ip_or_localhost(&host) {
+        return Err(format!("Host {host:?}"));
+    }
+    match head.uri.authority() {
+        Some(authority) if !is_ip_or_localhost(authority.as_str()) => {
+            Err(format!("the URI's authority {:?}", authority.as_str()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `127.0.0.1`, `[::1]`, `localhost` (any case), each with an optional `:PORT`.
+fn is_ip_or_localhost(host: &str) -> bool {
+    let (name_ok, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) => (v6.parse::<Ipv6Addr>().is_ok(), port),
+            None => return false,
+        },
+        None => {
+            let (name, port) = host.find(':').map_or((host, ""), |i| host.split_at(i));
+            let ok = name.parse::<Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost");
+            (ok, port)
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+        });
+    name_ok && port_ok
 }
 
 /// A `PATCH` body, up to [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`]; the
@@ -740,6 +789,42 @@ mod tests {
         assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
         assert_eq!(percent_decode("bad%4"), None);
         assert_eq!(percent_decode("bad%zz"), None);
+    }
+
+    #[test]
+    fn only_ip_literals_and_localhost_name_this_machine() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:9900",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:9900",
+            "[2001:db8::7]:1",
+            "localhost",
+            "LOCALHOST:9900",
+            "localhost:65535",
+        ] {
+            assert!(is_ip_or_localhost(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:1234",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "127.1",
+            "::1",
+            "[::1",
+            "[evil.example]:80",
+            "[::1]x",
+            "localhost:",
+            "localhost:+80",
+            "localhost:65536",
+            "localhost:80:80",
+            "localhost.",
+        ] {
+            assert!(!is_ip_or_localhost(host), "{host}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! reference parser of the Prometheus text format (Python's
 //! `prometheus_client`) with a frontend name that needs escaping, and the
 //! endpoint's limits: thousands of idle connections, a 64 MiB header,
-//! garbage, large bodies, bodies that never come and idle timeouts.
+//! garbage, large bodies, bodies that never come, idle timeouts, and the
+//! `Host` a change must name when no token guards it.
 
 mod common;
 
@@ -419,4 +420,60 @@ fn patch_bodies_that_never_come_are_cut_off() {
     let (_, backends) = http_get(admin, "/backends");
     let backends: serde_json::Value = serde_json::from_str(&backends).unwrap();
     assert_eq!(backends[0]["state"], "ready", "{backends}");
+}
+
+#[test]
+fn without_a_token_changes_need_an_ip_or_localhost_as_host() {
+    let (_lb, backend, admin) = with_admin();
+    let path = format!("/frontends/default/backends/{}", backend.arg());
+    // `host` is the whole Host line, or none.
+    let patch = |host: &str, state: &str| {
+        let body = format!("{{\"state\":\"{state}\"}}");
+        let request = format!(
+            "PATCH {path} HTTP/1.1\r\n{host}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = exchange(admin, request.as_bytes());
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status_of(&answer), body.to_string())
+    };
+    let state = || {
+        let (_, backends) = http_get(admin, "/backends");
+        let backends: serde_json::Value = serde_json::from_str(&backends).unwrap();
+        backends[0]["state"].as_str().unwrap().to_string()
+    };
+
+    // What a DNS-rebinding page in a local browser would send.
+    for host in [
+        "Host: evil.example:1234\r\n",
+        "Host: evil.example\r\n",
+        "Host: localhost.evil.example\r\n",
+        "Host: 127.0.0.1.evil.example\r\n",
+        "Host: localhost:x\r\n",
+        "",
+    ] {
+        let (status, reason) = patch(host, "maint");
+        assert_eq!(status, 403, "{host:?}: {reason}");
+        assert!(reason.contains("Host"), "{host:?}: {reason}");
+        assert_eq!(reason.trim_end().lines().count(), 1, "{host:?}: {reason}");
+        assert_eq!(state(), "ready", "{host:?} changed the backend");
+    }
+    // Reading stays open to any Host.
+    let answer = exchange(
+        admin,
+        b"GET /backends HTTP/1.1\r\nHost: evil.example:1234\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 200, "{answer}");
+
+    let port = admin.port();
+    for (host, to) in [
+        (format!("Host: 127.0.0.1:{port}\r\n"), "drain"),
+        ("Host: localhost\r\n".to_string(), "maint"),
+        (format!("Host: LocalHost:{port}\r\n"), "drain"),
+        (format!("Host: [::1]:{port}\r\n"), "ready"),
+    ] {
+        let (status, answer) = patch(&host, to);
+        assert_eq!(status, 200, "{host:?}: {answer}");
+        assert_eq!(state(), to, "{host:?}");
+    }
 }
