@@ -14,20 +14,23 @@
 //! probe without credentials) must carry `Authorization: Bearer TOKEN`,
 //! compared in constant time, else 401. Without one, changes are refused
 //! (403) unless the endpoint listens on a loopback address, where only local
-//! users reach it.
+//! users reach it, and the request names it (`Host`) by an IP address or
+//! `localhost`, which a DNS-rebinding page in a local browser cannot.
 //!
 //! Whatever its clients do, it must not take resources from the proxy, so
 //! everything it holds is bounded: at most [`MAX_CONNECTIONS`] connections
 //! (past that it stops accepting and new ones wait in the listen backlog,
 //! except that the connection idle longest is closed to make room), request
-//! heads up to [`MAX_HEAD_BYTES`] (431 past it), bodies up to
-//! [`MAX_BODY_BYTES`] (413), and [`HEAD_TIMEOUT`] to send a request head,
-//! counted from when the server starts waiting for one (so it is also the
-//! keep-alive idle timeout). A failing accept (EMFILE...) backs off and
-//! retries; the accept loop never ends.
+//! heads up to [`MAX_HEAD_BYTES`] (431 past it), [`HEAD_TIMEOUT`] to send a
+//! request head, counted from when the server starts waiting for one (so it
+//! is also the keep-alive idle timeout), and a body only on `PATCH`, up to
+//! [`MAX_BODY_BYTES`] (413) within [`BODY_TIMEOUT`] (408). Whatever the head
+//! alone refuses (auth, method, a body on a `GET`: 400) is refused before a
+//! byte of body is read. A failing accept (EMFILE...) backs off and retries;
+//! the accept loop never ends.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{HeaderMap, AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderMap, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -65,6 +68,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time a client has to send a whole request head, from when the server
 /// starts waiting for it: after connecting and between keep-alive requests.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to send a `PATCH` body, from when its head is parsed;
+/// 408 past it. No other request may carry a body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending connections the kernel holds while the server is at its cap.
 const LISTEN_BACKLOG: i32 = 1024;
 /// First and longest pause after a failed accept.
@@ -327,8 +333,47 @@ impl Conns {
 }
 
 /// Answers one request whose head hyper has parsed within the limits.
+/// Everything the head alone can refuse (auth, method, a body where none
+/// belongs, the `Host` of a change) is refused before a byte of body is
+/// read, so a client announcing a body it never sends holds nothing; the
+/// only body read, a `PATCH`'s, has [`BODY_TIMEOUT`] to arrive.
 async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     let (head, body) = request.into_parts();
+    let has_body = !body.is_end_stream();
+    let mut response = match refusal(&head, has_body, state) {
+        Some(refusal) => refusal,
+        None => {
+            let generation = state.generations.borrow().clone();
+            let path = head.uri.path();
+            let (status, content_type, body) = if head.method == Method::PATCH {
+                match read_body(body).await {
+                    Ok(body) => patch(path, &body, &generation),
+                    Err((status, reason)) => (status, "text/plain", reason),
+                }
+            } else {
+                get(path, &generation, state)
+            };
+            reply(status, content_type, body)
+        }
+    };
+    if has_body && !response.status().is_success() {
+        // The body may be unread, or read only in part: the connection
+        // cannot carry another request.
+        response
+            .headers_mut()
+            .insert(CONNECTION, "close".parse().unwrap());
+    }
+    response
+}
+
+/// The answer refusing the request, judged from its head alone; `None` if
+/// it may go on to be served.
+fn refusal(
+    head: &hyper::http::request::Parts,
+    has_body: bool,
+    state: &State,
+) -> Option<Response<Full<Bytes>>> {
+    let refuse = |status, text: String| Some(reply(status, "text/plain", text));
     let open = head.method == Method::GET && matches!(head.uri.path(), "/metrics" | "/healthz");
     if let Some(token) = &state.token {
         if !open && !bearer_matches(&head.headers, token) {
@@ -340,24 +385,112 @@ async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Byte
             response
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, "Bearer".parse().unwrap());
-            return response;
+            return Some(response);
         }
     }
-    if body.size_hint().lower() > MAX_BODY_BYTES as u64 {
-        return too_large();
+    if !head.uri.path().starts_with("/frontends/") {
+        if head.method != Method::GET {
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is supported\n".into(),
+            );
+        }
+        if has_body {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad request: a GET takes no body\n".into(),
+            );
+        }
+        return None;
     }
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(err) if err.is::<LengthLimitError>() => return too_large(),
-        Err(err) => {
-            debug!(%err, "admin request body unreadable");
-            return reply(StatusCode::BAD_REQUEST, "text/plain", "bad body\n".into());
+    if head.method != Method::PATCH {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only PATCH is supported here\n".into(),
+        );
+    }
+    if !state.may_change {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden: changes need an admin token (admin-token-file) when the admin endpoint listens on a non-loopback address\n".into(),
+        );
+    }
+    if state.token.is_none() {
+        if let Err(host) = names_this_machine(head) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("forbidden: without an admin token, a change must name this endpoint by IP address or localhost, not by {host} (a guard against DNS rebinding)\n"),
+            );
+        }
+    }
+    None
+}
+
+/// Whether the request names its server (its `Host`, and the authority of
+/// an absolute URI if it has one) by an IP literal or `localhost`, each
+/// with an optional port: a name a DNS-rebinding page cannot make a
+/// browser send to us. What it gives otherwise, for the refusal.
+fn names_this_machine(head: &hyper::http::request::Parts) -> Result<(), String> {
+    let Some(host) = head.headers.get(HOST) else {
+        return Err("no Host header".into());
+    };
+    let host = String::from_utf8_lossy(host.as_bytes());
+    if !is_ip_or_localhost(&host) {
+        return Err(format!("Host {host:?}"));
+    }
+    match head.uri.authority() {
+        Some(authority) if !is_ip_or_localhost(authority.as_str()) => {
+            Err(format!("the URI's authority {:?}", authority.as_str()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `127.0.0.1`, `[::1]`, `localhost` (any case), each with an optional `:PORT`.
+fn is_ip_or_localhost(host: &str) -> bool {
+    let (name_ok, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) => (v6.parse::<Ipv6Addr>().is_ok(), port),
+            None => return false,
+        },
+        None => {
+            let (name, port) = host.find(':').map_or((host, ""), |i| host.split_at(i));
+            let ok = name.parse::<Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost");
+            (ok, port)
         }
     };
-    let generation = state.generations.borrow().clone();
-    let path = head.uri.path();
-    let (status, content_type, body) = route(&head.method, path, &body, &generation, state);
-    reply(status, content_type, body)
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+        });
+    name_ok && port_ok
+}
+
+/// A `PATCH` body, up to [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`]; the
+/// refusal's status and one-line reason otherwise.
+async fn read_body(body: Incoming) -> Result<Bytes, (StatusCode, String)> {
+    let too_large = || {
+        let reason = format!("request body over {MAX_BODY_BYTES} bytes\n");
+        (StatusCode::PAYLOAD_TOO_LARGE, reason)
+    };
+    if body.size_hint().lower() > MAX_BODY_BYTES as u64 {
+        return Err(too_large());
+    }
+    // Reading through epoll: dropping the read at the deadline is clean.
+    let read = Limited::new(body, MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(err)) if err.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(err)) => {
+            debug!(%err, "admin request body unreadable");
+            Err((StatusCode::BAD_REQUEST, "bad body\n".into()))
+        }
+        Err(_) => {
+            let secs = BODY_TIMEOUT.as_secs();
+            let reason = format!("request body not received within {secs} s\n");
+            Err((StatusCode::REQUEST_TIMEOUT, reason))
+        }
+    }
 }
 
 /// Whether `headers` carry `Authorization: Bearer TOKEN` with this token,
@@ -380,19 +513,6 @@ fn bearer_matches(headers: &HeaderMap, token: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn too_large() -> Response<Full<Bytes>> {
-    let mut response = reply(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "text/plain",
-        format!("request body over {MAX_BODY_BYTES} bytes\n"),
-    );
-    // The rest of the body is unread: the connection cannot carry another request.
-    response
-        .headers_mut()
-        .insert(CONNECTION, "close".parse().unwrap());
-    response
-}
-
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -402,38 +522,8 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     response
 }
 
-/// Answers one request: status, content type, body.
-fn route(
-    method: &Method,
-    path: &str,
-    body: &[u8],
-    generation: &Generation,
-    state: &State,
-) -> (StatusCode, &'static str, String) {
-    if path.starts_with("/frontends/") {
-        if method != Method::PATCH {
-            return (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "only PATCH is supported here\n".into(),
-            );
-        }
-        if !state.may_change {
-            return (
-                StatusCode::FORBIDDEN,
-                "text/plain",
-                "forbidden: changes need an admin token (admin-token-file) when the admin endpoint listens on a non-loopback address\n".into(),
-            );
-        }
-        return patch(path, body, generation);
-    }
-    if method != Method::GET {
-        return (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET is supported\n".into(),
-        );
-    }
+/// Answers a `GET` that [`refusal`] let through: status, content type, body.
+fn get(path: &str, generation: &Generation, state: &State) -> (StatusCode, &'static str, String) {
     match path {
         "/metrics" => (
             StatusCode::OK,
@@ -699,6 +789,42 @@ mod tests {
         assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
         assert_eq!(percent_decode("bad%4"), None);
         assert_eq!(percent_decode("bad%zz"), None);
+    }
+
+    #[test]
+    fn only_ip_literals_and_localhost_name_this_machine() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:9900",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:9900",
+            "[2001:db8::7]:1",
+            "localhost",
+            "LOCALHOST:9900",
+            "localhost:65535",
+        ] {
+            assert!(is_ip_or_localhost(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:1234",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "127.1",
+            "::1",
+            "[::1",
+            "[evil.example]:80",
+            "[::1]x",
+            "localhost:",
+            "localhost:+80",
+            "localhost:65536",
+            "localhost:80:80",
+            "localhost.",
+        ] {
+            assert!(!is_ip_or_localhost(host), "{host}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! reference parser of the Prometheus text format (Python's
 //! `prometheus_client`) with a frontend name that needs escaping, and the
 //! endpoint's limits: thousands of idle connections, a 64 MiB header,
-//! garbage, large bodies and idle timeouts.
+//! garbage, large bodies, bodies that never come, idle timeouts, and the
+//! `Host` a change must name when no token guards it.
 
 mod common;
 
@@ -135,6 +136,31 @@ fn exchange(admin: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&read_to_end(&mut conn)).into_owned()
 }
 
+/// The status code of an HTTP answer.
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+/// The admin endpoint's connection cap (`admin::MAX_CONNECTIONS`, private to
+/// the crate).
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// More connections than the admin endpoint serves at once, each having sent
+/// `request` (a head announcing a body that never comes) and gone silent.
+fn hold_silent(admin: SocketAddr, request: &str) -> Vec<TcpStream> {
+    (0..ADMIN_CONNECTIONS + 16)
+        .map(|_| {
+            let mut conn = client(admin);
+            conn.write_all(request.as_bytes()).unwrap();
+            conn
+        })
+        .collect()
+}
+
 /// One round through the proxy.
 fn relays(lb: &Ringlb) {
     assert_eq!(echo_once(lb, b"still relaying").unwrap(), b"still relaying");
@@ -157,15 +183,8 @@ fn open_fds(pid: u32) -> usize {
 
 #[test]
 fn garbage_methods_and_large_bodies_get_their_status() {
-    let (_lb, _backend, admin) = with_admin();
-    let status = |request: &[u8]| {
-        let answer = exchange(admin, request);
-        answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or_else(|| panic!("no status line in {answer:?}"))
-    };
+    let (_lb, backend, admin) = with_admin();
+    let status = |request: &[u8]| status_of(&exchange(admin, request));
     assert_eq!(
         status(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"),
         400
@@ -178,13 +197,27 @@ fn garbage_methods_and_large_bodies_get_their_status() {
         status(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
         405
     );
+    // A GET takes no body: refused from its head, however small the body.
+    for length in [5, 10_000_000] {
+        let request =
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\nhello");
+        assert_eq!(status(request.as_bytes()), 400, "Content-Length: {length}");
+    }
     assert_eq!(
-        status(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"),
+        status(b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        400
+    );
+    // A PATCH body over the limit: refused from its length when it announces
+    // one, counted as it comes when chunked.
+    let patch = format!(
+        "PATCH /frontends/default/backends/{} HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        backend.arg()
+    );
+    assert_eq!(
+        status(format!("{patch}Content-Length: 10000000\r\n\r\n").as_bytes()),
         413
     );
-    // A chunked body announces no length: it is counted as it comes.
-    let mut chunked =
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked = format!("{patch}Transfer-Encoding: chunked\r\n\r\n").into_bytes();
     for _ in 0..80 {
         chunked.extend_from_slice(b"400\r\n");
         chunked.extend_from_slice(&[b'b'; 1024]);
@@ -192,11 +225,6 @@ fn garbage_methods_and_large_bodies_get_their_status() {
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
     assert_eq!(status(&chunked), 413);
-    // Within the limit, a body is read and ignored.
-    assert_eq!(
-        status(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"),
-        200
-    );
     assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".to_string()));
 }
 
@@ -352,4 +380,100 @@ fn the_accept_loop_survives_running_out_of_fds() {
         warnings <= 3,
         "{warnings} warnings: the throttle allows one a second"
     );
+}
+
+#[test]
+fn get_bodies_that_never_come_do_not_hold_the_admin_endpoint() {
+    let (lb, _backend, admin) = with_admin();
+    // As in the incident: more than the cap, each announcing 64 KiB that never come.
+    let silent = hold_silent(
+        admin,
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 65536\r\n\r\n",
+    );
+    // Held, they would take every slot until their clients leave: /healthz
+    // and /metrics would never answer (http_get gives up after PATIENCE).
+    assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(http_get(admin, "/metrics").0, 200);
+    // Each was refused from its head, without waiting for its body, and closed.
+    for mut conn in silent {
+        let answer = String::from_utf8_lossy(&read_to_end(&mut conn)).into_owned();
+        assert_eq!(status_of(&answer), 400, "{answer}");
+        assert!(answer.contains("no body"), "{answer}");
+    }
+    relays(&lb);
+}
+
+#[test]
+fn patch_bodies_that_never_come_are_cut_off() {
+    let (_lb, backend, admin) = with_admin();
+    let head = format!(
+        "PATCH /frontends/default/backends/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{{\"state\":",
+        backend.arg()
+    );
+    let silent = hold_silent(admin, &head);
+    // They have a few seconds for their bodies, then make room.
+    assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".to_string()));
+    for mut conn in silent {
+        let answer = String::from_utf8_lossy(&read_to_end(&mut conn)).into_owned();
+        assert_eq!(status_of(&answer), 408, "{answer}");
+    }
+    let (_, backends) = http_get(admin, "/backends");
+    let backends: serde_json::Value = serde_json::from_str(&backends).unwrap();
+    assert_eq!(backends[0]["state"], "ready", "{backends}");
+}
+
+#[test]
+fn without_a_token_changes_need_an_ip_or_localhost_as_host() {
+    let (_lb, backend, admin) = with_admin();
+    let path = format!("/frontends/default/backends/{}", backend.arg());
+    // `host` is the whole Host line, or none.
+    let patch = |host: &str, state: &str| {
+        let body = format!("{{\"state\":\"{state}\"}}");
+        let request = format!(
+            "PATCH {path} HTTP/1.1\r\n{host}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = exchange(admin, request.as_bytes());
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status_of(&answer), body.to_string())
+    };
+    let state = || {
+        let (_, backends) = http_get(admin, "/backends");
+        let backends: serde_json::Value = serde_json::from_str(&backends).unwrap();
+        backends[0]["state"].as_str().unwrap().to_string()
+    };
+
+    // What a DNS-rebinding page in a local browser would send.
+    for host in [
+        "Host: evil.example:1234\r\n",
+        "Host: evil.example\r\n",
+        "Host: localhost.evil.example\r\n",
+        "Host: 127.0.0.1.evil.example\r\n",
+        "Host: localhost:x\r\n",
+        "",
+    ] {
+        let (status, reason) = patch(host, "maint");
+        assert_eq!(status, 403, "{host:?}: {reason}");
+        assert!(reason.contains("Host"), "{host:?}: {reason}");
+        assert_eq!(reason.trim_end().lines().count(), 1, "{host:?}: {reason}");
+        assert_eq!(state(), "ready", "{host:?} changed the backend");
+    }
+    // Reading stays open to any Host.
+    let answer = exchange(
+        admin,
+        b"GET /backends HTTP/1.1\r\nHost: evil.example:1234\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 200, "{answer}");
+
+    let port = admin.port();
+    for (host, to) in [
+        (format!("Host: 127.0.0.1:{port}\r\n"), "drain"),
+        ("Host: localhost\r\n".to_string(), "maint"),
+        (format!("Host: LocalHost:{port}\r\n"), "drain"),
+        (format!("Host: [::1]:{port}\r\n"), "ready"),
+    ] {
+        let (status, answer) = patch(&host, to);
+        assert_eq!(status, 200, "{host:?}: {answer}");
+        assert_eq!(state(), to, "{host:?}");
+    }
 }

@@ -598,7 +598,8 @@ pub fn http_request(
     body: &str,
 ) -> (u16, String) {
     let mut conn = client(addr);
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: ringlb\r\nConnection: close\r\n");
+    // The address it connects to, as curl sends it.
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
