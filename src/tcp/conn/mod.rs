@@ -492,7 +492,7 @@ async fn read_prefix<T, E>(
     timeout: Duration,
     mut got: Vec<u8>,
     max: usize,
-    judge: impl Fn(&[u8]) -> Result<Option<T>, E>,
+    mut judge: impl FnMut(&[u8]) -> Result<Option<T>, E>,
 ) -> Result<(T, Vec<u8>), ReadError<E>> {
     let read = async {
         loop {
@@ -527,8 +527,11 @@ async fn read_client_hello(
     timeout: Duration,
     early: Vec<u8>,
 ) -> Result<(ClientHello, Vec<u8>), HelloError> {
+    // Judged as it grows: each record is looked at once, however many
+    // reads it took.
+    let mut reading = tls::Reading::default();
     read_prefix(client, timeout, early, tls::MAX_BUFFER, |got| {
-        tls::parse(got).map(|parsed| match parsed {
+        reading.judge(got).map(|parsed| match parsed {
             tls::Parsed::Incomplete => None,
             tls::Parsed::Complete(hello) => Some(hello),
         })
