@@ -22,7 +22,7 @@
 //! error) leaves it serving untouched while the new one exits with one line.
 
 use std::fs;
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -33,9 +33,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-};
+use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -603,37 +601,82 @@ fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives `count` descriptors sent by [`send_fds`].
+/// Receives `count` descriptors sent by [`send_fds`]. Every descriptor the
+/// kernel installs is owned at once, so on any failure all of them close.
 fn receive_fds(stream: &UnixStream, count: usize) -> io::Result<Vec<OwnedFd>> {
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
         let mut byte = [0u8; 1];
-        let mut space = nix::cmsg_space!([RawFd; FDS_PER_MESSAGE]);
-        let mut iov = [IoSliceMut::new(&mut byte)];
-        let msg = recvmsg::<()>(
-            stream.as_fd().as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        if msg.bytes == 0 {
+        let got = uring::recv_with_fds(stream.as_fd(), &mut byte, FDS_PER_MESSAGE)?;
+        if got.truncated {
+            return Err(io::Error::other(format!(
+                "a descriptor message was truncated: the other side sent more than {FDS_PER_MESSAGE} \
+                 descriptors in one message, or this process is out of descriptors; the {} that \
+                 arrived were closed",
+                got.fds.len() + out.len()
+            )));
+        }
+        if got.bytes == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the other side closed the control connection before every socket arrived",
             ));
         }
-        let mut got = 0;
-        for cmsg in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                got += fds.len();
-                out.extend(uring::adopt_received(&fds));
-            }
-        }
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) || got == 0 {
+        if got.fds.is_empty() {
             return Err(io::Error::other(
-                "descriptors were lost in transit (out of descriptors?)",
+                "a descriptor message carried no descriptor (out of descriptors?)",
             ));
         }
+        out.extend(got.fds);
+    }
+    if out.len() > count {
+        return Err(io::Error::other(format!(
+            "{} descriptors arrived for the {count} offered",
+            out.len()
+        )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many of this process's descriptors are open on the object that
+    /// /proc names `link` (e.g. `socket:[1234]`): a count other tests running
+    /// in parallel cannot disturb.
+    fn open_on(link: &Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|entry| fs::read_link(entry.path()).is_ok_and(|l| l == link))
+            .count()
+    }
+
+    #[test]
+    fn a_truncated_descriptor_message_fails_and_leaks_none() {
+        let (old, new) = UnixStream::pair().unwrap();
+        let (sent, _peer) = UnixStream::pair().unwrap();
+        let link = fs::read_link(format!("/proc/self/fd/{}", sent.as_raw_fd())).unwrap();
+        // More descriptors in one message than the receiver has room for.
+        let many = [sent.as_raw_fd(); FDS_PER_MESSAGE + 36];
+        sendmsg::<()>(
+            old.as_raw_fd(),
+            &[IoSlice::new(b"F")],
+            &[ControlMessage::ScmRights(&many)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        drop(sent);
+        assert_eq!(open_on(&link), 0, "only the message holds the socket now");
+
+        let err = receive_fds(&new, many.len()).unwrap_err().to_string();
+        assert_eq!(
+            open_on(&link),
+            0,
+            "every descriptor received is closed again ({err})"
+        );
+        assert!(err.contains("truncated"), "{err}");
+    }
 }

@@ -362,3 +362,98 @@ fn a_stale_control_socket_is_replaced() {
     lb.signal("TERM");
     assert!(lb.wait().success());
 }
+
+/// Writes `msg` as the control protocol frames it: a 4-byte big-endian
+/// length, then the JSON.
+fn write_frame(conn: &mut UnixStream, msg: &str) {
+    conn.write_all(&(msg.len() as u32).to_be_bytes()).unwrap();
+    conn.write_all(msg.as_bytes()).unwrap();
+}
+
+/// Reads one frame written by [`write_frame`].
+fn read_frame(conn: &mut UnixStream) -> std::io::Result<String> {
+    let mut len = [0; 4];
+    conn.read_exact(&mut len)?;
+    let mut msg = vec![0; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut msg)?;
+    Ok(String::from_utf8_lossy(&msg).into_owned())
+}
+
+/// A fake old ringlb at `path`, in a thread: it answers the first
+/// connection's hello with `offer`, sends `fds` descriptors of a listening
+/// socket bound to `addr` in one message, then reads until the other side
+/// hangs up. Returns every message it read.
+fn fake_old_process(
+    path: &std::path::Path,
+    offer: String,
+    fds: usize,
+) -> thread::JoinHandle<Vec<String>> {
+    let listener = UnixListener::bind(path).unwrap();
+    thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut read = vec![read_frame(&mut conn).unwrap()];
+        write_frame(&mut conn, &offer);
+        if fds > 0 {
+            use std::os::fd::AsRawFd;
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let many = vec![socket.as_raw_fd(); fds];
+            nix::sys::socket::sendmsg::<()>(
+                conn.as_raw_fd(),
+                &[std::io::IoSlice::new(b"F")],
+                &[nix::sys::socket::ControlMessage::ScmRights(&many)],
+                nix::sys::socket::MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        }
+        while let Ok(msg) = read_frame(&mut conn) {
+            read.push(msg);
+        }
+        read
+    })
+}
+
+/// An offer of one frontend named `default` whose group declares `sockets`.
+fn offer_of(sockets: &str, addr: SocketAddr) -> String {
+    format!(
+        r#"{{"version":1,"pid":1,"error":null,"frontends":[{{"name":"default","listen":"{addr}","addr":"{addr}","sockets":{sockets}}}],"admin":null}}"#
+    )
+}
+
+/// Runs `ringlb --takeover ctl` to its exit and checks that it refused with
+/// one line (no panic, no abort) that contains `expect`; returns that line.
+fn refused_takeover(ctl: &std::path::Path, expect: &str) -> String {
+    let be = Backend::echo().arg();
+    let (status, log) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &be,
+        "--takeover",
+        ctl.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1), "exit status {status}; log:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let last = log.trim().lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.starts_with("ringlb: ") && last.contains(expect),
+        "the last line names the reason ({expect:?}); log:\n{log}"
+    );
+    last
+}
+
+/// The process exits right after, so whether the descriptors that did
+/// arrive were closed is checked where it can be seen, by the unit test of
+/// the receive (`upgrade::tests`, with the process's descriptor table).
+#[test]
+fn a_takeover_refuses_more_descriptors_in_a_message_than_its_buffer_holds() {
+    let dir = TempDir::new("upgrade-trunc");
+    let ctl = dir.0.join("ctl");
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    // 100 declared and sent in one message, where the receiver takes 64.
+    let fake = fake_old_process(&ctl, offer_of("100", addr), 100);
+    refused_takeover(&ctl, "truncated");
+    let read = fake.join().unwrap();
+    assert_eq!(read.len(), 1, "nothing after the hello: {read:?}");
+}
