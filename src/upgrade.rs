@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::config::MAX_WORKERS;
 use crate::frontend::{Generations, Handed, Listeners};
 use crate::shutdown::{Accepting, Phase, Trigger};
 use crate::uring;
@@ -48,6 +49,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 const PROTOCOL_NAME: &str = "ringlb-takeover";
 /// Descriptors per SCM_RIGHTS message (the kernel takes up to 253).
 const FDS_PER_MESSAGE: usize = 64;
+/// Most listening sockets a takeover accepts in all: 16 frontends of
+/// [`MAX_WORKERS`] sockets each. A count declared above it (or above
+/// [`MAX_WORKERS`] for one frontend) is refused before anything is sized by it.
+const MAX_OFFERED_SOCKETS: usize = 16 * MAX_WORKERS as usize;
 /// Largest JSON message either side accepts.
 const MAX_MESSAGE: usize = 1 << 20;
 /// How long either side waits for the other's next message, except below.
@@ -216,8 +221,7 @@ pub fn take_over(
             offer.version
         )));
     }
-    let total = offer.frontends.iter().map(|f| f.sockets).sum::<usize>()
-        + usize::from(offer.admin.is_some());
+    let total = offered_sockets(&offer)?;
     let mut fds = receive_fds(&stream, total).map_err(proto)?.into_iter();
     let mut handed = Vec::with_capacity(offer.frontends.len());
     for f in offer.frontends {
@@ -273,6 +277,26 @@ impl Takeover {
         }
         Ok(self.pid)
     }
+}
+
+/// How many sockets `offer` declares, refused above what a ringlb can hold.
+fn offered_sockets(offer: &Offer) -> Result<usize, UpgradeError> {
+    let mut total = usize::from(offer.admin.is_some());
+    for f in &offer.frontends {
+        if f.sockets > MAX_WORKERS as usize {
+            return Err(UpgradeError::Protocol(format!(
+                "the running ringlb offers {} sockets for frontend {:?}, more than the {MAX_WORKERS} a frontend can have",
+                f.sockets, f.name
+            )));
+        }
+        total += f.sockets;
+    }
+    if total > MAX_OFFERED_SOCKETS {
+        return Err(UpgradeError::Protocol(format!(
+            "the running ringlb offers {total} listening sockets, more than the {MAX_OFFERED_SOCKETS} a takeover accepts"
+        )));
+    }
+    Ok(total)
 }
 
 /// A received descriptor checked to be a listening TCP socket bound to `addr`.
@@ -604,7 +628,7 @@ fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
 /// Receives `count` descriptors sent by [`send_fds`]. Every descriptor the
 /// kernel installs is owned at once, so on any failure all of them close.
 fn receive_fds(stream: &UnixStream, count: usize) -> io::Result<Vec<OwnedFd>> {
-    let mut out = Vec::with_capacity(count);
+    let mut out = Vec::with_capacity(count.min(MAX_OFFERED_SOCKETS));
     while out.len() < count {
         let mut byte = [0u8; 1];
         let got = uring::recv_with_fds(stream.as_fd(), &mut byte, FDS_PER_MESSAGE)?;
@@ -678,5 +702,44 @@ mod tests {
             "every descriptor received is closed again ({err})"
         );
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn a_declared_socket_count_is_capped() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let offer = |sockets: &[usize]| Offer {
+            frontends: sockets
+                .iter()
+                .map(|&sockets| OfferedListener {
+                    name: "f".into(),
+                    listen: addr,
+                    addr,
+                    sockets,
+                })
+                .collect(),
+            admin: Some(OfferedAdmin { listen: addr, addr }),
+            ..Offer::default()
+        };
+        let most = MAX_WORKERS as usize;
+        assert_eq!(offered_sockets(&offer(&[2, 3])).unwrap(), 6);
+        assert_eq!(offered_sockets(&offer(&[most; 15])).unwrap(), 15 * most + 1);
+        let err = offered_sockets(&offer(&[most + 1]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("offers {} sockets", most + 1)),
+            "{err}"
+        );
+        let err = offered_sockets(&offer(&[most; 16]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("offers {} listening", 16 * most + 1)),
+            "{err}"
+        );
+        let err = offered_sockets(&offer(&[usize::MAX]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&usize::MAX.to_string()), "{err}");
     }
 }

@@ -457,3 +457,15 @@ fn a_takeover_refuses_more_descriptors_in_a_message_than_its_buffer_holds() {
     let read = fake.join().unwrap();
     assert_eq!(read.len(), 1, "nothing after the hello: {read:?}");
 }
+
+#[test]
+fn a_takeover_refuses_an_absurd_socket_count_without_aborting() {
+    let dir = TempDir::new("upgrade-huge");
+    let ctl = dir.0.join("ctl");
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let huge = (1u64 << 61).to_string();
+    let fake = fake_old_process(&ctl, offer_of(&huge, addr), 0);
+    refused_takeover(&ctl, &huge);
+    let read = fake.join().unwrap();
+    assert_eq!(read.len(), 1, "nothing after the hello: {read:?}");
+}
