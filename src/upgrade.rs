@@ -25,7 +25,7 @@ use std::fs;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -350,28 +350,38 @@ impl ControlSocket {
             }
             Err(_) => {}
         }
-        // Bound under a temporary name, made 0600, then renamed into place:
-        // never reachable with looser permissions, and a stale file is
-        // replaced in one step.
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        let tmp = PathBuf::from(tmp);
+        // bind(2) creates the file with the process's umask, and umask is
+        // process-wide (other threads run by now). So the socket is bound in
+        // a fresh directory of mode 0700 beside the path, where nobody else
+        // can reach it, made 0600 there, then renamed into place: never
+        // reachable with looser permissions, and a stale file is replaced in
+        // one step.
+        let mut dir = path.as_os_str().to_owned();
+        dir.push(format!(".{}.d", std::process::id()));
+        let dir = PathBuf::from(dir);
+        // A leftover of a crashed process that had our pid.
+        let _ = fs::remove_dir_all(&dir);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        // (The umask may have taken bits off; never more than 0700 all the same.)
+        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+        let tmp = dir.join("s");
+        let placed = UnixListener::bind(&tmp).and_then(|listener| {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+            fs::rename(&tmp, path)?;
+            let meta = fs::symlink_metadata(path)?;
+            Ok((listener, meta))
+        });
         let _ = fs::remove_file(&tmp);
-        let listener = UnixListener::bind(&tmp).map_err(|e| fail(e.to_string()))?;
-        let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
-            .and_then(|()| fs::rename(&tmp, path))
-            .and_then(|()| fs::symlink_metadata(path));
-        match placed {
-            Ok(meta) => Ok(ControlSocket {
-                listener,
-                path: path.to_owned(),
-                id: (meta.dev(), meta.ino()),
-            }),
-            Err(err) => {
-                let _ = fs::remove_file(&tmp);
-                Err(fail(err.to_string()))
-            }
-        }
+        let _ = fs::remove_dir(&dir);
+        let (listener, meta) = placed.map_err(|e| fail(e.to_string()))?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
+        })
     }
 
     /// Removes the socket file if it is still this one's (not a successor's).

@@ -469,3 +469,98 @@ fn a_takeover_refuses_an_absurd_socket_count_without_aborting() {
     let read = fake.join().unwrap();
     assert_eq!(read.len(), 1, "nothing after the hello: {read:?}");
 }
+
+/// inotify events on a directory, read without blocking: (mask, name).
+struct DirWatch(std::fs::File);
+
+impl DirWatch {
+    fn new(dir: &std::path::Path) -> DirWatch {
+        use std::os::fd::FromRawFd;
+        let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        // SAFETY: takes no pointer; the result is checked below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a descriptor just made and owned by nothing else.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mask = libc::IN_CREATE | libc::IN_ATTRIB | libc::IN_MOVED_TO | libc::IN_MOVED_FROM;
+        // SAFETY: `path` is a NUL-terminated string alive for the call.
+        let wd = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) };
+        assert!(
+            wd >= 0,
+            "inotify_add_watch: {}",
+            std::io::Error::last_os_error()
+        );
+        DirWatch(file)
+    }
+
+    fn events(&mut self) -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match self.0.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return out,
+                Err(e) => panic!("inotify read: {e}"),
+            };
+            let mut at = 0;
+            while at + 16 <= n {
+                let word =
+                    |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap());
+                let (mask, len) = (word(4), word(12) as usize);
+                let name = &buf[at + 16..at + 16 + len];
+                let name = String::from_utf8_lossy(name)
+                    .trim_end_matches('\0')
+                    .to_owned();
+                out.push((mask, name));
+                at += 16 + len;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_control_socket_is_never_open_to_group_or_others() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("upgrade-mode");
+    let ctl = dir.0.join("ctl");
+    let mut watch = DirWatch::new(&dir.0);
+    // umask 000: a socket file that is not made private from the start is
+    // srwxrwxrwx until something changes its mode.
+    let mut lb = Ringlb::over(backend.arg())
+        .wrapped(&["sh", "-c", "umask 000; exec \"$@\"", "sh"])
+        .arg("--control-socket", ctl.to_str().unwrap())
+        .start();
+    let meta = std::fs::metadata(&ctl).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // A file created in the directory must have had its final mode (0600,
+    // as above) from its creation: no mode change may follow, or it was
+    // reachable under its first mode until then.
+    let events = watch.events();
+    let created: Vec<&String> = events
+        .iter()
+        .filter(|(mask, _)| mask & libc::IN_CREATE != 0 && mask & libc::IN_ISDIR == 0)
+        .map(|(_, name)| name)
+        .collect();
+    let changed: Vec<&String> = events
+        .iter()
+        .filter(|(mask, name)| mask & libc::IN_ATTRIB != 0 && created.contains(&name))
+        .map(|(_, name)| name)
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "created with the umask's mode, then changed: {changed:?} (events {events:?})"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(mask, name)| name == "ctl" && mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0),
+        "the watch saw the control socket arrive: {events:?}"
+    );
+    lb.signal("TERM");
+    assert!(lb.wait().success());
+}
