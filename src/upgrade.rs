@@ -72,6 +72,14 @@ pub enum UpgradeError {
         /// The OS error.
         source: io::Error,
     },
+    /// The process serving the control socket is of another user (not root).
+    #[error("takeover: refusing the control socket {}: it is served by {peer}", .path.display())]
+    Untrusted {
+        /// The --takeover path.
+        path: PathBuf,
+        /// Who serves it, and why that is not trusted.
+        peer: String,
+    },
     /// The running process refused (another protocol version, draining...).
     #[error("takeover: the running ringlb refused: {0}")]
     Refused(String),
@@ -200,6 +208,13 @@ pub fn take_over(
         }
         Err(err) => return Err(connect_err(err)),
     };
+    // Nothing is said to, or taken from, a process of another user.
+    if let Err(peer) = trusted_peer(&stream) {
+        return Err(UpgradeError::Untrusted {
+            path: path.to_owned(),
+            peer,
+        });
+    }
     set_timeout(&stream, STEP_TIMEOUT).map_err(connect_err)?;
     let proto = |err: io::Error| UpgradeError::Protocol(err.to_string());
     write_message(
@@ -297,6 +312,24 @@ fn offered_sockets(offer: &Offer) -> Result<usize, UpgradeError> {
         )));
     }
     Ok(total)
+}
+
+/// Whether the process at the other end of a control connection may be
+/// trusted: only one running as this process's user, or as root, is. The
+/// error describes the peer (uid and pid) and the rule.
+fn trusted_peer(stream: &UnixStream) -> Result<(), String> {
+    let ours = uring::effective_uid();
+    match getsockopt(stream, sockopt::PeerCredentials) {
+        Ok(peer) if peer.uid() == ours || peer.uid() == 0 => Ok(()),
+        Ok(peer) => Err(format!(
+            "uid {} (pid {}), and only uid {ours} (this process's) or root is trusted",
+            peer.uid(),
+            peer.pid()
+        )),
+        Err(err) => Err(format!(
+            "a process whose uid is unknown (SO_PEERCRED: {err})"
+        )),
+    }
 }
 
 /// A received descriptor checked to be a listening TCP socket bound to `addr`.
@@ -479,6 +512,24 @@ pub fn serve(ctx: Serve) -> io::Result<Control> {
 /// One conversation with a would-be successor; `Ok(true)` once it took over.
 fn hand_over(mut stream: UnixStream, ctx: &Serve, handing_over: &AtomicBool) -> io::Result<bool> {
     set_timeout(&stream, STEP_TIMEOUT)?;
+    // A process of another user is told no, and nothing is read from it.
+    if let Err(peer) = trusted_peer(&stream) {
+        warn!("control socket: refused a connection from {peer}");
+        let error = format!(
+            "the running ringlb (pid {}) takes no takeover from {peer}",
+            std::process::id()
+        );
+        write_message(
+            &mut stream,
+            &Offer {
+                version: PROTOCOL_VERSION,
+                pid: std::process::id(),
+                error: Some(error),
+                ..Offer::default()
+            },
+        )?;
+        return Ok(false);
+    }
     let hello: Hello = read_message(&mut stream)?;
     let refuse = |stream: &mut UnixStream, error: String| {
         warn!(pid = hello.pid, "takeover refused: {error}");

@@ -440,6 +440,7 @@ fn refused_takeover(ctl: &std::path::Path, expect: &str) -> String {
         last.starts_with("ringlb: ") && last.contains(expect),
         "the last line names the reason ({expect:?}); log:\n{log}"
     );
+    println!("refused: {last}");
     last
 }
 
@@ -468,6 +469,132 @@ fn a_takeover_refuses_an_absurd_socket_count_without_aborting() {
     refused_takeover(&ctl, &huge);
     let read = fake.join().unwrap();
     assert_eq!(read.len(), 1, "nothing after the hello: {read:?}");
+}
+
+/// Python run as uid 65534 (nobody), for the peer credential tests.
+fn as_nobody(script: &str, args: &[&str]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("run /usr/bin/python3 as uid 65534")
+}
+
+/// The control protocol's framing, for the Python fakes.
+const PY_FRAMES: &str = r#"
+import json, os, socket, struct, sys
+def recv_all(conn, n):
+    data = b""
+    while len(data) < n:
+        more = conn.recv(n - len(data))
+        if not more:
+            raise EOFError
+        data += more
+    return data
+def read_frame(conn):
+    (n,) = struct.unpack(">I", recv_all(conn, 4))
+    return recv_all(conn, n).decode()
+def write_frame(conn, msg):
+    data = json.dumps(msg).encode()
+    conn.sendall(struct.pack(">I", len(data)) + data)
+"#;
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_takeover_refuses_a_control_socket_served_by_another_user() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run the fake old process as another user");
+        return;
+    }
+    let dir = TempDir::new("upgrade-peer");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ctl = dir.0.join("ctl");
+    // The fake old process offers nothing and would confirm a drain.
+    let script = format!(
+        "{PY_FRAMES}{}",
+        r#"
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen(1)
+listener.settimeout(60)
+print("listening", flush=True)
+conn, _ = listener.accept()
+conn.settimeout(60)
+try:
+    print("read", read_frame(conn), flush=True)
+    write_frame(conn, {"version": 1, "pid": os.getpid(), "error": None, "frontends": [], "admin": None})
+    print("read", read_frame(conn), flush=True)
+    write_frame(conn, {"stopped": True})
+except EOFError:
+    pass
+"#
+    );
+    let mut fake = as_nobody(&script, &[ctl.to_str().unwrap()]);
+    let mut out = std::io::BufReader::new(fake.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+
+    let last = refused_takeover(&ctl, "uid 65534");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let _ = fake.wait();
+    assert!(
+        !rest.contains("read"),
+        "nothing was said to a control socket of another user ({last}); it read:\n{rest}"
+    );
+}
+
+#[test]
+fn the_control_socket_refuses_a_peer_of_another_user() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to connect as another user");
+        return;
+    }
+    let backend = Backend::echo();
+    let dir = TempDir::new("upgrade-peer-in");
+    let ctl = dir.0.join("ctl");
+    let lb = Ringlb::over(backend.arg())
+        .arg("--control-socket", ctl.to_str().unwrap())
+        .start();
+    // Say an operator loosened the modes: the process itself still refuses.
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = format!(
+        "{PY_FRAMES}{}",
+        r#"
+conn = socket.socket(socket.AF_UNIX)
+conn.settimeout(60)
+conn.connect(sys.argv[1])
+write_frame(conn, {"protocol": "ringlb-takeover", "version": 1, "pid": os.getpid()})
+try:
+    print(read_frame(conn), flush=True)
+except EOFError:
+    print("closed", flush=True)
+"#
+    );
+    let fake = as_nobody(&script, &[ctl.to_str().unwrap()]);
+    let out = fake.wait_with_output().unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.contains(r#""error":"#)
+            && reply.contains("uid 65534")
+            && !reply.contains(r#""error":null"#),
+        "a refusal naming the peer's uid, not an offer: {reply}"
+    );
+    wait_until("the refusal is logged", || lb.log().contains("uid 65534"));
+    assert_eq!(echo_once(&lb, b"still here").unwrap(), b"still here");
 }
 
 /// inotify events on a directory, read without blocking: (mask, name).

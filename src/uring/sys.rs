@@ -1,8 +1,9 @@
 //! The `unsafe` libc calls that are no io_uring operation:
 //! [`trim_heap`] (libc's `malloc_trim`), which hands memory freed after a
-//! burst back to the OS, and [`recv_with_fds`], which receives a message of the
+//! burst back to the OS; [`recv_with_fds`], which receives a message of the
 //! hot upgrade's control socket and takes ownership of every descriptor it
-//! carried, even when it was truncated.
+//! carried, even when it was truncated; and [`effective_uid`], which the
+//! control socket's peer must share.
 
 use std::io;
 use std::mem::size_of;
@@ -101,4 +102,11 @@ pub fn recv_with_fds(
         fds,
         truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     })
+}
+
+/// This process's effective user id: a control socket's peer must run as
+/// it (or as root).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
 }
