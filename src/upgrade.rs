@@ -217,16 +217,22 @@ pub fn take_over(
     }
     set_timeout(&stream, STEP_TIMEOUT).map_err(connect_err)?;
     let proto = |err: io::Error| UpgradeError::Protocol(err.to_string());
-    write_message(
+    // A running ringlb that refuses this one (of another user) answers
+    // without reading the hello and hangs up, so the hello may break on a
+    // closed socket: its answer, already queued, is the better error.
+    let said = write_message(
         &mut stream,
         &Hello {
             protocol: PROTOCOL_NAME.into(),
             version: PROTOCOL_VERSION,
             pid: std::process::id(),
         },
-    )
-    .map_err(proto)?;
-    let offer: Offer = read_message(&mut stream).map_err(proto)?;
+    );
+    let offer: Offer = match (said, read_message(&mut stream)) {
+        (Ok(()), Ok(offer)) => offer,
+        (Err(_), Ok(offer)) if offer.error.is_some() => offer,
+        (Err(err), _) | (Ok(()), Err(err)) => return Err(proto(err)),
+    };
     if let Some(error) = offer.error {
         return Err(UpgradeError::Refused(error));
     }
