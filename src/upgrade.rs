@@ -772,6 +772,21 @@ mod tests {
     }
 
     #[test]
+    fn more_descriptors_than_offered_fail_and_leak_none() {
+        let (old, new) = UnixStream::pair().unwrap();
+        let (sent, _peer) = UnixStream::pair().unwrap();
+        let link = fs::read_link(format!("/proc/self/fd/{}", sent.as_raw_fd())).unwrap();
+        send_fds(&old, &[sent.as_raw_fd(); 3]).unwrap();
+        drop(sent);
+        let err = receive_fds(&new, 2).unwrap_err().to_string();
+        assert_eq!(open_on(&link), 0, "none kept ({err})");
+        assert!(
+            err.contains("3 descriptors arrived for the 2 offered"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_declared_socket_count_is_capped() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let offer = |sockets: &[usize]| Offer {
