@@ -22,10 +22,10 @@
 //! error) leaves it serving untouched while the new one exits with one line.
 
 use std::fs;
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,13 +33,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-};
+use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::config::MAX_WORKERS;
 use crate::frontend::{Generations, Handed, Listeners};
 use crate::shutdown::{Accepting, Phase, Trigger};
 use crate::uring;
@@ -50,6 +49,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 const PROTOCOL_NAME: &str = "ringlb-takeover";
 /// Descriptors per SCM_RIGHTS message (the kernel takes up to 253).
 const FDS_PER_MESSAGE: usize = 64;
+/// Most listening sockets a takeover accepts in all: 16 frontends of
+/// [`MAX_WORKERS`] sockets each. A count declared above it (or above
+/// [`MAX_WORKERS`] for one frontend) is refused before anything is sized by it.
+const MAX_OFFERED_SOCKETS: usize = 16 * MAX_WORKERS as usize;
 /// Largest JSON message either side accepts.
 const MAX_MESSAGE: usize = 1 << 20;
 /// How long either side waits for the other's next message, except below.
@@ -68,6 +71,14 @@ pub enum UpgradeError {
         path: PathBuf,
         /// The OS error.
         source: io::Error,
+    },
+    /// The process serving the control socket is of another user (not root).
+    #[error("takeover: refusing the control socket {}: it is served by {peer}", .path.display())]
+    Untrusted {
+        /// The --takeover path.
+        path: PathBuf,
+        /// Who serves it, and why that is not trusted.
+        peer: String,
     },
     /// The running process refused (another protocol version, draining...).
     #[error("takeover: the running ringlb refused: {0}")]
@@ -197,18 +208,31 @@ pub fn take_over(
         }
         Err(err) => return Err(connect_err(err)),
     };
+    // Nothing is said to, or taken from, a process of another user.
+    if let Err(peer) = trusted_peer(&stream) {
+        return Err(UpgradeError::Untrusted {
+            path: path.to_owned(),
+            peer,
+        });
+    }
     set_timeout(&stream, STEP_TIMEOUT).map_err(connect_err)?;
     let proto = |err: io::Error| UpgradeError::Protocol(err.to_string());
-    write_message(
+    // A running ringlb that refuses this one (of another user) answers
+    // without reading the hello and hangs up, so the hello may break on a
+    // closed socket: its answer, already queued, is the better error.
+    let said = write_message(
         &mut stream,
         &Hello {
             protocol: PROTOCOL_NAME.into(),
             version: PROTOCOL_VERSION,
             pid: std::process::id(),
         },
-    )
-    .map_err(proto)?;
-    let offer: Offer = read_message(&mut stream).map_err(proto)?;
+    );
+    let offer: Offer = match (said, read_message(&mut stream)) {
+        (Ok(()), Ok(offer)) => offer,
+        (Err(_), Ok(offer)) if offer.error.is_some() => offer,
+        (Err(err), _) | (Ok(()), Err(err)) => return Err(proto(err)),
+    };
     if let Some(error) = offer.error {
         return Err(UpgradeError::Refused(error));
     }
@@ -218,8 +242,7 @@ pub fn take_over(
             offer.version
         )));
     }
-    let total = offer.frontends.iter().map(|f| f.sockets).sum::<usize>()
-        + usize::from(offer.admin.is_some());
+    let total = offered_sockets(&offer)?;
     let mut fds = receive_fds(&stream, total).map_err(proto)?.into_iter();
     let mut handed = Vec::with_capacity(offer.frontends.len());
     for f in offer.frontends {
@@ -277,6 +300,44 @@ impl Takeover {
     }
 }
 
+/// How many sockets `offer` declares, refused above what a ringlb can hold.
+fn offered_sockets(offer: &Offer) -> Result<usize, UpgradeError> {
+    let mut total = usize::from(offer.admin.is_some());
+    for f in &offer.frontends {
+        if f.sockets > MAX_WORKERS as usize {
+            return Err(UpgradeError::Protocol(format!(
+                "the running ringlb offers {} sockets for frontend {:?}, more than the {MAX_WORKERS} a frontend can have",
+                f.sockets, f.name
+            )));
+        }
+        total += f.sockets;
+    }
+    if total > MAX_OFFERED_SOCKETS {
+        return Err(UpgradeError::Protocol(format!(
+            "the running ringlb offers {total} listening sockets, more than the {MAX_OFFERED_SOCKETS} a takeover accepts"
+        )));
+    }
+    Ok(total)
+}
+
+/// Whether the process at the other end of a control connection may be
+/// trusted: only one running as this process's user, or as root, is. The
+/// error describes the peer (uid and pid) and the rule.
+fn trusted_peer(stream: &UnixStream) -> Result<(), String> {
+    let ours = uring::effective_uid();
+    match getsockopt(stream, sockopt::PeerCredentials) {
+        Ok(peer) if peer.uid() == ours || peer.uid() == 0 => Ok(()),
+        Ok(peer) => Err(format!(
+            "uid {} (pid {}), and only uid {ours} (this process's) or root is trusted",
+            peer.uid(),
+            peer.pid()
+        )),
+        Err(err) => Err(format!(
+            "a process whose uid is unknown (SO_PEERCRED: {err})"
+        )),
+    }
+}
+
 /// A received descriptor checked to be a listening TCP socket bound to `addr`.
 fn listening_socket(fd: OwnedFd, addr: SocketAddr) -> Result<socket2::Socket, UpgradeError> {
     let bad = |why: String| UpgradeError::Protocol(format!("the socket offered for {addr} {why}"));
@@ -328,28 +389,38 @@ impl ControlSocket {
             }
             Err(_) => {}
         }
-        // Bound under a temporary name, made 0600, then renamed into place:
-        // never reachable with looser permissions, and a stale file is
-        // replaced in one step.
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        let tmp = PathBuf::from(tmp);
+        // bind(2) creates the file with the process's umask, and umask is
+        // process-wide (other threads run by now). So the socket is bound in
+        // a fresh directory of mode 0700 beside the path, where nobody else
+        // can reach it, made 0600 there, then renamed into place: never
+        // reachable with looser permissions, and a stale file is replaced in
+        // one step.
+        let mut dir = path.as_os_str().to_owned();
+        dir.push(format!(".{}.d", std::process::id()));
+        let dir = PathBuf::from(dir);
+        // A leftover of a crashed process that had our pid.
+        let _ = fs::remove_dir_all(&dir);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        // (The umask may have taken bits off; never more than 0700 all the same.)
+        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+        let tmp = dir.join("s");
+        let placed = UnixListener::bind(&tmp).and_then(|listener| {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+            fs::rename(&tmp, path)?;
+            let meta = fs::symlink_metadata(path)?;
+            Ok((listener, meta))
+        });
         let _ = fs::remove_file(&tmp);
-        let listener = UnixListener::bind(&tmp).map_err(|e| fail(e.to_string()))?;
-        let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
-            .and_then(|()| fs::rename(&tmp, path))
-            .and_then(|()| fs::symlink_metadata(path));
-        match placed {
-            Ok(meta) => Ok(ControlSocket {
-                listener,
-                path: path.to_owned(),
-                id: (meta.dev(), meta.ino()),
-            }),
-            Err(err) => {
-                let _ = fs::remove_file(&tmp);
-                Err(fail(err.to_string()))
-            }
-        }
+        let _ = fs::remove_dir(&dir);
+        let (listener, meta) = placed.map_err(|e| fail(e.to_string()))?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
+        })
     }
 
     /// Removes the socket file if it is still this one's (not a successor's).
@@ -447,6 +518,24 @@ pub fn serve(ctx: Serve) -> io::Result<Control> {
 /// One conversation with a would-be successor; `Ok(true)` once it took over.
 fn hand_over(mut stream: UnixStream, ctx: &Serve, handing_over: &AtomicBool) -> io::Result<bool> {
     set_timeout(&stream, STEP_TIMEOUT)?;
+    // A process of another user is told no, and nothing is read from it.
+    if let Err(peer) = trusted_peer(&stream) {
+        warn!("control socket: refused a connection from {peer}");
+        let error = format!(
+            "the running ringlb (pid {}) takes no takeover from {peer}",
+            std::process::id()
+        );
+        write_message(
+            &mut stream,
+            &Offer {
+                version: PROTOCOL_VERSION,
+                pid: std::process::id(),
+                error: Some(error),
+                ..Offer::default()
+            },
+        )?;
+        return Ok(false);
+    }
     let hello: Hello = read_message(&mut stream)?;
     let refuse = |stream: &mut UnixStream, error: String| {
         warn!(pid = hello.pid, "takeover refused: {error}");
@@ -603,37 +692,136 @@ fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives `count` descriptors sent by [`send_fds`].
+/// Receives `count` descriptors sent by [`send_fds`]. Every descriptor the
+/// kernel installs is owned at once, so on any failure all of them close.
 fn receive_fds(stream: &UnixStream, count: usize) -> io::Result<Vec<OwnedFd>> {
-    let mut out = Vec::with_capacity(count);
+    let mut out = Vec::with_capacity(count.min(MAX_OFFERED_SOCKETS));
     while out.len() < count {
         let mut byte = [0u8; 1];
-        let mut space = nix::cmsg_space!([RawFd; FDS_PER_MESSAGE]);
-        let mut iov = [IoSliceMut::new(&mut byte)];
-        let msg = recvmsg::<()>(
-            stream.as_fd().as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        if msg.bytes == 0 {
+        let got = uring::recv_with_fds(stream.as_fd(), &mut byte, FDS_PER_MESSAGE)?;
+        if got.truncated {
+            return Err(io::Error::other(format!(
+                "a descriptor message was truncated: the other side sent more than {FDS_PER_MESSAGE} \
+                 descriptors in one message, or this process is out of descriptors; the {} that \
+                 arrived were closed",
+                got.fds.len() + out.len()
+            )));
+        }
+        if got.bytes == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the other side closed the control connection before every socket arrived",
             ));
         }
-        let mut got = 0;
-        for cmsg in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                got += fds.len();
-                out.extend(uring::adopt_received(&fds));
-            }
-        }
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) || got == 0 {
+        if got.fds.is_empty() {
             return Err(io::Error::other(
-                "descriptors were lost in transit (out of descriptors?)",
+                "a descriptor message carried no descriptor (out of descriptors?)",
             ));
         }
+        out.extend(got.fds);
+    }
+    if out.len() > count {
+        return Err(io::Error::other(format!(
+            "{} descriptors arrived for the {count} offered",
+            out.len()
+        )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many of this process's descriptors are open on the object that
+    /// /proc names `link` (e.g. `socket:[1234]`): a count other tests running
+    /// in parallel cannot disturb.
+    fn open_on(link: &Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|entry| fs::read_link(entry.path()).is_ok_and(|l| l == link))
+            .count()
+    }
+
+    #[test]
+    fn a_truncated_descriptor_message_fails_and_leaks_none() {
+        let (old, new) = UnixStream::pair().unwrap();
+        let (sent, _peer) = UnixStream::pair().unwrap();
+        let link = fs::read_link(format!("/proc/self/fd/{}", sent.as_raw_fd())).unwrap();
+        // More descriptors in one message than the receiver has room for.
+        let many = [sent.as_raw_fd(); FDS_PER_MESSAGE + 36];
+        sendmsg::<()>(
+            old.as_raw_fd(),
+            &[IoSlice::new(b"F")],
+            &[ControlMessage::ScmRights(&many)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        drop(sent);
+        assert_eq!(open_on(&link), 0, "only the message holds the socket now");
+
+        let err = receive_fds(&new, many.len()).unwrap_err().to_string();
+        assert_eq!(
+            open_on(&link),
+            0,
+            "every descriptor received is closed again ({err})"
+        );
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn more_descriptors_than_offered_fail_and_leak_none() {
+        let (old, new) = UnixStream::pair().unwrap();
+        let (sent, _peer) = UnixStream::pair().unwrap();
+        let link = fs::read_link(format!("/proc/self/fd/{}", sent.as_raw_fd())).unwrap();
+        send_fds(&old, &[sent.as_raw_fd(); 3]).unwrap();
+        drop(sent);
+        let err = receive_fds(&new, 2).unwrap_err().to_string();
+        assert_eq!(open_on(&link), 0, "none kept ({err})");
+        assert!(
+            err.contains("3 descriptors arrived for the 2 offered"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_declared_socket_count_is_capped() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let offer = |sockets: &[usize]| Offer {
+            frontends: sockets
+                .iter()
+                .map(|&sockets| OfferedListener {
+                    name: "f".into(),
+                    listen: addr,
+                    addr,
+                    sockets,
+                })
+                .collect(),
+            admin: Some(OfferedAdmin { listen: addr, addr }),
+            ..Offer::default()
+        };
+        let most = MAX_WORKERS as usize;
+        assert_eq!(offered_sockets(&offer(&[2, 3])).unwrap(), 6);
+        assert_eq!(offered_sockets(&offer(&[most; 15])).unwrap(), 15 * most + 1);
+        let err = offered_sockets(&offer(&[most + 1]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("offers {} sockets", most + 1)),
+            "{err}"
+        );
+        let err = offered_sockets(&offer(&[most; 16]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("offers {} listening", 16 * most + 1)),
+            "{err}"
+        );
+        let err = offered_sockets(&offer(&[usize::MAX]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&usize::MAX.to_string()), "{err}");
+    }
 }

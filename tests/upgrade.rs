@@ -362,3 +362,335 @@ fn a_stale_control_socket_is_replaced() {
     lb.signal("TERM");
     assert!(lb.wait().success());
 }
+
+/// Writes `msg` as the control protocol frames it: a 4-byte big-endian
+/// length, then the JSON.
+fn write_frame(conn: &mut UnixStream, msg: &str) {
+    conn.write_all(&(msg.len() as u32).to_be_bytes()).unwrap();
+    conn.write_all(msg.as_bytes()).unwrap();
+}
+
+/// Reads one frame written by [`write_frame`].
+fn read_frame(conn: &mut UnixStream) -> std::io::Result<String> {
+    let mut len = [0; 4];
+    conn.read_exact(&mut len)?;
+    let mut msg = vec![0; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut msg)?;
+    Ok(String::from_utf8_lossy(&msg).into_owned())
+}
+
+/// A fake old ringlb at `path`, in a thread: it answers the first
+/// connection's hello with `offer`, sends `fds` descriptors of a listening
+/// socket bound to `addr` in one message, then reads until the other side
+/// hangs up. Returns every message it read.
+fn fake_old_process(
+    path: &std::path::Path,
+    offer: String,
+    fds: usize,
+) -> thread::JoinHandle<Vec<String>> {
+    let listener = UnixListener::bind(path).unwrap();
+    thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut read = vec![read_frame(&mut conn).unwrap()];
+        write_frame(&mut conn, &offer);
+        if fds > 0 {
+            use std::os::fd::AsRawFd;
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let many = vec![socket.as_raw_fd(); fds];
+            nix::sys::socket::sendmsg::<()>(
+                conn.as_raw_fd(),
+                &[std::io::IoSlice::new(b"F")],
+                &[nix::sys::socket::ControlMessage::ScmRights(&many)],
+                nix::sys::socket::MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        }
+        while let Ok(msg) = read_frame(&mut conn) {
+            read.push(msg);
+        }
+        read
+    })
+}
+
+/// An offer of one frontend named `default` whose group declares `sockets`.
+fn offer_of(sockets: &str, addr: SocketAddr) -> String {
+    format!(
+        r#"{{"version":1,"pid":1,"error":null,"frontends":[{{"name":"default","listen":"{addr}","addr":"{addr}","sockets":{sockets}}}],"admin":null}}"#
+    )
+}
+
+/// Runs `ringlb --takeover ctl` to its exit and checks that it refused with
+/// one line (no panic, no abort) that contains `expect`; returns that line.
+fn refused_takeover(ctl: &std::path::Path, expect: &str) -> String {
+    let be = Backend::echo().arg();
+    let (status, log) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &be,
+        "--takeover",
+        ctl.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1), "exit status {status}; log:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let last = log.trim().lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.starts_with("ringlb: ") && last.contains(expect),
+        "the last line names the reason ({expect:?}); log:\n{log}"
+    );
+    println!("refused: {last}");
+    last
+}
+
+/// The process exits right after, so whether the descriptors that did
+/// arrive were closed is checked where it can be seen, by the unit test of
+/// the receive (`upgrade::tests`, with the process's descriptor table).
+#[test]
+fn a_takeover_refuses_more_descriptors_in_a_message_than_its_buffer_holds() {
+    let dir = TempDir::new("upgrade-trunc");
+    let ctl = dir.0.join("ctl");
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    // 100 declared and sent in one message, where the receiver takes 64.
+    let fake = fake_old_process(&ctl, offer_of("100", addr), 100);
+    refused_takeover(&ctl, "truncated");
+    let read = fake.join().unwrap();
+    assert_eq!(read.len(), 1, "nothing after the hello: {read:?}");
+}
+
+#[test]
+fn a_takeover_refuses_an_absurd_socket_count_without_aborting() {
+    let dir = TempDir::new("upgrade-huge");
+    let ctl = dir.0.join("ctl");
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let huge = (1u64 << 61).to_string();
+    let fake = fake_old_process(&ctl, offer_of(&huge, addr), 0);
+    refused_takeover(&ctl, &huge);
+    let read = fake.join().unwrap();
+    assert_eq!(read.len(), 1, "nothing after the hello: {read:?}");
+}
+
+/// Python run as uid 65534 (nobody), for the peer credential tests.
+fn as_nobody(script: &str, args: &[&str]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("run /usr/bin/python3 as uid 65534")
+}
+
+/// The control protocol's framing, for the Python fakes.
+const PY_FRAMES: &str = r#"
+import json, os, socket, struct, sys
+def recv_all(conn, n):
+    data = b""
+    while len(data) < n:
+        more = conn.recv(n - len(data))
+        if not more:
+            raise EOFError
+        data += more
+    return data
+def read_frame(conn):
+    (n,) = struct.unpack(">I", recv_all(conn, 4))
+    return recv_all(conn, n).decode()
+def write_frame(conn, msg):
+    data = json.dumps(msg).encode()
+    conn.sendall(struct.pack(">I", len(data)) + data)
+"#;
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_takeover_refuses_a_control_socket_served_by_another_user() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to run the fake old process as another user");
+        return;
+    }
+    let dir = TempDir::new("upgrade-peer");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ctl = dir.0.join("ctl");
+    // The fake old process offers nothing and would confirm a drain.
+    let script = format!(
+        "{PY_FRAMES}{}",
+        r#"
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen(1)
+listener.settimeout(60)
+print("listening", flush=True)
+conn, _ = listener.accept()
+conn.settimeout(60)
+try:
+    print("read", read_frame(conn), flush=True)
+    write_frame(conn, {"version": 1, "pid": os.getpid(), "error": None, "frontends": [], "admin": None})
+    print("read", read_frame(conn), flush=True)
+    write_frame(conn, {"stopped": True})
+except EOFError:
+    pass
+"#
+    );
+    let mut fake = as_nobody(&script, &[ctl.to_str().unwrap()]);
+    let mut out = std::io::BufReader::new(fake.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+
+    let last = refused_takeover(&ctl, "uid 65534");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let _ = fake.wait();
+    assert!(
+        !rest.contains("read"),
+        "nothing was said to a control socket of another user ({last}); it read:\n{rest}"
+    );
+}
+
+#[test]
+fn the_control_socket_refuses_a_peer_of_another_user() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to connect as another user");
+        return;
+    }
+    let backend = Backend::echo();
+    let dir = TempDir::new("upgrade-peer-in");
+    let ctl = dir.0.join("ctl");
+    let lb = Ringlb::over(backend.arg())
+        .arg("--control-socket", ctl.to_str().unwrap())
+        .start();
+    // Say an operator loosened the modes: the process itself still refuses.
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = format!(
+        "{PY_FRAMES}{}",
+        r#"
+conn = socket.socket(socket.AF_UNIX)
+conn.settimeout(60)
+conn.connect(sys.argv[1])
+try:
+    write_frame(conn, {"protocol": "ringlb-takeover", "version": 1, "pid": os.getpid()})
+except BrokenPipeError:
+    pass  # refused before the hello was read: the answer is queued all the same
+try:
+    print(read_frame(conn), flush=True)
+except EOFError:
+    print("closed", flush=True)
+"#
+    );
+    let fake = as_nobody(&script, &[ctl.to_str().unwrap()]);
+    let out = fake.wait_with_output().unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.contains(r#""error":"#)
+            && reply.contains("uid 65534")
+            && !reply.contains(r#""error":null"#),
+        "a refusal naming the peer's uid, not an offer: {reply}"
+    );
+    wait_until("the refusal is logged", || lb.log().contains("uid 65534"));
+    assert_eq!(echo_once(&lb, b"still here").unwrap(), b"still here");
+}
+
+/// inotify events on a directory, read without blocking: (mask, name).
+struct DirWatch(std::fs::File);
+
+impl DirWatch {
+    fn new(dir: &std::path::Path) -> DirWatch {
+        use std::os::fd::FromRawFd;
+        let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        // SAFETY: takes no pointer; the result is checked below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a descriptor just made and owned by nothing else.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mask = libc::IN_CREATE | libc::IN_ATTRIB | libc::IN_MOVED_TO | libc::IN_MOVED_FROM;
+        // SAFETY: `path` is a NUL-terminated string alive for the call.
+        let wd = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) };
+        assert!(
+            wd >= 0,
+            "inotify_add_watch: {}",
+            std::io::Error::last_os_error()
+        );
+        DirWatch(file)
+    }
+
+    fn events(&mut self) -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match self.0.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return out,
+                Err(e) => panic!("inotify read: {e}"),
+            };
+            let mut at = 0;
+            while at + 16 <= n {
+                let word =
+                    |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap());
+                let (mask, len) = (word(4), word(12) as usize);
+                let name = &buf[at + 16..at + 16 + len];
+                let name = String::from_utf8_lossy(name)
+                    .trim_end_matches('\0')
+                    .to_owned();
+                out.push((mask, name));
+                at += 16 + len;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_control_socket_is_never_open_to_group_or_others() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("upgrade-mode");
+    let ctl = dir.0.join("ctl");
+    let mut watch = DirWatch::new(&dir.0);
+    // umask 000: a socket file that is not made private from the start is
+    // srwxrwxrwx until something changes its mode.
+    let mut lb = Ringlb::over(backend.arg())
+        .wrapped(&["sh", "-c", "umask 000; exec \"$@\"", "sh"])
+        .arg("--control-socket", ctl.to_str().unwrap())
+        .start();
+    let meta = std::fs::metadata(&ctl).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // A file created in the directory must have had its final mode (0600,
+    // as above) from its creation: no mode change may follow, or it was
+    // reachable under its first mode until then.
+    let events = watch.events();
+    let created: Vec<&String> = events
+        .iter()
+        .filter(|(mask, _)| mask & libc::IN_CREATE != 0 && mask & libc::IN_ISDIR == 0)
+        .map(|(_, name)| name)
+        .collect();
+    let changed: Vec<&String> = events
+        .iter()
+        .filter(|(mask, name)| mask & libc::IN_ATTRIB != 0 && created.contains(&name))
+        .map(|(_, name)| name)
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "created with the umask's mode, then changed: {changed:?} (events {events:?})"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(mask, name)| name == "ctl" && mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0),
+        "the watch saw the control socket arrive: {events:?}"
+    );
+    lb.signal("TERM");
+    assert!(lb.wait().success());
+}

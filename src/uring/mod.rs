@@ -16,8 +16,8 @@
 //!   the cancellation of every operation on a socket ([`cancel_all_on`]).
 //! - [`ring`]: the provided-buffer ring, and the one-shot receive into it ([`RecvProvided`]).
 //! - [`stream`]: the multishot receive into the provided ring ([`RecvStream`]).
-//! - [`sys`]: the two `unsafe` libc calls that are no io_uring operation:
-//!   [`trim_heap`] and [`adopt_received`].
+//! - [`sys`]: the `unsafe` libc calls that are no io_uring operation:
+//!   [`trim_heap`], [`recv_with_fds`] and [`effective_uid`].
 
 #![allow(unsafe_code)]
 
@@ -39,4 +39,4 @@ pub(crate) use runtime::{
     build_runtime, FIRST_PROVIDED_BUFFERS, FIXED_FILES, PROVIDED_BUFFERS, PROVIDED_BUFFER_SIZE,
 };
 pub(crate) use stream::{recv_stream, RecvStream};
-pub(crate) use sys::{adopt_received, trim_heap};
+pub(crate) use sys::{effective_uid, recv_with_fds, trim_heap};
