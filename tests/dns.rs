@@ -680,3 +680,53 @@ fn a_slow_srv_name_does_not_hold_back_another_names_change() {
     // The slow name keeps its addresses meanwhile.
     assert_eq!(listed(&lb).len(), 2 + TARGETS as usize, "{}", lb.log());
 }
+
+/// Threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn dns_generations_held_by_connections_do_not_add_threads() {
+    let dns = Dns::start();
+    let (port, _backends) = backends_on_one_port(&[2, 3]);
+    dns.set_a("web.test", &[ip(2)]);
+    let lb = Ringlb::over(format!("web.test:{port}"))
+        .arg("--resolver", dns.arg())
+        .arg("--resolve-interval", "1s")
+        .health_interval("100ms")
+        .workers(1)
+        .admin()
+        .start();
+    // One connection per generation, held: it keeps its generation's pool.
+    let hold = |held: &mut Vec<std::net::TcpStream>| {
+        let mut conn = lb.connect();
+        let mut tag = [0u8; 1];
+        conn.read_exact(&mut tag).unwrap();
+        conn.write_all(b"x").unwrap();
+        conn.read_exact(&mut tag).unwrap();
+        held.push(conn);
+    };
+    let mut held = Vec::new();
+    hold(&mut held);
+    let start = threads(lb.pid());
+    const GENERATIONS: usize = 10;
+    for g in 0..GENERATIONS {
+        let set: &[Ipv4Addr] = if g % 2 == 0 {
+            &[ip(2), ip(3)]
+        } else {
+            &[ip(2)]
+        };
+        dns.set_a("web.test", set);
+        wait_until("the new generation", || listed(&lb).len() == set.len());
+        hold(&mut held);
+    }
+    let end = threads(lb.pid());
+    eprintln!("threads: {start} at start, {end} after {GENERATIONS} generations");
+    assert!(
+        end < start + GENERATIONS / 2,
+        "threads grew from {start} to {end} over {GENERATIONS} DNS generations"
+    );
+}
