@@ -4,14 +4,15 @@
 //! route), its counters and its connection limit. A reload builds a new
 //! generation: listeners are carried over for every frontend whose name and
 //! listen address are unchanged, so no client is refused during a reload; so
-//! are its pools (health state, active counts), probers and counters while
-//! its backends, its routes' backends and names and its health settings are
+//! are its pools (health state, active counts) and counters while its
+//! backends, its routes' backends and names and its health settings are
 //! unchanged, and its connection limit while max-conns is. A changed pool
 //! takes over the health of the backends it kept, a route's from the old
 //! route of the same name, and their runtime state (drain or maint, a
-//! weight set on the admin endpoint, where a slow start ramps from).
-//! Everything else is
-//! new, and connections opened before keep what they started with.
+//! weight set on the admin endpoint, where a slow start ramps from); the
+//! pool slot's one prober moves on to it while the slot's health settings
+//! stay, so a generation starts no thread. Everything else is new, and
+//! connections opened before keep what they started with.
 //!
 //! The [`Publisher`] is the one place a generation is built and published:
 //! a reload hands it the new config, a DNS change the running templates with
@@ -26,7 +27,7 @@ use tracing::warn;
 
 use crate::backend::discovery;
 use crate::backend::pool::{Passive, Pool};
-use crate::backend::probe;
+use crate::backend::probe::Prober;
 use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig};
 use crate::counters::Metrics;
 use crate::net::{self, BindError};
@@ -130,6 +131,10 @@ pub struct Frontend {
     pub pool: Arc<Pool>,
     /// Each SNI route's pool, in `config.routes` order.
     pub routes: Vec<Arc<Pool>>,
+    /// Each pool's prober (with health checks), the frontend's own first,
+    /// then each route's: one per slot, shared by the generations that keep
+    /// the slot's health settings.
+    pub probers: Vec<Option<Arc<Prober>>>,
     /// Every worker's counters for this frontend.
     pub metrics: Arc<Metrics>,
     /// Its max-conns, if set, shared by every worker. An acceptor takes a
@@ -158,7 +163,8 @@ impl Generation {
     /// Builds generation `id` from `config`, taking listeners over from
     /// `previous` where a frontend kept its name and listen address, or
     /// from `handed` (a hot upgrade's, removed from it when claimed), and
-    /// binding the rest. Health probers start here, one per pool.
+    /// binding the rest. Health probers start here, one per pool slot, or
+    /// move on from `previous`'s to the new pools once the build succeeded.
     pub fn build(
         id: u64,
         config: Config,
@@ -166,6 +172,9 @@ impl Generation {
         handed: &mut Vec<Handed>,
     ) -> Result<Generation, BindError> {
         let mut frontends = Vec::with_capacity(config.frontends.len());
+        // Applied once every frontend is built, so a failed build leaves
+        // the running generation's probers as they were.
+        let mut probes = Probes::default();
         for fe in &config.frontends {
             let kept = previous.and_then(|p| {
                 p.frontends
@@ -219,22 +228,39 @@ impl Generation {
                         a.backends == b.backends && a.label() == b.label() && a.health == b.health
                     })
             });
-            let (pool, routes, metrics) = match same_pool {
-                Some(o) => (o.pool.clone(), o.routes.clone(), o.metrics.clone()),
+            let (pool, routes, probers, metrics) = match same_pool {
+                Some(o) => (
+                    o.pool.clone(),
+                    o.routes.clone(),
+                    o.probers.clone(),
+                    o.metrics.clone(),
+                ),
                 None => {
-                    let old_pool = old.map(|o| &o.pool);
-                    let pool = new_pool(fe, None, fe.health, &fe.backends, old_pool);
+                    let old_pool =
+                        old.map(|o| (&o.pool, o.probers.first().and_then(Option::as_ref)));
+                    let (pool, prober) =
+                        new_pool(fe, None, fe.health, &fe.backends, old_pool, &mut probes);
+                    let mut probers = vec![prober];
                     let routes: Vec<Arc<Pool>> = fe
                         .routes
                         .iter()
                         .map(|r| {
-                            let carried = old.and_then(|o| o.route_pool(r.label()));
-                            new_pool(fe, Some(r.label()), r.health, &r.backends, carried)
+                            let carried = old.and_then(|o| o.route_slot(r.label()));
+                            let (pool, prober) = new_pool(
+                                fe,
+                                Some(r.label()),
+                                r.health,
+                                &r.backends,
+                                carried,
+                                &mut probes,
+                            );
+                            probers.push(prober);
+                            pool
                         })
                         .collect();
                     let backends = pool.len() + routes.iter().map(|r| r.len()).sum::<usize>();
                     let metrics = Arc::new(Metrics::new(&fe.name, config.workers, backends));
-                    (pool, routes, metrics)
+                    (pool, routes, probers, metrics)
                 }
             };
             let limit = match old {
@@ -250,8 +276,10 @@ impl Generation {
                 listeners,
                 pool,
                 routes,
+                probers,
             }));
         }
+        probes.apply(previous, &frontends);
         Ok(Generation {
             id,
             config,
@@ -291,42 +319,97 @@ impl Frontend {
             .any(|p| p.any_up())
     }
 
-    /// The pool of the route named `label`.
-    fn route_pool(&self, label: &str) -> Option<&Arc<Pool>> {
+    /// The pool of the route named `label`, and its prober.
+    fn route_slot(&self, label: &str) -> Option<(&Arc<Pool>, Option<&Arc<Prober>>)> {
         let i = self.config.routes.iter().position(|r| r.label() == label)?;
-        self.routes.get(i)
+        let prober = self.probers.get(1 + i).and_then(Option::as_ref);
+        Some((self.routes.get(i)?, prober))
+    }
+}
+
+/// What a generation's build does to probers once it succeeded.
+#[derive(Default)]
+struct Probes {
+    /// New slots, or slots whose health settings changed: threads to start.
+    start: Vec<Arc<Prober>>,
+    /// Kept probers and the pools they check from now on.
+    follow: Vec<(Arc<Prober>, Arc<Pool>)>,
+}
+
+impl Probes {
+    /// Starts and moves probers; retires those of `previous` that no frontend
+    /// of `frontends` has any more.
+    fn apply(self, previous: Option<&Generation>, frontends: &[Arc<Frontend>]) {
+        for (prober, pool) in &self.follow {
+            prober.follow(pool);
+        }
+        for prober in &self.start {
+            if let Err(err) = prober.start() {
+                warn!(%err, "cannot start health checks");
+            }
+        }
+        let kept = |p: &Arc<Prober>| {
+            frontends
+                .iter()
+                .flat_map(|f| f.probers.iter().flatten())
+                .any(|k| Arc::ptr_eq(k, p))
+        };
+        for old in previous.into_iter().flat_map(|g| &g.frontends) {
+            for prober in old.probers.iter().flatten() {
+                if !kept(prober) {
+                    prober.retire();
+                }
+            }
+        }
     }
 }
 
 /// A new pool of `backends` (of route `route`, if any) under `health` and
-/// `fe`'s passive settings, taking over the runtime state of `old`'s backends
-/// at the same addresses, and their health under health checks (without them
-/// nothing would bring a carried down backend back, so it starts all up),
-/// with its prober started.
+/// `fe`'s passive settings, taking over the runtime state of the old slot's
+/// backends at the same addresses, and their health under health checks
+/// (without them nothing would bring a carried down backend back, so it
+/// starts all up); and its prober: the old slot's, moved on to it, while
+/// the health settings are the same, else a new one (none for no backends).
 fn new_pool(
     fe: &FrontendConfig,
     route: Option<&str>,
     health: HealthConfig,
     backends: &[BackendConfig],
-    old: Option<&Arc<Pool>>,
-) -> Arc<Pool> {
+    old: Option<(&Arc<Pool>, Option<&Arc<Prober>>)>,
+    probes: &mut Probes,
+) -> (Arc<Pool>, Option<Arc<Prober>>) {
     let pool = Arc::new(Pool::new(backends, passive(fe, health)));
-    if let Some(o) = old {
+    if let Some((o, _)) = old {
         pool.carry_runtime_from(o);
     }
-    if health.checks && !backends.is_empty() {
-        if let Some(o) = old {
-            pool.carry_health_from(o);
-        }
-        let name = match route {
-            Some(route) => format!("{} route {route}", fe.name),
-            None => fe.name.clone(),
-        };
-        if let Err(err) = probe::spawn(Arc::downgrade(&pool), name, health) {
-            warn!(frontend = %fe.name, %err, "cannot start health checks");
-        }
+    if !health.checks {
+        return (pool, None);
     }
-    pool
+    if let Some((o, _)) = old {
+        pool.carry_health_from(o);
+    }
+    let kept = old
+        .and_then(|(_, prober)| prober)
+        .filter(|p| p.health() == health);
+    let prober = match kept {
+        // Nothing to check: no thread, unless one follows the slot already
+        // (a name without addresses for now).
+        None if backends.is_empty() => return (pool, None),
+        Some(prober) => {
+            probes.follow.push((prober.clone(), pool.clone()));
+            prober.clone()
+        }
+        None => {
+            let name = match route {
+                Some(route) => format!("{} route {route}", fe.name),
+                None => fe.name.clone(),
+            };
+            let prober = Prober::new(&pool, name, health);
+            probes.start.push(prober.clone());
+            prober
+        }
+    };
+    (pool, Some(prober))
 }
 
 /// How failures on real traffic take a pool of `fe` with `health` down.
@@ -352,6 +435,31 @@ mod tests {
                 sockets: Vec::new(),
             },
         }
+    }
+
+    fn config(args: &[&str]) -> Config {
+        use clap::Parser;
+        let base = ["ringlb", "--listen", "127.0.0.1:0", "--workers", "1"];
+        let all: Vec<&str> = base.iter().chain(args).copied().collect();
+        Config::from_cli(&crate::config::cli::Cli::try_parse_from(all).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_changed_pool_keeps_its_slots_prober_while_the_health_settings_stay() {
+        let one = ["--backend", "127.0.0.1:9"];
+        let two = ["--backend", "127.0.0.1:9", "--backend", "127.0.0.2:9"];
+        let g0 = Generation::build(0, config(&one), None, &mut Vec::new()).unwrap();
+        let g1 = Generation::build(1, config(&two), Some(&g0), &mut Vec::new()).unwrap();
+        let prober = |g: &Generation| g.frontends[0].probers[0].clone().unwrap();
+        assert!(!Arc::ptr_eq(&g0.frontends[0].pool, &g1.frontends[0].pool));
+        assert!(Arc::ptr_eq(&prober(&g0), &prober(&g1)), "one prober");
+        assert!(prober(&g1).checks(&g1.frontends[0].pool));
+        // Other health settings: a new prober, and the old one stops.
+        let slower = [&two[..], &["--health-interval", "5s"]].concat();
+        let g2 = Generation::build(2, config(&slower), Some(&g1), &mut Vec::new()).unwrap();
+        assert!(!Arc::ptr_eq(&prober(&g1), &prober(&g2)));
+        assert!(!prober(&g1).checks(&g1.frontends[0].pool), "retired");
+        assert!(prober(&g2).checks(&g2.frontends[0].pool));
     }
 
     #[test]

@@ -234,6 +234,12 @@ const FAMILIES: &[Family] = &[
         help: "1 while a backend name's addresses are kept from an earlier answer because its lookups fail.",
         source: Source::Name(|n| n.stale as u64),
     },
+    Family {
+        name: "ringlb_dns_truncated_total",
+        kind: Kind::Counter,
+        help: "Answers for a backend name with more addresses than max-addresses; its lowest ones serve.",
+        source: Source::Name(|n| n.truncated),
+    },
 ];
 
 impl Family {
@@ -497,6 +503,7 @@ mod tests {
             addresses: 1,
             failures: 4,
             stale: true,
+            truncated: 2,
         }];
         let frontends = vec![(m, vec![(None, both, 0)])];
         let text = render(&registry(move || frontends.clone(), move || names.clone()));
@@ -506,6 +513,7 @@ mod tests {
             "ringlb_dns_addresses{name=\"web.test:80\"} 1\n",
             "ringlb_dns_failures_total{name=\"web.test:80\"} 4\n",
             "ringlb_dns_stale{name=\"web.test:80\"} 1\n",
+            "ringlb_dns_truncated_total{name=\"web.test:80\"} 2\n",
         ] {
             assert!(text.contains(line), "no {line:?} in:\n{text}");
         }

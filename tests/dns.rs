@@ -17,7 +17,7 @@ use common::{http_get, metric, run_to_exit, wait_until, Backend, Ringlb};
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, SRV};
-use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
@@ -28,6 +28,43 @@ use hickory_server::Server;
 #[derive(Default)]
 struct Zone {
     records: Mutex<HashMap<String, Vec<Record>>>,
+    /// Names whose A queries are answered slowly, one at a time (see [`Dns::slow`]).
+    slow: Mutex<Vec<String>>,
+    /// How long each slow answer takes; zero answers the queued ones at once.
+    slow_delay: Mutex<Duration>,
+    /// Held while one slow answer is being made.
+    slow_turn: tokio::sync::Mutex<()>,
+    /// Slow names with a query waiting: the resolver's repeats of that
+    /// query are answered with it and take no turn of their own.
+    slow_waiting: Mutex<Vec<String>>,
+    /// Slow queries received and answered so far.
+    slow_started: AtomicUsize,
+    slow_answered: AtomicUsize,
+}
+
+impl Zone {
+    /// Waits out `name`'s delay if it is slow: one slow answer at a time, so
+    /// slow queries asked together take as long as asked one after another.
+    async fn delay(&self, name: &str) {
+        if !self.slow.lock().unwrap().iter().any(|n| n == name) {
+            return;
+        }
+        let waiting = |name: &str| self.slow_waiting.lock().unwrap().iter().any(|n| n == name);
+        if waiting(name) {
+            while waiting(name) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            return;
+        }
+        self.slow_waiting.lock().unwrap().push(name.into());
+        self.slow_started.fetch_add(1, Ordering::SeqCst);
+        let turn = self.slow_turn.lock().await;
+        let delay = *self.slow_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        drop(turn);
+        self.slow_waiting.lock().unwrap().retain(|n| n != name);
+        self.slow_answered.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 struct Handler(Arc<Zone>);
@@ -46,6 +83,9 @@ impl RequestHandler for Handler {
                 let name = info.query.name().to_string().to_lowercase();
                 let name = name.trim_end_matches('.');
                 let kind = info.query.query_type();
+                if kind == RecordType::A {
+                    self.0.delay(name).await;
+                }
                 match self.0.records.lock().unwrap().get(name) {
                     None => {
                         metadata.response_code = ResponseCode::NXDomain;
@@ -153,6 +193,21 @@ impl Dns {
             .insert(name.into(), records);
     }
 
+    /// Makes `names`' A queries answer after `delay` each, one answer at a
+    /// time (AAAA at once); a zero delay answers every waiting query at once.
+    fn slow(&self, names: &[String], delay: Duration) {
+        *self.zone.slow.lock().unwrap() = names.to_vec();
+        *self.zone.slow_delay.lock().unwrap() = delay;
+    }
+
+    /// Slow queries (received, answered) so far.
+    fn slow_counts(&self) -> (usize, usize) {
+        (
+            self.zone.slow_started.load(Ordering::SeqCst),
+            self.zone.slow_answered.load(Ordering::SeqCst),
+        )
+    }
+
     /// Takes `name` out of the zone: NXDOMAIN from now on.
     fn remove(&self, name: &str) {
         self.zone.records.lock().unwrap().remove(name);
@@ -160,6 +215,7 @@ impl Dns {
 
     /// Stops answering: the port is closed, lookups fail.
     fn stop(&mut self) {
+        self.slow(&[], Duration::ZERO);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -529,5 +585,148 @@ fn a_reload_adds_and_checks_names() {
     assert_eq!(
         one_client(lb.addr).map(|t| (2..=4).contains(&t)).ok(),
         Some(true)
+    );
+}
+
+#[test]
+fn a_name_gives_at_most_max_addresses_backends() {
+    let dns = Dns::start();
+    let (port, _backends) = backends_on_one_port(&[2, 3, 4, 5, 6, 7]);
+    dns.set_a("many.test", &[ip(7), ip(3), ip(5), ip(2), ip(6), ip(4)]);
+    let name = format!("many.test:{port}");
+    let lb = Ringlb::over(&name)
+        .arg("--resolver", dns.arg())
+        .arg("--resolve-interval", "1s")
+        .arg("--max-addresses", "4")
+        .admin()
+        .start();
+    // The lowest four, whatever order DNS gives them in.
+    let lowest: Vec<String> = (2..=5).map(|l| format!("127.0.0.{l}:{port}")).collect();
+    assert_eq!(listed(&lb), lowest);
+    let truncated = format!("ringlb_dns_truncated_total{{name=\"{name}\"}}");
+    let (_, text) = http_get(lb.admin_addr(), "/metrics");
+    assert!(metric(&text, &truncated) >= 1, "{text}");
+    assert_eq!(
+        metric(&text, &format!("ringlb_dns_addresses{{name=\"{name}\"}}")),
+        4
+    );
+    // Every later cut answer counts; the set stays the same four.
+    let before = metric(&text, &truncated);
+    wait_until("another cut answer", || {
+        let (_, text) = http_get(lb.admin_addr(), "/metrics");
+        metric(&text, &truncated) > before
+    });
+    assert_eq!(listed(&lb), lowest);
+    assert_eq!(
+        lb.log().matches("max-addresses").count(),
+        1,
+        "one warning while the cut set stays the same; log:\n{}",
+        lb.log()
+    );
+    // Under the cap again: every address.
+    dns.set_a("many.test", &[ip(2), ip(6)]);
+    wait_until("the two addresses", || listed(&lb).len() == 2);
+    assert_eq!(
+        listed(&lb),
+        [format!("127.0.0.2:{port}"), format!("127.0.0.6:{port}")]
+    );
+}
+
+#[test]
+fn a_slow_srv_name_does_not_hold_back_another_names_change() {
+    let dns = Dns::start();
+    let (port, _backends) = backends_on_one_port(&[2, 3]);
+    dns.set_a("fast.test", &[ip(2)]);
+    // An SRV name with many targets, each answering slowly once switched on.
+    const TARGETS: u16 = 20;
+    let targets: Vec<String> = (0..TARGETS).map(|i| format!("t{i}.slow.test")).collect();
+    for target in &targets {
+        dns.set_a(target, &[ip(4)]);
+    }
+    let records: Vec<(u16, u16, u16, &str)> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (10, 1, 9000 + i as u16, t.as_str()))
+        .collect();
+    dns.set_srv("_slow._tcp.test", &records);
+    let fast = format!("fast.test:{port}");
+    let lb = Ringlb::over(&fast)
+        .backend("srv:_slow._tcp.test")
+        .arg("--resolver", dns.arg())
+        .arg("--resolve-interval", "1s")
+        .no_health_checks()
+        .admin()
+        .start();
+    assert_eq!(listed(&lb).len(), 1 + TARGETS as usize);
+
+    // Each target answers after 0.6 s, one answer at a time (under the
+    // resolver's 1 s per query): the whole SRV name takes 12 s answered in turn.
+    dns.slow(&targets, Duration::from_millis(600));
+    wait_until("a lookup of the slow targets", || dns.slow_counts().0 > 0);
+    let (_, answered) = dns.slow_counts();
+    dns.set_a("fast.test", &[ip(2), ip(3)]);
+    wait_until("the fast name's new address", || {
+        listed(&lb).contains(&format!("127.0.0.3:{port}"))
+    });
+    // Looked up one after another, the slow round in flight (all of its
+    // targets answered in turn) would come before the fast name's change.
+    let later = dns.slow_counts().1 - answered;
+    eprintln!("{later} slow answers came before the fast name's change");
+    assert!(
+        later < usize::from(TARGETS) / 2,
+        "{later} slow answers came before the fast name's change; log:\n{}",
+        lb.log()
+    );
+    // The slow name keeps its addresses meanwhile.
+    assert_eq!(listed(&lb).len(), 2 + TARGETS as usize, "{}", lb.log());
+}
+
+/// Threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn dns_generations_held_by_connections_do_not_add_threads() {
+    let dns = Dns::start();
+    let (port, _backends) = backends_on_one_port(&[2, 3]);
+    dns.set_a("web.test", &[ip(2)]);
+    let lb = Ringlb::over(format!("web.test:{port}"))
+        .arg("--resolver", dns.arg())
+        .arg("--resolve-interval", "1s")
+        .health_interval("100ms")
+        .workers(1)
+        .admin()
+        .start();
+    // One connection per generation, held: it keeps its generation's pool.
+    let hold = |held: &mut Vec<std::net::TcpStream>| {
+        let mut conn = lb.connect();
+        let mut tag = [0u8; 1];
+        conn.read_exact(&mut tag).unwrap();
+        conn.write_all(b"x").unwrap();
+        conn.read_exact(&mut tag).unwrap();
+        held.push(conn);
+    };
+    let mut held = Vec::new();
+    hold(&mut held);
+    let start = threads(lb.pid());
+    const GENERATIONS: usize = 10;
+    for g in 0..GENERATIONS {
+        let set: &[Ipv4Addr] = if g % 2 == 0 {
+            &[ip(2), ip(3)]
+        } else {
+            &[ip(2)]
+        };
+        dns.set_a("web.test", set);
+        wait_until("the new generation", || listed(&lb).len() == set.len());
+        hold(&mut held);
+    }
+    let end = threads(lb.pid());
+    eprintln!("threads: {start} at start, {end} after {GENERATIONS} generations");
+    assert!(
+        end < start + GENERATIONS / 2,
+        "threads grew from {start} to {end} over {GENERATIONS} DNS generations"
     );
 }

@@ -18,6 +18,15 @@
 //! and open connections keep the pool they started with, so a removed
 //! address drains.
 //!
+//! Answers are bounded: a name gives at most `max-addresses` backends (the
+//! lowest addresses, SRV targets of the lowest priority value first, so every
+//! instance keeps the same ones), a cut answer is counted
+//! (`ringlb_dns_truncated_total`) and warned about once per change of the
+//! kept set, and a name's lookup, an SRV name's targets included (looked up
+//! together), has one deadline. Each name is looked up on its own schedule,
+//! so a slow name holds back no other's change; the log line of a change
+//! gives counts and a few addresses, computed outside the state's lock.
+//!
 //! Failures keep the last good set: a timeout or an error answer (SERVFAIL,
 //! REFUSED...) for good, NXDOMAIN or an empty answer for a name that
 //! resolved before for `resolve-hold`, then its backends go. Each change of
@@ -25,7 +34,7 @@
 //! (`ringlb_dns_failures_total`). The state machine ([`NameState`]), the
 //! schedule and the mapping of answers to backends are pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -41,11 +50,20 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::{BackendConfig, BackendName, Config, MAX_WEIGHT};
+use crate::logging::Throttle;
 
 /// The shortest time between two lookups of a name, whatever its TTL.
 pub const MIN_RESOLVE_DELAY: Duration = Duration::from_secs(1);
-/// How long one lookup (with its retry) may take.
+/// How long one lookup of a name may take, an SRV name's targets included.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one DNS query may take (the resolver does not retry).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// An SRV name's targets looked up at once.
+const TARGETS_AT_ONCE: usize = 32;
+/// At most one warning per name this often about a cut answer.
+const TRUNCATED_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// Addresses a change's log line names, of those added and of those removed.
+const LOGGED_ADDRESSES: usize = 4;
 
 /// A name could not be resolved where that is an error: at start, or for a
 /// name a reload adds (unless `resolve-at-start = false`).
@@ -123,21 +141,32 @@ pub struct NameState {
     empty_since: Option<Instant>,
     /// Failed lookups, for /metrics.
     failures: u64,
+    /// Answers cut to the cap, for /metrics.
+    truncated: u64,
+    /// How many addresses the last answer had when it was cut.
+    cut_from: Option<usize>,
 }
 
 impl NameState {
-    /// Takes in one answer at `now`; returns whether the set changed and
-    /// what to log.
+    /// Takes in one answer at `now`, keeping at most `cap` addresses of
+    /// it; returns whether the set changed and what to log.
     pub fn observe(
         &mut self,
         answer: Answer,
         now: Instant,
         hold: Duration,
+        cap: usize,
     ) -> (bool, Option<Event>) {
         match answer {
             Answer::Found(mut set, _) => {
                 set.sort();
                 set.dedup();
+                self.cut_from = None;
+                if set.len() > cap {
+                    self.cut_from = Some(set.len());
+                    self.truncated += 1;
+                    keep_lowest(&mut set, cap);
+                }
                 let changed = set != self.set;
                 self.set = set;
                 self.empty_since = None;
@@ -174,6 +203,11 @@ impl NameState {
         &self.set
     }
 
+    /// How many addresses the last answer had, when more than the cap.
+    pub fn cut_from(&self) -> Option<usize> {
+        self.cut_from
+    }
+
     /// When the next lookup is due after one at `now`: after `interval`, or
     /// the answer's TTL if shorter (at least [`MIN_RESOLVE_DELAY`]), and no
     /// later than the end of a running hold.
@@ -191,6 +225,17 @@ impl NameState {
             None => due,
         }
     }
+}
+
+/// Cuts the sorted `set` to its `cap` lowest addresses, SRV targets of the
+/// lowest priority value first (the primaries stay primaries); still sorted.
+fn keep_lowest(set: &mut Vec<Found>, cap: usize) {
+    if set.len() <= cap {
+        return;
+    }
+    set.sort_by_key(|f| (f.srv.map(|s| s.priority), f.addr, f.srv));
+    set.truncate(cap);
+    set.sort();
 }
 
 /// The backends `template` (a backend written as a name) stands for, given
@@ -247,21 +292,36 @@ pub fn expand(templates: &Config, sets: &BTreeMap<BackendName, NameState>) -> Co
     config
 }
 
-/// Every name `config` uses, with the shortest interval and hold of the
-/// frontends using it.
-pub fn names(config: &Config) -> BTreeMap<BackendName, (Duration, Duration)> {
-    let mut out: BTreeMap<BackendName, (Duration, Duration)> = BTreeMap::new();
+/// How a name is followed: the shortest interval and hold, and the lowest
+/// cap, of the frontends using it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Follow {
+    /// `resolve-interval`.
+    pub interval: Duration,
+    /// `resolve-hold`.
+    pub hold: Duration,
+    /// `max-addresses`.
+    pub cap: usize,
+}
+
+/// Every name `config` uses, and how it is followed.
+pub fn names(config: &Config) -> BTreeMap<BackendName, Follow> {
+    let mut out: BTreeMap<BackendName, Follow> = BTreeMap::new();
     for fe in &config.frontends {
         let pools = std::iter::once(&fe.backends).chain(fe.routes.iter().map(|r| &r.backends));
+        let cap = fe.max_addresses as usize;
         for name in pools
             .flatten()
             .filter_map(|b| b.name.as_ref().map(lookup_key))
         {
-            let entry = out
-                .entry(name)
-                .or_insert((fe.resolve_interval, fe.resolve_hold));
-            entry.0 = entry.0.min(fe.resolve_interval);
-            entry.1 = entry.1.min(fe.resolve_hold);
+            let entry = out.entry(name).or_insert(Follow {
+                interval: fe.resolve_interval,
+                hold: fe.resolve_hold,
+                cap,
+            });
+            entry.interval = entry.interval.min(fe.resolve_interval);
+            entry.hold = entry.hold.min(fe.resolve_hold);
+            entry.cap = entry.cap.min(cap);
         }
     }
     out
@@ -290,6 +350,8 @@ pub struct NameSample {
     pub failures: u64,
     /// Whether the addresses in use are a kept set (the last lookup failed).
     pub stale: bool,
+    /// Answers cut to `max-addresses` so far.
+    pub truncated: u64,
 }
 
 /// The names' state for /metrics, updated after every lookup.
@@ -299,9 +361,10 @@ pub type Status = Mutex<Vec<NameSample>>;
 #[derive(Debug)]
 struct Entry {
     state: NameState,
-    interval: Duration,
-    hold: Duration,
+    follow: Follow,
     due: Instant,
+    /// Bounds the warnings about cut answers of a name whose set keeps changing.
+    cut_warnings: Throttle,
 }
 
 /// The running templates and every name's state.
@@ -334,10 +397,10 @@ impl Discovery {
         let wanted = names(&config);
         let answers = resolve_now(&config.resolvers, wanted.keys().cloned().collect());
         let mut entries = BTreeMap::new();
-        for ((name, (interval, hold)), answer) in wanted.into_iter().zip(answers) {
+        for ((name, follow), answer) in wanted.into_iter().zip(answers) {
             entries.insert(
                 name.clone(),
-                first_entry(&config, &name, answer, now, interval, hold)?,
+                first_entry(&config, &name, answer, now, follow)?,
             );
         }
         let expanded = expand(&config, &sets(&entries));
@@ -394,18 +457,22 @@ impl Discovery {
         let answers = resolve_now(&config.resolvers, new.clone());
         let mut added = BTreeMap::new();
         for (name, answer) in new.into_iter().zip(answers) {
-            let (interval, hold) = wanted[&name];
+            let follow = wanted[&name];
             added.insert(
                 name.clone(),
-                first_entry(&config, &name, answer, now, interval, hold)?,
+                first_entry(&config, &name, answer, now, follow)?,
             );
         }
         let expanded = {
             let mut state = lock(&self.shared.state);
             state.names.retain(|name, _| wanted.contains_key(name));
             for (name, entry) in &mut state.names {
-                (entry.interval, entry.hold) = wanted[name];
-                entry.due = entry.due.min(now + entry.interval);
+                let follow = wanted[name];
+                // A lower cap cuts the kept set now; a higher one waits for
+                // the next answer.
+                keep_lowest(&mut entry.state.set, follow.cap);
+                entry.follow = follow;
+                entry.due = entry.due.min(now + follow.interval);
             }
             state.names.append(&mut added);
             state.templates = config;
@@ -416,53 +483,65 @@ impl Discovery {
         Ok(expanded)
     }
 
-    /// The thread: look up each name when due, call `changed` when a set changed.
+    /// The thread: look up each name when it is due, each on its own (a
+    /// slow name holds back no other), and call `changed` when a set changed.
     async fn run(self, changed_hook: impl Fn()) {
-        let mut resolver = None;
+        // Set up when a name is first due: a config without names needs none.
+        let mut resolver: Option<TokioResolver> = None;
+        let mut lookups = tokio::task::JoinSet::new();
+        let mut in_flight: BTreeSet<BackendName> = BTreeSet::new();
         loop {
             let woken = self.shared.wake.notified();
             let now = Instant::now();
             let (due, next) = {
                 let state = lock(&self.shared.state);
-                let due: Vec<BackendName> = state
-                    .names
-                    .iter()
+                let waiting = state.names.iter().filter(|(n, _)| !in_flight.contains(*n));
+                let due: Vec<BackendName> = waiting
+                    .clone()
                     .filter(|(_, e)| e.due <= now)
                     .map(|(n, _)| n.clone())
                     .collect();
-                (due, state.names.values().map(|e| e.due).min())
+                (due, waiting.map(|(_, e)| e.due).min())
             };
-            if due.is_empty() {
-                let sleep = next.map_or(Duration::from_secs(3600), |at| at - now);
-                tokio::select! {
-                    _ = tokio::time::sleep(sleep) => {}
-                    _ = woken => {}
-                }
-                continue;
-            }
-            let resolver = match &resolver {
-                Some(r) => r,
-                None => match build_resolver(&lock(&self.shared.state).templates.resolvers) {
-                    Ok(r) => resolver.insert(r),
+            if !due.is_empty() && resolver.is_none() {
+                match build_resolver(&lock(&self.shared.state).templates.resolvers) {
+                    Ok(r) => resolver = Some(r),
                     Err(err) => {
                         warn!(%err, "cannot set up the DNS resolver: backend names are not resolved again");
                         return;
                     }
-                },
-            };
-            let mut lookups = tokio::task::JoinSet::new();
+                }
+            }
             for name in due {
-                let resolver = resolver.clone();
+                let Some(resolver) = resolver.clone() else {
+                    break;
+                };
+                in_flight.insert(name.clone());
                 lookups.spawn(async move {
                     let answer = lookup(&resolver, &name).await;
                     (name, answer)
                 });
             }
+            let sleep = next.map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(now)
+            });
+            let first = tokio::select! {
+                done = lookups.join_next(), if !lookups.is_empty() => done,
+                _ = tokio::time::sleep(sleep) => None,
+                _ = woken => None,
+            };
+            let Some(first) = first else {
+                continue;
+            };
+            // Answers that came in together make one change.
             let mut changed = false;
-            while let Some(done) = lookups.join_next().await {
-                if let Ok((name, answer)) = done {
+            let mut done = Some(first);
+            while let Some(result) = done {
+                if let Ok((name, answer)) = result {
+                    in_flight.remove(&name);
                     changed |= self.observe(&name, answer);
                 }
+                done = lookups.try_join_next();
             }
             self.update_status();
             if changed {
@@ -474,37 +553,52 @@ impl Discovery {
     /// Takes one answer for `name` in; returns whether its set changed.
     fn observe(&self, name: &BackendName, answer: Answer) -> bool {
         let now = Instant::now();
-        let mut state = lock(&self.shared.state);
-        let Some(entry) = state.names.get_mut(name) else {
-            return false;
-        };
         let ttl = match &answer {
             Answer::Found(_, ttl) => Some(*ttl),
             _ => None,
         };
-        let before = entry.state.set().to_vec();
-        let (changed, event) = entry.state.observe(answer, now, entry.hold);
-        entry.due = entry.state.next_due(now, entry.interval, ttl, entry.hold);
-        log_event(name, event, entry.hold);
-        if changed {
-            let list = |set: &[Found]| {
-                set.iter()
-                    .map(|f| f.addr.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
+        let (before, after, event, hold, cut) = {
+            let mut state = lock(&self.shared.state);
+            let Some(entry) = state.names.get_mut(name) else {
+                return false;
             };
-            let after = entry.state.set();
-            let added: Vec<&Found> = after.iter().filter(|f| !before.contains(f)).collect();
-            let removed: Vec<&Found> = before.iter().filter(|f| !after.contains(f)).collect();
-            info!(
+            let hold = entry.follow.hold;
+            let was_cut = entry.state.cut_from().is_some();
+            let before = entry.state.set.clone();
+            let (changed, event) = entry.state.observe(answer, now, hold, entry.follow.cap);
+            entry.due = entry.state.next_due(now, entry.follow.interval, ttl, hold);
+            let after = changed.then(|| entry.state.set().to_vec());
+            // Once per change of the kept set, and not more often than the throttle.
+            let cut = entry
+                .state
+                .cut_from()
+                .filter(|_| changed || !was_cut)
+                .filter(|_| entry.cut_warnings.allow(now).is_some())
+                .map(|from| (from, entry.follow.cap));
+            (before, after, event, hold, cut)
+        };
+        log_event(name, event, hold);
+        if let Some((from, cap)) = cut {
+            warn!(
                 %name,
-                addresses = %list(after),
-                added = %added.iter().map(|f| f.addr.to_string()).collect::<Vec<_>>().join(","),
-                removed = %removed.iter().map(|f| f.addr.to_string()).collect::<Vec<_>>().join(","),
-                "backend name {name} resolves to {} address(es) now", after.len()
+                "{name} has {from} addresses, more than max-addresses: its lowest {cap} serve"
             );
         }
-        changed
+        let Some(after) = after else {
+            return false;
+        };
+        let old: BTreeSet<SocketAddr> = before.iter().map(|f| f.addr).collect();
+        let new: BTreeSet<SocketAddr> = after.iter().map(|f| f.addr).collect();
+        let added: Vec<&SocketAddr> = new.difference(&old).collect();
+        let removed: Vec<&SocketAddr> = old.difference(&new).collect();
+        info!(
+            %name,
+            addresses = after.len(),
+            added = %few(&added),
+            removed = %few(&removed),
+            "backend name {name} resolves to {} address(es) now", after.len()
+        );
+        true
     }
 
     fn update_status(&self) {
@@ -516,10 +610,30 @@ impl Discovery {
                 addresses: e.state.set().len() as u64,
                 failures: e.state.failures,
                 stale: e.state.trouble.is_some() && !e.state.set().is_empty(),
+                truncated: e.state.truncated,
             })
             .collect();
         *lock(&self.shared.status) = samples;
     }
+}
+
+/// How many of `addrs` there are and the first few of them, for a log line.
+fn few(addrs: &[&SocketAddr]) -> String {
+    let mut out = addrs.len().to_string();
+    if !addrs.is_empty() {
+        let named: Vec<String> = addrs
+            .iter()
+            .take(LOGGED_ADDRESSES)
+            .map(|a| a.to_string())
+            .collect();
+        let more = if addrs.len() > LOGGED_ADDRESSES {
+            ",..."
+        } else {
+            ""
+        };
+        out += &format!(" ({}{more})", named.join(","));
+    }
+    out
 }
 
 /// A name's entry after its first lookup (at start, or added by a reload).
@@ -528,8 +642,7 @@ fn first_entry(
     name: &BackendName,
     answer: Answer,
     now: Instant,
-    interval: Duration,
-    hold: Duration,
+    follow: Follow,
 ) -> Result<Entry, DiscoveryError> {
     let ttl = match &answer {
         Answer::Found(set, _) if set.is_empty() => None,
@@ -553,15 +666,24 @@ fn first_entry(
         warn!(%name, %reason, "backend name {name} does not resolve: its backends start empty");
     }
     let mut state = NameState::default();
-    let (_, event) = state.observe(answer, now, hold);
+    let (_, event) = state.observe(answer, now, follow.hold, follow.cap);
     if failed.is_none() {
-        log_event(name, event, hold);
+        log_event(name, event, follow.hold);
+    }
+    let cut_warnings = Throttle::new(TRUNCATED_WARNING_EVERY);
+    if let Some(from) = state.cut_from() {
+        cut_warnings.allow(now);
+        warn!(
+            %name,
+            "{name} has {from} addresses, more than max-addresses: its lowest {} serve",
+            follow.cap
+        );
     }
     Ok(Entry {
-        due: state.next_due(now, interval, ttl, hold),
+        due: state.next_due(now, follow.interval, ttl, follow.hold),
         state,
-        interval,
-        hold,
+        follow,
+        cut_warnings,
     })
 }
 
@@ -621,12 +743,12 @@ fn build_resolver(servers: &[SocketAddr]) -> Result<TokioResolver, NetError> {
     let options = builder.options_mut();
     options.cache_size = 0;
     options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    options.timeout = LOOKUP_TIMEOUT / 2;
+    options.timeout = QUERY_TIMEOUT;
     options.attempts = 1;
     builder.build()
 }
 
-/// Looks `names` up once, on this thread, in order (for start and reloads).
+/// Looks `names` up once, together, on this thread (for start and reloads).
 fn resolve_now(servers: &[SocketAddr], names: Vec<BackendName>) -> Vec<Answer> {
     if names.is_empty() {
         return Vec::new();
@@ -659,67 +781,94 @@ fn resolve_now(servers: &[SocketAddr], names: Vec<BackendName>) -> Vec<Answer> {
     })
 }
 
-/// One lookup of `name`, within [`LOOKUP_TIMEOUT`] (for SRV, per step).
+/// One lookup of `name` within [`LOOKUP_TIMEOUT`], an SRV name's targets
+/// included.
 async fn lookup(resolver: &TokioResolver, name: &BackendName) -> Answer {
-    match name {
-        BackendName::Host { host, port } => lookup_host(resolver, host, *port, None).await,
-        BackendName::Srv { name, .. } => {
-            let records = match tokio::time::timeout(
-                LOOKUP_TIMEOUT,
-                resolver.srv_lookup(name.as_str()),
-            )
-            .await
-            {
-                Err(_) => return Answer::Failed("timed out".into()),
-                Ok(Err(err)) => return classify(err),
-                Ok(Ok(records)) => records,
-            };
-            let mut ttl = records
-                .valid_until()
-                .saturating_duration_since(Instant::now());
-            let mut found = Vec::new();
-            for record in records.answers() {
-                let RData::SRV(srv) = &record.data else {
-                    continue;
-                };
-                if srv.target.is_root() {
-                    continue;
-                }
-                let meta = SrvRecord {
-                    priority: srv.priority,
-                    weight: srv.weight,
-                };
-                match lookup_host(resolver, &srv.target.to_string(), srv.port, Some(meta)).await {
-                    Answer::Found(set, t) => {
-                        found.extend(set);
-                        ttl = ttl.min(t);
-                    }
-                    // A target without addresses serves nothing; the others still do.
-                    Answer::Empty => {}
-                    Answer::Failed(why) => {
-                        return Answer::Failed(format!("target {}: {why}", srv.target))
-                    }
-                }
-            }
-            if found.is_empty() {
-                Answer::Empty
-            } else {
-                Answer::Found(found, ttl)
-            }
+    let answer = async {
+        match name {
+            BackendName::Host { host, port } => lookup_host(resolver, host, *port, None).await,
+            BackendName::Srv { name, .. } => lookup_srv(resolver, name).await,
         }
+    };
+    tokio::time::timeout(LOOKUP_TIMEOUT, answer)
+        .await
+        .unwrap_or_else(|_| Answer::Failed("timed out".into()))
+}
+
+/// An SRV name's records, then its targets' addresses, looked up together
+/// ([`TARGETS_AT_ONCE`] at a time), each target name once.
+async fn lookup_srv(resolver: &TokioResolver, name: &str) -> Answer {
+    let records = match resolver.srv_lookup(name).await {
+        Err(err) => return classify(err),
+        Ok(records) => records,
+    };
+    let mut ttl = records
+        .valid_until()
+        .saturating_duration_since(Instant::now());
+    let srvs: Vec<_> = records
+        .answers()
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::SRV(srv) if !srv.target.is_root() => Some(srv.clone()),
+            _ => None,
+        })
+        .collect();
+    let targets: BTreeSet<String> = srvs.iter().map(|s| s.target.to_string()).collect();
+    let gate = Arc::new(tokio::sync::Semaphore::new(TARGETS_AT_ONCE));
+    let mut lookups = tokio::task::JoinSet::new();
+    for target in targets {
+        let (resolver, gate) = (resolver.clone(), gate.clone());
+        lookups.spawn(async move {
+            let _turn = gate.acquire_owned().await;
+            let answer = lookup_host(&resolver, &target, 0, None).await;
+            (target, answer)
+        });
+    }
+    let mut addresses: BTreeMap<String, Vec<Found>> = BTreeMap::new();
+    while let Some(done) = lookups.join_next().await {
+        let Ok((target, answer)) = done else {
+            return Answer::Failed("a target's lookup did not finish".into());
+        };
+        match answer {
+            Answer::Found(set, t) => {
+                ttl = ttl.min(t);
+                addresses.insert(target, set);
+            }
+            // A target without addresses serves nothing; the others still do.
+            Answer::Empty => {}
+            Answer::Failed(why) => return Answer::Failed(format!("target {target}: {why}")),
+        }
+    }
+    let mut found = Vec::new();
+    for srv in &srvs {
+        let meta = SrvRecord {
+            priority: srv.priority,
+            weight: srv.weight,
+        };
+        for f in addresses.get(&srv.target.to_string()).into_iter().flatten() {
+            found.push(Found {
+                addr: SocketAddr::new(f.addr.ip(), srv.port),
+                srv: Some(meta),
+            });
+        }
+    }
+    if found.is_empty() {
+        Answer::Empty
+    } else {
+        Answer::Found(found, ttl)
     }
 }
 
+/// `host`'s A and AAAA addresses on `port`.
 async fn lookup_host(
     resolver: &TokioResolver,
     host: &str,
     port: u16,
     srv: Option<SrvRecord>,
 ) -> Answer {
-    match tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup_ip(host)).await {
-        Err(_) => Answer::Failed("timed out".into()),
-        Ok(Err(err)) => classify(err),
-        Ok(Ok(ips)) => {
+    match resolver.lookup_ip(host).await {
+        Err(err) => classify(err),
+        Ok(ips) => {
             let ttl = ips.valid_until().saturating_duration_since(Instant::now());
             let set: Vec<Found> = ips
                 .iter()
@@ -760,6 +909,7 @@ mod tests {
 
     const HOLD: Duration = Duration::from_secs(30);
     const INTERVAL: Duration = Duration::from_secs(5);
+    const CAP: usize = 1024;
 
     fn found(addrs: &[&str]) -> Vec<Found> {
         addrs
@@ -780,25 +930,56 @@ mod tests {
         let now = Instant::now();
         let mut s = NameState::default();
         assert_eq!(
-            s.observe(answer(&["127.0.0.3:1", "127.0.0.2:1"]), now, HOLD),
+            s.observe(answer(&["127.0.0.3:1", "127.0.0.2:1"]), now, HOLD, CAP),
             (true, None)
         );
         assert_eq!(s.set(), found(&["127.0.0.2:1", "127.0.0.3:1"]));
         assert_eq!(
-            s.observe(answer(&["127.0.0.2:1", "127.0.0.3:1"]), now, HOLD),
+            s.observe(answer(&["127.0.0.2:1", "127.0.0.3:1"]), now, HOLD, CAP),
             (false, None)
         );
         assert!(
             s.observe(
                 answer(&["127.0.0.2:1", "127.0.0.3:1", "127.0.0.4:1"]),
                 now,
-                HOLD
+                HOLD,
+                CAP
             )
             .0
         );
         assert!(
-            s.observe(answer(&["127.0.0.2:1", "127.0.0.4:1"]), now, HOLD)
+            s.observe(answer(&["127.0.0.2:1", "127.0.0.4:1"]), now, HOLD, CAP)
                 .0
+        );
+    }
+
+    #[test]
+    fn an_answer_over_the_cap_keeps_the_lowest_addresses_primaries_first() {
+        let now = Instant::now();
+        let mut s = NameState::default();
+        let big = answer(&["127.0.0.9:1", "127.0.0.3:1", "127.0.0.7:1", "127.0.0.2:1"]);
+        assert_eq!(s.observe(big.clone(), now, HOLD, 2), (true, None));
+        assert_eq!(s.set(), found(&["127.0.0.2:1", "127.0.0.3:1"]));
+        assert_eq!((s.cut_from(), s.truncated), (Some(4), 1));
+        // The same answer again: the same two, counted again.
+        assert_eq!(s.observe(big, now, HOLD, 2), (false, None));
+        assert_eq!(s.truncated, 2);
+        assert_eq!(
+            s.observe(answer(&["127.0.0.3:1"]), now, HOLD, 2),
+            (true, None)
+        );
+        assert_eq!((s.cut_from(), s.truncated), (None, 2));
+        // SRV: the lowest priority value's targets first, then addresses.
+        let mut s = NameState::default();
+        let set = vec![
+            srv("127.0.0.2:81", 20, 1),
+            srv("127.0.0.5:82", 10, 1),
+            srv("127.0.0.4:83", 10, 1),
+        ];
+        s.observe(Answer::Found(set, INTERVAL), now, HOLD, 2);
+        assert_eq!(
+            s.set(),
+            [srv("127.0.0.4:83", 10, 1), srv("127.0.0.5:82", 10, 1)]
         );
     }
 
@@ -806,22 +987,22 @@ mod tests {
     fn failures_keep_the_set_for_good_and_warn_once() {
         let now = Instant::now();
         let mut s = NameState::default();
-        s.observe(answer(&["127.0.0.2:1"]), now, HOLD);
+        s.observe(answer(&["127.0.0.2:1"]), now, HOLD, CAP);
         let fail = || Answer::Failed("SERVFAIL".into());
         assert_eq!(
-            s.observe(fail(), now, HOLD),
+            s.observe(fail(), now, HOLD, CAP),
             (false, Some(Event::Failing("SERVFAIL".into())))
         );
         let much_later = now + Duration::from_secs(86_400);
         assert_eq!(
-            s.observe(fail(), much_later, HOLD),
+            s.observe(fail(), much_later, HOLD, CAP),
             (false, None),
             "once per change"
         );
         assert_eq!(s.set(), found(&["127.0.0.2:1"]));
         assert_eq!(s.failures, 2);
         assert_eq!(
-            s.observe(answer(&["127.0.0.2:1"]), much_later, HOLD),
+            s.observe(answer(&["127.0.0.2:1"]), much_later, HOLD, CAP),
             (false, Some(Event::Recovered))
         );
     }
@@ -830,13 +1011,13 @@ mod tests {
     fn nxdomain_keeps_the_set_for_the_hold_then_empties_it() {
         let t0 = Instant::now();
         let mut s = NameState::default();
-        s.observe(answer(&["127.0.0.2:1"]), t0, HOLD);
+        s.observe(answer(&["127.0.0.2:1"]), t0, HOLD, CAP);
         assert_eq!(
-            s.observe(Answer::Empty, t0, HOLD),
+            s.observe(Answer::Empty, t0, HOLD, CAP),
             (false, Some(Event::Missing { held: true }))
         );
         let t1 = t0 + Duration::from_secs(10);
-        assert_eq!(s.observe(Answer::Empty, t1, HOLD), (false, None));
+        assert_eq!(s.observe(Answer::Empty, t1, HOLD, CAP), (false, None));
         assert_eq!(s.set().len(), 1);
         // The hold bounds the next lookup, so the set goes on time.
         assert_eq!(
@@ -844,20 +1025,23 @@ mod tests {
             t0 + HOLD
         );
         assert_eq!(
-            s.observe(Answer::Empty, t0 + HOLD, HOLD),
+            s.observe(Answer::Empty, t0 + HOLD, HOLD, CAP),
             (true, Some(Event::Emptied))
         );
         assert!(s.set().is_empty());
         // An answer within the hold cancels it.
         let mut s = NameState::default();
-        s.observe(answer(&["127.0.0.2:1"]), t0, HOLD);
-        s.observe(Answer::Empty, t0, HOLD);
-        s.observe(answer(&["127.0.0.2:1"]), t1, HOLD);
-        assert!(!s.observe(Answer::Empty, t0 + HOLD, HOLD).0, "a new hold");
+        s.observe(answer(&["127.0.0.2:1"]), t0, HOLD, CAP);
+        s.observe(Answer::Empty, t0, HOLD, CAP);
+        s.observe(answer(&["127.0.0.2:1"]), t1, HOLD, CAP);
+        assert!(
+            !s.observe(Answer::Empty, t0 + HOLD, HOLD, CAP).0,
+            "a new hold"
+        );
         // Never resolved: nothing to hold.
         let mut s = NameState::default();
         assert_eq!(
-            s.observe(Answer::Empty, t0, HOLD),
+            s.observe(Answer::Empty, t0, HOLD, CAP),
             (false, Some(Event::Missing { held: false }))
         );
     }
@@ -943,7 +1127,7 @@ mod tests {
         let now = Instant::now();
         let mut sets = BTreeMap::new();
         let mut web = NameState::default();
-        web.observe(answer(&["127.0.0.3:80", "127.0.0.2:80"]), now, HOLD);
+        web.observe(answer(&["127.0.0.3:80", "127.0.0.2:80"]), now, HOLD, CAP);
         sets.insert(
             wanted
                 .keys()

@@ -10,7 +10,7 @@
 //!
 //! - [`pool`]: the backends' shared state (active counts, health, runtime state, weights) and eligibility.
 //! - [`health`]: the pure rise/fall health state machine.
-//! - [`probe`]: the one prober thread per pool that runs health checks.
+//! - [`probe`]: the one prober thread per pool slot (it follows the slot across generations) that runs health checks.
 //! - [`balance`]: the balancing algorithms, one file each, pure.
 //! - [`upstream`]: one worker's way to a pool: pick, connect with failover, the max-conns queue, and
 //!   the report of each backend's successes and failures on real traffic.

@@ -1,14 +1,23 @@
-//! Active health checks: one prober thread per pool (shared by all workers,
-//! not one per worker) that connects to each backend every interval, feeds the
+//! Active health checks: one prober thread per pool slot (a frontend's own
+//! pool, or one SNI route's), shared by all workers and by every generation
+//! of that slot. It connects to each backend every interval, feeds the
 //! results into each backend's [`HealthState`], and publishes flips to the
 //! [`Pool`] that workers read without locks. Failures on real traffic take a
 //! backend down in the pool itself; the prober then needs `rise` passed
 //! checks to bring it back. A backend in `maint` is not checked at all; its
-//! health stays as it was until it leaves maint. It holds the pool weakly and ends once a reload has replaced
-//! the pool and its last connection is gone.
+//! health stays as it was until it leaves maint.
+//!
+//! A generation's build points the slot's [`Prober`] at the new pool
+//! ([`Prober::follow`]); the prober carries each kept address's health
+//! state over, so a DNS change or a reload costs no thread. An older pool
+//! still serves the connections that started on it but is no longer
+//! checked. The thread holds its prober and pool weakly: it ends once no
+//! generation has the slot any more, or the slot's health settings changed
+//! and a new prober took over ([`Prober::retire`]).
 
 use std::io;
-use std::sync::{Arc, Weak};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -18,37 +27,124 @@ use crate::backend::health::HealthState;
 use crate::backend::pool::Pool;
 use crate::config::HealthConfig;
 
-/// Starts the prober thread for `pool`; it runs as long as the pool lives.
-pub fn spawn(
-    pool: Weak<Pool>,
-    frontend: String,
-    config: HealthConfig,
-) -> io::Result<thread::JoinHandle<()>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    thread::Builder::new()
-        .name("ringlb-health".into())
-        .spawn(move || rt.block_on(run(pool, frontend, config)))
+/// The health checks of one pool slot, across generations.
+#[derive(Debug)]
+pub struct Prober {
+    /// The pool checked: the newest generation's for this slot.
+    pool: Mutex<Weak<Pool>>,
+    /// The slot as logs name it (the frontend, and the route if any).
+    name: String,
+    /// How it checks; a slot whose settings change gets a new prober.
+    health: HealthConfig,
 }
 
-async fn run(weak: Weak<Pool>, frontend: String, config: HealthConfig) {
-    // Each backend starts as the pool has it: up, or as a reload carried it over.
-    let Some(mut states) = weak.upgrade().map(|pool| {
-        (0..pool.len())
-            .map(|i| HealthState::starting(pool.is_up(i), config.rise, config.fall))
-            .collect::<Vec<_>>()
-    }) else {
+impl Prober {
+    /// A prober of `pool` under `health`; its thread starts with [`Prober::start`].
+    pub fn new(pool: &Arc<Pool>, name: String, health: HealthConfig) -> Arc<Prober> {
+        Arc::new(Prober {
+            pool: Mutex::new(Arc::downgrade(pool)),
+            name,
+            health,
+        })
+    }
+
+    /// Starts the thread; it runs while the prober and its pool live.
+    pub fn start(self: &Arc<Prober>) -> io::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let weak = Arc::downgrade(self);
+        thread::Builder::new()
+            .name("ringlb-health".into())
+            .spawn(move || rt.block_on(run(weak)))?;
+        Ok(())
+    }
+
+    /// How it checks.
+    pub fn health(&self) -> HealthConfig {
+        self.health
+    }
+
+    /// Checks `pool` from the next round on, instead of the one before.
+    pub fn follow(&self, pool: &Arc<Pool>) {
+        *self.pool.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(pool);
+    }
+
+    /// Stops checking: the thread ends at its next round.
+    pub fn retire(&self) {
+        *self.pool.lock().unwrap_or_else(PoisonError::into_inner) = Weak::new();
+    }
+
+    /// Whether it checks `pool` now.
+    #[cfg(test)]
+    pub fn checks(&self, pool: &Arc<Pool>) -> bool {
+        self.pool().is_some_and(|p| Arc::ptr_eq(&p, pool))
+    }
+
+    /// The pool to check now, if any.
+    fn pool(&self) -> Option<Arc<Pool>> {
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade()
+    }
+}
+
+/// Each backend's health state, for the pool they were made for.
+struct States {
+    pool: Weak<Pool>,
+    states: Vec<(SocketAddr, HealthState)>,
+}
+
+impl States {
+    /// The states for `pool`: a kept address keeps its state (and a flip
+    /// the pool's build missed is published), a new one starts as the pool
+    /// has it (up, or as the build carried it over).
+    fn follow(&mut self, pool: &Arc<Pool>, config: HealthConfig) {
+        if self.pool.ptr_eq(&Arc::downgrade(pool)) {
+            return;
+        }
+        let old = std::mem::take(&mut self.states);
+        self.pool = Arc::downgrade(pool);
+        self.states = (0..pool.len())
+            .map(|i| {
+                let addr = pool.addr(i);
+                let kept = old.iter().find(|(a, _)| *a == addr).map(|(_, s)| *s);
+                let state = match kept {
+                    Some(state) => {
+                        if !state.is_up() && pool.is_up(i) {
+                            pool.set_up(i, false);
+                        }
+                        state
+                    }
+                    None => HealthState::starting(pool.is_up(i), config.rise, config.fall),
+                };
+                (addr, state)
+            })
+            .collect();
+    }
+}
+
+async fn run(weak: Weak<Prober>) {
+    let Some(config) = weak.upgrade().map(|p| p.health) else {
         return;
+    };
+    let mut states = States {
+        pool: Weak::new(),
+        states: Vec::new(),
     };
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut all_down = false;
     loop {
         ticker.tick().await;
-        let Some(pool) = weak.upgrade() else {
+        let Some((pool, name)) = weak
+            .upgrade()
+            .and_then(|p| Some((p.pool()?, p.name.clone())))
+        else {
             return;
         };
+        states.follow(&pool, config);
         // Concurrent, so one silent backend does not delay the others' checks.
         let checks: Vec<_> = (0..pool.len())
             .map(|i| {
@@ -63,7 +159,7 @@ async fn run(weak: Weak<Pool>, frontend: String, config: HealthConfig) {
             let result = handle
                 .await
                 .unwrap_or_else(|err| Err(format!("check task failed: {err}")));
-            let state = &mut states[i];
+            let state = &mut states.states[i].1;
             // A worker may have taken it down on failures it saw: it then
             // needs `rise` passed checks like any down backend.
             if state.is_up() && !pool.is_up(i) {
@@ -85,13 +181,14 @@ async fn run(weak: Weak<Pool>, frontend: String, config: HealthConfig) {
                 }
             }
         }
+        // An empty pool (a name without addresses) says nothing new.
         let none_up = !pool.any_up();
-        if none_up != all_down {
+        if pool.len() > 0 && none_up != all_down {
             all_down = none_up;
             if none_up {
-                warn!(%frontend, "every backend is down: new clients are closed until one recovers");
+                warn!(frontend = %name, "every backend is down: new clients are closed until one recovers");
             } else {
-                info!(%frontend, "a backend is up again: serving clients");
+                info!(frontend = %name, "a backend is up again: serving clients");
             }
         }
     }

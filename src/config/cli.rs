@@ -16,9 +16,10 @@ use super::{
     HealthConfig, LogFormat, OrNever, Protocol, ProxyVersion, RouteBy, RouteConfig,
     DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_NAME, DEFAULT_PROTOCOL, DEFAULT_PROXY_HEADER_TIMEOUT,
-    DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE,
-    DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_RISE_FALL, MAX_WORKERS,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_NAME, DEFAULT_PROTOCOL,
+    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD,
+    DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE, DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT,
+    MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
 };
 
 /// A per-core io_uring TCP load balancer.
@@ -204,6 +205,13 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_RESOLVE_HOLD.into(), conflicts_with = "config")]
     pub resolve_hold: humantime::Duration,
 
+    /// Most addresses one backend name (its A and AAAA records, or its SRV
+    /// targets') becomes backends of; past it the lowest are kept, with a
+    /// warning and ringlb_dns_truncated_total counting the cut answers.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ADDRESSES, conflicts_with = "config",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MAX_ADDRESSES)))]
+    pub max_addresses: u32,
+
     /// Whether a backend name that does not resolve at start is an error;
     /// with `--resolve-at-start=false` its backends start empty and fill
     /// when DNS answers [default: true].
@@ -362,6 +370,7 @@ impl Config {
                 .collect(),
             resolve_interval: cli.resolve_interval.into(),
             resolve_hold: cli.resolve_hold.into(),
+            max_addresses: cli.max_addresses,
         };
         let config = Config {
             workers: cli.workers.map_or_else(default_workers, |n| n as usize),

@@ -30,9 +30,10 @@ use super::{
     BackendName, Config, ConfigError, FrontendConfig, HealthConfig, Location, OrNever, Protocol,
     ProxyVersion, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_OBSERVE_L4, DEFAULT_PROTOCOL, DEFAULT_PROXY_HEADER_TIMEOUT,
-    DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY,
-    DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_RISE_FALL, MAX_WORKERS,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_OBSERVE_L4, DEFAULT_PROTOCOL,
+    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD,
+    DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT,
+    DEFAULT_WEIGHT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
 };
 
 /// Reads and validates a config file.
@@ -348,6 +349,7 @@ struct RawFrontend {
     route: Vec<Table<RawRoute>>,
     resolve_interval: Option<Dur>,
     resolve_hold: Option<Dur>,
+    max_addresses: Option<Int<1, { MAX_MAX_ADDRESSES as u64 }>>,
 }
 
 /// One `[[frontend.route]]` table as written.
@@ -466,6 +468,9 @@ impl RawFrontend {
                 .resolve_interval
                 .map_or(DEFAULT_RESOLVE_INTERVAL, |d| d.0),
             resolve_hold: self.resolve_hold.map_or(DEFAULT_RESOLVE_HOLD, |d| d.0),
+            max_addresses: self
+                .max_addresses
+                .map_or(DEFAULT_MAX_ADDRESSES, |n| n.0 as u32),
         }
     }
 }
@@ -949,6 +954,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 routes: vec![],
                 resolve_interval: Duration::from_secs(5),
                 resolve_hold: Duration::from_secs(30),
+                max_addresses: 1024,
             }],
             resolvers: vec![],
             resolve_at_start: true,
@@ -1011,6 +1017,7 @@ fail-timeout = "30s"
 observe-l4 = false
 resolve-interval = "2s"
 resolve-hold = "1m"
+max-addresses = 64
 
 [frontend.health]
 interval = "10s"
@@ -1092,6 +1099,8 @@ health = { enabled = false, interval = "0s" }
         assert!(!c.resolve_at_start);
         assert_eq!(db.resolve_interval, Duration::from_secs(2));
         assert_eq!(db.resolve_hold, Duration::from_secs(60));
+        assert_eq!(db.max_addresses, 64);
+        assert_eq!(off.max_addresses, DEFAULT_MAX_ADDRESSES);
         assert_eq!(off.resolve_interval, DEFAULT_RESOLVE_INTERVAL);
         assert_eq!(off.idle_timeout, None);
         assert_eq!(off.buffer_size, 1 << 20);
@@ -1226,6 +1235,13 @@ health = { enabled = false, interval = "0s" }
                 4,
                 "frontend[0].send-proxy",
                 "v3",
+            ),
+            (
+                "max-addresses 0",
+                format!("{FE}max-addresses = 0\nbackends = [\"127.0.0.1:9000\"]\n"),
+                4,
+                "frontend[0].max-addresses",
+                "must be between 1 and 65536, got 0",
             ),
             (
                 "bad buffer size",

@@ -85,6 +85,11 @@ pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a name that resolved before keeps its last addresses once DNS
 /// says it does not exist (NXDOMAIN) or has no records, before its backends go.
 pub const DEFAULT_RESOLVE_HOLD: Duration = Duration::from_secs(30);
+/// Most addresses one backend name (its A and AAAA records, or its SRV
+/// targets' addresses) becomes backends of; the lowest are kept.
+pub const DEFAULT_MAX_ADDRESSES: u32 = 1024;
+/// The largest `max-addresses` (a DNS message holds at most 64 KiB).
+pub const MAX_MAX_ADDRESSES: u32 = 65_536;
 /// Whether a backend name that does not resolve at start is an error.
 pub const DEFAULT_RESOLVE_AT_START: bool = true;
 /// The port `--resolver ADDR` uses when ADDR has none.

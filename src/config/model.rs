@@ -101,6 +101,9 @@ pub struct FrontendConfig {
     /// How long a name answered with NXDOMAIN or no records keeps its last
     /// addresses.
     pub resolve_hold: Duration,
+    /// Most addresses one backend name becomes backends of (the lowest are
+    /// kept).
+    pub max_addresses: u32,
 }
 
 /// One SNI route: the names (and ALPN protocols) it takes and its own pool.
@@ -284,6 +287,7 @@ pub(super) mod tests {
             routes: vec![],
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
             resolve_hold: DEFAULT_RESOLVE_HOLD,
+            max_addresses: DEFAULT_MAX_ADDRESSES,
         }
     }
 
