@@ -196,6 +196,7 @@ fn help_documents_every_flag() {
         "--resolve-at-start",
         "--resolver",
         "--protocol",
+        "--max-addresses",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../docs/configuration.md");

@@ -88,7 +88,8 @@ pub const DEFAULT_RESOLVE_HOLD: Duration = Duration::from_secs(30);
 /// Most addresses one backend name (its A and AAAA records, or its SRV
 /// targets' addresses) becomes backends of; the lowest are kept.
 pub const DEFAULT_MAX_ADDRESSES: u32 = 1024;
-/// The largest `max-addresses` (a DNS message holds at most 64 KiB).
+/// The largest `max-addresses`: an A/AAAA answer holds a few thousand
+/// addresses at most, but an SRV name brings its targets' answers together.
 pub const MAX_MAX_ADDRESSES: u32 = 65_536;
 /// Whether a backend name that does not resolve at start is an error.
 pub const DEFAULT_RESOLVE_AT_START: bool = true;
