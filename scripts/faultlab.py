@@ -541,12 +541,14 @@ def backend_fault(lab, kind, faults, watch, stats, cfg, result, t_start):
     bound = h["fall"] * h["interval"] + h["timeout"]
     key = ("xfer", f"{BACKEND_B}:{XFER_PORT}")
     time.sleep(cfg.duration * 0.2)
-    t_fault = time.monotonic()
-    faults.open(t_fault)
+    faults.open(time.monotonic())
     lab.set_backend_fault(kind)
+    # The rule is in place from here on (nft took some ms to put it there):
+    # the bound on marking B down counts from here.
+    t_fault = time.monotonic()
     if kind == "reset":
-        # Transfers open at this instant may be reset; any that start later
-        # must be failed over.
+        # Transfers open until the rule was in place may be reset; any that
+        # start later must be failed over.
         faults.close(t_fault)
     deadline = t_fault + bound + 5
     while not watch.first(key, False, t_fault) and time.monotonic() < deadline:
@@ -587,7 +589,7 @@ def backend_fault(lab, kind, faults, watch, stats, cfg, result, t_start):
     else:
         result["up_s"] = round(up[1] - t_lift, 2)
         result["checks"].append(f"back up {up[1] - t_lift:.2f}s after the fault was lifted "
-                                f"(rise x interval = {h['rise'] * h['interval']:.1f}s)")
+                                f"(rise: {h['rise']} passed checks, {h['interval']:g}s apart)")
     rest = cfg.duration - (time.monotonic() - t_start)
     if rest > 0:
         time.sleep(rest)
