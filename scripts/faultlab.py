@@ -450,7 +450,7 @@ def run_profile(lab, name, link, loss, mtu, fault, cfg):
     problems, checks = result["problems"], result["checks"]
 
     # The fault is there, or the profile fails.
-    ok, rtt = lab.ping(10)
+    _, rtt = lab.ping(10)
     if not rtt:
         problems.append("no ping across the link")
     else:
