@@ -341,6 +341,9 @@ pub fn run(
     Ok(())
 }
 
+/// Most backends a "frontend ready" line names.
+const LOGGED_BACKENDS: usize = 16;
+
 /// One line per frontend that opened a listener (all of them at start), so
 /// the bound address is known even for port 0; and one per frontend removed.
 fn log_frontends(generation: &Generation, previous: Option<&Generation>) {
@@ -355,12 +358,17 @@ fn log_frontends(generation: &Generation, previous: Option<&Generation>) {
         let kept = previous
             .and_then(|p| p.frontend(&fe.config.name))
             .is_some_and(|old| Arc::ptr_eq(&old.listeners, &fe.listeners));
-        let backends: Vec<String> = fe
-            .config
-            .backends
+        // A name can bring up to max-addresses backends: the line names the
+        // first few and counts the rest.
+        let all = &fe.config.backends;
+        let mut backends: Vec<String> = all
             .iter()
+            .take(LOGGED_BACKENDS)
             .map(|b| b.addr.to_string())
             .collect();
+        if all.len() > LOGGED_BACKENDS {
+            backends.push(format!("... {} in all", all.len()));
+        }
         info!(
             frontend = %fe.config.name,
             listen = %fe.listeners.addr,
