@@ -197,6 +197,7 @@ fn help_documents_every_flag() {
         "--resolver",
         "--protocol",
         "--max-addresses",
+        "--proxy-tlvs",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../docs/configuration.md");

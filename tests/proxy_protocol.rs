@@ -177,3 +177,70 @@ fn bad_headers_close_only_their_connection_and_are_counted() {
     steady.shutdown(Shutdown::Write).unwrap();
     assert!(read_to_end(&mut steady).is_empty());
 }
+
+/// A v2 header from 192.0.2.1:5555 to 127.0.0.1:80 carrying `tlvs`.
+fn v2_header_with(tlvs: &[u8]) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11]);
+    header.extend_from_slice(&(12 + tlvs.len() as u16).to_be_bytes());
+    header.extend_from_slice(&[192, 0, 2, 1, 127, 0, 0, 1, 0x15, 0xb3, 0, 80]);
+    header.extend_from_slice(tlvs);
+    header
+}
+
+#[test]
+fn proxy_v2_tlvs_are_passed_on_only_when_forwarded() {
+    // An AWS VPC endpoint ID (type 0xEA, subtype 0x01), an authority (0x02),
+    // and a CRC32C (0x03) that describes the client's header, not ringlb's.
+    let endpoint = [0xea, 0x00, 0x05, 0x01, b'v', b'p', b'c', b'e'];
+    let authority = [0x02, 0x00, 0x03, b'a', b'p', b'i'];
+    let crc = [0x03, 0x00, 0x04, 1, 2, 3, 4];
+    let tlvs = [&endpoint[..], &authority, &crc].concat();
+    let mut sent = v2_header_with(&tlvs);
+    sent.extend_from_slice(b"data");
+
+    for (forward, passed_on) in [
+        (true, [&endpoint[..], &authority].concat()),
+        (false, Vec::new()),
+    ] {
+        let (backend, got) = recorder();
+        let mut start = Ringlb::over(&backend)
+            .flag("--accept-proxy")
+            .arg("--send-proxy", "v2");
+        if forward {
+            start = start.arg("--proxy-tlvs", "forward");
+        }
+        let lb = start.start();
+        let _conn = send_and_close(&lb, &sent);
+        let mut expected = v2_header_with(&passed_on);
+        // The same addresses, announced by ringlb: the backend sees the
+        // client from the header, and the destination it named.
+        expected.extend_from_slice(b"data");
+        assert_eq!(
+            got.recv_timeout(PATIENCE).unwrap(),
+            expected,
+            "forward: {forward}"
+        );
+    }
+}
+
+#[test]
+fn forwarding_tlvs_where_none_can_come_or_go_is_refused() {
+    let (status, err) = common::run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "127.0.0.1:9",
+        "--proxy-tlvs",
+        "forward",
+        "--send-proxy",
+        "v1",
+        "--accept-proxy",
+    ]);
+    assert!(!status.success());
+    assert!(
+        err.contains("--proxy-tlvs forward needs --accept-proxy and --send-proxy v2"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

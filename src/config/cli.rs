@@ -13,13 +13,13 @@ use ipnet::IpNet;
 use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
     parse_resolver, parse_sni_pattern, resolve, Algorithm, Config, ConfigError, FrontendConfig,
-    HealthConfig, LogFormat, OrNever, Protocol, ProxyVersion, RouteBy, RouteConfig,
+    HealthConfig, LogFormat, OrNever, Protocol, ProxyTlvs, ProxyVersion, RouteBy, RouteConfig,
     DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_NAME, DEFAULT_PROTOCOL,
-    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD,
-    DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE, DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT,
-    MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
+    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS, DEFAULT_RESOLVE_AT_START,
+    DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE, DEFAULT_ROUTE_BY,
+    DEFAULT_SNI_TIMEOUT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
 };
 
 /// A per-core io_uring TCP load balancer.
@@ -158,6 +158,12 @@ pub struct Cli {
     /// Expect a PROXY protocol header (v1 or v2) from each client, e.g. behind another load balancer.
     #[arg(long, conflicts_with = "config")]
     pub accept_proxy: bool,
+
+    /// With --accept-proxy and --send-proxy v2: what happens to the TLVs of a
+    /// client's v2 header (a cloud endpoint ID, say): `forward` passes them
+    /// on to the backend (all but a CRC32C checksum), `drop` does not.
+    #[arg(long, value_name = "drop|forward", default_value_t = DEFAULT_PROXY_TLVS, conflicts_with = "config")]
+    pub proxy_tlvs: ProxyTlvs,
 
     /// How long a client may take to send its PROXY protocol header.
     #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_PROXY_HEADER_TIMEOUT.into(), conflicts_with = "config")]
@@ -346,6 +352,7 @@ impl Config {
             max_conns: cli.max_conns.map(|n| n as usize),
             send_proxy: cli.send_proxy,
             accept_proxy: cli.accept_proxy,
+            proxy_tlvs: cli.proxy_tlvs,
             proxy_header_timeout: cli.proxy_header_timeout.into(),
             allow: cli.allow.clone(),
             deny: cli.deny.clone(),

@@ -31,6 +31,8 @@ pub enum Key {
     FailTimeout,
     /// `accept-proxy-from`.
     AcceptProxyFrom,
+    /// `proxy-tlvs`.
+    ProxyTlvs,
     /// The health check interval.
     HealthInterval,
     /// The health check timeout.
@@ -65,6 +67,7 @@ impl Key {
             Key::ProxyHeaderTimeout => "proxy-header-timeout",
             Key::FailTimeout => "fail-timeout",
             Key::AcceptProxyFrom => "accept-proxy-from",
+            Key::ProxyTlvs => "proxy-tlvs",
             Key::HealthInterval => "health-interval",
             Key::HealthTimeout => "health-timeout",
             Key::Weight => "weight",
@@ -90,6 +93,7 @@ impl Key {
             Key::ProxyHeaderTimeout => &["proxy-header-timeout"],
             Key::FailTimeout => &["fail-timeout"],
             Key::AcceptProxyFrom => &["accept-proxy-from"],
+            Key::ProxyTlvs => &["proxy-tlvs"],
             Key::HealthInterval => &["health", "interval"],
             Key::HealthTimeout => &["health", "timeout"],
             Key::Weight => &["weight"],
@@ -193,6 +197,12 @@ pub enum ConfigError {
         /// The frontend.
         frontend: usize,
     },
+    /// proxy-tlvs = "forward" where no TLV can come in or go out.
+    #[error("--proxy-tlvs forward needs --accept-proxy and --send-proxy v2")]
+    TlvsNowhere {
+        /// The frontend.
+        frontend: usize,
+    },
     /// An empty pool.
     #[error("no backend: use --backend ADDR, once per backend")]
     NoBackend {
@@ -273,6 +283,7 @@ impl ConfigError {
             ConfigError::ProxyFromWithoutProxy { frontend } => {
                 (frontend, None, None, Key::AcceptProxyFrom)
             }
+            ConfigError::TlvsNowhere { frontend } => (frontend, None, None, Key::ProxyTlvs),
             ConfigError::NoBackend { frontend } => (frontend, None, None, Key::Backends),
             ConfigError::NoRoute { frontend } | ConfigError::RoutesWithoutRouteBy { frontend } => {
                 (frontend, None, None, Key::RouteBy)
@@ -325,6 +336,9 @@ impl ConfigError {
             }
             ConfigError::EmptyRoute { .. } => "no backend: list at least one".into(),
             ConfigError::ProxyFromWithoutProxy { .. } => "needs accept-proxy = true".into(),
+            ConfigError::TlvsNowhere { .. } => {
+                "\"forward\" needs accept-proxy = true and send-proxy = \"v2\" (on the frontend or a route)".into()
+            }
             ConfigError::BackendOutOfRange { key, value, .. } => {
                 let range = match key {
                     Key::Weight => 1..=MAX_WEIGHT,

@@ -28,12 +28,12 @@ use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
     parse_resolver, parse_sni_pattern, range_message, resolve, Algorithm, BackendConfig,
     BackendName, Config, ConfigError, FrontendConfig, HealthConfig, Location, OrNever, Protocol,
-    ProxyVersion, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
+    ProxyTlvs, ProxyVersion, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_OBSERVE_L4, DEFAULT_PROTOCOL,
-    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD,
-    DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT,
-    DEFAULT_WEIGHT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
+    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS, DEFAULT_RESOLVE_AT_START,
+    DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START,
+    DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
 };
 
 /// Reads and validates a config file.
@@ -332,6 +332,7 @@ struct RawFrontend {
     send_proxy: Option<SendProxy>,
     #[serde(default)]
     accept_proxy: bool,
+    proxy_tlvs: Option<ProxyTlvsValue>,
     proxy_header_timeout: Option<Dur>,
     #[serde(default)]
     accept_proxy_from: Vec<Cidr>,
@@ -442,6 +443,7 @@ impl RawFrontend {
             max_conns: self.max_conns.map(|n| n.0 as usize),
             send_proxy,
             accept_proxy: self.accept_proxy,
+            proxy_tlvs: self.proxy_tlvs.map_or(DEFAULT_PROXY_TLVS, |t| t.0),
             proxy_header_timeout: self
                 .proxy_header_timeout
                 .map_or(DEFAULT_PROXY_HEADER_TIMEOUT, |d| d.0),
@@ -677,6 +679,17 @@ struct ProtocolValue(Protocol);
 impl<'de> Deserialize<'de> for ProtocolValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_str(d, "\"tcp\"", |s| s.parse().map(ProtocolValue))
+    }
+}
+
+/// What happens to a client's PROXY v2 TLVs: `"drop"` or `"forward"`.
+struct ProxyTlvsValue(ProxyTlvs);
+
+impl<'de> Deserialize<'de> for ProxyTlvsValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "\"drop\" or \"forward\"", |s| {
+            s.parse().map(ProxyTlvsValue)
+        })
     }
 }
 
@@ -943,6 +956,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 max_conns: None,
                 send_proxy: None,
                 accept_proxy: false,
+                proxy_tlvs: ProxyTlvs::Drop,
                 proxy_header_timeout: Duration::from_secs(5),
                 allow: vec![],
                 deny: vec![],

@@ -67,6 +67,40 @@ impl FromStr for Protocol {
     }
 }
 
+/// What a frontend does with the TLVs of a client's PROXY v2 header (a
+/// cloud endpoint ID, the TLS details a front proxy saw, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyTlvs {
+    /// Dropped: the header sent to the backend carries none.
+    Drop,
+    /// Passed on in the v2 header sent to the backend (all but a checksum,
+    /// which the new header would fail).
+    Forward,
+}
+
+impl fmt::Display for ProxyTlvs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProxyTlvs::Drop => "drop",
+            ProxyTlvs::Forward => "forward",
+        })
+    }
+}
+
+impl FromStr for ProxyTlvs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "drop" => Ok(ProxyTlvs::Drop),
+            "forward" => Ok(ProxyTlvs::Forward),
+            _ => Err(format!(
+                "invalid proxy-tlvs '{s}': expected \"drop\" or \"forward\""
+            )),
+        }
+    }
+}
+
 /// Declares every balancing algorithm once, so the enum, its list and its
 /// names cannot drift apart. The runtime's `balance::build` matches on the
 /// enum, so an algorithm added here without a balancer does not compile.

@@ -29,7 +29,8 @@ mod validate;
 pub(crate) use error::range_message;
 pub use error::{ConfigError, Key, Location};
 pub use kinds::{
-    Algorithm, LogFormat, ParseAlgorithmError, ParseVersionError, Protocol, ProxyVersion, RouteBy,
+    Algorithm, LogFormat, ParseAlgorithmError, ParseVersionError, Protocol, ProxyTlvs,
+    ProxyVersion, RouteBy,
 };
 pub use model::{BackendConfig, BackendName, Config, FrontendConfig, HealthConfig, RouteConfig};
 pub use parse::{
@@ -41,6 +42,8 @@ pub use parse::{
 pub const DEFAULT_NAME: &str = "default";
 /// The transport a frontend serves, unless configured (the only one so far).
 pub const DEFAULT_PROTOCOL: Protocol = Protocol::Tcp;
+/// What happens to a client's PROXY v2 TLVs: dropped.
+pub const DEFAULT_PROXY_TLVS: ProxyTlvs = ProxyTlvs::Drop;
 /// How workers choose a backend, unless configured.
 pub const DEFAULT_BALANCE: Algorithm = Algorithm::RoundRobin;
 /// Time between two health checks of one backend.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::{Algorithm, Protocol, ProxyVersion, RouteBy};
+use super::{Algorithm, Protocol, ProxyTlvs, ProxyVersion, RouteBy};
 
 /// The whole process's settings, validated. Shared read-only by all workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +73,8 @@ pub struct FrontendConfig {
     pub send_proxy: Option<ProxyVersion>,
     /// Expect a PROXY protocol header (v1 or v2) from every client.
     pub accept_proxy: bool,
+    /// What happens to the TLVs of a client's PROXY v2 header.
+    pub proxy_tlvs: ProxyTlvs,
     /// How long a client may take to send its PROXY header.
     pub proxy_header_timeout: Duration,
     /// Sources served; empty serves every source not denied.
@@ -276,6 +278,7 @@ pub(super) mod tests {
             max_conns: None,
             send_proxy: None,
             accept_proxy: false,
+            proxy_tlvs: DEFAULT_PROXY_TLVS,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
             allow: vec![],
             deny: vec![],

@@ -5,7 +5,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{BackendConfig, Config, ConfigError, Key, RouteBy, MAX_WEIGHT};
+use super::{
+    BackendConfig, Config, ConfigError, Key, ProxyTlvs, ProxyVersion, RouteBy, MAX_WEIGHT,
+};
 
 impl Config {
     /// Checks what parsing one value cannot: durations above zero, a pool
@@ -92,6 +94,11 @@ impl Config {
             }
             if !fe.accept_proxy_from.is_empty() && !fe.accept_proxy {
                 return Err(ConfigError::ProxyFromWithoutProxy { frontend: i });
+            }
+            let v2 = Some(ProxyVersion::V2);
+            let sends_v2 = fe.send_proxy == v2 || fe.routes.iter().any(|r| r.send_proxy == v2);
+            if fe.proxy_tlvs == ProxyTlvs::Forward && !(fe.accept_proxy && sends_v2) {
+                return Err(ConfigError::TlvsNowhere { frontend: i });
             }
             for other in &self.frontends[..i] {
                 if other.name == fe.name {
@@ -223,6 +230,11 @@ mod tests {
         let mut c = config(vec![web()]);
         c.frontends[0].accept_proxy_from = vec![parse_cidr("10.0.0.0/8").unwrap()];
         cases.push((c, at(0, None, Key::AcceptProxyFrom)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].proxy_tlvs = ProxyTlvs::Forward;
+        c.frontends[0].accept_proxy = true;
+        c.frontends[0].send_proxy = Some(ProxyVersion::V1);
+        cases.push((c, at(0, None, Key::ProxyTlvs)));
         for (c, location) in cases {
             let err = c.validate().unwrap_err();
             assert_eq!(err.location(), location, "{err}");

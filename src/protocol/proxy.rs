@@ -166,6 +166,18 @@ const V2_ADDR_LEN_UNIX: usize = 108 + 108;
 /// IPv6 scope IDs and flow labels are not carried: neither version has a
 /// field for them. A v2 header carries no TLVs.
 pub fn encode(version: Version, source: SocketAddr, dest: SocketAddr, out: &mut Vec<u8>) {
+    encode_with_tlvs(version, source, dest, &[], out);
+}
+
+/// [`encode`], with `tlvs` (whole TLVs, such as [`forwardable_tlvs`] gives)
+/// after a v2 header's addresses; v1 has no room for them.
+pub fn encode_with_tlvs(
+    version: Version,
+    source: SocketAddr,
+    dest: SocketAddr,
+    tlvs: &[u8],
+    out: &mut Vec<u8>,
+) {
     let (source, dest) = match (source, dest) {
         (SocketAddr::V4(_), SocketAddr::V6(_)) | (SocketAddr::V6(_), SocketAddr::V4(_)) => {
             (to_v6(source), to_v6(dest))
@@ -174,7 +186,7 @@ pub fn encode(version: Version, source: SocketAddr, dest: SocketAddr, out: &mut 
     };
     match version {
         Version::V1 => encode_v1(source, dest, out),
-        Version::V2 => encode_v2(source, dest, out),
+        Version::V2 => encode_v2(source, dest, tlvs, out),
     }
 }
 
@@ -212,13 +224,20 @@ fn encode_v1(source: SocketAddr, dest: SocketAddr, out: &mut Vec<u8>) {
     );
 }
 
-fn encode_v2(source: SocketAddr, dest: SocketAddr, out: &mut Vec<u8>) {
+fn encode_v2(source: SocketAddr, dest: SocketAddr, tlvs: &[u8], out: &mut Vec<u8>) {
+    // The header's length field is 16 bits: TLVs that would not fit stay out.
+    let tlvs = if V2_ADDR_LEN_TCP6 + tlvs.len() <= usize::from(u16::MAX) {
+        tlvs
+    } else {
+        &[]
+    };
     out.extend_from_slice(&V2_SIGNATURE);
     out.push((V2_VERSION << 4) | V2_CMD_PROXY);
+    let len = |addresses: usize| ((addresses + tlvs.len()) as u16).to_be_bytes();
     match (source.ip(), dest.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             out.push(V2_FAM_TCP4);
-            out.extend_from_slice(&(V2_ADDR_LEN_TCP4 as u16).to_be_bytes());
+            out.extend_from_slice(&len(V2_ADDR_LEN_TCP4));
             out.extend_from_slice(&s.octets());
             out.extend_from_slice(&d.octets());
         }
@@ -226,13 +245,53 @@ fn encode_v2(source: SocketAddr, dest: SocketAddr, out: &mut Vec<u8>) {
         // again is a no-op kept so this function is total on its own.
         (s, d) => {
             out.push(V2_FAM_TCP6);
-            out.extend_from_slice(&(V2_ADDR_LEN_TCP6 as u16).to_be_bytes());
+            out.extend_from_slice(&len(V2_ADDR_LEN_TCP6));
             out.extend_from_slice(&v6_of(s).octets());
             out.extend_from_slice(&v6_of(d).octets());
         }
     }
     out.extend_from_slice(&source.port().to_be_bytes());
     out.extend_from_slice(&dest.port().to_be_bytes());
+    out.extend_from_slice(tlvs);
+}
+
+/// TLV types that describe the header they came in, not the connection, so
+/// they are not passed on: CRC32C (a checksum of that header) and NOOP.
+const V2_TLV_NOT_FORWARDED: [u8; 2] = [0x03, 0x04];
+
+/// The TLVs of `header`, a complete v2 header as [`parse`] judged it, that
+/// can be passed on to a backend in a header of ringlb's: every TLV after
+/// the address block but a checksum or a NOOP, as they came. Empty for a v1
+/// header, a v2 header without TLVs, or TLVs whose lengths do not add up to
+/// the header's (then none is trusted).
+pub fn forwardable_tlvs(header: &[u8]) -> Vec<u8> {
+    if !header.starts_with(&V2_SIGNATURE) {
+        return Vec::new();
+    }
+    let addresses = match header.get(13) {
+        Some(&(V2_FAM_TCP4 | V2_FAM_UDP4)) => V2_ADDR_LEN_TCP4,
+        Some(&(V2_FAM_TCP6 | V2_FAM_UDP6)) => V2_ADDR_LEN_TCP6,
+        Some(&(V2_FAM_UNIX_STREAM | V2_FAM_UNIX_DGRAM)) => V2_ADDR_LEN_UNIX,
+        _ => 0,
+    };
+    let Some(mut rest) = header.get(V2_FIXED_LEN + addresses..) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let Some(&[kind, hi, lo]) = rest.get(..3) else {
+            return Vec::new();
+        };
+        let end = 3 + usize::from(u16::from_be_bytes([hi, lo]));
+        let Some(tlv) = rest.get(..end) else {
+            return Vec::new();
+        };
+        if !V2_TLV_NOT_FORWARDED.contains(&kind) {
+            out.extend_from_slice(tlv);
+        }
+        rest = &rest[end..];
+    }
+    out
 }
 
 fn v6_of(ip: IpAddr) -> Ipv6Addr {
@@ -548,6 +607,35 @@ fn take<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwardable_tlvs_are_the_header_s_but_checksum_and_noop_and_round_trip() {
+        let endpoint = [0xea, 0x00, 0x02, 0x01, b'x'];
+        let crc = [0x03, 0x00, 0x04, 9, 9, 9, 9];
+        let noop = [0x04, 0x00, 0x00];
+        let s: SocketAddr = "192.0.2.1:5555".parse().unwrap();
+        let d: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let mut header = Vec::new();
+        let tlvs = [&endpoint[..], &crc, &noop].concat();
+        encode_with_tlvs(Version::V2, s, d, &tlvs, &mut header);
+        assert!(matches!(parse(&header), Ok(Parsed::Complete { len, .. }) if len == header.len()));
+        assert_eq!(forwardable_tlvs(&header), endpoint);
+        // Passed on, they come out of ringlb's header the same.
+        let mut again = Vec::new();
+        encode_with_tlvs(Version::V2, s, d, &forwardable_tlvs(&header), &mut again);
+        assert_eq!(forwardable_tlvs(&again), endpoint);
+        // None in v1, none without TLVs, and none from lengths that do not add up.
+        let mut v1 = Vec::new();
+        encode_with_tlvs(Version::V1, s, d, &tlvs, &mut v1);
+        assert!(v1.starts_with(b"PROXY TCP6 "));
+        assert!(forwardable_tlvs(&v1).is_empty());
+        let mut plain = Vec::new();
+        encode(Version::V2, s, d, &mut plain);
+        assert!(forwardable_tlvs(&plain).is_empty());
+        let mut bad = Vec::new();
+        encode_with_tlvs(Version::V2, s, d, &[0xea, 0x00, 0x09, 1], &mut bad);
+        assert!(forwardable_tlvs(&bad).is_empty());
+    }
     use crate::testing::XorShift;
     use std::net::{SocketAddrV4, SocketAddrV6};
 

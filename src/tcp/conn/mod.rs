@@ -20,7 +20,7 @@ use crate::access::{self, Refusal};
 use crate::backend::pool::Pool;
 use crate::backend::upstream::{NoBackend, Upstream};
 use crate::ceiling::Slot;
-use crate::config::RouteBy;
+use crate::config::{ProxyTlvs, RouteBy};
 use crate::counters::WorkerMetrics;
 use crate::frontend::Frontend;
 use crate::logging::{Throttle, ACCESS_TARGET};
@@ -228,17 +228,20 @@ async fn serve(
     // bytes read past it are the client's first payload.
     let mut early = Vec::new();
     let mut addresses = None;
+    let mut tlvs = Vec::new();
     if fe.frontend.config.accept_proxy {
         // Boxed, like the other rare steps below, so they do not grow every
         // connection's task: an idle connection's memory is mostly its task.
         let header = Box::pin(read_proxy_header(
             &client,
             fe.frontend.config.proxy_header_timeout,
+            fe.frontend.config.proxy_tlvs == ProxyTlvs::Forward,
         ));
         match header.await {
-            Ok((addrs, rest)) => {
-                addresses = addrs;
-                early = rest;
+            Ok(header) => {
+                addresses = header.addresses;
+                tlvs = header.tlvs;
+                early = header.rest;
             }
             Err(err) => {
                 metrics.proxy_header_errors.inc();
@@ -325,7 +328,7 @@ async fn serve(
     };
     if send_proxy.is_some() || !early.is_empty() {
         let preamble = Box::pin(send_preamble(
-            send_proxy, &client, &backend, peer, addresses, early,
+            send_proxy, &client, &backend, peer, addresses, tlvs, early,
         ));
         if let Err(err) = preamble.await {
             let addr = upstream.pool().addr(lease.index());
@@ -539,14 +542,24 @@ async fn read_client_hello(
     .await
 }
 
-/// Reads a PROXY protocol header (v1 or v2) from `client` within `timeout`.
-/// Returns the addresses it carried (none for LOCAL/UNKNOWN) and any payload
-/// bytes read past it. On timeout the socket is shut down so the pending read
-/// completes in the kernel.
+/// A client's PROXY header, as the connection keeps it.
+struct ProxyHeader {
+    /// `(source, dest)`; `None` for LOCAL/UNKNOWN.
+    addresses: Option<(SocketAddr, SocketAddr)>,
+    /// Its TLVs that go on to the backend, with `proxy-tlvs = "forward"`.
+    tlvs: Vec<u8>,
+    /// Payload bytes read past it.
+    rest: Vec<u8>,
+}
+
+/// Reads a PROXY protocol header (v1 or v2) from `client` within `timeout`,
+/// keeping its forwardable TLVs when `keep_tlvs`. On timeout the socket is
+/// shut down so the pending read completes in the kernel.
 async fn read_proxy_header(
     client: &TcpStream,
     timeout: Duration,
-) -> Result<(Option<(SocketAddr, SocketAddr)>, Vec<u8>), HeaderError> {
+    keep_tlvs: bool,
+) -> Result<ProxyHeader, HeaderError> {
     let got = Vec::with_capacity(proxy::MAX_HEADER);
     let max = proxy::MAX_HEADER;
     let judged = read_prefix(client, timeout, got, max, |got| {
@@ -556,11 +569,22 @@ async fn read_proxy_header(
         })
     });
     let ((len, addresses), mut got) = judged.await?;
-    Ok((addresses, got.split_off(len)))
+    let rest = got.split_off(len);
+    let tlvs = if keep_tlvs {
+        proxy::forwardable_tlvs(&got)
+    } else {
+        Vec::new()
+    };
+    Ok(ProxyHeader {
+        addresses,
+        tlvs,
+        rest,
+    })
 }
 
 /// Writes what the backend must see before the relay starts: our PROXY
-/// header of version `send_proxy`, if any, then the client bytes read
+/// header of version `send_proxy`, if any (a v2 one with the client's forwarded
+/// `tlvs`), then the client bytes read
 /// already (past the client's own header: its ClientHello and whatever came
 /// with it).
 async fn send_preamble(
@@ -569,6 +593,7 @@ async fn send_preamble(
     backend: &TcpStream,
     peer: SocketAddr,
     addresses: Option<(SocketAddr, SocketAddr)>,
+    tlvs: Vec<u8>,
     early: Vec<u8>,
 ) -> Result<(), relay::RelayError> {
     let mut preamble = Vec::new();
@@ -584,7 +609,7 @@ async fn send_preamble(
                 (peer, canonical(local))
             }
         };
-        proxy::encode(version, source, dest, &mut preamble);
+        proxy::encode_with_tlvs(version, source, dest, &tlvs, &mut preamble);
     }
     preamble.extend_from_slice(&early);
     let (res, _) = uring::send_all(backend, preamble).await;
