@@ -246,20 +246,22 @@ fn ip(last: u8) -> Ipv4Addr {
 /// Tagged echo backends on 127.0.0.`last` for each of `lasts`, all on one
 /// port (a name's addresses share its port); the tag is `last`.
 fn backends_on_one_port(lasts: &[u8]) -> (u16, Vec<Backend>) {
+    let at = |l: u8, port: u16| SocketAddr::new(IpAddr::V4(ip(l)), port);
     loop {
-        let first = TcpListener::bind((ip(lasts[0]), 0)).unwrap();
+        let first = common::listen(at(lasts[0], 0));
         let port = first.local_addr().unwrap().port();
+        // The port may be taken on another address (by a wildcard listener
+        // elsewhere): then try another. The listeners bound here are the ones
+        // the backends serve on, so nothing can take the port in between.
         let rest: Option<Vec<TcpListener>> = lasts[1..]
             .iter()
-            .map(|&l| TcpListener::bind((ip(l), port)).ok())
+            .map(|&l| common::try_listen(at(l, port)).ok())
             .collect();
-        if rest.is_none() {
-            continue;
-        }
-        drop((first, rest));
-        let backends = lasts
-            .iter()
-            .map(|&l| Backend::echo_at(SocketAddr::new(IpAddr::V4(ip(l)), port), Some(l)))
+        let Some(rest) = rest else { continue };
+        let backends = std::iter::once(first)
+            .chain(rest)
+            .zip(lasts)
+            .map(|(listener, &l)| Backend::echo_on(listener, Some(l)))
             .collect();
         return (port, backends);
     }

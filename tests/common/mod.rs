@@ -370,12 +370,17 @@ pub fn client(addr: SocketAddr) -> TcpStream {
 /// once would then see the kernel drop handshakes and reset connections
 /// behind a full accept queue, failures of the test's backend, not ringlb's.
 pub fn listen(addr: SocketAddr) -> TcpListener {
+    try_listen(addr).unwrap_or_else(|err| panic!("listen on {addr}: {err}"))
+}
+
+/// [`listen`], or why `addr` could not be bound (taken, say).
+pub fn try_listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
-    socket.set_reuse_address(true).unwrap();
-    socket.bind(&addr.into()).unwrap();
-    socket.listen(1024).unwrap();
-    socket.into()
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// A port nothing listens on (bound, then released), so connects to it are refused.
@@ -443,7 +448,14 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = listen(addr);
+        Backend::spawn_on(listen(addr), handler)
+    }
+
+    /// Like [`Backend::spawn`] on a listener the caller bound.
+    pub fn spawn_on<F>(listener: TcpListener, handler: F) -> Backend
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -483,9 +495,14 @@ impl Backend {
 
     /// An echo server on `addr`, optionally sending `tag` first.
     pub fn echo_at(addr: SocketAddr, tag: Option<u8>) -> Backend {
+        Backend::echo_on(listen(addr), tag)
+    }
+
+    /// An echo server on a listener the caller bound, optionally sending `tag` first.
+    pub fn echo_on(listener: TcpListener, tag: Option<u8>) -> Backend {
         let served = Arc::new(AtomicUsize::new(0));
         let count = served.clone();
-        let backend = Backend::spawn_at(addr, move |mut conn| {
+        let backend = Backend::spawn_on(listener, move |mut conn| {
             if let Some(tag) = tag {
                 if conn.write_all(&[tag]).is_err() {
                     return;
