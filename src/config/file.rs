@@ -186,8 +186,7 @@ impl fmt::Display for Located<'_> {
         let e = self.0;
         for c in e.path.display().to_string().chars() {
             match c {
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
+                c if c.is_control() => write!(f, "{}", c.escape_default())?,
                 c => write!(f, "{c}")?,
             }
         }
@@ -308,13 +307,23 @@ fn line_of(text: &str, offset: usize) -> usize {
         .count()
 }
 
-/// Joins a multi-line message into one line.
+/// Joins a multi-line message into one line, and escapes the control
+/// characters left (a value quoted from the file can hold any, e.g. an
+/// escape sequence that would rewrite the terminal) as `\u{1b}`.
 fn one_line(s: &str) -> String {
     s.split(['\n', '\r'])
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+        .chars()
+        .fold(String::new(), |mut out, c| {
+            match c {
+                c if c.is_control() => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+            out
+        })
 }
 
 /// The file as written, before defaults and validation.
@@ -1568,6 +1577,23 @@ rise = 7
             "{msg}"
         );
         assert!(!msg.contains('\n'), "{msg:?}");
+    }
+
+    /// A control character in a value is escaped in the error, which stays
+    /// one printable line (found by the config_file fuzz target).
+    #[test]
+    fn control_characters_in_values_are_escaped() {
+        let text = "[[frontend]]\nname = \"w\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"\\u001b[2J\\u000b\\tx\"\n";
+        let msg = parse(text, Path::new("a\u{7}.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(
+                "a\\u{7}.toml:4: frontend[0].protocol: invalid protocol '\\u{1b}[2J\\u{b}\\tx'"
+            ),
+            "{msg}"
+        );
+        assert!(!msg.chars().any(char::is_control), "{msg:?}");
     }
 
     /// A file cut off anywhere still gets an error with a reason.
