@@ -59,6 +59,31 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, FileError> {
     Ok(config)
 }
 
+/// [`parse`] without a name lookup: a `listen` or `admin` address must be an
+/// IP literal (`ip:port`), and a host name there is refused as unresolvable.
+/// For the fuzzer, which must never query DNS (a query can hang, and the
+/// answer would depend on the network). Backend names are never resolved
+/// while parsing, in either.
+pub fn parse_offline(text: &str, path: &Path) -> Result<Config, FileError> {
+    /// Puts the thread back to looking names up, even if parsing panicked.
+    struct Online;
+    impl Drop for Online {
+        fn drop(&mut self) {
+            OFFLINE.set(false);
+        }
+    }
+    let _online = Online;
+    OFFLINE.set(true);
+    parse(text, path)
+}
+
+thread_local! {
+    /// Whether [`Addr`] may look names up. A thread-local because serde's
+    /// derive hands a deserializer no context; a seed instead would mean a
+    /// hand-written visitor for every table.
+    static OFFLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// What was wrong with a config file, and where. Its `Display` is one line:
 /// `FILE:LINE: KEY: MESSAGE`, leaving out the line or key when not known, e.g.
 /// `ringlb.toml:7: frontend[0].backends[1].weight: must be between 1 and 1000, got 0`.
@@ -162,8 +187,7 @@ impl fmt::Display for Located<'_> {
         let e = self.0;
         for c in e.path.display().to_string().chars() {
             match c {
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
+                c if c.is_control() => write!(f, "{}", c.escape_default())?,
                 c => write!(f, "{c}")?,
             }
         }
@@ -284,13 +308,23 @@ fn line_of(text: &str, offset: usize) -> usize {
         .count()
 }
 
-/// Joins a multi-line message into one line.
+/// Joins a multi-line message into one line, and escapes the control
+/// characters left (a value quoted from the file can hold any, e.g. an
+/// escape sequence that would rewrite the terminal) as `\u{1b}`.
 fn one_line(s: &str) -> String {
     s.split(['\n', '\r'])
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+        .chars()
+        .fold(String::new(), |mut out, c| {
+            match c {
+                c if c.is_control() => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+            out
+        })
 }
 
 /// The file as written, before defaults and validation.
@@ -594,13 +628,19 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
-/// A `host:port` resolved with [`resolve`].
+/// A `host:port` resolved with [`resolve`] (an IP literal only, offline).
 struct Addr(SocketAddr);
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_str(d, "an address such as \"127.0.0.1:8080\"", |s| {
-            resolve(s).map(Addr)
+            if !OFFLINE.get() {
+                return resolve(s).map(Addr);
+            }
+            s.parse().map(Addr).map_err(|_| ConfigError::Unresolvable {
+                value: s.to_string(),
+                source: io::Error::new(io::ErrorKind::Unsupported, "no name lookup offline"),
+            })
         })
     }
 }
@@ -1133,6 +1173,23 @@ health = { enabled = false, interval = "0s" }
     }
 
     #[test]
+    fn offline_takes_ip_literals_and_refuses_names() {
+        let example = include_str!("../../examples/ringlb.toml");
+        let path = Path::new("examples/ringlb.toml");
+        assert_eq!(
+            parse_offline(example, path).unwrap(),
+            parse(example, path).unwrap()
+        );
+        let named = "[[frontend]]\nname = \"web\"\nlisten = \"localhost:8080\"\nbackends = [\"127.0.0.1:9000\"]\n";
+        assert_eq!(
+            parse_offline(named, Path::new(PATH)).unwrap_err().to_string(),
+            "ringlb.toml:3: frontend[0].listen: cannot resolve 'localhost:8080': no name lookup offline"
+        );
+        // The thread looks names up again afterwards.
+        parse(named, Path::new(PATH)).unwrap();
+    }
+
+    #[test]
     fn missing_file() {
         let e = load(Path::new("/nonexistent/ringlb.toml")).unwrap_err();
         let msg = e.to_string();
@@ -1550,6 +1607,23 @@ rise = 7
             "{msg}"
         );
         assert!(!msg.contains('\n'), "{msg:?}");
+    }
+
+    /// A control character in a value is escaped in the error, which stays
+    /// one printable line (found by the config_file fuzz target).
+    #[test]
+    fn control_characters_in_values_are_escaped() {
+        let text = "[[frontend]]\nname = \"w\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"\\u001b[2J\\u000b\\tx\"\n";
+        let msg = parse(text, Path::new("a\u{7}.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(
+                "a\\u{7}.toml:4: frontend[0].protocol: invalid protocol '\\u{1b}[2J\\u{b}\\tx'"
+            ),
+            "{msg}"
+        );
+        assert!(!msg.chars().any(char::is_control), "{msg:?}");
     }
 
     /// A file cut off anywhere still gets an error with a reason.
