@@ -34,6 +34,8 @@
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 PATH=$PATH:/usr/sbin:/sbin
 RINGLB_BIN=${RINGLB_BIN:-}
 KEEP_TMP=0
@@ -75,28 +77,8 @@ if [[ $(id -u) != 0 ]]; then
     exit 2
 fi
 
-need=()
-command -v python3 >/dev/null || need+=(python3)
-command -v wrk >/dev/null || need+=(wrk)
-command -v nft >/dev/null || need+=(nftables)
-command -v ip >/dev/null || need+=(iproute2)
-command -v ping >/dev/null || need+=(iputils-ping)
-if ((${#need[@]})); then
-    if command -v apt-get >/dev/null; then
-        echo "[faultlab] installing ${need[*]}" >&2
-        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
-    else
-        echo "faultlab: missing ${need[*]}; install them and run again" >&2
-        exit 2
-    fi
-fi
-
-if [[ -z $RINGLB_BIN ]]; then
-    (cd "$ROOT" && cargo build --release --bin ringlb >&2)
-    target=${CARGO_TARGET_DIR:-target}
-    [[ $target == /* ]] || target=$ROOT/$target
-    RINGLB_BIN=$target/release/ringlb
-fi
+need_tools faultlab python3:python3 wrk:wrk nft:nftables ip:iproute2 ping:iputils-ping
+ringlb_bin "$ROOT"
 [[ -x $RINGLB_BIN ]] || { echo "faultlab: no ringlb binary at '$RINGLB_BIN'" >&2; exit 2; }
 
 # Namespaces are named flab<PID><role>: parallel runs never collide, and a

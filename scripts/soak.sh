@@ -32,6 +32,8 @@
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 RINGLB_BIN=${RINGLB_BIN:-}
 KEEP_TMP=0
 PASS=()
@@ -61,25 +63,8 @@ while (($#)); do
     shift
 done
 
-need=()
-command -v python3 >/dev/null || need+=(python3)
-command -v wrk >/dev/null || need+=(wrk)
-if ((${#need[@]})); then
-    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        echo "[soak] installing ${need[*]}" >&2
-        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
-    else
-        echo "soak: missing ${need[*]}; install them and run again" >&2
-        exit 2
-    fi
-fi
-
-if [[ -z $RINGLB_BIN ]]; then
-    (cd "$ROOT" && cargo build --release --bin ringlb >&2)
-    target=${CARGO_TARGET_DIR:-target}
-    [[ $target == /* ]] || target=$ROOT/$target
-    RINGLB_BIN=$target/release/ringlb
-fi
+need_tools soak python3:python3 wrk:wrk
+ringlb_bin "$ROOT"
 
 # Room for the clients, ringlb and the backends' sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -263,19 +263,7 @@ fn failed_takeovers_leave_the_running_process_serving() {
 
     // --takeover alone, with nobody there: an error, not a fresh start.
     let missing = dir.0.join("nobody");
-    let (status, log) = run_to_exit(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &be,
-        "--takeover",
-        missing.to_str().unwrap(),
-    ]);
-    assert_eq!(status.code(), Some(1), "{log}");
-    assert!(
-        log.contains("takeover: cannot connect to the control socket"),
-        "{log}"
-    );
+    refused_takeover(&missing, "takeover: cannot connect to the control socket");
 
     // A config that does not validate: nothing is asked of the old process.
     let (status, log) = run_to_exit(&[
