@@ -21,13 +21,13 @@ fn main() -> ExitCode {
     if let Err(err) =
         ringlb::logging::init(cli.log_format, cli.log_level.as_deref(), cli.access_log)
     {
-        eprintln!("ringlb: {err}");
+        eprintln!("ringlb: {}", printable(&err.to_string()));
         return ExitCode::from(2);
     }
     let config = match load(&cli) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("ringlb: {err}");
+            eprintln!("ringlb: {}", printable(&err));
             return ExitCode::from(2);
         }
     };
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     match ringlb::server::run(config, reload, cli.takeover.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("ringlb: {err}");
+            eprintln!("ringlb: {}", printable(&err.to_string()));
             if err.is_config() {
                 ExitCode::from(2)
             } else {
@@ -86,6 +86,21 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
 }
 
+/// `s` with its control characters escaped (`\t`, `\u{1b}`): a value from a
+/// flag or a file, quoted in an error, cannot break the one line or drive
+/// the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .fold(String::with_capacity(s.len()), |mut out, c| {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+            out
+        })
+}
+
 /// Prints help and version as clap renders them; squeezes usage errors onto one line.
 fn clap_exit(err: clap::Error) -> ExitCode {
     match err.kind() {
@@ -101,7 +116,7 @@ fn clap_exit(err: clap::Error) -> ExitCode {
                 .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
                 .filter(|l| !l.is_empty())
                 .collect();
-            eprintln!("ringlb: {} (see --help)", line.join(" "));
+            eprintln!("ringlb: {} (see --help)", printable(&line.join(" ")));
             ExitCode::from(2)
         }
     }

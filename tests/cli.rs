@@ -30,6 +30,13 @@ fn rejects(args: &[&str], code: i32, needle: &str) {
 #[test]
 fn bad_input_is_one_line_naming_the_value() {
     let b = "127.0.0.1:9";
+    // Control characters in a value are escaped: the line stays one
+    // printable line, and cannot drive the terminal.
+    for (value, named) in [("a\tb:1", "a\\tb:1"), ("x\u{1b}[2J:1", "x\\u{1b}[2J:1")] {
+        rejects(&["--listen", "127.0.0.1:0", "--backend", value], 2, named);
+        let (_, out) = run_to_exit(&["--listen", "127.0.0.1:0", "--backend", value]);
+        assert!(!out.trim().chars().any(char::is_control), "{out:?}");
+    }
     rejects(&["--listen", "nonsense", "--backend", b], 2, "nonsense");
     rejects(
         &["--listen", "127.0.0.1:99999", "--backend", b],
