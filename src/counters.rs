@@ -72,6 +72,8 @@ pub struct WorkerMetrics {
     pub proxy_header_errors: Counter,
     /// Clients waiting for a slot (gauge).
     pub queued: Counter,
+    /// Clients closed after waiting the queue timeout for a slot.
+    pub queue_timeouts: Counter,
     /// Clients refused at accept by allow/deny.
     pub refused_source: Counter,
     /// Clients refused at accept by accept-proxy-from.
@@ -126,6 +128,7 @@ impl WorkerMetrics {
             timeouts: Counter::default(),
             proxy_header_errors: Counter::default(),
             queued: Counter::default(),
+            queue_timeouts: Counter::default(),
             refused_source: Counter::default(),
             refused_proxy_source: Counter::default(),
             sni_not_tls: Counter::default(),

@@ -169,6 +169,12 @@ const FAMILIES: &[Family] = &[
         source: Source::Frontend(|w| &w.queued),
     },
     Family {
+        name: "ringlb_queue_timeouts_total",
+        kind: Kind::Counter,
+        help: "Clients closed after waiting queue-timeout for a backend slot.",
+        source: Source::Frontend(|w| &w.queue_timeouts),
+    },
+    Family {
         name: "ringlb_backend_connections_total",
         kind: Kind::Counter,
         help: "Connections made to each backend.",

@@ -205,6 +205,8 @@ fn help_documents_every_flag() {
         "--protocol",
         "--max-addresses",
         "--proxy-tlvs",
+        "--queue-timeout",
+        "--max-queue",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../docs/configuration.md");

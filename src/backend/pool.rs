@@ -122,6 +122,14 @@ pub struct Pool {
     backends: Vec<Shared>,
     /// Clients of every worker waiting for a backend slot.
     room: Notify,
+    /// The clients waiting for a slot, across workers, by arrival: only the
+    /// oldest may take a slot that frees. Locked only by clients that wait.
+    queue: Mutex<std::collections::BTreeSet<u64>>,
+    /// How many wait: newcomers look here, without the lock, to join the
+    /// queue rather than take a slot a waiter is owed.
+    queued: AtomicUsize,
+    /// The next arrival's place in the queue.
+    next_in_queue: AtomicU64,
     /// How failures seen on real traffic take a backend down.
     passive: Passive,
     /// Bumped whenever the balancers' weights change other than by a ramp
@@ -205,6 +213,9 @@ impl Pool {
                 })
                 .collect(),
             room: Notify::new(),
+            queue: Mutex::default(),
+            queued: AtomicUsize::new(0),
+            next_in_queue: AtomicU64::new(0),
             passive: Passive {
                 fall: passive.fall.max(1),
                 ..passive
@@ -530,9 +541,21 @@ impl Pool {
         self.room.notified()
     }
 
-    /// Wakes one waiter, to hand on a wakeup its receiver cannot use.
-    pub fn wake_one(&self) {
-        self.room.notify_one();
+    /// Clients waiting for a slot, across workers.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// A place at the back of the queue, or `None` when `max` wait already.
+    pub fn enqueue(&self, max: usize) -> Option<Place<'_>> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.len() >= max {
+            return None;
+        }
+        let at = self.next_in_queue.fetch_add(1, Ordering::Relaxed);
+        queue.insert(at);
+        self.queued.store(queue.len(), Ordering::Relaxed);
+        Some(Place { pool: self, at })
     }
 
     /// Whether backend `i` is at its `max-conns`.
@@ -590,6 +613,41 @@ impl Pool {
     }
 }
 
+/// A client's place in its pool's queue; dropping it (served, timed out or
+/// gone) lets the next one be the oldest.
+#[derive(Debug)]
+pub struct Place<'a> {
+    pool: &'a Pool,
+    at: u64,
+}
+
+impl Place<'_> {
+    /// Whether no client has waited longer.
+    pub fn is_first(&self) -> bool {
+        let queue = self
+            .pool
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.first() == Some(&self.at)
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut queue = self
+            .pool
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.remove(&self.at);
+        self.pool.queued.store(queue.len(), Ordering::Relaxed);
+        drop(queue);
+        // The next oldest may be first now.
+        self.pool.room.notify_waiters();
+    }
+}
+
 /// One connection's slot on a backend; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Lease<'a> {
@@ -611,7 +669,7 @@ impl Drop for Lease<'_> {
         // Only a backend that was full can have clients waiting for it. The
         // Notify orders this decrement before the woken client's look.
         if b.config.max_conns.is_some_and(|max| before >= max as usize) {
-            self.pool.room.notify_one();
+            self.pool.room.notify_waiters();
         }
     }
 }
@@ -619,6 +677,26 @@ impl Drop for Lease<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_keeps_arrival_order_and_its_bound() {
+        let pool = Pool::new(&[backend(Some(1))], CHECKED);
+        let a = pool.enqueue(3).unwrap();
+        let b = pool.enqueue(3).unwrap();
+        let c = pool.enqueue(3).unwrap();
+        assert!(pool.enqueue(3).is_none(), "bounded at 3");
+        assert_eq!(pool.queued(), 3);
+        assert!(a.is_first() && !b.is_first() && !c.is_first());
+        // A waiter that leaves from the middle keeps the order of the rest.
+        drop(b);
+        assert!(a.is_first() && !c.is_first());
+        drop(a);
+        assert!(c.is_first());
+        let d = pool.enqueue(3).unwrap();
+        assert!(c.is_first() && !d.is_first());
+        drop((c, d));
+        assert_eq!(pool.queued(), 0);
+    }
 
     /// Active checks on, fall 3.
     const CHECKED: Passive = Passive {

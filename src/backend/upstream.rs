@@ -5,9 +5,10 @@
 //! until each has been tried once. A connect that fails for a local reason
 //! (out of descriptors, ports, memory) blames no backend and ends the client's
 //! attempt. When every healthy backend
-//! is at its `max-conns`, the client waits in a bounded queue for a slot, up to
-//! the connect timeout; a slot freed on any worker wakes it (see
-//! [`Pool::room`]), nothing polls. The connect itself is [`uring::connect`], which a
+//! is at its `max-conns`, the client waits in the pool's queue for a slot,
+//! first in first out across workers ([`Pool::enqueue`]), up to the queue
+//! timeout and the queue's bound; a slot freed on any worker wakes the
+//! waiters (see [`Pool::room`]) and the oldest takes it, nothing polls. The connect itself is [`uring::connect`], which a
 //! timeout can cut off.
 //!
 //! A backend the operator drained, put in maint or gave weight 0 is not
@@ -27,13 +28,10 @@ use tokio_uring::net::TcpStream;
 use tracing::warn;
 
 use crate::backend::balance::{self, Algorithm, Balancer, PickContext};
-use crate::backend::pool::{Lease, Pool, RAMP_STEP};
+use crate::backend::pool::{Lease, Place, Pool, RAMP_STEP};
 use crate::counters::{BackendMetrics, WorkerMetrics};
 use crate::logging::Throttle;
 use crate::uring;
-
-/// Most clients one worker holds waiting for a free backend slot; past it they are closed.
-const MAX_QUEUED: usize = 4096;
 
 /// Why a client got no backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +40,10 @@ pub enum NoBackend {
     Down,
     /// Every candidate was tried and none answered.
     Failed,
-    /// Every healthy backend stayed at its max-conns until the timeout (or the queue was full).
+    /// Every healthy backend was at its max-conns and the queue was full.
     Full,
+    /// Every healthy backend stayed at its max-conns for the queue timeout.
+    QueueTimeout,
     /// A connect failed for lack of local resources (descriptors, ports, memory).
     Local,
 }
@@ -53,7 +53,8 @@ impl fmt::Display for NoBackend {
         f.write_str(match self {
             NoBackend::Down => "no backend: all down",
             NoBackend::Failed => "no backend: all connects failed",
-            NoBackend::Full => "no backend: all full",
+            NoBackend::Full => "no backend: all full, queue full",
+            NoBackend::QueueTimeout => "no backend: all full until the queue timeout",
             NoBackend::Local => "no backend: out of local resources",
         })
     }
@@ -79,10 +80,12 @@ pub struct Upstream {
     weights_seen: Cell<u64>,
     /// While a backend ramps up: when to read the weights again.
     ramp_check: Cell<Option<Instant>>,
-    /// Limit per connect attempt, and for waiting in the queue.
+    /// Limit per connect attempt.
     timeout: Duration,
-    /// Clients of this worker waiting for a slot.
-    queued: Cell<usize>,
+    /// Limit for waiting in the queue.
+    queue_timeout: Duration,
+    /// Most clients waiting in the pool's queue, across workers.
+    max_queue: usize,
     /// Keeps connect-failure warnings to one a second.
     warn_throttle: Throttle,
     /// The same for connects that failed for lack of local resources.
@@ -102,12 +105,15 @@ enum Pass<'a> {
 
 impl Upstream {
     /// A worker's upstream over `pool`, whose counters start at backend
-    /// counter `first`; `seed` (the worker id) spreads workers' starting points.
+    /// counter `first`; `seed` (the worker id) spreads workers' starting
+    /// points. `queue` is how long a client may wait for a slot and how many
+    /// may wait.
     pub fn new(
         pool: Arc<Pool>,
         first: usize,
         algorithm: Algorithm,
         timeout: Duration,
+        queue: (Duration, usize),
         seed: u64,
     ) -> Self {
         let weights_seen = pool.weights_generation();
@@ -123,7 +129,8 @@ impl Upstream {
             weights_seen: Cell::new(weights_seen),
             ramp_check: Cell::new(ramping.then(|| Instant::now() + RAMP_STEP)),
             timeout,
-            queued: Cell::new(0),
+            queue_timeout: queue.0,
+            max_queue: queue.1,
             warn_throttle: Throttle::new(Duration::from_secs(1)),
             local_throttle: Throttle::new(Duration::from_secs(1)),
         }
@@ -161,59 +168,65 @@ impl Upstream {
         metrics.backends.get(self.first + i)
     }
 
-    /// Connects `client` to a backend, trying each at most once, waiting for a
-    /// slot while every healthy backend is full.
+    /// Connects `client` to a backend, trying each at most once. While every
+    /// eligible backend is full it waits in the pool's queue, first in first
+    /// out across workers, up to the queue timeout: a newcomer does not take
+    /// a slot while others wait, and a waiter takes one only once it is the
+    /// oldest.
     pub async fn connect(
         &self,
         client: IpAddr,
         metrics: &WorkerMetrics,
     ) -> Result<(Lease<'_>, TcpStream), NoBackend> {
-        let n = self.pool.len();
+        let pool = &*self.pool;
+        let n = pool.len();
         let mut tried = vec![false; n];
         let mut deadline = None;
-        let mut handed_on = false;
+        let mut place: Option<Place<'_>> = None;
         loop {
-            match self.pass(client, &mut tried, metrics).await {
-                Pass::Connected(lease, stream) => return Ok((lease, stream)),
-                Pass::Exhausted { full: false } if !self.pool.any_available() => {
-                    return Err(NoBackend::Down)
+            let turn = match &place {
+                None => pool.queued() == 0,
+                Some(place) => place.is_first(),
+            };
+            if turn {
+                match self.pass(client, &mut tried, metrics).await {
+                    Pass::Connected(lease, stream) => return Ok((lease, stream)),
+                    Pass::Exhausted { full: false } if !pool.any_available() => {
+                        return Err(NoBackend::Down)
+                    }
+                    Pass::Exhausted { full: false } => return Err(NoBackend::Failed),
+                    Pass::Local => return Err(NoBackend::Local),
+                    Pass::Exhausted { full: true } => {}
                 }
-                Pass::Exhausted { full: false } => return Err(NoBackend::Failed),
-                Pass::Local => return Err(NoBackend::Local),
-                Pass::Exhausted { full: true } => {}
             }
             let now = Instant::now();
-            let deadline = *deadline.get_or_insert(now + self.timeout);
-            if now >= deadline || self.queued.get() >= MAX_QUEUED {
-                return Err(NoBackend::Full);
+            let deadline = *deadline.get_or_insert(now + self.queue_timeout);
+            if now >= deadline {
+                metrics.queue_timeouts.inc();
+                return Err(NoBackend::QueueTimeout);
             }
-            self.queued.set(self.queued.get() + 1);
+            let place = match &place {
+                Some(place) => place,
+                None => place.insert(pool.enqueue(self.max_queue).ok_or(NoBackend::Full)?),
+            };
             metrics.queued.inc();
-            self.wait_for_room(&tried, deadline, &mut handed_on).await;
+            self.wait_for_turn(place, &tried, deadline).await;
             metrics.queued.dec();
-            self.queued.set(self.queued.get() - 1);
         }
     }
 
-    /// Waits until a backend this client has not tried may have a free slot,
-    /// or until `deadline`.
-    async fn wait_for_room(&self, tried: &[bool], deadline: Instant, handed_on: &mut bool) {
+    /// Waits until this client is the oldest in the queue and a backend it
+    /// has not tried may have a free slot, or something changed that may
+    /// make it so, or until `deadline`.
+    async fn wait_for_turn(&self, place: &Place<'_>, tried: &[bool], deadline: Instant) {
         let pool = &*self.pool;
         let room = pool.room();
         tokio::pin!(room);
         room.as_mut().enable();
+        // Checked after the wakeup is armed, so none can slip between.
         let primary_up = pool.primary_up(|i| !tried[i]);
-        let free = |i: usize| pool.eligible(i, primary_up);
-        if (0..pool.len()).any(|i| !tried[i] && free(i)) {
+        if place.is_first() && (0..pool.len()).any(|i| !tried[i] && pool.eligible(i, primary_up)) {
             return;
-        }
-        // A slot is free only where this client's connect already failed: the
-        // wakeup that announced it may have come here, so pass one on to a
-        // client that can use it. Once per client, so two such clients cannot
-        // keep waking each other.
-        if !*handed_on && (0..pool.len()).any(|i| tried[i] && free(i)) {
-            *handed_on = true;
-            pool.wake_one();
         }
         tokio::select! {
             _ = room => {}

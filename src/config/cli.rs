@@ -16,7 +16,7 @@ use super::{
     HealthConfig, LogFormat, OrNever, Protocol, ProxyTlvs, ProxyVersion, RouteBy, RouteConfig,
     DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_NAME, DEFAULT_PROTOCOL,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_QUEUE, DEFAULT_NAME, DEFAULT_PROTOCOL,
     DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS, DEFAULT_RESOLVE_AT_START,
     DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE, DEFAULT_ROUTE_BY,
     DEFAULT_SNI_TIMEOUT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
@@ -128,6 +128,17 @@ pub struct Cli {
     /// clients wait in the kernel's backlog instead of being accepted [default: no limit].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "config")]
     pub max_conns: Option<u64>,
+
+    /// While every eligible backend is at its max-conns, how long a client
+    /// waits for a slot, first in first out, before it is closed [default:
+    /// the connect timeout].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "config")]
+    pub queue_timeout: Option<Duration>,
+
+    /// Most clients waiting for a backend slot in one pool, across workers;
+    /// past it a new client is closed at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_QUEUE as u64, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "config")]
+    pub max_queue: u64,
 
     /// Write one info line per closed connection (client, backend, bytes, duration, reason) to the log.
     #[arg(long)]
@@ -350,6 +361,8 @@ impl Config {
             idle_timeout: cli.idle_timeout.0,
             max_lifetime: cli.max_lifetime,
             max_conns: cli.max_conns.map(|n| n as usize),
+            queue_timeout: cli.queue_timeout,
+            max_queue: cli.max_queue as usize,
             send_proxy: cli.send_proxy,
             accept_proxy: cli.accept_proxy,
             proxy_tlvs: cli.proxy_tlvs,

@@ -33,6 +33,8 @@ pub enum Key {
     AcceptProxyFrom,
     /// `proxy-tlvs`.
     ProxyTlvs,
+    /// `queue-timeout`.
+    QueueTimeout,
     /// The health check interval.
     HealthInterval,
     /// The health check timeout.
@@ -68,6 +70,7 @@ impl Key {
             Key::FailTimeout => "fail-timeout",
             Key::AcceptProxyFrom => "accept-proxy-from",
             Key::ProxyTlvs => "proxy-tlvs",
+            Key::QueueTimeout => "queue-timeout",
             Key::HealthInterval => "health-interval",
             Key::HealthTimeout => "health-timeout",
             Key::Weight => "weight",
@@ -94,6 +97,7 @@ impl Key {
             Key::FailTimeout => &["fail-timeout"],
             Key::AcceptProxyFrom => &["accept-proxy-from"],
             Key::ProxyTlvs => &["proxy-tlvs"],
+            Key::QueueTimeout => &["queue-timeout"],
             Key::HealthInterval => &["health", "interval"],
             Key::HealthTimeout => &["health", "timeout"],
             Key::Weight => &["weight"],

@@ -42,6 +42,8 @@ pub use parse::{
 pub const DEFAULT_NAME: &str = "default";
 /// The transport a frontend serves, unless configured (the only one so far).
 pub const DEFAULT_PROTOCOL: Protocol = Protocol::Tcp;
+/// Most clients waiting for a backend slot in one pool, across workers.
+pub const DEFAULT_MAX_QUEUE: usize = 4096;
 /// What happens to a client's PROXY v2 TLVs: dropped.
 pub const DEFAULT_PROXY_TLVS: ProxyTlvs = ProxyTlvs::Drop;
 /// How workers choose a backend, unless configured.

@@ -69,6 +69,11 @@ pub struct FrontendConfig {
     pub max_lifetime: Option<Duration>,
     /// Most open client connections, across workers.
     pub max_conns: Option<usize>,
+    /// How long a client may wait for a backend slot while every eligible
+    /// backend is at its max-conns; `None` is the connect timeout.
+    pub queue_timeout: Option<Duration>,
+    /// Most clients waiting for a slot in one pool, across workers.
+    pub max_queue: usize,
     /// Send a PROXY protocol header of this version to backends.
     pub send_proxy: Option<ProxyVersion>,
     /// Expect a PROXY protocol header (v1 or v2) from every client.
@@ -276,6 +281,8 @@ pub(super) mod tests {
             idle_timeout: None,
             max_lifetime: None,
             max_conns: None,
+            queue_timeout: None,
+            max_queue: DEFAULT_MAX_QUEUE,
             send_proxy: None,
             accept_proxy: false,
             proxy_tlvs: DEFAULT_PROXY_TLVS,

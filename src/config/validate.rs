@@ -78,6 +78,7 @@ impl Config {
                 (Key::HealthTimeout, health.map(|h| h.timeout)),
                 (Key::IdleTimeout, fe.idle_timeout),
                 (Key::MaxLifetime, fe.max_lifetime),
+                (Key::QueueTimeout, fe.queue_timeout),
                 (Key::ProxyHeaderTimeout, Some(fe.proxy_header_timeout)),
                 (Key::FailTimeout, Some(fe.fail_timeout)),
                 (Key::SniTimeout, Some(fe.sni_timeout)),

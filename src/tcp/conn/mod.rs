@@ -68,6 +68,7 @@ impl FrontendState {
                 first,
                 balance,
                 c.connect_timeout,
+                (c.queue_timeout.unwrap_or(c.connect_timeout), c.max_queue),
                 worker as u64,
             )
         };
