@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, Ringlb, TempDir};
 
-/// The next notification, as the lines of one datagram.
-fn next(socket: &UnixDatagram) -> Vec<String> {
+/// The next notification, as the lines of one datagram; on a timeout, the
+/// failure shows ringlb's log.
+fn next(socket: &UnixDatagram, lb: &Ringlb) -> Vec<String> {
     let mut buf = [0u8; 4096];
-    let n = socket
-        .recv(&mut buf)
-        .expect("a notification within the timeout");
+    let n = socket.recv(&mut buf).unwrap_or_else(|err| {
+        panic!(
+            "no notification within the timeout ({err}); ringlb's log:\n{}",
+            lb.log()
+        )
+    });
     String::from_utf8_lossy(&buf[..n])
         .lines()
         .map(str::to_string)
@@ -42,20 +46,20 @@ fn ready_reloading_and_stopping_reach_systemd() {
         ),
     );
     let mut lb = Ringlb::builder().config(&config).start();
-    assert_eq!(next(&socket), ["READY=1"]);
+    assert_eq!(next(&socket, &lb), ["READY=1"]);
 
     lb.signal("HUP");
-    let reloading = next(&socket);
+    let reloading = next(&socket, &lb);
     assert_eq!(reloading[0], "RELOADING=1", "{reloading:?}");
     assert!(
         reloading.iter().any(|l| l.starts_with("MONOTONIC_USEC=")),
         "{reloading:?}"
     );
-    assert_eq!(next(&socket), ["READY=1"]);
+    assert_eq!(next(&socket, &lb), ["READY=1"]);
 
     let start = Instant::now();
     lb.signal("TERM");
-    assert_eq!(next(&socket), ["STOPPING=1"]);
+    assert_eq!(next(&socket, &lb), ["STOPPING=1"]);
     assert!(lb.wait().success());
     assert!(start.elapsed() < Duration::from_secs(10));
 }
