@@ -36,11 +36,22 @@ pub fn proxy_header(data: &[u8]) {
             if let Some(short) = len.checked_sub(1).and_then(|n| data.get(..n)) {
                 assert_eq!(parse(short), Ok(Parsed::Incomplete), "prefix judged early");
             }
+            // What is passed on re-encodes to itself, and the endpoint ID
+            // reads from it without a panic.
+            let tlvs = proxy::forwardable_tlvs(header);
+            let _ = proxy::endpoint_id(&tlvs);
+            let any: std::net::SocketAddr = ([192, 0, 2, 1], 1).into();
+            let mut again = Vec::new();
+            proxy::encode_with_tlvs(proxy::Version::V2, any, any, &tlvs, &mut again);
+            if again.len() <= MAX_HEADER {
+                assert_eq!(proxy::forwardable_tlvs(&again), tlvs, "TLVs changed on the way");
+            }
         }
         Ok(Parsed::Incomplete) => {
             assert!(data.len() < MAX_HEADER, "Incomplete with MAX_HEADER bytes");
         }
         Err(_) => {
+            let _ = proxy::endpoint_id(data);
             // More bytes never change a Complete, so one byte less must not
             // have been Complete.
             if let Some(short) = data.len().checked_sub(1).and_then(|n| data.get(..n)) {

@@ -141,6 +141,7 @@ fn access_log_in_json_has_every_field() {
     assert_eq!(f["bytes_in"], 5);
     assert_eq!(f["bytes_out"], 5);
     assert_eq!(f["reason"], "client EOF");
+    assert_eq!(f["endpoint"], "-", "no PROXY header, no endpoint");
     assert!(f["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
 }
 

@@ -189,7 +189,7 @@ fn v2_header_with(tlvs: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn proxy_v2_tlvs_are_passed_on_only_when_forwarded() {
+fn proxy_v2_tlvs_are_passed_on_only_when_forwarded_and_the_endpoint_is_logged() {
     // An AWS VPC endpoint ID (type 0xEA, subtype 0x01), an authority (0x02),
     // and a CRC32C (0x03) that describes the client's header, not ringlb's.
     let endpoint = [0xea, 0x00, 0x05, 0x01, b'v', b'p', b'c', b'e'];
@@ -206,7 +206,9 @@ fn proxy_v2_tlvs_are_passed_on_only_when_forwarded() {
         let (backend, got) = recorder();
         let mut start = Ringlb::over(&backend)
             .flag("--accept-proxy")
-            .arg("--send-proxy", "v2");
+            .arg("--send-proxy", "v2")
+            .access_log()
+            .arg("--log-format", "json");
         if forward {
             start = start.arg("--proxy-tlvs", "forward");
         }
@@ -221,6 +223,19 @@ fn proxy_v2_tlvs_are_passed_on_only_when_forwarded() {
             expected,
             "forward: {forward}"
         );
+        // Forwarded or not, the access line names the endpoint.
+        let mut line = None;
+        wait_until("access line", || {
+            line = lb
+                .log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["target"] == "ringlb::access");
+            line.is_some()
+        });
+        let fields = &line.unwrap()["fields"];
+        assert_eq!(fields["endpoint"], "vpce", "forward: {forward}");
+        assert_eq!(fields["client"], "192.0.2.1:5555");
     }
 }
 

@@ -274,24 +274,72 @@ pub fn forwardable_tlvs(header: &[u8]) -> Vec<u8> {
         Some(&(V2_FAM_UNIX_STREAM | V2_FAM_UNIX_DGRAM)) => V2_ADDR_LEN_UNIX,
         _ => 0,
     };
-    let Some(mut rest) = header.get(V2_FIXED_LEN + addresses..) else {
+    let Some(rest) = header.get(V2_FIXED_LEN + addresses..) else {
         return Vec::new();
     };
+    let mut list = Tlvs(rest);
     let mut out = Vec::new();
-    while !rest.is_empty() {
-        let Some(&[kind, hi, lo]) = rest.get(..3) else {
-            return Vec::new();
-        };
-        let end = 3 + usize::from(u16::from_be_bytes([hi, lo]));
-        let Some(tlv) = rest.get(..end) else {
-            return Vec::new();
-        };
+    for (kind, tlv) in list.by_ref() {
         if !V2_TLV_NOT_FORWARDED.contains(&kind) {
             out.extend_from_slice(tlv);
         }
-        rest = &rest[end..];
+    }
+    if !list.0.is_empty() {
+        return Vec::new();
     }
     out
+}
+
+/// The TLVs of a list, each as its type and the whole TLV; it ends at the
+/// first whose length runs past the list, which stays in `.0`.
+struct Tlvs<'a>(&'a [u8]);
+
+impl<'a> Iterator for Tlvs<'a> {
+    type Item = (u8, &'a [u8]);
+
+    fn next(&mut self) -> Option<(u8, &'a [u8])> {
+        let head = self.0.get(..3)?;
+        let end = 3 + usize::from(u16::from_be_bytes([head[1], head[2]]));
+        let tlv = self.0.get(..end)?;
+        self.0 = &self.0[end..];
+        Some((head[0], tlv))
+    }
+}
+
+/// TLV types by which cloud load balancers name the private endpoint a
+/// connection came through.
+const PP2_TYPE_GCP: u8 = 0xE0;
+const PP2_TYPE_AWS: u8 = 0xEA;
+const PP2_TYPE_AZURE: u8 = 0xEE;
+
+/// Longest endpoint ID kept for the access log (AWS's are 22 characters).
+const MAX_ENDPOINT_ID: usize = 64;
+
+/// The private endpoint a connection came through, from `tlvs` (a TLV list
+/// as [`forwardable_tlvs`] gives it), for the access log: AWS's VPC endpoint
+/// ID (type 0xEA, subtype 1) as it came, e.g. `vpce-08d2bf15fac5001c9`,
+/// with any byte that is not printable ASCII escaped; Azure's Private Link
+/// ID (0xEE, subtype 1, a little-endian u32) as `azure:N`; Google's Private
+/// Service Connect ID (0xE0, a big-endian u64) as `gcp:N`. The first one
+/// found; `None` without any.
+pub fn endpoint_id(tlvs: &[u8]) -> Option<String> {
+    Tlvs(tlvs).find_map(|(kind, tlv)| {
+        let value = &tlv[3..];
+        match (kind, value) {
+            (PP2_TYPE_AWS, [1, id @ ..]) if !id.is_empty() => {
+                let id = &id[..id.len().min(MAX_ENDPOINT_ID)];
+                Some(id.escape_ascii().to_string())
+            }
+            (PP2_TYPE_AZURE, &[1, a, b, c, d]) => {
+                Some(format!("azure:{}", u32::from_le_bytes([a, b, c, d])))
+            }
+            (PP2_TYPE_GCP, &[a, b, c, d, e, f, g, h]) => Some(format!(
+                "gcp:{}",
+                u64::from_be_bytes([a, b, c, d, e, f, g, h])
+            )),
+            _ => None,
+        }
+    })
 }
 
 fn v6_of(ip: IpAddr) -> Ipv6Addr {
@@ -607,6 +655,30 @@ fn take<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_ids_of_the_three_clouds_and_none_of_anything_else() {
+        let aws = [&[0xea, 0x00, 0x17, 0x01][..], b"vpce-08d2bf15fac5001c9"].concat();
+        let azure = [0xee, 0x00, 0x05, 0x01, 0x15, 0xcd, 0x5b, 0x07];
+        let gcp = [0xe0, 0x00, 0x08, 0, 0, 0, 0, 0, 0, 0x30, 0x39];
+        let authority = [&[0x02, 0x00, 0x03][..], b"a.b"].concat();
+        assert_eq!(
+            endpoint_id(&[&authority[..], &aws].concat()).as_deref(),
+            Some("vpce-08d2bf15fac5001c9")
+        );
+        assert_eq!(endpoint_id(&azure).as_deref(), Some("azure:123456789"));
+        assert_eq!(endpoint_id(&gcp).as_deref(), Some("gcp:12345"));
+        assert_eq!(endpoint_id(&authority), None);
+        // A subtype other than the endpoint ID, a wrong length, a control
+        // character, a TLV cut short.
+        assert_eq!(endpoint_id(&[0xea, 0x00, 0x02, 0x02, b'x']), None);
+        assert_eq!(endpoint_id(&[0xe0, 0x00, 0x02, 1, 2]), None);
+        assert_eq!(
+            endpoint_id(&[0xea, 0x00, 0x03, 0x01, b'x', 0x1b]).as_deref(),
+            Some("x\\x1b")
+        );
+        assert_eq!(endpoint_id(&aws[..10]), None);
+    }
 
     #[test]
     fn forwardable_tlvs_are_the_header_s_but_checksum_and_noop_and_round_trip() {

@@ -182,8 +182,18 @@ pub async fn handle(
     let _open = Open::new(fe.metrics());
     let client = Rc::new(client);
     let registration = registry.register(client.clone());
-    let closed = serve(&registry, &registration, &fe, client, peer, start).await;
-    log_close(&fe, &closed, start);
+    let mut endpoint = None;
+    let served = serve(
+        &registry,
+        &registration,
+        &fe,
+        client,
+        peer,
+        start,
+        &mut endpoint,
+    );
+    let closed = served.await;
+    log_close(&fe, &closed, endpoint.as_deref(), start);
 }
 
 /// How a connection ended, as its access line tells it.
@@ -215,7 +225,8 @@ impl Closed {
 
 /// The connection's life after the source check: PROXY header, ClientHello
 /// and route, backend, preamble, relay, and the health observation; `start`
-/// is when it was accepted, where its lifetime counts from.
+/// is when it was accepted, where its lifetime counts from. The private
+/// endpoint named in the client's PROXY header goes to `endpoint`.
 async fn serve(
     registry: &Rc<Registry>,
     registration: &Registration,
@@ -223,6 +234,7 @@ async fn serve(
     client: Rc<TcpStream>,
     peer: SocketAddr,
     start: Instant,
+    endpoint: &mut Option<String>,
 ) -> Closed {
     let metrics = fe.metrics();
     // Behind another load balancer the real client comes in a PROXY header;
@@ -242,6 +254,7 @@ async fn serve(
             Ok(header) => {
                 addresses = header.addresses;
                 tlvs = header.tlvs;
+                *endpoint = header.endpoint;
                 early = header.rest;
             }
             Err(err) => {
@@ -549,12 +562,14 @@ struct ProxyHeader {
     addresses: Option<(SocketAddr, SocketAddr)>,
     /// Its TLVs that go on to the backend, with `proxy-tlvs = "forward"`.
     tlvs: Vec<u8>,
+    /// The private endpoint its TLVs name, for the access log.
+    endpoint: Option<String>,
     /// Payload bytes read past it.
     rest: Vec<u8>,
 }
 
 /// Reads a PROXY protocol header (v1 or v2) from `client` within `timeout`,
-/// keeping its forwardable TLVs when `keep_tlvs`. On timeout the socket is
+/// keeping its forwardable TLVs when `keep_tlvs` (the endpoint ID always). On timeout the socket is
 /// shut down so the pending read completes in the kernel.
 async fn read_proxy_header(
     client: &TcpStream,
@@ -571,14 +586,15 @@ async fn read_proxy_header(
     });
     let ((len, addresses), mut got) = judged.await?;
     let rest = got.split_off(len);
-    let tlvs = if keep_tlvs {
-        proxy::forwardable_tlvs(&got)
-    } else {
-        Vec::new()
-    };
+    let mut tlvs = proxy::forwardable_tlvs(&got);
+    let endpoint = proxy::endpoint_id(&tlvs);
+    if !keep_tlvs {
+        tlvs = Vec::new();
+    }
     Ok(ProxyHeader {
         addresses,
         tlvs,
+        endpoint,
         rest,
     })
 }
@@ -689,7 +705,7 @@ impl fmt::Display for MaybeAddr {
 
 /// The per-connection line: at info on the access log target when
 /// `--access-log` is on, else at debug.
-fn log_close(fe: &FrontendState, closed: &Closed, start: Instant) {
+fn log_close(fe: &FrontendState, closed: &Closed, endpoint: Option<&str>, start: Instant) {
     let Closed {
         client,
         backend,
@@ -707,6 +723,7 @@ fn log_close(fe: &FrontendState, closed: &Closed, start: Instant) {
                 client = %client,
                 frontend = fe.name(),
                 backend = %backend,
+                endpoint = endpoint.unwrap_or("-"),
                 bytes_in,
                 bytes_out,
                 duration_ms,
