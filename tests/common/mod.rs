@@ -94,9 +94,16 @@ impl Ringlb {
             }
         });
         let deadline = Instant::now() + PATIENCE;
+        // The ready file comes before the "ringlb started" line, which comes
+        // after every start-up warning; the log is read by another thread,
+        // so wait for the line too, or a test that reads the log at once
+        // can miss a warning that is on its way.
         let first = loop {
+            let started = || log.lock().unwrap().contains("ringlb started");
             if let Some(addr) = ready_addrs(&ready).into_iter().next() {
-                break connectable(addr.1);
+                if started() {
+                    break connectable(addr.1);
+                }
             }
             let exited = child.try_wait().ok().flatten().is_some();
             if exited || Instant::now() > deadline {
