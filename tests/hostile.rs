@@ -236,7 +236,10 @@ fn stalled_half_closed_upload_is_released_at_idle_timeout() {
     });
     let lb = Ringlb::over(&stalled)
         .workers(1)
-        .arg("--idle-timeout", "500ms")
+        // Long enough that the client, filling buffers until 20 writes in a
+        // row would block, is done before the stall times out even on a
+        // loaded machine (at 500ms the timeout once came first: EPIPE).
+        .arg("--idle-timeout", "2s")
         .start();
     let baseline = fd_count(lb.pid());
     {
