@@ -36,11 +36,12 @@ fn idle_timeout_closes_both_sides() {
 fn traffic_keeps_a_connection_alive_past_the_idle_timeout() {
     let backend = Backend::echo();
     let lb = Ringlb::over(&backend)
-        .arg("--idle-timeout", "400ms")
+        .arg("--idle-timeout", "800ms")
         .start();
     let mut conn = lb.connect();
-    // Ten rounds 100 ms apart: 1 s in all, never 400 ms quiet.
-    for i in 0..10 {
+    // Fifteen rounds 100 ms apart: 1.5 s in all, never 800 ms quiet (the
+    // margin is for a loaded machine's late wake-ups).
+    for i in 0..15 {
         echo_round(&mut conn, format!("ping {i}").as_bytes());
         std::thread::sleep(Duration::from_millis(100));
     }
