@@ -44,7 +44,11 @@ pub fn proxy_header(data: &[u8]) {
             let mut again = Vec::new();
             proxy::encode_with_tlvs(proxy::Version::V2, any, any, &tlvs, &mut again);
             if again.len() <= MAX_HEADER {
-                assert_eq!(proxy::forwardable_tlvs(&again), tlvs, "TLVs changed on the way");
+                assert_eq!(
+                    proxy::forwardable_tlvs(&again),
+                    tlvs,
+                    "TLVs changed on the way"
+                );
             }
         }
         Ok(Parsed::Incomplete) => {

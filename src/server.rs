@@ -317,13 +317,17 @@ pub fn run(
                     }
                     continue;
                 }
-                match trigger.escalate() {
+                // Told before the workers are: with nothing to drain they
+                // stop at once, and the process can exit before the next
+                // line here runs (STOPPING=1 was lost so, 14 times in 300).
+                match trigger.next() {
                     Phase::Draining => {
                         systemd(&[NotifyState::Stopping]);
                         info!(signal, "stopping: no new connections, draining open ones")
                     }
                     _ => info!(signal, "stopping now: closing open connections"),
                 }
+                trigger.escalate();
             }
         })
         .map_err(ServerError::Signals)?;

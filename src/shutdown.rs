@@ -48,6 +48,16 @@ impl Trigger {
         next
     }
 
+    /// The phase [`Trigger::escalate`] would move to now: announce it before
+    /// escalating, since once the workers see it the process may be gone
+    /// before another line runs.
+    pub fn next(&self) -> Phase {
+        match *self.0.borrow() {
+            Phase::Running => Phase::Draining,
+            _ => Phase::Abort,
+        }
+    }
+
     /// Moves a running process to draining (a hot upgrade's handover); a
     /// process already stopping stays where it is.
     pub fn drain(&self) {
@@ -139,6 +149,16 @@ mod tests {
         assert_eq!(trigger.escalate(), Phase::Abort);
         trigger.drain();
         assert_eq!(*watch.borrow(), Phase::Abort);
+    }
+
+    #[test]
+    fn next_is_what_escalate_moves_to() {
+        let (trigger, _watch) = channel();
+        assert_eq!(trigger.next(), Phase::Draining);
+        assert_eq!(trigger.escalate(), Phase::Draining);
+        assert_eq!(trigger.next(), Phase::Abort);
+        assert_eq!(trigger.escalate(), Phase::Abort);
+        assert_eq!(trigger.next(), Phase::Abort);
     }
 
     #[test]

@@ -625,8 +625,8 @@ fn hand_over(mut stream: UnixStream, ctx: &Serve, handing_over: &AtomicBool) -> 
     }
     ctx.socket.remove();
     ctx.accepting.hand_over();
-    ctx.trigger.drain();
     (ctx.on_drain)();
+    ctx.trigger.drain();
     let stopped = ctx.accepting.wait_none(STEP_TIMEOUT);
     if !stopped {
         warn!("takeover: some workers still accept after {STEP_TIMEOUT:?}");
