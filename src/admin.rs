@@ -68,6 +68,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time a client has to send a whole request head, from when the server
 /// starts waiting for it: after connecting and between keep-alive requests.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At the connection cap, how long a connection must have been idle before
+/// it is closed to make room: one just accepted may not have sent its
+/// request yet, and closing it would reset the request on its way. Short,
+/// so a flood of idle connections still turns over quickly (64 per 50 ms).
+const IDLE_GRACE: Duration = Duration::from_millis(50);
 /// Time a client has to send a `PATCH` body, from when its head is parsed;
 /// 408 past it. No other request may carry a body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -223,14 +229,18 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => {
-                conns.close_longest_idle();
-                permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the admin semaphore is never closed")
-            }
+            Err(_) => loop {
+                // At the cap: make room by closing the connection idle
+                // longest, once it has been idle for IDLE_GRACE; until then
+                // a freed slot may come first.
+                let wait = conns.close_longest_idle(IDLE_GRACE);
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => {
+                        break permit.expect("the admin semaphore is never closed");
+                    }
+                    () = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+                }
+            },
         };
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -318,17 +328,23 @@ impl Conns {
         self.0.lock().unwrap().remove(key);
     }
 
-    /// Tells the connection idle longest, if any, to close.
-    fn close_longest_idle(&self) {
+    /// Tells the connection idle longest to close, if it has been idle for
+    /// `grace`; if it has not yet, returns how long until it will have been
+    /// (`None`: one was closed, or none is idle).
+    fn close_longest_idle(&self, grace: Duration) -> Option<Duration> {
         let conns = self.0.lock().unwrap();
         let longest = conns
             .iter()
             .filter_map(|(_, c)| Some(((*c.idle_since.lock().unwrap())?, c)))
             .min_by_key(|(since, _)| *since);
-        if let Some((_, conn)) = longest {
-            *conn.idle_since.lock().unwrap() = None;
-            conn.close.notify_one();
+        let (since, conn) = longest?;
+        let idle = since.elapsed();
+        if idle < grace {
+            return Some(grace - idle);
         }
+        *conn.idle_since.lock().unwrap() = None;
+        conn.close.notify_one();
+        None
     }
 }
 
