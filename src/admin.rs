@@ -754,7 +754,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn at_the_cap_the_connection_idle_longest_is_closed_once() {
+    fn at_the_cap_the_connection_idle_longest_is_closed_once_past_the_grace() {
         let conns = Conns::default();
         let (_, busy) = conns.insert();
         let (_, older) = conns.insert();
@@ -762,14 +762,21 @@ mod tests {
         busy.set_idle(false);
         let idle = |c: &Conn| c.idle_since.lock().unwrap().is_some();
 
-        conns.close_longest_idle();
+        // Idle for less than the grace: not yet, and how long until then.
+        let wait = conns.close_longest_idle(Duration::from_secs(60));
+        assert!(
+            wait.is_some_and(|w| w > Duration::from_secs(59)),
+            "{wait:?}"
+        );
+        assert!(idle(&older) && idle(&newer));
+        assert_eq!(conns.close_longest_idle(Duration::ZERO), None);
         assert!(!idle(&older), "the older idle one is told to close");
         assert!(idle(&newer));
-        conns.close_longest_idle();
+        assert_eq!(conns.close_longest_idle(Duration::ZERO), None);
         assert!(!idle(&newer));
         conns.remove(newer_key);
-        // Only a busy connection left: nothing to close.
-        conns.close_longest_idle();
+        // Only a busy connection left: nothing to close, nothing to wait for.
+        assert_eq!(conns.close_longest_idle(Duration::ZERO), None);
         assert!(!idle(&busy));
         assert_eq!(conns.0.lock().unwrap().len(), 2);
     }
