@@ -127,6 +127,13 @@ pub struct WorkerMetrics {
     pub refused_source: Counter,
     /// Clients refused at accept by accept-proxy-from.
     pub refused_proxy_source: Counter,
+    /// Clients refused for max-conns-per-source.
+    pub refused_source_conns: Counter,
+    /// Clients refused for rate-per-source.
+    pub refused_source_rate: Counter,
+    /// Clients of a new source served without a per-source limit: the
+    /// source table had no room.
+    pub source_untracked: Counter,
     /// SNI routing: clients whose first bytes were not TLS.
     pub sni_not_tls: Counter,
     /// SNI routing: clients whose ClientHello was malformed.
@@ -181,6 +188,9 @@ impl WorkerMetrics {
             queue_wait: Histogram::default(),
             refused_source: Counter::default(),
             refused_proxy_source: Counter::default(),
+            refused_source_conns: Counter::default(),
+            refused_source_rate: Counter::default(),
+            source_untracked: Counter::default(),
             sni_not_tls: Counter::default(),
             sni_malformed: Counter::default(),
             sni_oversized: Counter::default(),

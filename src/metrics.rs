@@ -151,14 +151,22 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ringlb_refused_total",
         kind: Kind::Counter,
-        help: "Clients closed at accept by the source rules (allow/deny) or accept-proxy-from, by reason.",
+        help: "Clients closed without a byte by the source rules (allow/deny), accept-proxy-from or a per-source limit, by reason.",
         source: Source::ByLabel(
             "reason",
             &[
                 ("source", |w| &w.refused_source),
                 ("proxy-source", |w| &w.refused_proxy_source),
+                ("source-conns", |w| &w.refused_source_conns),
+                ("source-rate", |w| &w.refused_source_rate),
             ],
         ),
+    },
+    Family {
+        name: "ringlb_source_untracked_total",
+        kind: Kind::Counter,
+        help: "Clients of a new source served without a per-source limit because the source table had no room (every entry looked at had connections open).",
+        source: Source::Frontend(|w| &w.source_untracked),
     },
     Family {
         name: "ringlb_sni_rejects_total",
