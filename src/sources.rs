@@ -255,16 +255,19 @@ impl SourceTable {
     pub(crate) fn new(limits: &SourceLimits) -> SourceTable {
         let size = limits.table_size.max(1);
         let shards = (size / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
+        let per_shard = size / shards;
         SourceTable {
+            // Room for a full shard at once, so it never grows by doubling;
+            // the pages are touched (resident) only as sources come.
             shards: (0..shards)
                 .map(|_| {
                     Mutex::new(Shard {
-                        map: IndexMap::new(),
+                        map: IndexMap::with_capacity(per_shard),
                         hand: 0,
                     })
                 })
                 .collect(),
-            per_shard: size / shards,
+            per_shard,
             hasher: RandomState::new(),
             prefix_v4: limits.prefix_v4,
             prefix_v6: limits.prefix_v6,
@@ -613,5 +616,43 @@ mod tests {
                 .map
                 .contains_key(&old)
         );
+    }
+
+    /// The table's memory with 100,000 sources, as docs/performance.md
+    /// gives it: `cargo test --lib table_memory -- --ignored --nocapture`
+    /// (the process's resident memory before and after, so run it alone).
+    #[test]
+    #[ignore]
+    fn table_memory_at_100k_sources() {
+        fn rss_kib() -> u64 {
+            let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+            let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+            pages * 4
+        }
+        let limits = SourceLimits {
+            rate: Some(Rate {
+                count: 1,
+                per: Duration::from_secs(3600),
+            }),
+            table_size: 100_000,
+            ..DEFAULT_SOURCE_LIMITS
+        };
+        let before = rss_kib();
+        let table = SourceTable::new(&limits);
+        let now = Instant::now();
+        for i in 0..200_000u32 {
+            let from = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            drop(table.admit(from, &limits, now).unwrap());
+        }
+        let after = rss_kib();
+        let n = table.len();
+        println!(
+            "{n} sources (capacity {}): {} KiB resident, {:.0} bytes per source; entry {} bytes",
+            table.capacity(),
+            after - before,
+            (after - before) as f64 * 1024.0 / n as f64,
+            std::mem::size_of::<Entry>()
+        );
+        assert!(n > 99_000 && n <= 100_000, "{n}");
     }
 }

@@ -32,11 +32,29 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     conn
 }
 
-/// Sends one byte and waits for its echo: `Some(conn)`, still open, when
-/// the connection was served; `None` when ringlb closed it without a byte.
-fn served(mut conn: TcpStream) -> Option<TcpStream> {
-    // A refused connection may be gone before the write: that is a refusal too.
-    if conn.write_all(b"x").is_err() {
+/// The backend: echoes a client's first byte, then holds the connection
+/// until the client closes if that byte was `h`, else closes it at once.
+/// Closing first, it keeps the TIME_WAIT of thousands of short connections
+/// on its own port (and ringlb's listening port) instead of on ephemeral
+/// ports of 127.0.0.1, where they would make other tests' binds fail.
+fn backend() -> Backend {
+    Backend::spawn(|mut conn| {
+        let mut first = [0u8; 1];
+        if conn.read_exact(&mut first).is_err() || conn.write_all(&first).is_err() {
+            return;
+        }
+        if first == *b"h" {
+            let _ = conn.read_to_end(&mut Vec::new());
+        }
+    })
+}
+
+/// Sends `b"h"` and waits for its echo: `Some(conn)`, held open by the
+/// backend, when the connection was served; `None` when ringlb closed it
+/// without a byte.
+fn held(mut conn: TcpStream) -> Option<TcpStream> {
+    // A refused connection may be gone before the write: a refusal too.
+    if conn.write_all(b"h").is_err() {
         return None;
     }
     let mut echo = [0u8; 1];
@@ -44,6 +62,18 @@ fn served(mut conn: TcpStream) -> Option<TcpStream> {
         Ok(1) => Some(conn),
         Ok(_) | Err(_) => None,
     }
+}
+
+/// One short visit: a byte there and back, then the backend's close, which
+/// the client waits for (so the connection is over at both ends when this
+/// returns). Whether it was served.
+fn visit(mut conn: TcpStream) -> bool {
+    if conn.write_all(b"x").is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let _ = conn.read_to_end(&mut got);
+    got == b"x"
 }
 
 fn v4(s: &str) -> Ipv4Addr {
@@ -85,7 +115,7 @@ fn listed(entry: &serde_json::Value) -> Vec<(String, u64)> {
 
 #[test]
 fn max_conns_per_source_is_exact_across_two_workers_and_sources_lists_the_busiest() {
-    let backend = Backend::echo();
+    let backend = backend();
     let lb = Ringlb::over(&backend)
         .workers(2)
         .admin()
@@ -98,7 +128,7 @@ fn max_conns_per_source_is_exact_across_two_workers_and_sources_lists_the_busies
     let mut open = Vec::new();
     let mut turned_away = 0;
     for _ in 0..10 {
-        match served(connect_from(a, lb.addr)) {
+        match held(connect_from(a, lb.addr)) {
             Some(conn) => open.push(conn),
             None => turned_away += 1,
         }
@@ -107,7 +137,7 @@ fn max_conns_per_source_is_exact_across_two_workers_and_sources_lists_the_busies
     assert_eq!(refused(&lb, "source-conns"), 7);
     assert_eq!(refused(&lb, "source-rate"), 0);
     // Another source has its own three.
-    let other = served(connect_from(b, lb.addr)).expect("another source is served");
+    let other = held(connect_from(b, lb.addr)).expect("another source is served");
 
     let top = sources(&lb, "top=1");
     assert_eq!(listed(&top), [("127.0.0.2/32".to_string(), 3)], "{top}");
@@ -130,7 +160,7 @@ fn max_conns_per_source_is_exact_across_two_workers_and_sources_lists_the_busies
     drop(open.pop());
     let mut again = None;
     wait_until("a place back for 127.0.0.2", || {
-        again = served(connect_from(a, lb.addr));
+        again = held(connect_from(a, lb.addr));
         again.is_some()
     });
     drop((other, again));
@@ -139,7 +169,7 @@ fn max_conns_per_source_is_exact_across_two_workers_and_sources_lists_the_busies
 
 #[test]
 fn the_rate_limit_holds_over_ten_seconds() {
-    let backend = Backend::echo();
+    let backend = backend();
     let lb = Ringlb::over(&backend)
         .workers(2)
         .admin()
@@ -152,7 +182,7 @@ fn the_rate_limit_holds_over_ten_seconds() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         attempts += 1;
-        if served(connect_from(from, lb.addr)).is_some() {
+        if visit(connect_from(from, lb.addr)) {
             ok += 1;
         }
     }
@@ -185,7 +215,7 @@ fn flood_size() -> u32 {
 
 #[test]
 fn a_flood_of_sources_keeps_the_table_within_its_bound_while_a_client_is_served() {
-    let backend = Backend::echo();
+    let backend = backend();
     // A rate limit keeps each source's entry after its connection closes,
     // so the flood fills the table and new sources must take old places.
     let lb = Ringlb::over(&backend)
@@ -202,19 +232,15 @@ fn a_flood_of_sources_keeps_the_table_within_its_bound_while_a_client_is_served(
     // a time more, each served and closed by both ends before the next,
     // until the flood is over: never more than its limit of four.
     let client = v4("127.0.0.2");
-    let held = served(connect_from(client, lb.addr)).expect("the client's first connection");
+    let kept = held(connect_from(client, lb.addr)).expect("the client's first connection");
     let flooding = Arc::new(AtomicBool::new(true));
     let visits = {
         let (flooding, addr) = (flooding.clone(), lb.addr);
         thread::spawn(move || {
             let mut visits = 0u64;
             while flooding.load(Ordering::SeqCst) {
-                let conn = served(connect_from(client, addr));
-                let Some(mut conn) = conn else {
-                    panic!("the client was refused during the flood");
-                };
-                conn.shutdown(std::net::Shutdown::Write).unwrap();
-                assert_eq!(common::read_to_end(&mut conn), b"");
+                let served = visit(connect_from(client, addr));
+                assert!(served, "the client was refused during the flood");
                 visits += 1;
             }
             visits
@@ -234,7 +260,7 @@ fn a_flood_of_sources_keeps_the_table_within_its_bound_while_a_client_is_served(
                     break;
                 }
                 let from = Ipv4Addr::from(u32::from(v4("127.1.0.0")) + i);
-                assert!(served(connect_from(from, addr)).is_some(), "{from} refused");
+                assert!(visit(connect_from(from, addr)), "{from} refused");
             })
         })
         .collect();
@@ -274,12 +300,12 @@ fn a_flood_of_sources_keeps_the_table_within_its_bound_while_a_client_is_served(
         "ringlb_connections_total{frontend=\"default\"}",
     );
     assert_eq!(connections, 1 + visits + u64::from(total));
-    drop(held);
+    drop(kept);
 }
 
 #[test]
 fn behind_accept_proxy_the_proxy_source_is_the_key() {
-    let backend = Backend::echo();
+    let backend = backend();
     let lb = Ringlb::over(&backend)
         .admin()
         .access_log()
@@ -292,7 +318,7 @@ fn behind_accept_proxy_the_proxy_source_is_the_key() {
         let mut conn = common::client(lb.addr);
         let header = format!("PROXY TCP4 {client} 192.0.2.100 40000 80\r\n");
         conn.write_all(header.as_bytes()).unwrap();
-        served(conn)
+        held(conn)
     };
     let first = via_proxy("198.51.100.1").expect("the first client is served");
     assert!(
