@@ -93,6 +93,9 @@ struct Entry {
     prev: u32,
     /// Seen since the sweep last passed it.
     seen: bool,
+    /// Whether it outlives its last connection (with a rate limit, its
+    /// bucket is worth keeping), as the last admission's limits said.
+    keep: bool,
 }
 
 impl Entry {
@@ -105,6 +108,7 @@ impl Entry {
             curr: 0,
             prev: 0,
             seen: true,
+            keep: limits.rate.is_some(),
         }
     }
 
@@ -205,33 +209,24 @@ impl Shard {
 }
 
 /// One admitted connection's place in its source's count; dropping it (the
-/// connection closed) gives the place back.
+/// connection closed) gives the place back. Every connection task holds
+/// one (as an `Option`), so it is kept to two words and a pointer.
 #[derive(Debug)]
 pub(crate) struct Ticket<'a> {
     table: &'a SourceTable,
-    /// The source's key; `None` when the table had no room and the
-    /// connection was served without a per-source limit.
-    key: Option<u128>,
-    /// Whether the entry outlives its last connection (its bucket is worth
-    /// keeping).
-    keep: bool,
-}
-
-impl Ticket<'_> {
-    /// Whether the connection counts against its source (the table had room).
-    pub(crate) fn is_tracked(&self) -> bool {
-        self.key.is_some()
-    }
+    /// The source's key, as two halves (a `u128` would align the ticket,
+    /// and the task holding it, to 16 bytes).
+    key: [u64; 2],
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        let Some(key) = self.key else { return };
+        let key = u128::from(self.key[0]) << 64 | u128::from(self.key[1]);
         let mut shard = self.table.shard(key);
         if let Some(i) = shard.map.get_index_of(&key) {
             let (_, e) = shard.map.get_index_mut(i).expect("just found");
             e.conns = e.conns.saturating_sub(1);
-            if e.conns == 0 && !self.keep {
+            if e.conns == 0 && !e.keep {
                 shard.map.swap_remove_index(i);
             }
         }
@@ -327,33 +322,30 @@ impl SourceTable {
     }
 
     /// Admits or refuses a new connection from `ip` under `limits` at
-    /// `now`: a ticket to hold while it is open, or why not.
+    /// `now`: a ticket to hold while it is open, `None` when the table had
+    /// no room for a new source (served without a per-source limit), or why
+    /// not.
     pub(crate) fn admit(
         &self,
         ip: IpAddr,
         limits: &SourceLimits,
         now: Instant,
-    ) -> Result<Ticket<'_>, Refused> {
+    ) -> Result<Option<Ticket<'_>>, Refused> {
         let now = self.micros(now);
         let key = self.key(ip);
-        let keep = limits.rate.is_some();
         let mut shard = self.shard(key);
-        let untracked = Ticket {
-            table: self,
-            key: None,
-            keep,
-        };
         let entry = match shard.map.get_index_of(&key) {
             Some(i) => shard.map.get_index_mut(i).expect("just found").1,
             None => {
                 shard.expire(limits, now);
                 if shard.map.len() >= self.per_shard && !shard.make_room(limits, now) {
-                    return Ok(untracked);
+                    return Ok(None);
                 }
                 shard.map.entry(key).or_insert(Entry::new(limits, now))
             }
         };
         entry.seen = true;
+        entry.keep = limits.rate.is_some();
         entry.count(now);
         entry.refill(limits, now);
         if limits.max_conns.is_some_and(|max| entry.conns >= max) {
@@ -366,10 +358,10 @@ impl SourceTable {
             entry.tokens -= 1.0;
         }
         entry.conns += 1;
-        Ok(Ticket {
-            key: Some(key),
-            ..untracked
-        })
+        Ok(Some(Ticket {
+            table: self,
+            key: [(key >> 64) as u64, key as u64],
+        }))
     }
 
     /// The `n` busiest sources at `now`: most connections open first, then
@@ -450,7 +442,7 @@ mod tests {
         let table = SourceTable::new(&limits);
         let now = Instant::now();
         let a = table.admit(ip("10.1.2.3"), &limits, now).unwrap();
-        assert!(a.is_tracked());
+        assert!(a.is_some());
         // The same /24, as itself or IPv4-mapped: one source.
         for same in ["10.1.2.200", "::ffff:10.1.2.9"] {
             assert_eq!(
@@ -553,11 +545,11 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        assert!(held.iter().all(Ticket::is_tracked));
+        assert!(held.iter().all(Option::is_some));
         assert_eq!(table.len(), 16);
         // A new source is served, untracked, and the open ones stay exact.
         let extra = table.admit(ip("10.0.1.1"), &limits, now).unwrap();
-        assert!(!extra.is_tracked());
+        assert!(extra.is_none());
         assert_eq!(
             table.admit(ip("10.0.0.3"), &limits, now).unwrap_err(),
             Refused::Conns
@@ -580,11 +572,12 @@ mod tests {
         for i in 0..10_000u32 {
             let from = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
             let ticket = table.admit(from, &limits, now).unwrap();
-            assert!(ticket.is_tracked() || i > 0);
+            assert!(ticket.is_some() || i > 0);
             drop(ticket);
             assert!(table.len() <= table.capacity());
         }
-        assert!(steady.is_tracked());
+        assert!(steady.is_some());
+        assert_eq!(std::mem::size_of_val(&steady), 24);
         assert_eq!(table.top(1, now)[0].source.to_string(), "192.0.2.1/32");
         assert_eq!(table.top(1, now)[0].connections, 1);
     }

@@ -184,32 +184,46 @@ pub async fn handle(
     }
     let start = Instant::now();
     // The per-source limits, here unless a PROXY header is to say who the
-    // client is (then after it is read); the ticket is held until the close.
-    let _ticket = match fe.frontend.config.accept_proxy {
-        true => None,
-        false => match admit_source(&fe, peer, start) {
-            Ok(ticket) => ticket,
+    // client is (then `serve` checks them once it is read); the ticket is
+    // held until the close.
+    let mut ticket = None;
+    if !fe.frontend.config.accept_proxy {
+        match admit_source(&fe, peer, start) {
+            Ok(admitted) => ticket = admitted,
             Err(refusal) => {
                 refuse(&fe, peer, refusal);
                 return;
             }
-        },
-    };
+        }
+    }
     let _open = Open::new(fe.metrics());
     let client = Rc::new(client);
     let registration = registry.register(client.clone());
-    let mut endpoint = None;
-    let served = serve(
+    let mut kept = Kept {
+        endpoint: None,
+        ticket,
+    };
+    let closed = serve(
         &registry,
         &registration,
         &fe,
         client,
         peer,
         start,
-        &mut endpoint,
-    );
-    let closed = served.await;
-    log_close(&fe, &closed, endpoint.as_deref(), start);
+        &mut kept,
+    )
+    .await;
+    log_close(&fe, &closed, kept.endpoint.as_deref(), start);
+}
+
+/// What [`serve`] leaves for the end of the connection.
+struct Kept<'f> {
+    /// The private endpoint named in the client's PROXY header, for the
+    /// access line.
+    endpoint: Option<String>,
+    /// The connection's place under the per-source limits, given back when
+    /// it is dropped.
+    ticket: Option<Ticket<'f>>,
 }
 
 /// How a connection ended, as its access line tells it.
@@ -241,16 +255,17 @@ impl Closed {
 
 /// The connection's life after the source check: PROXY header, ClientHello
 /// and route, backend, preamble, relay, and the health observation; `start`
-/// is when it was accepted, where its lifetime counts from. The private
-/// endpoint named in the client's PROXY header goes to `endpoint`.
-async fn serve(
+/// is when it was accepted, where its lifetime counts from. What must
+/// live until the close goes to `kept`: the private endpoint named in the
+/// client's PROXY header, and behind accept-proxy the ticket of the per-source limits.
+async fn serve<'f>(
     registry: &Rc<Registry>,
     registration: &Registration,
-    fe: &FrontendState,
+    fe: &'f FrontendState,
     client: Rc<TcpStream>,
     peer: SocketAddr,
     start: Instant,
-    endpoint: &mut Option<String>,
+    kept: &mut Kept<'f>,
 ) -> Closed {
     let metrics = fe.metrics();
     // Behind another load balancer the real client comes in a PROXY header;
@@ -270,7 +285,7 @@ async fn serve(
             Ok(header) => {
                 addresses = header.addresses;
                 tlvs = header.tlvs;
-                *endpoint = header.endpoint;
+                kept.endpoint = header.endpoint;
                 early = header.rest;
             }
             Err(err) => {
@@ -280,16 +295,15 @@ async fn serve(
         }
     }
     let source = addresses.map_or(peer, |(source, _)| canonical(source));
-    let _ticket = match fe.frontend.config.accept_proxy {
-        true => match admit_source(fe, source, Instant::now()) {
-            Ok(ticket) => ticket,
+    if fe.frontend.config.accept_proxy {
+        match admit_source(fe, source, Instant::now()) {
+            Ok(admitted) => kept.ticket = admitted,
             Err(refusal) => {
                 refuse(fe, source, refusal);
                 return Closed::early(source, None, Ended::Refused(refusal));
             }
-        },
-        false => None,
-    };
+        }
+    }
 
     // With SNI routing the ClientHello picks the pool; it goes to the
     // backend with everything else read so far.
@@ -451,10 +465,10 @@ fn admit_source(
     };
     match table.admit(source.ip(), &fe.frontend.config.sources, now) {
         Ok(ticket) => {
-            if !ticket.is_tracked() {
+            if ticket.is_none() {
                 fe.metrics().source_untracked.inc();
             }
-            Ok(Some(ticket))
+            Ok(ticket)
         }
         Err(Refused::Conns) => Err(Refusal::SourceConns),
         Err(Refused::Rate) => Err(Refusal::SourceRate),
