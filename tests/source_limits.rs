@@ -348,3 +348,34 @@ fn behind_accept_proxy_the_proxy_source_is_the_key() {
     assert!(line.contains("backend=-"), "{line}");
     drop((first, other));
 }
+
+#[test]
+fn bad_per_source_settings_are_one_line_start_up_errors() {
+    let base = ["--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9"];
+    for (extra, says) in [
+        (
+            &["--rate-burst", "5"][..],
+            "--rate-burst needs --rate-per-source",
+        ),
+        (&["--rate-per-source", "5/d"], "invalid rate '5/d'"),
+        (&["--rate-per-source", "0/s"], "invalid rate '0/s'"),
+        (&["--source-prefix", "33"], "'33' for '--source-prefix"),
+        (
+            &["--source-prefix-v6", "129"],
+            "'129' for '--source-prefix-v6",
+        ),
+        (
+            &["--max-conns-per-source", "0"],
+            "'0' for '--max-conns-per-source",
+        ),
+        (
+            &["--source-table-size", "0"],
+            "'0' for '--source-table-size",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (status, out) = common::run_to_exit(&args);
+        assert_eq!(status.code(), Some(2), "{extra:?}: {out}");
+        assert!(out.contains(says), "{extra:?}: {out}");
+    }
+}
