@@ -379,3 +379,33 @@ fn bad_per_source_settings_are_one_line_start_up_errors() {
         assert!(out.contains(says), "{extra:?}: {out}");
     }
 }
+
+#[test]
+fn a_reload_keeps_the_counts_and_applies_new_limits() {
+    let backend = backend();
+    let dir = common::TempDir::new("sources-reload");
+    let config = |max: u32| {
+        format!(
+            "admin = \"127.0.0.1:0\"\nworkers = 2\n\n[[frontend]]\nname = \"default\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{}\"]\nmax-conns-per-source = {max}\n",
+            backend.addr
+        )
+    };
+    let path = dir.write("ringlb.toml", &config(3));
+    let lb = Ringlb::builder().config(&path).start();
+    let addr = lb.frontend_addr("default");
+    let from = v4("127.0.0.5");
+    let open: Vec<TcpStream> = (0..2)
+        .map(|_| held(connect_from(from, addr)).expect("under the limit"))
+        .collect();
+    // Down to 2: the two open before the reload still count.
+    std::fs::write(&path, config(2)).unwrap();
+    lb.signal("HUP");
+    wait_until("the reload", || lb.log().contains("config reloaded"));
+    assert!(held(connect_from(from, addr)).is_none(), "at the new limit");
+    assert_eq!(refused(&lb, "source-conns"), 1);
+    assert_eq!(
+        listed(&sources(&lb, "top=1")),
+        [("127.0.0.5/32".to_string(), 2)]
+    );
+    drop(open);
+}
