@@ -30,7 +30,7 @@ worker
 tcp
 service
 frontend
-access ceiling
+access ceiling sources
 metrics
 backend
 counters

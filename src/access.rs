@@ -17,6 +17,10 @@ pub(crate) enum Refusal {
     Source,
     /// A PROXY header would be read from a source not trusted to send one.
     ProxySource,
+    /// The source has max-conns-per-source connections open.
+    SourceConns,
+    /// The source opened connections faster than rate-per-source allows.
+    SourceRate,
 }
 
 impl Refusal {
@@ -25,6 +29,8 @@ impl Refusal {
         match self {
             Refusal::Source => "source",
             Refusal::ProxySource => "proxy-source",
+            Refusal::SourceConns => "source-conns",
+            Refusal::SourceRate => "source-rate",
         }
     }
 }

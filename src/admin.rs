@@ -77,6 +77,10 @@ const IDLE_GRACE: Duration = Duration::from_millis(50);
 /// Time a client has to send a `PATCH` body, from when its head is parsed;
 /// 408 past it. No other request may carry a body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Sources per frontend `GET /sources` lists unless `top=N` says.
+pub const DEFAULT_TOP_SOURCES: usize = 10;
+/// Most sources per frontend `GET /sources` lists.
+pub const MAX_TOP_SOURCES: usize = 10_000;
 /// Pending connections the kernel holds while the server is at its cap.
 const LISTEN_BACKLOG: i32 = 1024;
 /// First and longest pause after a failed accept.
@@ -367,7 +371,7 @@ async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Byte
                     Err((status, reason)) => (status, "text/plain", reason),
                 }
             } else {
-                get(path, &generation, state)
+                get(path, head.uri.query(), &generation, state)
             };
             reply(status, content_type, body)
         }
@@ -539,7 +543,12 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 }
 
 /// Answers a `GET` that [`refusal`] let through: status, content type, body.
-fn get(path: &str, generation: &Generation, state: &State) -> (StatusCode, &'static str, String) {
+fn get(
+    path: &str,
+    query: Option<&str>,
+    generation: &Generation,
+    state: &State,
+) -> (StatusCode, &'static str, String) {
     match path {
         "/metrics" => (
             StatusCode::OK,
@@ -581,12 +590,80 @@ fn get(path: &str, generation: &Generation, state: &State) -> (StatusCode, &'sta
             "application/json",
             backends_json(generation),
         ),
+        "/sources" => match top_of(query) {
+            Ok(top) => (
+                StatusCode::OK,
+                "application/json",
+                sources_json(generation, top),
+            ),
+            Err(reason) => (StatusCode::BAD_REQUEST, "text/plain", reason),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /, /stats.json, /metrics, /healthz, /backends or PATCH /frontends/NAME/backends/ADDR\n".into(),
+            "not found: try /, /stats.json, /metrics, /healthz, /backends, /sources?top=N or PATCH /frontends/NAME/backends/ADDR\n".into(),
         ),
     }
+}
+
+/// The `top=N` of a `/sources` query: how many sources per frontend
+/// (default [`DEFAULT_TOP_SOURCES`], at most [`MAX_TOP_SOURCES`]); other
+/// parameters are refused, so a typo is not taken for the default.
+fn top_of(query: Option<&str>) -> Result<usize, String> {
+    let mut top = DEFAULT_TOP_SOURCES;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let value = pair.strip_prefix("top=").ok_or_else(|| {
+            format!("bad query: only top=N (1 to {MAX_TOP_SOURCES}) is known, got {pair:?}\n")
+        })?;
+        top = value
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_TOP_SOURCES).contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "bad top: must be a whole number from 1 to {MAX_TOP_SOURCES}, got {value:?}\n"
+                )
+            })?;
+    }
+    Ok(top)
+}
+
+/// `GET /sources`: per frontend with per-source limits, its limits, how
+/// full its table is, and its `top` busiest sources (most connections open,
+/// then the highest rate of new connections, refused ones included).
+fn sources_json(generation: &Generation, top: usize) -> String {
+    let now = Instant::now();
+    let frontends: Vec<serde_json::Value> = generation
+        .frontends
+        .iter()
+        .filter_map(|f| {
+            let table = f.sources.as_ref()?;
+            let limits = &f.config.sources;
+            let sources: Vec<serde_json::Value> = table
+                .top(top, now)
+                .into_iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "source": s.source.to_string(),
+                        "connections": s.connections,
+                        "rate": (s.rate * 100.0).round() / 100.0,
+                    })
+                })
+                .collect();
+            Some(serde_json::json!({
+                "frontend": f.config.name,
+                "max_conns_per_source": limits.max_conns,
+                "rate_per_source": limits.rate.map(|r| r.to_string()),
+                "rate_burst": limits.rate.map(|_| limits.burst()),
+                "table_size": table.capacity(),
+                "tracked": table.len(),
+                "sources": sources,
+            }))
+        })
+        .collect();
+    let mut body = serde_json::Value::Array(frontends).to_string();
+    body.push('\n');
+    body
 }
 
 fn backends_json(generation: &Generation) -> String {
@@ -803,6 +880,18 @@ mod tests {
             (change.state, change.weight),
             (Some(AdminState::Drain), Some(0))
         );
+    }
+
+    #[test]
+    fn sources_queries() {
+        assert_eq!(top_of(None), Ok(DEFAULT_TOP_SOURCES));
+        assert_eq!(top_of(Some("top=3")), Ok(3));
+        assert_eq!(top_of(Some("top=10000")), Ok(10_000));
+        for bad in ["top=0", "top=10001", "top=x", "top=", "tops=3", "top=3&x=1"] {
+            let err = top_of(Some(bad)).unwrap_err();
+            assert!(err.starts_with("bad "), "{bad}: {err}");
+            assert_eq!(err.matches('\n').count(), 1, "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the crate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
@@ -37,6 +38,52 @@ impl Counter {
     /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The upper bounds, in seconds, of the buckets of time spent in the queue
+/// at max-conns; one more bucket holds everything above the last.
+pub const QUEUE_WAIT_BOUNDS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram of durations written by one thread only: a counter per
+/// bucket of [`QUEUE_WAIT_BOUNDS`] (not cumulative; the exposition adds them
+/// up) and their sum.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket, the last for those above every bound.
+    buckets: [Counter; QUEUE_WAIT_BOUNDS.len() + 1],
+    /// The sum of the observations, in microseconds.
+    sum_us: Counter,
+}
+
+impl Histogram {
+    /// Counts one observation. Only the owning worker calls this.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = QUEUE_WAIT_BOUNDS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(QUEUE_WAIT_BOUNDS.len());
+        self.buckets[i].inc();
+        self.sum_us.add(d.as_micros() as u64);
+    }
+}
+
+/// A histogram summed over workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSum {
+    /// Observations per bucket of [`QUEUE_WAIT_BOUNDS`] and the one above.
+    pub buckets: Vec<u64>,
+    /// The sum of the observations, in microseconds.
+    pub sum_us: u64,
+}
+
+impl HistogramSum {
+    /// How many observations.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().fold(0, |a, &b| a.wrapping_add(b))
     }
 }
 
@@ -74,10 +121,19 @@ pub struct WorkerMetrics {
     pub queued: Counter,
     /// Clients closed after waiting the queue timeout for a slot.
     pub queue_timeouts: Counter,
+    /// How long clients that queued waited, served or not.
+    pub queue_wait: Histogram,
     /// Clients refused at accept by allow/deny.
     pub refused_source: Counter,
     /// Clients refused at accept by accept-proxy-from.
     pub refused_proxy_source: Counter,
+    /// Clients refused for max-conns-per-source.
+    pub refused_source_conns: Counter,
+    /// Clients refused for rate-per-source.
+    pub refused_source_rate: Counter,
+    /// Clients of a new source served without a per-source limit: the
+    /// source table had no room.
+    pub source_untracked: Counter,
     /// SNI routing: clients whose first bytes were not TLS.
     pub sni_not_tls: Counter,
     /// SNI routing: clients whose ClientHello was malformed.
@@ -129,8 +185,12 @@ impl WorkerMetrics {
             proxy_header_errors: Counter::default(),
             queued: Counter::default(),
             queue_timeouts: Counter::default(),
+            queue_wait: Histogram::default(),
             refused_source: Counter::default(),
             refused_proxy_source: Counter::default(),
+            refused_source_conns: Counter::default(),
+            refused_source_rate: Counter::default(),
+            source_untracked: Counter::default(),
             sni_not_tls: Counter::default(),
             sni_malformed: Counter::default(),
             sni_oversized: Counter::default(),
@@ -166,6 +226,22 @@ impl Metrics {
             .iter()
             .map(|w| f(w).get())
             .fold(0, u64::wrapping_add)
+    }
+
+    /// One histogram summed over workers.
+    pub fn sum_histogram(&self, f: impl Fn(&WorkerMetrics) -> &Histogram) -> HistogramSum {
+        let mut sum = HistogramSum {
+            buckets: vec![0; QUEUE_WAIT_BOUNDS.len() + 1],
+            sum_us: 0,
+        };
+        for w in self.workers.iter() {
+            let h = f(w);
+            for (total, bucket) in sum.buckets.iter_mut().zip(&h.buckets) {
+                *total = total.wrapping_add(bucket.get());
+            }
+            sum.sum_us = sum.sum_us.wrapping_add(h.sum_us.get());
+        }
+        sum
     }
 
     /// One backend's counter summed over workers.

@@ -31,6 +31,7 @@ use crate::backend::probe::Prober;
 use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig};
 use crate::counters::Metrics;
 use crate::net::{self, BindError};
+use crate::sources::SourceTable;
 
 /// Config generations as the server publishes them to the workers and the
 /// admin endpoint: the current one, and a wake-up when a reload replaces it.
@@ -143,6 +144,10 @@ pub struct Frontend {
     /// instead of being accepted and closed; the permit moves into the
     /// connection and is returned when it closes.
     pub limit: Option<Arc<Semaphore>>,
+    /// With per-source limits, its table of sources, shared by every
+    /// worker; a reload keeps it (and the counts in it) while the prefixes
+    /// and the table's size stay, so the limits go on holding across it.
+    pub sources: Option<Arc<SourceTable>>,
 }
 
 /// Everything the workers run at one time.
@@ -269,9 +274,15 @@ impl Generation {
                     .max_conns
                     .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
             };
+            let sources = fe.sources.enabled().then(|| {
+                old.and_then(|o| o.sources.clone())
+                    .filter(|table| table.fits(&fe.sources))
+                    .unwrap_or_else(|| Arc::new(SourceTable::new(&fe.sources)))
+            });
             frontends.push(Arc::new(Frontend {
                 metrics,
                 limit,
+                sources,
                 config: fe.clone(),
                 listeners,
                 pool,

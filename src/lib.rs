@@ -17,6 +17,7 @@
 //!   SNI route), counters, limit; the one publisher of generations, for reloads and DNS changes.
 //! - [`access`]: the source rules (allow, deny, accept-proxy-from) a client is checked against at accept; pure.
 //! - [`ceiling`]: the process-wide connection ceiling from the fd limit; workers accept under it.
+//! - [`sources`]: per-source limits: the bounded table, shared by workers, of each source's open connections and token bucket.
 //! - [`metrics`]: the exposition: every metric's name, type, help and source in one table, rendered at scrape.
 //! - [`backend`]: the backend side: pools (cross-worker state as atomics) and eligibility, health
 //!   (pure) and its prober, the balancing algorithms, upstream (pick, connect with failover, the
@@ -52,6 +53,7 @@ pub mod protocol;
 pub mod server;
 mod service;
 mod shutdown;
+mod sources;
 mod stats;
 mod tcp;
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -17,13 +17,17 @@ use prometheus_client::registry::Registry;
 
 use crate::backend::discovery::NameSample;
 use crate::backend::pool::{AdminState, Pool};
-use crate::counters::{BackendMetrics, Counter, Metrics, WorkerMetrics};
+use crate::counters::{
+    BackendMetrics, Counter, Histogram, HistogramSum, Metrics, WorkerMetrics, QUEUE_WAIT_BOUNDS,
+};
 
 /// Whether a family only goes up or can go down.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Counter,
     Gauge,
+    /// Per-bucket counts, their sum and count (`_bucket`, `_sum`, `_count`).
+    Histogram,
 }
 
 /// Picks one counter out of a worker's.
@@ -33,6 +37,8 @@ type WorkerCounter = fn(&WorkerMetrics) -> &Counter;
 enum Source {
     /// A worker counter summed over workers: one sample per frontend.
     Frontend(fn(&WorkerMetrics) -> &Counter),
+    /// A worker histogram summed over workers: one per frontend.
+    FrontendHistogram(fn(&WorkerMetrics) -> &Histogram),
     /// Worker counters summed over workers, one per value of one label:
     /// one sample per frontend and value.
     ByLabel(&'static str, &'static [(&'static str, WorkerCounter)]),
@@ -42,6 +48,14 @@ enum Source {
     Pool(fn(&Pool, usize) -> u64),
     /// A backend name DNS discovery follows: one sample per name.
     Name(fn(&NameSample) -> u64),
+}
+
+/// One sample's value.
+enum Sample {
+    /// A counter's or gauge's.
+    Scalar(u64),
+    /// A histogram's buckets and sum.
+    Histogram(HistogramSum),
 }
 
 /// One metric family as exposed.
@@ -137,14 +151,22 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ringlb_refused_total",
         kind: Kind::Counter,
-        help: "Clients closed at accept by the source rules (allow/deny) or accept-proxy-from, by reason.",
+        help: "Clients closed without a byte by the source rules (allow/deny), accept-proxy-from or a per-source limit, by reason.",
         source: Source::ByLabel(
             "reason",
             &[
                 ("source", |w| &w.refused_source),
                 ("proxy-source", |w| &w.refused_proxy_source),
+                ("source-conns", |w| &w.refused_source_conns),
+                ("source-rate", |w| &w.refused_source_rate),
             ],
         ),
+    },
+    Family {
+        name: "ringlb_source_untracked_total",
+        kind: Kind::Counter,
+        help: "Clients of a new source served without a per-source limit because the source table had no room (every entry looked at had connections open).",
+        source: Source::Frontend(|w| &w.source_untracked),
     },
     Family {
         name: "ringlb_sni_rejects_total",
@@ -173,6 +195,12 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Clients closed after waiting queue-timeout for a backend slot.",
         source: Source::Frontend(|w| &w.queue_timeouts),
+    },
+    Family {
+        name: "ringlb_queue_wait_seconds",
+        kind: Kind::Histogram,
+        help: "Time clients spent in the queue at max-conns, whether a slot came or the queue timeout.",
+        source: Source::FrontendHistogram(|w| &w.queue_wait),
     },
     Family {
         name: "ringlb_backend_connections_total",
@@ -254,7 +282,7 @@ impl Family {
     fn encoder_name(&self) -> &'static str {
         match self.kind {
             Kind::Counter => self.name.strip_suffix("_total").unwrap_or(self.name),
-            Kind::Gauge => self.name,
+            Kind::Gauge | Kind::Histogram => self.name,
         }
     }
 
@@ -267,16 +295,27 @@ impl Family {
         let metric_type = match self.kind {
             Kind::Counter => MetricType::Counter,
             Kind::Gauge => MetricType::Gauge,
+            Kind::Histogram => MetricType::Histogram,
         };
         let mut family =
             encoder.encode_descriptor(self.encoder_name(), self.help, None, metric_type)?;
-        let mut sample = |labels: &[(&str, &str)], value: u64| match self.kind {
-            Kind::Counter => ConstCounter::new(value).encode(family.encode_family(&labels)?),
-            Kind::Gauge => ConstGauge::new(value).encode(family.encode_family(&labels)?),
+        let mut sample = |labels: &[(&str, &str)], value: Sample| {
+            let metric = family.encode_family(&labels)?;
+            match (self.kind, value) {
+                (Kind::Counter, Sample::Scalar(v)) => ConstCounter::new(v).encode(metric),
+                (_, Sample::Scalar(v)) => ConstGauge::new(v).encode(metric),
+                (_, Sample::Histogram(h)) => {
+                    let bounds = QUEUE_WAIT_BOUNDS.iter().copied().chain([f64::INFINITY]);
+                    let buckets: Vec<(f64, u64)> = bounds.zip(h.buckets.iter().copied()).collect();
+                    let sum = h.sum_us as f64 / 1e6;
+                    let mut metric = metric;
+                    metric.encode_histogram::<NoLabelSet>(sum, h.count(), &buckets, None)
+                }
+            }
         };
         if let Source::Name(f) = &self.source {
             for n in names {
-                sample(&[("name", n.name.as_str())], f(n))?;
+                sample(&[("name", n.name.as_str())], Sample::Scalar(f(n)))?;
             }
             return Ok(());
         }
@@ -294,10 +333,13 @@ impl Family {
                 (0..pool.len()).map(move |i| (route.as_deref().unwrap_or(""), pool, i, first + i))
             });
             match &self.source {
-                Source::Frontend(f) => sample(&[frontend], m.sum(f))?,
+                Source::Frontend(f) => sample(&[frontend], Sample::Scalar(m.sum(f)))?,
+                Source::FrontendHistogram(f) => {
+                    sample(&[frontend], Sample::Histogram(m.sum_histogram(f)))?
+                }
                 Source::ByLabel(label, values) => {
                     for (value, f) in *values {
-                        sample(&[frontend, (label, value)], m.sum(f))?;
+                        sample(&[frontend, (label, value)], Sample::Scalar(m.sum(f)))?;
                     }
                 }
                 Source::Backend(_) | Source::Pool(_) => {
@@ -317,7 +359,7 @@ impl Family {
                         if named {
                             labels.push(("name", name.as_deref().unwrap_or("")));
                         }
-                        sample(&labels, value)?;
+                        sample(&labels, Sample::Scalar(value))?;
                     }
                 }
                 Source::Name(_) => {}
@@ -388,6 +430,7 @@ pub fn render(registry: &Registry) -> String {
 mod tests {
     use super::*;
     use crate::config::BackendConfig;
+    use std::time::Duration;
 
     fn pool() -> Arc<Pool> {
         let passive = crate::backend::pool::Passive {
@@ -422,6 +465,9 @@ mod tests {
         m.workers[1].connections_active.inc();
         m.workers[1].connections_active.dec();
         m.workers[0].backend_errors.inc();
+        m.workers[0].queue_wait.observe(Duration::from_millis(4));
+        m.workers[1].queue_wait.observe(Duration::from_secs(2));
+        m.workers[1].queue_wait.observe(Duration::from_secs(10));
         let text = scrape(vec![(m, vec![(None, pool(), 0)])]);
         for line in [
             "# HELP ringlb_connections_total Client connections accepted.\n",
@@ -434,6 +480,11 @@ mod tests {
             "ringlb_backend_up{frontend=\"web\",backend=\"127.0.0.1:9000\"} 1\n",
             "# TYPE ringlb_queue_length gauge\n",
             "ringlb_refused_total{frontend=\"web\",reason=\"proxy-source\"} 0\n",
+            "ringlb_queue_wait_seconds_bucket{frontend=\"web\",le=\"0.005\"} 1\n",
+            "ringlb_queue_wait_seconds_bucket{frontend=\"web\",le=\"2.5\"} 2\n",
+            "ringlb_queue_wait_seconds_bucket{frontend=\"web\",le=\"+Inf\"} 3\n",
+            "ringlb_queue_wait_seconds_sum{frontend=\"web\"} 12.004\n",
+            "ringlb_queue_wait_seconds_count{frontend=\"web\"} 3\n",
         ] {
             assert!(text.contains(line), "no {line:?} in:\n{text}");
         }
@@ -474,6 +525,7 @@ mod tests {
             let kind = match family.kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
             };
             assert_eq!(line, format!("{} {kind}", family.name));
             assert_eq!(

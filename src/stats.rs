@@ -59,6 +59,7 @@ fn frontend(f: &Frontend) -> Value {
             })
         })
         .collect();
+    let wait = m.sum_histogram(|w| &w.queue_wait);
     json!({
         "name": m.frontend,
         "listen": f.listeners.addr.to_string(),
@@ -70,6 +71,11 @@ fn frontend(f: &Frontend) -> Value {
         "bytes_out": m.sum(|w| &w.bytes_out),
         "connect_failures": m.sum(|w| &w.connect_failures),
         "no_backend": m.sum(|w| &w.no_backend),
+        "queued": m.sum(|w| &w.queued),
+        "max_queue": f.config.max_queue,
+        "queue_timeouts": m.sum(|w| &w.queue_timeouts),
+        "queue_waits": wait.count(),
+        "queue_wait_ms": wait.sum_us / 1000,
         "backends": backends,
     })
 }

@@ -207,6 +207,12 @@ fn help_documents_every_flag() {
         "--proxy-tlvs",
         "--queue-timeout",
         "--max-queue",
+        "--max-conns-per-source",
+        "--rate-per-source",
+        "--rate-burst",
+        "--source-prefix",
+        "--source-prefix-v6",
+        "--source-table-size",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../docs/configuration.md");

@@ -1,7 +1,8 @@
 //! The queue at max-conns through the real binary: while every backend is
 //! full, clients wait first in first out across workers, up to
 //! `--queue-timeout`, at most `--max-queue` of them; a freed slot serves the
-//! oldest.
+//! oldest. The queue's length, the time spent in it (a histogram) and its
+//! timeouts are in the metrics and on the stats page's snapshot.
 
 mod common;
 
@@ -33,6 +34,33 @@ fn queue_length(lb: &Ringlb) -> u64 {
     metric(&text, "ringlb_queue_length{frontend=\"default\"}")
 }
 
+fn scrape(lb: &Ringlb) -> String {
+    http_get(lb.admin_addr(), "/metrics").1
+}
+
+/// The frontend's entry in `/stats.json`.
+fn stats(lb: &Ringlb) -> serde_json::Value {
+    let (_, body) = http_get(lb.admin_addr(), "/stats.json");
+    let snapshot: serde_json::Value = serde_json::from_str(&body).unwrap();
+    snapshot["frontends"][0].clone()
+}
+
+/// The queue-wait histogram's `_sum`, in seconds.
+fn wait_sum(text: &str) -> f64 {
+    let series = "ringlb_queue_wait_seconds_sum{frontend=\"default\"} ";
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// The queue-wait histogram's bucket `le`: clients that waited at most `le` s.
+fn wait_bucket(text: &str, le: &str) -> u64 {
+    metric(
+        text,
+        &format!("ringlb_queue_wait_seconds_bucket{{frontend=\"default\",le=\"{le}\"}}"),
+    )
+}
+
 /// A client that has sent its number `id`.
 fn client(lb: &Ringlb, id: u8) -> TcpStream {
     let mut conn = lb.connect();
@@ -58,6 +86,14 @@ fn a_freed_slot_serves_the_oldest_waiter_across_workers() {
         waiting.push(client(&lb, id));
         wait_until("the client queued", || queue_length(&lb) == u64::from(id));
     }
+    // The stats page's snapshot shows them waiting.
+    let snapshot = stats(&lb);
+    assert_eq!(snapshot["queued"], 5, "{snapshot}");
+    assert_eq!(snapshot["max_queue"], 4096, "{snapshot}");
+    assert_eq!(
+        snapshot["queue_waits"], 0,
+        "none has left the queue: {snapshot}"
+    );
     // Each slot freed goes to the one that waited longest.
     let mut current = held;
     for (served, next) in waiting.into_iter().enumerate() {
@@ -70,6 +106,36 @@ fn a_freed_slot_serves_the_oldest_waiter_across_workers() {
     }
     assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4, 5]);
     assert_eq!(queue_length(&lb), 0);
+
+    // Each of the five that queued is in the histogram once; the first
+    // never waited.
+    let text = scrape(&lb);
+    assert_eq!(
+        metric(
+            &text,
+            "ringlb_queue_wait_seconds_count{frontend=\"default\"}"
+        ),
+        5,
+        "{text}"
+    );
+    assert_eq!(wait_bucket(&text, "+Inf"), 5, "{text}");
+    assert!(
+        text.contains("# TYPE ringlb_queue_wait_seconds histogram\n"),
+        "{text}"
+    );
+    // Buckets are cumulative.
+    let buckets: Vec<u64> = ["0.001", "0.01", "0.1", "1", "10", "+Inf"]
+        .iter()
+        .map(|le| wait_bucket(&text, le))
+        .collect();
+    assert!(
+        buckets.windows(2).all(|w| w[0] <= w[1]),
+        "{buckets:?}\n{text}"
+    );
+    assert!(wait_sum(&text) > 0.0, "{text}");
+    let snapshot = stats(&lb);
+    assert_eq!(snapshot["queued"], 0, "{snapshot}");
+    assert_eq!(snapshot["queue_waits"], 5, "{snapshot}");
 }
 
 #[test]
@@ -105,4 +171,18 @@ fn past_max_queue_a_client_is_closed_at_once_and_a_waiter_past_the_timeout_too()
         .log()
         .contains("reason=no backend: all full until the queue timeout"));
     assert_eq!(queue_length(&lb), 0);
+
+    // Both waited their second: none in the buckets up to half a second.
+    // The one refused at once never queued.
+    let text = scrape(&lb);
+    assert_eq!(wait_bucket(&text, "0.5"), 0, "{text}");
+    assert_eq!(wait_bucket(&text, "+Inf"), 2, "{text}");
+    assert!(wait_sum(&text) >= 1.8, "{text}");
+    let snapshot = stats(&lb);
+    assert_eq!(snapshot["queue_timeouts"], 2, "{snapshot}");
+    assert_eq!(snapshot["max_queue"], 2, "{snapshot}");
+    assert!(
+        snapshot["queue_wait_ms"].as_u64().unwrap() >= 1800,
+        "{snapshot}"
+    );
 }

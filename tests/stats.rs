@@ -114,6 +114,9 @@ fn the_snapshot_has_what_the_page_shows() {
     assert_eq!(web["connections_total"], 4, "{first}");
     assert_eq!(web["bytes_in"], 4000, "{first}");
     assert_eq!(web["bytes_out"], 4000, "{first}");
+    assert_eq!(web["queued"], 0, "{first}");
+    assert_eq!(web["max_queue"], 4096, "{first}");
+    assert_eq!(web["queue_timeouts"], 0, "{first}");
     let up = &web["backends"][0];
     assert_eq!(up["address"], s.web[0].as_str(), "{first}");
     assert_eq!(up["up"], true, "{first}");
@@ -297,6 +300,14 @@ fn the_page_shows_backends_health_and_counters_in_a_real_browser() {
     assert!(
         cell(web_table, "bytes_in_rate").ends_with("/s"),
         "{web_table}"
+    );
+    // The queue at max-conns: none waits, none ever did (tests/queue.rs
+    // fills it).
+    assert_eq!(cell(web_table, "queued"), "0 / 4096", "{web_table}");
+    assert_eq!(cell(web_table, "queue_timeouts"), "0", "{web_table}");
+    assert!(
+        cell(web_table, "queue_wait").contains('\u{2013}'),
+        "no wait yet: a dash, {web_table}"
     );
 
     if let Ok(path) = std::env::var("RINGLB_STATS_SCREENSHOT") {

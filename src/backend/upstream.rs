@@ -92,6 +92,33 @@ pub struct Upstream {
     local_throttle: Throttle,
 }
 
+/// A client in the pool's queue, as its worker counts it: in the queue
+/// length from when it joins until it leaves (served, timed out or gone),
+/// and then in the histogram of time spent queued.
+struct Waiting<'p, 'm> {
+    place: Place<'p>,
+    since: Instant,
+    metrics: &'m WorkerMetrics,
+}
+
+impl<'p, 'm> Waiting<'p, 'm> {
+    fn new(place: Place<'p>, metrics: &'m WorkerMetrics) -> Self {
+        metrics.queued.inc();
+        Waiting {
+            place,
+            since: Instant::now(),
+            metrics,
+        }
+    }
+}
+
+impl Drop for Waiting<'_, '_> {
+    fn drop(&mut self) {
+        self.metrics.queued.dec();
+        self.metrics.queue_wait.observe(self.since.elapsed());
+    }
+}
+
 /// The outcome of one pass over the candidates.
 enum Pass<'a> {
     Connected(Lease<'a>, TcpStream),
@@ -182,11 +209,11 @@ impl Upstream {
         let n = pool.len();
         let mut tried = vec![false; n];
         let mut deadline = None;
-        let mut place: Option<Place<'_>> = None;
+        let mut place: Option<Waiting<'_, '_>> = None;
         loop {
             let turn = match &place {
                 None => pool.queued() == 0,
-                Some(place) => place.is_first(),
+                Some(waiting) => waiting.place.is_first(),
             };
             if turn {
                 match self.pass(client, &mut tried, metrics).await {
@@ -205,13 +232,14 @@ impl Upstream {
                 metrics.queue_timeouts.inc();
                 return Err(NoBackend::QueueTimeout);
             }
-            let place = match &place {
-                Some(place) => place,
-                None => place.insert(pool.enqueue(self.max_queue).ok_or(NoBackend::Full)?),
+            let waiting = match &place {
+                Some(waiting) => waiting,
+                None => {
+                    let at = pool.enqueue(self.max_queue).ok_or(NoBackend::Full)?;
+                    place.insert(Waiting::new(at, metrics))
+                }
             };
-            metrics.queued.inc();
-            self.wait_for_turn(place, &tried, deadline).await;
-            metrics.queued.dec();
+            self.wait_for_turn(&waiting.place, &tried, deadline).await;
         }
     }
 

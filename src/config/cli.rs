@@ -21,6 +21,10 @@ use super::{
     DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE, DEFAULT_ROUTE_BY,
     DEFAULT_SNI_TIMEOUT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
 };
+use super::{
+    parse_rate, Rate, SourceLimits, DEFAULT_SOURCE_PREFIX, DEFAULT_SOURCE_PREFIX_V6,
+    DEFAULT_SOURCE_TABLE_SIZE, MAX_SOURCE_RATE, MAX_SOURCE_TABLE_SIZE,
+};
 
 /// A per-core io_uring TCP load balancer.
 ///
@@ -139,6 +143,39 @@ pub struct Cli {
     /// past it a new client is closed at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_QUEUE as u64, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "config")]
     pub max_queue: u64,
+
+    /// Most connections open at once from one client source (its address,
+    /// grouped by --source-prefix), across workers; past it a new one is
+    /// closed without a byte [default: no limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "config")]
+    pub max_conns_per_source: Option<u32>,
+
+    /// New connections one client source may open, as N/s, N/m or N/h: a
+    /// token bucket of --rate-burst refilled at this rate; past it a new
+    /// one is closed without a byte [default: no limit].
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, conflicts_with = "config")]
+    pub rate_per_source: Option<Rate>,
+
+    /// With --rate-per-source, the bucket's size: connections a source may
+    /// open at once after a quiet spell [default: the rate's N].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_SOURCE_RATE as i64), conflicts_with = "config")]
+    pub rate_burst: Option<u32>,
+
+    /// Prefix length that groups IPv4 clients into one source for the
+    /// per-source limits (32: each address).
+    #[arg(long, value_name = "BITS", default_value_t = DEFAULT_SOURCE_PREFIX, value_parser = clap::value_parser!(u8).range(0..=32), conflicts_with = "config")]
+    pub source_prefix: u8,
+
+    /// Prefix length that groups IPv6 clients into one source for the
+    /// per-source limits (128: each address).
+    #[arg(long, value_name = "BITS", default_value_t = DEFAULT_SOURCE_PREFIX_V6, value_parser = clap::value_parser!(u8).range(0..=128), conflicts_with = "config")]
+    pub source_prefix_v6: u8,
+
+    /// Most sources tracked at once for the per-source limits; when full, a
+    /// new source replaces the least recently seen one with no connection
+    /// open.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SOURCE_TABLE_SIZE as u64, value_parser = clap::value_parser!(u64).range(1..=MAX_SOURCE_TABLE_SIZE), conflicts_with = "config")]
+    pub source_table_size: u64,
 
     /// Write one info line per closed connection (client, backend, bytes, duration, reason) to the log.
     #[arg(long)]
@@ -391,6 +428,14 @@ impl Config {
             resolve_interval: cli.resolve_interval.into(),
             resolve_hold: cli.resolve_hold.into(),
             max_addresses: cli.max_addresses,
+            sources: SourceLimits {
+                max_conns: cli.max_conns_per_source,
+                rate: cli.rate_per_source,
+                burst: cli.rate_burst,
+                prefix_v4: cli.source_prefix,
+                prefix_v6: cli.source_prefix_v6,
+                table_size: cli.source_table_size as usize,
+            },
         };
         let config = Config {
             workers: cli.workers.map_or_else(default_workers, |n| n as usize),

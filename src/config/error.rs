@@ -35,6 +35,8 @@ pub enum Key {
     ProxyTlvs,
     /// `queue-timeout`.
     QueueTimeout,
+    /// `rate-burst`.
+    RateBurst,
     /// The health check interval.
     HealthInterval,
     /// The health check timeout.
@@ -71,6 +73,7 @@ impl Key {
             Key::AcceptProxyFrom => "accept-proxy-from",
             Key::ProxyTlvs => "proxy-tlvs",
             Key::QueueTimeout => "queue-timeout",
+            Key::RateBurst => "rate-burst",
             Key::HealthInterval => "health-interval",
             Key::HealthTimeout => "health-timeout",
             Key::Weight => "weight",
@@ -98,6 +101,7 @@ impl Key {
             Key::AcceptProxyFrom => &["accept-proxy-from"],
             Key::ProxyTlvs => &["proxy-tlvs"],
             Key::QueueTimeout => &["queue-timeout"],
+            Key::RateBurst => &["rate-burst"],
             Key::HealthInterval => &["health", "interval"],
             Key::HealthTimeout => &["health", "timeout"],
             Key::Weight => &["weight"],
@@ -207,6 +211,12 @@ pub enum ConfigError {
         /// The frontend.
         frontend: usize,
     },
+    /// rate-burst without a rate to refill the bucket.
+    #[error("--rate-burst needs --rate-per-source")]
+    BurstWithoutRate {
+        /// The frontend.
+        frontend: usize,
+    },
     /// An empty pool.
     #[error("no backend: use --backend ADDR, once per backend")]
     NoBackend {
@@ -288,6 +298,7 @@ impl ConfigError {
                 (frontend, None, None, Key::AcceptProxyFrom)
             }
             ConfigError::TlvsNowhere { frontend } => (frontend, None, None, Key::ProxyTlvs),
+            ConfigError::BurstWithoutRate { frontend } => (frontend, None, None, Key::RateBurst),
             ConfigError::NoBackend { frontend } => (frontend, None, None, Key::Backends),
             ConfigError::NoRoute { frontend } | ConfigError::RoutesWithoutRouteBy { frontend } => {
                 (frontend, None, None, Key::RouteBy)
@@ -340,6 +351,7 @@ impl ConfigError {
             }
             ConfigError::EmptyRoute { .. } => "no backend: list at least one".into(),
             ConfigError::ProxyFromWithoutProxy { .. } => "needs accept-proxy = true".into(),
+            ConfigError::BurstWithoutRate { .. } => "needs rate-per-source".into(),
             ConfigError::TlvsNowhere { .. } => {
                 "\"forward\" needs accept-proxy = true and send-proxy = \"v2\" (on the frontend or a route)".into()
             }

@@ -35,6 +35,9 @@ use super::{
     DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START,
     DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
 };
+use super::{
+    parse_rate, Rate, SourceLimits, DEFAULT_SOURCE_LIMITS, MAX_SOURCE_RATE, MAX_SOURCE_TABLE_SIZE,
+};
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, FileError> {
@@ -387,6 +390,12 @@ struct RawFrontend {
     resolve_interval: Option<Dur>,
     resolve_hold: Option<Dur>,
     max_addresses: Option<Int<1, { MAX_MAX_ADDRESSES as u64 }>>,
+    max_conns_per_source: Option<Int<1, { u32::MAX as u64 }>>,
+    rate_per_source: Option<RateValue>,
+    rate_burst: Option<Int<1, { MAX_SOURCE_RATE as u64 }>>,
+    source_prefix: Option<Int<0, 32>>,
+    source_prefix_v6: Option<Int<0, 128>>,
+    source_table_size: Option<Int<1, MAX_SOURCE_TABLE_SIZE>>,
 }
 
 /// One `[[frontend.route]]` table as written.
@@ -511,6 +520,20 @@ impl RawFrontend {
             max_addresses: self
                 .max_addresses
                 .map_or(DEFAULT_MAX_ADDRESSES, |n| n.0 as u32),
+            sources: SourceLimits {
+                max_conns: self.max_conns_per_source.map(|n| n.0 as u32),
+                rate: self.rate_per_source.map(|r| r.0),
+                burst: self.rate_burst.map(|n| n.0 as u32),
+                prefix_v4: self
+                    .source_prefix
+                    .map_or(DEFAULT_SOURCE_LIMITS.prefix_v4, |n| n.0 as u8),
+                prefix_v6: self
+                    .source_prefix_v6
+                    .map_or(DEFAULT_SOURCE_LIMITS.prefix_v6, |n| n.0 as u8),
+                table_size: self
+                    .source_table_size
+                    .map_or(DEFAULT_SOURCE_LIMITS.table_size, |n| n.0 as usize),
+            },
         }
     }
 }
@@ -713,6 +736,17 @@ impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_str(d, "a CIDR such as \"10.0.0.0/8\" or an address", |s| {
             parse_cidr(s).map(Cidr)
+        })
+    }
+}
+
+/// A rate: `"10/s"`, `"600/m"`, `"3600/h"`.
+struct RateValue(Rate);
+
+impl<'de> Deserialize<'de> for RateValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a rate such as \"10/s\"", |s| {
+            parse_rate(s).map(RateValue)
         })
     }
 }
@@ -1015,6 +1049,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 resolve_interval: Duration::from_secs(5),
                 resolve_hold: Duration::from_secs(30),
                 max_addresses: 1024,
+                sources: DEFAULT_SOURCE_LIMITS,
             }],
             resolvers: vec![],
             resolve_at_start: true,
@@ -1365,6 +1400,41 @@ health = { enabled = false, interval = "0s" }
                 5,
                 "frontend[0].accept-proxy-from",
                 "needs accept-proxy = true",
+            ),
+            (
+                "bad rate-per-source",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nrate-per-source = \"10/d\"\n"),
+                5,
+                "frontend[0].rate-per-source",
+                "invalid rate '10/d'",
+            ),
+            (
+                "rate-burst without a rate",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nmax-conns-per-source = 3\nrate-burst = 5\n"),
+                6,
+                "frontend[0].rate-burst",
+                "needs rate-per-source",
+            ),
+            (
+                "source-prefix-v6 129",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nsource-prefix-v6 = 129\n"),
+                5,
+                "frontend[0].source-prefix-v6",
+                "must be between 0 and 128, got 129",
+            ),
+            (
+                "max-conns-per-source 0",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nmax-conns-per-source = 0\n"),
+                5,
+                "frontend[0].max-conns-per-source",
+                "must be at least 1, got 0",
+            ),
+            (
+                "source-table-size 0",
+                format!("{FE}backends = [\"127.0.0.1:9000\"]\nsource-table-size = 0\n"),
+                5,
+                "frontend[0].source-table-size",
+                "must be between 1 and 16777216, got 0",
             ),
             (
                 "bad idle-timeout",

@@ -32,10 +32,13 @@ pub use kinds::{
     Algorithm, LogFormat, ParseAlgorithmError, ParseVersionError, Protocol, ProxyTlvs,
     ProxyVersion, RouteBy,
 };
-pub use model::{BackendConfig, BackendName, Config, FrontendConfig, HealthConfig, RouteConfig};
+pub use model::{
+    BackendConfig, BackendName, Config, FrontendConfig, HealthConfig, Rate, RouteConfig,
+    SourceLimits,
+};
 pub use parse::{
     default_slow_start, parse_backend, parse_backend_addr, parse_buffer_size, parse_cidr,
-    parse_resolver, parse_sni_pattern, resolve, OrNever,
+    parse_rate, parse_resolver, parse_sni_pattern, resolve, OrNever,
 };
 
 /// A frontend's name when none is given.
@@ -107,6 +110,27 @@ pub const DEFAULT_HEALTH: HealthConfig = HealthConfig {
     timeout: DEFAULT_HEALTH_TIMEOUT,
     rise: DEFAULT_RISE,
     fall: DEFAULT_FALL,
+};
+
+/// IPv4 clients are one source per address unless `source-prefix` groups them.
+pub const DEFAULT_SOURCE_PREFIX: u8 = 32;
+/// IPv6 clients are one source per /64 (what one host or LAN usually gets)
+/// unless `source-prefix-v6` says otherwise.
+pub const DEFAULT_SOURCE_PREFIX_V6: u8 = 64;
+/// Most sources a frontend's table tracks at once, unless configured.
+pub const DEFAULT_SOURCE_TABLE_SIZE: usize = 100_000;
+/// The largest `source-table-size`.
+pub const MAX_SOURCE_TABLE_SIZE: u64 = 1 << 24;
+/// The largest count in `rate-per-source` and the largest `rate-burst`.
+pub const MAX_SOURCE_RATE: u32 = 1_000_000;
+/// No per-source limit: what a frontend has unless configured.
+pub const DEFAULT_SOURCE_LIMITS: SourceLimits = SourceLimits {
+    max_conns: None,
+    rate: None,
+    burst: None,
+    prefix_v4: DEFAULT_SOURCE_PREFIX,
+    prefix_v6: DEFAULT_SOURCE_PREFIX_V6,
+    table_size: DEFAULT_SOURCE_TABLE_SIZE,
 };
 
 /// One worker per CPU the process may use: the default for `workers`.

@@ -111,6 +111,70 @@ pub struct FrontendConfig {
     /// Most addresses one backend name becomes backends of (the lowest are
     /// kept).
     pub max_addresses: u32,
+    /// Limits per client source (address grouped by prefix), across workers.
+    pub sources: SourceLimits,
+}
+
+/// Per-source limits on a frontend and the bounded table that keeps them
+/// (see `sources`, the runtime's side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// Most connections open at once from one source; `None` is unlimited.
+    pub max_conns: Option<u32>,
+    /// New connections one source may open, as a token bucket refilled at
+    /// this rate; `None` is unlimited.
+    pub rate: Option<Rate>,
+    /// The bucket's size: connections a source may open at once after a
+    /// quiet spell; `None` is the rate's count (one period's worth).
+    pub burst: Option<u32>,
+    /// IPv4 clients are grouped into sources by this prefix length.
+    pub prefix_v4: u8,
+    /// IPv6 clients are grouped into sources by this prefix length.
+    pub prefix_v6: u8,
+    /// Most sources the table tracks at once.
+    pub table_size: usize,
+}
+
+impl SourceLimits {
+    /// Whether any limit is set (else no table is kept).
+    pub fn enabled(&self) -> bool {
+        self.max_conns.is_some() || self.rate.is_some()
+    }
+
+    /// The token bucket's size.
+    pub fn burst(&self) -> u32 {
+        self.burst
+            .or(self.rate.map(|r| r.count))
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
+/// A rate such as `10/s`: `count` events per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Events per period (>= 1).
+    pub count: u32,
+    /// The period: a second, a minute or an hour.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Events per second.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.count) / self.per.as_secs_f64()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            60 => "m",
+            3600 => "h",
+            _ => "s",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
 }
 
 /// One SNI route: the names (and ALPN protocols) it takes and its own pool.
@@ -298,6 +362,7 @@ pub(super) mod tests {
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
             resolve_hold: DEFAULT_RESOLVE_HOLD,
             max_addresses: DEFAULT_MAX_ADDRESSES,
+            sources: DEFAULT_SOURCE_LIMITS,
         }
     }
 

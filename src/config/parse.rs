@@ -12,8 +12,8 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{
-    BackendConfig, BackendName, ConfigError, BUFFER_SIZE_RANGE, DEFAULT_SLOW_START, DEFAULT_WEIGHT,
-    DNS_PORT,
+    BackendConfig, BackendName, ConfigError, Rate, BUFFER_SIZE_RANGE, DEFAULT_SLOW_START,
+    DEFAULT_WEIGHT, DNS_PORT, MAX_SOURCE_RATE,
 };
 
 /// Parses a route's server name: a host name, or `*.` followed by one, as
@@ -33,6 +33,31 @@ pub fn parse_sni_pattern(s: &str) -> Result<String, String> {
         ));
     }
     Ok(name.to_string())
+}
+
+/// A rate such as `10/s`, `600/m` or `3600/h`: a whole number of events
+/// (1 to [`MAX_SOURCE_RATE`]) per second, minute or hour.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = |why: &str| format!("invalid rate '{s}': {why}");
+    let (count, unit) = s
+        .split_once('/')
+        .ok_or_else(|| bad("expected N/s, N/m or N/h, e.g. 10/s"))?;
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad("the period must be s, m or h, e.g. 10/s")),
+    };
+    let count: u32 = count
+        .trim()
+        .parse()
+        .map_err(|_| bad("expected a whole number before the '/', e.g. 10/s"))?;
+    if !(1..=MAX_SOURCE_RATE).contains(&count) {
+        return Err(bad(&format!(
+            "the count must be between 1 and {MAX_SOURCE_RATE}"
+        )));
+    }
+    Ok(Rate { count, per })
 }
 
 /// Parses a source rule: a CIDR such as `10.0.0.0/8` or `2001:db8::/32`, or
@@ -345,6 +370,30 @@ mod tests {
         assert!(parse_resolver("dns.example")
             .unwrap_err()
             .contains("dns.example"));
+    }
+
+    #[test]
+    fn rates() {
+        for (given, count, secs) in [("10/s", 10, 1), ("600/m", 600, 60), (" 1 / h", 1, 3600)] {
+            let rate = parse_rate(given).unwrap();
+            assert_eq!((rate.count, rate.per.as_secs()), (count, secs), "{given}");
+        }
+        assert_eq!(parse_rate("600/m").unwrap().to_string(), "600/m");
+        assert_eq!(parse_rate("5/s").unwrap().per_second(), 5.0);
+        for bad in [
+            "10",
+            "10/d",
+            "/s",
+            "0/s",
+            "-1/s",
+            "1.5/s",
+            "2000000/s",
+            "ten/s",
+            "",
+        ] {
+            let err = parse_rate(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
     }
 
     #[test]

@@ -93,6 +93,9 @@ impl Config {
                     });
                 }
             }
+            if fe.sources.burst.is_some() && fe.sources.rate.is_none() {
+                return Err(ConfigError::BurstWithoutRate { frontend: i });
+            }
             if !fe.accept_proxy_from.is_empty() && !fe.accept_proxy {
                 return Err(ConfigError::ProxyFromWithoutProxy { frontend: i });
             }

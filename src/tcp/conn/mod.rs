@@ -26,6 +26,7 @@ use crate::frontend::Frontend;
 use crate::logging::{Throttle, ACCESS_TARGET};
 use crate::protocol::proxy::{self, Parsed, Version as ProxyVersion};
 use crate::protocol::tls::{self, ClientHello};
+use crate::sources::{Refused, Ticket};
 use crate::tcp::buffer::BufPool;
 use crate::tcp::relay::{self, relay, Outcome, Side};
 use crate::uring;
@@ -139,6 +140,8 @@ enum Ended {
     ClientHello(HelloError),
     /// The ClientHello matched no route and there is no default.
     NoRoute(Option<String>),
+    /// A per-source limit refused the source its PROXY header gave.
+    Refused(Refusal),
 }
 
 impl fmt::Display for Ended {
@@ -154,6 +157,7 @@ impl fmt::Display for Ended {
             Ended::ClientHello(err) => write!(f, "ClientHello: {err}"),
             Ended::NoRoute(Some(name)) => write!(f, "no route for server name {name:?}"),
             Ended::NoRoute(None) => f.write_str("no route for a ClientHello without server name"),
+            Ended::Refused(refusal) => write!(f, "refused: {}", refusal.label()),
         }
     }
 }
@@ -179,21 +183,47 @@ pub async fn handle(
         return;
     }
     let start = Instant::now();
+    // The per-source limits, here unless a PROXY header is to say who the
+    // client is (then `serve` checks them once it is read); the ticket is
+    // held until the close.
+    let mut ticket = None;
+    if !fe.frontend.config.accept_proxy {
+        match admit_source(&fe, peer, start) {
+            Ok(admitted) => ticket = admitted,
+            Err(refusal) => {
+                refuse(&fe, peer, refusal);
+                return;
+            }
+        }
+    }
     let _open = Open::new(fe.metrics());
     let client = Rc::new(client);
     let registration = registry.register(client.clone());
-    let mut endpoint = None;
-    let served = serve(
+    let mut kept = Kept {
+        endpoint: None,
+        ticket,
+    };
+    let closed = serve(
         &registry,
         &registration,
         &fe,
         client,
         peer,
         start,
-        &mut endpoint,
-    );
-    let closed = served.await;
-    log_close(&fe, &closed, endpoint.as_deref(), start);
+        &mut kept,
+    )
+    .await;
+    log_close(&fe, &closed, kept.endpoint.as_deref(), start);
+}
+
+/// What [`serve`] leaves for the end of the connection.
+struct Kept<'f> {
+    /// The private endpoint named in the client's PROXY header, for the
+    /// access line.
+    endpoint: Option<String>,
+    /// The connection's place under the per-source limits, given back when
+    /// it is dropped.
+    ticket: Option<Ticket<'f>>,
 }
 
 /// How a connection ended, as its access line tells it.
@@ -225,16 +255,17 @@ impl Closed {
 
 /// The connection's life after the source check: PROXY header, ClientHello
 /// and route, backend, preamble, relay, and the health observation; `start`
-/// is when it was accepted, where its lifetime counts from. The private
-/// endpoint named in the client's PROXY header goes to `endpoint`.
-async fn serve(
+/// is when it was accepted, where its lifetime counts from. What must
+/// live until the close goes to `kept`: the private endpoint named in the
+/// client's PROXY header, and behind accept-proxy the ticket of the per-source limits.
+async fn serve<'f>(
     registry: &Rc<Registry>,
     registration: &Registration,
-    fe: &FrontendState,
+    fe: &'f FrontendState,
     client: Rc<TcpStream>,
     peer: SocketAddr,
     start: Instant,
-    endpoint: &mut Option<String>,
+    kept: &mut Kept<'f>,
 ) -> Closed {
     let metrics = fe.metrics();
     // Behind another load balancer the real client comes in a PROXY header;
@@ -254,7 +285,7 @@ async fn serve(
             Ok(header) => {
                 addresses = header.addresses;
                 tlvs = header.tlvs;
-                *endpoint = header.endpoint;
+                kept.endpoint = header.endpoint;
                 early = header.rest;
             }
             Err(err) => {
@@ -263,7 +294,16 @@ async fn serve(
             }
         }
     }
-    let source = addresses.map_or(peer, |(source, _)| source);
+    let source = addresses.map_or(peer, |(source, _)| canonical(source));
+    if fe.frontend.config.accept_proxy {
+        match admit_source(fe, source, Instant::now()) {
+            Ok(admitted) => kept.ticket = admitted,
+            Err(refusal) => {
+                refuse(fe, source, refusal);
+                return Closed::early(source, None, Ended::Refused(refusal));
+            }
+        }
+    }
 
     // With SNI routing the ClientHello picks the pool; it goes to the
     // backend with everything else read so far.
@@ -394,14 +434,44 @@ async fn serve(
 /// closes it without a byte sent.
 fn refuse(fe: &FrontendState, peer: SocketAddr, refusal: Refusal) {
     let metrics = fe.metrics();
-    match refusal {
-        Refusal::Source => metrics.refused_source.inc(),
-        Refusal::ProxySource => metrics.refused_proxy_source.inc(),
-    }
+    let what = match refusal {
+        Refusal::Source => &metrics.refused_source,
+        Refusal::ProxySource => &metrics.refused_proxy_source,
+        Refusal::SourceConns => &metrics.refused_source_conns,
+        Refusal::SourceRate => &metrics.refused_source_rate,
+    };
+    what.inc();
     let reason = refusal.label();
     tracing::debug!(client = %peer, frontend = fe.name(), reason, "client refused");
     if let Some(suppressed) = fe.refused_warning.allow(Instant::now()) {
-        tracing::warn!(client = %peer, frontend = fe.name(), reason, suppressed, "client refused by the source rules");
+        let by = match refusal {
+            Refusal::Source | Refusal::ProxySource => "the source rules",
+            Refusal::SourceConns | Refusal::SourceRate => "a per-source limit",
+        };
+        tracing::warn!(client = %peer, frontend = fe.name(), reason, suppressed, "client refused by {by}");
+    }
+}
+
+/// Admits a client from `source` under the frontend's per-source limits at
+/// `now`: its ticket (none without limits), or the refusal. A client the
+/// full table cannot track is served and counted.
+fn admit_source(
+    fe: &FrontendState,
+    source: SocketAddr,
+    now: Instant,
+) -> Result<Option<Ticket<'_>>, Refusal> {
+    let Some(table) = &fe.frontend.sources else {
+        return Ok(None);
+    };
+    match table.admit(source.ip(), &fe.frontend.config.sources, now) {
+        Ok(ticket) => {
+            if ticket.is_none() {
+                fe.metrics().source_untracked.inc();
+            }
+            Ok(ticket)
+        }
+        Err(Refused::Conns) => Err(Refusal::SourceConns),
+        Err(Refused::Rate) => Err(Refusal::SourceRate),
     }
 }
 
