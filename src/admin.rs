@@ -702,6 +702,12 @@ fn backend_json(
         "slow_start_ms": config.slow_start.map(|d| d.as_millis() as u64),
         "state": pool.state(i).name(),
         "health": if up { "up" } else { "down" },
+        "last_error": pool.last_error(i),
+        "agent": pool.agent(i).map(|a| serde_json::json!({
+            "health": if a.up { "up" } else { "down" },
+            "state": a.state.name(),
+            "weight_percent": a.percent,
+        })),
         "max_conns": config.max_conns,
         "backup": config.backup,
         "up": up,

@@ -244,7 +244,7 @@ impl Generation {
                     let old_pool =
                         old.map(|o| (&o.pool, o.probers.first().and_then(Option::as_ref)));
                     let (pool, prober) =
-                        new_pool(fe, None, fe.health, &fe.backends, old_pool, &mut probes);
+                        new_pool(fe, None, &fe.health, &fe.backends, old_pool, &mut probes);
                     let mut probers = vec![prober];
                     let routes: Vec<Arc<Pool>> = fe
                         .routes
@@ -254,7 +254,7 @@ impl Generation {
                             let (pool, prober) = new_pool(
                                 fe,
                                 Some(r.label()),
-                                r.health,
+                                &r.health,
                                 &r.backends,
                                 carried,
                                 &mut probes,
@@ -384,7 +384,7 @@ impl Probes {
 fn new_pool(
     fe: &FrontendConfig,
     route: Option<&str>,
-    health: HealthConfig,
+    health: &HealthConfig,
     backends: &[BackendConfig],
     old: Option<(&Arc<Pool>, Option<&Arc<Prober>>)>,
     probes: &mut Probes,
@@ -415,7 +415,7 @@ fn new_pool(
                 Some(route) => format!("{} route {route}", fe.name),
                 None => fe.name.clone(),
             };
-            let prober = Prober::new(&pool, name, health);
+            let prober = Prober::new(&pool, name, health.clone());
             probes.start.push(prober.clone());
             prober
         }
@@ -424,7 +424,7 @@ fn new_pool(
 }
 
 /// How failures on real traffic take a pool of `fe` with `health` down.
-fn passive(fe: &FrontendConfig, health: HealthConfig) -> Passive {
+fn passive(fe: &FrontendConfig, health: &HealthConfig) -> Passive {
     Passive {
         fall: health.fall,
         fail_timeout: fe.fail_timeout,

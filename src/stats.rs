@@ -49,6 +49,11 @@ fn frontend(f: &Frontend) -> Value {
                 "weight": pool.weight(i),
                 "effective_weight": effective_weight(pool, i),
                 "state": pool.state(i).name(),
+                "agent": pool.agent(i).map(|a| json!({
+                    "health": if a.up { "up" } else { "down" },
+                    "state": a.state.name(),
+                    "weight_percent": a.percent,
+                })),
                 "active": pool.active(i),
                 "max_conns": config.max_conns,
                 "backup": config.backup,

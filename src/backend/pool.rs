@@ -29,6 +29,16 @@
 //! pool's weights generation, one relaxed load that each worker compares at
 //! a pick to know when to rebuild its balancer from [`Pool::weights`].
 //!
+//! Agent checks ([`agent`](super::agent)) add a second opinion on each
+//! backend, kept apart from the operator's: the agent's health (`down`
+//! takes a backend out whatever its health checks say; `up` leaves them to
+//! decide), the agent's state (`ready`, `drain`, `maint`) and its weight
+//! share. Each side undoes only what it set, and the stricter of the two
+//! wins: a backend takes new connections only while both the admin state
+//! and the agent's are `ready`; `maint` from either stops its health checks
+//! (not its agent checks); its effective weight is the admin weight times
+//! the agent's share. See [`Pool::set_agent`].
+//!
 //! Slow start: a backend with `slow-start` ramps its effective weight
 //! linearly ([`ramp`]) from almost nothing to its weight over that time after
 //! it comes up: when the pool is built (start, or a reload that added it),
@@ -189,6 +199,25 @@ struct Shared {
     /// When it last came up (pool built, health back, state back to
     /// ready), in ms of [`now_ms`]: where its slow start ramps from.
     up_since: AtomicU64,
+    /// Whether its agent ever answered (the agent fields mean something).
+    agent_seen: AtomicBool,
+    /// Whether its agent said `down` (and not `up` since).
+    agent_down: AtomicBool,
+    /// The agent's [`AdminState`], as its index in `AdminState::ALL`.
+    agent_state: AtomicU8,
+    /// The agent's share of its weight, in percent (100 until it says).
+    agent_percent: AtomicU32,
+}
+
+/// What a backend's agent last said, as the pool holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentView {
+    /// Up, unless it said `down` (and not `up` since).
+    pub up: bool,
+    /// Its administrative state.
+    pub state: AdminState,
+    /// Its share of the weight, in percent.
+    pub percent: u32,
 }
 
 impl Pool {
@@ -210,6 +239,10 @@ impl Pool {
                     weight: AtomicU32::new(config.weight),
                     weight_set: AtomicBool::new(false),
                     up_since: AtomicU64::new(now),
+                    agent_seen: AtomicBool::new(false),
+                    agent_down: AtomicBool::new(false),
+                    agent_state: AtomicU8::new(0),
+                    agent_percent: AtomicU32::new(100),
                 })
                 .collect(),
             room: Notify::new(),
@@ -267,6 +300,14 @@ impl Pool {
             .weight
             .load(Ordering::Relaxed)
             .saturating_mul(WEIGHT_SCALE);
+        let weight = match b.agent_percent.load(Ordering::Relaxed) {
+            100 => weight,
+            0 => 0,
+            // At least one step: a share above 0 still takes a little.
+            percent => {
+                (u64::from(weight) * u64::from(percent) / 100).clamp(1, u64::from(u32::MAX)) as u32
+            }
+        };
         match b.config.slow_start {
             Some(slow_start) if !slow_start.is_zero() => {
                 let up_since = b.up_since.load(Ordering::Relaxed);
@@ -373,12 +414,73 @@ impl Pool {
     /// goes: ready, with a weight above 0.
     pub fn admits(&self, i: usize) -> bool {
         let b = &self.backends[i];
-        b.state.load(Ordering::Relaxed) == 0 && b.weight.load(Ordering::Relaxed) > 0
+        b.state.load(Ordering::Relaxed) == 0
+            && b.weight.load(Ordering::Relaxed) > 0
+            && b.agent_state.load(Ordering::Relaxed) == 0
+            && b.agent_percent.load(Ordering::Relaxed) > 0
     }
 
-    /// Whether backend `i` is health checked: not in maint.
+    /// Whether backend `i` is health checked: in maint neither by the
+    /// operator nor by its agent.
     pub fn checked(&self, i: usize) -> bool {
-        self.state(i) != AdminState::Maint
+        let agent = self.backends[i].agent_state.load(Ordering::Relaxed);
+        self.state(i) != AdminState::Maint && usize::from(agent) != 2
+    }
+
+    /// What backend `i`'s agent last said; `None` if it never answered.
+    pub fn agent(&self, i: usize) -> Option<AgentView> {
+        let b = &self.backends[i];
+        if !b.agent_seen.load(Ordering::Relaxed) {
+            return None;
+        }
+        let state = b.agent_state.load(Ordering::Relaxed);
+        Some(AgentView {
+            up: !b.agent_down.load(Ordering::Relaxed),
+            state: AdminState::ALL[usize::from(state).min(2)],
+            percent: b.agent_percent.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Records what backend `i`'s agent said; `None` is not mentioned, and
+    /// stays as before. Returns the new view when it changed. A backend
+    /// this lets back in starts its slow start and wakes the waiting clients.
+    pub fn set_agent(
+        &self,
+        i: usize,
+        up: Option<bool>,
+        state: Option<AdminState>,
+        percent: Option<u32>,
+    ) -> Option<AgentView> {
+        let b = &self.backends[i];
+        let before = self.agent(i);
+        let took = self.admits(i) && self.is_up(i);
+        b.agent_seen.store(true, Ordering::Relaxed);
+        if let Some(up) = up {
+            b.agent_down.store(!up, Ordering::Relaxed);
+        }
+        if let Some(state) = state {
+            let n = AdminState::ALL
+                .iter()
+                .position(|&s| s == state)
+                .unwrap_or(0);
+            b.agent_state.store(n as u8, Ordering::Relaxed);
+        }
+        if let Some(percent) = percent {
+            b.agent_percent.store(percent, Ordering::Relaxed);
+        }
+        let after = self.agent(i);
+        if after == before {
+            return None;
+        }
+        if before.is_none_or(|v| v.up) != after.is_some_and(|v| v.up) {
+            b.changed_at.store(now_ms(), Ordering::Relaxed);
+        }
+        if !took && self.admits(i) && self.is_up(i) {
+            self.came_up(i);
+            self.room.notify_waiters();
+        }
+        self.weights_changed();
+        after
     }
 
     /// Whether any backend is up and admitted by the operator.
@@ -407,6 +509,12 @@ impl Pool {
     /// Whether backend `i` may take new connections: it passes its health
     /// checks, or (without active checks) its fail-timeout has passed.
     pub fn is_up(&self, i: usize) -> bool {
+        !self.backends[i].agent_down.load(Ordering::Relaxed) && self.checks_pass(i)
+    }
+
+    /// Whether backend `i` passes its health checks (or, without them, its
+    /// fail-timeout has passed), whatever its agent says.
+    pub fn checks_pass(&self, i: usize) -> bool {
         let b = &self.backends[i];
         b.up.load(Ordering::Relaxed) || self.retry_due(i)
     }
@@ -523,6 +631,16 @@ impl Pool {
             }
             let since = o.up_since.load(Ordering::Relaxed);
             b.up_since.store(since, Ordering::Relaxed);
+            for (new, old) in [
+                (&b.agent_seen, &o.agent_seen),
+                (&b.agent_down, &o.agent_down),
+            ] {
+                new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            let agent_state = o.agent_state.load(Ordering::Relaxed);
+            b.agent_state.store(agent_state, Ordering::Relaxed);
+            let percent = o.agent_percent.load(Ordering::Relaxed);
+            b.agent_percent.store(percent, Ordering::Relaxed);
         }
         *successor = Arc::downgrade(self);
         self.weights_changed();
@@ -884,6 +1002,77 @@ mod tests {
         assert!(pool.any_up(), "health is another matter");
         pool.set_weight(0, 3);
         assert_eq!(pool.weights().0, [3 * WEIGHT_SCALE]);
+    }
+
+    #[test]
+    fn the_agent_and_the_operator_each_undo_only_their_own() {
+        use AdminState::*;
+        let pool = Pool::new(
+            &[BackendConfig {
+                weight: 4,
+                ..backend(None)
+            }],
+            CHECKED,
+        );
+        assert_eq!(pool.agent(0), None, "no answer yet");
+        let view = pool.set_agent(0, None, Some(Drain), None).unwrap();
+        assert_eq!((view.up, view.state, view.percent), (true, Drain, 100));
+        assert!(!pool.admits(0) && pool.checked(0));
+        assert_eq!(
+            pool.set_agent(0, None, Some(Drain), None),
+            None,
+            "no change"
+        );
+        pool.set_state(0, Ready);
+        assert!(
+            !pool.admits(0),
+            "the operator's ready leaves the agent's drain"
+        );
+        pool.set_state(0, Maint);
+        pool.set_agent(0, None, Some(Ready), None);
+        assert!(
+            !pool.admits(0) && !pool.checked(0),
+            "the agent's ready leaves the operator's maint"
+        );
+        pool.set_state(0, Ready);
+        assert!(pool.admits(0));
+        pool.set_agent(0, None, Some(Maint), None);
+        assert!(
+            !pool.admits(0) && !pool.checked(0),
+            "maint from the agent stops health checks"
+        );
+        pool.set_agent(0, None, Some(Ready), Some(50));
+        assert_eq!(pool.weights().0, [2 * WEIGHT_SCALE], "half the weight");
+        pool.set_weight(0, 10);
+        assert_eq!(
+            pool.weights().0,
+            [5 * WEIGHT_SCALE],
+            "half the operator's weight"
+        );
+        pool.set_agent(0, None, None, Some(0));
+        assert!(!pool.admits(0), "0% takes no new connections");
+        pool.set_agent(0, Some(false), None, Some(100));
+        assert!(
+            !pool.is_up(0) && pool.checks_pass(0),
+            "down from the agent alone"
+        );
+        pool.set_up(0, false);
+        pool.set_agent(0, Some(true), None, None);
+        assert!(
+            !pool.is_up(0),
+            "the agent's up leaves the health checks to decide"
+        );
+        pool.set_up(0, true);
+        assert!(pool.is_up(0) && pool.admits(0));
+        let carried = Arc::new(Pool::new(&[backend(None)], CHECKED));
+        pool.set_agent(0, None, Some(Drain), Some(30));
+        carried.carry_runtime_from(&pool);
+        let view = carried.agent(0).unwrap();
+        assert_eq!(
+            (view.state, view.percent),
+            (Drain, 30),
+            "a reload keeps what the agent said"
+        );
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Active health checks: one prober thread per pool slot (a frontend's own
 //! pool, or one SNI route's), shared by all workers and by every generation
-//! of that slot. It connects to each backend every interval, feeds the
-//! results into each backend's [`HealthState`], and publishes flips to the
-//! [`Pool`] that workers read without locks. Failures on real traffic take a
+//! of that slot. It connects to each backend every interval, has the
+//! check's conversation with it ([`check`](super::check): a preset or
+//! `send`/`expect` steps, if any), all within the check's timeout, feeds
+//! the results into each backend's [`HealthState`], and publishes flips to
+//! the [`Pool`] that workers read without locks. With `agent-port`, the
+//! same thread also asks each backend's agent every `agent-interval`
+//! ([`agent`](super::agent)) and records its answer in the pool. Failures on real traffic take a
 //! backend down in the pool itself; the prober then needs `rise` passed
 //! checks to bring it back. A backend in `maint` is not checked at all; its
 //! health stays as it was until it leaves maint.
@@ -19,13 +23,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread;
-use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::backend::agent;
+use crate::backend::check;
 use crate::backend::health::HealthState;
 use crate::backend::pool::Pool;
-use crate::config::HealthConfig;
+use crate::config::{AgentConfig, HealthConfig};
 
 /// The health checks of one pool slot, across generations.
 #[derive(Debug)]
@@ -61,8 +66,8 @@ impl Prober {
     }
 
     /// How it checks.
-    pub fn health(&self) -> HealthConfig {
-        self.health
+    pub fn health(&self) -> &HealthConfig {
+        &self.health
     }
 
     /// Checks `pool` from the next round on, instead of the one before.
@@ -100,7 +105,7 @@ impl States {
     /// The states for `pool`: a kept address keeps its state (and a flip
     /// the pool's build missed is published), a new one starts as the pool
     /// has it (up, or as the build carried it over).
-    fn follow(&mut self, pool: &Arc<Pool>, config: HealthConfig) {
+    fn follow(&mut self, pool: &Arc<Pool>, config: &HealthConfig) {
         if self.pool.ptr_eq(&Arc::downgrade(pool)) {
             return;
         }
@@ -112,12 +117,12 @@ impl States {
                 let kept = old.iter().find(|(a, _)| *a == addr).map(|(_, s)| *s);
                 let state = match kept {
                     Some(state) => {
-                        if !state.is_up() && pool.is_up(i) {
+                        if !state.is_up() && pool.checks_pass(i) {
                             pool.set_up(i, false);
                         }
                         state
                     }
-                    None => HealthState::starting(pool.is_up(i), config.rise, config.fall),
+                    None => HealthState::starting(pool.checks_pass(i), config.rise, config.fall),
                 };
                 (addr, state)
             })
@@ -126,9 +131,17 @@ impl States {
 }
 
 async fn run(weak: Weak<Prober>) {
-    let Some(config) = weak.upgrade().map(|p| p.health) else {
+    let Some(config) = weak.upgrade().map(|p| Arc::new(p.health.clone())) else {
         return;
     };
+    match config.agent() {
+        Some(agent) => tokio::join!(checks(weak.clone(), config), agents(weak, agent)).0,
+        None => checks(weak, config).await,
+    }
+}
+
+/// The health checks, every interval, until the prober or its pool goes.
+async fn checks(weak: Weak<Prober>, config: Arc<HealthConfig>) {
     let mut states = States {
         pool: Weak::new(),
         states: Vec::new(),
@@ -144,12 +157,12 @@ async fn run(weak: Weak<Prober>) {
         else {
             return;
         };
-        states.follow(&pool, config);
+        states.follow(&pool, &config);
         // Concurrent, so one silent backend does not delay the others' checks.
         let checks: Vec<_> = (0..pool.len())
             .map(|i| {
                 pool.checked(i)
-                    .then(|| tokio::spawn(check(pool.clone(), i, config.timeout)))
+                    .then(|| tokio::spawn(check(pool.clone(), i, config.clone())))
             })
             .collect();
         for (i, handle) in checks.into_iter().enumerate() {
@@ -162,7 +175,7 @@ async fn run(weak: Weak<Prober>) {
             let state = &mut states.states[i].1;
             // A worker may have taken it down on failures it saw: it then
             // needs `rise` passed checks like any down backend.
-            if state.is_up() && !pool.is_up(i) {
+            if state.is_up() && !pool.checks_pass(i) {
                 *state = HealthState::starting(false, config.rise, config.fall);
             }
             if let Err(err) = &result {
@@ -194,11 +207,72 @@ async fn run(weak: Weak<Prober>) {
     }
 }
 
-/// One TCP connect to backend `i` within `timeout`.
-async fn check(pool: Arc<Pool>, i: usize, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(pool.addr(i))).await {
-        Ok(Ok(_stream)) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
+/// One check of backend `i`: the connect and the conversation, within the
+/// check's timeout. The stream is tokio's (epoll): dropped at the deadline,
+/// it is closed at once.
+async fn check(pool: Arc<Pool>, i: usize, config: Arc<HealthConfig>) -> Result<(), String> {
+    let addr = pool.addr(i);
+    let timeout = config.timeout;
+    let conversation = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|err| err.to_string())?;
+        check::converse(&mut stream, &config.check, addr).await
+    };
+    match tokio::time::timeout(timeout, conversation).await {
+        Ok(result) => result,
         Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// The agent checks, every agent interval, until the prober or its pool goes.
+async fn agents(weak: Weak<Prober>, agent: AgentConfig) {
+    let Some(timeout) = weak.upgrade().map(|p| p.health.timeout) else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(agent.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let send: Option<Arc<[u8]>> = agent.send.as_deref().map(Arc::from);
+    loop {
+        ticker.tick().await;
+        let Some(pool) = weak.upgrade().and_then(|p| p.pool()) else {
+            return;
+        };
+        let asks: Vec<_> = (0..pool.len())
+            .map(|i| {
+                let addr = SocketAddr::new(pool.addr(i).ip(), agent.port);
+                let send = send.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, agent::ask(addr, send.as_deref())).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(format!("agent {addr}: no answer within {timeout:?}")),
+                    }
+                })
+            })
+            .collect();
+        for (i, ask) in asks.into_iter().enumerate() {
+            let answer = ask
+                .await
+                .unwrap_or_else(|err| Err(format!("agent check task failed: {err}")));
+            let addr = pool.addr(i);
+            match answer {
+                // Not reaching the agent changes nothing: the health
+                // checks test reachability (HAProxy does the same).
+                Err(err) => pool.set_last_error(i, err),
+                Ok(answer) => {
+                    let Some(view) = pool.set_agent(i, answer.up, answer.state, answer.percent)
+                    else {
+                        continue;
+                    };
+                    let health = if view.up { "up" } else { "down" };
+                    let why = answer.description.map(|d| format!(": {d}"));
+                    let why = why.unwrap_or_default();
+                    info!(backend = %addr, "backend {addr}: its agent says {health}, {}, {}%{why}", view.state, view.percent);
+                    if !view.up {
+                        pool.set_last_error(i, format!("agent: down{why}"));
+                    }
+                }
+            }
+        }
     }
 }

@@ -15,11 +15,11 @@ use super::{
     parse_resolver, parse_sni_pattern, resolve, Algorithm, Config, ConfigError, FrontendConfig,
     HealthConfig, LogFormat, OrNever, Protocol, ProxyTlvs, ProxyVersion, RouteBy, RouteConfig,
     DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_QUEUE, DEFAULT_NAME, DEFAULT_PROTOCOL,
-    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS, DEFAULT_RESOLVE_AT_START,
-    DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE, DEFAULT_ROUTE_BY,
-    DEFAULT_SNI_TIMEOUT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
+    DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_QUEUE,
+    DEFAULT_NAME, DEFAULT_PROTOCOL, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS,
+    DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE,
+    DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
 };
 use super::{
     parse_rate, Rate, SourceLimits, DEFAULT_SOURCE_PREFIX, DEFAULT_SOURCE_PREFIX_V6,
@@ -385,6 +385,7 @@ impl Config {
             timeout: cli.health_timeout.into(),
             rise: cli.rise,
             fall: cli.fall,
+            ..DEFAULT_HEALTH
         };
         let frontend = FrontendConfig {
             name: cli.name.clone(),
@@ -392,7 +393,7 @@ impl Config {
             protocol: cli.protocol,
             backends,
             balance: cli.balance,
-            health,
+            health: health.clone(),
             buffer_size: cli.buffer_size,
             connect_timeout: cli.connect_timeout.into(),
             idle_timeout: cli.idle_timeout.0,
@@ -418,7 +419,7 @@ impl Config {
                     let mut route = RouteConfig {
                         balance: cli.balance,
                         send_proxy: cli.send_proxy,
-                        health,
+                        health: health.clone(),
                         ..r.clone()
                     };
                     default_slow_start(&mut route.backends, cli.slow_start);

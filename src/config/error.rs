@@ -55,6 +55,22 @@ pub enum Key {
     ResolveInterval,
     /// `resolve-hold`.
     ResolveHold,
+    /// The health check's `steps` (file only).
+    HealthSteps,
+    /// The health check's `role` (file only).
+    HealthRole,
+    /// The health check's `http-path` (file only).
+    HealthHttpPath,
+    /// The health check's `http-host` (file only).
+    HealthHttpHost,
+    /// The health check's `http-status` (file only).
+    HealthHttpStatus,
+    /// `agent-port` (file only).
+    AgentPort,
+    /// `agent-interval` (file only).
+    AgentInterval,
+    /// `agent-send` (file only).
+    AgentSend,
 }
 
 impl Key {
@@ -83,6 +99,14 @@ impl Key {
             Key::Sni => "route",
             Key::ResolveInterval => "resolve-interval",
             Key::ResolveHold => "resolve-hold",
+            Key::HealthSteps => "health steps",
+            Key::HealthRole => "health role",
+            Key::HealthHttpPath => "health http-path",
+            Key::HealthHttpHost => "health http-host",
+            Key::HealthHttpStatus => "health http-status",
+            Key::AgentPort => "health agent-port",
+            Key::AgentInterval => "health agent-interval",
+            Key::AgentSend => "health agent-send",
         }
     }
 
@@ -111,6 +135,14 @@ impl Key {
             Key::Sni => &["sni"],
             Key::ResolveInterval => &["resolve-interval"],
             Key::ResolveHold => &["resolve-hold"],
+            Key::HealthSteps => &["health", "steps"],
+            Key::HealthRole => &["health", "role"],
+            Key::HealthHttpPath => &["health", "http-path"],
+            Key::HealthHttpHost => &["health", "http-host"],
+            Key::HealthHttpStatus => &["health", "http-status"],
+            Key::AgentPort => &["health", "agent-port"],
+            Key::AgentInterval => &["health", "agent-interval"],
+            Key::AgentSend => &["health", "agent-send"],
         }
     }
 }
@@ -233,6 +265,18 @@ pub enum ConfigError {
         /// Which duration.
         key: Key,
     },
+    /// Health check keys that do not go together.
+    #[error("invalid {}: {reason}", .key.flag())]
+    HealthKeys {
+        /// The frontend.
+        frontend: usize,
+        /// The route, for a route's health settings.
+        route: Option<usize>,
+        /// The key that does not fit.
+        key: Key,
+        /// Why.
+        reason: &'static str,
+    },
     /// `route-by = "sni"` with neither a route nor a default pool.
     #[error("route-by sni needs a route (--route NAME=ADDR) or default backends")]
     NoRoute {
@@ -316,6 +360,12 @@ impl ConfigError {
                 frontend,
                 route,
                 key,
+            }
+            | ConfigError::HealthKeys {
+                frontend,
+                route,
+                key,
+                ..
             } => (frontend, route, None, key),
             ConfigError::BackendOutOfRange {
                 frontend,
@@ -339,6 +389,7 @@ impl ConfigError {
     pub fn reason(&self) -> String {
         match self {
             ConfigError::ZeroDuration { .. } => "must be more than zero".into(),
+            ConfigError::HealthKeys { reason, .. } => (*reason).into(),
             ConfigError::NoBackend { .. } => "no backend: list at least one".into(),
             ConfigError::NoRoute { .. } => {
                 "\"sni\" needs a [[frontend.route]] or the frontend's own backends".into()

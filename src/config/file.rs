@@ -25,13 +25,14 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{
-    default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
-    parse_resolver, parse_sni_pattern, range_message, resolve, Algorithm, BackendConfig,
-    BackendName, Config, ConfigError, FrontendConfig, HealthConfig, Location, OrNever, Protocol,
-    ProxyTlvs, ProxyVersion, RouteBy, RouteConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_QUEUE, DEFAULT_OBSERVE_L4,
-    DEFAULT_PROTOCOL, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS, DEFAULT_RESOLVE_AT_START,
+    default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr, parse_hex,
+    parse_resolver, parse_sni_pattern, parse_status_range, range_message, resolve, Algorithm,
+    BackendConfig, BackendName, CheckSpec, Config, ConfigError, Expect, FrontendConfig,
+    HealthConfig, Location, OrNever, Pattern, Preset, Protocol, ProxyTlvs, ProxyVersion, RedisRole,
+    RouteBy, RouteConfig, Step, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_QUEUE, DEFAULT_OBSERVE_L4, DEFAULT_PROTOCOL,
+    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS, DEFAULT_RESOLVE_AT_START,
     DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START,
     DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
 };
@@ -422,6 +423,27 @@ struct RawHealth {
     timeout: Option<Dur>,
     rise: Option<Int<1, { MAX_RISE_FALL as u64 }>>,
     fall: Option<Int<1, { MAX_RISE_FALL as u64 }>>,
+    preset: Option<Parsed<Preset>>,
+    steps: Option<Vec<StepTable>>,
+    role: Option<Parsed<RedisRole>>,
+    http_path: Option<HttpPath>,
+    http_host: Option<Text>,
+    http_status: Option<StatusRange>,
+    agent_port: Option<Int<1, { u16::MAX as u64 }>>,
+    agent_interval: Option<Dur>,
+    agent_send: Option<Text>,
+}
+
+/// One `[[frontend.health.steps]]` table as written: at most one way to
+/// send and one to expect.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawStep {
+    send: Option<Text>,
+    send_hex: Option<Hex>,
+    expect: Option<Text>,
+    expect_hex: Option<Hex>,
+    expect_regex: Option<Regex>,
 }
 
 /// A backend written as a table; the ranges of weight and max-conns are
@@ -463,7 +485,7 @@ impl RawConfig {
 
 impl RawFrontend {
     fn into_config(self) -> FrontendConfig {
-        let health = RawHealth::over(self.health, DEFAULT_HEALTH);
+        let health = RawHealth::over(self.health, &DEFAULT_HEALTH);
         let send_proxy = self.send_proxy.map(|v| v.0);
         let slow_start = self.slow_start.map(|d| d.0).or(DEFAULT_SLOW_START);
         let backends = |mut b: Backends| {
@@ -476,7 +498,7 @@ impl RawFrontend {
             protocol: self.protocol.map_or(DEFAULT_PROTOCOL, |p| p.0),
             backends: backends(self.backends),
             balance: self.balance.map_or(DEFAULT_BALANCE, |b| b.0),
-            health,
+            health: health.clone(),
             buffer_size: self.buffer_size.map_or(DEFAULT_BUFFER_SIZE, |b| b.0),
             connect_timeout: self
                 .connect_timeout
@@ -510,7 +532,7 @@ impl RawFrontend {
                     backends: backends(r.backends),
                     balance: r.balance.map_or(DEFAULT_BALANCE, |b| b.0),
                     send_proxy: r.send_proxy.map(|v| v.0).or(send_proxy),
-                    health: RawHealth::over(r.health, health),
+                    health: RawHealth::over(r.health, &health),
                 })
                 .collect(),
             resolve_interval: self
@@ -539,18 +561,82 @@ impl RawFrontend {
 }
 
 impl RawHealth {
-    /// `base` with the keys `raw` sets replaced.
-    fn over(raw: Option<Table<RawHealth>>, base: HealthConfig) -> HealthConfig {
+    /// `base` with the keys `raw` sets replaced; the check's keys (preset,
+    /// steps and their options) replace `base`'s check as a whole.
+    fn over(raw: Option<Table<RawHealth>>, base: &HealthConfig) -> HealthConfig {
         match raw.map(|t| t.0) {
-            None => base,
-            Some(h) => HealthConfig {
-                checks: h.enabled.unwrap_or(base.checks),
-                interval: h.interval.map_or(base.interval, |d| d.0),
-                timeout: h.timeout.map_or(base.timeout, |d| d.0),
-                rise: h.rise.map_or(base.rise, |n| n.0 as u32),
-                fall: h.fall.map_or(base.fall, |n| n.0 as u32),
-            },
+            None => base.clone(),
+            Some(h) => {
+                let check = CheckSpec {
+                    preset: h.preset.map(|p| p.0),
+                    steps: h
+                        .steps
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|s| s.0)
+                        .collect(),
+                    role: h.role.map(|r| r.0),
+                    http_path: h.http_path.map(|p| p.0),
+                    http_host: h.http_host.map(|t| t.0),
+                    http_status: h.http_status.map(|s| s.0),
+                };
+                HealthConfig {
+                    checks: h.enabled.unwrap_or(base.checks),
+                    interval: h.interval.map_or(base.interval, |d| d.0),
+                    timeout: h.timeout.map_or(base.timeout, |d| d.0),
+                    rise: h.rise.map_or(base.rise, |n| n.0 as u32),
+                    fall: h.fall.map_or(base.fall, |n| n.0 as u32),
+                    check: if check.is_set() {
+                        check
+                    } else {
+                        base.check.clone()
+                    },
+                    agent_port: h.agent_port.map(|n| n.0 as u16).or(base.agent_port),
+                    agent_interval: h.agent_interval.map(|d| d.0).or(base.agent_interval),
+                    agent_send: h
+                        .agent_send
+                        .map(|t| t.0.into_bytes())
+                        .or_else(|| base.agent_send.clone()),
+                }
+            }
         }
+    }
+}
+
+/// A step table, checked to send or expect (or both), one way each.
+struct StepTable(Step);
+
+impl<'de> Deserialize<'de> for StepTable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Table(raw) = Table::<RawStep>::deserialize(d)?;
+        let sends: Vec<Vec<u8>> = [
+            raw.send.map(|t| t.0.into_bytes()),
+            raw.send_hex.map(|h| h.0),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let expects: Vec<Expect> = [
+            raw.expect.map(|t| Expect::Bytes(t.0.into_bytes())),
+            raw.expect_hex.map(|h| Expect::Bytes(h.0)),
+            raw.expect_regex.map(|r| Expect::Regex(r.0)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let message = match (sends.len(), expects.len()) {
+            (0, 0) => "a step needs send, send-hex, expect, expect-hex or expect-regex",
+            (2.., _) => "give send or send-hex, not both",
+            (_, 2..) => "give one of expect, expect-hex and expect-regex",
+            _ => "",
+        };
+        if !message.is_empty() {
+            return Err(de::Error::custom(message));
+        }
+        Ok(StepTable(Step {
+            send: sends.into_iter().next(),
+            expect: expects.into_iter().next(),
+        }))
     }
 }
 
@@ -811,6 +897,74 @@ impl<'de> Deserialize<'de> for SendProxy {
     }
 }
 
+/// A value of a type whose `FromStr` says what is wrong in one line.
+struct Parsed<T>(T);
+
+impl<'de, T: std::str::FromStr<Err = String>> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a string", |s| s.parse().map(Parsed))
+    }
+}
+
+/// A non-empty string, as bytes to send or expect.
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a string", |s| match s {
+            "" => Err("must not be empty"),
+            s => Ok(Text(s.to_string())),
+        })
+    }
+}
+
+/// An HTTP path: starts with `/`, no space or control character.
+struct HttpPath(String);
+
+impl<'de> Deserialize<'de> for HttpPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a path such as \"/healthz\"", |s| {
+            if !s.starts_with('/') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "invalid path '{s}': must start with / and hold no space"
+                ));
+            }
+            Ok(HttpPath(s.to_string()))
+        })
+    }
+}
+
+/// Bytes written as hex, e.g. `"2a 31 0d 0a"`.
+struct Hex(Vec<u8>);
+
+impl<'de> Deserialize<'de> for Hex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "hex bytes such as \"2b504f4e47\"", |s| {
+            parse_hex(s).map(Hex)
+        })
+    }
+}
+
+/// A regular expression, compiled (and so checked) as it is read.
+struct Regex(Pattern);
+
+impl<'de> Deserialize<'de> for Regex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a regular expression", |s| Pattern::new(s).map(Regex))
+    }
+}
+
+/// HTTP status codes: `"200"` or `"200-399"`.
+struct StatusRange((u16, u16));
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a status range such as \"200-399\"", |s| {
+            parse_status_range(s).map(StatusRange)
+        })
+    }
+}
+
 /// A whole number in `MIN..=MAX`.
 #[derive(Clone, Copy, Debug)]
 struct Int<const MIN: u64, const MAX: u64>(u64);
@@ -1026,6 +1180,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                     timeout: Duration::from_secs(1),
                     rise: 2,
                     fall: 3,
+                    ..DEFAULT_HEALTH
                 },
                 buffer_size: DEFAULT_BUFFER_SIZE,
                 connect_timeout: Duration::from_secs(3),
@@ -1175,7 +1330,8 @@ health = { enabled = false, interval = "0s" }
                 interval: Duration::from_secs(10),
                 timeout: Duration::from_secs(3),
                 rise: 1,
-                fall: 5
+                fall: 5,
+                ..DEFAULT_HEALTH
             }
         );
         let nets = |list: &[&str]| -> Vec<ipnet::IpNet> {
@@ -1507,6 +1663,215 @@ health = { enabled = false, interval = "0s" }
             assert!(err.starts_with(&prefix), "{what}: {err:?} lacks {prefix:?}");
             assert!(err.contains(message), "{what}: {err:?} lacks {message:?}");
             assert!(!err.contains('\n'), "{what}: {err:?} is not one line");
+        }
+    }
+
+    /// A health table's check and agent keys: read into the check, a route
+    /// that sets a check key replaces its frontend's check as a whole, and
+    /// every bad value or pairing is a located one-line error.
+    #[test]
+    fn health_checks_and_agents() {
+        let text = r#"
+[[frontend]]
+name = "cache"
+listen = "127.0.0.1:6380"
+backends = ["127.0.0.1:6379"]
+route-by = "sni"
+[frontend.health]
+preset = "redis"
+role = "master"
+agent-port = 9777
+agent-send = "cache\n"
+
+[[frontend.route]]
+sni = ["a.example"]
+backends = ["127.0.0.1:9000"]
+[frontend.route.health]
+agent-interval = "5s"
+[[frontend.route.health.steps]]
+send = "HELLO\r\n"
+expect-regex = "^\\+OK"
+[[frontend.route.health.steps]]
+send-hex = "00ff"
+expect-hex = "2b 4f 4b"
+
+[[frontend.route]]
+sni = ["b.example"]
+backends = ["127.0.0.1:9001"]
+[frontend.route.health]
+preset = "http"
+http-path = "/healthz"
+http-status = "200-299"
+"#;
+        let c = parse_str(text).unwrap();
+        let fe = &c.frontends[0];
+        assert_eq!(fe.health.check.preset, Some(Preset::Redis));
+        assert_eq!(fe.health.check.role, Some(RedisRole::Master));
+        let agent = fe.health.agent().unwrap();
+        assert_eq!((agent.port, agent.interval), (9777, fe.health.interval));
+        assert_eq!(agent.send.as_deref(), Some(&b"cache\n"[..]));
+        let [a, b] = &fe.routes[..] else { panic!() };
+        assert_eq!(a.health.check.preset, None, "steps replace the preset");
+        assert_eq!(a.health.check.role, None);
+        assert_eq!(a.health.check.steps.len(), 2);
+        assert_eq!(
+            a.health.check.steps[0].send.as_deref(),
+            Some(&b"HELLO\r\n"[..])
+        );
+        assert_eq!(
+            a.health.check.steps[1].send.as_deref(),
+            Some(&[0, 0xff][..])
+        );
+        assert_eq!(
+            a.health.check.steps[1].expect,
+            Some(Expect::Bytes(b"+OK".to_vec()))
+        );
+        assert_eq!(a.health.agent().unwrap().interval, Duration::from_secs(5));
+        assert_eq!(b.health.check.http_status, Some((200, 299)));
+        assert_eq!(b.health.agent_port, Some(9777), "agent keys one by one");
+
+        const FE: &str = "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9000\"]\n[frontend.health]\n";
+        let cases: &[(&str, usize, &str, &str)] = &[
+            (
+                "preset = \"memcached\"\n",
+                6,
+                "frontend[0].health.preset",
+                "invalid preset 'memcached'",
+            ),
+            (
+                "preset = \"redis\"\nrole = \"boss\"\n",
+                7,
+                "frontend[0].health.role",
+                "invalid role 'boss'",
+            ),
+            (
+                "role = \"master\"\n",
+                6,
+                "frontend[0].health.role",
+                "needs preset = \"redis\"",
+            ),
+            (
+                "preset = \"mysql\"\nhttp-path = \"/\"\n",
+                7,
+                "frontend[0].health.http-path",
+                "needs preset = \"http\"",
+            ),
+            (
+                "preset = \"http\"\nhttp-path = \"health\"\n",
+                7,
+                "frontend[0].health.http-path",
+                "invalid path 'health'",
+            ),
+            (
+                "preset = \"http\"\nhttp-status = \"2xx\"\n",
+                7,
+                "frontend[0].health.http-status",
+                "invalid status range '2xx'",
+            ),
+            (
+                "http-host = \"a\"\n",
+                6,
+                "frontend[0].health.http-host",
+                "needs preset",
+            ),
+            (
+                "http-status = \"200\"\n",
+                6,
+                "frontend[0].health.http-status",
+                "needs preset",
+            ),
+            (
+                "preset = \"redis\"\n[[frontend.health.steps]]\nsend = \"x\"\n",
+                7,
+                "frontend[0].health.steps",
+                "give a preset or steps, not both",
+            ),
+            (
+                "[[frontend.health.steps]]\nexpect-regex = \"(\"\n",
+                7,
+                "frontend[0].health.steps[0].expect-regex",
+                "invalid regular expression '('",
+            ),
+            (
+                "[[frontend.health.steps]]\nexpect-hex = \"0g\"\n",
+                7,
+                "frontend[0].health.steps[0].expect-hex",
+                "invalid hex '0g'",
+            ),
+            (
+                "[[frontend.health.steps]]\nsend = \"\"\n",
+                7,
+                "frontend[0].health.steps[0].send",
+                "must not be empty",
+            ),
+            (
+                "[[frontend.health.steps]]\nsend = \"a\"\nsend-hex = \"61\"\n",
+                6,
+                "frontend[0].health.steps[0]",
+                "give send or send-hex, not both",
+            ),
+            (
+                "[[frontend.health.steps]]\nexpect = \"a\"\nexpect-regex = \"a\"\n",
+                6,
+                "frontend[0].health.steps[0]",
+                "give one of expect",
+            ),
+            (
+                "[[frontend.health.steps]]\n",
+                6,
+                "frontend[0].health.steps[0]",
+                "a step needs send",
+            ),
+            (
+                "[[frontend.health.steps]]\nsned = \"a\"\n",
+                7,
+                "frontend[0].health.steps[0].sned",
+                "unknown field `sned`",
+            ),
+            (
+                "agent-port = 0\n",
+                6,
+                "frontend[0].health.agent-port",
+                "must be between 1 and 65535, got 0",
+            ),
+            (
+                "agent-port = 70000\n",
+                6,
+                "frontend[0].health.agent-port",
+                "must be between 1 and 65535",
+            ),
+            (
+                "agent-interval = \"1s\"\n",
+                6,
+                "frontend[0].health.agent-interval",
+                "needs agent-port",
+            ),
+            (
+                "agent-send = \"x\"\n",
+                6,
+                "frontend[0].health.agent-send",
+                "needs agent-port",
+            ),
+            (
+                "agent-port = 9\nagent-interval = \"0s\"\n",
+                7,
+                "frontend[0].health.agent-interval",
+                "must be more than zero",
+            ),
+            (
+                "enabled = false\nagent-port = 9\n",
+                7,
+                "frontend[0].health.agent-port",
+                "needs enabled = true",
+            ),
+        ];
+        for (keys, line, key, message) in cases {
+            let text = format!("{FE}{keys}");
+            let err = parse_str(&text).expect_err(keys).to_string();
+            let prefix = format!("{PATH}:{line}: {key}: ");
+            assert!(err.starts_with(&prefix), "{keys}: {err:?} lacks {prefix:?}");
+            assert!(err.contains(message), "{keys}: {err:?} lacks {message:?}");
+            assert!(!err.contains('\n'), "{keys}: {err:?} is not one line");
         }
     }
 

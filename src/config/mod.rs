@@ -9,7 +9,9 @@
 //!   a validation error is, so the file layer can point at the line without
 //!   searching;
 //! - `validate`: [`Config::validate`], what parsing one value cannot check;
-//! - `parse`: the value parsers both layers share.
+//! - `parse`: the value parsers both layers share;
+//! - `check`: what a health check says and expects ([`CheckSpec`]), and the
+//!   agent check's settings.
 //!
 //! Nothing here binds a socket, and nothing here depends on a runtime module:
 //! the runtime takes these types as they are.
@@ -17,6 +19,7 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+mod check;
 pub mod cli;
 mod error;
 pub mod file;
@@ -26,6 +29,9 @@ mod model;
 mod parse;
 mod validate;
 
+pub use check::{
+    parse_hex, parse_status_range, AgentConfig, CheckSpec, Expect, Pattern, Preset, RedisRole, Step,
+};
 pub(crate) use error::range_message;
 pub use error::{ConfigError, Key, Location};
 pub use kinds::{
@@ -110,6 +116,10 @@ pub const DEFAULT_HEALTH: HealthConfig = HealthConfig {
     timeout: DEFAULT_HEALTH_TIMEOUT,
     rise: DEFAULT_RISE,
     fall: DEFAULT_FALL,
+    check: CheckSpec::CONNECT,
+    agent_port: None,
+    agent_interval: None,
+    agent_send: None,
 };
 
 /// IPv4 clients are one source per address unless `source-prefix` groups them.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::{Algorithm, Protocol, ProxyTlvs, ProxyVersion, RouteBy};
+use super::{AgentConfig, Algorithm, CheckSpec, Protocol, ProxyTlvs, ProxyVersion, RouteBy};
 
 /// The whole process's settings, validated. Shared read-only by all workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,7 +260,7 @@ impl fmt::Display for BackendName {
 }
 
 /// Active health check settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthConfig {
     /// Whether active checks run; `fall` applies to real traffic either way.
     pub checks: bool,
@@ -272,6 +272,26 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Failed checks (or failures on real traffic) in a row that take a backend down.
     pub fall: u32,
+    /// What a check says and expects once connected (a route's is its
+    /// frontend's unless the route sets any of its keys).
+    pub check: CheckSpec,
+    /// `agent-port`: the port of the backend's agent, for agent checks.
+    pub agent_port: Option<u16>,
+    /// `agent-interval`: time between agent checks; `None` is `interval`.
+    pub agent_interval: Option<Duration>,
+    /// `agent-send`: what is sent to the agent before its answer is read.
+    pub agent_send: Option<Vec<u8>>,
+}
+
+impl HealthConfig {
+    /// The agent check, if `agent-port` is set.
+    pub fn agent(&self) -> Option<AgentConfig> {
+        Some(AgentConfig {
+            port: self.agent_port?,
+            interval: self.agent_interval.unwrap_or(self.interval),
+            send: self.agent_send.clone(),
+        })
+    }
 }
 
 impl Config {

@@ -6,7 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
-    BackendConfig, Config, ConfigError, Key, ProxyTlvs, ProxyVersion, RouteBy, MAX_WEIGHT,
+    BackendConfig, Config, ConfigError, HealthConfig, Key, Preset, ProxyTlvs, ProxyVersion,
+    RouteBy, MAX_WEIGHT,
 };
 
 impl Config {
@@ -45,6 +46,7 @@ impl Config {
                     return Err(empty(Key::Backends));
                 }
                 check_backends(i, Some(r), &route.backends)?;
+                check_health(i, Some(r), &route.health)?;
                 if route.health.checks {
                     for (key, value) in [
                         (Key::HealthInterval, route.health.interval),
@@ -71,6 +73,7 @@ impl Config {
                     }
                 }
             }
+            check_health(i, None, &fe.health)?;
             let health = Some(&fe.health).filter(|h| h.checks);
             for (key, value) in [
                 (Key::ConnectTimeout, Some(fe.connect_timeout)),
@@ -132,6 +135,76 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks that one pool's health keys go together: a preset's options with
+/// that preset, steps without one, agent options with an agent port, and an
+/// agent only with the health checks on.
+fn check_health(
+    frontend: usize,
+    route: Option<usize>,
+    h: &HealthConfig,
+) -> Result<(), ConfigError> {
+    let c = &h.check;
+    let http = c.preset == Some(Preset::Http);
+    let rules = [
+        (
+            Key::HealthSteps,
+            !c.steps.is_empty() && c.preset.is_some(),
+            "give a preset or steps, not both",
+        ),
+        (
+            Key::HealthRole,
+            c.role.is_some() && c.preset != Some(Preset::Redis),
+            "needs preset = \"redis\"",
+        ),
+        (
+            Key::HealthHttpPath,
+            c.http_path.is_some() && !http,
+            "needs preset = \"http\"",
+        ),
+        (
+            Key::HealthHttpHost,
+            c.http_host.is_some() && !http,
+            "needs preset = \"http\"",
+        ),
+        (
+            Key::HealthHttpStatus,
+            c.http_status.is_some() && !http,
+            "needs preset = \"http\"",
+        ),
+        (
+            Key::AgentInterval,
+            h.agent_interval.is_some() && h.agent_port.is_none(),
+            "needs agent-port",
+        ),
+        (
+            Key::AgentSend,
+            h.agent_send.is_some() && h.agent_port.is_none(),
+            "needs agent-port",
+        ),
+        (
+            Key::AgentPort,
+            h.agent_port.is_some() && !h.checks,
+            "agent checks run with the health checks: needs enabled = true",
+        ),
+    ];
+    if let Some((key, _, reason)) = rules.into_iter().find(|(_, broken, _)| *broken) {
+        return Err(ConfigError::HealthKeys {
+            frontend,
+            route,
+            key,
+            reason,
+        });
+    }
+    if h.checks && h.agent_interval.is_some_and(|d| d.is_zero()) {
+        return Err(ConfigError::ZeroDuration {
+            frontend,
+            route,
+            key: Key::AgentInterval,
+        });
+    }
+    Ok(())
 }
 
 /// Checks the weights and limits of one pool's backends.
