@@ -625,3 +625,128 @@ agent-interval = "50ms"
     assert_eq!(visits(&lb, 10), (5, 5));
     agent_b.asked_again(1);
 }
+
+/// Reads an HTTP request head from `conn` (up to its blank line).
+fn read_head(conn: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    head
+}
+
+/// The `http` preset follows a backend's status code, `send`/`expect`
+/// steps pass on the answer they wait for, and backends that answer
+/// nothing, or send without end, fail their checks within the timeout
+/// and the 64 KiB read bound, round after round, without the prober
+/// keeping their sockets.
+#[test]
+fn http_and_steps_checks_and_backends_that_never_answer_right() {
+    let dir = TempDir::new("health-steps");
+    let status = Arc::new(AtomicUsize::new(200));
+    let paths = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (code, seen) = (status.clone(), paths.clone());
+    let web = Backend::spawn(move |mut conn| {
+        let head = String::from_utf8_lossy(&read_head(&mut conn)).into_owned();
+        seen.lock()
+            .unwrap()
+            .push(head.lines().next().unwrap_or("").to_string());
+        let code = code.load(Ordering::SeqCst);
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {code} Whatever\r\nContent-Length: 0\r\n\r\n"
+        );
+    });
+    let good = Backend::spawn(|mut conn| {
+        let mut hello = [0u8; 7];
+        if conn.read_exact(&mut hello).is_ok() && &hello == b"HELLO\r\n" {
+            let _ = conn.write_all(b"+OK v2.1 ready\r\n");
+        }
+        let _ = conn.read(&mut [0; 16]);
+    });
+    let flood = Backend::spawn(|mut conn| {
+        let chunk = [b'x'; 16 * 1024];
+        while conn.write_all(&chunk).is_ok() {}
+    });
+    let silent = Backend::spawn(|mut conn| {
+        let _ = conn.read_to_end(&mut Vec::new());
+    });
+    let lb = start_lb(
+        &dir,
+        &format!(
+            r#"
+[[frontend]]
+name = "web"
+listen = "127.0.0.1:0"
+backends = ["{web}"]
+[frontend.health]
+interval = "100ms"
+timeout = "500ms"
+rise = 1
+fall = 1
+preset = "http"
+http-path = "/healthz?deep=1"
+http-status = "200-299"
+
+[[frontend]]
+name = "steps"
+listen = "127.0.0.1:0"
+backends = ["{good}", "{flood}", "{silent}"]
+[frontend.health]
+interval = "100ms"
+timeout = "300ms"
+rise = 1
+fall = 1
+[[frontend.health.steps]]
+send = "HELLO\r\n"
+expect-regex = "\\+OK v\\d+\\.\\d+"
+[[frontend.health.steps]]
+expect-hex = "72 65 61 64 79"
+"#
+        ),
+    );
+    let admin = lb.admin_addr();
+    let web_addr = web.addr.to_string();
+    wait_until("a check of the web backend", || {
+        !paths.lock().unwrap().is_empty()
+    });
+    assert_eq!(paths.lock().unwrap()[0], "GET /healthz?deep=1 HTTP/1.1");
+    assert_eq!(backend(admin, "web", &web_addr)["up"], true);
+    status.store(503, Ordering::SeqCst);
+    let down = wait_backend(admin, "web", &web_addr, "down on 503", |b| b["up"] == false);
+    assert_eq!(
+        last_error(&down),
+        "check: HTTP status 503, not within 200-299"
+    );
+    status.store(204, Ordering::SeqCst);
+    wait_backend(admin, "web", &web_addr, "up on 204", |b| b["up"] == true);
+
+    let flooded = wait_backend(admin, "steps", &flood.addr.to_string(), "failing", |b| {
+        b["up"] == false && last_error(b).contains("65536 bytes read without")
+    });
+    assert!(
+        last_error(&flooded).starts_with("check: step 1: expected a match of /"),
+        "{flooded}"
+    );
+    wait_backend(admin, "steps", &silent.addr.to_string(), "failing", |b| {
+        b["up"] == false && last_error(b) == "check: no answer within 300ms"
+    });
+    let fine = backend(admin, "steps", &good.addr.to_string());
+    assert_eq!(
+        (fine["up"].as_bool(), fine["last_error"].as_str()),
+        (Some(true), None),
+        "{fine}"
+    );
+
+    // Round after round, the failed checks leave no socket behind.
+    let (silent_from, flood_from) = (silent.accepted(), flood.accepted());
+    let fds = common::fd_count(lb.pid());
+    wait_until("five more rounds", || {
+        silent.accepted() >= silent_from + 5 && flood.accepted() >= flood_from + 5
+    });
+    let now = common::fd_count(lb.pid());
+    assert!(now <= fds + 6, "descriptors grew from {fds} to {now}");
+    let good_addr = good.addr.to_string();
+    assert_eq!(backend(admin, "steps", &good_addr)["up"], true);
+}
