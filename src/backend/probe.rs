@@ -1,12 +1,12 @@
 //! Active health checks: one prober thread per pool slot (a frontend's own
 //! pool, or one SNI route's), shared by all workers and by every generation
 //! of that slot. It connects to each backend every interval, has the
-//! check's conversation with it ([`check`](super::check): a preset or
+//! check's conversation with it ([`check`](mod@check): a preset or
 //! `send`/`expect` steps, if any), all within the check's timeout, feeds
 //! the results into each backend's [`HealthState`], and publishes flips to
 //! the [`Pool`] that workers read without locks. With `agent-port`, the
 //! same thread also asks each backend's agent every `agent-interval`
-//! ([`agent`](super::agent)) and records its answer in the pool. Failures on real traffic take a
+//! ([`agent`]) and records its answer in the pool. Failures on real traffic take a
 //! backend down in the pool itself; the prober then needs `rise` passed
 //! checks to bring it back. A backend in `maint` is not checked at all; its
 //! health stays as it was until it leaves maint.
