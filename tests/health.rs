@@ -359,7 +359,8 @@ fn ssh_like(port: u16) -> Backend {
 }
 
 /// A real MariaDB and a real PostgreSQL: down before they start, up once
-/// they answer their protocol's check, down once stopped; a mysql check
+/// they answer their protocol's check (for MariaDB, also with a login as
+/// `mysql-user`), down once stopped; a mysql check
 /// fails on a service that is not MySQL (one that greets otherwise, and a
 /// PostgreSQL server, which waits for the client to speak first).
 #[test]
@@ -378,9 +379,12 @@ fn mysql_and_postgres_checks_against_real_servers() {
         &format!(
             "[[frontend]]\nname = \"mysql\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{my}\"]\n{}\n\
              [[frontend]]\nname = \"pg\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{pg}\"]\n{}\n\
-             [[frontend]]\nname = \"mysql-on-pg\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{pg}\"]\n{}",
+             [[frontend]]\nname = \"mysql-on-pg\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{pg}\"]\n{}\n\
+             [[frontend]]\nname = \"mysql-login\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{my}\"]\n{}\
+             mysql-user = \"ringlb\"\n",
             health("mysql"),
             health("postgres"),
+            health("mysql"),
             health("mysql"),
         ),
     );
@@ -399,6 +403,9 @@ fn mysql_and_postgres_checks_against_real_servers() {
     eprintln!("MariaDB and PostgreSQL started in {:?}", started.elapsed());
 
     wait_backend(admin, "mysql", &my, "up", |b| b["up"] == true);
+    // Up only on an OK packet: MariaDB took the login (a malformed one is
+    // answered with an error).
+    wait_backend(admin, "mysql-login", &my, "up", |b| b["up"] == true);
     wait_backend(admin, "pg", &pg, "up", |b| b["up"] == true);
     let on_pg = wait_backend(admin, "mysql-on-pg", &pg, "failing the mysql check", |b| {
         last_error(b).contains("no answer within")
@@ -418,6 +425,7 @@ fn mysql_and_postgres_checks_against_real_servers() {
         b["up"] == false
     });
     assert!(last_error(&down).contains("refused"), "{down}");
+    wait_backend(admin, "mysql-login", &my, "down", |b| b["up"] == false);
     let _ssh = ssh_like(my_port);
     let down = wait_backend(admin, "mysql", &my, "failing on SSH", |b| {
         last_error(b).contains("not a MySQL handshake")

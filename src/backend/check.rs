@@ -33,7 +33,7 @@ where
     match spec.preset {
         None => steps(stream, &mut reader, &spec.steps).await,
         Some(Preset::Redis) => redis(stream, &mut reader, spec.role).await,
-        Some(Preset::Mysql) => mysql(stream, &mut reader).await,
+        Some(Preset::Mysql) => mysql(stream, &mut reader, spec.mysql_user.as_deref()).await,
         Some(Preset::Postgres) => postgres(stream, &mut reader).await,
         Some(Preset::Http) => http(stream, &mut reader, spec, addr).await,
     }
@@ -215,41 +215,97 @@ where
     Ok(())
 }
 
-async fn mysql<S: AsyncRead + Unpin>(stream: &mut S, reader: &mut Reader) -> Result<(), String> {
-    let not_mysql = |buf: &[u8]| format!("not a MySQL handshake: got {}", quote(buf));
+/// Client capabilities of the check's login: 4.1 protocol, transactions,
+/// a length-prefixed (here empty) auth response; as HAProxy's `post-41`.
+const MYSQL_CAPABILITIES: u32 = 0x0200 | 0x2000 | 0x8000;
+
+/// COM_QUIT, the polite end of a MySQL session.
+const MYSQL_QUIT: [u8; 5] = [1, 0, 0, 0, 0x01];
+
+async fn mysql<S>(stream: &mut S, reader: &mut Reader, user: Option<&str>) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let greeting = mysql_packet(stream, reader, 0, "a MySQL handshake").await?;
+    match greeting[0] {
+        10 => {}
+        0xff => return Err(mysql_error(&greeting)),
+        9 => return Err("MySQL protocol 9, not 10".into()),
+        _ => return Err(format!("not a MySQL handshake: got {}", quote(&greeting))),
+    }
+    let Some(user) = user else {
+        return Ok(());
+    };
+    send(stream, &mysql_login(user)).await?;
+    let answer = mysql_packet(stream, reader, 2, "an answer to the login").await?;
+    match answer[0] {
+        0x00 => send(stream, &MYSQL_QUIT).await,
+        0xff => Err(mysql_error(&answer)),
+        0xfe => Err(format!(
+            "MySQL asks user '{user}' for another authentication method: give it no password (mysql_native_password)"
+        )),
+        _ => Err(format!("not a MySQL answer to the login: got {}", quote(&answer))),
+    }
+}
+
+/// One MySQL packet of sequence number `seq`, small (a handshake, an OK or
+/// an error): its payload.
+async fn mysql_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    reader: &mut Reader,
+    seq: u8,
+    what: &str,
+) -> Result<Vec<u8>, String> {
     reader
         .fill_to(stream, 4)
         .await
-        .map_err(|e| format!("{e} before a MySQL handshake"))?;
+        .map_err(|e| format!("{e} before {what}"))?;
     let len = usize::from(reader.buf[0])
         | usize::from(reader.buf[1]) << 8
         | usize::from(reader.buf[2]) << 16;
-    // The handshake is the server's first packet (sequence 0), and small.
-    if reader.buf[3] != 0 || len == 0 || len > 4096 {
-        return Err(not_mysql(&reader.buf));
+    if reader.buf[3] != seq || len == 0 || len > 4096 {
+        return Err(format!("not {what}: got {}", quote(&reader.buf)));
     }
     reader
         .fill_to(stream, 4 + len)
         .await
-        .map_err(|e| format!("{e} inside a MySQL packet: got {}", quote(&reader.buf)))?;
-    let payload = &reader.buf[4..4 + len];
-    match payload[0] {
-        10 => Ok(()),
-        0xff if payload.len() >= 3 => {
-            let code = u16::from_le_bytes([payload[1], payload[2]]);
-            let message = payload[3..]
-                .strip_prefix(b"#")
-                .map_or(&payload[3..], |m| m.get(5..).unwrap_or_default());
-            Err(format!(
-                "MySQL error {code}: {}",
-                String::from_utf8_lossy(message).trim()
-            ))
-        }
-        protocol if (9..=10).contains(&protocol) => {
-            Err(format!("MySQL protocol {protocol}, not 10"))
-        }
-        _ => Err(not_mysql(&reader.buf)),
-    }
+        .map_err(|e| format!("{e} inside {what}: got {}", quote(&reader.buf)))?;
+    let packet: Vec<u8> = reader.buf.drain(..4 + len).skip(4).collect();
+    Ok(packet)
+}
+
+/// An ERR packet's code and message, as one line.
+fn mysql_error(packet: &[u8]) -> String {
+    let code = u16::from_le_bytes([
+        packet.get(1).copied().unwrap_or(0),
+        packet.get(2).copied().unwrap_or(0),
+    ]);
+    let rest = packet.get(3..).unwrap_or_default();
+    // After '#', a five-character SQL state comes before the message.
+    let message = rest
+        .strip_prefix(b"#")
+        .map_or(rest, |m| m.get(5..).unwrap_or_default());
+    format!(
+        "MySQL error {code}: {}",
+        String::from_utf8_lossy(message).trim()
+    )
+}
+
+/// The handshake response logging in as `user` with no password.
+fn mysql_login(user: &str) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(32 + user.len() + 2);
+    payload.extend_from_slice(&MYSQL_CAPABILITIES.to_le_bytes());
+    payload.extend_from_slice(&(1u32 << 24).to_le_bytes()); // max packet size
+    payload.push(0x21); // utf8_general_ci
+    payload.extend_from_slice(&[0; 23]);
+    payload.extend_from_slice(user.as_bytes());
+    payload.push(0);
+    payload.push(0); // no auth response
+    let len = payload.len() as u32;
+    let mut packet = len.to_le_bytes()[..3].to_vec();
+    packet.push(1);
+    packet.extend_from_slice(&payload);
+    packet
 }
 
 async fn postgres<S>(stream: &mut S, reader: &mut Reader) -> Result<(), String>
@@ -410,6 +466,30 @@ mod tests {
         assert_eq!(err, "MySQL error 1130: Host 'x' is not allowed to connect");
         let err = run(&spec, &[b"SSH-2.0-OpenSSH_9.2\r\n"]).0.unwrap_err();
         assert!(err.starts_with("not a MySQL handshake"), "{err}");
+    }
+
+    #[test]
+    fn mysql_with_a_user_logs_in_and_quits() {
+        let spec = CheckSpec {
+            mysql_user: Some("ringlb".into()),
+            ..preset(Preset::Mysql)
+        };
+        let greeting = [&[5, 0, 0, 0][..], &[10, b'1', b'0', 0, 0]].concat();
+        let ok = [2, 0, 0, 2, 0, 0];
+        let (result, sent) = run(&spec, &[&greeting, &ok]);
+        assert_eq!(result, Ok(()));
+        let login = mysql_login("ringlb");
+        assert_eq!(&login[..4], &[32 + 6 + 2, 0, 0, 1], "length and sequence 1");
+        assert_eq!(&login[36..], b"ringlb\0\0");
+        assert_eq!(sent, [&login[..], &MYSQL_QUIT].concat());
+        let denied = [&[15, 0, 0, 2, 0xff, 0x15, 0x04][..], b"#28000Denied"].concat();
+        let err = run(&spec, &[&greeting, &denied]).0.unwrap_err();
+        assert_eq!(err, "MySQL error 1045: Denied");
+        let switch = [2, 0, 0, 2, 0xfe, 0];
+        assert!(run(&spec, &[&greeting, &switch])
+            .0
+            .unwrap_err()
+            .contains("no password"));
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct CheckSpec {
     pub http_host: Option<String>,
     /// With the `http` preset: the status codes that pass (default 200-399).
     pub http_status: Option<(u16, u16)>,
+    /// With the `mysql` preset: log in as this user (no password) and quit,
+    /// instead of closing after the handshake.
+    pub mysql_user: Option<String>,
 }
 
 impl CheckSpec {
@@ -41,6 +44,7 @@ impl CheckSpec {
         http_path: None,
         http_host: None,
         http_status: None,
+        mysql_user: None,
     };
 
     /// Whether any key of the check is set (a route that sets one sets

@@ -65,6 +65,8 @@ pub enum Key {
     HealthHttpHost,
     /// The health check's `http-status` (file only).
     HealthHttpStatus,
+    /// The health check's `mysql-user` (file only).
+    HealthMysqlUser,
     /// `agent-port` (file only).
     AgentPort,
     /// `agent-interval` (file only).
@@ -104,6 +106,7 @@ impl Key {
             Key::HealthHttpPath => "health http-path",
             Key::HealthHttpHost => "health http-host",
             Key::HealthHttpStatus => "health http-status",
+            Key::HealthMysqlUser => "health mysql-user",
             Key::AgentPort => "health agent-port",
             Key::AgentInterval => "health agent-interval",
             Key::AgentSend => "health agent-send",
@@ -140,6 +143,7 @@ impl Key {
             Key::HealthHttpPath => &["health", "http-path"],
             Key::HealthHttpHost => &["health", "http-host"],
             Key::HealthHttpStatus => &["health", "http-status"],
+            Key::HealthMysqlUser => &["health", "mysql-user"],
             Key::AgentPort => &["health", "agent-port"],
             Key::AgentInterval => &["health", "agent-interval"],
             Key::AgentSend => &["health", "agent-send"],

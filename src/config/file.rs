@@ -429,6 +429,7 @@ struct RawHealth {
     http_path: Option<HttpPath>,
     http_host: Option<Text>,
     http_status: Option<StatusRange>,
+    mysql_user: Option<MysqlUser>,
     agent_port: Option<Int<1, { u16::MAX as u64 }>>,
     agent_interval: Option<Dur>,
     agent_send: Option<Text>,
@@ -579,6 +580,7 @@ impl RawHealth {
                     http_path: h.http_path.map(|p| p.0),
                     http_host: h.http_host.map(|t| t.0),
                     http_status: h.http_status.map(|s| s.0),
+                    mysql_user: h.mysql_user.map(|u| u.0),
                 };
                 HealthConfig {
                     checks: h.enabled.unwrap_or(base.checks),
@@ -930,6 +932,23 @@ impl<'de> Deserialize<'de> for HttpPath {
                 ));
             }
             Ok(HttpPath(s.to_string()))
+        })
+    }
+}
+
+/// A MySQL user name: 1 to 80 bytes, no NUL (it goes in a packet as a C string).
+struct MysqlUser(String);
+
+impl<'de> Deserialize<'de> for MysqlUser {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a user name", |s| {
+            if s.is_empty() || s.len() > 80 || s.contains('\0') {
+                return Err(format!(
+                    "invalid user '{}': 1 to 80 bytes, no NUL",
+                    s.escape_default()
+                ));
+            }
+            Ok(MysqlUser(s.to_string()))
         })
     }
 }
@@ -1779,6 +1798,18 @@ http-status = "200-299"
                 6,
                 "frontend[0].health.http-status",
                 "needs preset",
+            ),
+            (
+                "mysql-user = \"x\"\n",
+                6,
+                "frontend[0].health.mysql-user",
+                "needs preset = \"mysql\"",
+            ),
+            (
+                "preset = \"mysql\"\nmysql-user = \"\"\n",
+                7,
+                "frontend[0].health.mysql-user",
+                "invalid user ''",
             ),
             (
                 "preset = \"redis\"\n[[frontend.health.steps]]\nsend = \"x\"\n",

@@ -174,6 +174,11 @@ fn check_health(
             "needs preset = \"http\"",
         ),
         (
+            Key::HealthMysqlUser,
+            c.mysql_user.is_some() && c.preset != Some(Preset::Mysql),
+            "needs preset = \"mysql\"",
+        ),
+        (
             Key::AgentInterval,
             h.agent_interval.is_some() && h.agent_port.is_none(),
             "needs agent-port",
