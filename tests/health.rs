@@ -441,6 +441,8 @@ fn mysql_and_postgres_checks_against_real_servers() {
 struct Agent {
     line: Arc<Mutex<String>>,
     asked: Arc<AtomicUsize>,
+    /// What the last check sent before reading the answer (agent-send).
+    heard: Arc<Mutex<Vec<u8>>>,
     _server: Backend,
 }
 
@@ -448,8 +450,15 @@ impl Agent {
     fn on(listener: TcpListener) -> Agent {
         let line = Arc::new(Mutex::new("up ready 100%".to_string()));
         let asked = Arc::new(AtomicUsize::new(0));
-        let (said, count) = (line.clone(), asked.clone());
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (said, count, got) = (line.clone(), asked.clone(), heard.clone());
         let server = Backend::spawn_on(listener, move |mut conn| {
+            let mut sent = Vec::new();
+            let mut byte = [0u8; 1];
+            while !sent.ends_with(b"\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                sent.push(byte[0]);
+            }
+            *got.lock().unwrap() = sent;
             let text = format!("{}\n", said.lock().unwrap());
             let _ = conn.write_all(text.as_bytes());
             let _ = conn.shutdown(Shutdown::Write);
@@ -458,6 +467,7 @@ impl Agent {
         Agent {
             line,
             asked,
+            heard,
             _server: server,
         }
     }
@@ -529,6 +539,7 @@ rise = 1
 fall = 1
 agent-port = {port}
 agent-interval = "50ms"
+agent-send = "web pool\n"
 "#
         ),
     );
@@ -554,6 +565,7 @@ agent-interval = "50ms"
         assert_eq!(status, 200, "{answer}");
     };
     agent_is("up", "ready", 100);
+    assert_eq!(agent_a.heard.lock().unwrap().as_slice(), b"web pool\n");
     wait_backend(admin, "web", &b.addr.to_string(), "agent seen", |e| {
         e["agent"]["state"] == "ready"
     });
@@ -729,6 +741,18 @@ expect-hex = "72 65 61 64 79"
     );
     status.store(204, Ordering::SeqCst);
     wait_backend(admin, "web", &web_addr, "up on 204", |b| b["up"] == true);
+    // A reload that changes the check: the new one runs from then on.
+    let path = dir.0.join("ringlb.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\"200-299\"", "\"200-203\"")).unwrap();
+    lb.signal("HUP");
+    let down = wait_backend(admin, "web", &web_addr, "down after the reload", |b| {
+        b["up"] == false
+    });
+    assert_eq!(
+        last_error(&down),
+        "check: HTTP status 204, not within 200-203"
+    );
 
     let flooded = wait_backend(admin, "steps", &flood.addr.to_string(), "failing", |b| {
         b["up"] == false && last_error(b).contains("65536 bytes read without")
