@@ -260,17 +260,18 @@ async fn agents(weak: Weak<Prober>, agent: AgentConfig) {
                 // checks test reachability (HAProxy does the same).
                 Err(err) => pool.set_last_error(i, err),
                 Ok(answer) => {
+                    let why = answer.description.as_ref().map(|d| format!(": {d}"));
+                    let why = why.unwrap_or_default();
+                    // The reason first, so no reader sees the backend down without it.
+                    if answer.up == Some(false) {
+                        pool.set_last_error(i, format!("agent: down{why}"));
+                    }
                     let Some(view) = pool.set_agent(i, answer.up, answer.state, answer.percent)
                     else {
                         continue;
                     };
                     let health = if view.up { "up" } else { "down" };
-                    let why = answer.description.map(|d| format!(": {d}"));
-                    let why = why.unwrap_or_default();
                     info!(backend = %addr, "backend {addr}: its agent says {health}, {}, {}%{why}", view.state, view.percent);
-                    if !view.up {
-                        pool.set_last_error(i, format!("agent: down{why}"));
-                    }
                 }
             }
         }
