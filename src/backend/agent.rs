@@ -5,7 +5,8 @@
 //!   agent sees it; down takes it out at once, up lets the health checks
 //!   decide again;
 //! - `ready`, `drain` or `maint`: the agent's administrative state;
-//! - `75%`: the agent's share of the backend's weight (0 to 256 %).
+//! - `75%`: the agent's share of the backend's weight (0 to 256 %);
+//! - `maxconn:N` is HAProxy's too: accepted and ignored.
 //!
 //! What a word does not mention stays as the agent last said it, and an
 //! agent that cannot be reached changes nothing (the health check tests
@@ -61,6 +62,11 @@ pub fn parse(line: &str) -> Result<Answer, String> {
             "ready" => answer.state = Some(AdminState::Ready),
             "drain" => answer.state = Some(AdminState::Drain),
             "maint" => answer.state = Some(AdminState::Maint),
+            // HAProxy's agents may also set a maxconn: accepted, not applied
+            // (max-conns is the config's), so such an answer still counts.
+            w if w
+                .strip_prefix("maxconn:")
+                .is_some_and(|n| n.parse::<u32>().is_ok()) => {}
             w => {
                 let percent = w
                     .strip_suffix('%')
@@ -140,6 +146,12 @@ mod tests {
             parse("up, ready\t50%").unwrap(),
             a(Some(true), Some(Ready), Some(50))
         );
+        assert_eq!(
+            parse("up maxconn:30 80%").unwrap(),
+            a(Some(true), None, Some(80)),
+            "maxconn is accepted, not applied"
+        );
+        assert!(parse("maxconn:lots").is_err());
         let d = parse("down #disk full").unwrap();
         assert_eq!(
             (d.up, d.description.as_deref()),
