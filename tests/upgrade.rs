@@ -119,6 +119,18 @@ fn long_transfer(addr: SocketAddr, total: usize, started: Arc<AtomicBool>) -> Re
     Ok(())
 }
 
+/// `ss`'s view of every TCP socket on `port`, for a failure message.
+fn sockets_on(port: u16) -> String {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    match std::process::Command::new("ss")
+        .args(["-tanpi", &filter])
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(err) => format!("(ss: {err})"),
+    }
+}
+
 fn ctl_args(ctl: &str) -> Vec<&str> {
     vec!["--control-socket", ctl, "--takeover", ctl]
 }
@@ -167,9 +179,19 @@ fn three_upgrades_under_load_refuse_and_reset_nothing() {
     let mut logs: Vec<String> = Vec::new();
     for workers in [1, 3, 2] {
         let before = tally.ok.load(Ordering::SeqCst);
-        wait_until("clients get through before the upgrade", || {
-            tally.ok.load(Ordering::SeqCst) >= before + 40 || tally.failed()
-        });
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while tally.ok.load(Ordering::SeqCst) < before + 40 && !tally.failed() {
+            // A client stuck this long: say where its connection sits (a
+            // listener's Recv-Q is its accept queue).
+            assert!(
+                std::time::Instant::now() < deadline,
+                "clients stuck before upgrade to {workers} workers\nsockets:\n{}\nlogs of the earlier generations:\n{}\nlog of the running one:\n{}",
+                sockets_on(addr.port()),
+                logs.join("\n---\n"),
+                old.log()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
         assert!(
             !tally.failed(),
             "clients failed: {:?}\nlogs of the earlier generations:\n{}\nlog of the running one:\n{}",
@@ -208,7 +230,8 @@ fn three_upgrades_under_load_refuse_and_reset_nothing() {
     while tally.ok.load(Ordering::SeqCst) < before + 40 && !tally.failed() {
         assert!(
             std::time::Instant::now() < deadline,
-            "clients stuck after the last upgrade\nlogs of the earlier generations:\n{}\nlog of the running one:\n{}",
+            "clients stuck after the last upgrade\nsockets:\n{}\nlogs of the earlier generations:\n{}\nlog of the running one:\n{}",
+            sockets_on(addr.port()),
             logs.join("\n---\n"),
             old.log()
         );
