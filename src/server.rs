@@ -256,6 +256,9 @@ pub fn run(
                 warn!(pid, %err, "hot upgrade: the old process did not confirm it stopped accepting")
             }
         }
+        // A client queued while the old process cancelled its accepts may
+        // have had its wake-up taken by one of them.
+        accepting.rearm();
         systemd(&[NotifyState::MainPid(std::process::id())]);
         if let Some(path) = &control_path {
             // Serving already: a control socket that cannot open costs the

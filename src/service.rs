@@ -29,6 +29,11 @@ pub trait Service {
     /// process's too) clients waiting in the kernel stay there for it.
     fn stop(&mut self, keep_open: bool) -> LocalFuture<'_>;
 
+    /// Submits every accept in flight afresh (see
+    /// [`crate::shutdown::Accepting::rearm`]); nothing for a transport
+    /// without accepts.
+    fn rearm(&self) {}
+
     /// Clients (connections, sessions) open now.
     fn open(&self) -> usize;
 

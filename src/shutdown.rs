@@ -88,6 +88,8 @@ pub struct Accepting {
     count: Mutex<usize>,
     /// Signalled when `count` reaches zero.
     none: Condvar,
+    /// Bumped to have every worker submit its accepts afresh.
+    rearm: watch::Sender<u64>,
 }
 
 impl Accepting {
@@ -97,6 +99,7 @@ impl Accepting {
             handed_over: AtomicBool::new(false),
             count: Mutex::new(workers),
             none: Condvar::new(),
+            rearm: watch::Sender::new(0),
         }
     }
 
@@ -118,6 +121,22 @@ impl Accepting {
         if *count == 0 {
             self.none.notify_all();
         }
+    }
+
+    /// Has every worker submit its accepts afresh: a hot upgrade's new
+    /// process calls it once the old one has stopped accepting. While the
+    /// old process cancelled its accepts on the shared listeners, one of
+    /// them could take the kernel's wake-up for a client (an io_uring
+    /// accept waits exclusively: one waiter is woken per arrival) and then
+    /// end cancelled, leaving that client queued with nobody woken for it
+    /// until the next arrival on the same socket. A fresh accept finds it.
+    pub fn rearm(&self) {
+        self.rearm.send_modify(|n| *n += 1);
+    }
+
+    /// What a worker watches for [`Accepting::rearm`].
+    pub fn rearmed(&self) -> watch::Receiver<u64> {
+        self.rearm.subscribe()
     }
 
     /// Waits up to `timeout` until no worker accepts; returns whether none does.

@@ -107,11 +107,13 @@ async fn serve(
     let drain_timeout = first.config.drain_timeout;
     drop(first);
 
+    let mut rearm = accepting.rearmed();
     let mut trim = tokio::time::interval(TRIM_INTERVAL);
     trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = trim.tick() => services.iter().for_each(|s| s.trim()),
+            Ok(()) = rearm.changed() => services.iter().for_each(|s| s.rearm()),
             changed = generations.changed() => {
                 if changed.is_err() {
                     break;

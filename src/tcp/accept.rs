@@ -70,6 +70,8 @@ pub(super) async fn accept_loop(
                 ));
             }
             Err(_) if *stopped.borrow() || *phase.borrow() >= Phase::Draining => break,
+            // Cancelled to be submitted afresh (`Running::rearm`).
+            Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(err) => {
                 let state = state.borrow().clone();
                 state.metrics().accept_errors.inc();

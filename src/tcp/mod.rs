@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_uring::net::TcpListener;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::ceiling::Ceiling;
 use crate::config::Protocol;
@@ -106,6 +106,12 @@ impl service::Service for TcpService {
         })
     }
 
+    fn rearm(&self) {
+        for (_, r) in &self.running {
+            r.rearm();
+        }
+    }
+
     fn open(&self) -> usize {
         self.registry.len()
     }
@@ -146,6 +152,20 @@ impl Running {
     /// them stay there for the new process. Either way an accept that had
     /// already taken a client still hands it over. On a kernel without
     /// cancellation by descriptor (before 5.19) the socket is shut down.
+    /// Cancels the accept in flight on each socket; its loop submits a new
+    /// one at once, which takes any client already queued.
+    fn rearm(&self) {
+        for (listener, _) in &self.sockets {
+            let listener = listener.clone();
+            tokio_uring::spawn(async move {
+                if let Err(err) = uring::cancel_all_on(listener.as_raw_fd()).await {
+                    debug!(%err, "cannot re-submit the accepts after a hot upgrade");
+                }
+                drop(listener);
+            });
+        }
+    }
+
     fn stop(&self, keep_open: bool) {
         self.stop.send_replace(true);
         for (listener, stopper) in &self.sockets {
