@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 
-use super::MAX_WEIGHT;
+use super::{Protocol, MAX_WEIGHT};
 
 /// A setting that validation can find wrong, named once for both layers: as
 /// a flag (or `--backend` option) and as a key path in the file.
@@ -73,6 +73,24 @@ pub enum Key {
     AgentInterval,
     /// `agent-send` (file only).
     AgentSend,
+    /// `buffer-size`.
+    BufferSize,
+    /// `max-queue`.
+    MaxQueue,
+    /// `send-proxy`.
+    SendProxy,
+    /// `accept-proxy`.
+    AcceptProxy,
+    /// `session-timeout`.
+    SessionTimeout,
+    /// `responses`.
+    Responses,
+    /// `max-sessions`.
+    MaxSessions,
+    /// `health-send`.
+    HealthSend,
+    /// `health-expect`.
+    HealthExpect,
 }
 
 impl Key {
@@ -110,6 +128,15 @@ impl Key {
             Key::AgentPort => "health agent-port",
             Key::AgentInterval => "health agent-interval",
             Key::AgentSend => "health agent-send",
+            Key::BufferSize => "buffer-size",
+            Key::MaxQueue => "max-queue",
+            Key::SendProxy => "send-proxy",
+            Key::AcceptProxy => "accept-proxy",
+            Key::SessionTimeout => "session-timeout",
+            Key::Responses => "responses",
+            Key::MaxSessions => "max-sessions",
+            Key::HealthSend => "health-send",
+            Key::HealthExpect => "health-expect",
         }
     }
 
@@ -147,6 +174,15 @@ impl Key {
             Key::AgentPort => &["health", "agent-port"],
             Key::AgentInterval => &["health", "agent-interval"],
             Key::AgentSend => &["health", "agent-send"],
+            Key::BufferSize => &["buffer-size"],
+            Key::MaxQueue => &["max-queue"],
+            Key::SendProxy => &["send-proxy"],
+            Key::AcceptProxy => &["accept-proxy"],
+            Key::SessionTimeout => &["session-timeout"],
+            Key::Responses => &["responses"],
+            Key::MaxSessions => &["max-sessions"],
+            Key::HealthSend => &["health-send"],
+            Key::HealthExpect => &["health-expect"],
         }
     }
 }
@@ -315,6 +351,23 @@ pub enum ConfigError {
         /// The name.
         name: String,
     },
+    /// A setting of one transport on a frontend of the other (a TCP-only
+    /// key on a UDP frontend, or the reverse).
+    #[error("--{} does not apply to a {protocol} frontend (--protocol {protocol})", .key.flag())]
+    WrongProtocol {
+        /// The frontend.
+        frontend: usize,
+        /// The setting.
+        key: Key,
+        /// The frontend's protocol.
+        protocol: Protocol,
+    },
+    /// health-expect without health-send.
+    #[error("--health-expect needs --health-send")]
+    ExpectWithoutSend {
+        /// The frontend.
+        frontend: usize,
+    },
     /// A backend's weight or max-conns out of its range.
     #[error("invalid backend option '{}={value}' for {addr}: {}", .key.flag(), self.reason())]
     BackendOutOfRange {
@@ -347,6 +400,10 @@ impl ConfigError {
             }
             ConfigError::TlvsNowhere { frontend } => (frontend, None, None, Key::ProxyTlvs),
             ConfigError::BurstWithoutRate { frontend } => (frontend, None, None, Key::RateBurst),
+            ConfigError::WrongProtocol { frontend, key, .. } => (frontend, None, None, key),
+            ConfigError::ExpectWithoutSend { frontend } => {
+                (frontend, None, None, Key::HealthExpect)
+            }
             ConfigError::NoBackend { frontend } => (frontend, None, None, Key::Backends),
             ConfigError::NoRoute { frontend } | ConfigError::RoutesWithoutRouteBy { frontend } => {
                 (frontend, None, None, Key::RouteBy)
@@ -407,6 +464,10 @@ impl ConfigError {
             ConfigError::EmptyRoute { .. } => "no backend: list at least one".into(),
             ConfigError::ProxyFromWithoutProxy { .. } => "needs accept-proxy = true".into(),
             ConfigError::BurstWithoutRate { .. } => "needs rate-per-source".into(),
+            ConfigError::WrongProtocol { protocol, .. } => {
+                format!("does not apply to a frontend with protocol = \"{protocol}\"")
+            }
+            ConfigError::ExpectWithoutSend { .. } => "needs health-send".into(),
             ConfigError::TlvsNowhere { .. } => {
                 "\"forward\" needs accept-proxy = true and send-proxy = \"v2\" (on the frontend or a route)".into()
             }
