@@ -1,0 +1,372 @@
+//! UDP load balancing: real UDP sockets on loopback through the real binary.
+//! Datagrams pass whole and byte-exact both ways, a cut one is dropped and
+//! counted, sessions end at their timeout or their replies, max-sessions
+//! drops and counts, balancing spreads and `hash` sticks, an unreachable
+//! backend is marked down, and a TCP and a UDP frontend share a port.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
+/// A UDP backend on loopback: echoes every datagram, after a tag byte when
+/// it has one; counts what it received.
+struct UdpBackend {
+    addr: SocketAddr,
+    received: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpBackend {
+    fn echo() -> UdpBackend {
+        UdpBackend::spawn("127.0.0.1:0", None)
+    }
+
+    fn tagged(tag: u8) -> UdpBackend {
+        UdpBackend::spawn("127.0.0.1:0", Some(tag))
+    }
+
+    fn spawn(at: &str, tag: Option<u8>) -> UdpBackend {
+        let socket = UdpSocket::bind(at).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let received = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (received.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 70_000];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+                let reply = match tag {
+                    Some(t) => [&[t][..], &buf[..n.min(MAX_DATAGRAM - 1)]].concat(),
+                    None => buf[..n].to_vec(),
+                };
+                let _ = socket.send_to(&reply, from);
+            }
+        });
+        UdpBackend {
+            addr,
+            received,
+            stop,
+        }
+    }
+
+    fn received(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for UdpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Display for UdpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// A client socket on loopback (of `to`'s family) that waits at most
+/// PATIENCE for a reply.
+fn client_for(to: SocketAddr) -> UdpSocket {
+    let socket = UdpSocket::bind(if to.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    })
+    .unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    socket
+}
+
+/// Sends `msg` to `to` from `client` and returns the reply and its source.
+fn exchange(client: &UdpSocket, to: SocketAddr, msg: &[u8]) -> (Vec<u8>, SocketAddr) {
+    client.send_to(msg, to).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = client.recv_from(&mut buf).expect("a reply");
+    buf.truncate(n);
+    (buf, from)
+}
+
+/// ringlb with a UDP frontend (and `--admin`) over `backends`, plus `args`.
+fn udp_lb<T: std::fmt::Display>(backends: &[T], args: &[&str]) -> Ringlb {
+    Ringlb::builder()
+        .arg("--protocol", "udp")
+        .backends(backends)
+        .admin()
+        .args(args)
+        .start()
+}
+
+fn metrics(lb: &Ringlb) -> String {
+    http_get(lb.admin_addr(), "/metrics").1
+}
+
+fn drops(lb: &Ringlb, reason: &str) -> u64 {
+    metric(
+        &metrics(lb),
+        &format!("ringlb_udp_drops_total{{frontend=\"default\",reason=\"{reason}\"}}"),
+    )
+}
+
+fn sessions_active(lb: &Ringlb) -> u64 {
+    metric(
+        &metrics(lb),
+        "ringlb_udp_sessions_active{frontend=\"default\"}",
+    )
+}
+
+#[test]
+fn datagrams_pass_whole_both_ways_and_replies_come_from_the_frontend() {
+    let backend = UdpBackend::echo();
+    let lb = udp_lb(&[&backend], &[]);
+    let client = client_for(lb.addr);
+    for len in [1, 1472, MAX_DATAGRAM] {
+        let msg = pattern(len as u64, len);
+        let (reply, from) = exchange(&client, lb.addr, &msg);
+        assert_eq!(reply.len(), len);
+        assert!(reply == msg, "{len} bytes came back changed");
+        assert_eq!(from, lb.addr, "the reply comes from the frontend's address");
+    }
+    // 200 clients at once: each its own session, each only its own replies.
+    let clients: Vec<UdpSocket> = (0..200).map(|_| client_for(lb.addr)).collect();
+    for (i, c) in clients.iter().enumerate() {
+        c.send_to(format!("client {i}").as_bytes(), lb.addr)
+            .unwrap();
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let mut buf = [0u8; 64];
+        let (n, _) = c.recv_from(&mut buf).expect("a reply");
+        assert_eq!(&buf[..n], format!("client {i}").as_bytes());
+    }
+    // A reply is counted once its send completed, which may be just after
+    // the client read it.
+    wait_until("every reply counted", || {
+        let text = metrics(&lb);
+        metric(&text, "ringlb_udp_sessions_total{frontend=\"default\"}") == 201
+            && metric(
+                &text,
+                "ringlb_udp_datagrams_total{frontend=\"default\",direction=\"out\"}",
+            ) == 203
+    });
+}
+
+#[test]
+fn a_wildcard_listen_replies_from_the_address_the_client_sent_to() {
+    let backend = UdpBackend::echo();
+    let lb = Ringlb::builder()
+        .arg("--protocol", "udp")
+        .arg("--listen", "0.0.0.0:0")
+        .backend(&backend)
+        .start();
+    let port = lb.addr.port();
+    // 127.0.0.2 is loopback too: the reply must come from it, not from 127.0.0.1.
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let to: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let client = client_for(to);
+        let (reply, from) = exchange(&client, to, b"where from");
+        assert_eq!((&reply[..], from), (&b"where from"[..], to));
+    }
+}
+
+#[test]
+fn a_cut_datagram_is_dropped_and_counted_not_forwarded() {
+    // Over IPv6 a UDP payload can be 65,527 bytes: more than the largest
+    // IPv4 one, and more than a datagram buffer holds.
+    let Ok(probe) = UdpSocket::bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback: skipped");
+        return;
+    };
+    drop(probe);
+    let backend = UdpBackend::echo();
+    let lb = Ringlb::builder()
+        .arg("--protocol", "udp")
+        .arg("--listen", "[::1]:0")
+        .backend(&backend)
+        .admin()
+        .start();
+    let client = client_for(lb.addr);
+    client.send_to(&vec![1u8; 65_527], lb.addr).unwrap();
+    wait_until("the cut datagram counted", || drops(&lb, "truncated") == 1);
+    // The next, whole one passes; the backend never saw the cut one.
+    let (reply, _) = exchange(&client, lb.addr, b"whole");
+    assert_eq!(reply, b"whole");
+    assert_eq!(backend.received(), 1);
+}
+
+#[test]
+fn a_session_ends_at_its_timeout_or_at_its_replies() {
+    let backend = UdpBackend::echo();
+    let lb = udp_lb(&[&backend], &["--session-timeout", "500ms", "--access-log"]);
+    let client = client_for(lb.addr);
+    assert_eq!(exchange(&client, lb.addr, b"a").0, b"a");
+    wait_until("the idle session ended", || sessions_active(&lb) == 0);
+    assert!(lb.log().contains("reason=session timeout"), "{}", lb.log());
+    assert!(
+        lb.log().contains("datagrams_in=1 datagrams_out=1"),
+        "{}",
+        lb.log()
+    );
+
+    let lb = udp_lb(&[&backend], &["--responses", "1", "--access-log"]);
+    for _ in 0..3 {
+        assert_eq!(exchange(&client, lb.addr, b"q").0, b"q");
+    }
+    wait_until("every session ended at its reply", || {
+        sessions_active(&lb) == 0
+            && metric(
+                &metrics(&lb),
+                "ringlb_udp_sessions_total{frontend=\"default\"}",
+            ) == 3
+    });
+    assert!(lb.log().contains("reason=responses"), "{}", lb.log());
+}
+
+#[test]
+fn max_sessions_drops_new_clients_and_counts_them() {
+    let backend = UdpBackend::echo();
+    let lb = udp_lb(&[&backend], &["--max-sessions", "2"]);
+    let (a, b, c) = (
+        client_for(lb.addr),
+        client_for(lb.addr),
+        client_for(lb.addr),
+    );
+    assert_eq!(exchange(&a, lb.addr, b"a").0, b"a");
+    assert_eq!(exchange(&b, lb.addr, b"b").0, b"b");
+    c.send_to(b"c", lb.addr).unwrap();
+    wait_until("the third client dropped", || {
+        drops(&lb, "session-limit") == 1
+    });
+    assert_eq!(backend.received(), 2);
+    // The open sessions go on.
+    assert_eq!(exchange(&a, lb.addr, b"again").0, b"again");
+}
+
+#[test]
+fn round_robin_spreads_sessions_and_hash_keeps_a_client_on_one_backend() {
+    let (one, two) = (UdpBackend::tagged(1), UdpBackend::tagged(2));
+    let tags = |lb: &Ringlb, clients: usize| -> Vec<u8> {
+        (0..clients)
+            .map(|_| {
+                let client = client_for(lb.addr);
+                exchange(&client, lb.addr, b"x").0[0]
+            })
+            .collect()
+    };
+    let lb = udp_lb(&[&one, &two], &["--workers", "1"]);
+    let seen = tags(&lb, 6);
+    assert!(seen.contains(&1) && seen.contains(&2), "{seen:?}");
+
+    // Every session a new client port, and sessions that end at their
+    // reply: hash on the client's IP still picks one backend.
+    let lb = udp_lb(&[&one, &two], &["--balance", "hash", "--responses", "1"]);
+    let seen = tags(&lb, 8);
+    assert!(seen.iter().all(|t| *t == seen[0]), "{seen:?}");
+}
+
+#[test]
+fn an_unreachable_backend_is_marked_down_and_new_sessions_avoid_it() {
+    let live = UdpBackend::tagged(1);
+    // A UDP port nothing listens on: the kernel answers ICMP port unreachable.
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let lb = udp_lb(
+        &[dead.to_string(), live.addr.to_string()],
+        &["--workers", "1", "--fall", "1", "--responses", "1"],
+    );
+    let series = format!("ringlb_backend_up{{frontend=\"default\",backend=\"{dead}\"}}");
+    // Round-robin sends some first datagrams to the dead backend, until
+    // its refusal takes it down.
+    wait_until("the dead backend marked down", || {
+        let client = client_for(lb.addr);
+        client
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let _ = client.send_to(b"x", lb.addr);
+        let mut buf = [0u8; 8];
+        let _ = client.recv_from(&mut buf);
+        metric(&metrics(&lb), &series) == 0
+    });
+    assert!(drops(&lb, "backend-unreachable") >= 1);
+    for _ in 0..4 {
+        let client = client_for(lb.addr);
+        assert_eq!(exchange(&client, lb.addr, b"x").0, [1, b'x']);
+    }
+}
+
+#[test]
+fn a_tcp_and_a_udp_frontend_share_one_port() {
+    let udp_backend = UdpBackend::echo();
+    let tcp_backend = Backend::echo();
+    // A port free for both: bound for UDP here, then released.
+    let port = loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if try_listen(format!("127.0.0.1:{port}").parse().unwrap()).is_ok() {
+            break port;
+        }
+    };
+    let dir = TempDir::new("udp-shared-port");
+    let config = dir.write(
+        "ringlb.toml",
+        &format!(
+            "[[frontend]]\nname = \"dns-tcp\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"{tcp_backend}\"]\n\n\
+             [[frontend]]\nname = \"dns-udp\"\nprotocol = \"udp\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"{udp_backend}\"]\n"
+        ),
+    );
+    let lb = Ringlb::builder().config(&config).start();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(lb.frontend_addr("dns-udp"), addr);
+    assert_eq!(echo_once(&lb, b"over tcp").unwrap(), b"over tcp");
+    let client = client_for(addr);
+    assert_eq!(exchange(&client, addr, b"over udp").0, b"over udp");
+}
+
+#[test]
+fn settings_of_the_other_protocol_are_refused() {
+    let (status, log) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--protocol",
+        "udp",
+        "--backend",
+        "127.0.0.1:53",
+        "--idle-timeout",
+        "1m",
+    ]);
+    assert!(!status.success());
+    assert!(
+        log.contains("--idle-timeout does not apply to a udp frontend"),
+        "{log}"
+    );
+    let (status, log) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "127.0.0.1:53",
+        "--max-sessions",
+        "5",
+    ]);
+    assert!(!status.success());
+    assert!(
+        log.contains("--max-sessions does not apply to a tcp frontend"),
+        "{log}"
+    );
+}
