@@ -27,7 +27,7 @@ use tracing::warn;
 
 use crate::backend::discovery;
 use crate::backend::pool::{Passive, Pool};
-use crate::backend::probe::Prober;
+use crate::backend::probe::{Check, Prober};
 use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig, Protocol};
 use crate::counters::Metrics;
 use crate::net::{self, BindError};
@@ -244,6 +244,9 @@ impl Generation {
                     && o.config.health == fe.health
                     && o.config.fail_timeout == fe.fail_timeout
                     && o.config.observe_l4 == fe.observe_l4
+                    && o.config.protocol == fe.protocol
+                    && o.config.udp.health_send == fe.udp.health_send
+                    && o.config.udp.health_expect == fe.udp.health_expect
                     && o.config.routes.len() == fe.routes.len()
                     && o.config.routes.iter().zip(&fe.routes).all(|(a, b)| {
                         a.backends == b.backends && a.label() == b.label() && a.health == b.health
@@ -432,9 +435,16 @@ fn new_pool(
     if let Some((o, _)) = old {
         pool.carry_health_from(o);
     }
+    let check = match (&fe.protocol, &fe.udp.health_send) {
+        (Protocol::Udp, Some(send)) => Check::Datagram {
+            send: send.clone(),
+            expect: fe.udp.health_expect.clone(),
+        },
+        _ => Check::Connect,
+    };
     let kept = old
         .and_then(|(_, prober)| prober)
-        .filter(|p| *p.health() == *health);
+        .filter(|p| *p.health() == *health && *p.check() == check);
     let prober = match kept {
         // Nothing to check: no thread, unless one follows the slot already
         // (a name without addresses for now).
@@ -448,7 +458,7 @@ fn new_pool(
                 Some(route) => format!("{} route {route}", fe.name),
                 None => fe.name.clone(),
             };
-            let prober = Prober::new(&pool, name, health.clone());
+            let prober = Prober::new(&pool, name, health.clone(), check);
             probes.start.push(prober.clone());
             prober
         }

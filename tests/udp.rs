@@ -370,3 +370,67 @@ fn settings_of_the_other_protocol_are_refused() {
         "{log}"
     );
 }
+
+#[test]
+fn a_payload_check_takes_a_silent_backend_down_and_brings_it_back() {
+    let live = UdpBackend::echo();
+    // A UDP port nothing listens on, for now.
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let lb = udp_lb(
+        &[dead.to_string(), live.addr.to_string()],
+        &[
+            "--health-send",
+            "hex:70 69 6e 67",
+            "--health-expect",
+            "ping",
+            "--health-interval",
+            "50ms",
+            "--rise",
+            "1",
+            "--fall",
+            "1",
+        ],
+    );
+    let up = |addr: SocketAddr| {
+        metric(
+            &metrics(&lb),
+            &format!("ringlb_backend_up{{frontend=\"default\",backend=\"{addr}\"}}"),
+        )
+    };
+    wait_until("the silent backend down", || up(dead) == 0);
+    assert_eq!(up(live.addr), 1);
+    assert!(live.received() > 0, "the live backend was checked");
+    // Every new session goes to the live backend meanwhile.
+    for _ in 0..4 {
+        let client = client_for(lb.addr);
+        assert_eq!(exchange(&client, lb.addr, b"q").0, b"q");
+    }
+    let revived = UdpBackend::spawn(&dead.to_string(), None);
+    wait_until("the revived backend up", || up(dead) == 1);
+    assert!(revived.received() > 0);
+
+    // A reply that does not start with health-expect fails the check.
+    let lb = udp_lb(
+        &[&live],
+        &[
+            "--health-send",
+            "ping",
+            "--health-expect",
+            "pong",
+            "--health-interval",
+            "50ms",
+            "--fall",
+            "1",
+        ],
+    );
+    let series = format!(
+        "ringlb_backend_up{{frontend=\"default\",backend=\"{}\"}}",
+        live.addr
+    );
+    wait_until("the wrong answer takes it down", || {
+        metric(&metrics(&lb), &series) == 0
+    });
+}

@@ -70,7 +70,7 @@ impl Datagram {
     }
 
     /// Sets the bytes to send (at most [`MAX_DATAGRAM`] are kept).
-    #[cfg_attr(not(test), allow(dead_code))] // the UDP health check is next
+    #[cfg(test)]
     pub fn set_bytes(&mut self, bytes: &[u8]) {
         self.data.clear();
         self.data
