@@ -35,6 +35,11 @@ impl UdpBackend {
     }
 
     fn spawn(at: &str, tag: Option<u8>) -> UdpBackend {
+        UdpBackend::slow(at, tag, Duration::ZERO)
+    }
+
+    /// One that waits `delay` before each reply.
+    fn slow(at: &str, tag: Option<u8>, delay: Duration) -> UdpBackend {
         let socket = UdpSocket::bind(at).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
@@ -50,6 +55,7 @@ impl UdpBackend {
                     continue;
                 };
                 count.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(delay);
                 let reply = match tag {
                     Some(t) => [&[t][..], &buf[..n.min(MAX_DATAGRAM - 1)]].concat(),
                     None => buf[..n].to_vec(),
@@ -433,4 +439,67 @@ fn a_payload_check_takes_a_silent_backend_down_and_brings_it_back() {
     wait_until("the wrong answer takes it down", || {
         metric(&metrics(&lb), &series) == 0
     });
+}
+
+#[test]
+fn a_reload_adds_and_removes_a_udp_frontend() {
+    let tcp_backend = Backend::echo();
+    let udp_backend = UdpBackend::echo();
+    let dir = TempDir::new("udp-reload");
+    let web = format!(
+        "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"{tcp_backend}\"]\n"
+    );
+    let dns = format!(
+        "\n[[frontend]]\nname = \"dns\"\nprotocol = \"udp\"\nlisten = \"127.0.0.1:0\"\n\
+         backends = [\"{udp_backend}\"]\nresponses = 1\n"
+    );
+    let path = dir.write("ringlb.toml", &web);
+    let lb = Ringlb::builder().config(&path).start();
+    std::fs::write(&path, format!("{web}{dns}")).unwrap();
+    lb.signal("HUP");
+    let addr = lb.frontend_addr("dns");
+    let client = client_for(addr);
+    assert_eq!(exchange(&client, addr, b"added").0, b"added");
+
+    std::fs::write(&path, &web).unwrap();
+    lb.signal("HUP");
+    wait_until("dns gone from the ready file", || {
+        lb.ready_addrs().iter().all(|(name, _)| name != "dns")
+    });
+    // Its socket is closed: the kernel answers port unreachable.
+    let connected = client_for(addr);
+    connected.connect(addr).unwrap();
+    connected
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    wait_until("the removed frontend's port closed", || {
+        let _ = connected.send(b"gone?");
+        let mut buf = [0u8; 16];
+        matches!(connected.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    assert_eq!(echo_once(&lb, b"tcp stays").unwrap(), b"tcp stays");
+}
+
+#[test]
+fn a_drain_answers_the_query_in_flight_and_ends_idle_sessions() {
+    let backend = UdpBackend::slow("127.0.0.1:0", None, Duration::from_millis(300));
+    // A drain held up by a session would outlast the test's patience.
+    let mut lb = Ringlb::builder()
+        .arg("--protocol", "udp")
+        .arg("--drain-timeout", "120s")
+        .backend(&backend)
+        .start();
+    // An idle session of another client, which must not hold the drain up
+    // for its 60 s timeout.
+    let idle = client_for(lb.addr);
+    assert_eq!(exchange(&idle, lb.addr, b"idle").0, b"idle");
+    let client = client_for(lb.addr);
+    client.send_to(b"in flight", lb.addr).unwrap();
+    wait_until("the query reached the backend", || backend.received() == 2);
+    lb.signal("TERM");
+    let mut buf = [0u8; 64];
+    let (n, _) = client.recv_from(&mut buf).expect("the answer");
+    assert_eq!(&buf[..n], b"in flight");
+    assert!(lb.wait().success());
+    assert!(!lb.log().contains("drain timeout"), "{}", lb.log());
 }
