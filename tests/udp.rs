@@ -503,3 +503,193 @@ fn a_drain_answers_the_query_in_flight_and_ends_idle_sessions() {
     assert!(lb.wait().success());
     assert!(!lb.log().contains("drain timeout"), "{}", lb.log());
 }
+
+#[test]
+fn a_hot_upgrade_takes_the_udp_socket_and_loses_no_query() {
+    let backend = UdpBackend::slow("127.0.0.1:0", None, Duration::from_millis(20));
+    let dir = TempDir::new("udp-upgrade");
+    let ctl = dir.0.join("ctl");
+    let ctl = ctl.to_str().unwrap().to_string();
+    let start = || {
+        Ringlb::builder()
+            .arg("--protocol", "udp")
+            .arg("--responses", "1")
+            .arg("--control-socket", &ctl)
+            .arg("--takeover", &ctl)
+            .backend(&backend)
+            .workers(2)
+            .start()
+    };
+    let mut old = start();
+    let addr = old.addr;
+    // Queries one after another, each from a fresh port as a stub resolver
+    // sends them, across the upgrade; every one must be answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let queries = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        thread::spawn(move || -> Result<(), String> {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let client = client_for(addr);
+                let msg = format!("query {i}");
+                client.send_to(msg.as_bytes(), addr).unwrap();
+                let mut buf = [0u8; 64];
+                match client.recv_from(&mut buf) {
+                    Ok((n, _)) if &buf[..n] == msg.as_bytes() => {}
+                    other => return Err(format!("{msg}: {other:?}")),
+                }
+                answered.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+            Ok(())
+        })
+    };
+    wait_until("queries answered before the upgrade", || {
+        answered.load(Ordering::SeqCst) >= 10 || queries.is_finished()
+    });
+    let new = start();
+    assert_eq!(new.addr, addr, "the new process serves the same port");
+    assert!(old.wait().success(), "{}", old.log());
+    let before = answered.load(Ordering::SeqCst);
+    wait_until("queries answered after the upgrade", || {
+        answered.load(Ordering::SeqCst) >= before + 10 || queries.is_finished()
+    });
+    stop.store(true, Ordering::SeqCst);
+    queries.join().unwrap().unwrap_or_else(|err| {
+        panic!(
+            "a query was lost: {err}\nold:\n{}\nnew:\n{}",
+            old.log(),
+            new.log()
+        )
+    });
+}
+
+/// A free port on 127.0.0.1 for both UDP and TCP (released, so a server can
+/// take it).
+fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if try_listen(format!("127.0.0.1:{port}").parse().unwrap()).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A real authoritative DNS server (NSD) on loopback serving `bench.test`,
+/// killed on drop.
+struct Nsd {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Nsd {
+    fn start() -> Nsd {
+        let dir = TempDir::new("nsd");
+        let port = free_udp_and_tcp_port();
+        dir.write(
+            "bench.test.zone",
+            "$ORIGIN bench.test.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 300\n\
+             @ IN NS ns1\nns1 IN A 127.0.0.1\nwww IN A 192.0.2.1\nwww IN AAAA 2001:db8::1\n\
+             txt IN TXT \"ringlb udp\"\n",
+        );
+        let d = dir.0.display();
+        let conf = dir.write(
+            "nsd.conf",
+            &format!(
+                "server:\n  ip-address: 127.0.0.1@{port}\n  server-count: 1\n  zonesdir: \"{d}\"\n\
+                 database: \"\"\n  pidfile: \"{d}/nsd.pid\"\n  username: \"\"\n  chroot: \"\"\n\
+                 logfile: \"{d}/nsd.log\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n\
+                 zonelistfile: \"{d}/zone.list\"\n  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n\
+                 remote-control:\n  control-enable: no\nzone:\n  name: bench.test\n  zonefile: bench.test.zone\n"
+            ),
+        );
+        let child = std::process::Command::new("nsd")
+            .args(["-d", "-c", conf.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nsd (Debian package nsd) runs");
+        let nsd = Nsd {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_until("nsd answers", || {
+            !kdig(nsd.port, "www.bench.test", "A").is_empty()
+        });
+        nsd
+    }
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kdig's short answer for `name`/`kind` at 127.0.0.1:`port` over UDP.
+fn kdig(port: u16, name: &str, kind: &str) -> String {
+    let out = std::process::Command::new("kdig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+notcp",
+            "+short",
+            "+timeout=1",
+            "+retry=0",
+            name,
+            kind,
+        ])
+        .output()
+        .expect("kdig (Debian package knot-dnsutils) runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_real_dns_server_answers_through_ringlb_and_dnsperf_loses_nothing() {
+    let nsd = Nsd::start();
+    let lb = Ringlb::builder()
+        .arg("--protocol", "udp")
+        .arg("--responses", "1")
+        .backend(format!("127.0.0.1:{}", nsd.port))
+        .admin()
+        .start();
+    let port = lb.addr.port();
+    for (name, kind, answer) in [
+        ("www.bench.test", "A", "192.0.2.1"),
+        ("www.bench.test", "AAAA", "2001:db8::1"),
+        ("txt.bench.test", "TXT", "\"ringlb udp\""),
+    ] {
+        assert_eq!(kdig(nsd.port, name, kind), answer, "direct");
+        assert_eq!(kdig(port, name, kind), answer, "through ringlb");
+    }
+    // dnsperf at a rate the server sustains: every query answered.
+    let dir = TempDir::new("dnsperf");
+    let queries = dir.write("queries", "www.bench.test A\ntxt.bench.test TXT\n");
+    let out = std::process::Command::new("dnsperf")
+        .args(["-s", "127.0.0.1", "-p", &port.to_string(), "-d"])
+        .arg(&queries)
+        .args(["-l", "2", "-Q", "2000", "-c", "4", "-t", "2"])
+        .output()
+        .expect("dnsperf (Debian package dnsperf) runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{report}"))
+    };
+    assert!(field("Queries sent:") > 0, "{report}");
+    assert_eq!(field("Queries lost:"), 0, "{report}");
+    assert_eq!(
+        field("Queries completed:"),
+        field("Queries sent:"),
+        "{report}"
+    );
+}
