@@ -20,6 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::rc::Rc;
@@ -229,21 +230,22 @@ impl std::fmt::Display for Ended {
     }
 }
 
-/// One client address's session.
+/// One client address's session. Its operations on the backend socket
+/// name the session itself (it is the socket, [`AsRawFd`]), so the socket
+/// needs no allocation of its own and lives while any is in flight.
 pub struct Session {
-    /// Its table key.
-    key: Key,
-    /// The client's address as the frontend socket reports it (replies go there).
+    /// Its frontend socket group (the first half of its table key).
+    group: u64,
+    /// The client's address as the frontend socket reports it (replies go
+    /// there; the second half of its table key).
     peer: SocketAddr,
-    /// The same, canonical (IPv4 as IPv4), for logs, hashing and rules.
-    client: SocketAddr,
     /// The address the client sent to, when the socket reports it (a
     /// wildcard listen): replies leave from it.
     local: Option<IpAddr>,
     /// The frontend socket the client's datagrams came in on.
     front: Rc<Socket>,
     /// Connected to the backend.
-    back: Rc<Socket>,
+    back: Socket,
     /// The generation it opened under.
     state: Rc<FrontendState>,
     /// The backend's slot (its index and pool); held while open.
@@ -268,7 +270,23 @@ pub struct Session {
     ended: Cell<Option<Ended>>,
 }
 
+impl AsRawFd for Session {
+    fn as_raw_fd(&self) -> RawFd {
+        self.back.as_raw_fd()
+    }
+}
+
 impl Session {
+    /// Its table key.
+    fn key(&self) -> Key {
+        (self.group, self.peer)
+    }
+
+    /// The client's address, canonical (IPv4 as IPv4), for logs.
+    fn client(&self) -> SocketAddr {
+        SocketAddr::new(self.peer.ip().to_canonical(), self.peer.port())
+    }
+
     /// Ends the session (the first reason stays): it leaves the table, and
     /// shutting its socket down completes the poll its task waits on.
     fn end(&self, sessions: &Sessions, why: Ended) {
@@ -278,10 +296,10 @@ impl Session {
         self.ended.set(Some(why));
         let mut table = sessions.by_client.borrow_mut();
         if table
-            .get(&self.key)
+            .get(&self.key())
             .is_some_and(|s| std::ptr::eq(Rc::as_ptr(s), self))
         {
-            table.remove(&self.key);
+            table.remove(&self.key());
         }
         drop(table);
         let _ = self.back.shutdown(Shutdown::Both);
@@ -350,7 +368,7 @@ pub async fn forward(
     let len = buf.bytes().len() as u64;
     session.requests.set(session.requests.get() + 1);
     session.last.set(Instant::now());
-    let (res, buf) = uring::send_msg(&session.back, buf, None, None).await;
+    let (res, buf) = uring::send_msg(&session, buf, None, None).await;
     let state = &*session.state;
     match res {
         Ok(_) => {
@@ -420,12 +438,11 @@ fn open(
     };
     let now = Instant::now();
     let session = Rc::new(Session {
-        key: (group, peer),
+        group,
         peer,
-        client,
         local,
         front: front.clone(),
-        back: Rc::new(back),
+        back,
         state: fe.clone(),
         lease,
         _permit: permit,
@@ -441,7 +458,7 @@ fn open(
     sessions
         .by_client
         .borrow_mut()
-        .insert(session.key, session.clone());
+        .insert(session.key(), session.clone());
     sessions.open.set(sessions.open.get() + 1);
     let m = fe.metrics();
     m.udp_sessions_total.inc();
@@ -467,7 +484,7 @@ async fn replies(session: Rc<Session>, sessions: Rc<Sessions>) {
     let responses = fe.frontend.config.udp.responses.map(u64::from);
     let mut answered = false;
     'session: while session.ended.get().is_none() {
-        let polled = uring::poll_readable(&session.back).await;
+        let polled = uring::poll_readable(&session).await;
         if session.ended.get().is_some() {
             break;
         }
@@ -477,7 +494,7 @@ async fn replies(session: Rc<Session>, sessions: Rc<Sessions>) {
         }
         // Everything queued, then wait again.
         loop {
-            let (res, buf) = uring::recv_msg(&session.back, sessions.take_buffer(), true).await;
+            let (res, buf) = uring::recv_msg(&session, sessions.take_buffer(), true).await;
             let arrival = match res {
                 Ok(arrival) => arrival,
                 Err(err) => {
@@ -517,7 +534,7 @@ async fn replies(session: Rc<Session>, sessions: Rc<Sessions>) {
                 Err(err) => {
                     fe.metrics().client_errors.inc();
                     if let Some(suppressed) = fe.warning.allow(Instant::now()) {
-                        warn!(%err, suppressed, frontend = fe.name(), client = %session.client, "cannot send a reply to the client");
+                        warn!(%err, suppressed, frontend = fe.name(), client = %session.client(), "cannot send a reply to the client");
                     }
                 }
             }
@@ -554,7 +571,7 @@ fn log_close(session: &Session) {
         ($($level_and_target:tt)*) => {
             tracing::event!(
                 $($level_and_target)*
-                client = %session.client,
+                client = %session.client(),
                 frontend = fe.name(),
                 backend = %backend,
                 datagrams_in,
@@ -571,5 +588,27 @@ fn log_close(session: &Session) {
         line!(target: ACCESS_TARGET, tracing::Level::INFO,);
     } else {
         line!(tracing::Level::DEBUG,);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn future_size<A, B, F: std::future::Future>(_f: fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle session costs its struct, its task (the `replies` future
+    /// waiting on a poll) and its table entry: these two bound most of it
+    /// (docs/operations.md gives the measured total per session).
+    #[test]
+    fn an_idle_session_stays_small() {
+        let (session, task) = (
+            std::mem::size_of::<super::Session>(),
+            future_size(super::replies),
+        );
+        assert!(
+            session <= 192 && task <= 256,
+            "session {session} B, task {task} B"
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! moves into the driver with the operation together with a reference to
 //! the socket: both outlive the operation even if its future is dropped.
 
+use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::mem;
@@ -92,11 +93,13 @@ pub struct Arrival {
 
 /// Receives one datagram on `sock` into `buf` (IORING_OP_RECVMSG). With
 /// `dont_wait`, a socket with nothing queued completes at once with EAGAIN.
-pub async fn recv_msg<S: AsRawFd + 'static>(
+/// Submitted at the call; the future holds only the operation in flight
+/// (an idle session's task waits on one of these three).
+pub fn recv_msg<S: AsRawFd + 'static>(
     sock: &Rc<S>,
     mut buf: Box<Datagram>,
     dont_wait: bool,
-) -> (io::Result<Arrival>, Box<Datagram>) {
+) -> impl Future<Output = (io::Result<Arrival>, Box<Datagram>)> {
     let d = &mut *buf;
     d.data.clear();
     d.iov = libc::iovec {
@@ -117,22 +120,23 @@ pub async fn recv_msg<S: AsRawFd + 'static>(
         .build();
     // The socket (so its descriptor stays open) and the box move into the
     // driver until the kernel completes the receive.
-    let (res, (_, buf)) =
-        UnsubmittedOneshot::new((sock.clone(), buf), RecvMsgDone(PhantomData), sqe)
-            .submit()
-            .await;
-    (res, buf)
+    let op = UnsubmittedOneshot::new((sock.clone(), buf), RecvMsgDone(PhantomData), sqe).submit();
+    async move {
+        let (res, (_, buf)) = op.await;
+        (res, buf)
+    }
 }
 
 /// Sends `buf`'s bytes on `sock` as one datagram (IORING_OP_SENDMSG): to
 /// `to`, or the socket's peer when `None`; from the local address `from`
 /// when given (IP_PKTINFO / IPV6_PKTINFO), else the socket's own.
-pub async fn send_msg<S: AsRawFd + 'static>(
+/// Submitted at the call.
+pub fn send_msg<S: AsRawFd + 'static>(
     sock: &Rc<S>,
     mut buf: Box<Datagram>,
     to: Option<SocketAddr>,
     from: Option<IpAddr>,
-) -> (io::Result<usize>, Box<Datagram>) {
+) -> impl Future<Output = (io::Result<usize>, Box<Datagram>)> {
     let d = &mut *buf;
     d.iov = libc::iovec {
         iov_base: d.data.as_mut_ptr().cast(),
@@ -166,22 +170,20 @@ pub async fn send_msg<S: AsRawFd + 'static>(
     let sqe = opcode::SendMsg::new(types::Fd(sock.as_raw_fd()), hdr)
         .flags(libc::MSG_NOSIGNAL as u32)
         .build();
-    let (res, (_, buf)) =
-        UnsubmittedOneshot::new((sock.clone(), buf), SendMsgDone(PhantomData), sqe)
-            .submit()
-            .await;
-    (res, buf)
+    let op = UnsubmittedOneshot::new((sock.clone(), buf), SendMsgDone(PhantomData), sqe).submit();
+    async move {
+        let (res, (_, buf)) = op.await;
+        (res, buf)
+    }
 }
 
 /// Waits until `sock` is readable or has an error pending (a connected UDP
 /// socket's ICMP unreachable), holding no buffer (IORING_OP_POLL_ADD).
-/// Resolves to the poll mask.
-pub async fn poll_readable<S: AsRawFd + 'static>(sock: &Rc<S>) -> io::Result<u32> {
+/// Resolves to the poll mask. Submitted at the call.
+pub fn poll_readable<S: AsRawFd + 'static>(sock: &Rc<S>) -> impl Future<Output = io::Result<u32>> {
     let mask = (libc::POLLIN | libc::POLLERR | libc::POLLHUP) as u32;
     let sqe = opcode::PollAdd::new(types::Fd(sock.as_raw_fd()), mask).build();
-    UnsubmittedOneshot::new(sock.clone(), PollDone(PhantomData), sqe)
-        .submit()
-        .await
+    UnsubmittedOneshot::new(sock.clone(), PollDone(PhantomData), sqe).submit()
 }
 
 /// Writes `addr` as a `sockaddr_in` or `sockaddr_in6`; returns its length.
