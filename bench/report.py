@@ -191,8 +191,8 @@ def notes(w, layout, med, peers, meta):
         cpu = ratio(med.get((layout, "ringlb", "udp_cpu_s_per_100k")),
                     med.get((layout, "nginx", "udp_cpu_s_per_100k")))
         w(f"- udp: ringlb ÷ nginx: {fmt_ratio(ratio(ringlb_qps, nginx_qps))} the queries/s, "
-          f"{fmt_ratio(cpu)} the proxy CPU per 100k queries. HAProxy has no UDP (its "
-          "community edition proxies TCP only).")
+          f"{fmt_ratio(cpu)} the proxy CPU per 100k queries (the DNS backend: one NSD "
+          "process). HAProxy has no UDP (its community edition proxies TCP only).")
     cpus = meta.get(f"load_cpus:{layout}")
     hi = (meta.get("scale_workers", "1 2").split() + ["2"])[1]
     if any((layout, p, "scale_factor") in med for p in peers) and cpus and int(cpus) < int(hi):

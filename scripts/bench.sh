@@ -718,16 +718,17 @@ measure_udp() {
     fi
     cpu1=$(peer_cpu "$name")
     record "$r" "$p" udp_qps "${D[qps]}"
-    [[ -n $cpu0 && -n $cpu1 ]] &&
-        record "$r" "$p" udp_cpu_s_per_100k "$(calc "($cpu1 - $cpu0) / ${D[completed]} * 100000")"
-    local qps=${D[qps]}
+    local qps=${D[qps]} per100k=""
+    if [[ -n $cpu0 && -n $cpu1 ]]; then
+        per100k=$(calc "($cpu1 - $cpu0) / ${D[completed]} * 100000")
+        record "$r" "$p" udp_cpu_s_per_100k "$per100k"
+    fi
     if run_dnsperf "$port" "$DURATION" -Q "$UDP_RATE" -v; then
         record "$r" "$p" udp_p99_ms "${D[p99_ms]}"
         record "$r" "$p" udp_lost "${D[lost]}"
     fi
     log "$(printf '  %-8s udp: %.0f queries/s; at %s/s p99 %.3f ms, %s lost' "$p" "$qps" "$UDP_RATE" \
-        "${D[p99_ms]:-0}" "${D[lost]:-?}")${cpu0:+$(printf ', proxy CPU %.3f s / 100k queries' \
-        "$(calc "($cpu1 - $cpu0) / 1000")")}"
+        "${D[p99_ms]:-0}" "${D[lost]:-?}")${per100k:+$(printf ', proxy CPU %.3f s / 100k queries' "$per100k")}"
     [[ $p == direct ]] || check_alive "$p" "$r" "$name" || true
 }
 

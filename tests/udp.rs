@@ -693,3 +693,36 @@ fn a_real_dns_server_answers_through_ringlb_and_dnsperf_loses_nothing() {
         "{report}"
     );
 }
+
+#[test]
+fn a_flood_from_many_ports_stays_within_max_sessions_and_open_sessions_go_on() {
+    let backend = UdpBackend::echo();
+    let lb = udp_lb(&[&backend], &["--max-sessions", "50"]);
+    // A real client first, whose session must survive the flood.
+    let real = client_for(lb.addr);
+    assert_eq!(exchange(&real, lb.addr, b"before").0, b"before");
+    // 2,000 datagrams of random-looking bytes, each from a port of its
+    // own, in bursts of 50 that the socket's buffer holds whole; each
+    // burst is accounted for before the next.
+    let series = "ringlb_udp_sessions_total{frontend=\"default\"}";
+    let datagrams_in = "ringlb_udp_datagrams_total{frontend=\"default\",direction=\"in\"}";
+    let mut sent = 1u64;
+    for burst in 0..40u64 {
+        let sockets: Vec<UdpSocket> = (0..50).map(|_| client_for(lb.addr)).collect();
+        for (i, s) in sockets.iter().enumerate() {
+            let junk = pattern(burst * 50 + i as u64, 1 + (i * 37) % 512);
+            s.send_to(&junk, lb.addr).unwrap();
+            sent += 1;
+        }
+        wait_until("the burst opened sessions or was dropped", || {
+            // (A port the kernel hands out again joins its session.)
+            let relayed = metric(&metrics(&lb), datagrams_in);
+            relayed + drops(&lb, "session-limit") == sent
+        });
+    }
+    let text = metrics(&lb);
+    assert!(metric(&text, series) <= 50, "{text}");
+    assert!(sessions_active(&lb) <= 50);
+    assert!(drops(&lb, "session-limit") >= sent - 2 * 50);
+    assert_eq!(exchange(&real, lb.addr, b"after").0, b"after");
+}
