@@ -726,3 +726,43 @@ fn a_flood_from_many_ports_stays_within_max_sessions_and_open_sessions_go_on() {
     assert!(drops(&lb, "session-limit") >= sent - 2 * 50);
     assert_eq!(exchange(&real, lb.addr, b"after").0, b"after");
 }
+
+#[test]
+fn send_proxy_v2_puts_the_datagram_header_in_front_of_each_datagram() {
+    // An echo backend sends back what it got: the header and the payload.
+    let backend = UdpBackend::echo();
+    let lb = udp_lb(&[&backend], &["--send-proxy", "v2"]);
+    let client = client_for(lb.addr);
+    let me = client.local_addr().unwrap();
+    for payload in [&b"first"[..], &b"second"[..]] {
+        let (got, _) = exchange(&client, lb.addr, payload);
+        let mut want = b"\r\n\r\n\x00\r\nQUIT\n".to_vec();
+        // v2 PROXY, UDP over IPv4, 12 bytes of addresses.
+        want.extend_from_slice(&[0x21, 0x12, 0, 12]);
+        want.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+        want.extend_from_slice(&me.port().to_be_bytes());
+        want.extend_from_slice(&lb.addr.port().to_be_bytes());
+        want.extend_from_slice(payload);
+        assert_eq!(got, want);
+    }
+    // With the header, the largest datagram no longer fits: dropped, counted.
+    client.send_to(&vec![0u8; MAX_DATAGRAM], lb.addr).unwrap();
+    wait_until("the datagram too large for its header counted", || {
+        drops(&lb, "truncated") == 1
+    });
+    let (status, log) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--protocol",
+        "udp",
+        "--backend",
+        "127.0.0.1:53",
+        "--send-proxy",
+        "v1",
+    ]);
+    assert!(!status.success());
+    assert!(
+        log.contains("--send-proxy v1 has no datagram form"),
+        "{log}"
+    );
+}

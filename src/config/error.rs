@@ -362,6 +362,12 @@ pub enum ConfigError {
         /// The frontend's protocol.
         protocol: Protocol,
     },
+    /// send-proxy v1 on a UDP frontend: only v2 has a datagram form.
+    #[error("--send-proxy v1 has no datagram form: a udp frontend sends v2")]
+    ProxyV1Datagram {
+        /// The frontend.
+        frontend: usize,
+    },
     /// health-expect without health-send.
     #[error("--health-expect needs --health-send")]
     ExpectWithoutSend {
@@ -404,6 +410,7 @@ impl ConfigError {
             ConfigError::ExpectWithoutSend { frontend } => {
                 (frontend, None, None, Key::HealthExpect)
             }
+            ConfigError::ProxyV1Datagram { frontend } => (frontend, None, None, Key::SendProxy),
             ConfigError::NoBackend { frontend } => (frontend, None, None, Key::Backends),
             ConfigError::NoRoute { frontend } | ConfigError::RoutesWithoutRouteBy { frontend } => {
                 (frontend, None, None, Key::RouteBy)
@@ -468,6 +475,9 @@ impl ConfigError {
                 format!("does not apply to a frontend with protocol = \"{protocol}\"")
             }
             ConfigError::ExpectWithoutSend { .. } => "needs health-send".into(),
+            ConfigError::ProxyV1Datagram { .. } => {
+                "\"v1\" has no datagram form: a udp frontend sends \"v2\"".into()
+            }
             ConfigError::TlvsNowhere { .. } => {
                 "\"forward\" needs accept-proxy = true and send-proxy = \"v2\" (on the frontend or a route)".into()
             }

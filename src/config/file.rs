@@ -1411,8 +1411,9 @@ health = { enabled = false, interval = "0s" }
             Path::new("examples/ringlb.toml"),
         )
         .unwrap();
-        assert_eq!(c.frontends.len(), 3);
+        assert_eq!(c.frontends.len(), 4);
         assert_eq!(c.frontends[2].routes.len(), 2);
+        assert_eq!(c.frontends[3].protocol, Protocol::Udp);
     }
 
     #[test]

@@ -28,6 +28,9 @@ impl Config {
                     protocol: fe.protocol,
                 });
             }
+            if fe.protocol == Protocol::Udp && fe.send_proxy == Some(ProxyVersion::V1) {
+                return Err(ConfigError::ProxyV1Datagram { frontend: i });
+            }
             if fe.udp.health_expect.is_some() && fe.udp.health_send.is_none() {
                 return Err(ConfigError::ExpectWithoutSend { frontend: i });
             }
@@ -246,7 +249,6 @@ fn other_protocols_key(fe: &FrontendConfig) -> Option<Key> {
         (Key::MaxConns, fe.max_conns.is_some()),
         (Key::QueueTimeout, fe.queue_timeout.is_some()),
         (Key::MaxQueue, fe.max_queue != DEFAULT_MAX_QUEUE),
-        (Key::SendProxy, fe.send_proxy.is_some()),
         (Key::AcceptProxy, fe.accept_proxy),
         (Key::ProxyTlvs, fe.proxy_tlvs != DEFAULT_PROXY_TLVS),
         (
@@ -399,6 +401,9 @@ mod tests {
         let mut c = config(vec![udp(web())]);
         c.frontends[0].udp.health_expect = Some(b"x".to_vec());
         cases.push((c, at(0, None, Key::HealthExpect)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].send_proxy = Some(ProxyVersion::V1);
+        cases.push((c, at(0, None, Key::SendProxy)));
         let mut c = config(vec![udp(web())]);
         c.frontends[0].udp.session_timeout = Duration::ZERO;
         cases.push((c, at(0, None, Key::SessionTimeout)));

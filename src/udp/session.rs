@@ -37,6 +37,7 @@ use crate::ceiling::{Ceiling, Slot};
 use crate::counters::{BackendMetrics, WorkerMetrics};
 use crate::frontend::Frontend;
 use crate::logging::{Throttle, ACCESS_TARGET};
+use crate::protocol::proxy;
 use crate::uring::{self, Datagram};
 
 /// A session of a draining worker ends once it had no datagram for this
@@ -287,6 +288,20 @@ impl Session {
         SocketAddr::new(self.peer.ip().to_canonical(), self.peer.port())
     }
 
+    /// The PROXY v2 header (datagram form) that goes in front of each of
+    /// its datagrams with send-proxy: from the client to the address it
+    /// sent to.
+    fn proxy_header(&self) -> Vec<u8> {
+        let listen = self.state.frontend.listeners.addr;
+        let to = SocketAddr::new(
+            self.local.map_or(listen.ip(), |ip| ip.to_canonical()),
+            listen.port(),
+        );
+        let mut head = Vec::with_capacity(64);
+        proxy::encode_datagram(self.client(), to, &mut head);
+        head
+    }
+
     /// Ends the session (the first reason stays): it leaves the table, and
     /// shutting its socket down completes the poll its task waits on.
     fn end(&self, sessions: &Sessions, why: Ended) {
@@ -366,10 +381,16 @@ pub async fn forward(
         },
     };
     let len = buf.bytes().len() as u64;
+    let state = &*session.state;
+    let mut buf = buf;
+    if state.frontend.config.send_proxy.is_some() && !buf.prepend(&session.proxy_header()) {
+        // No room for the header: the datagram cannot go whole.
+        state.metrics().udp_drops_truncated.inc();
+        return buf;
+    }
     session.requests.set(session.requests.get() + 1);
     session.last.set(Instant::now());
     let (res, buf) = uring::send_msg(&session, buf, None, None).await;
-    let state = &*session.state;
     match res {
         Ok(_) => {
             let m = state.metrics();

@@ -70,6 +70,16 @@ impl Datagram {
         &self.data
     }
 
+    /// Puts `head` in front of the bytes (a PROXY header); false, with the
+    /// bytes left as they were, when both together exceed [`MAX_DATAGRAM`].
+    pub fn prepend(&mut self, head: &[u8]) -> bool {
+        if self.data.len() + head.len() > MAX_DATAGRAM {
+            return false;
+        }
+        self.data.splice(0..0, head.iter().copied());
+        true
+    }
+
     /// Sets the bytes to send (at most [`MAX_DATAGRAM`] are kept).
     #[cfg(test)]
     pub fn set_bytes(&mut self, bytes: &[u8]) {
