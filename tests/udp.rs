@@ -766,3 +766,42 @@ fn send_proxy_v2_puts_the_datagram_header_in_front_of_each_datagram() {
         "{log}"
     );
 }
+
+#[test]
+fn a_drained_backend_takes_no_new_session_and_a_backup_waits_for_the_primaries() {
+    let (one, two, spare) = (
+        UdpBackend::tagged(1),
+        UdpBackend::tagged(2),
+        UdpBackend::tagged(3),
+    );
+    let lb = Ringlb::builder()
+        .arg("--protocol", "udp")
+        .arg("--responses", "1")
+        .backend(&one)
+        .backend(&two)
+        .backend_with(&spare, "backup")
+        .admin()
+        .start();
+    let tag = || exchange(&client_for(lb.addr), lb.addr, b"x").0[0];
+    let seen: Vec<u8> = (0..6).map(|_| tag()).collect();
+    assert!(
+        seen.contains(&1) && seen.contains(&2) && !seen.contains(&3),
+        "{seen:?}"
+    );
+    let drain = |addr: SocketAddr, state: &str| {
+        let path = format!("/frontends/default/backends/{addr}");
+        let body = format!("{{\"state\":\"{state}\"}}");
+        let (status, text) = http_request(lb.admin_addr(), "PATCH", &path, &[], &body);
+        assert_eq!(status, 200, "{text}");
+    };
+    drain(one.addr, "drain");
+    assert!(
+        (0..6).all(|_| tag() == 2),
+        "a drained backend got a session"
+    );
+    // Both primaries out: the backup serves.
+    drain(two.addr, "maint");
+    assert!((0..3).all(|_| tag() == 3), "the backup did not take over");
+    drain(one.addr, "ready");
+    assert!((0..3).all(|_| tag() == 1));
+}
