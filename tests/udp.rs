@@ -606,7 +606,12 @@ impl Nsd {
                  remote-control:\n  control-enable: no\nzone:\n  name: bench.test\n  zonefile: bench.test.zone\n"
             ),
         );
-        let child = std::process::Command::new("nsd")
+        // Debian puts it in /usr/sbin, which a user's PATH may lack.
+        let nsd = ["/usr/sbin/nsd", "/usr/local/sbin/nsd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nsd");
+        let child = std::process::Command::new(nsd)
             .args(["-d", "-c", conf.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
