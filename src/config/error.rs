@@ -91,6 +91,16 @@ pub enum Key {
     HealthSend,
     /// `health-expect`.
     HealthExpect,
+    /// `max-conns-per-source`.
+    MaxConnsPerSource,
+    /// `rate-per-source`.
+    RatePerSource,
+    /// `source-prefix`.
+    SourcePrefix,
+    /// `source-prefix-v6`.
+    SourcePrefixV6,
+    /// `source-table-size`.
+    SourceTableSize,
 }
 
 impl Key {
@@ -137,6 +147,11 @@ impl Key {
             Key::MaxSessions => "max-sessions",
             Key::HealthSend => "health-send",
             Key::HealthExpect => "health-expect",
+            Key::MaxConnsPerSource => "max-conns-per-source",
+            Key::RatePerSource => "rate-per-source",
+            Key::SourcePrefix => "source-prefix",
+            Key::SourcePrefixV6 => "source-prefix-v6",
+            Key::SourceTableSize => "source-table-size",
         }
     }
 
@@ -183,6 +198,11 @@ impl Key {
             Key::MaxSessions => &["max-sessions"],
             Key::HealthSend => &["health-send"],
             Key::HealthExpect => &["health-expect"],
+            Key::MaxConnsPerSource => &["max-conns-per-source"],
+            Key::RatePerSource => &["rate-per-source"],
+            Key::SourcePrefix => &["source-prefix"],
+            Key::SourcePrefixV6 => &["source-prefix-v6"],
+            Key::SourceTableSize => &["source-table-size"],
         }
     }
 }

@@ -9,7 +9,8 @@ use super::{
     BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig, Key, Preset, Protocol,
     ProxyTlvs, ProxyVersion, RouteBy, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS,
-    DEFAULT_ROUTE_BY, DEFAULT_SESSION_TIMEOUT, DEFAULT_SNI_TIMEOUT, MAX_WEIGHT,
+    DEFAULT_ROUTE_BY, DEFAULT_SESSION_TIMEOUT, DEFAULT_SNI_TIMEOUT, DEFAULT_SOURCE_LIMITS,
+    MAX_WEIGHT,
 };
 
 impl Config {
@@ -261,6 +262,22 @@ fn other_protocols_key(fe: &FrontendConfig) -> Option<Key> {
             fe.route_by != DEFAULT_ROUTE_BY || !fe.routes.is_empty(),
         ),
         (Key::SniTimeout, fe.sni_timeout != DEFAULT_SNI_TIMEOUT),
+        // Per-source limits count connections at accept.
+        (Key::MaxConnsPerSource, fe.sources.max_conns.is_some()),
+        (Key::RatePerSource, fe.sources.rate.is_some()),
+        (Key::RateBurst, fe.sources.burst.is_some()),
+        (
+            Key::SourcePrefix,
+            fe.sources.prefix_v4 != DEFAULT_SOURCE_LIMITS.prefix_v4,
+        ),
+        (
+            Key::SourcePrefixV6,
+            fe.sources.prefix_v6 != DEFAULT_SOURCE_LIMITS.prefix_v6,
+        ),
+        (
+            Key::SourceTableSize,
+            fe.sources.table_size != DEFAULT_SOURCE_LIMITS.table_size,
+        ),
     ];
     let udp = &fe.udp;
     let udp_only = [
@@ -401,6 +418,9 @@ mod tests {
         let mut c = config(vec![udp(web())]);
         c.frontends[0].udp.health_expect = Some(b"x".to_vec());
         cases.push((c, at(0, None, Key::HealthExpect)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].sources.max_conns = Some(1);
+        cases.push((c, at(0, None, Key::MaxConnsPerSource)));
         let mut c = config(vec![udp(web())]);
         c.frontends[0].send_proxy = Some(ProxyVersion::V1);
         cases.push((c, at(0, None, Key::SendProxy)));
