@@ -57,6 +57,8 @@ pub enum Key {
     ResolveHold,
     /// The health check's `steps` (file only).
     HealthSteps,
+    /// The health check's `preset` (file only).
+    HealthPreset,
     /// The health check's `role` (file only).
     HealthRole,
     /// The health check's `http-path` (file only).
@@ -130,6 +132,7 @@ impl Key {
             Key::ResolveInterval => "resolve-interval",
             Key::ResolveHold => "resolve-hold",
             Key::HealthSteps => "health steps",
+            Key::HealthPreset => "health preset",
             Key::HealthRole => "health role",
             Key::HealthHttpPath => "health http-path",
             Key::HealthHttpHost => "health http-host",
@@ -181,6 +184,7 @@ impl Key {
             Key::ResolveInterval => &["resolve-interval"],
             Key::ResolveHold => &["resolve-hold"],
             Key::HealthSteps => &["health", "steps"],
+            Key::HealthPreset => &["health", "preset"],
             Key::HealthRole => &["health", "role"],
             Key::HealthHttpPath => &["health", "http-path"],
             Key::HealthHttpHost => &["health", "http-host"],

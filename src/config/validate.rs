@@ -262,6 +262,10 @@ fn other_protocols_key(fe: &FrontendConfig) -> Option<Key> {
             fe.route_by != DEFAULT_ROUTE_BY || !fe.routes.is_empty(),
         ),
         (Key::SniTimeout, fe.sni_timeout != DEFAULT_SNI_TIMEOUT),
+        // The health presets, steps and agent speak TCP.
+        (Key::HealthPreset, fe.health.check.preset.is_some()),
+        (Key::HealthSteps, !fe.health.check.steps.is_empty()),
+        (Key::AgentPort, fe.health.agent_port.is_some()),
         // Per-source limits count connections at accept.
         (Key::MaxConnsPerSource, fe.sources.max_conns.is_some()),
         (Key::RatePerSource, fe.sources.rate.is_some()),
@@ -418,6 +422,9 @@ mod tests {
         let mut c = config(vec![udp(web())]);
         c.frontends[0].udp.health_expect = Some(b"x".to_vec());
         cases.push((c, at(0, None, Key::HealthExpect)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].health.agent_port = Some(9999);
+        cases.push((c, at(0, None, Key::AgentPort)));
         let mut c = config(vec![udp(web())]);
         c.frontends[0].sources.max_conns = Some(1);
         cases.push((c, at(0, None, Key::MaxConnsPerSource)));
