@@ -37,6 +37,7 @@ BACKEND_BOUND_PCT = 90
 CLIENT_BOUND = 0.9
 
 SNI = "sni (TLS churn, routed by SNI)"
+UDP = "udp (DNS, dnsperf)"
 
 
 def metrics(meta):
@@ -45,6 +46,7 @@ def metrics(meta):
     applies to direct?  (Idle memory, CPU and scaling are properties of a
     proxy.)  The many and scaling rows follow the run's parameters."""
     many = [int(n) for n in meta.get("many_conns", "").split()]
+    rate = meta.get("udp_rate", "?")
     lo, hi = (meta.get("scale_workers", "1 2").split() + ["1", "2"])[:2]
     rows = [
         ("keepalive_rps", "keep-alive", "requests/s", "higher", "{:,.0f}", True),
@@ -70,6 +72,10 @@ def metrics(meta):
         ("sni_backend_cpu_pct", SNI, "TLS backend busy, % of its CPU", None, "{:.0f}", True),
         ("bulk_mbps", "bulk 10 MiB", "MB/s", "higher", "{:,.0f}", True),
         ("idle_kib_per_conn", "idle", "proxy RSS KiB / idle conn", "lower", "{:.2f}", False),
+        ("udp_qps", UDP, "queries/s", "higher", "{:,.0f}", True),
+        ("udp_cpu_s_per_100k", UDP, "proxy CPU s / 100k queries", "lower", "{:.3f}", False),
+        ("udp_p99_ms", UDP, f"p99 latency at {rate}/s, ms", "lower", "{:.3f}", True),
+        ("udp_lost", UDP, f"queries lost at {rate}/s", None, "{:.0f}", True),
     ]
     return rows
 
@@ -87,6 +93,7 @@ def chart_label(key, meta):
         "sni_cpu_us_per_conn": ("sni CPU", "per conn"),
         "bulk_mbps": ("bulk 10 MiB", "MB/s"),
         "idle_kib_per_conn": ("idle conn", "RSS KiB"),
+        "udp_qps": ("udp DNS", "queries/s"),
     }
     if key in fixed:
         return fixed[key]
@@ -138,6 +145,10 @@ def layout_table(w, layout, values, failed, peers, med, meta):
                 continue
             vals = values.get((layout, peer, key), [])
             name = PEER_LABEL[peer]
+            if key.startswith("udp_") and peer == "haproxy":
+                if any(k[0] == layout and k[2] == key for k in values):
+                    w(f"| {workload} | {label} | {name} | no UDP | | | |")
+                continue
             if not vals:
                 # Not measured at all in this run (workload left out): no row.
                 if not any(k[0] == layout and k[2] == key for k in values):
@@ -175,6 +186,13 @@ def notes(w, layout, med, peers, meta):
             w(f"- sni: {', '.join(close)} reached {CLIENT_BOUND:.0%} or more of direct's "
               "connections/s: wrk's own handshakes, not the proxy, set the pace there, so "
               "connections/s hardly tells those proxies apart; proxy CPU per connection does.")
+    ringlb_qps, nginx_qps = (med.get((layout, p, "udp_qps")) for p in ("ringlb", "nginx"))
+    if ringlb_qps and nginx_qps:
+        cpu = ratio(med.get((layout, "ringlb", "udp_cpu_s_per_100k")),
+                    med.get((layout, "nginx", "udp_cpu_s_per_100k")))
+        w(f"- udp: ringlb ÷ nginx: {fmt_ratio(ratio(ringlb_qps, nginx_qps))} the queries/s, "
+          f"{fmt_ratio(cpu)} the proxy CPU per 100k queries (the DNS backend: one NSD "
+          "process). HAProxy has no UDP (its community edition proxies TCP only).")
     cpus = meta.get(f"load_cpus:{layout}")
     hi = (meta.get("scale_workers", "1 2").split() + ["2"])[1]
     if any((layout, p, "scale_factor") in med for p in peers) and cpus and int(cpus) < int(hi):

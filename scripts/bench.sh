@@ -32,7 +32,7 @@ PATH=$PATH:/usr/sbin:/sbin
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 ALL_PEERS=(direct ringlb haproxy nginx)
-ALL_WORKLOADS=(keepalive churn bulk idle sni many scaling)
+ALL_WORKLOADS=(keepalive churn bulk idle sni many scaling udp)
 ALL_LAYOUTS=(pinned unpinned)
 # The sni workload's two server names.  wrk takes the server name it sends
 # (SNI) from the URL's host, and resolves that same host to connect: the
@@ -75,6 +75,12 @@ Benchmarks ringlb against HAProxy (mode tcp) and nginx (stream module), with
   scaling    keep-alive on fresh proxies with 1 and with 2 workers (ringlb
              --workers, HAProxy nbthread, nginx worker_processes): req/s and
              the scaling factor 2 workers / 1 worker (not for direct)
+  udp        DNS over UDP: dnsperf (8 client ports, 100 queries outstanding)
+             through ringlb (--protocol udp --responses 1) and nginx (stream
+             listen udp, proxy_responses 1), and direct, to one NSD
+             authoritative server: queries/s at full speed with the proxy's
+             CPU per 100k queries, then p99 latency and queries lost at a
+             fixed rate (UDP_RATE, default 20000/s).  HAProxy has no UDP.
 
 Options (defaults in brackets):
   --workers N          proxy workers: haproxy nbthread, nginx worker_processes,
@@ -184,7 +190,7 @@ parse_args() {
     fi
     : "${WORKERS:=1}" "${ROUNDS:=3}" "${DURATION:=5}" "${CONNS:=64}" "${BULK_CONNS:=8}"
     : "${IDLE_CONNS:=4000}" "${WRK_THREADS:=1}" "${OUT:=$BENCH/results/latest.md}"
-    : "${MANY_ARG:=1000,4000}" "${LAYOUT_ARG:=pinned}"
+    : "${MANY_ARG:=1000,4000}" "${LAYOUT_ARG:=pinned}" "${UDP_RATE:=20000}"
 
     local name
     for name in WORKERS ROUNDS DURATION CONNS BULK_CONNS IDLE_CONNS WRK_THREADS; do
@@ -284,6 +290,11 @@ ensure_deps() {
     # nginx has the http ssl module built in, and ssl_preread is part of
     # libnginx-mod-stream; HAProxy's req.ssl_sni is in its core.)
     if has_workload sni; then command -v openssl >/dev/null || pkgs+=(openssl); fi
+    # udp: dnsperf drives, NSD answers.
+    if has_workload udp; then
+        command -v dnsperf >/dev/null || pkgs+=(dnsperf)
+        command -v nsd >/dev/null || pkgs+=(nsd)
+    fi
     if has_peer ringlb && ((BUILD)) && [[ -z $RINGLB_BIN ]]; then
         command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup), or pass --ringlb-bin / --only"
     fi
@@ -339,7 +350,7 @@ build_ringlb() {
 # ------------------------------------------------------- processes, cleanup --
 
 TMP=""
-declare -A PIDS=() PORT=() SNI_PORT=() FAILED=() DEAD=()
+declare -A PIDS=() PORT=() SNI_PORT=() UDP_PORT=() FAILED=() DEAD=() D=()
 CUR_LAYOUT=pinned
 PGIDS=()
 RINGLB_BUILD_ERROR=""
@@ -604,6 +615,121 @@ start_tls_backend() {
     spawn tls-backend "${BACKEND_PREFIX[@]}" nginx -p "$TMP/" -e "$TMP/tls-backend-error.log" -c "$TMP/tls-backend.conf"
     wait_ready tls-backend "$TLS_PORT_A" tls-a && wait_ready tls-backend "$TLS_PORT_B" tls-b ||
         die "the TLS backend nginx did not start (run without the sni workload: --workloads)"
+}
+
+# The udp workload's DNS backend: NSD with one small zone, pinned like the
+# HTTP backend; and the query file dnsperf cycles through (two names that
+# exist, one that does not).
+start_dns_backend() {
+    cat >"$TMP/bench.test.zone" <<'ZONE'
+$ORIGIN bench.test.
+$TTL 300
+@    IN SOA ns1 hostmaster 1 3600 600 86400 300
+@    IN NS  ns1
+ns1  IN A   127.0.0.1
+www  IN A   192.0.2.1
+mail IN A   192.0.2.2
+ZONE
+    printf 'www.bench.test A\nmail.bench.test A\nnone.bench.test A\n' >"$TMP/queries.txt"
+    render "$BENCH/nsd.conf.in" "$TMP/nsd.conf" "TMP=$TMP" "PORT=$DNS_PORT"
+    spawn dns-backend "${BACKEND_PREFIX[@]}" nsd -d -c "$TMP/nsd.conf"
+    wait_dns dns-backend "$DNS_PORT" || die "the NSD backend did not start (run without the udp workload: --workloads)"
+}
+
+# wait_dns NAME PORT: until one DNS query through PORT is answered.
+wait_dns() {
+    local name=$1 port=$2 i
+    for ((i = 0; i < 150; i++)); do
+        if ! alive "${PIDS[$name]}"; then
+            log "ERROR: $name exited during startup"
+            show_log "$name"
+            return 1
+        fi
+        dnsperf -s 127.0.0.1 -p "$port" -d "$TMP/queries.txt" -n 1 -t 1 2>/dev/null |
+            grep -q 'Queries lost: *0 ' && return 0
+        sleep 0.1
+    done
+    log "ERROR: $name did not answer DNS on 127.0.0.1:$port within 15 s"
+    show_log "$name"
+    return 1
+}
+
+# start_udp_instance PEER: the peer's UDP (DNS) instance PEER-udp on
+# UDP_PORT[PEER]; HAProxy has no UDP and direct needs none.
+start_udp_instance() {
+    local p=$1 name=$1-udp port=${UDP_PORT[$1]:-}
+    case $p in
+        ringlb)
+            spawn "$name" "${LOAD_PREFIX[@]}" "$RINGLB_BIN" --listen "127.0.0.1:$port" --protocol udp \
+                --responses 1 --backend "127.0.0.1:$DNS_PORT" --workers "$WORKERS" --log-level warn
+            ;;
+        nginx)
+            render "$BENCH/nginx-udp.conf.in" "$TMP/$name.conf" "NAME=$name" \
+                "LOAD_MODULE=$NGINX_LOAD_MODULE" "WORKERS=$WORKERS" "NOFILE=$NOFILE" \
+                "WORKER_CONNECTIONS=$WORKER_CONNECTIONS" "TMP=$TMP" "PORT=$port" \
+                "BACKEND_PORT=$DNS_PORT"
+            spawn "$name" "${LOAD_PREFIX[@]}" nginx -p "$TMP/" -e "$TMP/$name-error.log" -c "$TMP/$name.conf"
+            ;;
+        *) return 0 ;;
+    esac
+    if ! wait_dns "$name" "$port"; then
+        fail_peer "$p" 0 "udp: did not start or did not answer DNS${LAST_LOG_LINE:+; its log ends: $LAST_LOG_LINE}"
+        DEAD[$name]=1
+    fi
+}
+
+# run_dnsperf PORT SECONDS [dnsperf args...]: one dnsperf run; fills D[]
+# from its summary (sent, completed, lost, qps).
+run_dnsperf() {
+    local port=$1 secs=$2 out
+    shift 2
+    out=$(timeout --foreground $((secs + 30)) "${LOAD_PREFIX[@]}" dnsperf -s 127.0.0.1 -p "$port" \
+        -d "$TMP/queries.txt" -l "$secs" -c 8 -q 100 -t 2 "$@" 2>&1) || true
+    printf '=== %s dnsperf port %s %s\n%s\n' "$CUR_LAYOUT" "$port" "$*" \
+        "$(grep -v '^> ' <<<"$out")" >>"$TMP/dnsperf-runs.log"
+    D=()
+    D[sent]=$(awk '/Queries sent:/ { print $3 }' <<<"$out")
+    D[completed]=$(awk '/Queries completed:/ { print $3 }' <<<"$out")
+    D[lost]=$(awk '/Queries lost:/ { print $3 }' <<<"$out")
+    D[qps]=$(awk '/Queries per second:/ { print $4 }' <<<"$out")
+    # With -v, one line per answer: "> RCODE NAME TYPE LATENCY".
+    D[p99_ms]=$(awk '/^> / { print $NF }' <<<"$out" | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR) { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.6f", v[i] * 1000 } }')
+    [[ -n ${D[completed]} && ${D[completed]} != 0 ]]
+}
+
+# udp: DNS through the peer's UDP instance (direct: at NSD itself).  First
+# at full speed (queries/s, the proxy's CPU per 100k queries), then at
+# UDP_RATE queries/s for p99 latency and queries lost.
+measure_udp() {
+    local p=$1 r=$2 name=$1-udp port cpu0 cpu1
+    case $p in
+        haproxy) return 0 ;; # no UDP in HAProxy's community edition
+        direct) port=$DNS_PORT ;;
+        *)
+            [[ -n ${DEAD[$name]:-} ]] && return 0
+            port=${UDP_PORT[$p]}
+            ;;
+    esac
+    cpu0=$(peer_cpu "$name")
+    if ! run_dnsperf "$port" "$DURATION"; then
+        fail_peer "$p" "$r" "udp: dnsperf completed no query"
+        return 0
+    fi
+    cpu1=$(peer_cpu "$name")
+    record "$r" "$p" udp_qps "${D[qps]}"
+    local qps=${D[qps]} per100k=""
+    if [[ -n $cpu0 && -n $cpu1 ]]; then
+        per100k=$(calc "($cpu1 - $cpu0) / ${D[completed]} * 100000")
+        record "$r" "$p" udp_cpu_s_per_100k "$per100k"
+    fi
+    if run_dnsperf "$port" "$DURATION" -Q "$UDP_RATE" -v; then
+        record "$r" "$p" udp_p99_ms "${D[p99_ms]}"
+        record "$r" "$p" udp_lost "${D[lost]}"
+    fi
+    log "$(printf '  %-8s udp: %.0f queries/s; at %s/s p99 %.3f ms, %s lost' "$p" "$qps" "$UDP_RATE" \
+        "${D[p99_ms]:-0}" "${D[lost]:-?}")${per100k:+$(printf ', proxy CPU %.3f s / 100k queries' "$per100k")}"
+    [[ $p == direct ]] || check_alive "$p" "$r" "$name" || true
 }
 
 # start_instance PEER NAME PORT [WORKERS [MODE]]: start one instance of a
@@ -894,7 +1020,10 @@ measure_peer() { # PEER ROUND
         [[ $p == direct || -n ${DEAD[$p-sni]:-} ]] || check_alive "$p" "$r" "$p-sni" || true
     fi
 
-    # (6) and (7): fresh instances, proxies only.
+    # (6) DNS over UDP, on the peer's udp instance.
+    if has_workload udp; then measure_udp "$p" "$r"; fi
+
+    # (7) and (8): fresh instances, proxies only.
     [[ $p == direct ]] && return 0
     if has_workload scaling; then measure_scaling "$p" "$r"; fi
     if has_workload idle; then measure_idle "$p" "$r"; fi
@@ -924,6 +1053,11 @@ write_meta() {
         printf 'nginx\t%s\n' "$(first_line nginx -v | sed 's/^nginx version: //')"
         printf 'wrk\t%s\n' "$(first_line wrk -v | sed 's/ \[.*//')"
         has_workload sni && printf 'openssl\t%s\n' "$(first_line openssl version)"
+        if has_workload udp; then
+            printf 'dnsperf\t%s\n' "$(dnsperf -h 2>&1 | grep -m1 -i '^version' || echo dnsperf)"
+            printf 'nsd\t%s\n' "$(first_line nsd -v)"
+            printf 'udp_rate\t%s\n' "$UDP_RATE"
+        fi
         printf 'workers\t%s\n' "$WORKERS"
         printf 'rounds\t%s\n' "$ROUNDS"
         printf 'duration\t%s\n' "$DURATION"
@@ -947,9 +1081,11 @@ write_meta() {
 # proxies (pinned or not), warm-up, the interleaved rounds; then stop them all.
 run_layout() {
     compute_layout
-    DEAD=() PORT=() SNI_PORT=()
+    DEAD=() PORT=() SNI_PORT=() UDP_PORT=()
     local ports
-    read -r -a ports <<<"$(free_ports 9)"
+    read -r -a ports <<<"$(free_ports 12)"
+    DNS_PORT=${ports[9]}
+    UDP_PORT[ringlb]=${ports[10]} UDP_PORT[nginx]=${ports[11]}
     BACKEND_PORT=${ports[0]} TLS_PORT_A=${ports[4]} TLS_PORT_B=${ports[5]}
     PORT[ringlb]=${ports[1]} PORT[haproxy]=${ports[2]} PORT[nginx]=${ports[3]}
     SNI_PORT[ringlb]=${ports[6]} SNI_PORT[haproxy]=${ports[7]} SNI_PORT[nginx]=${ports[8]}
@@ -972,10 +1108,15 @@ run_layout() {
         log "starting TLS backend nginx on 127.0.0.1:$TLS_PORT_A ($SNI_NAME_A) and :$TLS_PORT_B ($SNI_NAME_B)"
         start_tls_backend
     fi
+    if has_workload udp; then
+        log "starting NSD (DNS backend) on 127.0.0.1:$DNS_PORT"
+        start_dns_backend
+    fi
     local p
     for p in "${PEERS[@]}"; do
         [[ $p == direct ]] || log "starting $p on 127.0.0.1:${PORT[$p]}"
         start_peer "$p" || true
+        if has_workload udp && [[ -z ${DEAD[$p]:-} ]]; then start_udp_instance "$p"; fi
     done
 
     # Warm-up (full mode only): first connections, page cache, allocator pools.

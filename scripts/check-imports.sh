@@ -27,7 +27,7 @@ upgrade
 admin
 stats
 worker
-tcp
+tcp udp
 service
 frontend
 access ceiling sources

@@ -79,6 +79,12 @@ impl Ceiling {
         }
     }
 
+    /// Takes a slot if one is free, without waiting (a UDP session, whose
+    /// client cannot be kept waiting in a backlog).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.try_take().then(|| Slot(self.clone()))
+    }
+
     fn try_take(&self) -> bool {
         if self.open.fetch_add(1, Ordering::AcqRel) < self.max {
             return true;

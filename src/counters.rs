@@ -146,6 +146,22 @@ pub struct WorkerMetrics {
     pub sni_truncated: Counter,
     /// SNI routing: clients whose ClientHello matched no route, with no default.
     pub sni_no_route: Counter,
+    /// UDP sessions opened.
+    pub udp_sessions_total: Counter,
+    /// UDP sessions open (gauge).
+    pub udp_sessions_active: Counter,
+    /// Datagrams from clients relayed to backends.
+    pub udp_datagrams_in: Counter,
+    /// Datagrams from backends relayed to clients.
+    pub udp_datagrams_out: Counter,
+    /// Datagrams of new clients dropped: no backend could take them.
+    pub udp_drops_no_backend: Counter,
+    /// Datagrams of new clients dropped at max-sessions or the connection ceiling.
+    pub udp_drops_session_limit: Counter,
+    /// Datagrams dropped because they came in cut (MSG_TRUNC).
+    pub udp_drops_truncated: Counter,
+    /// Datagrams dropped because the backend was unreachable (ECONNREFUSED).
+    pub udp_drops_unreachable: Counter,
     /// Per backend: the frontend's own pool, then each route's (see
     /// `Frontend::pools`).
     pub backends: Box<[BackendMetrics]>,
@@ -197,6 +213,14 @@ impl WorkerMetrics {
             sni_timeout: Counter::default(),
             sni_truncated: Counter::default(),
             sni_no_route: Counter::default(),
+            udp_sessions_total: Counter::default(),
+            udp_sessions_active: Counter::default(),
+            udp_datagrams_in: Counter::default(),
+            udp_datagrams_out: Counter::default(),
+            udp_drops_no_backend: Counter::default(),
+            udp_drops_session_limit: Counter::default(),
+            udp_drops_truncated: Counter::default(),
+            udp_drops_unreachable: Counter::default(),
             backends: (0..backends).map(|_| BackendMetrics::default()).collect(),
         }
     }

@@ -27,8 +27,8 @@ use tracing::warn;
 
 use crate::backend::discovery;
 use crate::backend::pool::{Passive, Pool};
-use crate::backend::probe::Prober;
-use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig};
+use crate::backend::probe::{Check, Prober};
+use crate::config::{BackendConfig, Config, FrontendConfig, HealthConfig, Protocol};
 use crate::counters::Metrics;
 use crate::net::{self, BindError};
 use crate::sources::SourceTable;
@@ -114,9 +114,19 @@ impl Handed {
     /// Whether a frontend `name` listening on `listen` takes this listener
     /// over: its address was configured the same (under the same name, for
     /// a port 0 that the kernel chose), or is the one this listener is bound to.
-    fn fits(&self, name: &str, listen: SocketAddr) -> bool {
-        (listen == self.listen && (listen.port() != 0 || name == self.name))
-            || listen == self.listeners.addr
+    fn fits(&self, name: &str, listen: SocketAddr, protocol: Protocol) -> bool {
+        let same = (listen == self.listen && (listen.port() != 0 || name == self.name))
+            || listen == self.listeners.addr;
+        same && self.protocol() == protocol
+    }
+
+    /// The transport of its sockets (a TCP and a UDP frontend may share an address).
+    fn protocol(&self) -> Protocol {
+        let kind = self.listeners.sockets.first().and_then(|s| s.r#type().ok());
+        match kind {
+            Some(socket2::Type::DGRAM) => Protocol::Udp,
+            _ => Protocol::Tcp,
+        }
     }
 }
 
@@ -138,11 +148,13 @@ pub struct Frontend {
     pub probers: Vec<Option<Arc<Prober>>>,
     /// Every worker's counters for this frontend.
     pub metrics: Arc<Metrics>,
-    /// Its max-conns, if set, shared by every worker. An acceptor takes a
-    /// permit before it asks the kernel for the next client, so at the limit
-    /// no accept is pending and new clients wait in the kernel's backlog
-    /// instead of being accepted and closed; the permit moves into the
-    /// connection and is returned when it closes.
+    /// Its max-conns (max-sessions for UDP), if set, shared by every worker.
+    /// An acceptor takes a permit before it asks the kernel for the next
+    /// client, so at the limit no accept is pending and new clients wait in
+    /// the kernel's backlog instead of being accepted and closed; the permit
+    /// moves into the connection and is returned when it closes. A UDP
+    /// session takes one when it opens, and past the limit the datagram is
+    /// dropped.
     pub limit: Option<Arc<Semaphore>>,
     /// With per-source limits, its table of sources, shared by every
     /// worker; a reload keeps it (and the counts in it) while the prefixes
@@ -184,14 +196,18 @@ impl Generation {
             let kept = previous.and_then(|p| {
                 p.frontends
                     .iter()
-                    .find(|old| old.config.name == fe.name && old.config.listen == fe.listen)
+                    .find(|old| {
+                        old.config.name == fe.name
+                            && old.config.listen == fe.listen
+                            && old.config.protocol == fe.protocol
+                    })
                     .map(|old| old.listeners.clone())
             });
             let claimed = match kept {
                 Some(_) => None,
                 None => handed
                     .iter()
-                    .position(|h| h.fits(&fe.name, fe.listen))
+                    .position(|h| h.fits(&fe.name, fe.listen, fe.protocol))
                     .map(|i| handed.swap_remove(i).listeners),
             };
             let listeners = match (kept, claimed) {
@@ -201,13 +217,13 @@ impl Generation {
                     // SO_REUSEPORT group, at the port it is bound to.
                     let missing = config.workers.saturating_sub(listeners.sockets.len());
                     if missing > 0 {
-                        let more = net::bind_listeners(listeners.addr, missing)?;
+                        let more = bind(fe.protocol, listeners.addr, missing)?;
                         listeners.sockets.extend(more);
                     }
                     Arc::new(listeners)
                 }
                 (None, None) => {
-                    let sockets = net::bind_listeners(fe.listen, config.workers)?;
+                    let sockets = bind(fe.protocol, fe.listen, config.workers)?;
                     let addr = sockets
                         .first()
                         .and_then(|s| s.local_addr().ok())
@@ -228,6 +244,9 @@ impl Generation {
                     && o.config.health == fe.health
                     && o.config.fail_timeout == fe.fail_timeout
                     && o.config.observe_l4 == fe.observe_l4
+                    && o.config.protocol == fe.protocol
+                    && o.config.udp.health_send == fe.udp.health_send
+                    && o.config.udp.health_expect == fe.udp.health_expect
                     && o.config.routes.len() == fe.routes.len()
                     && o.config.routes.iter().zip(&fe.routes).all(|(a, b)| {
                         a.backends == b.backends && a.label() == b.label() && a.health == b.health
@@ -269,9 +288,9 @@ impl Generation {
                 }
             };
             let limit = match old {
-                Some(o) if o.config.max_conns == fe.max_conns => o.limit.clone(),
+                Some(o) if o.config.max_clients() == fe.max_clients() => o.limit.clone(),
                 _ => fe
-                    .max_conns
+                    .max_clients()
                     .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)))),
             };
             let sources = fe.sources.enabled().then(|| {
@@ -338,6 +357,18 @@ impl Frontend {
     }
 }
 
+/// Binds `count` sockets of `protocol` to `addr`, one per worker.
+fn bind(
+    protocol: Protocol,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<Vec<socket2::Socket>, BindError> {
+    match protocol {
+        Protocol::Tcp => net::bind_listeners(addr, count),
+        Protocol::Udp => net::bind_datagrams(addr, count),
+    }
+}
+
 /// What a generation's build does to probers once it succeeded.
 #[derive(Default)]
 struct Probes {
@@ -389,6 +420,11 @@ fn new_pool(
     old: Option<(&Arc<Pool>, Option<&Arc<Prober>>)>,
     probes: &mut Probes,
 ) -> (Arc<Pool>, Option<Arc<Prober>>) {
+    // A UDP pool is checked only with a payload to send.
+    let health = &HealthConfig {
+        checks: health.checks && (fe.protocol == Protocol::Tcp || fe.udp.health_send.is_some()),
+        ..health.clone()
+    };
     let pool = Arc::new(Pool::new(backends, passive(fe, health)));
     if let Some((o, _)) = old {
         pool.carry_runtime_from(o);
@@ -399,9 +435,16 @@ fn new_pool(
     if let Some((o, _)) = old {
         pool.carry_health_from(o);
     }
+    let check = match (&fe.protocol, &fe.udp.health_send) {
+        (Protocol::Udp, Some(send)) => Check::Datagram {
+            send: send.clone(),
+            expect: fe.udp.health_expect.clone(),
+        },
+        _ => Check::Connect,
+    };
     let kept = old
         .and_then(|(_, prober)| prober)
-        .filter(|p| p.health() == health);
+        .filter(|p| *p.health() == *health && *p.check() == check);
     let prober = match kept {
         // Nothing to check: no thread, unless one follows the slot already
         // (a name without addresses for now).
@@ -415,7 +458,7 @@ fn new_pool(
                 Some(route) => format!("{} route {route}", fe.name),
                 None => fe.name.clone(),
             };
-            let prober = Prober::new(&pool, name, health.clone());
+            let prober = Prober::new(&pool, name, health.clone(), check);
             probes.start.push(prober.clone());
             prober
         }
@@ -476,17 +519,19 @@ mod tests {
     #[test]
     fn a_handed_listener_fits_the_same_address_or_name_and_port_0() {
         let fixed = handed("web", "0.0.0.0:80", "0.0.0.0:80");
-        assert!(fixed.fits("web", "0.0.0.0:80".parse().unwrap()));
-        assert!(fixed.fits("renamed", "0.0.0.0:80".parse().unwrap()));
-        assert!(!fixed.fits("web", "0.0.0.0:81".parse().unwrap()));
+        assert!(fixed.fits("web", "0.0.0.0:80".parse().unwrap(), Protocol::Tcp));
+        assert!(fixed.fits("renamed", "0.0.0.0:80".parse().unwrap(), Protocol::Tcp));
+        assert!(!fixed.fits("web", "0.0.0.0:81".parse().unwrap(), Protocol::Tcp));
 
         let any = handed("web", "127.0.0.1:0", "127.0.0.1:41234");
-        assert!(any.fits("web", "127.0.0.1:0".parse().unwrap()));
-        assert!(!any.fits("api", "127.0.0.1:0".parse().unwrap()));
-        assert!(any.fits("api", "127.0.0.1:41234".parse().unwrap()));
+        assert!(any.fits("web", "127.0.0.1:0".parse().unwrap(), Protocol::Tcp));
+        assert!(!any.fits("api", "127.0.0.1:0".parse().unwrap(), Protocol::Tcp));
+        assert!(any.fits("api", "127.0.0.1:41234".parse().unwrap(), Protocol::Tcp));
 
         // [::] that fell back to IPv4: the configured address still fits.
         let v4 = handed("web", "[::]:80", "0.0.0.0:80");
-        assert!(v4.fits("web", "[::]:80".parse().unwrap()));
+        assert!(v4.fits("web", "[::]:80".parse().unwrap(), Protocol::Tcp));
+        // A UDP frontend on the same address takes only a UDP socket.
+        assert!(!fixed.fits("web", "0.0.0.0:80".parse().unwrap(), Protocol::Udp));
     }
 }

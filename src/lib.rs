@@ -1,4 +1,4 @@
-//! ringlb: a per-core io_uring TCP load balancer.
+//! ringlb: a per-core io_uring TCP and UDP load balancer.
 //!
 //! # Layout
 //! How a byte travels, module by module, top down: every import points down
@@ -12,7 +12,9 @@
 //! - [`tcp`]: the TCP service: accept loops, one connection from accept to close ([`tcp::conn`]: PROXY
 //!   header, ClientHello and SNI route, backend, relay, timeouts, access log, the registry of open
 //!   connections), the owned-buffer relay pumps ([`tcp::relay`]) and their buffers ([`tcp::buffer`]).
-//! - [`service`]: the seam between a worker and a transport: what every service (TCP today) does for it.
+//! - [`udp`]: the UDP service: receive loops per frontend socket, one session per client address with a
+//!   socket connected to its backend ([`udp::session`]: open, relay both ways, timeouts, access log).
+//! - [`service`]: the seam between a worker and a transport: what every service (TCP, UDP) does for it.
 //! - [`frontend`]: one config generation: per frontend its listeners, pools (its own and one per
 //!   SNI route), counters, limit; the one publisher of generations, for reloads and DNS changes.
 //! - [`access`]: the source rules (allow, deny, accept-proxy-from) a client is checked against at accept; pure.
@@ -58,6 +60,7 @@ mod stats;
 mod tcp;
 #[cfg(test)]
 mod testing;
+mod udp;
 mod upgrade;
 mod uring;
 mod worker;

@@ -203,6 +203,44 @@ const FAMILIES: &[Family] = &[
         source: Source::FrontendHistogram(|w| &w.queue_wait),
     },
     Family {
+        name: "ringlb_udp_sessions_total",
+        kind: Kind::Counter,
+        help: "UDP sessions opened (a client address's first datagram).",
+        source: Source::Frontend(|w| &w.udp_sessions_total),
+    },
+    Family {
+        name: "ringlb_udp_sessions_active",
+        kind: Kind::Gauge,
+        help: "UDP sessions open.",
+        source: Source::Frontend(|w| &w.udp_sessions_active),
+    },
+    Family {
+        name: "ringlb_udp_datagrams_total",
+        kind: Kind::Counter,
+        help: "UDP datagrams relayed, by direction: in (client to backend) and out (backend to client).",
+        source: Source::ByLabel(
+            "direction",
+            &[
+                ("in", |w| &w.udp_datagrams_in),
+                ("out", |w| &w.udp_datagrams_out),
+            ],
+        ),
+    },
+    Family {
+        name: "ringlb_udp_drops_total",
+        kind: Kind::Counter,
+        help: "UDP datagrams dropped, by reason.",
+        source: Source::ByLabel(
+            "reason",
+            &[
+                ("no-backend", |w| &w.udp_drops_no_backend),
+                ("session-limit", |w| &w.udp_drops_session_limit),
+                ("truncated", |w| &w.udp_drops_truncated),
+                ("backend-unreachable", |w| &w.udp_drops_unreachable),
+            ],
+        ),
+    },
+    Family {
         name: "ringlb_backend_connections_total",
         kind: Kind::Counter,
         help: "Connections made to each backend.",

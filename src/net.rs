@@ -1,6 +1,6 @@
 //! Socket setup done once at start-up, before any worker runs: the
-//! SO_REUSEPORT listeners (one per worker, all on the same address) and the
-//! file-descriptor limit. Binding here, on the main thread, is what lets a
+//! SO_REUSEPORT listeners (one per worker, all on the same address), TCP or
+//! UDP, and the file-descriptor limit. Binding here, on the main thread, is what lets a
 //! taken address fail start-up with one clear line instead of a worker dying.
 //! An IPv6 wildcard listener (`[::]`) takes IPv4 clients too (IPV6_V6ONLY
 //! off), and becomes `0.0.0.0` on a host without IPv6.
@@ -59,6 +59,29 @@ pub enum BindError {
 /// port and the others join it. `[::]` listens dual-stack; where the host has
 /// no IPv6 it falls back to `0.0.0.0` on the same port.
 pub fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, BindError> {
+    bind_group(addr, count, bind_one)
+}
+
+/// Binds `count` UDP sockets to `addr` with SO_REUSEPORT, as
+/// [`bind_listeners`] binds TCP listeners: the kernel hashes each client's
+/// address to one of them, so a client's datagrams all reach one worker.
+/// A wildcard address also asks for each datagram's destination address
+/// (IP_PKTINFO, IPV6_RECVPKTINFO), so a reply goes out from the address
+/// the client sent to.
+pub fn bind_datagrams(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, BindError> {
+    bind_group(addr, count, bind_datagram)
+}
+
+/// Whether sockets bound to `addr` report each datagram's destination.
+pub fn wants_pktinfo(addr: SocketAddr) -> bool {
+    addr.ip().is_unspecified()
+}
+
+fn bind_group(
+    addr: SocketAddr,
+    count: usize,
+    bind_one: fn(SocketAddr) -> Result<Socket, BindError>,
+) -> Result<Vec<Socket>, BindError> {
     let mut listeners: Vec<Socket> = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
@@ -121,6 +144,49 @@ fn bind_one(addr: SocketAddr) -> Result<Socket, BindError> {
         .map_err(|source| BindError::Listen { addr, source })?;
     Ok(socket)
 }
+
+fn bind_datagram(addr: SocketAddr) -> Result<Socket, BindError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|source| BindError::Socket { addr, source })?;
+    let opt = |option, res: io::Result<()>| {
+        res.map_err(|source| BindError::SetOption {
+            addr,
+            option,
+            source,
+        })
+    };
+    opt("SO_REUSEADDR", socket.set_reuse_address(true))?;
+    opt("SO_REUSEPORT", socket.set_reuse_port(true))?;
+    if addr.is_ipv6() {
+        opt("IPV6_V6ONLY", socket.set_only_v6(false))?;
+    }
+    if wants_pktinfo(addr) {
+        let nix = |e: nix::Error| io::Error::from_raw_os_error(e as i32);
+        use nix::sys::socket::{setsockopt, sockopt};
+        // An IPv4 client of a dual-stack socket comes with IP_PKTINFO.
+        opt(
+            "IP_PKTINFO",
+            setsockopt(&socket, sockopt::Ipv4PacketInfo, &true).map_err(nix),
+        )
+        .or_else(|err| if addr.is_ipv6() { Ok(()) } else { Err(err) })?;
+        if addr.is_ipv6() {
+            opt(
+                "IPV6_RECVPKTINFO",
+                setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true).map_err(nix),
+            )?;
+        }
+    }
+    // Room for a burst while the worker is busy; the kernel caps it at
+    // net.core.rmem_max, and a smaller buffer only drops sooner.
+    let _ = socket.set_recv_buffer_size(DATAGRAM_RECV_BUFFER);
+    socket
+        .bind(&addr.into())
+        .map_err(|source| BindError::Bind { addr, source })?;
+    Ok(socket)
+}
+
+/// The receive buffer asked for each UDP frontend socket.
+const DATAGRAM_RECV_BUFFER: usize = 4 << 20;
 
 /// Raises the soft open-file limit to the hard limit, since each proxied
 /// connection costs two descriptors. Returns the limit now in force.

@@ -379,6 +379,7 @@ fn log_frontends(generation: &Generation, previous: Option<&Generation>) {
         info!(
             frontend = %fe.config.name,
             listen = %fe.listeners.addr,
+            protocol = %fe.config.protocol,
             backends = %backends.join(","),
             routes = fe.config.routes.len(),
             balance = %fe.config.balance,

@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::backend::pool::{Pool, WEIGHT_SCALE};
+use crate::config::Protocol;
 use crate::frontend::{Frontend, Generation};
 
 /// The page: HTML, CSS and script in one file.
@@ -65,13 +66,27 @@ fn frontend(f: &Frontend) -> Value {
         })
         .collect();
     let wait = m.sum_histogram(|w| &w.queue_wait);
+    // A UDP frontend's clients are its sessions.
+    let (active, total) = match f.config.protocol {
+        Protocol::Tcp => (
+            m.sum(|w| &w.connections_active),
+            m.sum(|w| &w.connections_total),
+        ),
+        Protocol::Udp => (
+            m.sum(|w| &w.udp_sessions_active),
+            m.sum(|w| &w.udp_sessions_total),
+        ),
+    };
     json!({
         "name": m.frontend,
         "listen": f.listeners.addr.to_string(),
+        "protocol": f.config.protocol.to_string(),
         "algorithm": f.config.balance.to_string(),
-        "max_conns": f.config.max_conns,
-        "connections_active": m.sum(|w| &w.connections_active),
-        "connections_total": m.sum(|w| &w.connections_total),
+        "max_conns": f.config.max_clients(),
+        "connections_active": active,
+        "connections_total": total,
+        "datagrams_in": m.sum(|w| &w.udp_datagrams_in),
+        "datagrams_out": m.sum(|w| &w.udp_datagrams_out),
         "bytes_in": m.sum(|w| &w.bytes_in),
         "bytes_out": m.sum(|w| &w.bytes_out),
         "connect_failures": m.sum(|w| &w.connect_failures),

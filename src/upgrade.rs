@@ -249,7 +249,7 @@ pub fn take_over(
         let sockets = fds
             .by_ref()
             .take(f.sockets)
-            .map(|fd| listening_socket(fd, f.addr))
+            .map(|fd| listening_socket(fd, f.addr, true))
             .collect::<Result<Vec<_>, _>>()?;
         handed.push(Handed {
             name: f.name,
@@ -261,7 +261,7 @@ pub fn take_over(
         });
     }
     let admin = match (offer.admin, fds.next()) {
-        (Some(a), Some(fd)) => Some((a.listen, listening_socket(fd, a.addr)?.into())),
+        (Some(a), Some(fd)) => Some((a.listen, listening_socket(fd, a.addr, false)?.into())),
         _ => None,
     };
     info!(
@@ -338,10 +338,20 @@ fn trusted_peer(stream: &UnixStream) -> Result<(), String> {
     }
 }
 
-/// A received descriptor checked to be a listening TCP socket bound to `addr`.
-fn listening_socket(fd: OwnedFd, addr: SocketAddr) -> Result<socket2::Socket, UpgradeError> {
+/// A received descriptor checked to be a listening TCP socket (or, with
+/// `datagram`, a UDP frontend's socket) bound to `addr`.
+fn listening_socket(
+    fd: OwnedFd,
+    addr: SocketAddr,
+    datagram: bool,
+) -> Result<socket2::Socket, UpgradeError> {
     let bad = |why: String| UpgradeError::Protocol(format!("the socket offered for {addr} {why}"));
+    let is_datagram = matches!(
+        getsockopt(&fd, sockopt::SockType),
+        Ok(nix::sys::socket::SockType::Datagram)
+    );
     match getsockopt(&fd, sockopt::AcceptConn) {
+        _ if datagram && is_datagram => {}
         Ok(true) => {}
         Ok(false) => return Err(bad("is not listening".into())),
         Err(err) => return Err(bad(format!("is not a socket: {err}"))),

@@ -1,7 +1,7 @@
 //! One worker: an OS thread running its own tokio-uring runtime, with the
 //! ring's per-worker resources (the provided-buffer ring, the registered
 //! file table), and the [`Service`]s it runs on them: the TCP service
-//! ([`TcpService`]) today. It hands every service each new generation,
+//! ([`TcpService`]) and the UDP service ([`UdpService`]). It hands every service each new generation,
 //! trims memory after bursts, and on shutdown stops every service's
 //! accepting, waits for their clients to finish (the drain), and cuts what
 //! is left at the drain timeout.
@@ -22,6 +22,7 @@ use crate::frontend::Generations;
 use crate::service::Service;
 use crate::shutdown::{self, Accepting, Phase};
 use crate::tcp::TcpService;
+use crate::udp::UdpService;
 use crate::uring;
 
 /// How often a worker looks whether a burst ended and memory can go back.
@@ -94,8 +95,10 @@ async fn serve(
     if let Err(err) = uring::register_file_table(slots) {
         debug!(worker = id, %err, "no registered file table: sockets are named by descriptor");
     }
-    let mut services: Vec<Box<dyn Service>> =
-        vec![Box::new(TcpService::new(id, ceiling, phase.clone()))];
+    let mut services: Vec<Box<dyn Service>> = vec![
+        Box::new(TcpService::new(id, ceiling.clone(), phase.clone())),
+        Box::new(UdpService::new(id, ceiling)),
+    ];
     let first = generations.borrow_and_update().clone();
     for service in &mut services {
         if let Err(err) = service.apply(&first) {

@@ -213,6 +213,11 @@ fn help_documents_every_flag() {
         "--source-prefix",
         "--source-prefix-v6",
         "--source-table-size",
+        "--session-timeout",
+        "--responses",
+        "--max-sessions",
+        "--health-send",
+        "--health-expect",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../docs/configuration.md");

@@ -101,14 +101,16 @@ fn check_validates_and_names_the_bad_line() {
 fn unknown_protocol_is_one_located_line() {
     let dir = TempDir::new("protocol");
     let bad = dir.write(
-        "udp.toml",
-        "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"udp\"\nbackends = [\"127.0.0.1:9\"]\n",
+        "sctp.toml",
+        "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"sctp\"\nbackends = [\"127.0.0.1:9\"]\n",
     );
     let (status, out) = run_to_exit(&["--config", bad.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{out}");
     assert_eq!(out.trim().lines().count(), 1, "{out}");
     assert!(
-        out.contains("udp.toml:4") && out.contains("frontend[0].protocol") && out.contains("'udp'"),
+        out.contains("sctp.toml:4")
+            && out.contains("frontend[0].protocol")
+            && out.contains("'sctp'"),
         "{out}"
     );
 }

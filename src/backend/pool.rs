@@ -782,12 +782,56 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        let b = &self.pool.backends[self.index];
+        self.pool.release(self.index);
+    }
+}
+
+/// A [`Lease`] that holds its pool, for a client that outlives any borrow
+/// (a UDP session in its worker's table).
+#[derive(Debug)]
+pub struct OwnedLease {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl OwnedLease {
+    /// Takes one slot on backend `i` of `pool`, or `None` if it is full.
+    pub fn try_new(pool: &Arc<Pool>, i: usize) -> Option<OwnedLease> {
+        // The borrowed lease's slot moves into the owned one, which gives
+        // it back on drop.
+        std::mem::forget(pool.try_acquire(i)?);
+        Some(OwnedLease {
+            pool: pool.clone(),
+            index: i,
+        })
+    }
+
+    /// Which backend.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Its pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+impl Drop for OwnedLease {
+    fn drop(&mut self) {
+        self.pool.release(self.index);
+    }
+}
+
+impl Pool {
+    /// Gives back one slot on backend `i`.
+    fn release(&self, i: usize) {
+        let b = &self.backends[i];
         let before = b.active.fetch_sub(1, Ordering::Relaxed);
         // Only a backend that was full can have clients waiting for it. The
         // Notify orders this decrement before the woken client's look.
         if b.config.max_conns.is_some_and(|max| before >= max as usize) {
-            self.pool.room.notify_waiters();
+            self.room.notify_waiters();
         }
     }
 }

@@ -6,7 +6,9 @@
 //! the results into each backend's [`HealthState`], and publishes flips to
 //! the [`Pool`] that workers read without locks. With `agent-port`, the
 //! same thread also asks each backend's agent every `agent-interval`
-//! ([`agent`]) and records its answer in the pool. Failures on real traffic take a
+//! ([`agent`]) and records its answer in the pool. For a UDP pool
+//! ([`Check::Datagram`]) a check is a datagram that must be answered.
+//! Failures on real traffic take a
 //! backend down in the pool itself; the prober then needs `rise` passed
 //! checks to bring it back. A backend in `maint` is not checked at all; its
 //! health stays as it was until it leaves maint.
@@ -32,6 +34,21 @@ use crate::backend::health::HealthState;
 use crate::backend::pool::Pool;
 use crate::config::{AgentConfig, HealthConfig};
 
+/// What one check of a backend does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// A TCP connect.
+    Connect,
+    /// A UDP datagram with this payload, which must be answered (by a reply
+    /// starting with `expect`, when given) within the check's timeout.
+    Datagram {
+        /// What is sent (health-send).
+        send: Vec<u8>,
+        /// What the reply must start with (health-expect).
+        expect: Option<Vec<u8>>,
+    },
+}
+
 /// The health checks of one pool slot, across generations.
 #[derive(Debug)]
 pub struct Prober {
@@ -41,16 +58,25 @@ pub struct Prober {
     name: String,
     /// How it checks; a slot whose settings change gets a new prober.
     health: HealthConfig,
+    /// What each check does.
+    check: Check,
 }
 
 impl Prober {
-    /// A prober of `pool` under `health`; its thread starts with [`Prober::start`].
-    pub fn new(pool: &Arc<Pool>, name: String, health: HealthConfig) -> Arc<Prober> {
+    /// A prober of `pool` under `health`, checking with `check`; its thread
+    /// starts with [`Prober::start`].
+    pub fn new(pool: &Arc<Pool>, name: String, health: HealthConfig, check: Check) -> Arc<Prober> {
         Arc::new(Prober {
             pool: Mutex::new(Arc::downgrade(pool)),
             name,
             health,
+            check,
         })
+    }
+
+    /// What each check does.
+    pub fn check(&self) -> &Check {
+        &self.check
     }
 
     /// Starts the thread; it runs while the prober and its pool live.
@@ -131,17 +157,20 @@ impl States {
 }
 
 async fn run(weak: Weak<Prober>) {
-    let Some(config) = weak.upgrade().map(|p| Arc::new(p.health.clone())) else {
+    let Some((config, kind)) = weak
+        .upgrade()
+        .map(|p| (Arc::new(p.health.clone()), p.check.clone()))
+    else {
         return;
     };
     match config.agent() {
-        Some(agent) => tokio::join!(checks(weak.clone(), config), agents(weak, agent)).0,
-        None => checks(weak, config).await,
+        Some(agent) => tokio::join!(checks(weak.clone(), config, kind), agents(weak, agent)).0,
+        None => checks(weak, config, kind).await,
     }
 }
 
 /// The health checks, every interval, until the prober or its pool goes.
-async fn checks(weak: Weak<Prober>, config: Arc<HealthConfig>) {
+async fn checks(weak: Weak<Prober>, config: Arc<HealthConfig>, kind: Check) {
     let mut states = States {
         pool: Weak::new(),
         states: Vec::new(),
@@ -162,7 +191,7 @@ async fn checks(weak: Weak<Prober>, config: Arc<HealthConfig>) {
         let checks: Vec<_> = (0..pool.len())
             .map(|i| {
                 pool.checked(i)
-                    .then(|| tokio::spawn(check(pool.clone(), i, config.clone())))
+                    .then(|| tokio::spawn(check(pool.clone(), i, config.clone(), kind.clone())))
             })
             .collect();
         for (i, handle) in checks.into_iter().enumerate() {
@@ -210,9 +239,19 @@ async fn checks(weak: Weak<Prober>, config: Arc<HealthConfig>) {
 /// One check of backend `i`: the connect and the conversation, within the
 /// check's timeout. The stream is tokio's (epoll): dropped at the deadline,
 /// it is closed at once.
-async fn check(pool: Arc<Pool>, i: usize, config: Arc<HealthConfig>) -> Result<(), String> {
+async fn check(
+    pool: Arc<Pool>,
+    i: usize,
+    config: Arc<HealthConfig>,
+    kind: Check,
+) -> Result<(), String> {
     let addr = pool.addr(i);
     let timeout = config.timeout;
+    if let Check::Datagram { send, expect } = kind {
+        return tokio::time::timeout(timeout, exchange(addr, &send, expect.as_deref()))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+    }
     let conversation = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -222,6 +261,30 @@ async fn check(pool: Arc<Pool>, i: usize, config: Arc<HealthConfig>) -> Result<(
     match tokio::time::timeout(timeout, conversation).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// Sends `send` to `addr` from a fresh UDP socket and waits for a reply
+/// that starts with `expect` (any reply without it). A closed port answers
+/// with ICMP port unreachable, which the connected socket reports as
+/// ECONNREFUSED.
+async fn exchange(addr: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<(), String> {
+    let any: SocketAddr = match addr {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = tokio::net::UdpSocket::bind(any)
+        .await
+        .map_err(|e| e.to_string())?;
+    socket.connect(addr).await.map_err(|e| e.to_string())?;
+    socket.send(send).await.map_err(|e| e.to_string())?;
+    let mut reply = vec![0u8; 65_536];
+    let n = socket.recv(&mut reply).await.map_err(|e| e.to_string())?;
+    match expect {
+        Some(expect) if !reply[..n].starts_with(expect) => {
+            Err("the reply does not start with health-expect".into())
+        }
+        _ => Ok(()),
     }
 }
 

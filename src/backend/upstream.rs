@@ -28,7 +28,7 @@ use tokio_uring::net::TcpStream;
 use tracing::warn;
 
 use crate::backend::balance::{self, Algorithm, Balancer, PickContext};
-use crate::backend::pool::{Lease, Place, Pool, RAMP_STEP};
+use crate::backend::pool::{Lease, OwnedLease, Place, Pool, RAMP_STEP};
 use crate::counters::{BackendMetrics, WorkerMetrics};
 use crate::logging::Throttle;
 use crate::uring;
@@ -336,6 +336,39 @@ impl Upstream {
                     self.failed(i, &err);
                     failed = Some(i);
                 }
+            }
+        }
+    }
+
+    /// Picks a backend for a client that cannot wait (a UDP session's first
+    /// datagram) and takes a slot on it: the balancer's pick among the
+    /// eligible backends, passing over those that filled up meanwhile.
+    /// Nothing is connected, so nothing fails over.
+    pub fn lease_now(&self, client: IpAddr) -> Result<OwnedLease, NoBackend> {
+        let pool = &*self.pool;
+        let mut raced = vec![false; pool.len()];
+        self.refresh_weights();
+        loop {
+            let primary_up = pool.primary_up(|_| true);
+            let eligible = |i: usize| !raced[i] && pool.eligible(i, primary_up);
+            let active = |i: usize| pool.active(i);
+            let ctx = PickContext {
+                client,
+                eligible: &eligible,
+                active: &active,
+            };
+            let pick = self.balancer.borrow_mut().pick(&ctx);
+            let Some(i) = pick else {
+                let full = (0..pool.len()).any(|i| pool.in_service(i, primary_up));
+                return Err(if full {
+                    NoBackend::Full
+                } else {
+                    NoBackend::Down
+                });
+            };
+            match OwnedLease::try_new(&self.pool, i) {
+                Some(lease) => return Ok(lease),
+                None => raced[i] = true,
             }
         }
     }

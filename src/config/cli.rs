@@ -12,14 +12,15 @@ use ipnet::IpNet;
 
 use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr,
-    parse_resolver, parse_sni_pattern, resolve, Algorithm, Config, ConfigError, FrontendConfig,
-    HealthConfig, LogFormat, OrNever, Protocol, ProxyTlvs, ProxyVersion, RouteBy, RouteConfig,
-    DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH, DEFAULT_HEALTH_INTERVAL,
-    DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_QUEUE,
-    DEFAULT_NAME, DEFAULT_PROTOCOL, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS,
-    DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RISE,
-    DEFAULT_ROUTE_BY, DEFAULT_SNI_TIMEOUT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
+    parse_payload, parse_resolver, parse_sni_pattern, resolve, Algorithm, Config, ConfigError,
+    FrontendConfig, HealthConfig, LogFormat, OrNever, Protocol, ProxyTlvs, ProxyVersion, RouteBy,
+    RouteConfig, UdpConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_FALL, DEFAULT_HEALTH,
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES,
+    DEFAULT_MAX_QUEUE, DEFAULT_NAME, DEFAULT_PROTOCOL, DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_PROXY_TLVS, DEFAULT_RESOLVE_AT_START, DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL,
+    DEFAULT_RISE, DEFAULT_ROUTE_BY, DEFAULT_SESSION_TIMEOUT, DEFAULT_SNI_TIMEOUT,
+    MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
 };
 use super::{
     parse_rate, Rate, SourceLimits, DEFAULT_SOURCE_PREFIX, DEFAULT_SOURCE_PREFIX_V6,
@@ -38,7 +39,8 @@ pub struct Cli {
     #[arg(short = 'l', long, value_name = "ADDR", conflicts_with = "config")]
     pub listen: Option<String>,
 
-    /// Transport to serve on --listen: tcp, the only one so far.
+    /// Transport to serve on --listen: tcp, or udp (each client address a
+    /// session with its own backend).
     #[arg(
         long,
         value_name = "PROTOCOL",
@@ -277,6 +279,30 @@ pub struct Cli {
     #[arg(long = "resolver", value_name = "ADDR", value_parser = parse_resolver)]
     pub resolvers: Vec<SocketAddr>,
 
+    /// UDP: a session with no datagram either way for this long ends.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_SESSION_TIMEOUT.into(), conflicts_with = "config")]
+    pub session_timeout: humantime::Duration,
+
+    /// UDP: end a session once the backend sent N replies per datagram of
+    /// the client (nginx proxy_responses; 1 for DNS) [default: no limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "config")]
+    pub responses: Option<u32>,
+
+    /// UDP: most sessions open at once, across workers; past it datagrams
+    /// from new clients are dropped and counted [default: no limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "config")]
+    pub max_sessions: Option<u64>,
+
+    /// UDP: the datagram an active health check sends to each backend, as
+    /// text or `hex:` and hex digits; without it a UDP pool has no active check.
+    #[arg(long, value_name = "PAYLOAD", value_parser = payload, conflicts_with = "config")]
+    pub health_send: Option<Payload>,
+
+    /// UDP: what a health check's reply must start with, as text or `hex:`
+    /// and hex digits [default: any reply].
+    #[arg(long, value_name = "PAYLOAD", value_parser = payload, conflicts_with = "config")]
+    pub health_expect: Option<Payload>,
+
     /// Frontend name, used in logs and metric labels.
     #[arg(
         long,
@@ -437,6 +463,13 @@ impl Config {
                 prefix_v6: cli.source_prefix_v6,
                 table_size: cli.source_table_size as usize,
             },
+            udp: UdpConfig {
+                session_timeout: cli.session_timeout.into(),
+                responses: cli.responses,
+                max_sessions: cli.max_sessions.map(|n| n as usize),
+                health_send: cli.health_send.clone().map(|p| p.0),
+                health_expect: cli.health_expect.clone().map(|p| p.0),
+            },
         };
         let config = Config {
             workers: cli.workers.map_or_else(default_workers, |n| n as usize),
@@ -488,6 +521,15 @@ impl Config {
         self.sqpoll |= cli.sqpoll;
         Ok(self)
     }
+}
+
+/// A health check payload's bytes (a type of its own: clap would take a
+/// `Vec<u8>` for a list of numbers).
+#[derive(Debug, Clone)]
+pub struct Payload(pub Vec<u8>);
+
+fn payload(s: &str) -> Result<Payload, String> {
+    parse_payload(s).map(Payload)
 }
 
 /// Parses `--route NAME[,NAME...]=ADDR[;ADDR...]`; its balance, PROXY
@@ -577,7 +619,7 @@ mod tests {
     }
 
     #[test]
-    fn protocol_flag_takes_tcp_only() {
+    fn protocol_flag_takes_tcp_and_udp() {
         let args = [
             "ringlb",
             "--listen",
@@ -589,10 +631,29 @@ mod tests {
         assert_eq!(config.frontends[0].protocol, Protocol::Tcp);
         let tcp = Cli::try_parse_from(args.iter().chain(&["--protocol", "tcp"])).unwrap();
         assert_eq!(tcp.protocol, Protocol::Tcp);
-        let err = Cli::try_parse_from(args.iter().chain(&["--protocol", "udp"]))
+        let udp = [
+            "--protocol",
+            "udp",
+            "--responses",
+            "1",
+            "--max-sessions",
+            "9",
+        ];
+        let cli = Cli::try_parse_from(args.iter().chain(&udp)).unwrap();
+        let fe = Config::from_cli(&cli).unwrap().frontends.remove(0);
+        assert_eq!(fe.protocol, Protocol::Udp);
+        assert_eq!((fe.udp.responses, fe.udp.max_sessions), (Some(1), Some(9)));
+        assert_eq!(fe.udp.session_timeout, DEFAULT_SESSION_TIMEOUT);
+        let err = Cli::try_parse_from(args.iter().chain(&["--protocol", "sctp"]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("invalid protocol 'udp'"), "{err}");
+        assert!(err.contains("invalid protocol 'sctp'"), "{err}");
+        let cli = Cli::try_parse_from(args.iter().chain(&["--responses", "1"])).unwrap();
+        let err = Config::from_cli(&cli).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--responses does not apply to a tcp frontend (--protocol tcp)"
+        );
     }
 
     #[test]

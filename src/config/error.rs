@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 
-use super::MAX_WEIGHT;
+use super::{Protocol, MAX_WEIGHT};
 
 /// A setting that validation can find wrong, named once for both layers: as
 /// a flag (or `--backend` option) and as a key path in the file.
@@ -57,6 +57,8 @@ pub enum Key {
     ResolveHold,
     /// The health check's `steps` (file only).
     HealthSteps,
+    /// The health check's `preset` (file only).
+    HealthPreset,
     /// The health check's `role` (file only).
     HealthRole,
     /// The health check's `http-path` (file only).
@@ -73,6 +75,34 @@ pub enum Key {
     AgentInterval,
     /// `agent-send` (file only).
     AgentSend,
+    /// `buffer-size`.
+    BufferSize,
+    /// `max-queue`.
+    MaxQueue,
+    /// `send-proxy`.
+    SendProxy,
+    /// `accept-proxy`.
+    AcceptProxy,
+    /// `session-timeout`.
+    SessionTimeout,
+    /// `responses`.
+    Responses,
+    /// `max-sessions`.
+    MaxSessions,
+    /// `health-send`.
+    HealthSend,
+    /// `health-expect`.
+    HealthExpect,
+    /// `max-conns-per-source`.
+    MaxConnsPerSource,
+    /// `rate-per-source`.
+    RatePerSource,
+    /// `source-prefix`.
+    SourcePrefix,
+    /// `source-prefix-v6`.
+    SourcePrefixV6,
+    /// `source-table-size`.
+    SourceTableSize,
 }
 
 impl Key {
@@ -102,6 +132,7 @@ impl Key {
             Key::ResolveInterval => "resolve-interval",
             Key::ResolveHold => "resolve-hold",
             Key::HealthSteps => "health steps",
+            Key::HealthPreset => "health preset",
             Key::HealthRole => "health role",
             Key::HealthHttpPath => "health http-path",
             Key::HealthHttpHost => "health http-host",
@@ -110,6 +141,20 @@ impl Key {
             Key::AgentPort => "health agent-port",
             Key::AgentInterval => "health agent-interval",
             Key::AgentSend => "health agent-send",
+            Key::BufferSize => "buffer-size",
+            Key::MaxQueue => "max-queue",
+            Key::SendProxy => "send-proxy",
+            Key::AcceptProxy => "accept-proxy",
+            Key::SessionTimeout => "session-timeout",
+            Key::Responses => "responses",
+            Key::MaxSessions => "max-sessions",
+            Key::HealthSend => "health-send",
+            Key::HealthExpect => "health-expect",
+            Key::MaxConnsPerSource => "max-conns-per-source",
+            Key::RatePerSource => "rate-per-source",
+            Key::SourcePrefix => "source-prefix",
+            Key::SourcePrefixV6 => "source-prefix-v6",
+            Key::SourceTableSize => "source-table-size",
         }
     }
 
@@ -139,6 +184,7 @@ impl Key {
             Key::ResolveInterval => &["resolve-interval"],
             Key::ResolveHold => &["resolve-hold"],
             Key::HealthSteps => &["health", "steps"],
+            Key::HealthPreset => &["health", "preset"],
             Key::HealthRole => &["health", "role"],
             Key::HealthHttpPath => &["health", "http-path"],
             Key::HealthHttpHost => &["health", "http-host"],
@@ -147,6 +193,20 @@ impl Key {
             Key::AgentPort => &["health", "agent-port"],
             Key::AgentInterval => &["health", "agent-interval"],
             Key::AgentSend => &["health", "agent-send"],
+            Key::BufferSize => &["buffer-size"],
+            Key::MaxQueue => &["max-queue"],
+            Key::SendProxy => &["send-proxy"],
+            Key::AcceptProxy => &["accept-proxy"],
+            Key::SessionTimeout => &["session-timeout"],
+            Key::Responses => &["responses"],
+            Key::MaxSessions => &["max-sessions"],
+            Key::HealthSend => &["health-send"],
+            Key::HealthExpect => &["health-expect"],
+            Key::MaxConnsPerSource => &["max-conns-per-source"],
+            Key::RatePerSource => &["rate-per-source"],
+            Key::SourcePrefix => &["source-prefix"],
+            Key::SourcePrefixV6 => &["source-prefix-v6"],
+            Key::SourceTableSize => &["source-table-size"],
         }
     }
 }
@@ -315,6 +375,29 @@ pub enum ConfigError {
         /// The name.
         name: String,
     },
+    /// A setting of one transport on a frontend of the other (a TCP-only
+    /// key on a UDP frontend, or the reverse).
+    #[error("--{} does not apply to a {protocol} frontend (--protocol {protocol})", .key.flag())]
+    WrongProtocol {
+        /// The frontend.
+        frontend: usize,
+        /// The setting.
+        key: Key,
+        /// The frontend's protocol.
+        protocol: Protocol,
+    },
+    /// send-proxy v1 on a UDP frontend: only v2 has a datagram form.
+    #[error("--send-proxy v1 has no datagram form: a udp frontend sends v2")]
+    ProxyV1Datagram {
+        /// The frontend.
+        frontend: usize,
+    },
+    /// health-expect without health-send.
+    #[error("--health-expect needs --health-send")]
+    ExpectWithoutSend {
+        /// The frontend.
+        frontend: usize,
+    },
     /// A backend's weight or max-conns out of its range.
     #[error("invalid backend option '{}={value}' for {addr}: {}", .key.flag(), self.reason())]
     BackendOutOfRange {
@@ -347,6 +430,11 @@ impl ConfigError {
             }
             ConfigError::TlvsNowhere { frontend } => (frontend, None, None, Key::ProxyTlvs),
             ConfigError::BurstWithoutRate { frontend } => (frontend, None, None, Key::RateBurst),
+            ConfigError::WrongProtocol { frontend, key, .. } => (frontend, None, None, key),
+            ConfigError::ExpectWithoutSend { frontend } => {
+                (frontend, None, None, Key::HealthExpect)
+            }
+            ConfigError::ProxyV1Datagram { frontend } => (frontend, None, None, Key::SendProxy),
             ConfigError::NoBackend { frontend } => (frontend, None, None, Key::Backends),
             ConfigError::NoRoute { frontend } | ConfigError::RoutesWithoutRouteBy { frontend } => {
                 (frontend, None, None, Key::RouteBy)
@@ -407,6 +495,13 @@ impl ConfigError {
             ConfigError::EmptyRoute { .. } => "no backend: list at least one".into(),
             ConfigError::ProxyFromWithoutProxy { .. } => "needs accept-proxy = true".into(),
             ConfigError::BurstWithoutRate { .. } => "needs rate-per-source".into(),
+            ConfigError::WrongProtocol { protocol, .. } => {
+                format!("does not apply to a frontend with protocol = \"{protocol}\"")
+            }
+            ConfigError::ExpectWithoutSend { .. } => "needs health-send".into(),
+            ConfigError::ProxyV1Datagram { .. } => {
+                "\"v1\" has no datagram form: a udp frontend sends \"v2\"".into()
+            }
             ConfigError::TlvsNowhere { .. } => {
                 "\"forward\" needs accept-proxy = true and send-proxy = \"v2\" (on the frontend or a route)".into()
             }

@@ -26,15 +26,16 @@ use serde::Deserialize;
 
 use super::{
     default_slow_start, default_workers, parse_backend, parse_buffer_size, parse_cidr, parse_hex,
-    parse_resolver, parse_sni_pattern, parse_status_range, range_message, resolve, Algorithm,
-    BackendConfig, BackendName, CheckSpec, Config, ConfigError, Expect, FrontendConfig,
+    parse_payload, parse_resolver, parse_sni_pattern, parse_status_range, range_message, resolve,
+    Algorithm, BackendConfig, BackendName, CheckSpec, Config, ConfigError, Expect, FrontendConfig,
     HealthConfig, Location, OrNever, Pattern, Preset, Protocol, ProxyTlvs, ProxyVersion, RedisRole,
-    RouteBy, RouteConfig, Step, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_QUEUE, DEFAULT_OBSERVE_L4, DEFAULT_PROTOCOL,
-    DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS, DEFAULT_RESOLVE_AT_START,
-    DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SLOW_START,
-    DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_MAX_ADDRESSES, MAX_RISE_FALL, MAX_WORKERS,
+    RouteBy, RouteConfig, Step, UdpConfig, DEFAULT_BALANCE, DEFAULT_BUFFER_SIZE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_HEALTH,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ADDRESSES, DEFAULT_MAX_QUEUE, DEFAULT_OBSERVE_L4,
+    DEFAULT_PROTOCOL, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS, DEFAULT_RESOLVE_AT_START,
+    DEFAULT_RESOLVE_HOLD, DEFAULT_RESOLVE_INTERVAL, DEFAULT_ROUTE_BY, DEFAULT_SESSION_TIMEOUT,
+    DEFAULT_SLOW_START, DEFAULT_SNI_TIMEOUT, DEFAULT_WEIGHT, MAX_MAX_ADDRESSES, MAX_RISE_FALL,
+    MAX_WORKERS,
 };
 use super::{
     parse_rate, Rate, SourceLimits, DEFAULT_SOURCE_LIMITS, MAX_SOURCE_RATE, MAX_SOURCE_TABLE_SIZE,
@@ -397,6 +398,11 @@ struct RawFrontend {
     source_prefix: Option<Int<0, 32>>,
     source_prefix_v6: Option<Int<0, 128>>,
     source_table_size: Option<Int<1, MAX_SOURCE_TABLE_SIZE>>,
+    session_timeout: Option<Dur>,
+    responses: Option<Int<1, { u32::MAX as u64 }>>,
+    max_sessions: Option<Int<1, { usize::MAX as u64 }>>,
+    health_send: Option<PayloadValue>,
+    health_expect: Option<PayloadValue>,
 }
 
 /// One `[[frontend.route]]` table as written.
@@ -556,6 +562,15 @@ impl RawFrontend {
                 table_size: self
                     .source_table_size
                     .map_or(DEFAULT_SOURCE_LIMITS.table_size, |n| n.0 as usize),
+            },
+            udp: UdpConfig {
+                session_timeout: self
+                    .session_timeout
+                    .map_or(DEFAULT_SESSION_TIMEOUT, |d| d.0),
+                responses: self.responses.map(|n| n.0 as u32),
+                max_sessions: self.max_sessions.map(|n| n.0 as usize),
+                health_send: self.health_send.map(|p| p.0),
+                health_expect: self.health_expect.map(|p| p.0),
             },
         }
     }
@@ -839,12 +854,23 @@ impl<'de> Deserialize<'de> for RateValue {
     }
 }
 
-/// A transport's name: `"tcp"`.
+/// A transport's name: `"tcp"` or `"udp"`.
 struct ProtocolValue(Protocol);
 
 impl<'de> Deserialize<'de> for ProtocolValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str(d, "\"tcp\"", |s| s.parse().map(ProtocolValue))
+        from_str(d, "\"tcp\" or \"udp\"", |s| s.parse().map(ProtocolValue))
+    }
+}
+
+/// A health check payload: text, or `"hex:"` and hex digits.
+struct PayloadValue(Vec<u8>);
+
+impl<'de> Deserialize<'de> for PayloadValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "a payload such as \"ping\" or \"hex:00 01\"", |s| {
+            parse_payload(s).map(PayloadValue)
+        })
     }
 }
 
@@ -1224,6 +1250,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 resolve_hold: Duration::from_secs(30),
                 max_addresses: 1024,
                 sources: DEFAULT_SOURCE_LIMITS,
+                udp: crate::config::DEFAULT_UDP,
             }],
             resolvers: vec![],
             resolve_at_start: true,
@@ -1384,8 +1411,9 @@ health = { enabled = false, interval = "0s" }
             Path::new("examples/ringlb.toml"),
         )
         .unwrap();
-        assert_eq!(c.frontends.len(), 3);
+        assert_eq!(c.frontends.len(), 4);
         assert_eq!(c.frontends[2].routes.len(), 2);
+        assert_eq!(c.frontends[3].protocol, Protocol::Udp);
     }
 
     #[test]
@@ -1908,19 +1936,51 @@ http-status = "200-299"
 
     /// `protocol` takes "tcp" only, and anything else is a located error
     /// naming the value, as `balance` does.
+    /// `protocol` takes "tcp" and "udp"; anything else, and a key of the
+    /// other protocol, is a located error naming the value, as `balance` does.
     #[test]
-    fn protocol_is_tcp_only() {
+    fn protocol_tcp_or_udp() {
         const FE: &str = "[[frontend]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n";
         let tcp = format!("{FE}protocol = \"tcp\"\nbackends = [\"127.0.0.1:9000\"]\n");
         assert_eq!(
             parse_str(&tcp).unwrap().frontends[0].protocol,
             Protocol::Tcp
         );
-        let udp = format!("{FE}protocol = \"udp\"\nbackends = [\"127.0.0.1:9000\"]\n");
-        let err = parse_str(&udp).unwrap_err().to_string();
+        let udp = format!(
+            "{FE}protocol = \"udp\"\nbackends = [\"127.0.0.1:9000\"]\nsession-timeout = \"5s\"\n\
+             responses = 1\nmax-sessions = 100\nhealth-send = \"hex:00ff\"\nhealth-expect = \"ok\"\n"
+        );
+        let fe = parse_str(&udp).unwrap().frontends.remove(0);
+        assert_eq!(fe.protocol, Protocol::Udp);
+        assert_eq!(
+            fe.udp,
+            UdpConfig {
+                session_timeout: Duration::from_secs(5),
+                responses: Some(1),
+                max_sessions: Some(100),
+                health_send: Some(vec![0, 0xff]),
+                health_expect: Some(b"ok".to_vec()),
+            }
+        );
+        let bad = format!("{FE}protocol = \"sctp\"\nbackends = [\"127.0.0.1:9000\"]\n");
+        let err = parse_str(&bad).unwrap_err().to_string();
         assert_eq!(
             err,
-            format!("{PATH}:4: frontend[0].protocol: invalid protocol 'udp': expected \"tcp\"")
+            format!("{PATH}:4: frontend[0].protocol: invalid protocol 'sctp': expected \"tcp\" or \"udp\"")
+        );
+        let tcp_key = format!(
+            "{FE}protocol = \"udp\"\nbackends = [\"127.0.0.1:9000\"]\nidle-timeout = \"1m\"\n"
+        );
+        let err = parse_str(&tcp_key).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{PATH}:6: frontend[0].idle-timeout: does not apply to a frontend with protocol = \"udp\"")
+        );
+        let udp_key = format!("{FE}backends = [\"127.0.0.1:9000\"]\nresponses = 1\n");
+        let err = parse_str(&udp_key).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{PATH}:5: frontend[0].responses: does not apply to a frontend with protocol = \"tcp\"")
         );
     }
 

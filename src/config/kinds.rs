@@ -40,18 +40,21 @@ impl FromStr for RouteBy {
     }
 }
 
-/// The transport a frontend serves. Only TCP so far: the key exists so that
-/// a second transport is a new variant, not a new kind of frontend.
+/// The transport a frontend serves; each is a service of its own in the
+/// workers, and a TCP and a UDP frontend may share an address and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     /// TCP: each accepted connection is relayed to one backend.
     Tcp,
+    /// UDP: each client address is a session, relayed to one backend.
+    Udp,
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
         })
     }
 }
@@ -62,7 +65,10 @@ impl FromStr for Protocol {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "tcp" => Ok(Protocol::Tcp),
-            _ => Err(format!("invalid protocol '{s}': expected \"tcp\"")),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(format!(
+                "invalid protocol '{s}': expected \"tcp\" or \"udp\""
+            )),
         }
     }
 }
@@ -254,9 +260,10 @@ mod tests {
 
     #[test]
     fn protocol_names() {
-        assert_eq!("tcp".parse(), Ok(Protocol::Tcp));
-        assert_eq!(Protocol::Tcp.to_string(), "tcp");
-        for bad in ["udp", "TCP", ""] {
+        for p in [Protocol::Tcp, Protocol::Udp] {
+            assert_eq!(p.to_string().parse(), Ok(p));
+        }
+        for bad in ["sctp", "TCP", ""] {
             let err = bad.parse::<Protocol>().unwrap_err();
             assert!(err.contains(&format!("'{bad}'")), "{err}");
         }

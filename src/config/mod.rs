@@ -40,17 +40,27 @@ pub use kinds::{
 };
 pub use model::{
     BackendConfig, BackendName, Config, FrontendConfig, HealthConfig, Rate, RouteConfig,
-    SourceLimits,
+    SourceLimits, UdpConfig,
 };
 pub use parse::{
     default_slow_start, parse_backend, parse_backend_addr, parse_buffer_size, parse_cidr,
-    parse_rate, parse_resolver, parse_sni_pattern, resolve, OrNever,
+    parse_payload, parse_rate, parse_resolver, parse_sni_pattern, resolve, OrNever,
 };
 
 /// A frontend's name when none is given.
 pub const DEFAULT_NAME: &str = "default";
-/// The transport a frontend serves, unless configured (the only one so far).
+/// The transport a frontend serves, unless configured.
 pub const DEFAULT_PROTOCOL: Protocol = Protocol::Tcp;
+/// A UDP session with no datagram either way for this long ends.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// A UDP frontend's settings when it sets none (and a TCP frontend's).
+pub const DEFAULT_UDP: UdpConfig = UdpConfig {
+    session_timeout: DEFAULT_SESSION_TIMEOUT,
+    responses: None,
+    max_sessions: None,
+    health_send: None,
+    health_expect: None,
+};
 /// Most clients waiting for a backend slot in one pool, across workers.
 pub const DEFAULT_MAX_QUEUE: usize = 4096;
 /// What happens to a client's PROXY v2 TLVs: dropped.

@@ -113,6 +113,8 @@ pub struct FrontendConfig {
     pub max_addresses: u32,
     /// Limits per client source (address grouped by prefix), across workers.
     pub sources: SourceLimits,
+    /// The settings of a UDP frontend (their defaults on a TCP one).
+    pub udp: UdpConfig,
 }
 
 /// Per-source limits on a frontend and the bounded table that keeps them
@@ -175,6 +177,35 @@ impl fmt::Display for Rate {
         };
         write!(f, "{}/{unit}", self.count)
     }
+}
+
+impl FrontendConfig {
+    /// The most clients open at once across workers: max-conns for TCP,
+    /// max-sessions for UDP.
+    pub fn max_clients(&self) -> Option<usize> {
+        match self.protocol {
+            Protocol::Tcp => self.max_conns,
+            Protocol::Udp => self.udp.max_sessions,
+        }
+    }
+}
+
+/// The settings only a UDP frontend takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// A session with no datagram either way for this long ends.
+    pub session_timeout: Duration,
+    /// A session ends once it has had this many replies per datagram from
+    /// its client (nginx's `proxy_responses`; DNS uses 1); `None` is no limit.
+    pub responses: Option<u32>,
+    /// Most sessions open at once, across workers; past it datagrams from
+    /// new clients are dropped and counted.
+    pub max_sessions: Option<usize>,
+    /// The payload an active health check sends to each backend; without
+    /// it a UDP pool has no active check.
+    pub health_send: Option<Vec<u8>>,
+    /// What a health check's reply must start with; `None` takes any reply.
+    pub health_expect: Option<Vec<u8>>,
 }
 
 /// One SNI route: the names (and ALPN protocols) it takes and its own pool.
@@ -383,6 +414,7 @@ pub(super) mod tests {
             resolve_hold: DEFAULT_RESOLVE_HOLD,
             max_addresses: DEFAULT_MAX_ADDRESSES,
             sources: DEFAULT_SOURCE_LIMITS,
+            udp: DEFAULT_UDP,
         }
     }
 

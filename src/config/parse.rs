@@ -268,10 +268,53 @@ pub fn parse_buffer_size(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// The largest health check payload: one UDP datagram.
+pub const MAX_PAYLOAD: usize = 65_507;
+
+/// Parses a health check payload: `hex:` and hex digits (spaces and colons
+/// between bytes allowed, e.g. `hex:00 01 ab`), or else the text's bytes.
+pub fn parse_payload(s: &str) -> Result<Vec<u8>, String> {
+    let bytes = match s.strip_prefix("hex:") {
+        Some(hex) => {
+            let digits: Vec<u8> = hex.bytes().filter(|b| !matches!(b, b' ' | b':')).collect();
+            if !digits.len().is_multiple_of(2) || !digits.iter().all(u8::is_ascii_hexdigit) {
+                return Err(format!(
+                    "invalid payload '{s}': after hex: expected pairs of hex digits, e.g. hex:00 01 ab"
+                ));
+            }
+            digits
+                .chunks(2)
+                .map(|pair| {
+                    let text = std::str::from_utf8(pair).unwrap_or("00");
+                    u8::from_str_radix(text, 16).unwrap_or(0)
+                })
+                .collect()
+        }
+        None => s.as_bytes().to_vec(),
+    };
+    if bytes.is_empty() || bytes.len() > MAX_PAYLOAD {
+        return Err(format!(
+            "invalid payload '{s}': must be 1 to {MAX_PAYLOAD} bytes, got {}",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::DEFAULT_IDLE_TIMEOUT;
+
+    #[test]
+    fn payloads_in_hex_or_text() {
+        assert_eq!(parse_payload("ping").unwrap(), b"ping");
+        assert_eq!(parse_payload("hex:00 01:Ab").unwrap(), [0, 1, 0xab]);
+        for bad in ["hex:0", "hex:zz", "hex:", ""] {
+            let err = parse_payload(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+    }
 
     #[test]
     fn addresses() {

@@ -6,8 +6,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
-    BackendConfig, Config, ConfigError, HealthConfig, Key, Preset, ProxyTlvs, ProxyVersion,
-    RouteBy, MAX_WEIGHT,
+    BackendConfig, Config, ConfigError, FrontendConfig, HealthConfig, Key, Preset, Protocol,
+    ProxyTlvs, ProxyVersion, RouteBy, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_PROXY_TLVS,
+    DEFAULT_ROUTE_BY, DEFAULT_SESSION_TIMEOUT, DEFAULT_SNI_TIMEOUT, DEFAULT_SOURCE_LIMITS,
+    MAX_WEIGHT,
 };
 
 impl Config {
@@ -19,6 +22,19 @@ impl Config {
             return Err(ConfigError::NoFrontend);
         }
         for (i, fe) in self.frontends.iter().enumerate() {
+            if let Some(key) = other_protocols_key(fe) {
+                return Err(ConfigError::WrongProtocol {
+                    frontend: i,
+                    key,
+                    protocol: fe.protocol,
+                });
+            }
+            if fe.protocol == Protocol::Udp && fe.send_proxy == Some(ProxyVersion::V1) {
+                return Err(ConfigError::ProxyV1Datagram { frontend: i });
+            }
+            if fe.udp.health_expect.is_some() && fe.udp.health_send.is_none() {
+                return Err(ConfigError::ExpectWithoutSend { frontend: i });
+            }
             match fe.route_by {
                 RouteBy::None if !fe.routes.is_empty() => {
                     return Err(ConfigError::RoutesWithoutRouteBy { frontend: i })
@@ -87,6 +103,7 @@ impl Config {
                 (Key::SniTimeout, Some(fe.sni_timeout)),
                 (Key::ResolveInterval, Some(fe.resolve_interval)),
                 (Key::ResolveHold, Some(fe.resolve_hold)),
+                (Key::SessionTimeout, Some(fe.udp.session_timeout)),
             ] {
                 if value.is_some_and(|v| v.is_zero()) {
                     return Err(ConfigError::ZeroDuration {
@@ -113,6 +130,10 @@ impl Config {
                         frontend: i,
                         name: fe.name.clone(),
                     });
+                }
+                // A TCP and a UDP socket never share clients.
+                if other.protocol != fe.protocol {
+                    continue;
                 }
                 if other.listen == fe.listen && fe.listen.port() != 0 {
                     return Err(ConfigError::DuplicateListen {
@@ -212,6 +233,74 @@ fn check_health(
     Ok(())
 }
 
+/// The first setting `fe` has that its protocol does not take: a TCP-only
+/// setting away from its default on a UDP frontend, or the reverse.
+fn other_protocols_key(fe: &FrontendConfig) -> Option<Key> {
+    let tcp_only = [
+        (Key::BufferSize, fe.buffer_size != DEFAULT_BUFFER_SIZE),
+        (
+            Key::ConnectTimeout,
+            fe.connect_timeout != DEFAULT_CONNECT_TIMEOUT,
+        ),
+        (
+            Key::IdleTimeout,
+            fe.idle_timeout != Some(DEFAULT_IDLE_TIMEOUT),
+        ),
+        (Key::MaxLifetime, fe.max_lifetime.is_some()),
+        (Key::MaxConns, fe.max_conns.is_some()),
+        (Key::QueueTimeout, fe.queue_timeout.is_some()),
+        (Key::MaxQueue, fe.max_queue != DEFAULT_MAX_QUEUE),
+        (Key::AcceptProxy, fe.accept_proxy),
+        (Key::ProxyTlvs, fe.proxy_tlvs != DEFAULT_PROXY_TLVS),
+        (
+            Key::ProxyHeaderTimeout,
+            fe.proxy_header_timeout != DEFAULT_PROXY_HEADER_TIMEOUT,
+        ),
+        (Key::AcceptProxyFrom, !fe.accept_proxy_from.is_empty()),
+        (
+            Key::RouteBy,
+            fe.route_by != DEFAULT_ROUTE_BY || !fe.routes.is_empty(),
+        ),
+        (Key::SniTimeout, fe.sni_timeout != DEFAULT_SNI_TIMEOUT),
+        // The health presets, steps and agent speak TCP.
+        (Key::HealthPreset, fe.health.check.preset.is_some()),
+        (Key::HealthSteps, !fe.health.check.steps.is_empty()),
+        (Key::AgentPort, fe.health.agent_port.is_some()),
+        // Per-source limits count connections at accept.
+        (Key::MaxConnsPerSource, fe.sources.max_conns.is_some()),
+        (Key::RatePerSource, fe.sources.rate.is_some()),
+        (Key::RateBurst, fe.sources.burst.is_some()),
+        (
+            Key::SourcePrefix,
+            fe.sources.prefix_v4 != DEFAULT_SOURCE_LIMITS.prefix_v4,
+        ),
+        (
+            Key::SourcePrefixV6,
+            fe.sources.prefix_v6 != DEFAULT_SOURCE_LIMITS.prefix_v6,
+        ),
+        (
+            Key::SourceTableSize,
+            fe.sources.table_size != DEFAULT_SOURCE_LIMITS.table_size,
+        ),
+    ];
+    let udp = &fe.udp;
+    let udp_only = [
+        (
+            Key::SessionTimeout,
+            udp.session_timeout != DEFAULT_SESSION_TIMEOUT,
+        ),
+        (Key::Responses, udp.responses.is_some()),
+        (Key::MaxSessions, udp.max_sessions.is_some()),
+        (Key::HealthSend, udp.health_send.is_some()),
+        (Key::HealthExpect, udp.health_expect.is_some()),
+    ];
+    let foreign = match fe.protocol {
+        Protocol::Tcp => &udp_only[..],
+        Protocol::Udp => &tcp_only[..],
+    };
+    foreign.iter().find(|(_, set)| *set).map(|(key, _)| *key)
+}
+
 /// Checks the weights and limits of one pool's backends.
 fn check_backends(
     frontend: usize,
@@ -267,6 +356,13 @@ mod tests {
     use crate::config::model::tests::{config, frontend};
     use crate::config::{parse_backend, parse_cidr, Location};
 
+    /// `fe` as a UDP frontend with every TCP setting at its default.
+    fn udp(mut fe: FrontendConfig) -> FrontendConfig {
+        fe.protocol = Protocol::Udp;
+        fe.idle_timeout = Some(DEFAULT_IDLE_TIMEOUT);
+        fe
+    }
+
     /// Every validation error says where it is, down to the backend.
     #[test]
     fn validation_errors_are_located() {
@@ -317,6 +413,27 @@ mod tests {
         c.frontends[0].accept_proxy = true;
         c.frontends[0].send_proxy = Some(ProxyVersion::V1);
         cases.push((c, at(0, None, Key::ProxyTlvs)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].idle_timeout = None;
+        cases.push((c, at(0, None, Key::IdleTimeout)));
+        let mut c = config(vec![web()]);
+        c.frontends[0].udp.responses = Some(1);
+        cases.push((c, at(0, None, Key::Responses)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].udp.health_expect = Some(b"x".to_vec());
+        cases.push((c, at(0, None, Key::HealthExpect)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].health.agent_port = Some(9999);
+        cases.push((c, at(0, None, Key::AgentPort)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].sources.max_conns = Some(1);
+        cases.push((c, at(0, None, Key::MaxConnsPerSource)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].send_proxy = Some(ProxyVersion::V1);
+        cases.push((c, at(0, None, Key::SendProxy)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].udp.session_timeout = Duration::ZERO;
+        cases.push((c, at(0, None, Key::SessionTimeout)));
         for (c, location) in cases {
             let err = c.validate().unwrap_err();
             assert_eq!(err.location(), location, "{err}");
@@ -355,6 +472,36 @@ mod tests {
         ] {
             assert!(!overlap(a, b), "{a} {b}");
         }
+    }
+
+    #[test]
+    fn tcp_and_udp_share_an_address() {
+        let tcp = frontend("dns-tcp", "0.0.0.0:53", &["127.0.0.1:9"]);
+        let mut udp = udp(frontend("dns-udp", "127.0.0.1:53", &["127.0.0.1:9"]));
+        udp.udp.responses = Some(1);
+        let mut both = config(vec![tcp, udp.clone()]);
+        both.validate().unwrap();
+        both.frontends[0] = FrontendConfig {
+            name: "other".into(),
+            ..udp
+        };
+        let err = both.validate().unwrap_err();
+        assert_eq!(err.location().map(|l| l.key), Some(Key::Listen), "{err}");
+    }
+
+    #[test]
+    fn a_foreign_key_names_the_protocol() {
+        let mut udp = udp(frontend("u", "127.0.0.1:53", &["127.0.0.1:9"]));
+        udp.accept_proxy = true;
+        let err = config(vec![udp]).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--accept-proxy does not apply to a udp frontend (--protocol udp)"
+        );
+        assert_eq!(
+            err.reason(),
+            "does not apply to a frontend with protocol = \"udp\""
+        );
     }
 
     #[test]

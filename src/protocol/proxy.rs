@@ -169,6 +169,28 @@ pub fn encode(version: Version, source: SocketAddr, dest: SocketAddr, out: &mut 
     encode_with_tlvs(version, source, dest, &[], out);
 }
 
+/// Appends a v2 header announcing a UDP datagram from `source` to `dest`
+/// (the specification's DGRAM families, UDP4 or UDP6), which goes in front
+/// of each datagram relayed: a backend learns the client's address from
+/// every datagram. Families are made equal as [`encode`] does.
+pub fn encode_datagram(source: SocketAddr, dest: SocketAddr, out: &mut Vec<u8>) {
+    let (source, dest) = match (source, dest) {
+        (SocketAddr::V4(_), SocketAddr::V6(_)) | (SocketAddr::V6(_), SocketAddr::V4(_)) => {
+            (to_v6(source), to_v6(dest))
+        }
+        _ => (source, dest),
+    };
+    let start = out.len();
+    encode_v2(source, dest, &[], out);
+    // The family byte follows the signature and the version/command byte.
+    let family = &mut out[start + V2_SIGNATURE.len() + 1];
+    *family = if *family == V2_FAM_TCP4 {
+        V2_FAM_UDP4
+    } else {
+        V2_FAM_UDP6
+    };
+}
+
 /// [`encode`], with `tlvs` (whole TLVs, such as [`forwardable_tlvs`] gives)
 /// after a v2 header's addresses; v1 has no room for them.
 pub fn encode_with_tlvs(
@@ -654,6 +676,27 @@ fn take<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn datagram_headers_carry_the_udp_families() {
+        let mut out = Vec::new();
+        let (client, front) = ("192.0.2.1:5353", "198.51.100.2:53");
+        encode_datagram(client.parse().unwrap(), front.parse().unwrap(), &mut out);
+        let mut want = V2_SIGNATURE.to_vec();
+        want.extend_from_slice(&[0x21, 0x12, 0, 12, 192, 0, 2, 1, 198, 51, 100, 2]);
+        want.extend_from_slice(&5353u16.to_be_bytes());
+        want.extend_from_slice(&53u16.to_be_bytes());
+        assert_eq!(out, want);
+        // Mixed families go as IPv6, UDP6.
+        out.clear();
+        encode_datagram(
+            client.parse().unwrap(),
+            "[2001:db8::1]:53".parse().unwrap(),
+            &mut out,
+        );
+        assert_eq!(out[12..16], [0x21, 0x22, 0, 36]);
+        assert_eq!(out.len(), 16 + 36);
+    }
+
     use super::*;
 
     #[test]

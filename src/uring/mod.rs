@@ -15,6 +15,9 @@
 //! - [`recv_send`]: the one-shot receive and send ([`Recv`], [`SendAll`]), and
 //!   the cancellation of every operation on a socket ([`cancel_all_on`]).
 //! - [`ring`]: the provided-buffer ring, and the one-shot receive into it ([`RecvProvided`]).
+//! - [`datagram`]: the UDP operations: a receive with its sender, destination
+//!   and MSG_TRUNC ([`recv_msg`]), a send from a chosen source ([`send_msg`]),
+//!   and a wait for readability that holds no buffer ([`poll_readable`]).
 //! - [`stream`]: the multishot receive into the provided ring ([`RecvStream`]).
 //! - [`sys`]: the `unsafe` libc calls that are no io_uring operation:
 //!   [`trim_heap`], [`recv_with_fds`] and [`effective_uid`].
@@ -22,6 +25,7 @@
 #![allow(unsafe_code)]
 
 mod connect;
+mod datagram;
 mod files;
 mod recv_send;
 mod ring;
@@ -30,6 +34,7 @@ mod stream;
 mod sys;
 
 pub(crate) use connect::{connect, local_addr};
+pub(crate) use datagram::{poll_readable, recv_msg, send_msg, Arrival, Datagram};
 pub(crate) use files::{register_file_table, release_file_table, FixedPair, Sock};
 pub(crate) use recv_send::{cancel_all_on, recv, send_all, Recv, SendAll};
 pub(crate) use ring::{

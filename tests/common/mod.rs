@@ -26,6 +26,8 @@ pub struct Ringlb {
     /// The `--ready-file` it writes its bound addresses to.
     ready: std::path::PathBuf,
     log: Arc<Mutex<String>>,
+    /// Set once the log reader saw the end of stderr (the process exited).
+    log_done: Arc<AtomicBool>,
 }
 
 impl Ringlb {
@@ -85,6 +87,8 @@ impl Ringlb {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
+        let log_done = Arc::new(AtomicBool::new(false));
+        let done = log_done.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -92,6 +96,7 @@ impl Ringlb {
                 log.push_str(&line);
                 log.push('\n');
             }
+            done.store(true, Ordering::SeqCst);
         });
         let deadline = Instant::now() + PATIENCE;
         // The ready file comes before the "ringlb started" line, which comes
@@ -120,6 +125,7 @@ impl Ringlb {
             addr: first,
             ready,
             log,
+            log_done,
         })
     }
 
@@ -171,6 +177,11 @@ impl Ringlb {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Its last lines may still be on their way to the reader
+                // thread: a test that reads the log next must see them.
+                wait_until("the end of its log", || {
+                    self.log_done.load(Ordering::SeqCst)
+                });
                 return status;
             }
             assert!(
