@@ -79,8 +79,9 @@ impl Ceiling {
         }
     }
 
-    /// Takes a slot if one is free, without waiting (a UDP session, whose
-    /// client cannot be kept waiting in a backlog).
+    /// Takes a slot if one is free, without waiting: for a UDP session, whose
+    /// client cannot be kept waiting in a backlog, or a kernel pipe, which
+    /// holds two descriptors as a connection does.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
         self.try_take().then(|| Slot(self.clone()))
     }

@@ -99,6 +99,8 @@ pub struct WorkerMetrics {
     pub bytes_in: Counter,
     /// Backend -> client bytes.
     pub bytes_out: Counter,
+    /// Of `bytes_in` and `bytes_out`, those spliced (never copied).
+    pub spliced: Counter,
     /// Failed backend connects.
     pub connect_failures: Counter,
     /// Backend connects that failed for lack of local resources.
@@ -190,6 +192,7 @@ impl WorkerMetrics {
             connections_active: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
+            spliced: Counter::default(),
             connect_failures: Counter::default(),
             local_connect_failures: Counter::default(),
             l4_failures: Counter::default(),

@@ -11,7 +11,8 @@
 //! - [`worker`]: one thread + one ring per core running the services; reloads, memory trimming, the drain.
 //! - [`tcp`]: the TCP service: accept loops, one connection from accept to close ([`tcp::conn`]: PROXY
 //!   header, ClientHello and SNI route, backend, relay, timeouts, access log, the registry of open
-//!   connections), the owned-buffer relay pumps ([`tcp::relay`]) and their buffers ([`tcp::buffer`]).
+//!   connections), the relay pumps, copying or splicing ([`tcp::relay`]), their buffers
+//!   ([`tcp::buffer`]) and the worker's pipes for splicing (`tcp::pipes`).
 //! - [`udp`]: the UDP service: receive loops per frontend socket, one session per client address with a
 //!   socket connected to its backend ([`udp::session`]: open, relay both ways, timeouts, access log).
 //! - [`service`]: the seam between a worker and a transport: what every service (TCP, UDP) does for it.
@@ -31,7 +32,8 @@
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`uring`]: every raw io_uring operation and every `unsafe` block, a file per family: each worker's runtime and ring
 //!   sizes, connect (and getsockname), the registered file table, one-shot recv/send and cancel, the provided-buffer ring,
-//!   the multishot receive; malloc_trim and adopting received descriptors.
+//!   the multishot receive, pipes and nonblocking splices with the readiness poll; malloc_trim and
+//!   adopting received descriptors.
 //! - [`config`]: file and flags -> the validated `Config`; the one table of defaults; located errors.
 //! - `testing` (unit tests only): the deterministic random source the parsers' robustness tests share, and a loopback socket pair.
 

@@ -95,6 +95,12 @@ const FAMILIES: &[Family] = &[
         source: Source::Frontend(|w| &w.bytes_out),
     },
     Family {
+        name: "ringlb_spliced_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes relayed (either way) through a kernel pipe, never copied: part of ringlb_bytes_in_total and ringlb_bytes_out_total.",
+        source: Source::Frontend(|w| &w.spliced),
+    },
+    Family {
         name: "ringlb_connect_failures_total",
         kind: Kind::Counter,
         help: "Backend connects that failed or timed out.",

@@ -218,6 +218,8 @@ fn help_documents_every_flag() {
         "--max-sessions",
         "--health-send",
         "--health-expect",
+        "--splice",
+        "--max-pipes",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../docs/configuration.md");

@@ -26,6 +26,7 @@ use super::{
     parse_rate, Rate, SourceLimits, DEFAULT_SOURCE_PREFIX, DEFAULT_SOURCE_PREFIX_V6,
     DEFAULT_SOURCE_TABLE_SIZE, MAX_SOURCE_RATE, MAX_SOURCE_TABLE_SIZE,
 };
+use super::{SpliceMode, DEFAULT_MAX_PIPES, DEFAULT_SPLICE};
 
 /// A per-core io_uring TCP load balancer.
 ///
@@ -214,6 +215,18 @@ pub struct Cli {
     /// on to the backend (all but a CRC32C checksum), `drop` does not.
     #[arg(long, value_name = "drop|forward", default_value_t = DEFAULT_PROXY_TLVS, conflicts_with = "config")]
     pub proxy_tlvs: ProxyTlvs,
+
+    /// When a relay direction forwards through a kernel pipe (splice, zero
+    /// copy) instead of copying through a buffer: `auto` once it is bulk (a
+    /// read fills the large buffer), `always` from its first byte, `never`.
+    /// Without a pipe to be had (max-pipes, the fd limit) it copies.
+    #[arg(long, value_name = "auto|always|never", default_value_t = DEFAULT_SPLICE, conflicts_with = "config")]
+    pub splice: SpliceMode,
+
+    /// Most kernel pipes open for spliced directions, across workers; each
+    /// holds two descriptors, which the connection ceiling counts [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_pipes: Option<usize>,
 
     /// How long a client may take to send its PROXY protocol header.
     #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_PROXY_HEADER_TIMEOUT.into(), conflicts_with = "config")]
@@ -470,6 +483,7 @@ impl Config {
                 health_send: cli.health_send.clone().map(|p| p.0),
                 health_expect: cli.health_expect.clone().map(|p| p.0),
             },
+            splice: cli.splice,
         };
         let config = Config {
             workers: cli.workers.map_or_else(default_workers, |n| n as usize),
@@ -484,6 +498,7 @@ impl Config {
             frontends: vec![frontend],
             resolvers: cli.resolvers.clone(),
             resolve_at_start: cli.resolve_at_start.unwrap_or(DEFAULT_RESOLVE_AT_START),
+            max_pipes: cli.max_pipes.unwrap_or(DEFAULT_MAX_PIPES),
         };
         config.validate()?;
         Ok(config)
@@ -515,6 +530,9 @@ impl Config {
         }
         if let Some(at_start) = cli.resolve_at_start {
             self.resolve_at_start = at_start;
+        }
+        if let Some(n) = cli.max_pipes {
+            self.max_pipes = n;
         }
         self.access_log |= cli.access_log;
         self.pin |= cli.pin;

@@ -40,6 +40,7 @@ use super::{
 use super::{
     parse_rate, Rate, SourceLimits, DEFAULT_SOURCE_LIMITS, MAX_SOURCE_RATE, MAX_SOURCE_TABLE_SIZE,
 };
+use super::{SpliceMode, DEFAULT_MAX_PIPES, DEFAULT_SPLICE};
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, FileError> {
@@ -349,6 +350,7 @@ struct RawConfig {
     #[serde(default)]
     resolvers: Vec<Resolver>,
     resolve_at_start: Option<bool>,
+    max_pipes: Option<Int<0, { u32::MAX as u64 }>>,
     #[serde(default)]
     frontend: Frontends,
 }
@@ -403,6 +405,7 @@ struct RawFrontend {
     max_sessions: Option<Int<1, { usize::MAX as u64 }>>,
     health_send: Option<PayloadValue>,
     health_expect: Option<PayloadValue>,
+    splice: Option<SpliceValue>,
 }
 
 /// One `[[frontend.route]]` table as written.
@@ -486,6 +489,7 @@ impl RawConfig {
                 .collect(),
             resolvers: self.resolvers.into_iter().map(|r| r.0).collect(),
             resolve_at_start: self.resolve_at_start.unwrap_or(DEFAULT_RESOLVE_AT_START),
+            max_pipes: self.max_pipes.map_or(DEFAULT_MAX_PIPES, |n| n.0 as usize),
         }
     }
 }
@@ -572,6 +576,7 @@ impl RawFrontend {
                 health_send: self.health_send.map(|p| p.0),
                 health_expect: self.health_expect.map(|p| p.0),
             },
+            splice: self.splice.map_or(DEFAULT_SPLICE, |s| s.0),
         }
     }
 }
@@ -881,6 +886,17 @@ impl<'de> Deserialize<'de> for ProxyTlvsValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_str(d, "\"drop\" or \"forward\"", |s| {
             s.parse().map(ProxyTlvsValue)
+        })
+    }
+}
+
+/// When a relay direction splices: `"auto"`, `"always"` or `"never"`.
+struct SpliceValue(SpliceMode);
+
+impl<'de> Deserialize<'de> for SpliceValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "\"auto\", \"always\" or \"never\"", |s| {
+            s.parse().map(SpliceValue)
         })
     }
 }
@@ -1251,9 +1267,11 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 max_addresses: 1024,
                 sources: DEFAULT_SOURCE_LIMITS,
                 udp: crate::config::DEFAULT_UDP,
+                splice: SpliceMode::Auto,
             }],
             resolvers: vec![],
             resolve_at_start: true,
+            max_pipes: 256,
         };
         assert_eq!(parse_str(text).unwrap(), expected);
     }

@@ -279,3 +279,41 @@ mod tests {
         assert!("".parse::<ProxyVersion>().is_err());
     }
 }
+
+/// When a relay direction forwards through a kernel pipe (splice(2)), so
+/// its bytes never enter user space, instead of copying through a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceMode {
+    /// Once a direction is bulk (a read fills the large buffer), as
+    /// HAProxy's `splice-auto`; small request/response traffic is copied.
+    Auto,
+    /// From a direction's first byte, whenever a pipe can be had.
+    Always,
+    /// Never: every byte is copied.
+    Never,
+}
+
+impl fmt::Display for SpliceMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SpliceMode::Auto => "auto",
+            SpliceMode::Always => "always",
+            SpliceMode::Never => "never",
+        })
+    }
+}
+
+impl FromStr for SpliceMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(SpliceMode::Auto),
+            "always" => Ok(SpliceMode::Always),
+            "never" => Ok(SpliceMode::Never),
+            _ => Err(format!(
+                "invalid splice '{s}': expected \"auto\", \"always\" or \"never\""
+            )),
+        }
+    }
+}

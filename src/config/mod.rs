@@ -36,7 +36,7 @@ pub(crate) use error::range_message;
 pub use error::{ConfigError, Key, Location};
 pub use kinds::{
     Algorithm, LogFormat, ParseAlgorithmError, ParseVersionError, Protocol, ProxyTlvs,
-    ProxyVersion, RouteBy,
+    ProxyVersion, RouteBy, SpliceMode,
 };
 pub use model::{
     BackendConfig, BackendName, Config, FrontendConfig, HealthConfig, Rate, RouteConfig,
@@ -65,6 +65,11 @@ pub const DEFAULT_UDP: UdpConfig = UdpConfig {
 pub const DEFAULT_MAX_QUEUE: usize = 4096;
 /// What happens to a client's PROXY v2 TLVs: dropped.
 pub const DEFAULT_PROXY_TLVS: ProxyTlvs = ProxyTlvs::Drop;
+/// When a relay direction splices instead of copying: once it is bulk.
+pub const DEFAULT_SPLICE: SpliceMode = SpliceMode::Auto;
+/// Most kernel pipes open for spliced directions, across workers (each
+/// holds two descriptors, counted by the connection ceiling).
+pub const DEFAULT_MAX_PIPES: usize = 256;
 /// How workers choose a backend, unless configured.
 pub const DEFAULT_BALANCE: Algorithm = Algorithm::RoundRobin;
 /// Time between two health checks of one backend.

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::{AgentConfig, Algorithm, CheckSpec, Protocol, ProxyTlvs, ProxyVersion, RouteBy};
+use super::{
+    AgentConfig, Algorithm, CheckSpec, Protocol, ProxyTlvs, ProxyVersion, RouteBy, SpliceMode,
+};
 
 /// The whole process's settings, validated. Shared read-only by all workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +43,8 @@ pub struct Config {
     /// Whether a backend name that does not resolve at start (or when a
     /// reload adds it) is an error; if not, its backends start empty.
     pub resolve_at_start: bool,
+    /// Most kernel pipes open for spliced relay directions, across workers.
+    pub max_pipes: usize,
 }
 
 /// One frontend: a listen address and everything about its backend pool.
@@ -115,6 +119,9 @@ pub struct FrontendConfig {
     pub sources: SourceLimits,
     /// The settings of a UDP frontend (their defaults on a TCP one).
     pub udp: UdpConfig,
+    /// When a relay direction splices (socket -> pipe -> socket) instead of
+    /// copying through a buffer.
+    pub splice: SpliceMode,
 }
 
 /// Per-source limits on a frontend and the bounded table that keeps them
@@ -415,6 +422,7 @@ pub(super) mod tests {
             max_addresses: DEFAULT_MAX_ADDRESSES,
             sources: DEFAULT_SOURCE_LIMITS,
             udp: DEFAULT_UDP,
+            splice: DEFAULT_SPLICE,
         }
     }
 
@@ -432,6 +440,7 @@ pub(super) mod tests {
             frontends,
             resolvers: vec![],
             resolve_at_start: DEFAULT_RESOLVE_AT_START,
+            max_pipes: DEFAULT_MAX_PIPES,
         }
     }
 

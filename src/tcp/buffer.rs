@@ -42,6 +42,11 @@ impl BufPool {
         }
     }
 
+    /// Capacity of a large buffer (`--buffer-size`).
+    pub fn large(&self) -> usize {
+        self.large
+    }
+
     /// A buffer to start a pump with.
     pub fn small(&self) -> Vec<u8> {
         Vec::with_capacity(SMALL)

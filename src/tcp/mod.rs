@@ -2,7 +2,7 @@
 //! keeps several accepts in flight on its SO_REUSEPORT socket ([`accept`]),
 //! hands each client to [`conn::handle`], which tracks it in the worker's
 //! [`conn::Registry`] and carries its bytes with the [`relay`] pumps and
-//! their [`buffer`]s; it follows reloads without dropping a listener that
+//! their [`buffer`]s (or, spliced, through the worker's [`pipes`]); it follows reloads without dropping a listener that
 //! stays, sweeps idle timeouts and lifetimes, and on a drain stops accepting
 //! and lets the registry empty.
 //!
@@ -12,6 +12,7 @@
 mod accept;
 pub mod buffer;
 pub mod conn;
+mod pipes;
 pub mod relay;
 
 use std::cell::RefCell;
@@ -64,6 +65,7 @@ impl TcpService {
     /// says drain; starts its sweep of idle timeouts and lifetimes, which
     /// runs through the drain too.
     pub fn new(id: usize, ceiling: Arc<Ceiling>, phase: shutdown::Watch) -> TcpService {
+        pipes::init(ceiling.clone());
         let registry = Registry::new(ceiling);
         tokio_uring::spawn(sweep(registry.clone()));
         TcpService {
@@ -204,6 +206,7 @@ fn give_back_memory(registry: &Registry, running: &[(String, Running)]) {
         .iter()
         .map(|(_, r)| r.state.borrow().buffers.trim_unused())
         .sum();
+    pipes::trim_unused();
     let peak = registry.take_peak();
     let open = registry.len();
     if released >= TRIM_MIN_BYTES || peak >= open + TRIM_MIN_CONNS {
@@ -224,6 +227,7 @@ fn apply(
     throttle: &Rc<Throttle>,
 ) -> io::Result<()> {
     let access_log = generation.config.access_log;
+    pipes::set_max(generation.config.max_pipes);
     let frontends = || {
         generation
             .frontends

@@ -1,6 +1,19 @@
 //! The two pumps that carry a connection's bytes: client -> backend and
 //! backend -> client, both driven by one task.
 //!
+//! A pump either copies (below) or splices: socket -> kernel pipe -> socket,
+//! with nonblocking splice(2) calls on the worker's thread that an io_uring
+//! poll wakes when a socket turns readable or writable, so the bytes never
+//! enter user space. With `splice = "auto"` a direction starts to splice
+//! once it is bulk (a read filled the large buffer) and goes back to copying
+//! after a small burst; with `"always"` it splices from its first byte. It
+//! switches only when nothing is pending on the side it leaves (the buffer
+//! sent, the multishot receive ended, the pipe empty), so copied and spliced
+//! bytes never overtake each other. A splicing direction holds a pipe of the
+//! worker's pool ([`pipes`]) only while bytes flow, and copies when none can
+//! be had. The pipe bounds what it holds, as one send in flight bounds a
+//! copying pump.
+//!
 //! Each pump reads into an owned buffer and writes that same buffer out, so
 //! there is no copy in user space and one send per direction is in flight
 //! (the backpressure bound: a slow reader stalls the writer's pump, never
@@ -26,7 +39,9 @@ use std::time::Instant;
 
 use tokio_uring::net::TcpStream;
 
+use crate::config::SpliceMode;
 use crate::tcp::buffer::{self, BufPool};
+use crate::tcp::pipes::{self, PIPE_SIZE};
 use crate::uring::{self, FixedPair, Provided, Received, RecvStream, Sock};
 
 /// Which peer of the proxied connection.
@@ -75,6 +90,8 @@ pub struct Outcome {
     pub to_backend: u64,
     /// Bytes carried from backend to client.
     pub to_client: u64,
+    /// Of those, in both directions, the bytes spliced (never copied).
+    pub spliced: u64,
     /// The first side to send EOF, when both directions ended cleanly.
     pub first_eof: Option<Side>,
     /// The first error, if any; its pump tore the connection down.
@@ -93,17 +110,21 @@ impl RelayError {
 /// Relays between `client` and `backend` until both directions have ended or
 /// one fails. Leaves both sockets open; the caller drops them.
 /// When `activity` is given, every read that brings bytes stamps it with the
-/// time, for the idle timeout.
+/// time, for the idle timeout. `splice` says when a direction splices.
 pub async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
     pool: &BufPool,
     activity: Option<&Cell<Instant>>,
+    splice: SpliceMode,
 ) -> Outcome {
     let shared = Shared {
         pool,
         first_eof: Cell::new(None),
         activity,
+        splice,
+        nonblocking: Cell::new(false),
+        spliced: Cell::new(0),
     };
     // Registered with the ring for the relay's operations, when the worker
     // has a slot for them; unregistered when this ends, after the last one.
@@ -112,8 +133,8 @@ pub async fn relay(
         Some(fixed) => fixed.socks(),
         None => (client.into(), backend.into()),
     };
-    let mut up = Pump::new(c, b, Side::Client);
-    let mut down = Pump::new(b, c, Side::Backend);
+    let mut up = Pump::new(c, b, Side::Client, splice);
+    let mut down = Pump::new(b, c, Side::Backend, splice);
     std::future::poll_fn(|cx| {
         // Both are polled on every wake-up, as `join!` would: a pump whose
         // operation has not completed only looks at its slot in the driver.
@@ -131,6 +152,7 @@ pub async fn relay(
     Outcome {
         to_backend,
         to_client,
+        spliced: shared.spliced.get(),
         first_eof: shared.first_eof.get(),
         error: up_err.or(down_err),
     }
@@ -141,6 +163,15 @@ pub async fn relay(
 /// shared ring.
 const STREAM_BACKLOG: usize = 4;
 
+/// A splicing direction whose burst (the bytes from one wait for readiness
+/// to the next) stays below this goes back to copying with
+/// `splice = "auto"`: its traffic is small messages again.
+const BULK_BURST: u32 = 16 * 1024;
+
+/// Splices a pump makes in a row before it lets the worker's other tasks
+/// run: with fast peers a splice never has to wait.
+const SPLICE_ROUNDS: u32 = 16;
+
 /// What both pumps of a connection use.
 struct Shared<'a> {
     /// The worker's relay buffers.
@@ -149,6 +180,12 @@ struct Shared<'a> {
     first_eof: Cell<Option<Side>>,
     /// Stamped on every read that brings bytes, for the idle timeout.
     activity: Option<&'a Cell<Instant>>,
+    /// When a direction splices.
+    splice: SpliceMode,
+    /// Whether both sockets were made nonblocking, as splices need.
+    nonblocking: Cell<bool>,
+    /// Bytes spliced, both directions.
+    spliced: Cell<u64>,
 }
 
 /// Copies `src` to `dst` until EOF, then half-closes `dst`; on an error it
@@ -187,6 +224,15 @@ struct Pump<'a> {
     /// `src` starts until its last completion came out, or bytes could be
     /// read out of order.
     stream: Option<RecvStream>,
+    /// Whether the next read is a splice.
+    splicing: bool,
+    /// Bytes in `pipe`, spliced in from `src` and not yet out to `dst`.
+    in_pipe: u32,
+    /// Bytes spliced in since the last wait for readiness on `src`.
+    burst: u32,
+    /// The pipe, while the direction splices and bytes flow; given back
+    /// (empty) when it goes quiet.
+    pipe: Option<pipes::Lease>,
     /// The operation in flight.
     step: Step<'a>,
 }
@@ -205,12 +251,18 @@ enum Step<'a> {
     SendProvided(uring::SendAll<'a, Provided>),
     /// Sending what a read brought in the pump's own buffer.
     Send(uring::SendAll<'a, Vec<u8>>),
+    /// Splicing: `src` into the pipe, the pipe into `dst`, until one waits.
+    Splice,
+    /// Splicing, waiting for `src` to turn readable (holding no pipe).
+    SpliceIn(uring::PollReady),
+    /// Splicing, waiting for `dst` to turn writable (the pipe holds bytes).
+    SpliceOut(uring::PollReady),
     /// Ended, with the error that ended it, if any (taken by `result`).
     Done(Option<RelayError>),
 }
 
 impl<'a> Pump<'a> {
-    fn new(src: Sock<'a>, dst: Sock<'a>, from: Side) -> Self {
+    fn new(src: Sock<'a>, dst: Sock<'a>, from: Side, splice: SpliceMode) -> Self {
         Pump {
             src,
             dst,
@@ -221,6 +273,10 @@ impl<'a> Pump<'a> {
             total: 0,
             own: None,
             stream: None,
+            splicing: splice == SpliceMode::Always,
+            in_pipe: 0,
+            burst: 0,
+            pipe: None,
             step: Step::Read,
         }
     }
@@ -239,6 +295,55 @@ impl<'a> Pump<'a> {
         let pool = shared.pool;
         loop {
             match &mut self.step {
+                // Nothing is pending on the copy path here: the last buffer
+                // was sent and no multishot receive is armed.
+                Step::Read if self.splicing && self.stream.is_none() => {
+                    if let Some(b) = self.own.take() {
+                        pool.put(b);
+                    }
+                    self.step = if self.poll_first {
+                        Step::SpliceIn(uring::poll_ready(self.src, uring::READABLE))
+                    } else {
+                        Step::Splice
+                    };
+                }
+                Step::Splice => {
+                    if self.pipe.is_none() {
+                        match shared.pipe(self.src, self.dst) {
+                            Some(lease) => self.pipe = Some(lease),
+                            // No pipe to be had: this read copies.
+                            None => {
+                                self.splicing = false;
+                                self.poll_first = false;
+                                self.step = Step::Read;
+                                continue;
+                            }
+                        }
+                    }
+                    match self.splice(shared) {
+                        Poll::Ready(Some(step)) => self.step = step,
+                        Poll::Ready(None) => return Poll::Ready(()),
+                        Poll::Pending => {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                Step::SpliceIn(op) => {
+                    if let Err(source) = ready!(Pin::new(op).poll(cx)) {
+                        let from = self.from;
+                        return self.end(Some(RelayError::Read { side: from, source }), shared);
+                    }
+                    self.poll_first = false;
+                    self.step = Step::Splice;
+                }
+                Step::SpliceOut(op) => {
+                    if let Err(source) = ready!(Pin::new(op).poll(cx)) {
+                        let to = self.to();
+                        return self.end(Some(RelayError::Write { side: to, source }), shared);
+                    }
+                    self.step = Step::Splice;
+                }
                 Step::Read if self.poll_first => {
                     // A read that will most likely wait takes its buffer from
                     // the worker's provided ring when data arrives, so a
@@ -351,6 +456,7 @@ impl<'a> Pump<'a> {
                     // already brought.
                     self.poll_first = !full;
                     self.stream_ok = !full;
+                    self.splicing = shared.splice == SpliceMode::Always;
                     if full && self.own.is_none() {
                         self.own = Some(pool.resize(pool.small(), buffer::SMALL));
                     }
@@ -391,6 +497,13 @@ impl<'a> Pump<'a> {
                     let n = buf.len();
                     self.total += n as u64;
                     self.poll_first = n < buf.capacity();
+                    // Bulk: a read filled the large buffer.
+                    let bulk = n == buf.capacity() && n >= pool.large();
+                    self.splicing = match shared.splice {
+                        SpliceMode::Always => true,
+                        SpliceMode::Auto => bulk,
+                        SpliceMode::Never => false,
+                    };
                     // A ring buffer's read tells first whether the messages
                     // are small enough for a stream.
                     self.stream_ok = false;
@@ -400,6 +513,76 @@ impl<'a> Pump<'a> {
                 Step::Done(_) => return Poll::Ready(()),
             }
         }
+    }
+
+    /// Splices until a socket has to be waited for (`Ready(Some(step))`, the
+    /// wait), the pump ended (`Ready(None)`), or it made [`SPLICE_ROUNDS`]
+    /// splices in a row (`Pending`: to be polled again soon).
+    fn splice(&mut self, shared: &Shared<'_>) -> Poll<Option<Step<'a>>> {
+        let Some(lease) = &self.pipe else {
+            return Poll::Ready(Some(Step::Read));
+        };
+        for _ in 0..SPLICE_ROUNDS {
+            if self.in_pipe > 0 {
+                match uring::splice_out(lease.pipe(), self.dst, self.in_pipe as usize) {
+                    Ok(n) => {
+                        self.in_pipe -= n as u32;
+                        self.total += n as u64;
+                        shared.spliced.set(shared.spliced.get() + n as u64);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        return Poll::Ready(Some(Step::SpliceOut(uring::poll_ready(
+                            self.dst,
+                            uring::WRITABLE,
+                        ))));
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        let to = self.to();
+                        let _ = self.end(Some(RelayError::Write { side: to, source }), shared);
+                        return Poll::Ready(None);
+                    }
+                }
+                continue;
+            }
+            match uring::splice_in(self.src, lease.pipe(), PIPE_SIZE) {
+                Ok(0) => {
+                    let _ = self.end(None, shared);
+                    return Poll::Ready(None);
+                }
+                Ok(n) => {
+                    shared.stamp();
+                    self.in_pipe = n as u32;
+                    self.burst = self.burst.saturating_add(n as u32);
+                }
+                // Quiet: the pipe is empty, and goes back to the pool while
+                // the direction waits.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(lease) = self.pipe.take() {
+                        pipes::put(lease);
+                    }
+                    let burst = std::mem::take(&mut self.burst);
+                    if shared.splice == SpliceMode::Auto && burst < BULK_BURST {
+                        // Small messages again: copy them.
+                        self.splicing = false;
+                        self.poll_first = true;
+                        self.stream_ok = false;
+                        return Poll::Ready(Some(Step::Read));
+                    }
+                    return Poll::Ready(Some(Step::SpliceIn(uring::poll_ready(
+                        self.src,
+                        uring::READABLE,
+                    ))));
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    let from = self.from;
+                    let _ = self.end(Some(RelayError::Read { side: from, source }), shared);
+                    return Poll::Ready(None);
+                }
+            }
+        }
+        Poll::Pending
     }
 
     /// Asks the multishot receive, if one is armed, to stop, once.
@@ -416,6 +599,13 @@ impl<'a> Pump<'a> {
     fn end(&mut self, error: Option<RelayError>, shared: &Shared<'_>) -> Poll<()> {
         if let Some(buf) = self.own.take() {
             shared.pool.put(buf);
+        }
+        // An empty pipe goes back to the pool; one that may hold bytes is
+        // closed (dropped).
+        if let Some(lease) = self.pipe.take() {
+            if self.in_pipe == 0 {
+                pipes::put(lease);
+            }
         }
         if error.is_some() {
             teardown(self.src, self.dst);
@@ -445,6 +635,18 @@ impl<'a> Pump<'a> {
 }
 
 impl Shared<'_> {
+    /// A pipe for a direction about to splice between `src` and `dst`,
+    /// which are made nonblocking first (once per connection); `None` when
+    /// no pipe can be had.
+    fn pipe(&self, src: Sock<'_>, dst: Sock<'_>) -> Option<pipes::Lease> {
+        if !self.nonblocking.get() {
+            uring::set_nonblocking(src).ok()?;
+            uring::set_nonblocking(dst).ok()?;
+            self.nonblocking.set(true);
+        }
+        pipes::take()
+    }
+
     /// Notes that a read brought bytes.
     fn stamp(&self) {
         if let Some(activity) = self.activity {
@@ -520,7 +722,10 @@ mod tests {
                 );
                 drop(client_peer);
             };
-            let (outcome, ()) = tokio::join!(relay(&client, &backend, &pool, None), check);
+            let (outcome, ()) = tokio::join!(
+                relay(&client, &backend, &pool, None, SpliceMode::Never),
+                check
+            );
             assert!(outcome.error.is_some(), "the client went away unread");
             drop(backend);
             writer.join().unwrap();

@@ -42,6 +42,11 @@ impl<'a> From<&'a TcpStream> for Sock<'a> {
 }
 
 impl Sock<'_> {
+    /// The descriptor, for a system call on the socket (a splice).
+    pub(super) fn fd(self) -> RawFd {
+        self.fd
+    }
+
     /// The SQE `build` makes for a target descriptor, aimed at this socket:
     /// its slot, flagged as one (IOSQE_FIXED_FILE), when it has one.
     pub(super) fn sqe(self, build: impl FnOnce(types::Fd) -> squeue::Entry) -> squeue::Entry {

@@ -19,6 +19,8 @@
 //!   and MSG_TRUNC ([`recv_msg`]), a send from a chosen source ([`send_msg`]),
 //!   and a wait for readability that holds no buffer ([`poll_readable`]).
 //! - [`stream`]: the multishot receive into the provided ring ([`RecvStream`]).
+//! - [`splice`](mod@splice): zero-copy forwarding: a [`Pipe`] between two sockets, the
+//!   nonblocking splices in and out of it, and the readiness poll ([`poll_ready`]).
 //! - [`sys`]: the `unsafe` libc calls that are no io_uring operation:
 //!   [`trim_heap`], [`recv_with_fds`] and [`effective_uid`].
 
@@ -30,6 +32,7 @@ mod files;
 mod recv_send;
 mod ring;
 mod runtime;
+mod splice;
 mod stream;
 mod sys;
 
@@ -42,6 +45,9 @@ pub(crate) use ring::{
 };
 pub(crate) use runtime::{
     build_runtime, FIRST_PROVIDED_BUFFERS, FIXED_FILES, PROVIDED_BUFFERS, PROVIDED_BUFFER_SIZE,
+};
+pub(crate) use splice::{
+    poll_ready, set_nonblocking, splice_in, splice_out, Pipe, PollReady, READABLE, WRITABLE,
 };
 pub(crate) use stream::{recv_stream, RecvStream};
 pub(crate) use sys::{effective_uid, recv_with_fds, trim_heap};

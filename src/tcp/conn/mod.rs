@@ -404,7 +404,8 @@ async fn serve<'f>(
         .as_ref()
         .filter(|_| limits.idle_timeout.is_some())
         .map(|t| &t.activity);
-    let outcome = relay(&client, &backend, &fe.buffers, track).await;
+    let splice = fe.frontend.config.splice;
+    let outcome = relay(&client, &backend, &fe.buffers, track, splice).await;
     let timed_out = expired(&timer);
 
     count(metrics, upstream, index, &outcome, timed_out.is_some());
@@ -715,6 +716,7 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 fn count(m: &WorkerMetrics, up: &Upstream, backend: usize, outcome: &Outcome, timed_out: bool) {
     m.bytes_in.add(outcome.to_backend);
     m.bytes_out.add(outcome.to_client);
+    m.spliced.add(outcome.spliced);
     if let Some(b) = up.counters(m, backend) {
         b.bytes_in.add(outcome.to_backend);
         b.bytes_out.add(outcome.to_client);

@@ -1,0 +1,376 @@
+//! Zero-copy forwarding (`splice = "auto" | "always" | "never"`): every
+//! byte arrives, in order, whichever path carried it; half-close,
+//! backpressure, a dying backend, a drain and a hot upgrade behave as on
+//! the copy path; without room for pipes every transfer is still served, by
+//! copying; and the byte counters (spliced among them) add up.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+const MODES: [&str; 3] = ["auto", "always", "never"];
+
+/// Sends `data` through `addr` to an echo backend, writing from a thread of
+/// its own while this one reads, and returns what came back.
+fn echo_transfer(addr: SocketAddr, data: &[u8], pace: Option<Duration>) -> Result<Vec<u8>, String> {
+    let mut conn = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let data = data.to_vec();
+    let sender = thread::spawn(move || -> Result<(), String> {
+        for chunk in data.chunks(256 * 1024) {
+            writer.write_all(chunk).map_err(|e| format!("write: {e}"))?;
+            if let Some(pace) = pace {
+                thread::sleep(pace);
+            }
+        }
+        writer
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))
+    });
+    let mut got = Vec::new();
+    let read = conn.read_to_end(&mut got);
+    sender.join().unwrap()?;
+    read.map_err(|e| format!("read after {} bytes: {e}", got.len()))?;
+    Ok(got)
+}
+
+/// One frontend counter, summed over its series.
+fn counter(lb: &Ringlb, name: &str) -> u64 {
+    let (status, text) = http_get(lb.admin_addr(), "/metrics");
+    assert_eq!(status, 200);
+    metric(&text, &format!("{name}{{frontend=\"default\"}}"))
+}
+
+/// Waits until every connection has closed and been counted.
+fn wait_closed(lb: &Ringlb) {
+    wait_until("every connection closed", || {
+        counter(lb, "ringlb_connections_active") == 0
+    });
+}
+
+/// Descriptors of `pid` that are pipes.
+fn pipes_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn one_byte_to_sixty_four_mib_both_ways_in_every_mode_and_the_counters_add_up() {
+    let backend = Backend::echo();
+    let sizes = [1, 1000, 300_000, 4 * MIB + 3, 64 * MIB];
+    for mode in MODES {
+        let lb = Ringlb::over(&backend).arg("--splice", mode).admin().start();
+        let mut sent = 0u64;
+        for (i, &size) in sizes.iter().enumerate() {
+            let data = pattern(i as u64 + 1, size);
+            let got = echo_transfer(lb.addr, &data, None)
+                .unwrap_or_else(|e| panic!("{mode}, {size} bytes: {e}\n{}", lb.log()));
+            assert!(
+                got == data,
+                "{mode}: the echo of {size} bytes differs ({} came back)",
+                got.len()
+            );
+            sent += size as u64;
+        }
+        wait_closed(&lb);
+        let (bytes_in, bytes_out) = (
+            counter(&lb, "ringlb_bytes_in_total"),
+            counter(&lb, "ringlb_bytes_out_total"),
+        );
+        let spliced = counter(&lb, "ringlb_spliced_bytes_total");
+        assert_eq!((bytes_in, bytes_out), (sent, sent), "{mode}: bytes counted");
+        // Spliced plus copied is everything: the spliced part can be no more.
+        assert!(spliced <= bytes_in + bytes_out, "{mode}: {spliced} spliced");
+        match mode {
+            "never" => assert_eq!(spliced, 0, "never splices"),
+            // The 64 MiB goes mostly through pipes.
+            _ => assert!(spliced > 64 * MIB as u64, "{mode}: only {spliced} spliced"),
+        }
+    }
+}
+
+#[test]
+fn half_close_each_way_while_splicing() {
+    for mode in ["always", "auto"] {
+        // The client closes its side first: the backend reads to EOF, then
+        // answers and closes.
+        let backend = Backend::spawn(|mut conn| {
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).unwrap();
+            assert!(got == pattern(3, 8 * MIB), "the backend got other bytes");
+            conn.write_all(&pattern(4, 8 * MIB)).unwrap();
+        });
+        let lb = Ringlb::over(&backend).arg("--splice", mode).start();
+        let mut conn = lb.connect();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        conn.write_all(&pattern(3, 8 * MIB)).unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+        let got = read_to_end(&mut conn);
+        assert!(
+            got == pattern(4, 8 * MIB),
+            "{mode}: the answer after the client's FIN differs"
+        );
+
+        // The backend closes its side first, then reads what the client sends.
+        let (tx, rx) = mpsc::channel();
+        let backend = Backend::spawn(move |mut conn| {
+            conn.write_all(&pattern(5, 8 * MIB)).unwrap();
+            conn.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            let _ = conn.read_to_end(&mut got);
+            tx.send(got).unwrap();
+        });
+        let lb = Ringlb::over(&backend).arg("--splice", mode).start();
+        let mut conn = lb.connect();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        let got = read_to_end(&mut conn);
+        assert!(
+            got == pattern(5, 8 * MIB),
+            "{mode}: the backend's bytes before its FIN differ"
+        );
+        conn.write_all(&pattern(6, 8 * MIB)).unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+        let upload = rx.recv_timeout(PATIENCE).unwrap();
+        assert!(
+            upload == pattern(6, 8 * MIB),
+            "{mode}: the upload after the backend's FIN differs"
+        );
+    }
+}
+
+#[test]
+fn a_reader_that_stops_for_five_seconds_holds_memory_and_pipes_bounded() {
+    let backend = Backend::spawn(|mut conn| {
+        let _ = conn.write_all(&pattern(9, 64 * MIB));
+    });
+    let lb = Ringlb::over(&backend)
+        .arg("--splice", "auto")
+        .admin()
+        .start();
+    let pid = lb.pid();
+    let (rss_before, pipes_before) = (rss_kib(pid), pipes_of(pid));
+    let mut conn = lb.connect();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = vec![0u8; 4 * MIB];
+    conn.read_exact(&mut got).unwrap();
+    // The backend goes on writing; nobody reads for 5 s.
+    let (mut rss_max, mut pipes_max) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        rss_max = rss_max.max(rss_kib(pid));
+        pipes_max = pipes_max.max(pipes_of(pid));
+        thread::sleep(Duration::from_millis(100));
+    }
+    // One direction splices: one pipe, two descriptors.
+    assert!(
+        pipes_max <= pipes_before + 2,
+        "pipes went from {pipes_before} fds to {pipes_max}"
+    );
+    assert!(
+        rss_max < rss_before + 16 * 1024,
+        "RSS went from {rss_before} KiB to {rss_max} KiB while the reader stopped"
+    );
+    got.extend(read_to_end(&mut conn));
+    assert!(
+        got == pattern(9, 64 * MIB),
+        "the stream differs after the pause"
+    );
+    drop(conn);
+    wait_closed(&lb);
+    assert!(
+        counter(&lb, "ringlb_spliced_bytes_total") > 32 * MIB as u64,
+        "it spliced"
+    );
+}
+
+#[test]
+fn a_backend_that_dies_mid_splice_ends_the_client_never_hangs() {
+    for reset in [true, false] {
+        let backend = Backend::spawn(move |mut conn| {
+            let _ = conn.write_all(&pattern(11, 8 * MIB));
+            if reset {
+                // Dies with bytes unread: the kernel resets.
+                socket2::SockRef::from(&conn)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+        });
+        let lb = Ringlb::over(&backend).arg("--splice", "always").start();
+        let mut conn = lb.connect();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        // Unread by the backend, so its close is a reset when asked for.
+        conn.write_all(&[1; 1000]).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0;
+        let end = loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => got += n,
+                Err(e) => break Some(e),
+            }
+        };
+        if let Some(e) = end {
+            assert!(
+                !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                "reset={reset}: the client hung after {got} bytes"
+            );
+        }
+    }
+}
+
+/// Four paced echo transfers of 16 MiB through `addr`, each checked; returns
+/// how many came back other than sent, once they have started.
+fn paced_transfers(addr: SocketAddr) -> (thread::JoinHandle<Vec<String>>, mpsc::Receiver<()>) {
+    let (started_tx, started) = mpsc::channel();
+    let all = thread::spawn(move || {
+        let transfers: Vec<_> = (0..4u64)
+            .map(|i| {
+                let started_tx = started_tx.clone();
+                thread::spawn(move || {
+                    let data = pattern(20 + i, 16 * MIB);
+                    let _ = started_tx.send(());
+                    // About 2 s each: 64 chunks of 256 KiB, 30 ms apart.
+                    match echo_transfer(addr, &data, Some(Duration::from_millis(30))) {
+                        Ok(got) if got == data => None,
+                        Ok(got) => {
+                            Some(format!("transfer {i}: {} bytes back, differing", got.len()))
+                        }
+                        Err(e) => Some(format!("transfer {i}: {e}")),
+                    }
+                })
+            })
+            .collect();
+        transfers
+            .into_iter()
+            .filter_map(|t| t.join().unwrap())
+            .collect()
+    });
+    (all, started)
+}
+
+#[test]
+fn a_drain_with_spliced_transfers_running_corrupts_nothing() {
+    let backend = Backend::echo();
+    let mut lb = Ringlb::over(&backend)
+        .arg("--splice", "always")
+        .workers(2)
+        .start();
+    let (transfers, started) = paced_transfers(lb.addr);
+    for _ in 0..4 {
+        started.recv_timeout(PATIENCE).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    lb.signal("TERM");
+    let failed = transfers.join().unwrap();
+    assert!(failed.is_empty(), "{failed:?}\n{}", lb.log());
+    assert!(lb.wait().success(), "{}", lb.log());
+}
+
+#[test]
+fn a_hot_upgrade_with_spliced_transfers_running_corrupts_nothing() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("splice-upgrade");
+    let ctl = dir.0.join("ctl");
+    let ctl = ctl.to_str().unwrap();
+    let start = || {
+        Ringlb::over(&backend)
+            .arg("--splice", "auto")
+            .args(&["--control-socket", ctl, "--takeover", ctl])
+            .start()
+    };
+    let mut old = start();
+    let (transfers, started) = paced_transfers(old.addr);
+    for _ in 0..4 {
+        started.recv_timeout(PATIENCE).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    let new = start();
+    // New clients reach the new process while the old one finishes its own.
+    let data = pattern(30, 8 * MIB);
+    assert!(echo_transfer(new.addr, &data, None).unwrap() == data);
+    assert!(old.wait().success(), "{}", old.log());
+    let failed = transfers.join().unwrap();
+    assert!(failed.is_empty(), "{failed:?}\n{}", old.log());
+}
+
+#[test]
+fn with_no_descriptors_left_for_pipes_every_transfer_is_copied() {
+    let backend = Backend::echo();
+    // A hard limit too: ringlb raises its soft limit to the hard one. One
+    // worker: with two, one worker's accepts in flight can hold every slot
+    // of so small a ceiling while clients wait in the other's backlog.
+    let lb = Ringlb::over(&backend)
+        .arg("--splice", "auto")
+        .workers(1)
+        .admin()
+        .wrapped(&["prlimit", "--nofile=150:150", "--"])
+        .start();
+    let ceiling: usize = lb.log_value("ceiling").parse().unwrap();
+    assert!((1..=64).contains(&ceiling), "ceiling {ceiling}");
+    // Every slot of the ceiling taken by a connection, each proven open by
+    // a small echo (copied: small traffic does not splice in auto)...
+    let mut conns: Vec<TcpStream> = (0..ceiling)
+        .map(|_| {
+            let mut c = lb.connect();
+            c.set_read_timeout(Some(PATIENCE)).unwrap();
+            c.write_all(b"x").unwrap();
+            let mut one = [0u8; 1];
+            c.read_exact(&mut one).unwrap();
+            c
+        })
+        .collect();
+    // ...then each goes bulk, and finds no room for a pipe.
+    let data = pattern(40, 2 * MIB);
+    let transfers: Vec<_> = conns
+        .drain(..)
+        .map(|mut conn| {
+            let data = data.clone();
+            thread::spawn(move || {
+                let mut writer = conn.try_clone().unwrap();
+                let sent = data.clone();
+                let w = thread::spawn(move || {
+                    writer.write_all(&sent).unwrap();
+                    writer.shutdown(Shutdown::Write).unwrap();
+                });
+                let got = read_to_end(&mut conn);
+                w.join().unwrap();
+                got == data
+            })
+        })
+        .collect();
+    for t in transfers {
+        assert!(t.join().unwrap(), "a transfer differs\n{}", lb.log());
+    }
+    wait_closed(&lb);
+    assert_eq!(
+        counter(&lb, "ringlb_spliced_bytes_total"),
+        0,
+        "no pipe could be had"
+    );
+    let expected = (ceiling * (2 * MIB + 1)) as u64;
+    assert_eq!(counter(&lb, "ringlb_bytes_in_total"), expected);
+    assert_eq!(counter(&lb, "ringlb_bytes_out_total"), expected);
+}
