@@ -24,10 +24,23 @@ import statistics
 import sys
 from collections import defaultdict
 
-PEERS = ["direct", "ringlb", "haproxy", "nginx"]
+PEERS = ["direct", "ringlb", "ringlb-copy", "haproxy", "haproxy-splice", "nginx"]
 PEER_LABEL = {"direct": "direct (no proxy)", "ringlb": "ringlb", "haproxy": "HAProxy",
-              "nginx": "nginx stream"}
-PEER_COLOR = {"direct": "#9a9a9a", "ringlb": "#e4572e", "haproxy": "#4c78a8", "nginx": "#54a24b"}
+              "nginx": "nginx stream", "ringlb-copy": "ringlb (--splice never)",
+              "haproxy-splice": "HAProxy (splice-auto)"}
+PEER_COLOR = {"direct": "#9a9a9a", "ringlb": "#e4572e", "haproxy": "#4c78a8", "nginx": "#54a24b",
+              "ringlb-copy": "#f4a582", "haproxy-splice": "#92c5de"}
+# The zero-copy targets (issue 24): KEY, PEER, REFERENCE, the ratio's bound,
+# "min" (at least) or "max" (at most).
+TARGETS = [
+    ("bulk_mbps", "ringlb", "direct", 0.95, "min"),
+    ("bulk_cpu_s_per_gb", "ringlb", "haproxy-splice", 0.5, "max"),
+    ("bulk_cpu_s_per_gb", "ringlb", "ringlb-copy", 0.7, "max"),
+    ("stream_up_cpu_s_per_gb", "ringlb", "ringlb-copy", 0.5, "max"),
+    ("stream_down_cpu_s_per_gb", "ringlb", "ringlb-copy", 0.5, "max"),
+    ("stream_up_cpu_s_per_gb", "ringlb", "haproxy", 0.35, "max"),
+    ("stream_down_cpu_s_per_gb", "ringlb", "haproxy", 0.35, "max"),
+]
 
 # The sni workload's TLS backend counts as the bottleneck from this busy (percent
 # of its workers' CPUs) on.
@@ -70,7 +83,16 @@ def metrics(meta):
         ("sni_cps", SNI, "connections/s", "higher", "{:,.0f}", True),
         ("sni_cpu_us_per_conn", SNI, "proxy CPU µs / conn", "lower", "{:.0f}", False),
         ("sni_backend_cpu_pct", SNI, "TLS backend busy, % of its CPU", None, "{:.0f}", True),
+        ("bulk1m_mbps", "bulk 1 MiB", "MB/s", "higher", "{:,.0f}", True),
+        ("bulk1m_cpu_s_per_gb", "bulk 1 MiB", "proxy CPU s / GB", "lower", "{:.3f}", False),
         ("bulk_mbps", "bulk 10 MiB", "MB/s", "higher", "{:,.0f}", True),
+        ("bulk_cpu_s_per_gb", "bulk 10 MiB", "proxy CPU s / GB", "lower", "{:.3f}", False),
+        ("bulk100m_mbps", "bulk 100 MiB", "MB/s", "higher", "{:,.0f}", True),
+        ("bulk100m_cpu_s_per_gb", "bulk 100 MiB", "proxy CPU s / GB", "lower", "{:.3f}", False),
+        ("stream_up_gbps", "stream (iperf3, upload)", "Gbit/s", "higher", "{:.1f}", True),
+        ("stream_up_cpu_s_per_gb", "stream (iperf3, upload)", "proxy CPU s / GB", "lower", "{:.3f}", False),
+        ("stream_down_gbps", "stream (iperf3, download)", "Gbit/s", "higher", "{:.1f}", True),
+        ("stream_down_cpu_s_per_gb", "stream (iperf3, download)", "proxy CPU s / GB", "lower", "{:.3f}", False),
         ("idle_kib_per_conn", "idle", "proxy RSS KiB / idle conn", "lower", "{:.2f}", False),
         ("udp_qps", UDP, "queries/s", "higher", "{:,.0f}", True),
         ("udp_cpu_s_per_100k", UDP, "proxy CPU s / 100k queries", "lower", "{:.3f}", False),
@@ -92,6 +114,8 @@ def chart_label(key, meta):
         "sni_cps": ("sni TLS", "conn/s"),
         "sni_cpu_us_per_conn": ("sni CPU", "per conn"),
         "bulk_mbps": ("bulk 10 MiB", "MB/s"),
+        "bulk_cpu_s_per_gb": ("bulk CPU", "per GB"),
+        "stream_down_cpu_s_per_gb": ("stream CPU", "per GB"),
         "idle_kib_per_conn": ("idle conn", "RSS KiB"),
         "udp_qps": ("udp DNS", "queries/s"),
     }
@@ -163,6 +187,26 @@ def layout_table(w, layout, values, failed, peers, med, meta):
             mark = " ⚠" if peer in failed else ""
             w(f"| {workload} | {label}{arrow} | {name}{mark} | {fmt.format(m)} | {rng} "
               f"| {fmt_ratio(r_direct)} | {fmt_ratio(r_haproxy)} |")
+
+
+def targets(w, layout, med):
+    """The zero-copy targets' ratios, each with its bound, where measured."""
+    rows = []
+    for key, peer, ref, bound, kind in TARGETS:
+        r = ratio(med.get((layout, peer, key)), med.get((layout, ref, key)))
+        if r is None:
+            continue
+        met = r >= bound if kind == "min" else r <= bound
+        rows.append(f"| {key} | {PEER_LABEL[peer]} ÷ {PEER_LABEL[ref]} | {r:.2f}× "
+                    f"| {'≥' if kind == 'min' else '≤'} {bound}× | {'met' if met else 'missed'} |")
+    if rows:
+        w("")
+        w("Zero-copy targets (issue 24), ratios of medians in this run:")
+        w("")
+        w("| Figure | Ratio | Measured | Target | |")
+        w("|---|---|---:|---:|---|")
+        for row in rows:
+            w(row)
 
 
 def notes(w, layout, med, peers, meta):
@@ -262,6 +306,7 @@ def markdown(values, failures, meta):
         layout_table(w, layout, values, failed_in[layout], peers, med, meta)
         w("")
         notes(w, layout, med, peers, meta)
+        targets(w, layout, med)
     if len(layouts) > 1 and "ringlb" in peers and "haproxy" in peers:
         w("")
         w("## ringlb ÷ HAProxy, by layout")

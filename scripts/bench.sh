@@ -31,8 +31,10 @@ set -euo pipefail
 PATH=$PATH:/usr/sbin:/sbin
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
-ALL_PEERS=(direct ringlb haproxy nginx)
-ALL_WORKLOADS=(keepalive churn bulk idle sni many scaling udp)
+# ringlb-copy: ringlb --splice never (its copy path); haproxy-splice: HAProxy
+# with option splice-auto.
+ALL_PEERS=(direct ringlb ringlb-copy haproxy haproxy-splice nginx)
+ALL_WORKLOADS=(keepalive churn bulk stream idle sni many scaling udp)
 ALL_LAYOUTS=(pinned unpinned)
 # The sni workload's two server names.  wrk takes the server name it sends
 # (SNI) from the URL's host, and resolves that same host to connect: the
@@ -47,6 +49,9 @@ SNI_NAME_B=b.sni.test
 # scaling workload.
 SCALE_WORKERS=(1 2)
 BULK_BYTES=$((10 * 1024 * 1024))
+# The bulk workload's object sizes: the file names the backend serves (and
+# each one's result key: bulk1m_mbps, bulk_mbps for 10m, bulk100m_mbps).
+BULK_SIZES=(1m 10m 100m)
 
 usage() {
     local peers workloads
@@ -61,7 +66,11 @@ Benchmarks ringlb against HAProxy (mode tcp) and nginx (stream module), with
   keepalive  wrk, keep-alive GET / (13-byte body): req/s, p50, p99 latency,
              and the proxy's CPU seconds per 100k requests
   churn      wrk with "Connection: close": new connections/s
-  bulk       wrk, GET of a 10 MiB file: MB/s (10^6 bytes/s)
+  bulk       wrk, GET of a 1 MiB, a 10 MiB and a 100 MiB file: MB/s (10^6
+             bytes/s) and the proxy's CPU seconds per GB (10^9 bytes)
+  stream     iperf3 through the proxy to an iperf3 server, one stream each
+             way (upload, then download with -R): Gbit/s and the proxy's CPU
+             seconds per GB
   idle       N connections held open through the proxy after one tiny request
              each: proxy RSS growth in KiB per connection
   sni        TLS connection churn (wrk https://localhost, "Connection: close":
@@ -280,7 +289,8 @@ ensure_deps() {
     command -v python3 >/dev/null || pkgs+=(python3)
     command -v wrk >/dev/null || pkgs+=(wrk)
     command -v nginx >/dev/null || pkgs+=(nginx) # also the backend, always needed
-    if has_peer haproxy; then command -v haproxy >/dev/null || pkgs+=(haproxy); fi
+    if has_peer haproxy || has_peer haproxy-splice; then command -v haproxy >/dev/null || pkgs+=(haproxy); fi
+    if has_workload stream; then command -v iperf3 >/dev/null || pkgs+=(iperf3); fi
     if has_peer nginx && ! { command -v nginx >/dev/null && nginx_stream_load_line >/dev/null; }; then
         pkgs+=(libnginx-mod-stream)
     fi
@@ -445,6 +455,12 @@ http_probe() {
         [[ $line == "HTTP/1."?" 200"* ]]' _ "$1" 2>/dev/null
 }
 
+# A TCP connect to 127.0.0.1:PORT succeeds.
+tcp_probe() {
+    # shellcheck disable=SC2016 # $1 is expanded by the inner bash
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null
+}
+
 # TLS probes (bench/tls_probe.py: one HTTPS request with that server name, the
 # answer must come from that TLS backend): "sni" checks a proxy's routing,
 # both names each to its own backend; "tls-a" / "tls-b" one TLS backend.
@@ -471,6 +487,9 @@ wait_ready() {
         fi
         if [[ $mode == http ]]; then
             http_probe "$port" && return 0
+        elif [[ $mode == stream ]]; then
+            # (iperf3's server shrugs off a connection that sends nothing.)
+            tcp_probe "$port" && return 0
         else
             tls_probe "$mode" "$port" && return 0
         fi
@@ -573,7 +592,10 @@ compute_layout() {
 
 start_backend() {
     mkdir -p "$TMP/www" "$TMP/backend-tmp"
-    [[ -f $TMP/www/10m ]] || head -c "$BULK_BYTES" /dev/urandom >"$TMP/www/10m"
+    local size
+    for size in "${BULK_SIZES[@]}"; do
+        [[ -f $TMP/www/$size ]] || head -c "$(bytes_of "$size")" /dev/urandom >"$TMP/www/$size"
+    done
     # nginx started as root switches its workers to "nobody", who cannot read
     # our 0700 temp dir; as root, keep the workers root (it is all loopback).
     local user_directive=""
@@ -732,6 +754,21 @@ measure_udp() {
     [[ $p == direct ]] || check_alive "$p" "$r" "$name" || true
 }
 
+# bytes_of SIZE: 1m -> 1048576 (a bulk object's size in bytes).
+bytes_of() { echo $((${1%m} * 1024 * 1024)); }
+
+# The stream workload's backend: an iperf3 server (one test at a time, which
+# is how the workload runs them).
+start_stream_backend() {
+    spawn stream-backend "${BACKEND_PREFIX[@]}" iperf3 -s -p "$STREAM_PORT"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        tcp_probe "$STREAM_PORT" && return 0
+        sleep 0.1
+    done
+    die "the iperf3 server did not start (run without the stream workload: --workloads)"
+}
+
 # start_instance PEER NAME PORT [WORKERS [MODE]]: start one instance of a
 # proxy, named NAME (logs, config, pid file), listening on PORT, with WORKERS
 # workers [--workers]; MODE http (in front of the HTTP backend, the default)
@@ -739,24 +776,29 @@ measure_udp() {
 # proxies (sni: each name to its own backend).
 start_instance() {
     local p=$1 name=$2 port=$3 workers=${4:-$WORKERS} mode=${5:-http}
-    case $p/$mode in
-        ringlb/http)
+    # MODE stream: in front of the iperf3 server instead of the HTTP backend.
+    local bport=$BACKEND_PORT extra=() splice=""
+    [[ $mode == stream ]] && bport=$STREAM_PORT
+    [[ $p == ringlb-copy ]] && extra=(--splice never)
+    [[ $p == haproxy-splice ]] && splice="option splice-auto"
+    case ${p%%-*}/$mode in
+        ringlb/http | ringlb/stream)
             spawn "$name" "${LOAD_PREFIX[@]}" "$RINGLB_BIN" --listen "127.0.0.1:$port" \
-                --backend "127.0.0.1:$BACKEND_PORT" --workers "$workers" --log-level warn
+                --backend "127.0.0.1:$bport" --workers "$workers" --log-level warn "${extra[@]}"
             ;;
         ringlb/sni)
             # Same routes, same order as HAProxy's ACLs and nginx's map; --backend is the default route.
             spawn "$name" "${LOAD_PREFIX[@]}" "$RINGLB_BIN" --listen "127.0.0.1:$port" \
                 --route-by sni --route "$SNI_NAME_B=127.0.0.1:$TLS_PORT_B" \
                 --route "$SNI_NAME_A=127.0.0.1:$TLS_PORT_A" --backend "127.0.0.1:$TLS_PORT_B" \
-                --workers "$workers" --log-level warn
+                --workers "$workers" --log-level warn "${extra[@]}"
             ;;
         haproxy/*)
             local tpl=$BENCH/haproxy.cfg.in
             [[ $mode == sni ]] && tpl=$BENCH/haproxy-sni.cfg.in
             render "$tpl" "$TMP/$name.cfg" "NAME=$name" "WORKERS=$workers" \
-                "MAXCONN=$MAXCONN" "TMP=$TMP" "PORT=$port" "BACKEND_PORT=$BACKEND_PORT" \
-                "PORT_A=$TLS_PORT_A" "PORT_B=$TLS_PORT_B" "NAME_B=$SNI_NAME_B"
+                "MAXCONN=$MAXCONN" "TMP=$TMP" "PORT=$port" "BACKEND_PORT=$bport" \
+                "PORT_A=$TLS_PORT_A" "PORT_B=$TLS_PORT_B" "NAME_B=$SNI_NAME_B" "SPLICE=$splice"
             spawn "$name" "${LOAD_PREFIX[@]}" haproxy -db -f "$TMP/$name.cfg"
             ;;
         nginx/*)
@@ -765,7 +807,7 @@ start_instance() {
             render "$tpl" "$TMP/$name.conf" "NAME=$name" \
                 "LOAD_MODULE=$NGINX_LOAD_MODULE" "WORKERS=$workers" "NOFILE=$NOFILE" \
                 "WORKER_CONNECTIONS=$WORKER_CONNECTIONS" "TMP=$TMP" "PORT=$port" \
-                "BACKEND_PORT=$BACKEND_PORT" "PORT_A=$TLS_PORT_A" "PORT_B=$TLS_PORT_B" \
+                "BACKEND_PORT=$bport" "PORT_A=$TLS_PORT_A" "PORT_B=$TLS_PORT_B" \
                 "NAME_B=$SNI_NAME_B"
             # -e: error log before the config is read (else /var/log/nginx).
             spawn "$name" "${LOAD_PREFIX[@]}" nginx -p "$TMP/" -e "$TMP/$name-error.log" -c "$TMP/$name.conf"
@@ -783,8 +825,8 @@ start_peer() {
         SNI_PORT[direct]=$TLS_PORT_A
         return 0
     fi
-    if [[ $p == ringlb && -z $RINGLB_BIN ]]; then
-        fail_peer ringlb 0 "not started: $RINGLB_BUILD_ERROR"
+    if [[ ${p%%-*} == ringlb && -z $RINGLB_BIN ]]; then
+        fail_peer "$p" 0 "not started: $RINGLB_BUILD_ERROR"
         DEAD[$p]=1
         return 1
     fi
@@ -974,6 +1016,40 @@ measure_idle() {
     stop_instance "$name"
 }
 
+# measure_stream PEER ROUND: one iperf3 stream through the peer for
+# --duration seconds, upload then download (-R); records stream_up_gbps,
+# stream_down_gbps and, for a proxy, stream_up_cpu_s_per_gb and
+# stream_down_cpu_s_per_gb (its CPU over the bytes iperf3 received).
+measure_stream() {
+    local p=$1 r=$2 name=$1-stream port dir out cpu0 cpu1 bytes bps
+    if [[ $p == direct ]]; then
+        port=$STREAM_PORT
+    else
+        port=$(free_ports 1)
+        if ! start_instance "$p" "$name" "$port" "$WORKERS" stream; then
+            fail_peer "$p" "$r" "stream: an instance in front of iperf3 did not start"
+            stop_instance "$name"
+            return 0
+        fi
+    fi
+    for dir in up down; do
+        local rev=()
+        [[ $dir == down ]] && rev=(-R)
+        cpu0=$(peer_cpu "$name")
+        out=$(timeout --foreground $((DURATION + 30)) "${LOAD_PREFIX[@]}" iperf3 -c 127.0.0.1 \
+            -p "$port" -t "$DURATION" -J "${rev[@]}" 2>&1) || {
+            fail_peer "$p" "$r" "stream $dir: iperf3 failed: $(tail -c 300 <<<"$out" | tr '\n' ' ')"
+            continue
+        }
+        cpu1=$(peer_cpu "$name")
+        read -r bytes bps < <(python3 -c 'import json,sys; s=json.load(sys.stdin)["end"]["sum_received"]; print(s["bytes"], s["bits_per_second"])' <<<"$out")
+        record "$r" "$p" "stream_${dir}_gbps" "$(calc "$bps / 1e9")"
+        [[ -n $cpu0 && -n $cpu1 ]] && record "$r" "$p" "stream_${dir}_cpu_s_per_gb" "$(calc "($cpu1 - $cpu0) / ($bytes / 1e9)")"
+        log "$(printf '  %-14s stream %s: %.1f Gbit/s' "$p" "$dir" "$(calc "$bps / 1e9")")${cpu1:+, $(calc "($cpu1 - $cpu0) / ($bytes / 1e9)") CPU s/GB}"
+    done
+    [[ $p == direct ]] || stop_instance "$name"
+}
+
 measure_peer() { # PEER ROUND
     local p=$1 r=$2 secs n
     [[ -n ${DEAD[$p]:-} ]] && return 0
@@ -1000,19 +1076,32 @@ measure_peer() { # PEER ROUND
     fi
     check_alive "$p" "$r" || return 0
 
-    # (4) bulk: 10 MiB responses.  Also catch a proxy that truncates bodies.
-    # At least 2 s: at -d1 on a busy machine every connection can still be
-    # mid-body when wrk stops, i.e. zero completed requests from a healthy proxy.
-    if has_workload bulk && run_wrk "$p" "$r" bulk "$BULK_CONNS" "$((DURATION < 2 ? 2 : DURATION))" /10m; then
-        if ((W[bytes] < W[requests] * BULK_BYTES)); then
-            fail_peer "$p" "$r" "bulk: ${W[bytes]} bytes for ${W[requests]} responses of 10 MiB (truncated?)"
-        else
+    # (4) bulk: 1, 10 and 100 MiB responses, and the proxy's CPU per GB.
+    # Also catch a proxy that truncates bodies.  At least 2 s: at -d1 on a
+    # busy machine every connection can still be mid-body when wrk stops,
+    # i.e. zero completed requests from a healthy proxy.
+    if has_workload bulk; then
+        local size key cpu0 cpu1
+        for size in "${BULK_SIZES[@]}"; do
+            key=bulk${size}
+            [[ $size == 10m ]] && key=bulk
+            cpu0=$(peer_cpu "$p")
+            run_wrk "$p" "$r" "$key" "$BULK_CONNS" "$((DURATION < 2 ? 2 : DURATION))" "/$size" || continue
+            cpu1=$(peer_cpu "$p")
+            if ((W[bytes] < W[requests] * $(bytes_of "$size"))); then
+                fail_peer "$p" "$r" "$key: ${W[bytes]} bytes for ${W[requests]} responses of $size (truncated?)"
+                continue
+            fi
             secs=$(calc "${W[duration_us]} / 1e6")
-            record "$r" "$p" bulk_mbps "$(calc "${W[bytes]} / $secs / 1e6")"
-            log "$(printf '  %-8s bulk: %.0f MB/s' "$p" "$(calc "${W[bytes]} / $secs / 1e6")")"
-        fi
+            record "$r" "$p" "${key}_mbps" "$(calc "${W[bytes]} / $secs / 1e6")"
+            [[ -n $cpu0 && -n $cpu1 ]] && record "$r" "$p" "${key}_cpu_s_per_gb" "$(calc "($cpu1 - $cpu0) / (${W[bytes]} / 1e9)")"
+            log "$(printf '  %-14s %s: %.0f MB/s' "$p" "$key" "$(calc "${W[bytes]} / $secs / 1e6")")${cpu1:+, $(calc "($cpu1 - $cpu0) / (${W[bytes]} / 1e9)") CPU s/GB}"
+        done
     fi
     check_alive "$p" "$r" || return 0
+
+    # (4b) stream: iperf3 each way, on a fresh instance in front of iperf3.
+    if has_workload stream; then measure_stream "$p" "$r"; fi
 
     # (5) TLS churn routed by server name, on the peer's sni instance.
     if has_workload sni; then
@@ -1083,12 +1172,15 @@ run_layout() {
     compute_layout
     DEAD=() PORT=() SNI_PORT=() UDP_PORT=()
     local ports
-    read -r -a ports <<<"$(free_ports 12)"
+    read -r -a ports <<<"$(free_ports 17)"
     DNS_PORT=${ports[9]}
     UDP_PORT[ringlb]=${ports[10]} UDP_PORT[nginx]=${ports[11]}
     BACKEND_PORT=${ports[0]} TLS_PORT_A=${ports[4]} TLS_PORT_B=${ports[5]}
     PORT[ringlb]=${ports[1]} PORT[haproxy]=${ports[2]} PORT[nginx]=${ports[3]}
     SNI_PORT[ringlb]=${ports[6]} SNI_PORT[haproxy]=${ports[7]} SNI_PORT[nginx]=${ports[8]}
+    PORT[ringlb-copy]=${ports[12]} PORT[haproxy-splice]=${ports[13]}
+    SNI_PORT[ringlb-copy]=${ports[14]} SNI_PORT[haproxy-splice]=${ports[15]}
+    STREAM_PORT=${ports[16]}
 
     log "=== layout $CUR_LAYOUT: $LAYOUT; proxies get $WORKERS worker(s); fd limit $NOFILE"
     # Anything else burning CPU (a compile, a test suite) skews every figure.
@@ -1104,6 +1196,10 @@ run_layout() {
     fi
     log "starting backend nginx on 127.0.0.1:$BACKEND_PORT"
     start_backend
+    if has_workload stream; then
+        log "starting iperf3 server on 127.0.0.1:$STREAM_PORT"
+        start_stream_backend
+    fi
     if has_workload sni; then
         log "starting TLS backend nginx on 127.0.0.1:$TLS_PORT_A ($SNI_NAME_A) and :$TLS_PORT_B ($SNI_NAME_B)"
         start_tls_backend

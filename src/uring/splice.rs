@@ -185,6 +185,151 @@ mod tests {
         });
     }
 
+    /// CPU seconds this thread (`libc::RUSAGE_THREAD`) or this process
+    /// (`RUSAGE_SELF`: every thread, the kernel's io-wq workers included)
+    /// has used.
+    fn cpu_seconds(who: libc::c_int) -> f64 {
+        // SAFETY: rusage is plain data; getrusage fills the one we pass.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid `who` and a pointer to a live rusage.
+        assert_eq!(unsafe { libc::getrusage(who, &mut usage) }, 0);
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(usage.ru_utime) + secs(usage.ru_stime)
+    }
+
+    /// One IORING_OP_SPLICE of up to `len` bytes from `from` to `to`
+    /// (blocking, in the kernel's io-wq thread), keeping `pipe` alive in the
+    /// driver until it completes.
+    async fn splice_op(
+        from: RawFd,
+        to: RawFd,
+        len: usize,
+        pipe: std::rc::Rc<Pipe>,
+    ) -> io::Result<usize> {
+        use io_uring::types::Fd;
+        let sqe = opcode::Splice::new(Fd(from), -1, Fd(to), -1, len as u32)
+            .flags(libc::SPLICE_F_MOVE)
+            .build();
+        struct Done;
+        impl OneshotOutputTransform for Done {
+            type Output = io::Result<usize>;
+            type StoredData = std::rc::Rc<Pipe>;
+            fn transform_oneshot_output(
+                self,
+                _: Self::StoredData,
+                cqe: cqueue::Entry,
+            ) -> Self::Output {
+                completion(&cqe)
+            }
+        }
+        UnsubmittedOneshot::new(pipe, Done, sqe).submit().await
+    }
+
+    /// Moves `total` bytes from a writer thread through a relay on this
+    /// thread's ring to a reader thread, with the two splice mechanisms,
+    /// and prints each one's CPU per GB (the process's CPU, io-wq threads
+    /// included, less the writer's and the reader's own).
+    #[test]
+    #[ignore = "a measurement: cargo test --release --lib -- --ignored --nocapture splice_mechanisms"]
+    fn splice_mechanisms_cpu_per_gb() {
+        const TOTAL: usize = 8 << 30;
+        for mechanism in ["poll + splice(2)", "IORING_OP_SPLICE", "copy (RECV/SEND)"].repeat(2) {
+            let uring_op = mechanism == "IORING_OP_SPLICE";
+            let copy = mechanism.starts_with("copy");
+            let (relay_cpu, secs) = tokio_uring::start(async move {
+                let (mut src_peer, src) = pair();
+                let (mut dst_peer, dst) = pair();
+                // IORING_OP_SPLICE at its cheapest: blocking sockets, so
+                // io-wq waits for them, without a poll first.
+                if !uring_op {
+                    set_nonblocking((&src).into()).unwrap();
+                    set_nonblocking((&dst).into()).unwrap();
+                }
+                let writer = std::thread::spawn(move || {
+                    let chunk = vec![7u8; 1 << 20];
+                    for _ in 0..TOTAL / chunk.len() {
+                        std::io::Write::write_all(&mut src_peer, &chunk).unwrap();
+                    }
+                    drop(src_peer);
+                    cpu_seconds(libc::RUSAGE_THREAD)
+                });
+                let reader = std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut got = 0;
+                    loop {
+                        match std::io::Read::read(&mut dst_peer, &mut buf).unwrap() {
+                            0 => break,
+                            n => got += n,
+                        }
+                    }
+                    assert_eq!(got, TOTAL);
+                    cpu_seconds(libc::RUSAGE_THREAD)
+                });
+                let pipe = std::rc::Rc::new(Pipe::new(256 * 1024).unwrap());
+                let (start, cpu0) = (std::time::Instant::now(), cpu_seconds(libc::RUSAGE_SELF));
+                let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+                let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+                let mut buf = Vec::with_capacity(256 * 1024);
+                loop {
+                    if !copy {
+                        break;
+                    }
+                    let (res, got) = super::super::recv(&src, buf, false).await;
+                    if res.unwrap() == 0 {
+                        break;
+                    }
+                    let (res, sent) = super::super::send_all(&dst, got).await;
+                    res.unwrap();
+                    buf = sent;
+                }
+                loop {
+                    if copy {
+                        break;
+                    }
+                    let res = if uring_op {
+                        splice_op(src_fd, pipe_w, 256 * 1024, pipe.clone()).await
+                    } else {
+                        splice_in((&src).into(), &pipe, 256 * 1024)
+                    };
+                    let n = match res {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            poll_ready(&src, READABLE).await.unwrap();
+                            continue;
+                        }
+                        res => res.unwrap(),
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    let mut left = n;
+                    while left > 0 {
+                        let res = if uring_op {
+                            splice_op(pipe_r, dst_fd, left, pipe.clone()).await
+                        } else {
+                            splice_out(&pipe, (&dst).into(), left)
+                        };
+                        match res {
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                poll_ready(&dst, WRITABLE).await.unwrap();
+                            }
+                            res => left -= res.unwrap(),
+                        }
+                    }
+                }
+                drop(dst);
+                let (writer, reader) = (writer.join().unwrap(), reader.join().unwrap());
+                let cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu0 - writer - reader;
+                (cpu, start.elapsed().as_secs_f64())
+            });
+            let gb = TOTAL as f64 / 1e9;
+            println!(
+                "{mechanism}: {:.3} CPU s per GB, {:.1} Gbit/s",
+                relay_cpu / gb,
+                gb * 8.0 / secs
+            );
+        }
+    }
+
     #[test]
     fn a_pipe_larger_than_the_system_allows_is_refused() {
         let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
