@@ -777,10 +777,13 @@ start_stream_backend() {
 start_instance() {
     local p=$1 name=$2 port=$3 workers=${4:-$WORKERS} mode=${5:-http}
     # MODE stream: in front of the iperf3 server instead of the HTTP backend.
-    local bport=$BACKEND_PORT extra=() splice=""
+    local bport=$BACKEND_PORT extra=() splice="" maxpipes="" maxconn=$MAXCONN
     [[ $mode == stream ]] && bport=$STREAM_PORT
     [[ $p == ringlb-copy ]] && extra=(--splice never)
-    [[ $p == haproxy-splice ]] && splice="option splice-auto"
+    if [[ $p == haproxy-splice ]]; then
+        # 256 pipes are 512 more fds: room made under the same limit.
+        splice="option splice-auto" maxpipes="maxpipes 256" maxconn=$((MAXCONN - 300))
+    fi
     case ${p%%-*}/$mode in
         ringlb/http | ringlb/stream)
             spawn "$name" "${LOAD_PREFIX[@]}" "$RINGLB_BIN" --listen "127.0.0.1:$port" \
@@ -797,8 +800,8 @@ start_instance() {
             local tpl=$BENCH/haproxy.cfg.in
             [[ $mode == sni ]] && tpl=$BENCH/haproxy-sni.cfg.in
             render "$tpl" "$TMP/$name.cfg" "NAME=$name" "WORKERS=$workers" \
-                "MAXCONN=$MAXCONN" "TMP=$TMP" "PORT=$port" "BACKEND_PORT=$bport" \
-                "PORT_A=$TLS_PORT_A" "PORT_B=$TLS_PORT_B" "NAME_B=$SNI_NAME_B" "SPLICE=$splice"
+                "MAXCONN=$maxconn" "TMP=$TMP" "PORT=$port" "BACKEND_PORT=$bport" \
+                "PORT_A=$TLS_PORT_A" "PORT_B=$TLS_PORT_B" "NAME_B=$SNI_NAME_B" "SPLICE=$splice" "MAXPIPES=$maxpipes"
             spawn "$name" "${LOAD_PREFIX[@]}" haproxy -db -f "$TMP/$name.cfg"
             ;;
         nginx/*)
@@ -830,7 +833,7 @@ start_peer() {
         DEAD[$p]=1
         return 1
     fi
-    if has_workload sni; then
+    if has_workload sni && ! zero_copy_peer "$p"; then
         if ! start_instance "$p" "$p-sni" "${SNI_PORT[$p]}" "$WORKERS" sni; then
             fail_peer "$p" 0 "sni: did not start or did not route each server name to its TLS backend${LAST_LOG_LINE:+; its log ends: $LAST_LOG_LINE}"
             DEAD[$p-sni]=1
@@ -1050,9 +1053,19 @@ measure_stream() {
     [[ $p == direct ]] || stop_instance "$name"
 }
 
+# A peer that is there for what zero-copy buys (ringlb --splice never,
+# HAProxy splice-auto): bulk and stream only.
+zero_copy_peer() { [[ $1 == ringlb-copy || $1 == haproxy-splice ]]; }
+
 measure_peer() { # PEER ROUND
     local p=$1 r=$2 secs n
     [[ -n ${DEAD[$p]:-} ]] && return 0
+    if zero_copy_peer "$p"; then
+        measure_bulk "$p" "$r"
+        check_alive "$p" "$r" || return 0
+        if has_workload stream; then measure_stream "$p" "$r"; fi
+        return 0
+    fi
 
     # (1) keep-alive small requests; the proxy's CPU time is read around it.
     if has_workload keepalive; then
@@ -1076,10 +1089,32 @@ measure_peer() { # PEER ROUND
     fi
     check_alive "$p" "$r" || return 0
 
-    # (4) bulk: 1, 10 and 100 MiB responses, and the proxy's CPU per GB.
-    # Also catch a proxy that truncates bodies.  At least 2 s: at -d1 on a
-    # busy machine every connection can still be mid-body when wrk stops,
-    # i.e. zero completed requests from a healthy proxy.
+    # (4) bulk, and (4b) stream.
+    measure_bulk "$p" "$r"
+    check_alive "$p" "$r" || return 0
+    if has_workload stream; then measure_stream "$p" "$r"; fi
+
+    # (5) TLS churn routed by server name, on the peer's sni instance.
+    if has_workload sni; then
+        measure_sni "$p" "$r"
+        [[ $p == direct || -n ${DEAD[$p-sni]:-} ]] || check_alive "$p" "$r" "$p-sni" || true
+    fi
+
+    # (6) DNS over UDP, on the peer's udp instance.
+    if has_workload udp; then measure_udp "$p" "$r"; fi
+
+    # (7) and (8): fresh instances, proxies only.
+    [[ $p == direct ]] && return 0
+    if has_workload scaling; then measure_scaling "$p" "$r"; fi
+    if has_workload idle; then measure_idle "$p" "$r"; fi
+}
+
+# measure_bulk PEER ROUND: 1, 10 and 100 MiB responses, MB/s and the proxy's
+# CPU per GB.  Also catch a proxy that truncates bodies.  At least 2 s: at
+# -d1 on a busy machine every connection can still be mid-body when wrk
+# stops, i.e. zero completed requests from a healthy proxy.
+measure_bulk() {
+    local p=$1 r=$2 secs
     if has_workload bulk; then
         local size key cpu0 cpu1
         for size in "${BULK_SIZES[@]}"; do
@@ -1098,24 +1133,6 @@ measure_peer() { # PEER ROUND
             log "$(printf '  %-14s %s: %.0f MB/s' "$p" "$key" "$(calc "${W[bytes]} / $secs / 1e6")")${cpu1:+, $(calc "($cpu1 - $cpu0) / (${W[bytes]} / 1e9)") CPU s/GB}"
         done
     fi
-    check_alive "$p" "$r" || return 0
-
-    # (4b) stream: iperf3 each way, on a fresh instance in front of iperf3.
-    if has_workload stream; then measure_stream "$p" "$r"; fi
-
-    # (5) TLS churn routed by server name, on the peer's sni instance.
-    if has_workload sni; then
-        measure_sni "$p" "$r"
-        [[ $p == direct || -n ${DEAD[$p-sni]:-} ]] || check_alive "$p" "$r" "$p-sni" || true
-    fi
-
-    # (6) DNS over UDP, on the peer's udp instance.
-    if has_workload udp; then measure_udp "$p" "$r"; fi
-
-    # (7) and (8): fresh instances, proxies only.
-    [[ $p == direct ]] && return 0
-    if has_workload scaling; then measure_scaling "$p" "$r"; fi
-    if has_workload idle; then measure_idle "$p" "$r"; fi
 }
 
 # ------------------------------------------------------------------- report --

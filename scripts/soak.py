@@ -318,6 +318,7 @@ name = "xfer"
 listen = "127.0.0.1:{fe['xfer_port']}"
 balance = "least-conn"
 connect-timeout = "2s"
+splice = "auto"
 backends = [{backends(xfer_ports, weights)}]
 [frontend.health]
 interval = "500ms"
@@ -326,6 +327,7 @@ timeout = "500ms"
 [[frontend]]
 name = "http"
 listen = "127.0.0.1:{fe['http_port']}"
+splice = "auto"
 backends = [{backends(fe['http'].ports, [1] * len(fe['http'].ports))}]
 [frontend.health]
 interval = "500ms"
@@ -448,7 +450,21 @@ def drive(args, rng, fe, config, lb):
             break
         time.sleep(0.1)
     time.sleep(1)  # health probes in flight settle
+    # Pipes of spliced transfers stay pooled until a worker's trim finds
+    # them unused for a whole interval (2 s).
+    settle = time.monotonic() + 6
     rss1, fds1 = proc_stat(lb.pid)
+    while fds1 > fds0 + args.max_fd_growth and time.monotonic() < settle:
+        time.sleep(0.5)
+        rss1, fds1 = proc_stat(lb.pid)
+    try:
+        spliced = sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in admin_get(fe["admin"], "/metrics").splitlines()
+            if line.startswith("ringlb_spliced_bytes_total")
+        )
+    except OSError:
+        spliced = None
 
     reqs = re.search(r"(\d+) requests in", wrk_out)
     wrk_errors = re.search(r"Socket errors: (.*)", wrk_out)
@@ -475,6 +491,7 @@ def drive(args, rng, fe, config, lb):
         "transfer_clients": args.connections,
         "transfers_ok": stats.ok,
         "bytes_verified": stats.bytes_verified,
+        "bytes_spliced_by_ringlb": spliced,
         "mismatches": stats.mismatches,
         "failures_by_cause": stats.failures,
         "http_requests": int(reqs.group(1)) if reqs else 0,

@@ -5,7 +5,8 @@
 #   scripts/soak.sh [--duration 30s|10m] [--connections N] [options]
 #
 # Runs, all at once and for the whole duration, against one ringlb on
-# 127.0.0.1 (two frontends, ports from the OS):
+# 127.0.0.1 (two frontends, ports from the OS, both with splice = "auto", so
+# bulk transfers go through kernel pipes; the summary says how many bytes did):
 #   * N clients doing SHA-256-checked random transfers (1 B to 4 MiB, both
 #     ways at once, the client half-closing after its upload);
 #   * wrk doing keep-alive HTTP through the second frontend;
@@ -40,7 +41,7 @@ PASS=()
 while (($#)); do
     case $1 in
         -h | --help)
-            sed -n '3,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '3,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         --ringlb-bin)
