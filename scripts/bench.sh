@@ -781,8 +781,8 @@ start_instance() {
     [[ $mode == stream ]] && bport=$STREAM_PORT
     [[ $p == ringlb-copy ]] && extra=(--splice never)
     if [[ $p == haproxy-splice ]]; then
-        # 256 pipes are 512 more fds: room made under the same limit.
-        splice="option splice-auto" maxpipes="maxpipes 256" maxconn=$((MAXCONN - 300))
+        # 64 pipes are 128 more fds: room made under the same limit.
+        splice="option splice-auto" maxpipes="maxpipes 64" maxconn=$((MAXCONN - 100))
     fi
     case ${p%%-*}/$mode in
         ringlb/http | ringlb/stream)

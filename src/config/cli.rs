@@ -224,7 +224,7 @@ pub struct Cli {
     pub splice: SpliceMode,
 
     /// Most kernel pipes open for spliced directions, across workers; each
-    /// holds two descriptors, which the connection ceiling counts [default: 256].
+    /// holds two descriptors, which the connection ceiling counts [default: 64].
     #[arg(long, value_name = "N")]
     pub max_pipes: Option<usize>,
 

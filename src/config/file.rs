@@ -1271,7 +1271,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
             }],
             resolvers: vec![],
             resolve_at_start: true,
-            max_pipes: 256,
+            max_pipes: 64,
         };
         assert_eq!(parse_str(text).unwrap(), expected);
     }

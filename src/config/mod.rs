@@ -68,8 +68,10 @@ pub const DEFAULT_PROXY_TLVS: ProxyTlvs = ProxyTlvs::Drop;
 /// When a relay direction splices instead of copying: once it is bulk.
 pub const DEFAULT_SPLICE: SpliceMode = SpliceMode::Auto;
 /// Most kernel pipes open for spliced directions, across workers (each
-/// holds two descriptors, counted by the connection ceiling).
-pub const DEFAULT_MAX_PIPES: usize = 256;
+/// holds two descriptors, counted by the connection ceiling): 64 pipes of
+/// 1 MiB are what an unprivileged user may have in pipes by default
+/// (/proc/sys/fs/pipe-user-pages-soft).
+pub const DEFAULT_MAX_PIPES: usize = 64;
 /// How workers choose a backend, unless configured.
 pub const DEFAULT_BALANCE: Algorithm = Algorithm::RoundRobin;
 /// Time between two health checks of one backend.

@@ -232,8 +232,15 @@ mod tests {
     #[test]
     #[ignore = "a measurement: cargo test --release --lib -- --ignored --nocapture splice_mechanisms"]
     fn splice_mechanisms_cpu_per_gb() {
-        const TOTAL: usize = 8 << 30;
-        for mechanism in ["poll + splice(2)", "IORING_OP_SPLICE", "copy (RECV/SEND)"].repeat(2) {
+        const TOTAL: usize = 4 << 30;
+        let cases = [
+            ("poll + splice(2)", 64 << 10),
+            ("poll + splice(2)", 256 << 10),
+            ("poll + splice(2)", 1 << 20),
+            ("IORING_OP_SPLICE", 256 << 10),
+            ("copy (RECV/SEND)", 256 << 10),
+        ];
+        for (mechanism, size) in cases.repeat(2) {
             let uring_op = mechanism == "IORING_OP_SPLICE";
             let copy = mechanism.starts_with("copy");
             let (relay_cpu, secs) = tokio_uring::start(async move {
@@ -265,11 +272,11 @@ mod tests {
                     assert_eq!(got, TOTAL);
                     cpu_seconds(libc::RUSAGE_THREAD)
                 });
-                let pipe = std::rc::Rc::new(Pipe::new(256 * 1024).unwrap());
+                let pipe = std::rc::Rc::new(Pipe::new(size).unwrap());
                 let (start, cpu0) = (std::time::Instant::now(), cpu_seconds(libc::RUSAGE_SELF));
                 let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
                 let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
-                let mut buf = Vec::with_capacity(256 * 1024);
+                let mut buf = Vec::with_capacity(size);
                 loop {
                     if !copy {
                         break;
@@ -287,9 +294,9 @@ mod tests {
                         break;
                     }
                     let res = if uring_op {
-                        splice_op(src_fd, pipe_w, 256 * 1024, pipe.clone()).await
+                        splice_op(src_fd, pipe_w, size, pipe.clone()).await
                     } else {
-                        splice_in((&src).into(), &pipe, 256 * 1024)
+                        splice_in((&src).into(), &pipe, size)
                     };
                     let n = match res {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -323,7 +330,8 @@ mod tests {
             });
             let gb = TOTAL as f64 / 1e9;
             println!(
-                "{mechanism}: {:.3} CPU s per GB, {:.1} Gbit/s",
+                "{mechanism}, {} KiB: {:.3} CPU s per GB, {:.1} Gbit/s",
+                size >> 10,
                 relay_cpu / gb,
                 gb * 8.0 / secs
             );
@@ -337,7 +345,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        assert!(Pipe::new(256 * 1024).is_ok());
+        assert!(Pipe::new(1 << 20).is_ok());
         // Root may go past the maximum; anyone else is refused.
         // SAFETY: geteuid takes nothing and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
