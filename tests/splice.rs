@@ -374,3 +374,39 @@ fn with_no_descriptors_left_for_pipes_every_transfer_is_copied() {
     assert_eq!(counter(&lb, "ringlb_bytes_in_total"), expected);
     assert_eq!(counter(&lb, "ringlb_bytes_out_total"), expected);
 }
+
+#[test]
+fn max_pipes_bounds_the_pipes_and_the_rest_copy() {
+    let backend = Backend::echo();
+    let lb = Ringlb::over(&backend)
+        .arg("--splice", "always")
+        .arg("--max-pipes", "1")
+        .admin()
+        .start();
+    let pid = lb.pid();
+    let before = pipes_of(pid);
+    // Four paced transfers at once, each direction wanting a pipe.
+    let (transfers, started) = paced_transfers(lb.addr);
+    for _ in 0..4 {
+        started.recv_timeout(PATIENCE).unwrap();
+    }
+    let mut most = 0;
+    while !transfers.is_finished() {
+        most = most.max(pipes_of(pid));
+        thread::sleep(Duration::from_millis(20));
+    }
+    let failed = transfers.join().unwrap();
+    assert!(failed.is_empty(), "{failed:?}\n{}", lb.log());
+    assert!(
+        most <= before + 2,
+        "pipe fds went from {before} to {most} with max-pipes 1"
+    );
+    wait_closed(&lb);
+    let spliced = counter(&lb, "ringlb_spliced_bytes_total");
+    let carried = counter(&lb, "ringlb_bytes_in_total") + counter(&lb, "ringlb_bytes_out_total");
+    assert_eq!(carried, 2 * 4 * 16 * MIB as u64);
+    assert!(
+        spliced > 0 && spliced < carried,
+        "{spliced} of {carried} spliced with one pipe"
+    );
+}
