@@ -410,3 +410,28 @@ fn max_pipes_bounds_the_pipes_and_the_rest_copy() {
         "{spliced} of {carried} spliced with one pipe"
     );
 }
+
+#[test]
+fn small_request_response_traffic_stays_on_the_copy_path_in_auto() {
+    let backend = Backend::echo();
+    let lb = Ringlb::over(&backend).admin().start();
+    let mut conn = lb.connect();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut sent = 0u64;
+    for i in 0..500usize {
+        let msg = pattern(i as u64 + 1, 1 + i * 37 % 4000);
+        conn.write_all(&msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        conn.read_exact(&mut back).unwrap();
+        assert!(back == msg, "exchange {i} differs");
+        sent += msg.len() as u64;
+    }
+    drop(conn);
+    wait_closed(&lb);
+    assert_eq!(counter(&lb, "ringlb_bytes_in_total"), sent);
+    assert_eq!(
+        counter(&lb, "ringlb_spliced_bytes_total"),
+        0,
+        "auto spliced small messages"
+    );
+}
