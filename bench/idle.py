@@ -16,6 +16,11 @@ and exits non-zero if any connection failed.
 Sequential blocking sockets are deliberate: 4000 round trips on loopback take
 about a second, and it keeps the script obviously correct.  No third-party
 dependencies.
+
+With --burst it opens every connection first, then sends each one's request
+before reading any response, then reads them all: every connection has bytes
+in flight at once, as when a fleet restart makes every client reconnect at
+the same moment (the proxy's receive buffers are all wanted together).
 """
 import argparse
 import os
@@ -33,6 +38,11 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: ringlb-bench-idle\r\n\r
 def round_trip(sock):
     """Send one keep-alive GET and read exactly one response. Raise on error."""
     sock.sendall(REQUEST)
+    read_response(sock)
+
+
+def read_response(sock):
+    """Read exactly one response to a GET. Raise on error."""
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(4096)
@@ -60,6 +70,39 @@ def round_trip(sock):
         raise ConnectionError("more bytes than Content-Length (pipelining bug?)")
 
 
+def burst(args):
+    """Opens args.conns connections, sends a request on each, then reads
+    every response; returns the open sockets, the failures, the first error."""
+    socks, failed, first_error = [], 0, None
+    for _ in range(args.conns):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout))
+        except OSError as e:
+            failed += 1
+            first_error = first_error or repr(e)
+            if failed > max(10, args.conns // 100):
+                break
+    sent = []
+    for s in socks:
+        try:
+            s.sendall(REQUEST)
+            sent.append(s)
+        except OSError as e:
+            failed += 1
+            first_error = first_error or repr(e)
+            s.close()
+    ok = []
+    for s in sent:
+        try:
+            read_response(s)
+            ok.append(s)
+        except (OSError, ValueError) as e:
+            failed += 1
+            first_error = first_error or repr(e)
+            s.close()
+    return ok, failed, first_error
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, required=True, help="proxy port on 127.0.0.1")
@@ -68,6 +111,8 @@ def main():
     ap.add_argument("--settle", type=float, default=0.5,
                     help="seconds to wait before reading RSS (lets the proxy finish bookkeeping)")
     ap.add_argument("--timeout", type=float, default=5.0, help="per-socket-operation timeout")
+    ap.add_argument("--burst", action="store_true",
+                    help="open all, send on all, then read all (see above)")
     args = ap.parse_args()
 
     rss_before, _, nprocs = group_stats(args.pgid)
@@ -76,7 +121,9 @@ def main():
         return 2
 
     socks, failed, first_error = [], 0, None
-    for _ in range(args.conns):
+    if args.burst:
+        socks, failed, first_error = burst(args)
+    for _ in range(0 if args.burst else args.conns):
         s = None
         try:
             s = socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout)

@@ -40,6 +40,7 @@ TARGETS = [
     ("stream_down_cpu_s_per_gb", "ringlb", "ringlb-copy", 0.5, "max"),
     ("stream_up_cpu_s_per_gb", "ringlb", "haproxy", 0.35, "max"),
     ("stream_down_cpu_s_per_gb", "ringlb", "haproxy", 0.35, "max"),
+    ("idle_burst_kib_per_conn", "ringlb", "haproxy", 0.5, "max"),
 ]
 
 # The sni workload's TLS backend counts as the bottleneck from this busy (percent
@@ -94,6 +95,7 @@ def metrics(meta):
         ("stream_down_gbps", "stream (iperf3, download)", "Gbit/s", "higher", "{:.1f}", True),
         ("stream_down_cpu_s_per_gb", "stream (iperf3, download)", "proxy CPU s / GB", "lower", "{:.3f}", False),
         ("idle_kib_per_conn", "idle", "proxy RSS KiB / idle conn", "lower", "{:.2f}", False),
+        ("idle_burst_kib_per_conn", "idle, opened in a burst", "proxy RSS KiB / idle conn", "lower", "{:.2f}", False),
         ("udp_qps", UDP, "queries/s", "higher", "{:,.0f}", True),
         ("udp_cpu_s_per_100k", UDP, "proxy CPU s / 100k queries", "lower", "{:.3f}", False),
         ("udp_p99_ms", UDP, f"p99 latency at {rate}/s, ms", "lower", "{:.3f}", True),

@@ -72,7 +72,8 @@ Benchmarks ringlb against HAProxy (mode tcp) and nginx (stream module), with
              way (upload, then download with -R): Gbit/s and the proxy's CPU
              seconds per GB
   idle       N connections held open through the proxy after one tiny request
-             each: proxy RSS growth in KiB per connection
+             each: proxy RSS growth in KiB per connection; then the same as a
+             burst (all opened, all sending, then all read: a fleet restart)
   sni        TLS connection churn (wrk https://localhost, "Connection: close":
              a full handshake per request) through each proxy routing by
              server name to two nginx TLS backends (ringlb --route-by sni,
@@ -997,8 +998,18 @@ measure_scaling() {
 # process that already held N connections in an earlier round keeps that
 # memory in its pools/allocator, and "growth" would then read as ~0.
 measure_idle() {
-    local p=$1 r=$2 out rc=0 line kv iport name=$1-idle
+    local p=$1 r=$2 burst
+    # Sequential (one request at a time), then a burst (all at once), each
+    # on a fresh instance.
+    for burst in "" --burst; do measure_idle_once "$p" "$r" "$burst"; done
+}
+
+# measure_idle_once PEER ROUND [--burst]: idle_kib_per_conn, or with --burst
+# idle_burst_kib_per_conn.
+measure_idle_once() {
+    local p=$1 r=$2 burst=${3:-} out rc=0 line kv iport name=$1-idle key=idle
     local -A I=()
+    [[ -n $burst ]] && key=idle_burst
     iport=$(free_ports 1)
     if ! start_instance "$p" "$name" "$iport"; then
         fail_peer "$p" "$r" "idle: a fresh instance did not start${LAST_LOG_LINE:+; its log ends: $LAST_LOG_LINE}"
@@ -1006,15 +1017,15 @@ measure_idle() {
         return 0
     fi
     out=$(timeout --foreground $((60 + IDLE_CONNS / 20)) "${LOAD_PREFIX[@]}" python3 "$BENCH/idle.py" \
-        --port "$iport" --conns "$IDLE_CONNS" --pgid "${PIDS[$name]}" 2>&1) || rc=$?
+        --port "$iport" --conns "$IDLE_CONNS" --pgid "${PIDS[$name]}" $burst 2>&1) || rc=$?
     line=$(grep -m1 '^@@idle ' <<<"$out" || true)
     for kv in ${line#@@idle }; do I[${kv%%=*}]=${kv#*=}; done
     if ((rc != 0)) || [[ -z $line ]]; then
-        fail_peer "$p" "$r" "idle: exit $rc: $(tr '\n' ' ' <<<"$out")"
+        fail_peer "$p" "$r" "$key: exit $rc: $(tr '\n' ' ' <<<"$out")"
         show_log "$name"
     else
-        record "$r" "$p" idle_kib_per_conn "${I[kib_per_conn]}"
-        log "  $(printf '%-8s' "$p") idle: ${I[kib_per_conn]} KiB/conn (RSS ${I[rss_before_kib]} -> ${I[rss_after_kib]} KiB for ${I[opened]} conns)"
+        record "$r" "$p" "${key}_kib_per_conn" "${I[kib_per_conn]}"
+        log "  $(printf '%-8s' "$p") $key: ${I[kib_per_conn]} KiB/conn (RSS ${I[rss_before_kib]} -> ${I[rss_after_kib]} KiB for ${I[opened]} conns)"
     fi
     stop_instance "$name"
 }
