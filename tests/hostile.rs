@@ -264,3 +264,35 @@ fn stalled_half_closed_upload_is_released_at_idle_timeout() {
         fd_count(lb.pid()) <= baseline
     });
 }
+
+#[test]
+fn a_tiny_connection_ceiling_still_serves_every_worker_s_socket() {
+    // 84 descriptors leave a ceiling of a few connections, and each of the
+    // 2 workers keeps accepts pending on its own socket, each holding a slot:
+    // they once took every slot, and clients whose connections the kernel
+    // put on the other worker's socket were never accepted.
+    let backend = Backend::echo();
+    let lb = Ringlb::over(&backend)
+        .workers(2)
+        .no_health_checks()
+        .wrapped(&["prlimit", "--nofile=84:84", "--"])
+        .start();
+    let ceiling: usize = lb.log_value("ceiling").parse().unwrap();
+    assert!(
+        (2..=8).contains(&ceiling),
+        "a ceiling of {ceiling} is not within one worker's 8 accepts"
+    );
+    // Sequential clients from fresh ports land on either socket.
+    for i in 0..16 {
+        let mut conn = lb.connect();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let msg = format!("client {i}");
+        conn.write_all(msg.as_bytes()).unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        if let Err(err) = conn.read_to_end(&mut out) {
+            panic!("{msg} not served: {err}; log:\n{}", lb.log());
+        }
+        assert_eq!(out, msg.as_bytes());
+    }
+}

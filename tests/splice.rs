@@ -320,8 +320,7 @@ fn a_hot_upgrade_with_spliced_transfers_running_corrupts_nothing() {
 fn with_no_descriptors_left_for_pipes_every_transfer_is_copied() {
     let backend = Backend::echo();
     // A hard limit too: ringlb raises its soft limit to the hard one. One
-    // worker: with two, one worker's accepts in flight can hold every slot
-    // of so small a ceiling while clients wait in the other's backlog.
+    // worker, so the connections below fill the ceiling on one socket.
     let lb = Ringlb::over(&backend)
         .arg("--splice", "auto")
         .workers(1)

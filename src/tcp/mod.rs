@@ -36,7 +36,8 @@ use crate::shutdown;
 use crate::uring;
 use conn::{FrontendState, Registry};
 
-/// Accept operations each worker keeps pending per frontend.
+/// Accept operations each worker keeps pending per socket, at most (fewer
+/// when the connection ceiling is small).
 const ACCEPTS_IN_FLIGHT: usize = 8;
 /// How often a worker looks for connections past their idle timeout or
 /// lifetime: the precision of both.
@@ -243,6 +244,13 @@ fn apply(
         }
         stays
     });
+    // Each accept in flight holds a slot of the connection ceiling, so
+    // across the process they take at most half of it: with a small
+    // ceiling, one worker's idle accepts could otherwise hold every slot
+    // while clients wait on another worker's socket, never accepted.
+    let all_sockets: usize = frontends().map(|f| f.listeners.sockets.len()).sum();
+    let per_socket =
+        (registry.ceiling().max() / (2 * all_sockets.max(1))).clamp(1, ACCEPTS_IN_FLIGHT);
     for frontend in frontends() {
         let state = Rc::new(FrontendState::new(id, frontend.clone(), access_log));
         if let Some((_, r)) = running
@@ -275,7 +283,7 @@ fn apply(
         // taken in one turn of the ring rather than one client per turn.
         let acceptors = sockets
             .iter()
-            .flat_map(|(listener, _)| std::iter::repeat_n(listener, ACCEPTS_IN_FLIGHT))
+            .flat_map(|(listener, _)| std::iter::repeat_n(listener, per_socket))
             .map(|listener| {
                 tokio_uring::spawn(accept::accept_loop(
                     id,
