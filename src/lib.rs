@@ -23,7 +23,8 @@
 //! - [`sources`]: per-source limits: the bounded table, shared by workers, of each source's open connections and token bucket.
 //! - [`metrics`]: the exposition: every metric's name, type, help and source in one table, rendered at scrape.
 //! - [`backend`]: the backend side: pools (cross-worker state as atomics) and eligibility, health
-//!   (pure) and its prober, the balancing algorithms, upstream (pick, connect with failover, the
+//!   (pure) and its prober, the checks that speak a protocol (redis, mysql, postgres, http, steps)
+//!   and the agent check, the balancing algorithms, upstream (pick, connect with failover, the
 //!   max-conns queue, the report of each backend's successes and failures), DNS discovery.
 //! - [`counters`]: the per-worker counters the data path writes, summed at scrape.
 //! - [`protocol`]: the pure wire parsers, fuzzed: PROXY protocol v1/v2, the TLS ClientHello.
@@ -32,7 +33,8 @@
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`uring`]: every raw io_uring operation and every `unsafe` block, a file per family: each worker's runtime and ring
 //!   sizes, connect (and getsockname), the registered file table, one-shot recv/send and cancel, the provided-buffer ring,
-//!   the multishot receive, pipes and nonblocking splices with the readiness poll; malloc_trim and
+//!   the multishot receive, pipes and nonblocking splices with the readiness poll, datagram
+//!   recvmsg/sendmsg (PKTINFO, MSG_TRUNC); malloc_trim and
 //!   adopting received descriptors.
 //! - [`config`]: file and flags -> the validated `Config`; the one table of defaults; located errors.
 //! - `testing` (unit tests only): the deterministic random source the parsers' robustness tests share, and a loopback socket pair.
