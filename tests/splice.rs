@@ -341,7 +341,9 @@ fn with_no_descriptors_left_for_pipes_every_transfer_is_copied() {
             c
         })
         .collect();
-    // ...then each goes bulk, and finds no room for a pipe.
+    // ...then each goes bulk, and finds no room for a pipe. None closes
+    // before every echo is back: a closed one would free a slot, which a
+    // pipe may then take (once the acceptors waiting for slots have theirs).
     let data = pattern(40, 2 * MIB);
     let transfers: Vec<_> = conns
         .drain(..)
@@ -350,18 +352,23 @@ fn with_no_descriptors_left_for_pipes_every_transfer_is_copied() {
             thread::spawn(move || {
                 let mut writer = conn.try_clone().unwrap();
                 let sent = data.clone();
-                let w = thread::spawn(move || {
-                    writer.write_all(&sent).unwrap();
-                    writer.shutdown(Shutdown::Write).unwrap();
-                });
-                let got = read_to_end(&mut conn);
+                let w = thread::spawn(move || writer.write_all(&sent).unwrap());
+                let mut got = vec![0u8; data.len()];
+                conn.read_exact(&mut got).unwrap();
                 w.join().unwrap();
-                got == data
+                (conn, got == data)
             })
         })
         .collect();
+    let mut conns = Vec::new();
     for t in transfers {
-        assert!(t.join().unwrap(), "a transfer differs\n{}", lb.log());
+        let (conn, same) = t.join().unwrap();
+        assert!(same, "a transfer differs\n{}", lb.log());
+        conns.push(conn);
+    }
+    for mut conn in conns {
+        conn.shutdown(Shutdown::Write).unwrap();
+        assert!(read_to_end(&mut conn).is_empty());
     }
     wait_closed(&lb);
     assert_eq!(
