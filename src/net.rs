@@ -118,22 +118,36 @@ fn is_ipv6_missing(addr: SocketAddr, err: &BindError) -> bool {
         && matches!(errno, Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL))
 }
 
-fn bind_one(addr: SocketAddr) -> Result<Socket, BindError> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+/// A socket of type `ty` for `addr` with what every frontend socket sets:
+/// SO_REUSEADDR, SO_REUSEPORT (a socket per worker), and for IPv6 a
+/// dual-stack `[::]` whatever net.ipv6.bindv6only says.
+fn reuseport_socket(addr: SocketAddr, ty: Type, protocol: Protocol) -> Result<Socket, BindError> {
+    let socket = Socket::new(Domain::for_address(addr), ty, Some(protocol))
         .map_err(|source| BindError::Socket { addr, source })?;
-    let opt = |option, res: io::Result<()>| {
-        res.map_err(|source| BindError::SetOption {
-            addr,
-            option,
-            source,
-        })
-    };
-    opt("SO_REUSEADDR", socket.set_reuse_address(true))?;
-    opt("SO_REUSEPORT", socket.set_reuse_port(true))?;
+    set_option(addr, "SO_REUSEADDR", socket.set_reuse_address(true))?;
+    set_option(addr, "SO_REUSEPORT", socket.set_reuse_port(true))?;
     if addr.is_ipv6() {
-        // Explicitly, whatever net.ipv6.bindv6only says: `[::]` means IPv4 too.
-        opt("IPV6_V6ONLY", socket.set_only_v6(false))?;
+        set_option(addr, "IPV6_V6ONLY", socket.set_only_v6(false))?;
     }
+    Ok(socket)
+}
+
+/// A socket option's result, as the bind error naming it.
+fn set_option(
+    addr: SocketAddr,
+    option: &'static str,
+    res: io::Result<()>,
+) -> Result<(), BindError> {
+    res.map_err(|source| BindError::SetOption {
+        addr,
+        option,
+        source,
+    })
+}
+
+fn bind_one(addr: SocketAddr) -> Result<Socket, BindError> {
+    let socket = reuseport_socket(addr, Type::STREAM, Protocol::TCP)?;
+    let opt = |option, res| set_option(addr, option, res);
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux.
     opt("TCP_NODELAY", socket.set_nodelay(true))?;
     socket
@@ -146,20 +160,8 @@ fn bind_one(addr: SocketAddr) -> Result<Socket, BindError> {
 }
 
 fn bind_datagram(addr: SocketAddr) -> Result<Socket, BindError> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|source| BindError::Socket { addr, source })?;
-    let opt = |option, res: io::Result<()>| {
-        res.map_err(|source| BindError::SetOption {
-            addr,
-            option,
-            source,
-        })
-    };
-    opt("SO_REUSEADDR", socket.set_reuse_address(true))?;
-    opt("SO_REUSEPORT", socket.set_reuse_port(true))?;
-    if addr.is_ipv6() {
-        opt("IPV6_V6ONLY", socket.set_only_v6(false))?;
-    }
+    let socket = reuseport_socket(addr, Type::DGRAM, Protocol::UDP)?;
+    let opt = |option, res| set_option(addr, option, res);
     if wants_pktinfo(addr) {
         let nix = |e: nix::Error| io::Error::from_raw_os_error(e as i32);
         use nix::sys::socket::{setsockopt, sockopt};

@@ -347,34 +347,24 @@ fn a_tcp_and_a_udp_frontend_share_one_port() {
 
 #[test]
 fn settings_of_the_other_protocol_are_refused() {
-    let (status, log) = run_to_exit(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--protocol",
-        "udp",
-        "--backend",
-        "127.0.0.1:53",
-        "--idle-timeout",
-        "1m",
-    ]);
-    assert!(!status.success());
-    assert!(
-        log.contains("--idle-timeout does not apply to a udp frontend"),
-        "{log}"
+    refused(
+        &["--protocol", "udp", "--idle-timeout", "1m"],
+        "--idle-timeout does not apply to a udp frontend",
     );
-    let (status, log) = run_to_exit(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        "127.0.0.1:53",
-        "--max-sessions",
-        "5",
-    ]);
-    assert!(!status.success());
-    assert!(
-        log.contains("--max-sessions does not apply to a tcp frontend"),
-        "{log}"
+    refused(
+        &["--max-sessions", "5"],
+        "--max-sessions does not apply to a tcp frontend",
     );
+}
+
+/// ringlb with a frontend on a free port, a backend and `flags` refuses to
+/// start, saying `says`.
+fn refused(flags: &[&str], says: &str) {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--backend", "127.0.0.1:53"];
+    args.extend_from_slice(flags);
+    let (status, log) = run_to_exit(&args);
+    assert!(!status.success(), "{flags:?}");
+    assert!(log.contains(says), "{flags:?}: {log}");
 }
 
 #[test]
@@ -755,20 +745,9 @@ fn send_proxy_v2_puts_the_datagram_header_in_front_of_each_datagram() {
     wait_until("the datagram too large for its header counted", || {
         drops(&lb, "truncated") == 1
     });
-    let (status, log) = run_to_exit(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--protocol",
-        "udp",
-        "--backend",
-        "127.0.0.1:53",
-        "--send-proxy",
-        "v1",
-    ]);
-    assert!(!status.success());
-    assert!(
-        log.contains("--send-proxy v1 has no datagram form"),
-        "{log}"
+    refused(
+        &["--protocol", "udp", "--send-proxy", "v1"],
+        "--send-proxy v1 has no datagram form",
     );
 }
 
