@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::thread;
 
-use common::{pattern, read_to_end, Backend, Ringlb};
+use common::{pattern, read_to_end, sockets_on, Backend, Ringlb};
 use sha2::{Digest, Sha256};
 
 const MIB: usize = 1024 * 1024;
@@ -38,7 +38,15 @@ fn thirty_two_mib_each_way_then_half_close() {
         writer.write_all(&pattern(1, 32 * MIB)).unwrap();
         writer.shutdown(Shutdown::Write).unwrap();
     });
-    let got = read_to_end(&mut conn);
+    let mut got = Vec::new();
+    if let Err(err) = conn.read_to_end(&mut got) {
+        panic!(
+            "read after {} bytes: {err}\n{}\n{}",
+            got.len(),
+            sockets_on(lb.addr.port()),
+            lb.log()
+        );
+    }
     send.join().unwrap();
 
     assert_eq!(got.len(), 32 * MIB + 32, "byte count from the backend");

@@ -383,7 +383,33 @@ fn with_no_descriptors_left_for_pipes_every_transfer_is_copied() {
 
 #[test]
 fn max_pipes_bounds_the_pipes_and_the_rest_copy() {
-    let backend = Backend::echo();
+    // The first client's backend reads nothing until released, so that
+    // connection's upload jams with bytes in the one pipe, which it holds;
+    // every other connection echoes.
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (drained_tx, drained) = mpsc::channel();
+    let backend = {
+        let release = release.clone();
+        Backend::spawn(move |mut conn| {
+            let mut first = [0u8; 1];
+            if conn.read_exact(&mut first).is_err() {
+                return;
+            }
+            if first[0] == b'S' {
+                while !release.load(std::sync::atomic::Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                let mut rest = Vec::new();
+                let _ = drained_tx.send(conn.read_to_end(&mut rest).map(|_| 1 + rest.len()));
+                return;
+            }
+            let mut out = conn.try_clone().unwrap();
+            if out.write_all(&first).is_ok() {
+                let _ = std::io::copy(&mut conn, &mut out);
+            }
+            let _ = out.shutdown(Shutdown::Write);
+        })
+    };
     let lb = Ringlb::over(&backend)
         .arg("--splice", "always")
         .arg("--max-pipes", "1")
@@ -391,6 +417,25 @@ fn max_pipes_bounds_the_pipes_and_the_rest_copy() {
         .start();
     let pid = lb.pid();
     let before = pipes_of(pid);
+
+    // Upload until the client's writes block: the pipe is full and held.
+    let mut stalled = lb.connect();
+    stalled.write_all(b"S").unwrap();
+    stalled.set_nonblocking(true).unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let (mut sent, mut blocked_since) = (1usize, None::<Instant>);
+    while blocked_since.is_none_or(|t| t.elapsed() < Duration::from_millis(300)) {
+        match stalled.write(&chunk) {
+            Ok(n) => (sent, blocked_since) = (sent + n, None),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                blocked_since.get_or_insert_with(Instant::now);
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("stalled upload after {sent} bytes: {e}\n{}", lb.log()),
+        }
+    }
+    assert!(sent > MIB, "only {sent} bytes before the upload jammed");
+
     // Four paced transfers at once, each direction wanting a pipe.
     let (transfers, started) = paced_transfers(lb.addr);
     for _ in 0..4 {
@@ -407,13 +452,37 @@ fn max_pipes_bounds_the_pipes_and_the_rest_copy() {
         most <= before + 2,
         "pipe fds went from {before} to {most} with max-pipes 1"
     );
+    // Counters are added as a connection closes: the four are counted.
+    wait_until("the four transfers counted", || {
+        counter(&lb, "ringlb_connections_active") == 1
+    });
+    let echoed = 2 * 4 * 16 * MIB as u64;
+    assert_eq!(
+        counter(&lb, "ringlb_bytes_in_total") + counter(&lb, "ringlb_bytes_out_total"),
+        echoed
+    );
+    assert_eq!(
+        counter(&lb, "ringlb_spliced_bytes_total"),
+        0,
+        "a transfer spliced while the only pipe was held"
+    );
+
+    // Released, the jammed upload arrives whole, spliced.
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    stalled.set_nonblocking(false).unwrap();
+    stalled.shutdown(Shutdown::Write).unwrap();
+    let got = drained.recv_timeout(PATIENCE).expect("the backend drained");
+    assert_eq!(got.unwrap(), sent, "bytes of the jammed upload");
+    drop(stalled);
     wait_closed(&lb);
     let spliced = counter(&lb, "ringlb_spliced_bytes_total");
-    let carried = counter(&lb, "ringlb_bytes_in_total") + counter(&lb, "ringlb_bytes_out_total");
-    assert_eq!(carried, 2 * 4 * 16 * MIB as u64);
+    assert_eq!(
+        counter(&lb, "ringlb_bytes_in_total"),
+        echoed / 2 + sent as u64
+    );
     assert!(
-        spliced > 0 && spliced < carried,
-        "{spliced} of {carried} spliced with one pipe"
+        spliced > 0 && spliced <= sent as u64,
+        "{spliced} spliced of the {sent} uploaded with the pipe"
     );
 }
 

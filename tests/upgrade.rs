@@ -119,18 +119,6 @@ fn long_transfer(addr: SocketAddr, total: usize, started: Arc<AtomicBool>) -> Re
     Ok(())
 }
 
-/// `ss`'s view of every TCP socket on `port`, for a failure message.
-fn sockets_on(port: u16) -> String {
-    let filter = format!("( sport = :{port} or dport = :{port} )");
-    match std::process::Command::new("ss")
-        .args(["-tanpi", &filter])
-        .output()
-    {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
-        Err(err) => format!("(ss: {err})"),
-    }
-}
-
 fn ctl_args(ctl: &str) -> Vec<&str> {
     vec!["--control-socket", ctl, "--takeover", ctl]
 }

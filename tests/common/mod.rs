@@ -592,6 +592,18 @@ pub fn read_to_end(conn: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+/// `ss`'s view of every TCP socket on `port`, for a failure message.
+pub fn sockets_on(port: u16) -> String {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    match std::process::Command::new("ss")
+        .args(["-tanpi", &filter])
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(err) => format!("(ss: {err})"),
+    }
+}
+
 /// Polls `cond` every few milliseconds until it holds; panics with `what` after `PATIENCE`.
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
