@@ -1019,7 +1019,7 @@ measure_idle_once() {
         return 0
     fi
     out=$(timeout --foreground $((60 + IDLE_CONNS / 20)) "${LOAD_PREFIX[@]}" python3 "$BENCH/idle.py" \
-        --port "$iport" --conns "$IDLE_CONNS" --pgid "${PIDS[$name]}" $burst 2>&1) || rc=$?
+        --port "$iport" --conns "$IDLE_CONNS" --pgid "${PIDS[$name]}" $burst ${burst:+--settle 8} 2>&1) || rc=$?
     line=$(grep -m1 '^@@idle ' <<<"$out" || true)
     for kv in ${line#@@idle }; do I[${kv%%=*}]=${kv#*=}; done
     if ((rc != 0)) || [[ -z $line ]]; then

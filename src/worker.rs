@@ -115,7 +115,12 @@ async fn serve(
     trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = trim.tick() => services.iter().for_each(|s| s.trim()),
+            _ = trim.tick() => {
+                if uring::shrink_buffers() {
+                    debug!(worker = id, "the provided-buffer ring a burst grew is replaced by a small one");
+                }
+                services.iter().for_each(|s| s.trim());
+            }
             Ok(()) = rearm.changed() => services.iter().for_each(|s| s.rearm()),
             changed = generations.changed() => {
                 if changed.is_err() {

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, echo_once, http_get, metric, read_to_end, wait_until, Backend, Ringlb, TempDir,
+    client, echo_once, http_get, metric, read_to_end, rss_kib, wait_until, Backend, Ringlb, TempDir,
 };
 
 /// Interpreters to try for the parser: the one on PATH, then Debian's, which
@@ -164,15 +164,6 @@ fn hold_silent(admin: SocketAddr, request: &str) -> Vec<TcpStream> {
 /// One round through the proxy.
 fn relays(lb: &Ringlb) {
     assert_eq!(echo_once(lb, b"still relaying").unwrap(), b"still relaying");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
 
 fn open_fds(pid: u32) -> usize {

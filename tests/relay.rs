@@ -4,10 +4,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
 use std::thread;
 
-use common::{pattern, read_to_end, sockets_on, Backend, Ringlb};
+use common::{pattern, read_to_end, rss_kib, sockets_on, wait_until, Backend, Ringlb, PATIENCE};
 use sha2::{Digest, Sha256};
 
 const MIB: usize = 1024 * 1024;
@@ -142,6 +142,69 @@ fn client_reset_closes_the_backend_side() {
         .set_linger(Some(std::time::Duration::ZERO))
         .unwrap();
     drop(conn);
-    rx.recv_timeout(common::PATIENCE)
+    rx.recv_timeout(PATIENCE)
         .expect("backend connection was not closed after the client reset");
+}
+
+/// One exchange of round `round` on connection `i`: a message under a
+/// provided buffer's 2 KiB, so it stays on the ring's path, and its echo.
+fn exchange_sent(conn: &mut TcpStream, i: usize, round: u64) -> Vec<u8> {
+    let msg = pattern(round << 32 | i as u64, 1000 + i % 500);
+    conn.write_all(&msg).unwrap();
+    msg
+}
+
+fn echo_back(conn: &mut TcpStream, msg: &[u8], what: &str) {
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(back == msg, "{what}: the echo differs");
+}
+
+#[test]
+fn the_memory_a_burst_took_goes_back_and_every_connection_still_relays() {
+    const CONNS: usize = 1200;
+    let backend = Backend::echo();
+    let lb = Ringlb::over(&backend).arg("--workers", "1").start();
+    let pid = lb.pid();
+    // Opened one at a time, with one exchange each: no burst yet.
+    let mut conns: Vec<TcpStream> = (0..CONNS)
+        .map(|i| {
+            let mut conn = lb.connect();
+            conn.set_read_timeout(Some(PATIENCE)).unwrap();
+            let msg = exchange_sent(&mut conn, i, 0);
+            echo_back(&mut conn, &msg, "opening");
+            conn
+        })
+        .collect();
+    let base = rss_kib(pid);
+    // A burst: ringlb, stopped while every client sends, finds every
+    // message waiting at once when it goes on, as after a fleet restart.
+    let mut peak = base;
+    for round in 1..=3 {
+        lb.signal("STOP");
+        let sent: Vec<_> = conns
+            .iter_mut()
+            .enumerate()
+            .map(|(i, conn)| exchange_sent(conn, i, round))
+            .collect();
+        lb.signal("CONT");
+        for (i, (conn, msg)) in conns.iter_mut().zip(&sent).enumerate() {
+            echo_back(conn, msg, &format!("burst {round}, connection {i}"));
+        }
+        peak = peak.max(rss_kib(pid));
+    }
+    assert!(
+        peak >= base + 2048,
+        "the bursts did not take memory: {base} -> {peak} KiB"
+    );
+    // Idle for an interval or two, ringlb gives most of it back...
+    wait_until("the burst's memory given back", || {
+        rss_kib(pid) + (peak - base) / 2 <= peak
+    });
+    // ...and every connection still relays.
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let msg = exchange_sent(conn, i, 9);
+        echo_back(conn, &msg, &format!("after, connection {i}"));
+    }
 }

@@ -67,16 +67,6 @@ fn pipes_of(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// Resident memory of `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn one_byte_to_sixty_four_mib_both_ways_in_every_mode_and_the_counters_add_up() {
     let backend = Backend::echo();

@@ -49,5 +49,5 @@ pub(crate) use runtime::{
 pub(crate) use splice::{
     poll_ready, set_nonblocking, splice_in, splice_out, Pipe, PollReady, READABLE, WRITABLE,
 };
-pub(crate) use stream::{recv_stream, RecvStream};
+pub(crate) use stream::{recv_stream, shrink_buffers, RecvStream};
 pub(crate) use sys::{effective_uid, recv_with_fds, trim_heap};

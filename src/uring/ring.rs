@@ -2,7 +2,9 @@
 //! one of when a receive completes, so a receive waiting on an idle socket
 //! holds no buffer. A filled buffer belongs to one [`Provided`] until it is
 //! dropped, which hands it back; [`recv_provided`] is the one-shot receive
-//! into the ring.
+//! into the ring. A ring that a burst grew is replaced by a fresh small one
+//! once it goes unused ([`replace_grown_ring`]), and its memory goes back to
+//! the system when the last operation that could write into it has completed.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -17,13 +19,17 @@ use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 use super::files::{pairs_in_use, Sock};
 use super::recv_send::{completion, with_ioprio, SendBuf, RECVSEND_POLL_FIRST, RECV_FLAGS_OK};
 
-/// The buffer group id of every worker's provided-buffer ring (one ring per
-/// io_uring, so one id is enough).
-pub(super) const BUF_GROUP: u16 = 0;
+/// Buffer group ids a thread's rings take turns with: a ring that was
+/// replaced keeps its id until the last operation that may select from it
+/// has completed, so no receive armed on the old ring can select from a new
+/// one under the same id (and read its bytes from the wrong memory).
+const GROUPS: u16 = 16;
 
 thread_local! {
     /// This thread's provided-buffer ring, once [`provide_buffers`] set it up.
     pub(super) static PROVIDED: std::cell::RefCell<Option<Rc<BufRing>>> = const { std::cell::RefCell::new(None) };
+    /// The group ids held by this thread's rings, live or replaced, a bit each.
+    static GROUPS_HELD: Cell<u16> = const { Cell::new(0) };
 }
 
 /// A provided-buffer ring (IORING_REGISTER_PBUF_RING, kernel 5.19+): buffers
@@ -37,7 +43,9 @@ thread_local! {
 /// memory. The ring therefore starts with a few of its buffers and hands the
 /// kernel more (doubling) only when a receive found none left: a burst of
 /// many connections at once grows it, while connections that come and go
-/// one at a time never touch more than the first few.
+/// one at a time never touch more than the first few. A ring that grew is
+/// replaced by a fresh one after an interval that did not need the growth
+/// ([`replace_grown_ring`]).
 #[derive(Debug)]
 pub struct BufRing {
     /// The ring's entries, page-aligned, shared with the kernel.
@@ -53,6 +61,19 @@ pub struct BufRing {
     memory: *mut u8,
     /// The ring's tail as we last published it.
     tail: Cell<u16>,
+    /// Its buffer group id, which receives name it by.
+    group: u16,
+    /// Buffers it started with, and goes back to when replaced.
+    first: u16,
+    /// Unregistered by [`replace_grown_ring`]: the kernel picks no more of its
+    /// buffers, and those handed back stay out.
+    retired: Cell<bool>,
+    /// Buffers held by a [`Provided`] now.
+    out: Cell<u16>,
+    /// The most held at once since [`replace_grown_ring`] last looked.
+    peak: Cell<u16>,
+    /// Whether it grew since [`replace_grown_ring`] last looked.
+    grew: Cell<bool>,
 }
 
 impl BufRing {
@@ -62,10 +83,76 @@ impl BufRing {
         std::alloc::Layout::from_size_align(bytes, 4096).expect("a valid layout")
     }
 
-    /// Layout of the buffers.
-    fn memory_layout(count: u16, size: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(usize::from(count) * size, 4096)
-            .expect("a valid layout")
+    /// Registers a ring with room for `count` buffers of `size` bytes under
+    /// a group id no other ring of this thread holds, and hands the kernel
+    /// the first `first` of them.
+    fn register(count: u16, first: u16, size: usize) -> io::Result<BufRing> {
+        if !count.is_power_of_two() || size == 0 || size > u32::MAX as usize {
+            return Err(io::Error::other(
+                "a ring of a power of two of non-empty buffers",
+            ));
+        }
+        let held = GROUPS_HELD.get();
+        let group = held.trailing_ones() as u16;
+        if group >= GROUPS {
+            return Err(io::Error::other("every buffer group id is held"));
+        }
+        let first = first.clamp(1, count);
+        let bytes = usize::from(count) * size;
+        // SAFETY: non-zero sizes (count >= 1, size >= 1); zeroed, so every
+        // entry and the tail start at 0.
+        let entries = unsafe { std::alloc::alloc_zeroed(BufRing::entries_layout(count)) };
+        if entries.is_null() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        // Mapped rather than allocated, so that dropping the ring gives its
+        // pages straight back to the system (an allocator could keep them),
+        // and left untouched, so not resident until the kernel writes into a
+        // buffer. SAFETY: a fresh anonymous private mapping; no pointer in.
+        let memory = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if memory == libc::MAP_FAILED {
+            let err = io::Error::last_os_error();
+            // SAFETY: allocated just above with this layout; nobody saw it.
+            unsafe { std::alloc::dealloc(entries, BufRing::entries_layout(count)) };
+            return Err(err);
+        }
+        let ring = BufRing {
+            entries: entries.cast(),
+            count,
+            provided: Cell::new(first),
+            size,
+            memory: memory.cast(),
+            tail: Cell::new(0),
+            group,
+            first,
+            retired: Cell::new(true),
+            out: Cell::new(0),
+            peak: Cell::new(0),
+            grew: Cell::new(false),
+        };
+        // SAFETY: `entries` is page-aligned, zeroed and sized for `count`
+        // entries, and stays allocated until the ring is dropped, which
+        // unregisters it first (or it was unregistered when replaced).
+        tokio_uring::with_submitter(|s| unsafe {
+            s.register_buf_ring(entries as u64, count, group)
+        })
+        .unwrap_or_else(|| Err(io::Error::other("not on a tokio-uring runtime")))?;
+        // Registered: from here on dropping it unregisters it.
+        ring.retired.set(false);
+        GROUPS_HELD.set(held | 1 << group);
+        for bid in 0..first {
+            ring.give_back(bid);
+        }
+        Ok(ring)
     }
 
     /// Hands the kernel as many buffers again as it has, after a receive
@@ -79,14 +166,39 @@ impl BufRing {
             want.min(u32::from(self.count)) as u16
         });
         let more = provided.min(most.saturating_sub(provided));
+        if self.retired.get() {
+            return;
+        }
         for bid in provided..provided + more {
             self.give_back(bid);
         }
         self.provided.set(provided + more);
+        self.grew.set(true);
     }
 
-    /// Hands buffer `bid` to the kernel again.
+    /// Its buffer group id, which a receive from it names.
+    pub(super) fn group(&self) -> u16 {
+        self.group
+    }
+
+    /// Buffer `bid` of `ring`, which a receive filled with `len` bytes,
+    /// counted as held until the [`Provided`] is dropped.
+    fn take(ring: &Rc<BufRing>, bid: u16, len: usize) -> Provided {
+        let out = ring.out.get() + 1;
+        ring.out.set(out);
+        ring.peak.set(ring.peak.get().max(out));
+        Provided {
+            ring: ring.clone(),
+            bid,
+            len: len.min(ring.size),
+        }
+    }
+
+    /// Hands buffer `bid` to the kernel again (unless the ring was replaced).
     pub(super) fn give_back(&self, bid: u16) {
+        if self.retired.get() {
+            return;
+        }
         let tail = self.tail.get();
         let mask = self.count - 1;
         // SAFETY: `entries` holds `count` entries (allocated in
@@ -117,15 +229,19 @@ impl BufRing {
 impl Drop for BufRing {
     fn drop(&mut self) {
         // Never free memory the kernel may write into: only a ring it no
-        // longer knows is freed. Unregistering is impossible while the
-        // driver dispatches completions (the last receive that held the
-        // ring ended there) or once the runtime is going; the ring is then
-        // left allocated, once per worker at most (a worker has one ring,
-        // dropped when it stops).
-        let unregistered = matches!(
-            tokio_uring::with_submitter(|s| s.unregister_buf_ring(BUF_GROUP)),
-            Some(Ok(()))
-        );
+        // longer knows is freed. One that was replaced was unregistered
+        // then, and the last operation that selected from it (each held an
+        // `Rc` of it) has completed. Otherwise it is unregistered now; that
+        // is impossible while the driver dispatches completions (the last
+        // receive that held the ring ended there) or once the runtime is
+        // going; the ring is then left allocated, and its group id held,
+        // once per worker at most (a worker has one live ring, dropped when
+        // it stops).
+        let unregistered = self.retired.get()
+            || matches!(
+                tokio_uring::with_submitter(|s| s.unregister_buf_ring(self.group)),
+                Some(Ok(()))
+            );
         #[cfg(test)]
         tests::RINGS_DROPPED.with(|d| d.set(d.get() + 1));
         if !unregistered {
@@ -133,14 +249,15 @@ impl Drop for BufRing {
             tests::RINGS_LEAKED.with(|l| l.set(l.get() + 1));
             return;
         }
-        // SAFETY: both were allocated in provide_buffers with these layouts
-        // and are freed only here, once the kernel has let go of the ring
-        // (unregistered just above). No receive selects from it any more:
-        // each held an `Rc` of this ring until its last completion. No
-        // `Provided` is out either: each holds an `Rc` too.
+        GROUPS_HELD.set(GROUPS_HELD.get() & !(1 << self.group));
+        // SAFETY: both were allocated in `register` with these sizes and are
+        // freed only here, once the kernel has let go of the ring (above).
+        // No receive selects from it any more: each held an `Rc` of this
+        // ring until its last completion. No `Provided` is out either: each
+        // holds an `Rc` too.
         unsafe {
             std::alloc::dealloc(self.entries.cast(), Self::entries_layout(self.count));
-            std::alloc::dealloc(self.memory, Self::memory_layout(self.count, self.size));
+            libc::munmap(self.memory.cast(), usize::from(self.count) * self.size);
         }
     }
 }
@@ -152,52 +269,43 @@ impl Drop for BufRing {
 /// take their buffer at completion ([`recv_provided`]). Call on the worker's
 /// thread, inside its runtime.
 pub fn provide_buffers(count: u16, first: u16, size: usize) -> io::Result<()> {
-    if !count.is_power_of_two() || size == 0 || size > u32::MAX as usize {
-        return Err(io::Error::other(
-            "a ring of a power of two of non-empty buffers",
-        ));
-    }
-    let first = first.clamp(1, count);
-    // SAFETY: non-zero sizes (count >= 1, size >= 1); zeroed, so every entry
-    // and the tail start at 0.
-    let entries = unsafe { std::alloc::alloc_zeroed(BufRing::entries_layout(count)) };
-    // SAFETY: a non-zero size (count >= 1, size >= 1, checked above); left
-    // uninitialized, as nothing reads a buffer before the kernel wrote into
-    // it (`Provided::bytes` covers only the bytes a receive brought).
-    let memory = unsafe { std::alloc::alloc(BufRing::memory_layout(count, size)) };
-    if entries.is_null() || memory.is_null() {
-        return Err(io::ErrorKind::OutOfMemory.into());
-    }
-    let ring = BufRing {
-        entries: entries.cast(),
-        count,
-        provided: Cell::new(first),
-        size,
-        memory,
-        tail: Cell::new(0),
-    };
-    // SAFETY: `entries` is page-aligned, zeroed and sized for `count`
-    // entries, and stays allocated until the ring is dropped, which
-    // unregisters it first.
-    let registered = tokio_uring::with_submitter(|s| unsafe {
-        s.register_buf_ring(entries as u64, count, BUF_GROUP)
-    })
-    .unwrap_or_else(|| Err(io::Error::other("not on a tokio-uring runtime")));
-    if let Err(err) = registered {
-        // Not registered: dropping it must not unregister another ring.
-        // SAFETY: as in Drop; the kernel never saw these.
-        unsafe {
-            std::alloc::dealloc(entries, BufRing::entries_layout(count));
-            std::alloc::dealloc(memory, BufRing::memory_layout(count, size));
-        }
-        std::mem::forget(ring);
-        return Err(err);
-    }
-    for bid in 0..first {
-        ring.give_back(bid);
-    }
+    let ring = BufRing::register(count, first, size)?;
     PROVIDED.with(|p| *p.borrow_mut() = Some(Rc::new(ring)));
     Ok(())
+}
+
+/// Replaces this thread's provided-buffer ring by a fresh one of the size
+/// it started with, if a burst grew it and the last interval (since the
+/// previous call) did not need the growth: it did not grow, and at most
+/// half the buffers it started with were held at once; returns whether it
+/// did. The old ring is unregistered, so the kernel selects none of its
+/// buffers any more; receives still armed on it must be cancelled (the
+/// caller, [`shrink_buffers`](super::shrink_buffers), does). Its memory
+/// (every buffer the burst wrote into is resident) goes back to the system
+/// once the last receive and the last [`Provided`] that hold it are gone; a
+/// receive still waiting on it finds no buffer when bytes come (ENOBUFS),
+/// and reads into a buffer of its own, as when a ring is empty.
+pub(super) fn replace_grown_ring() -> bool {
+    let Some(ring) = PROVIDED.with(|p| p.borrow().clone()) else {
+        return false;
+    };
+    let grew = ring.grew.replace(false);
+    let peak = ring.peak.replace(ring.out.get());
+    if grew || ring.provided.get() <= ring.first || peak > ring.first / 2 {
+        return false;
+    }
+    let Ok(fresh) = BufRing::register(ring.count, ring.first, ring.size) else {
+        return false;
+    };
+    if !matches!(
+        tokio_uring::with_submitter(|s| s.unregister_buf_ring(ring.group)),
+        Some(Ok(()))
+    ) {
+        return false;
+    }
+    ring.retired.set(true);
+    PROVIDED.with(|p| *p.borrow_mut() = Some(Rc::new(fresh)));
+    true
 }
 
 /// Drops this thread's provided-buffer ring, before its runtime goes.
@@ -245,6 +353,7 @@ impl SendBuf for Provided {
 
 impl Drop for Provided {
     fn drop(&mut self) {
+        self.ring.out.set(self.ring.out.get() - 1);
         self.ring.give_back(self.bid);
     }
 }
@@ -313,11 +422,7 @@ pub(super) fn received(
     ring: &Rc<BufRing>,
 ) -> io::Result<Received> {
     match (res, bid) {
-        (Ok(n), Some(bid)) if n > 0 => Ok(Received::Bytes(Provided {
-            ring: ring.clone(),
-            bid,
-            len: n.min(ring.size),
-        })),
+        (Ok(n), Some(bid)) if n > 0 => Ok(Received::Bytes(BufRing::take(ring, bid, n))),
         (res, bid) => {
             if let Some(bid) = bid {
                 ring.give_back(bid);
@@ -344,7 +449,7 @@ fn recv_provided_once(
     let len = u32::try_from(ring.size).unwrap_or(u32::MAX);
     let mut sqe = sock.sqe(|fd| {
         opcode::Recv::new(fd, std::ptr::null_mut(), len)
-            .buf_group(BUF_GROUP)
+            .buf_group(ring.group)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
     });
@@ -437,7 +542,7 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
             // It could not be unregistered there: the kernel still has it...
-            let still = tokio_uring::with_submitter(|s| s.unregister_buf_ring(BUF_GROUP));
+            let still = tokio_uring::with_submitter(|s| s.unregister_buf_ring(0));
             assert!(matches!(still, Some(Ok(()))), "still registered: {still:?}");
             // ...so its memory was left alone, not freed.
             assert_eq!(RINGS_LEAKED.with(|l| l.get()), 1);
@@ -474,6 +579,96 @@ mod tests {
             drop(held);
             release_buffers();
             release_file_table();
+        });
+    }
+
+    #[test]
+    fn a_grown_ring_unused_for_an_interval_is_replaced_and_freed() {
+        use crate::uring::{recv_stream, shrink_buffers};
+        use std::future::poll_fn;
+        tokio_uring::start(async {
+            // Room for 8, 2 at first; held receives grow it to 8.
+            provide_buffers(8, 2, 16).unwrap();
+            let old = PROVIDED.with(|p| p.borrow().clone()).unwrap();
+            let mut held = Vec::new();
+            let mut peers = Vec::new();
+            for _ in 0..8 {
+                let (mut peer, ours) = pair();
+                peer.write_all(b"x").unwrap();
+                if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false).await {
+                    held.push(got);
+                }
+                peers.push((peer, ours));
+            }
+            assert_eq!(old.provided.get(), 8, "grown");
+            // An idle connection's receive stays armed on the old ring, and
+            // one buffer of the old ring is still out.
+            let (mut idle_peer, idle) = pair();
+            let mut stream = recv_stream(&idle).expect("a multishot receive");
+            let kept = held.pop().unwrap();
+            drop(held);
+            assert!(!shrink_buffers(), "it grew in this interval");
+            // Still held, one of the two it started with: busy enough.
+            let busy = old.out.get();
+            assert_eq!(busy, 1);
+            assert!(shrink_buffers(), "an interval without use");
+            assert!(old.retired.get());
+            let fresh = PROVIDED.with(|p| p.borrow().clone()).unwrap();
+            assert_ne!(fresh.group, old.group);
+            assert_eq!(fresh.provided.get(), 2, "back to the first two");
+            drop(old);
+            // The armed receive was cancelled: it ends without news...
+            assert!(poll_fn(|cx| stream.poll_next(cx)).await.is_none());
+            assert!(stream.is_done());
+            drop(stream);
+            // ...and one armed again takes the new ring's buffers.
+            let mut stream = recv_stream(&idle).expect("a multishot receive");
+            idle_peer.write_all(b"after").unwrap();
+            match poll_fn(|cx| stream.poll_next(cx)).await {
+                Some(Ok(Received::Bytes(got))) => {
+                    assert_eq!(got.bytes(), b"after");
+                    assert!(Rc::ptr_eq(&got.ring, &fresh));
+                }
+                other => panic!("expected bytes, got {other:?}"),
+            }
+            // The buffer still out of the old ring keeps its bytes; when it
+            // goes, so does the old ring, unregistered already, and freed.
+            assert_eq!(kept.bytes(), b"x");
+            let dropped = RINGS_DROPPED.with(|d| d.get());
+            drop(kept);
+            assert_eq!(RINGS_DROPPED.with(|d| d.get()), dropped + 1);
+            assert_eq!(RINGS_LEAKED.with(|l| l.get()), 0);
+            // Unused, the fresh ring has not grown: nothing to replace.
+            assert!(!shrink_buffers());
+            assert!(!shrink_buffers());
+            drop((stream, fresh, peers));
+            release_buffers();
+        });
+    }
+
+    #[test]
+    fn a_grown_ring_still_in_use_is_kept() {
+        use crate::uring::shrink_buffers;
+        tokio_uring::start(async {
+            provide_buffers(8, 2, 16).unwrap();
+            let mut held = Vec::new();
+            let mut peers = Vec::new();
+            for _ in 0..8 {
+                let (mut peer, ours) = pair();
+                peer.write_all(b"x").unwrap();
+                if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false).await {
+                    held.push(got);
+                }
+                peers.push((peer, ours));
+            }
+            // Eight held through two intervals: more than half the first two.
+            assert!(!shrink_buffers());
+            assert!(!shrink_buffers());
+            // Given back, the next interval sees the peak of the last one.
+            held.clear();
+            assert!(!shrink_buffers(), "the last interval held eight");
+            assert!(shrink_buffers());
+            release_buffers();
         });
     }
 }

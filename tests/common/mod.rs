@@ -592,6 +592,16 @@ pub fn read_to_end(conn: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
 /// `ss`'s view of every TCP socket on `port`, for a failure message.
 pub fn sockets_on(port: u16) -> String {
     let filter = format!("( sport = :{port} or dport = :{port} )");
