@@ -396,7 +396,9 @@ impl<'a> Pump<'a> {
                         // Ended without news, or a last completion the
                         // kernel did not mark as last (not expected): stop
                         // it, and read again once it has ended.
-                        None | Some(Ok(Received::Eof)) | Some(Err(_)) => self.stop_stream(),
+                        None | Some(Ok(Received::Eof | Received::Cancelled)) | Some(Err(_)) => {
+                            self.stop_stream()
+                        }
                     }
                     if self.stream.is_none() && matches!(self.step, Step::Stream) {
                         self.step = Step::Read;
@@ -418,6 +420,8 @@ impl<'a> Pump<'a> {
                         self.poll_first = false;
                         self.step = Step::Read;
                     }
+                    // Its ring was replaced: wait again, on the new one.
+                    Some(Ok(Received::Cancelled)) => self.step = Step::Read,
                     Some(Err(source)) => {
                         let from = self.from;
                         return self.end(Some(RelayError::Read { side: from, source }), shared);

@@ -41,7 +41,8 @@ pub(crate) use datagram::{poll_readable, recv_msg, send_msg, Arrival, Datagram};
 pub(crate) use files::{register_file_table, release_file_table, FixedPair, Sock};
 pub(crate) use recv_send::{cancel_all_on, recv, send_all, Recv, SendAll};
 pub(crate) use ring::{
-    provide_buffers, recv_provided, release_buffers, Provided, Received, RecvProvided,
+    provide_buffers, recv_provided, release_buffers, shrink_buffers, Provided, Received,
+    RecvProvided,
 };
 pub(crate) use runtime::{
     build_runtime, FIRST_PROVIDED_BUFFERS, FIXED_FILES, PROVIDED_BUFFERS, PROVIDED_BUFFER_SIZE,
@@ -49,5 +50,5 @@ pub(crate) use runtime::{
 pub(crate) use splice::{
     poll_ready, set_nonblocking, splice_in, splice_out, Pipe, PollReady, READABLE, WRITABLE,
 };
-pub(crate) use stream::{recv_stream, shrink_buffers, RecvStream};
+pub(crate) use stream::{recv_stream, RecvStream};
 pub(crate) use sys::{effective_uid, recv_with_fds, trim_heap};

@@ -226,6 +226,15 @@ pub async fn cancel_all_on(fd: RawFd) -> io::Result<usize> {
     }
 }
 
+/// Asks the kernel to stop the operation `user_data` names, without
+/// waiting: the operation's own last completion says when it stopped. The
+/// caller makes sure the operation has not ended (its user data could name
+/// another one by now).
+pub(super) fn cancel_op(user_data: u64) {
+    let sqe = opcode::AsyncCancel::new(user_data).build();
+    drop(UnsubmittedOneshot::new((), CancelDone, sqe).submit());
+}
+
 /// Turns a cancellation's completion into the number of operations it hit.
 pub(super) struct CancelDone;
 

@@ -17,7 +17,9 @@ use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 use super::files::{pairs_in_use, Sock};
-use super::recv_send::{completion, with_ioprio, SendBuf, RECVSEND_POLL_FIRST, RECV_FLAGS_OK};
+use super::recv_send::{
+    cancel_op, completion, with_ioprio, SendBuf, RECVSEND_POLL_FIRST, RECV_FLAGS_OK,
+};
 
 /// Buffer group ids a thread's rings take turns with: a ring that was
 /// replaced keeps its id until the last operation that may select from it
@@ -30,6 +32,46 @@ thread_local! {
     pub(super) static PROVIDED: std::cell::RefCell<Option<Rc<BufRing>>> = const { std::cell::RefCell::new(None) };
     /// The group ids held by this thread's rings, live or replaced, a bit each.
     static GROUPS_HELD: Cell<u16> = const { Cell::new(0) };
+    /// The user data of every receive from a ring of this thread that is
+    /// armed and has not ended, which a cancel names it by (unique among
+    /// the operations in flight).
+    static ARMED: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// Lists the receive `user_data` names as armed on a ring, until [`disarm`].
+pub(super) fn arm(user_data: Option<u64>) {
+    if let Some(user_data) = user_data {
+        ARMED.with(|a| a.borrow_mut().insert(user_data));
+    }
+}
+
+/// Takes the receive `user_data` names off the armed list, once it ended
+/// (its user data may name another operation from then on) or, not ended,
+/// was dropped (the driver cancels it).
+pub(super) fn disarm(user_data: Option<u64>) {
+    if let Some(user_data) = user_data {
+        ARMED.with(|a| a.borrow_mut().remove(&user_data));
+    }
+}
+
+/// Gives back what a burst made this thread's provided-buffer ring take:
+/// replaces a ring that grew by a fresh small one if the last interval did
+/// not need the growth (see [`replace_grown_ring`]), and cancels every
+/// receive armed on the old one: a multishot receive then ends without
+/// news, a one-shot one with [`Received::Cancelled`], and their owners arm
+/// new ones, on the new ring. What arrived before the cancel still comes
+/// out; what arrives after waits in the socket for the new receive. Call at
+/// an interval (the worker's trim); returns whether it replaced the ring.
+pub fn shrink_buffers() -> bool {
+    if !replace_grown_ring() {
+        return false;
+    }
+    ARMED.with(|a| {
+        for &user_data in a.borrow().iter() {
+            cancel_op(user_data);
+        }
+    });
+    true
 }
 
 /// A provided-buffer ring (IORING_REGISTER_PBUF_RING, kernel 5.19+): buffers
@@ -280,12 +322,12 @@ pub fn provide_buffers(count: u16, first: u16, size: usize) -> io::Result<()> {
 /// half the buffers it started with were held at once; returns whether it
 /// did. The old ring is unregistered, so the kernel selects none of its
 /// buffers any more; receives still armed on it must be cancelled (the
-/// caller, [`shrink_buffers`](super::shrink_buffers), does). Its memory
+/// caller, [`shrink_buffers`], does). Its memory
 /// (every buffer the burst wrote into is resident) goes back to the system
 /// once the last receive and the last [`Provided`] that hold it are gone; a
 /// receive still waiting on it finds no buffer when bytes come (ENOBUFS),
 /// and reads into a buffer of its own, as when a ring is empty.
-pub(super) fn replace_grown_ring() -> bool {
+fn replace_grown_ring() -> bool {
     let Some(ring) = PROVIDED.with(|p| p.borrow().clone()) else {
         return false;
     };
@@ -368,6 +410,9 @@ pub enum Received {
     /// Bytes are waiting, but every buffer of the ring is out (ENOBUFS):
     /// read them into a buffer of one's own, at once.
     RingEmpty,
+    /// Cancelled before anything arrived, as the ring it waited on was
+    /// replaced ([`shrink_buffers`]): receive again.
+    Cancelled,
 }
 
 /// Receives into a buffer of this thread's provided ring, which the kernel
@@ -402,9 +447,14 @@ impl Future for RecvProvided {
         let Some(op) = &mut this.op else {
             return Poll::Ready(None);
         };
+        let user_data = op.user_data();
         let (res, bid, ring) = ready!(Pin::new(op).poll(cx));
         this.op = None;
+        disarm(user_data);
         Poll::Ready(match received(res, bid, &ring) {
+            Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => {
+                Some(Ok(Received::Cancelled))
+            }
             // A kernel that refuses the receive flags: the caller's own
             // receive learns that and stops passing them.
             Err(err) if this.poll_first && err.raw_os_error() == Some(libc::EINVAL) => None,
@@ -458,7 +508,17 @@ fn recv_provided_once(
     }
     // The ring moves into the driver with the operation: its memory outlives
     // the receive even if this future is dropped.
-    UnsubmittedOneshot::new(ring, ProvidedDone, sqe).submit()
+    let op = UnsubmittedOneshot::new(ring, ProvidedDone, sqe).submit();
+    arm(op.user_data());
+    op
+}
+
+impl Drop for RecvProvided {
+    fn drop(&mut self) {
+        // Not ended: the driver cancels it and keeps it until its
+        // completion.
+        disarm(self.op.as_ref().and_then(|op| op.user_data()));
+    }
 }
 
 /// Turns a provided-buffer receive's completion into its count and the id
@@ -584,7 +644,7 @@ mod tests {
 
     #[test]
     fn a_grown_ring_unused_for_an_interval_is_replaced_and_freed() {
-        use crate::uring::{recv_stream, shrink_buffers};
+        use crate::uring::recv_stream;
         use std::future::poll_fn;
         tokio_uring::start(async {
             // Room for 8, 2 at first; held receives grow it to 8.
@@ -605,6 +665,9 @@ mod tests {
             // one buffer of the old ring is still out.
             let (mut idle_peer, idle) = pair();
             let mut stream = recv_stream(&idle).expect("a multishot receive");
+            // And a one-shot receive that polls first, too.
+            let (_quiet_peer, quiet) = pair();
+            let one_shot = recv_provided(&quiet, true);
             let kept = held.pop().unwrap();
             drop(held);
             assert!(!shrink_buffers(), "it grew in this interval");
@@ -617,7 +680,9 @@ mod tests {
             assert_ne!(fresh.group, old.group);
             assert_eq!(fresh.provided.get(), 2, "back to the first two");
             drop(old);
-            // The armed receive was cancelled: it ends without news...
+            // The armed receives were cancelled: the one-shot one says so,
+            // the multishot one ends without news...
+            assert!(matches!(one_shot.await, Some(Ok(Received::Cancelled))));
             assert!(poll_fn(|cx| stream.poll_next(cx)).await.is_none());
             assert!(stream.is_done());
             drop(stream);
@@ -648,7 +713,6 @@ mod tests {
 
     #[test]
     fn a_grown_ring_still_in_use_is_kept() {
-        use crate::uring::shrink_buffers;
         tokio_uring::start(async {
             provide_buffers(8, 2, 16).unwrap();
             let mut held = Vec::new();

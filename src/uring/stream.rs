@@ -1,8 +1,8 @@
 //! The multishot receive ([`RecvStream`]): armed once, it completes at every
 //! arrival into a buffer of the worker's provided ring, and hands its
 //! completions out in order (vendored tokio-uring patch 2); dropped, it gives
-//! the buffers nobody took back to the ring. The thread keeps a list of the
-//! ones armed, so that a ring being replaced can cancel them all.
+//! the buffers nobody took back to the ring. It is on the ring's list of
+//! armed receives until it ends, so that a ring being replaced can cancel it.
 
 use std::cell::Cell;
 use std::io;
@@ -10,11 +10,12 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use io_uring::{cqueue, opcode, squeue};
-use tokio_uring::{InFlightMultishot, MultishotData, UnsubmittedMultishot, UnsubmittedOneshot};
+use tokio_uring::{InFlightMultishot, MultishotData, UnsubmittedMultishot};
 
 use super::files::Sock;
-use super::recv_send::{with_ioprio, CancelDone, RECVSEND_POLL_FIRST, RECV_FLAGS_OK};
-use super::ring::{received, replace_grown_ring, BufRing, Received, PROVIDED};
+use super::recv_send::cancel_op;
+use super::recv_send::{with_ioprio, RECVSEND_POLL_FIRST, RECV_FLAGS_OK};
+use super::ring::{arm, disarm, received, BufRing, Received, PROVIDED};
 
 /// `IORING_RECV_MULTISHOT` (linux/io_uring.h, kernel 6.0+), in the SQE's
 /// `ioprio`: the receive stays armed and completes once per arrival.
@@ -24,10 +25,6 @@ thread_local! {
     /// Whether this thread's ring takes multishot receives; cleared by the
     /// first one a kernel older than 6.0 refuses (EINVAL).
     static MULTISHOT_OK: Cell<bool> = const { Cell::new(true) };
-    /// The user data of every receive stream of this thread that has not
-    /// ended yet, which a cancel names it by (unique among the operations
-    /// in flight).
-    static ARMED: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::new(std::collections::HashSet::new());
 }
 
 /// The ring a multishot receive fills, kept in the driver with it.
@@ -48,7 +45,7 @@ impl MultishotData for StreamRing {
 /// last completion; dropped before that, the buffers of the completions
 /// nobody took go back to the ring as they arrive.
 pub struct RecvStream {
-    /// The receive in flight, in [`ARMED`] until it ends.
+    /// The receive in flight, on the ring's armed list until it ends.
     op: InFlightMultishot<StreamRing>,
 }
 
@@ -71,44 +68,8 @@ pub fn recv_stream<'a>(sock: impl Into<Sock<'a>>) -> Option<RecvStream> {
     // The ring moves into the driver with the operation: its memory outlives
     // the receive even if this stream is dropped.
     let op = UnsubmittedMultishot::new(StreamRing(ring), sqe).submit();
-    if let Some(user_data) = op.user_data() {
-        ARMED.with(|a| a.borrow_mut().insert(user_data));
-    }
+    arm(op.user_data());
     Some(RecvStream { op })
-}
-
-/// Gives back what a burst made this thread's provided-buffer ring take:
-/// replaces a ring that grew by a fresh small one, if the last interval did
-/// not need the growth (see [`replace_grown_ring`]), and cancels every
-/// receive stream armed on the old one. Call at an interval (the worker's
-/// trim); returns whether it replaced the ring.
-pub fn shrink_buffers() -> bool {
-    let replaced = replace_grown_ring();
-    if replaced {
-        cancel_armed();
-    }
-    replaced
-}
-
-/// Cancels every receive stream of this thread that has not ended: each
-/// ends with its last completion (`None`), and its owner arms a new one, on
-/// the ring the thread has then. What arrived before the cancel still comes
-/// out; what arrives after waits in the socket for the new receive.
-fn cancel_armed() {
-    ARMED.with(|a| {
-        for &user_data in a.borrow().iter() {
-            cancel_op(user_data);
-        }
-    });
-}
-
-/// Asks the kernel to stop the operation `user_data` names, without waiting:
-/// the operation's own last completion says when it stopped. The caller
-/// makes sure the operation has not ended (its user data could name
-/// another one by now).
-fn cancel_op(user_data: u64) {
-    let sqe = opcode::AsyncCancel::new(user_data).build();
-    drop(UnsubmittedOneshot::new((), CancelDone, sqe).submit());
 }
 
 impl RecvStream {
@@ -160,13 +121,6 @@ impl RecvStream {
         if let Some(user_data) = self.op.user_data() {
             cancel_op(user_data);
         }
-    }
-}
-
-/// Takes the stream `user_data` names off [`ARMED`], once it ended or goes.
-fn disarm(user_data: Option<u64>) {
-    if let Some(user_data) = user_data {
-        ARMED.with(|a| a.borrow_mut().remove(&user_data));
     }
 }
 

@@ -105,6 +105,14 @@ impl<D: Unpin, T: OneshotOutputTransform<StoredData = D> + Unpin> Future for InF
     }
 }
 
+impl<D: 'static, T: OneshotOutputTransform<StoredData = D>> InFlightOneshot<D, T> {
+    /// The user data of the operation while it is in flight, which a
+    /// cancel names it by (ringlb patch 5).
+    pub fn user_data(&self) -> Option<u64> {
+        self.inner.as_ref().map(|inner| inner.index as u64)
+    }
+}
+
 impl<D: 'static, T: OneshotOutputTransform<StoredData = D>> Drop for InFlightOneshot<D, T> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
