@@ -785,7 +785,8 @@ start_instance() {
     [[ $p == ringlb-copy ]] && extra=(--splice never)
     if [[ $p == haproxy-splice ]]; then
         # 64 pipes are 128 more fds: room made under the same limit.
-        splice="option splice-auto" maxpipes="maxpipes 64" maxconn=$((MAXCONN - 100))
+        splice="option splice-auto" maxpipes="maxpipes 64
+    tune.pipesize 1048576" maxconn=$((MAXCONN - 100))
     fi
     case ${p%%-*}/$mode in
         ringlb/http | ringlb/stream)
