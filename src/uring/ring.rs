@@ -66,11 +66,12 @@ pub fn shrink_buffers() -> bool {
     if !replace_grown_ring() {
         return false;
     }
-    ARMED.with(|a| {
-        for &user_data in a.borrow().iter() {
-            cancel_op(user_data);
-        }
-    });
+    // Collected first: a submission may reap completions, and nothing
+    // should hold the list meanwhile.
+    let armed: Vec<u64> = ARMED.with(|a| a.borrow().iter().copied().collect());
+    for user_data in armed {
+        cancel_op(user_data);
+    }
     true
 }
 
