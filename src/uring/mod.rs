@@ -21,11 +21,15 @@
 //! - [`stream`]: the multishot receive into the provided ring ([`RecvStream`]).
 //! - [`splice`](mod@splice): zero-copy forwarding: a [`Pipe`] between two sockets, the
 //!   nonblocking splices in and out of it, and the readiness poll ([`poll_ready`]).
+//! - `bundle` (unit tests only): the copy path's levers measured: receive
+//!   bundles and incrementally consumed ring buffers (docs/performance.md).
 //! - [`sys`]: the `unsafe` libc calls that are no io_uring operation:
 //!   [`trim_heap`], [`recv_with_fds`] and [`effective_uid`].
 
 #![allow(unsafe_code)]
 
+#[cfg(test)]
+mod bundle;
 mod connect;
 mod datagram;
 mod files;

@@ -1,0 +1,794 @@
+//! Measurements of the copy path's levers (issue 24, item 2), in unit tests
+//! only: a multishot receive whose completions each cover several
+//! consecutive buffers of a provided ring (IORING_RECVSEND_BUNDLE, Linux
+//! 6.10), sent on with one `sendmsg` of them all; and a ring of large
+//! buffers that the kernel consumes in parts (IOU_PBUF_RING_INC, 6.12);
+//! each against today's multishot receive into 2 KiB ring buffers with a
+//! send per buffer, and the large owned buffer. Each lever has its own ring
+//! here, under a buffer group of its own, and raw operations of its own;
+//! the figures, and why none of them was wired into the relay, are in
+//! docs/performance.md ("Copy path levers").
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::marker::PhantomData;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::task::Poll;
+
+use io_uring::{cqueue, opcode, squeue, types};
+use tokio_uring::net::TcpStream;
+use tokio_uring::{
+    InFlightMultishot, MultishotData, OneshotOutputTransform, UnsubmittedMultishot,
+    UnsubmittedOneshot,
+};
+
+use super::recv_send::{completion, with_ioprio, RECVSEND_POLL_FIRST};
+
+/// `IORING_RECV_MULTISHOT`, in the SQE's `ioprio`.
+const RECV_MULTISHOT: u16 = 2;
+/// `IORING_RECVSEND_BUNDLE` (6.10), in the SQE's `ioprio`: one completion
+/// covers as many consecutive ring buffers as the bytes waiting fill.
+const RECVSEND_BUNDLE: u16 = 16;
+/// `IORING_CQE_F_BUF_MORE` (6.12): the kernel will go on filling the
+/// buffer this completion names.
+const CQE_F_BUF_MORE: u32 = 16;
+/// `IOU_PBUF_RING_INC` (6.12), a flag of the ring's registration.
+const PBUF_RING_INC: u16 = 2;
+/// `IORING_REGISTER_PBUF_RING`.
+const REGISTER_PBUF_RING: libc::c_uint = 22;
+/// The buffer group of the ring under test (worker rings use 0; each case
+/// runs on a runtime of its own anyway).
+const BGID: u16 = 1;
+/// Most pieces one `sendmsg` takes (`UIO_MAXIOV`).
+const MAX_IOV: usize = 1024;
+
+/// `struct io_uring_buf_reg` (linux/io_uring.h), with the `flags` that
+/// io-uring 0.6's `register_buf_ring` does not pass.
+#[repr(C)]
+struct BufReg {
+    ring_addr: u64,
+    ring_entries: u32,
+    bgid: u16,
+    flags: u16,
+    resv: [u64; 3],
+}
+
+/// How the kernel consumes a ring's buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// One buffer per completion, as the worker's ring today.
+    Whole,
+    /// A completion covers consecutive buffers from the ring's head.
+    Bundle,
+    /// A buffer serves completions until it is full (IOU_PBUF_RING_INC).
+    Incremental,
+}
+
+/// What the app knows of one buffer of an incremental ring.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    /// Bytes the kernel put into it so far, by the completions seen.
+    filled: u32,
+    /// Pieces of it not yet sent.
+    out: u32,
+    /// Whether the kernel moved past it (a completion without BUF_MORE).
+    done: bool,
+}
+
+/// A provided-buffer ring, as `ring::BufRing` without its growth, with the
+/// ring position of every buffer handed back (a bundle names only its first
+/// buffer) and, for an incremental ring, how far each buffer is filled.
+struct Ring {
+    entries: *mut types::BufRingEntry,
+    count: u16,
+    size: usize,
+    memory: *mut u8,
+    kind: Kind,
+    tail: Cell<u16>,
+    /// The next ring position the kernel takes, by the completions seen.
+    head: Cell<u16>,
+    /// The buffer id at each ring position.
+    at: RefCell<Vec<u16>>,
+    slots: RefCell<Vec<Slot>>,
+    /// Completions that brought bytes, and the pieces they made.
+    completions: Cell<u64>,
+    pieces: Cell<u64>,
+}
+
+impl Ring {
+    fn entries_layout(count: u16) -> std::alloc::Layout {
+        let bytes = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
+        std::alloc::Layout::from_size_align(bytes, 4096).unwrap()
+    }
+
+    fn memory_layout(count: u16, size: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(usize::from(count) * size, 4096).unwrap()
+    }
+
+    /// `count` buffers of `size` bytes registered with the io_uring `ring_fd`
+    /// (this thread's) under [`BGID`], all handed to the kernel.
+    fn new(ring_fd: RawFd, count: u16, size: usize, kind: Kind) -> io::Result<Rc<Ring>> {
+        assert!(count.is_power_of_two() && size > 0);
+        // SAFETY: non-zero sizes; zeroed, so the tail starts at 0.
+        let entries = unsafe { std::alloc::alloc_zeroed(Self::entries_layout(count)) };
+        // SAFETY: a non-zero size; nothing reads a buffer before the kernel
+        // wrote into it.
+        let memory = unsafe { std::alloc::alloc(Self::memory_layout(count, size)) };
+        assert!(!entries.is_null() && !memory.is_null());
+        let reg = BufReg {
+            ring_addr: entries as u64,
+            ring_entries: u32::from(count),
+            bgid: BGID,
+            flags: if kind == Kind::Incremental {
+                PBUF_RING_INC
+            } else {
+                0
+            },
+            resv: [0; 3],
+        };
+        // SAFETY: `reg` is a live `io_uring_buf_reg` for the call; the
+        // entries it names are page-aligned, sized for `count` and stay
+        // allocated until the ring is unregistered (Drop).
+        let res = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring_fd,
+                REGISTER_PBUF_RING,
+                &reg as *const BufReg,
+                1,
+            )
+        };
+        if res < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ring = Rc::new(Ring {
+            entries: entries.cast(),
+            count,
+            size,
+            memory,
+            kind,
+            tail: Cell::new(0),
+            head: Cell::new(0),
+            at: RefCell::new(vec![0; usize::from(count)]),
+            slots: RefCell::new(vec![Slot::default(); usize::from(count)]),
+            completions: Cell::new(0),
+            pieces: Cell::new(0),
+        });
+        for bid in 0..count {
+            ring.give_back(bid);
+        }
+        Ok(ring)
+    }
+
+    /// Hands buffer `bid` to the kernel again, whole.
+    fn give_back(&self, bid: u16) {
+        let tail = self.tail.get();
+        let pos = usize::from(tail & (self.count - 1));
+        // SAFETY: as in `ring::BufRing::give_back`: the slot is in the ring
+        // and past the tail the kernel reads up to until the store below.
+        unsafe {
+            let entry = &mut *self.entries.add(pos);
+            entry.set_addr(self.memory.add(usize::from(bid) * self.size) as u64);
+            entry.set_len(self.size as u32);
+            entry.set_bid(bid);
+        }
+        self.at.borrow_mut()[pos] = bid;
+        self.slots.borrow_mut()[usize::from(bid)] = Slot::default();
+        let tail = tail.wrapping_add(1);
+        self.tail.set(tail);
+        // SAFETY: the tail lives in the first entry, as long as the ring.
+        unsafe {
+            let tail_ptr =
+                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
+            (*tail_ptr).store(tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Turns a receive's completion into the pieces of ring buffers it
+    /// filled, appended to `into`.
+    fn arrival(
+        self: &Rc<Self>,
+        res: io::Result<u32>,
+        flags: u32,
+        into: &mut VecDeque<Piece>,
+    ) -> Arrival {
+        let n = match res {
+            Ok(0) => return Arrival::Eof,
+            Ok(n) => n,
+            Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => return Arrival::NoBuffers,
+            Err(err) => panic!("receive failed: {err}"),
+        };
+        let bid = cqueue::buffer_select(flags).expect("a ring buffer");
+        let before = into.len();
+        let size = self.size as u32;
+        let piece = |bid, off, len| Piece {
+            ring: self.clone(),
+            bid,
+            off,
+            len,
+        };
+        match self.kind {
+            Kind::Whole => {
+                into.push_back(piece(bid, 0, n));
+                self.head.set(self.head.get().wrapping_add(1));
+            }
+            Kind::Bundle => {
+                let head = self.head.get();
+                let mask = self.count - 1;
+                let at = self.at.borrow();
+                assert_eq!(
+                    at[usize::from(head & mask)],
+                    bid,
+                    "a bundle starts at the head"
+                );
+                let nbufs = n.div_ceil(size);
+                for i in 0..nbufs {
+                    let b = at[usize::from(head.wrapping_add(i as u16) & mask)];
+                    into.push_back(piece(b, 0, (n - i * size).min(size)));
+                }
+                self.head.set(head.wrapping_add(nbufs as u16));
+            }
+            Kind::Incremental => {
+                let mut slots = self.slots.borrow_mut();
+                let slot = &mut slots[usize::from(bid)];
+                let off = slot.filled;
+                assert!(off + n <= size, "buffer {bid}: {off} + {n} past its end");
+                slot.filled += n;
+                slot.out += 1;
+                slot.done = flags & CQE_F_BUF_MORE == 0;
+                drop(slots);
+                into.push_back(piece(bid, off, n));
+            }
+        }
+        self.completions.set(self.completions.get() + 1);
+        self.pieces
+            .set(self.pieces.get() + (into.len() - before) as u64);
+        Arrival::Bytes
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        let unregistered = matches!(
+            tokio_uring::with_submitter(|s| s.unregister_buf_ring(BGID)),
+            Some(Ok(()))
+        );
+        if unregistered {
+            // SAFETY: allocated in `new` with these layouts; the kernel let
+            // go of them (unregistered just above).
+            unsafe {
+                std::alloc::dealloc(self.entries.cast(), Self::entries_layout(self.count));
+                std::alloc::dealloc(self.memory, Self::memory_layout(self.count, self.size));
+            }
+        }
+    }
+}
+
+/// What a completion brought.
+enum Arrival {
+    Bytes,
+    Eof,
+    NoBuffers,
+}
+
+/// Bytes a receive put into one ring buffer, at `off`; sent, then dropped,
+/// which hands the buffer back (an incremental one once the kernel moved
+/// past it and every piece of it is sent).
+struct Piece {
+    ring: Rc<Ring>,
+    bid: u16,
+    off: u32,
+    len: u32,
+}
+
+impl Piece {
+    fn ptr(&self) -> *const u8 {
+        // SAFETY: inside buffer `bid` (`off + len <= size`, checked when the
+        // piece was made), which the kernel does not touch while it is out.
+        unsafe {
+            self.ring
+                .memory
+                .add(usize::from(self.bid) * self.ring.size + self.off as usize)
+        }
+    }
+}
+
+impl Drop for Piece {
+    fn drop(&mut self) {
+        if self.ring.kind != Kind::Incremental {
+            self.ring.give_back(self.bid);
+            return;
+        }
+        let back = {
+            let mut slots = self.ring.slots.borrow_mut();
+            let slot = &mut slots[usize::from(self.bid)];
+            slot.out -= 1;
+            slot.out == 0 && slot.done
+        };
+        if back {
+            self.ring.give_back(self.bid);
+        }
+    }
+}
+
+/// A multishot receive's ring, kept in the driver with it.
+struct Armed(#[allow(dead_code)] Rc<Ring>);
+
+impl MultishotData for Armed {
+    // The relays here take every completion up to the last.
+    fn discard(&mut self, _flags: u32) {}
+}
+
+/// Arms a multishot receive on `src` into `ring` (a bundle one for a
+/// bundle ring).
+fn arm(src: RawFd, ring: &Rc<Ring>) -> InFlightMultishot<Armed> {
+    let sqe = opcode::Recv::new(types::Fd(src), std::ptr::null_mut(), 0)
+        .buf_group(BGID)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT);
+    let mut prio = RECV_MULTISHOT | RECVSEND_POLL_FIRST;
+    if ring.kind == Kind::Bundle {
+        prio |= RECVSEND_BUNDLE;
+    }
+    UnsubmittedMultishot::new(Armed(ring.clone()), with_ioprio(sqe, prio)).submit()
+}
+
+/// Hands a completion's result back with what the operation kept.
+struct Done<T>(PhantomData<T>);
+
+impl<T> OneshotOutputTransform for Done<T> {
+    type Output = (io::Result<usize>, T);
+    type StoredData = T;
+
+    fn transform_oneshot_output(self, data: T, cqe: cqueue::Entry) -> Self::Output {
+        (completion(&cqe), data)
+    }
+}
+
+/// A `sendmsg`'s header and vector, and the pieces they point into.
+struct Msg {
+    hdr: libc::msghdr,
+    iov: Vec<libc::iovec>,
+    _pieces: Vec<Piece>,
+}
+
+/// Sends `pieces` to `dst`, all of them (MSG_WAITALL: the kernel retries a
+/// short send itself): one IORING_OP_SEND for one piece, one
+/// IORING_OP_SENDMSG of them all for more; then hands them back.
+async fn send_pieces(dst: RawFd, pieces: Vec<Piece>) -> usize {
+    let want: usize = pieces.iter().map(|p| p.len as usize).sum();
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+    let res = if let [one] = &pieces[..] {
+        let sqe = opcode::Send::new(types::Fd(dst), one.ptr(), one.len)
+            .flags(flags)
+            .build();
+        UnsubmittedOneshot::new(pieces, Done(PhantomData), sqe)
+            .submit()
+            .await
+            .0
+    } else {
+        let iov = pieces
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.ptr() as *mut libc::c_void,
+                iov_len: p.len as usize,
+            })
+            .collect();
+        // SAFETY: msghdr is plain data, for which zeroes are valid.
+        let mut msg = Box::new(Msg {
+            hdr: unsafe { std::mem::zeroed() },
+            iov,
+            _pieces: pieces,
+        });
+        msg.hdr.msg_iov = msg.iov.as_mut_ptr();
+        msg.hdr.msg_iovlen = msg.iov.len();
+        let sqe = opcode::SendMsg::new(types::Fd(dst), &msg.hdr)
+            .flags(flags as u32)
+            .build();
+        // The box moves into the driver: the header, the vector and the
+        // bytes stay where the SQE points until the send completes.
+        UnsubmittedOneshot::new(msg, Done(PhantomData), sqe)
+            .submit()
+            .await
+            .0
+    };
+    let sent = res.expect("a send");
+    assert_eq!(sent, want, "MSG_WAITALL sends everything");
+    sent
+}
+
+/// Relays `src` to `dst` through a multishot receive into `ring` until EOF,
+/// then half-closes `dst`. One send in flight at a time; while it runs the
+/// receive keeps filling ring buffers, and the next send takes one piece
+/// (`batch` false) or every piece waiting (`batch`). A receive that ran the
+/// ring dry is armed again once every buffer came back.
+async fn relay_ring(src: Rc<TcpStream>, dst: Rc<TcpStream>, ring: Rc<Ring>, batch: bool) -> u64 {
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let mut pending = VecDeque::new();
+    let mut stream = Some(arm(src_fd, &ring));
+    let mut eof = false;
+    let mut total = 0;
+    loop {
+        // Everything that arrived; wait only when there is nothing to send.
+        std::future::poll_fn(|cx| loop {
+            let Some(op) = stream.as_mut() else {
+                return Poll::Ready(());
+            };
+            match op.poll_next(cx) {
+                Poll::Ready(Some((res, flags))) => {
+                    if op.is_done() {
+                        stream = None;
+                    }
+                    if let Arrival::Eof = ring.arrival(res, flags, &mut pending) {
+                        eof = true;
+                    }
+                }
+                Poll::Ready(None) => stream = None,
+                Poll::Pending if pending.is_empty() => return Poll::Pending,
+                Poll::Pending => return Poll::Ready(()),
+            }
+        })
+        .await;
+        if pending.is_empty() {
+            if eof {
+                break;
+            }
+            if stream.is_none() {
+                stream = Some(arm(src_fd, &ring));
+            }
+            continue;
+        }
+        let take = if batch { pending.len().min(MAX_IOV) } else { 1 };
+        total += send_pieces(dst_fd, pending.drain(..take).collect()).await as u64;
+    }
+    dst.shutdown(Shutdown::Write).unwrap();
+    total
+}
+
+/// Relays `src` to `dst` through a buffer of its own of `size` bytes, a
+/// receive and a send at a time, until EOF; then half-closes `dst`.
+async fn relay_owned(src: Rc<TcpStream>, dst: Rc<TcpStream>, size: usize, poll_first: bool) -> u64 {
+    let mut buf = Vec::with_capacity(size);
+    let mut total = 0;
+    loop {
+        let (res, got) = super::recv(&*src, buf, poll_first).await;
+        if res.unwrap() == 0 {
+            break;
+        }
+        let (res, sent) = super::send_all(&*dst, got).await;
+        res.unwrap();
+        total += sent.len() as u64;
+        buf = sent;
+    }
+    dst.shutdown(Shutdown::Write).unwrap();
+    total
+}
+
+/// One way of relaying, measured.
+#[derive(Clone, Copy, Debug)]
+enum Lever {
+    /// A multishot receive into a ring of `count` buffers of `size` bytes
+    /// consumed as `kind` says; `batch`: one `sendmsg` of every piece
+    /// waiting, rather than a send per piece.
+    Ring {
+        kind: Kind,
+        count: u16,
+        size: usize,
+        batch: bool,
+    },
+    /// A one-shot receive into a buffer of its own, then a send of it.
+    Owned { size: usize, poll_first: bool },
+}
+
+impl Lever {
+    fn name(self) -> String {
+        match self {
+            Lever::Ring {
+                kind,
+                count,
+                size,
+                batch,
+            } => format!(
+                "{kind:?} ring {count} x {} KiB, {}",
+                size >> 10,
+                if batch { "sendmsg of all" } else { "send each" }
+            ),
+            Lever::Owned { size, poll_first } => format!(
+                "owned {} KiB RECV/SEND{}",
+                size >> 10,
+                if poll_first { ", poll first" } else { "" }
+            ),
+        }
+    }
+
+    /// The ring this lever receives into, registered with this thread's
+    /// io_uring; none for an owned buffer.
+    fn ring(self) -> Option<Rc<Ring>> {
+        let Lever::Ring {
+            kind, count, size, ..
+        } = self
+        else {
+            return None;
+        };
+        Some(Ring::new(this_ring_fd(), count, size, kind).expect("a registered ring"))
+    }
+
+    /// Relays `src` to `dst` this way, with `ring` from [`Lever::ring`].
+    async fn relay(self, src: Rc<TcpStream>, dst: Rc<TcpStream>, ring: Option<Rc<Ring>>) -> u64 {
+        match self {
+            Lever::Ring { batch, .. } => relay_ring(src, dst, ring.unwrap(), batch).await,
+            Lever::Owned { size, poll_first } => relay_owned(src, dst, size, poll_first).await,
+        }
+    }
+}
+
+/// The io_uring descriptors this process holds.
+fn ring_fds() -> Vec<RawFd> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            (target.to_str()? == "anon_inode:[io_uring]")
+                .then(|| e.file_name().to_str()?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+thread_local! {
+    /// The io_uring descriptors open before this thread's runtime started.
+    static RINGS_BEFORE: RefCell<Vec<RawFd>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's io_uring (io-uring 0.6's `Submitter` does not give its
+/// descriptor out): the one opened since [`start`] began.
+fn this_ring_fd() -> RawFd {
+    let before = RINGS_BEFORE.with(|b| b.borrow().clone());
+    let new: Vec<_> = ring_fds()
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert_eq!(new.len(), 1, "one new io_uring: {new:?}");
+    new[0]
+}
+
+/// `tokio_uring::start`, noting the rings open before.
+fn start<F: std::future::Future>(future: F) -> F::Output {
+    RINGS_BEFORE.with(|b| *b.borrow_mut() = ring_fds());
+    tokio_uring::start(future)
+}
+
+/// CPU seconds of this thread or this process (see `splice.rs`).
+fn cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: rusage is plain data; getrusage fills the one we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid `who` and a pointer to a live rusage.
+    assert_eq!(unsafe { libc::getrusage(who, &mut usage) }, 0);
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// The byte at stream offset `i` of the bulk transfer: a period (251) that
+/// no buffer size divides, so bytes out of order do not compare equal.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Moves `total` bytes (rounded to whole chunks) from a writer thread
+/// through `lever` on this thread's ring to a reader thread that checks
+/// every byte; returns the relay's CPU seconds (the process's, less the
+/// writer's and the reader's) and the wall time.
+fn bulk(lever: Lever, total: usize) -> (f64, f64, usize, String) {
+    const CHUNK: usize = 251 * 4096;
+    let chunks = total / CHUNK;
+    start(async move {
+        let (mut src_peer, src) = crate::testing::pair();
+        let (mut dst_peer, dst) = crate::testing::pair();
+        let ring = lever.ring();
+        let writer = std::thread::spawn(move || {
+            let chunk = pattern(CHUNK);
+            for _ in 0..chunks {
+                std::io::Write::write_all(&mut src_peer, &chunk).unwrap();
+            }
+            drop(src_peer);
+            cpu_seconds(libc::RUSAGE_THREAD)
+        });
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let expected = pattern(251 + buf.len());
+            let mut got = 0;
+            loop {
+                match std::io::Read::read(&mut dst_peer, &mut buf).unwrap() {
+                    0 => break,
+                    n => {
+                        let at = got % 251;
+                        assert!(
+                            buf[..n] == expected[at..at + n],
+                            "bytes out of order near {got}"
+                        );
+                        got += n;
+                    }
+                }
+            }
+            (got, cpu_seconds(libc::RUSAGE_THREAD))
+        });
+        let (start, cpu0) = (std::time::Instant::now(), cpu_seconds(libc::RUSAGE_SELF));
+        let relayed = lever.relay(Rc::new(src), Rc::new(dst), ring.clone()).await;
+        let per_completion = ring.map_or(String::new(), |r| {
+            let n = r.completions.get().max(1) as f64;
+            format!(
+                ", {:.1} KiB and {:.1} buffers per completion",
+                relayed as f64 / n / 1024.0,
+                r.pieces.get() as f64 / n
+            )
+        });
+        let writer = writer.join().unwrap();
+        let (got, reader) = reader.join().unwrap();
+        let cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu0 - writer - reader;
+        assert_eq!((relayed as usize, got), (chunks * CHUNK, chunks * CHUNK));
+        (cpu, start.elapsed().as_secs_f64(), got, per_completion)
+    })
+}
+
+/// `conns` clients each make `trips` round trips of a `msg`-byte message
+/// through `lever` (both directions of each connection relayed by this
+/// thread, sharing one ring) to an echo thread, checking every byte;
+/// returns the relay's CPU seconds and the wall time.
+fn ping_pong(lever: Lever, conns: usize, trips: usize, msg: usize) -> (f64, f64) {
+    start(async move {
+        let ring = lever.ring();
+        let mut threads = Vec::new();
+        let mut relays = Vec::new();
+        let (start, cpu0) = (std::time::Instant::now(), cpu_seconds(libc::RUSAGE_SELF));
+        for conn in 0..conns {
+            let (mut client_peer, client) = crate::testing::pair();
+            let (mut backend_peer, backend) = crate::testing::pair();
+            for end in [&client_peer, &backend_peer] {
+                end.set_nodelay(true).unwrap();
+            }
+            threads.push(std::thread::spawn(move || {
+                let (mut out, mut back) = (vec![0u8; msg], vec![0u8; msg]);
+                for trip in 0..trips {
+                    for (i, b) in out.iter_mut().enumerate() {
+                        *b = (conn * 31 + trip * 7 + i) as u8;
+                    }
+                    std::io::Write::write_all(&mut client_peer, &out).unwrap();
+                    std::io::Read::read_exact(&mut client_peer, &mut back).unwrap();
+                    assert!(out == back, "connection {conn}, trip {trip}: wrong echo");
+                }
+                drop(client_peer);
+                cpu_seconds(libc::RUSAGE_THREAD)
+            }));
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match std::io::Read::read(&mut backend_peer, &mut buf).unwrap() {
+                        0 => break,
+                        n => std::io::Write::write_all(&mut backend_peer, &buf[..n]).unwrap(),
+                    }
+                }
+                cpu_seconds(libc::RUSAGE_THREAD)
+            }));
+            let (client, backend) = (Rc::new(client), Rc::new(backend));
+            let ring2 = ring.clone();
+            relays.push(tokio_uring::spawn(lever.relay(
+                client.clone(),
+                backend.clone(),
+                ring2,
+            )));
+            relays.push(tokio_uring::spawn(lever.relay(
+                backend,
+                client,
+                ring.clone(),
+            )));
+        }
+        drop(ring);
+        for relay in relays {
+            relay.await.unwrap();
+        }
+        let others: f64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        let cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu0 - others;
+        (cpu, start.elapsed().as_secs_f64())
+    })
+}
+
+/// How many connections may share `lever`'s ring, of `want`: one for an
+/// incremental ring. The offset of a piece in an incremental buffer is the
+/// sum of the pieces before it, in the order the kernel posted their
+/// completions; here each receive's task takes its completions when it is
+/// polled, in an order of its own across sockets, so with several sockets
+/// filling one buffer the offsets come out wrong (16 connections: wrong
+/// echoes within 15 round trips each). Counting in completion order needs
+/// a hook in the driver's reap (tokio-uring patch 2 has none).
+fn conns_sharing(lever: Lever, want: usize) -> usize {
+    match lever {
+        Lever::Ring {
+            kind: Kind::Incremental,
+            ..
+        } => 1,
+        _ => want,
+    }
+}
+
+/// The levers measured, in the order they are printed.
+fn levers() -> Vec<Lever> {
+    let ring = |kind, count, size, batch| Lever::Ring {
+        kind,
+        count,
+        size,
+        batch,
+    };
+    vec![
+        // Today's ring path: 512 buffers of 2 KiB (the worker's ring as it starts).
+        ring(Kind::Whole, 512, 2 << 10, false),
+        // The same, each send taking every piece waiting.
+        ring(Kind::Whole, 512, 2 << 10, true),
+        ring(Kind::Bundle, 512, 2 << 10, true),
+        // The same 1 MiB of ring as 16 buffers of 64 KiB consumed in parts.
+        ring(Kind::Incremental, 16, 64 << 10, false),
+        ring(Kind::Incremental, 16, 64 << 10, true),
+        // Today's bulk path: the large owned buffer (--buffer-size).
+        Lever::Owned {
+            size: 256 << 10,
+            poll_first: false,
+        },
+    ]
+}
+
+#[test]
+fn every_lever_relays_exact_bytes_both_ways() {
+    for lever in levers() {
+        let (_, _, got, _) = bulk(lever, 8 << 20);
+        assert!(got > 0, "{}", lever.name());
+        ping_pong(lever, conns_sharing(lever, 16), 200, 300);
+    }
+}
+
+/// Prints each lever's CPU per GB moved one way, and per 100k round trips
+/// of small messages: see docs/performance.md, "Copy path levers".
+#[test]
+#[ignore = "a measurement: cargo test --release --lib -- --ignored --nocapture copy_path_levers"]
+fn copy_path_levers_cpu() {
+    const TOTAL: usize = 4 << 30;
+    const TRIPS: usize = 100_000;
+    for run in 1..=2 {
+        for lever in levers() {
+            let (cpu, secs, got, per_completion) = bulk(lever, TOTAL);
+            let gb = got as f64 / 1e9;
+            println!(
+                "run {run} bulk, {}: {:.3} CPU s per GB, {:.1} Gbit/s{per_completion}",
+                lever.name(),
+                cpu / gb,
+                gb * 8.0 / secs
+            );
+        }
+        for lever in levers() {
+            // Request/response traffic goes through an owned buffer only
+            // with a poll first, as the relay does after a short read.
+            let lever = match lever {
+                Lever::Owned { .. } => Lever::Owned {
+                    size: 2 << 10,
+                    poll_first: true,
+                },
+                ring => ring,
+            };
+            let mut conns_each = vec![1];
+            if conns_sharing(lever, 8) > 1 {
+                conns_each.push(8);
+            }
+            for conns in conns_each {
+                let (cpu, secs) = ping_pong(lever, conns, TRIPS / conns, 128);
+                println!(
+                    "run {run} ping-pong, {conns} conn, 128 B, {}: {:.3} CPU s per 100k round trips, {:.0} trips/s",
+                    lever.name(),
+                    cpu * 100_000.0 / TRIPS as f64,
+                    TRIPS as f64 / secs
+                );
+            }
+        }
+    }
+}
