@@ -88,10 +88,14 @@ struct Ring {
     memory: *mut u8,
     kind: Kind,
     tail: Cell<u16>,
-    /// The next ring position the kernel takes, by the completions seen.
-    head: Cell<u16>,
-    /// The buffer id at each ring position.
+    /// The buffer id at each ring position (the tail's, masked)...
     at: RefCell<Vec<u16>>,
+    /// ...and the tail at which each buffer was handed back last. A bundle
+    /// names its first buffer; the rest follow it in the ring. Found from
+    /// where that first one was put, not from a head counted along the
+    /// completions: the completions of several receives are taken in the
+    /// order their tasks run, not the order the kernel posted them.
+    pos_of: RefCell<Vec<u16>>,
     slots: RefCell<Vec<Slot>>,
     /// Completions that brought bytes, and the pieces they made.
     completions: Cell<u64>,
@@ -151,7 +155,7 @@ impl Ring {
             memory,
             kind,
             tail: Cell::new(0),
-            head: Cell::new(0),
+            pos_of: RefCell::new(vec![0; usize::from(count)]),
             at: RefCell::new(vec![0; usize::from(count)]),
             slots: RefCell::new(vec![Slot::default(); usize::from(count)]),
             completions: Cell::new(0),
@@ -176,6 +180,7 @@ impl Ring {
             entry.set_bid(bid);
         }
         self.at.borrow_mut()[pos] = bid;
+        self.pos_of.borrow_mut()[usize::from(bid)] = tail;
         self.slots.borrow_mut()[usize::from(bid)] = Slot::default();
         let tail = tail.wrapping_add(1);
         self.tail.set(tail);
@@ -211,25 +216,19 @@ impl Ring {
             len,
         };
         match self.kind {
-            Kind::Whole => {
-                into.push_back(piece(bid, 0, n));
-                self.head.set(self.head.get().wrapping_add(1));
-            }
+            Kind::Whole => into.push_back(piece(bid, 0, n)),
             Kind::Bundle => {
-                let head = self.head.get();
-                let mask = self.count - 1;
-                let at = self.at.borrow();
-                assert_eq!(
-                    at[usize::from(head & mask)],
-                    bid,
-                    "a bundle starts at the head"
-                );
-                let nbufs = n.div_ceil(size);
-                for i in 0..nbufs {
-                    let b = at[usize::from(head.wrapping_add(i as u16) & mask)];
+                let (at, pos_of) = (self.at.borrow(), self.pos_of.borrow());
+                let first = pos_of[usize::from(bid)];
+                for i in 0..n.div_ceil(size) {
+                    let pos = first.wrapping_add(i as u16);
+                    let b = at[usize::from(pos & (self.count - 1))];
+                    // Not so if the tail lapped the ring since the kernel
+                    // took these (as many hand-backs as the ring has
+                    // buffers, while this completion waited for its task).
+                    assert_eq!(pos_of[usize::from(b)], pos, "the ring lapped a bundle");
                     into.push_back(piece(b, 0, (n - i * size).min(size)));
                 }
-                self.head.set(head.wrapping_add(nbufs as u16));
             }
             Kind::Incremental => {
                 let mut slots = self.slots.borrow_mut();
@@ -467,6 +466,115 @@ async fn relay_owned(src: Rc<TcpStream>, dst: Rc<TcpStream>, size: usize, poll_f
     total
 }
 
+/// Relays `src` to `dst` as `tcp::relay`'s pump copies today (a compact
+/// model of its decisions, with the worker's own ring and operations):
+/// a read that waits goes to the provided ring, a multishot receive once a
+/// ring buffer's read came back short; a full ring buffer stops the stream
+/// and switches to a large owned buffer, and a short owned read back to the
+/// ring. `poll_first` is the pump's start (yes for the backend's side).
+async fn relay_today(src: Rc<TcpStream>, dst: Rc<TcpStream>, mut poll_first: bool) -> u64 {
+    use super::{recv, recv_provided, recv_stream, send_all, Received};
+    const LARGE: usize = 256 << 10;
+    const SMALL: usize = 512;
+    let mut stream_ok = false;
+    let mut own: Option<Vec<u8>> = None;
+    let mut total = 0;
+    // After a ring buffer's send: read on at once into a large buffer when
+    // it was full, else wait, in a stream.
+    let after_ring_send =
+        |full: bool, poll_first: &mut bool, stream_ok: &mut bool, own: &mut Option<Vec<u8>>| {
+            *poll_first = !full;
+            *stream_ok = !full;
+            if full && own.is_none() {
+                *own = Some(Vec::with_capacity(LARGE));
+            }
+        };
+    loop {
+        if !poll_first {
+            let buf = own.take().unwrap_or_else(|| Vec::with_capacity(SMALL));
+            let (res, buf) = recv(&*src, buf, false).await;
+            let n = res.unwrap();
+            if n == 0 {
+                break;
+            }
+            let (res, buf) = send_all(&*dst, buf).await;
+            res.unwrap();
+            total += n as u64;
+            let cap = buf.capacity();
+            poll_first = n < cap;
+            stream_ok = false;
+            own = Some(if cap < LARGE && n == cap {
+                Vec::with_capacity(LARGE)
+            } else if cap >= LARGE && n < SMALL {
+                Vec::with_capacity(SMALL)
+            } else {
+                buf
+            });
+            continue;
+        }
+        own = None;
+        if !stream_ok {
+            match recv_provided(&*src, true).await.expect("a ring").unwrap() {
+                Received::Eof => break,
+                Received::RingEmpty => poll_first = false,
+                Received::Bytes(got) => {
+                    let (n, full) = (got.len(), got.len() == got.capacity());
+                    let (res, _) = send_all(&*dst, got).await;
+                    res.unwrap();
+                    total += n as u64;
+                    after_ring_send(full, &mut poll_first, &mut stream_ok, &mut own);
+                }
+            }
+            continue;
+        }
+        let mut stream = recv_stream(&*src).expect("a multishot receive");
+        let mut stopping = false;
+        let mut eof = false;
+        while !stream.is_done() {
+            match std::future::poll_fn(|cx| stream.poll_next(cx)).await {
+                Some(Ok(Received::Bytes(got))) => {
+                    let (n, full) = (got.len(), got.len() == got.capacity());
+                    // While the send waits, the stream may fill at most
+                    // four ring buffers (STREAM_BACKLOG) before it stops.
+                    let mut send = send_all(&*dst, got);
+                    let (res, _) = std::future::poll_fn(|cx| {
+                        if !stopping && stream.poll_backlog(cx, 4).is_ready() {
+                            stopping = true;
+                            stream.cancel();
+                        }
+                        std::future::Future::poll(std::pin::Pin::new(&mut send), cx)
+                    })
+                    .await;
+                    res.unwrap();
+                    total += n as u64;
+                    after_ring_send(full, &mut poll_first, &mut stream_ok, &mut own);
+                    if full && !std::mem::replace(&mut stopping, true) {
+                        stream.cancel();
+                    }
+                }
+                Some(Ok(Received::Eof)) if stream.is_done() => eof = true,
+                Some(Ok(Received::RingEmpty)) => {
+                    poll_first = false;
+                    if !std::mem::replace(&mut stopping, true) {
+                        stream.cancel();
+                    }
+                }
+                Some(Err(err)) if stream.is_done() => panic!("receive failed: {err}"),
+                _ => {
+                    if !std::mem::replace(&mut stopping, true) {
+                        stream.cancel();
+                    }
+                }
+            }
+        }
+        if eof {
+            break;
+        }
+    }
+    dst.shutdown(Shutdown::Write).unwrap();
+    total
+}
+
 /// One way of relaying, measured.
 #[derive(Clone, Copy, Debug)]
 enum Lever {
@@ -481,6 +589,8 @@ enum Lever {
     },
     /// A one-shot receive into a buffer of its own, then a send of it.
     Owned { size: usize, poll_first: bool },
+    /// Today's relay ([`relay_today`]).
+    Today,
 }
 
 impl Lever {
@@ -501,12 +611,21 @@ impl Lever {
                 size >> 10,
                 if poll_first { ", poll first" } else { "" }
             ),
+            Lever::Today => "today's relay (2 KiB ring, then 256 KiB owned)".into(),
         }
     }
 
     /// The ring this lever receives into, registered with this thread's
     /// io_uring; none for an owned buffer.
     fn ring(self) -> Option<Rc<Ring>> {
+        if let Lever::Today = self {
+            super::provide_buffers(
+                super::PROVIDED_BUFFERS,
+                super::FIRST_PROVIDED_BUFFERS,
+                super::PROVIDED_BUFFER_SIZE,
+            )
+            .expect("the worker's ring");
+        }
         let Lever::Ring {
             kind, count, size, ..
         } = self
@@ -516,13 +635,32 @@ impl Lever {
         Some(Ring::new(this_ring_fd(), count, size, kind).expect("a registered ring"))
     }
 
-    /// Relays `src` to `dst` this way, with `ring` from [`Lever::ring`].
-    async fn relay(self, src: Rc<TcpStream>, dst: Rc<TcpStream>, ring: Option<Rc<Ring>>) -> u64 {
+    /// Relays `src` to `dst` this way, with `ring` from [`Lever::ring`];
+    /// `backend` says `src` is the backend's side.
+    async fn relay(
+        self,
+        src: Rc<TcpStream>,
+        dst: Rc<TcpStream>,
+        ring: Option<Rc<Ring>>,
+        backend: bool,
+    ) -> u64 {
         match self {
             Lever::Ring { batch, .. } => relay_ring(src, dst, ring.unwrap(), batch).await,
             Lever::Owned { size, poll_first } => relay_owned(src, dst, size, poll_first).await,
+            Lever::Today => relay_today(src, dst, backend).await,
         }
     }
+}
+
+/// A connected loopback pair ([`crate::testing::pair`]) with TCP_NODELAY on
+/// both ends, as ringlb sets it on every socket it relays.
+fn pair() -> (std::net::TcpStream, TcpStream) {
+    let (peer, ours) = crate::testing::pair();
+    peer.set_nodelay(true).unwrap();
+    // SAFETY: `ours` is open for the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ours.as_raw_fd()) };
+    socket2::SockRef::from(&fd).set_nodelay(true).unwrap();
+    (peer, ours)
 }
 
 /// The io_uring descriptors this process holds.
@@ -586,8 +724,8 @@ fn bulk(lever: Lever, total: usize) -> (f64, f64, usize, String) {
     const CHUNK: usize = 251 * 4096;
     let chunks = total / CHUNK;
     start(async move {
-        let (mut src_peer, src) = crate::testing::pair();
-        let (mut dst_peer, dst) = crate::testing::pair();
+        let (mut src_peer, src) = pair();
+        let (mut dst_peer, dst) = pair();
         let ring = lever.ring();
         let writer = std::thread::spawn(move || {
             let chunk = pattern(CHUNK);
@@ -617,7 +755,10 @@ fn bulk(lever: Lever, total: usize) -> (f64, f64, usize, String) {
             (got, cpu_seconds(libc::RUSAGE_THREAD))
         });
         let (start, cpu0) = (std::time::Instant::now(), cpu_seconds(libc::RUSAGE_SELF));
-        let relayed = lever.relay(Rc::new(src), Rc::new(dst), ring.clone()).await;
+        let relayed = lever
+            .relay(Rc::new(src), Rc::new(dst), ring.clone(), false)
+            .await;
+        super::release_buffers();
         let per_completion = ring.map_or(String::new(), |r| {
             let n = r.completions.get().max(1) as f64;
             format!(
@@ -634,62 +775,61 @@ fn bulk(lever: Lever, total: usize) -> (f64, f64, usize, String) {
     })
 }
 
-/// `conns` clients each make `trips` round trips of a `msg`-byte message
-/// through `lever` (both directions of each connection relayed by this
-/// thread, sharing one ring) to an echo thread, checking every byte;
-/// returns the relay's CPU seconds and the wall time.
-fn ping_pong(lever: Lever, conns: usize, trips: usize, msg: usize) -> (f64, f64) {
+/// `conns` clients each make `trips` round trips through `lever` (both
+/// directions of each connection relayed by this thread, sharing one ring)
+/// to a backend thread: a `req`-byte request, answered with `resp` bytes,
+/// every byte checked; returns the relay's CPU seconds and the wall time.
+fn ping_pong(lever: Lever, conns: usize, trips: usize, req: usize, resp: usize) -> (f64, f64) {
     start(async move {
         let ring = lever.ring();
         let mut threads = Vec::new();
         let mut relays = Vec::new();
         let (start, cpu0) = (std::time::Instant::now(), cpu_seconds(libc::RUSAGE_SELF));
-        for conn in 0..conns {
-            let (mut client_peer, client) = crate::testing::pair();
-            let (mut backend_peer, backend) = crate::testing::pair();
-            for end in [&client_peer, &backend_peer] {
-                end.set_nodelay(true).unwrap();
+        // The bytes of a message: which connection, which trip, where.
+        let fill = |buf: &mut [u8], conn: usize, trip: usize| {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (conn * 31 + trip * 7 + i % 251) as u8;
             }
+        };
+        for conn in 0..conns {
+            let (mut client_peer, client) = pair();
+            let (mut backend_peer, backend) = pair();
             threads.push(std::thread::spawn(move || {
-                let (mut out, mut back) = (vec![0u8; msg], vec![0u8; msg]);
+                let (mut out, mut want, mut back) = (vec![0; req], vec![0; resp], vec![0; resp]);
                 for trip in 0..trips {
-                    for (i, b) in out.iter_mut().enumerate() {
-                        *b = (conn * 31 + trip * 7 + i) as u8;
-                    }
+                    fill(&mut out, conn, trip);
+                    fill(&mut want, conn, trip + 1);
                     std::io::Write::write_all(&mut client_peer, &out).unwrap();
                     std::io::Read::read_exact(&mut client_peer, &mut back).unwrap();
-                    assert!(out == back, "connection {conn}, trip {trip}: wrong echo");
+                    assert!(want == back, "connection {conn}, trip {trip}: wrong answer");
                 }
                 drop(client_peer);
                 cpu_seconds(libc::RUSAGE_THREAD)
             }));
             threads.push(std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    match std::io::Read::read(&mut backend_peer, &mut buf).unwrap() {
-                        0 => break,
-                        n => std::io::Write::write_all(&mut backend_peer, &buf[..n]).unwrap(),
-                    }
+                let (mut got, mut want, mut answer) = (vec![0; req], vec![0; req], vec![0; resp]);
+                for trip in 0..trips {
+                    std::io::Read::read_exact(&mut backend_peer, &mut got).unwrap();
+                    fill(&mut want, conn, trip);
+                    assert!(want == got, "connection {conn}, trip {trip}: wrong request");
+                    fill(&mut answer, conn, trip + 1);
+                    std::io::Write::write_all(&mut backend_peer, &answer).unwrap();
                 }
+                let n = std::io::Read::read(&mut backend_peer, &mut got).unwrap();
+                assert_eq!(n, 0, "EOF after the last request");
                 cpu_seconds(libc::RUSAGE_THREAD)
             }));
             let (client, backend) = (Rc::new(client), Rc::new(backend));
-            let ring2 = ring.clone();
-            relays.push(tokio_uring::spawn(lever.relay(
-                client.clone(),
-                backend.clone(),
-                ring2,
-            )));
-            relays.push(tokio_uring::spawn(lever.relay(
-                backend,
-                client,
-                ring.clone(),
-            )));
+            let up = lever.relay(client.clone(), backend.clone(), ring.clone(), false);
+            relays.push(tokio_uring::spawn(up));
+            let down = lever.relay(backend, client, ring.clone(), true);
+            relays.push(tokio_uring::spawn(down));
         }
         drop(ring);
         for relay in relays {
             relay.await.unwrap();
         }
+        super::release_buffers();
         let others: f64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
         let cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu0 - others;
         (cpu, start.elapsed().as_secs_f64())
@@ -723,7 +863,9 @@ fn levers() -> Vec<Lever> {
         batch,
     };
     vec![
-        // Today's ring path: 512 buffers of 2 KiB (the worker's ring as it starts).
+        Lever::Today,
+        // Today's ring path alone: 512 buffers of 2 KiB (the worker's ring
+        // as it starts), a send per buffer.
         ring(Kind::Whole, 512, 2 << 10, false),
         // The same, each send taking every piece waiting.
         ring(Kind::Whole, 512, 2 << 10, true),
@@ -744,7 +886,9 @@ fn every_lever_relays_exact_bytes_both_ways() {
     for lever in levers() {
         let (_, _, got, _) = bulk(lever, 8 << 20);
         assert!(got > 0, "{}", lever.name());
-        ping_pong(lever, conns_sharing(lever, 16), 200, 300);
+        for resp in [300, 20_000] {
+            ping_pong(lever, conns_sharing(lever, 16), 100, 300, resp);
+        }
     }
 }
 
@@ -766,28 +910,38 @@ fn copy_path_levers_cpu() {
                 gb * 8.0 / secs
             );
         }
-        for lever in levers() {
-            // Request/response traffic goes through an owned buffer only
-            // with a poll first, as the relay does after a short read.
-            let lever = match lever {
-                Lever::Owned { .. } => Lever::Owned {
-                    size: 2 << 10,
-                    poll_first: true,
-                },
-                ring => ring,
-            };
-            let mut conns_each = vec![1];
-            if conns_sharing(lever, 8) > 1 {
-                conns_each.push(8);
-            }
-            for conns in conns_each {
-                let (cpu, secs) = ping_pong(lever, conns, TRIPS / conns, 128);
-                println!(
-                    "run {run} ping-pong, {conns} conn, 128 B, {}: {:.3} CPU s per 100k round trips, {:.0} trips/s",
-                    lever.name(),
-                    cpu * 100_000.0 / TRIPS as f64,
-                    TRIPS as f64 / secs
-                );
+        for resp in [128, 16 << 10] {
+            for lever in levers() {
+                // Request/response traffic reaches an owned buffer only
+                // with a poll first, as the relay does after a short read.
+                let lever = match lever {
+                    Lever::Owned { .. } => Lever::Owned {
+                        size: 256 << 10,
+                        poll_first: true,
+                    },
+                    Lever::Ring {
+                        batch: false, kind, ..
+                    } if kind != Kind::Whole => continue,
+                    Lever::Ring {
+                        batch: true,
+                        kind: Kind::Whole,
+                        ..
+                    } => continue,
+                    lever => lever,
+                };
+                let mut conns_each = vec![1];
+                if conns_sharing(lever, 8) > 1 {
+                    conns_each.push(8);
+                }
+                for conns in conns_each {
+                    let (cpu, secs) = ping_pong(lever, conns, TRIPS / conns, 128, resp);
+                    println!(
+                        "run {run} request/response, {conns} conn, 128 B -> {resp} B, {}: {:.3} CPU s per 100k round trips, {:.0} trips/s",
+                        lever.name(),
+                        cpu * 100_000.0 / TRIPS as f64,
+                        TRIPS as f64 / secs
+                    );
+                }
             }
         }
     }
