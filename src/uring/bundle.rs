@@ -478,17 +478,22 @@ async fn relay_today(src: Rc<TcpStream>, dst: Rc<TcpStream>, mut poll_first: boo
     const SMALL: usize = 512;
     let mut stream_ok = false;
     let mut own: Option<Vec<u8>> = None;
+    // The worker's pool of large buffers, as far as one pump uses it.
+    let mut pool: Option<Vec<u8>> = None;
     let mut total = 0;
     // After a ring buffer's send: read on at once into a large buffer when
     // it was full, else wait, in a stream.
-    let after_ring_send =
-        |full: bool, poll_first: &mut bool, stream_ok: &mut bool, own: &mut Option<Vec<u8>>| {
-            *poll_first = !full;
-            *stream_ok = !full;
-            if full && own.is_none() {
-                *own = Some(Vec::with_capacity(LARGE));
-            }
-        };
+    let after_ring_send = |full: bool,
+                           poll_first: &mut bool,
+                           stream_ok: &mut bool,
+                           own: &mut Option<Vec<u8>>,
+                           pool: &mut Option<Vec<u8>>| {
+        *poll_first = !full;
+        *stream_ok = !full;
+        if full && own.is_none() {
+            *own = Some(pool.take().unwrap_or_else(|| Vec::with_capacity(LARGE)));
+        }
+    };
     loop {
         if !poll_first {
             let buf = own.take().unwrap_or_else(|| Vec::with_capacity(SMALL));
@@ -504,15 +509,18 @@ async fn relay_today(src: Rc<TcpStream>, dst: Rc<TcpStream>, mut poll_first: boo
             poll_first = n < cap;
             stream_ok = false;
             own = Some(if cap < LARGE && n == cap {
-                Vec::with_capacity(LARGE)
+                pool.take().unwrap_or_else(|| Vec::with_capacity(LARGE))
             } else if cap >= LARGE && n < SMALL {
+                pool = Some(buf);
                 Vec::with_capacity(SMALL)
             } else {
                 buf
             });
             continue;
         }
-        own = None;
+        if let Some(buf) = own.take().filter(|b| b.capacity() >= LARGE) {
+            pool = Some(buf);
+        }
         if !stream_ok {
             match recv_provided(&*src, true).await.expect("a ring").unwrap() {
                 Received::Eof => break,
@@ -522,7 +530,7 @@ async fn relay_today(src: Rc<TcpStream>, dst: Rc<TcpStream>, mut poll_first: boo
                     let (res, _) = send_all(&*dst, got).await;
                     res.unwrap();
                     total += n as u64;
-                    after_ring_send(full, &mut poll_first, &mut stream_ok, &mut own);
+                    after_ring_send(full, &mut poll_first, &mut stream_ok, &mut own, &mut pool);
                 }
             }
             continue;
@@ -547,7 +555,7 @@ async fn relay_today(src: Rc<TcpStream>, dst: Rc<TcpStream>, mut poll_first: boo
                     .await;
                     res.unwrap();
                     total += n as u64;
-                    after_ring_send(full, &mut poll_first, &mut stream_ok, &mut own);
+                    after_ring_send(full, &mut poll_first, &mut stream_ok, &mut own, &mut pool);
                     if full && !std::mem::replace(&mut stopping, true) {
                         stream.cancel();
                     }
@@ -892,57 +900,84 @@ fn every_lever_relays_exact_bytes_both_ways() {
     }
 }
 
-/// Prints each lever's CPU per GB moved one way, and per 100k round trips
-/// of small messages: see docs/performance.md, "Copy path levers".
+/// The median, lowest and highest of `samples`.
+fn spread(mut samples: Vec<f64>) -> (f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    (
+        samples[samples.len() / 2],
+        samples[0],
+        samples[samples.len() - 1],
+    )
+}
+
+/// Prints each lever's relay CPU per GB moved one way, and per 100k round
+/// trips of a 128-byte request and its answer: the median, lowest and
+/// highest of [`ROUNDS`] samples, the levers taking turns within each round
+/// so that other load on the machine falls on all of them alike. See
+/// docs/performance.md, "Copy path levers".
 #[test]
 #[ignore = "a measurement: cargo test --release --lib -- --ignored --nocapture copy_path_levers"]
 fn copy_path_levers_cpu() {
-    const TOTAL: usize = 4 << 30;
-    const TRIPS: usize = 100_000;
-    for run in 1..=2 {
-        for lever in levers() {
-            let (cpu, secs, got, per_completion) = bulk(lever, TOTAL);
+    const ROUNDS: usize = 5;
+    const BULK: usize = 1 << 30;
+    const TRIPS: usize = 20_000;
+    let bulk_levers = levers();
+    let mut cpu = vec![Vec::new(); bulk_levers.len()];
+    let mut rate = vec![Vec::new(); bulk_levers.len()];
+    for _ in 0..ROUNDS {
+        for (i, &lever) in bulk_levers.iter().enumerate() {
+            let (secs_cpu, secs, got, _) = bulk(lever, BULK);
             let gb = got as f64 / 1e9;
-            println!(
-                "run {run} bulk, {}: {:.3} CPU s per GB, {:.1} Gbit/s{per_completion}",
-                lever.name(),
-                cpu / gb,
-                gb * 8.0 / secs
-            );
+            cpu[i].push(secs_cpu / gb);
+            rate[i].push(gb * 8.0 / secs);
         }
-        for resp in [128, 16 << 10] {
-            for lever in levers() {
-                // Request/response traffic reaches an owned buffer only
-                // with a poll first, as the relay does after a short read.
-                let lever = match lever {
-                    Lever::Owned { .. } => Lever::Owned {
-                        size: 256 << 10,
-                        poll_first: true,
-                    },
-                    Lever::Ring {
-                        batch: false, kind, ..
-                    } if kind != Kind::Whole => continue,
-                    Lever::Ring {
-                        batch: true,
-                        kind: Kind::Whole,
-                        ..
-                    } => continue,
-                    lever => lever,
-                };
-                let mut conns_each = vec![1];
-                if conns_sharing(lever, 8) > 1 {
-                    conns_each.push(8);
-                }
-                for conns in conns_each {
-                    let (cpu, secs) = ping_pong(lever, conns, TRIPS / conns, 128, resp);
-                    println!(
-                        "run {run} request/response, {conns} conn, 128 B -> {resp} B, {}: {:.3} CPU s per 100k round trips, {:.0} trips/s",
-                        lever.name(),
-                        cpu * 100_000.0 / TRIPS as f64,
-                        TRIPS as f64 / secs
-                    );
-                }
+    }
+    for (i, lever) in bulk_levers.iter().enumerate() {
+        let (med, lo, hi) = spread(cpu[i].clone());
+        let (gbit, _, _) = spread(rate[i].clone());
+        println!(
+            "bulk | {} | {med:.3} ({lo:.3}-{hi:.3}) CPU s per GB | {gbit:.1} Gbit/s",
+            lever.name()
+        );
+    }
+    // Request/response: today's relay, the levers that could replace its
+    // ring path, and an owned buffer with a poll first for reference.
+    let rr_levers: Vec<Lever> = levers()
+        .into_iter()
+        .filter_map(|lever| match lever {
+            Lever::Owned { .. } => Some(Lever::Owned {
+                size: 256 << 10,
+                poll_first: true,
+            }),
+            Lever::Ring { batch: false, .. }
+            | Lever::Ring {
+                kind: Kind::Whole, ..
+            } => None,
+            lever => Some(lever),
+        })
+        .collect();
+    for (resp, conns) in [(128, 1), (128, 8), (16 << 10, 1), (16 << 10, 8)] {
+        let levers: Vec<Lever> = rr_levers
+            .iter()
+            .copied()
+            .filter(|&lever| conns_sharing(lever, conns) == conns)
+            .collect();
+        let mut cpu = vec![Vec::new(); levers.len()];
+        let mut rate = vec![Vec::new(); levers.len()];
+        for _ in 0..ROUNDS {
+            for (i, &lever) in levers.iter().enumerate() {
+                let (secs_cpu, secs) = ping_pong(lever, conns, TRIPS / conns, 128, resp);
+                cpu[i].push(secs_cpu * 100_000.0 / TRIPS as f64);
+                rate[i].push(TRIPS as f64 / secs);
             }
+        }
+        for (i, lever) in levers.iter().enumerate() {
+            let (med, lo, hi) = spread(cpu[i].clone());
+            let (trips, _, _) = spread(rate[i].clone());
+            println!(
+                "request/response 128 B -> {resp} B, {conns} conn | {} | {med:.3} ({lo:.3}-{hi:.3}) CPU s per 100k round trips | {trips:.0} trips/s",
+                lever.name()
+            );
         }
     }
 }
