@@ -37,8 +37,9 @@ const RECVSEND_BUNDLE: u16 = 16;
 const CQE_F_BUF_MORE: u32 = 16;
 /// `IOU_PBUF_RING_INC` (6.12), a flag of the ring's registration.
 const PBUF_RING_INC: u16 = 2;
-/// `IORING_REGISTER_PBUF_RING`.
+/// `IORING_REGISTER_PBUF_RING` and `IORING_UNREGISTER_PBUF_RING`.
 const REGISTER_PBUF_RING: libc::c_uint = 22;
+const UNREGISTER_PBUF_RING: libc::c_uint = 23;
 /// The buffer group of the ring under test (worker rings use 0; each case
 /// runs on a runtime of its own anyway).
 const BGID: u16 = 1;
@@ -54,6 +55,25 @@ struct BufReg {
     bgid: u16,
     flags: u16,
     resv: [u64; 3],
+}
+
+/// `io_uring_register(ring_fd, opcode, reg, 1)` for a buffer ring.
+fn register(ring_fd: RawFd, opcode: libc::c_uint, reg: &BufReg) -> io::Result<()> {
+    // SAFETY: `reg` is a live `io_uring_buf_reg` for the call, and the
+    // kernel only reads it; what it names is the caller's to keep valid.
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring_fd,
+            opcode,
+            reg as *const BufReg,
+            1,
+        )
+    };
+    if res < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// How the kernel consumes a ring's buffers.
@@ -82,6 +102,8 @@ struct Slot {
 /// ring position of every buffer handed back (a bundle names only its first
 /// buffer) and, for an incremental ring, how far each buffer is filled.
 struct Ring {
+    /// The io_uring it is registered with.
+    ring_fd: RawFd,
     entries: *mut types::BufRingEntry,
     count: u16,
     size: usize,
@@ -133,22 +155,11 @@ impl Ring {
             },
             resv: [0; 3],
         };
-        // SAFETY: `reg` is a live `io_uring_buf_reg` for the call; the
-        // entries it names are page-aligned, sized for `count` and stay
-        // allocated until the ring is unregistered (Drop).
-        let res = unsafe {
-            libc::syscall(
-                libc::SYS_io_uring_register,
-                ring_fd,
-                REGISTER_PBUF_RING,
-                &reg as *const BufReg,
-                1,
-            )
-        };
-        if res < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // The entries `reg` names are page-aligned, sized for `count` and
+        // stay allocated until the ring is unregistered (Drop).
+        register(ring_fd, REGISTER_PBUF_RING, &reg)?;
         let ring = Rc::new(Ring {
+            ring_fd,
             entries: entries.cast(),
             count,
             size,
@@ -251,11 +262,16 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        let unregistered = matches!(
-            tokio_uring::with_submitter(|s| s.unregister_buf_ring(BGID)),
-            Some(Ok(()))
-        );
-        if unregistered {
+        let reg = BufReg {
+            ring_addr: 0,
+            ring_entries: 0,
+            bgid: BGID,
+            flags: 0,
+            resv: [0; 3],
+        };
+        // Left allocated if the io_uring is gone or refuses: never free
+        // what the kernel may write.
+        if register(self.ring_fd, UNREGISTER_PBUF_RING, &reg).is_ok() {
             // SAFETY: allocated in `new` with these layouts; the kernel let
             // go of them (unregistered just above).
             unsafe {
@@ -900,6 +916,126 @@ fn every_lever_relays_exact_bytes_both_ways() {
     }
 }
 
+/// Several multishot receives fill one shared ring while writer threads
+/// send each socket a stream of odd-sized writes; the completions are taken
+/// in the order the kernel posted them (an io_uring of our own, no
+/// tokio-uring), and every byte is checked against its socket's stream.
+/// This is the order a reap-time mapping would see: a bundle starts where
+/// the head counted along the completions says, and an incremental piece
+/// where the completions before it on its buffer ended.
+#[test]
+fn in_posting_order_a_shared_ring_maps_every_byte() {
+    const SOCKETS: usize = 8;
+    const BYTES: usize = 512 << 10;
+    let expected = |sock: usize, at: usize| (sock * 37 + at % 251) as u8;
+    for (kind, count, size) in [
+        (Kind::Bundle, 64, 2 << 10),
+        (Kind::Incremental, 16, 16 << 10),
+    ] {
+        let mut uring = io_uring::IoUring::new(64).unwrap();
+        let ring = Ring::new(uring.as_raw_fd(), count, size, kind).unwrap();
+        let mut socks = Vec::new();
+        let mut writers = Vec::new();
+        for sock in 0..SOCKETS {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            socks.push(listener.accept().unwrap().0);
+            writers.push(std::thread::spawn(move || {
+                let mut rng = crate::testing::XorShift(sock as u64 + 1);
+                let mut at = 0;
+                while at < BYTES {
+                    let n = (1 + rng.below(1500)).min(BYTES - at);
+                    let chunk: Vec<u8> = (at..at + n).map(|i| expected(sock, i)).collect();
+                    std::io::Write::write_all(&mut peer, &chunk).unwrap();
+                    at += n;
+                    // Paced, so that receives often find a little: pieces
+                    // of several sockets then share a buffer.
+                    if rng.below(2) == 0 {
+                        std::thread::sleep(std::time::Duration::from_micros(20));
+                    }
+                }
+            }));
+        }
+        let arm = |uring: &mut io_uring::IoUring, sock: usize| {
+            let sqe =
+                opcode::Recv::new(types::Fd(socks[sock].as_raw_fd()), std::ptr::null_mut(), 0)
+                    .buf_group(BGID)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+                    .user_data(sock as u64);
+            let mut prio = RECV_MULTISHOT;
+            if kind == Kind::Bundle {
+                prio |= RECVSEND_BUNDLE;
+            }
+            // SAFETY: the receive names a socket that outlives the ring
+            // (dropped after it) and a buffer group whose memory does too.
+            unsafe { uring.submission().push(&with_ioprio(sqe, prio)).unwrap() };
+        };
+        for sock in 0..SOCKETS {
+            arm(&mut uring, sock);
+        }
+        let (mut got, mut ended) = ([0usize; SOCKETS], 0);
+        let mut head = 0u16;
+        let mut pieces = VecDeque::new();
+        // Per buffer, the socket whose piece came last, and how often a
+        // buffer's next piece was another socket's.
+        let (mut last, mut shared) = (vec![usize::MAX; usize::from(count)], 0);
+        while ended < SOCKETS {
+            uring.submit_and_wait(1).unwrap();
+            let cqes: Vec<_> = uring.completion().collect();
+            for cqe in cqes {
+                let sock = cqe.user_data() as usize;
+                let res = completion(&cqe).map(|n| n as u32);
+                if let (Kind::Bundle, Ok(n @ 1..), Some(bid)) =
+                    (kind, &res, cqueue::buffer_select(cqe.flags()))
+                {
+                    let first = ring.pos_of.borrow()[usize::from(bid)];
+                    assert_eq!(first, head, "a bundle starts at the head counted in order");
+                    head = head.wrapping_add(n.div_ceil(size as u32) as u16);
+                }
+                match ring.arrival(res, cqe.flags(), &mut pieces) {
+                    Arrival::Eof => ended += 1,
+                    Arrival::NoBuffers | Arrival::Bytes if !cqueue::more(cqe.flags()) => {
+                        arm(&mut uring, sock)
+                    }
+                    _ => {}
+                }
+                for piece in pieces.drain(..) {
+                    // SAFETY: the piece's bytes, in its buffer, which stays
+                    // out until the piece is dropped.
+                    let bytes =
+                        unsafe { std::slice::from_raw_parts(piece.ptr(), piece.len as usize) };
+                    for (i, &b) in bytes.iter().enumerate() {
+                        assert_eq!(
+                            b,
+                            expected(sock, got[sock] + i),
+                            "{kind:?}: socket {sock}, byte {}",
+                            got[sock] + i
+                        );
+                    }
+                    got[sock] += bytes.len();
+                    let bid = usize::from(piece.bid);
+                    shared += usize::from(piece.off > 0 && last[bid] != sock);
+                    last[bid] = sock;
+                }
+            }
+        }
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert_eq!(got, [BYTES; SOCKETS]);
+        // The mapping was put to the test: bundles of several buffers, and
+        // buffers holding several sockets' pieces.
+        match kind {
+            Kind::Incremental => assert!(shared > 0, "no buffer held two sockets' pieces"),
+            _ => assert!(ring.pieces.get() > ring.completions.get(), "no bundle"),
+        }
+        // Pieces and ring go before the io_uring they are registered with.
+        drop(ring);
+        drop(uring);
+    }
+}
+
 /// The median, lowest and highest of `samples`.
 fn spread(mut samples: Vec<f64>) -> (f64, f64, f64) {
     samples.sort_by(f64::total_cmp);
@@ -956,7 +1092,14 @@ fn copy_path_levers_cpu() {
             lever => Some(lever),
         })
         .collect();
-    for (resp, conns) in [(128, 1), (128, 8), (16 << 10, 1), (16 << 10, 8)] {
+    for (resp, conns) in [
+        (128, 1),
+        (128, 8),
+        (4 << 10, 8),
+        (16 << 10, 1),
+        (16 << 10, 8),
+        (64 << 10, 8),
+    ] {
         let levers: Vec<Lever> = rr_levers
             .iter()
             .copied()
