@@ -3,11 +3,14 @@
 //! consecutive buffers of a provided ring (IORING_RECVSEND_BUNDLE, Linux
 //! 6.10), sent on with one `sendmsg` of them all; and a ring of large
 //! buffers that the kernel consumes in parts (IOU_PBUF_RING_INC, 6.12);
-//! each against today's multishot receive into 2 KiB ring buffers with a
-//! send per buffer, and the large owned buffer. Each lever has its own ring
-//! here, under a buffer group of its own, and raw operations of its own;
-//! the figures, and why none of them was wired into the relay, are in
-//! docs/performance.md ("Copy path levers").
+//! each against a model of today's relay (2 KiB ring buffers, then the
+//! large owned buffer) and the owned buffer alone. Each lever has its own
+//! ring here, under a buffer group of its own, and raw operations of its
+//! own. Where a completion's bytes are depends on the completions before
+//! it in the order the kernel posted them, which tokio-uring's tasks do not
+//! take them in; a test here takes them in that order from an io_uring of
+//! its own. The figures, and why no lever was wired into the relay yet, are
+//! in docs/performance.md ("Copy path levers").
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
