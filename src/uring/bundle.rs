@@ -544,6 +544,8 @@ async fn relay_today(src: Rc<TcpStream>, dst: Rc<TcpStream>, mut poll_first: boo
             match recv_provided(&*src, true).await.expect("a ring").unwrap() {
                 Received::Eof => break,
                 Received::RingEmpty => poll_first = false,
+                // The ring was replaced (no shrink runs here): again.
+                Received::Cancelled => {}
                 Received::Bytes(got) => {
                     let (n, full) = (got.len(), got.len() == got.capacity());
                     let (res, _) = send_all(&*dst, got).await;
