@@ -34,7 +34,7 @@
 //! - [`uring`]: every raw io_uring operation and every `unsafe` block, a file per family: each worker's runtime and ring
 //!   sizes, connect (and getsockname), the registered file table, one-shot recv/send and cancel, the provided-buffer ring (replaced by a small one after a burst),
 //!   the multishot receive, pipes and nonblocking splices with the readiness poll, datagram
-//!   recvmsg/sendmsg (PKTINFO, MSG_TRUNC); malloc_trim and
+//!   recvmsg/sendmsg (PKTINFO, MSG_TRUNC); (unit tests only) the copy path's levers measured (receive bundles, incremental buffers); malloc_trim and
 //!   adopting received descriptors.
 //! - [`config`]: file and flags -> the validated `Config`; the one table of defaults; located errors.
 //! - `testing` (unit tests only): the deterministic random source the parsers' robustness tests share, and a loopback socket pair.
