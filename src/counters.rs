@@ -101,6 +101,10 @@ pub struct WorkerMetrics {
     pub bytes_out: Counter,
     /// Of `bytes_in` and `bytes_out`, those spliced (never copied).
     pub spliced: Counter,
+    /// Sends made zero-copy (`send-zc`).
+    pub send_zc: Counter,
+    /// Of those, the ones whose notification said the kernel copied anyway.
+    pub send_zc_copied: Counter,
     /// Failed backend connects.
     pub connect_failures: Counter,
     /// Backend connects that failed for lack of local resources.
@@ -193,6 +197,8 @@ impl WorkerMetrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             spliced: Counter::default(),
+            send_zc: Counter::default(),
+            send_zc_copied: Counter::default(),
             connect_failures: Counter::default(),
             local_connect_failures: Counter::default(),
             l4_failures: Counter::default(),

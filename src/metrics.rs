@@ -101,6 +101,18 @@ const FAMILIES: &[Family] = &[
         source: Source::Frontend(|w| &w.spliced),
     },
     Family {
+        name: "ringlb_send_zc_total",
+        kind: Kind::Counter,
+        help: "Sends made zero-copy (send-zc): the kernel sent from the relay's buffer.",
+        source: Source::Frontend(|w| &w.send_zc),
+    },
+    Family {
+        name: "ringlb_send_zc_copied_total",
+        kind: Kind::Counter,
+        help: "Zero-copy sends whose notification said the kernel copied the bytes after all (always on loopback).",
+        source: Source::Frontend(|w| &w.send_zc_copied),
+    },
+    Family {
         name: "ringlb_connect_failures_total",
         kind: Kind::Counter,
         help: "Backend connects that failed or timed out.",

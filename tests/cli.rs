@@ -220,6 +220,7 @@ fn help_documents_every_flag() {
         "--health-expect",
         "--splice",
         "--max-pipes",
+        "--send-zc",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
         let readme = include_str!("../docs/configuration.md");

@@ -223,6 +223,12 @@ pub struct Cli {
     #[arg(long, value_name = "auto|always|never", default_value_t = DEFAULT_SPLICE, conflicts_with = "config")]
     pub splice: SpliceMode,
 
+    /// Sends of at least 16 KiB from the copy path are zero-copy
+    /// (IORING_OP_SEND_ZC): the kernel sends from the relay's buffer, which
+    /// pays with a NIC that can, not on loopback, where the kernel copies.
+    #[arg(long, conflicts_with = "config")]
+    pub send_zc: bool,
+
     /// Most kernel pipes open for spliced directions, across workers; each
     /// holds two descriptors, which the connection ceiling counts [default: 64].
     #[arg(long, value_name = "N")]
@@ -484,6 +490,7 @@ impl Config {
                 health_expect: cli.health_expect.clone().map(|p| p.0),
             },
             splice: cli.splice,
+            send_zc: cli.send_zc,
         };
         let config = Config {
             workers: cli.workers.map_or_else(default_workers, |n| n as usize),

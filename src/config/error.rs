@@ -103,6 +103,8 @@ pub enum Key {
     SourcePrefixV6,
     /// `source-table-size`.
     SourceTableSize,
+    /// `send-zc`.
+    SendZc,
 }
 
 impl Key {
@@ -155,6 +157,7 @@ impl Key {
             Key::SourcePrefix => "source-prefix",
             Key::SourcePrefixV6 => "source-prefix-v6",
             Key::SourceTableSize => "source-table-size",
+            Key::SendZc => "send-zc",
         }
     }
 
@@ -207,6 +210,7 @@ impl Key {
             Key::SourcePrefix => &["source-prefix"],
             Key::SourcePrefixV6 => &["source-prefix-v6"],
             Key::SourceTableSize => &["source-table-size"],
+            Key::SendZc => &["send-zc"],
         }
     }
 }

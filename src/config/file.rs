@@ -406,6 +406,7 @@ struct RawFrontend {
     health_send: Option<PayloadValue>,
     health_expect: Option<PayloadValue>,
     splice: Option<SpliceValue>,
+    send_zc: Option<bool>,
 }
 
 /// One `[[frontend.route]]` table as written.
@@ -577,6 +578,7 @@ impl RawFrontend {
                 health_expect: self.health_expect.map(|p| p.0),
             },
             splice: self.splice.map_or(DEFAULT_SPLICE, |s| s.0),
+            send_zc: self.send_zc.unwrap_or(super::DEFAULT_SEND_ZC),
         }
     }
 }
@@ -1268,6 +1270,7 @@ backends = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]
                 sources: DEFAULT_SOURCE_LIMITS,
                 udp: crate::config::DEFAULT_UDP,
                 splice: SpliceMode::Auto,
+                send_zc: false,
             }],
             resolvers: vec![],
             resolve_at_start: true,
@@ -1332,6 +1335,7 @@ observe-l4 = false
 resolve-interval = "2s"
 resolve-hold = "1m"
 max-addresses = 64
+send-zc = true
 
 [frontend.health]
 interval = "10s"
@@ -1406,6 +1410,7 @@ health = { enabled = false, interval = "0s" }
         assert_eq!(db.deny, nets(&["10.9.0.0/16"]));
         assert_eq!(db.fail_timeout, Duration::from_secs(30));
         assert!(!db.observe_l4 && off.observe_l4);
+        assert!(db.send_zc && !off.send_zc);
         assert_eq!(
             c.resolvers,
             [addr("127.0.0.1:5353"), addr("[::1]:53")],

@@ -67,6 +67,9 @@ pub const DEFAULT_MAX_QUEUE: usize = 4096;
 pub const DEFAULT_PROXY_TLVS: ProxyTlvs = ProxyTlvs::Drop;
 /// When a relay direction splices instead of copying: once it is bulk.
 pub const DEFAULT_SPLICE: SpliceMode = SpliceMode::Auto;
+/// Whether large copy-path sends are zero-copy: no, since it pays only on a
+/// NIC that sends from user pages, and costs a completion per send.
+pub const DEFAULT_SEND_ZC: bool = false;
 /// Most kernel pipes open for spliced directions, across workers (each
 /// holds two descriptors, counted by the connection ceiling): 64 pipes of
 /// 1 MiB are what an unprivileged user may have in pipes by default

@@ -122,6 +122,8 @@ pub struct FrontendConfig {
     /// When a relay direction splices (socket -> pipe -> socket) instead of
     /// copying through a buffer.
     pub splice: SpliceMode,
+    /// Whether large sends of the copy path are zero-copy (IORING_OP_SEND_ZC).
+    pub send_zc: bool,
 }
 
 /// Per-source limits on a frontend and the bounded table that keeps them
@@ -423,6 +425,7 @@ pub(super) mod tests {
             sources: DEFAULT_SOURCE_LIMITS,
             udp: DEFAULT_UDP,
             splice: DEFAULT_SPLICE,
+            send_zc: DEFAULT_SEND_ZC,
         }
     }
 

@@ -282,6 +282,7 @@ fn other_protocols_key(fe: &FrontendConfig) -> Option<Key> {
             Key::SourceTableSize,
             fe.sources.table_size != DEFAULT_SOURCE_LIMITS.table_size,
         ),
+        (Key::SendZc, fe.send_zc),
     ];
     let udp = &fe.udp;
     let udp_only = [
@@ -434,6 +435,9 @@ mod tests {
         let mut c = config(vec![udp(web())]);
         c.frontends[0].udp.session_timeout = Duration::ZERO;
         cases.push((c, at(0, None, Key::SessionTimeout)));
+        let mut c = config(vec![udp(web())]);
+        c.frontends[0].send_zc = true;
+        cases.push((c, at(0, None, Key::SendZc)));
         for (c, location) in cases {
             let err = c.validate().unwrap_err();
             assert_eq!(err.location(), location, "{err}");

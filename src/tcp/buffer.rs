@@ -58,16 +58,21 @@ impl BufPool {
     pub fn resize(&self, buf: Vec<u8>, n: usize) -> Vec<u8> {
         let cap = buf.capacity();
         if cap < self.large && n == cap {
-            let mut free = self.free.borrow_mut();
-            let buf = free.pop();
-            self.low_water.set(self.low_water.get().min(free.len()));
-            buf.unwrap_or_else(|| Vec::with_capacity(self.large))
+            self.large_buf()
         } else if cap >= self.large && n < SMALL && self.large > SMALL {
             self.put(buf);
             self.small()
         } else {
             buf
         }
+    }
+
+    /// A large buffer, from the pool if it has one.
+    pub fn large_buf(&self) -> Vec<u8> {
+        let mut free = self.free.borrow_mut();
+        let buf = free.pop();
+        self.low_water.set(self.low_water.get().min(free.len()));
+        buf.unwrap_or_else(|| Vec::with_capacity(self.large))
     }
 
     /// Frees the buffers that stayed in the pool, unused, since the last call;

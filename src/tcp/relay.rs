@@ -92,6 +92,8 @@ pub struct Outcome {
     pub to_client: u64,
     /// Of those, in both directions, the bytes spliced (never copied).
     pub spliced: u64,
+    /// Zero-copy sends made, both directions.
+    pub zc_sends: u64,
     /// The first side to send EOF, when both directions ended cleanly.
     pub first_eof: Option<Side>,
     /// The first error, if any; its pump tore the connection down.
@@ -110,13 +112,16 @@ impl RelayError {
 /// Relays between `client` and `backend` until both directions have ended or
 /// one fails. Leaves both sockets open; the caller drops them.
 /// When `activity` is given, every read that brings bytes stamps it with the
-/// time, for the idle timeout. `splice` says when a direction splices.
+/// time, for the idle timeout. `splice` says when a direction splices;
+/// with `send_zc`, large sends from a pump's own buffer are zero-copy, and
+/// the hook hears of those the kernel copied after all.
 pub async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
     pool: &BufPool,
     activity: Option<&Cell<Instant>>,
     splice: SpliceMode,
+    send_zc: Option<&uring::OnCopied>,
 ) -> Outcome {
     let shared = Shared {
         pool,
@@ -125,6 +130,8 @@ pub async fn relay(
         splice,
         nonblocking: Cell::new(false),
         spliced: Cell::new(0),
+        send_zc,
+        zc_sends: Cell::new(0),
     };
     // Registered with the ring for the relay's operations, when the worker
     // has a slot for them; unregistered when this ends, after the last one.
@@ -153,6 +160,7 @@ pub async fn relay(
         to_backend,
         to_client,
         spliced: shared.spliced.get(),
+        zc_sends: shared.zc_sends.get(),
         first_eof: shared.first_eof.get(),
         error: up_err.or(down_err),
     }
@@ -186,6 +194,10 @@ struct Shared<'a> {
     nonblocking: Cell<bool>,
     /// Bytes spliced, both directions.
     spliced: Cell<u64>,
+    /// Whether large sends are zero-copy, and who hears of copies anyway.
+    send_zc: Option<&'a uring::OnCopied>,
+    /// Zero-copy sends made, both directions.
+    zc_sends: Cell<u64>,
 }
 
 /// Copies `src` to `dst` until EOF, then half-closes `dst`; on an error it
@@ -251,6 +263,9 @@ enum Step<'a> {
     SendProvided(uring::SendAll<'a, Provided>),
     /// Sending what a read brought in the pump's own buffer.
     Send(uring::SendAll<'a, Vec<u8>>),
+    /// The same, zero-copy (`send-zc`, a large send): boxed, as it holds
+    /// more than the other steps, which every idle connection pays for.
+    SendZc(Box<uring::SendZc<'a>>),
     /// Splicing: `src` into the pipe, the pipe into `dst`, until one waits.
     Splice,
     /// Splicing, waiting for `src` to turn readable (holding no pipe).
@@ -482,7 +497,12 @@ impl<'a> Pump<'a> {
                         }
                         Ok(_) => {
                             shared.stamp();
-                            self.step = Step::Send(uring::send_all(self.dst, buf));
+                            self.step = match shared.send_zc {
+                                Some(hook) if buf.len() >= uring::SEND_ZC_MIN => {
+                                    Step::SendZc(Box::new(uring::send_zc(self.dst, buf, hook)))
+                                }
+                                _ => Step::Send(uring::send_all(self.dst, buf)),
+                            };
                         }
                         Err(source) => {
                             self.own = Some(buf);
@@ -498,25 +518,45 @@ impl<'a> Pump<'a> {
                         let to = self.to();
                         return self.end(Some(RelayError::Write { side: to, source }), shared);
                     }
-                    let n = buf.len();
-                    self.total += n as u64;
-                    self.poll_first = n < buf.capacity();
-                    // Bulk: a read filled the large buffer.
-                    let bulk = n == buf.capacity() && n >= pool.large();
-                    self.splicing = match shared.splice {
-                        SpliceMode::Always => true,
-                        SpliceMode::Auto => bulk,
-                        SpliceMode::Never => false,
-                    };
-                    // A ring buffer's read tells first whether the messages
-                    // are small enough for a stream.
-                    self.stream_ok = false;
-                    self.own = Some(pool.resize(buf, n));
-                    self.step = Step::Read;
+                    let (n, cap) = (buf.len(), buf.capacity());
+                    self.sent(n, cap, buf, shared);
+                }
+                Step::SendZc(op) => {
+                    let (res, sent) = ready!(Pin::new(op).poll(cx));
+                    let zc = shared.zc_sends.get() + u64::from(sent.zero_copy);
+                    shared.zc_sends.set(zc);
+                    if let Err(source) = res {
+                        self.own = sent.buf;
+                        let to = self.to();
+                        return self.end(Some(RelayError::Write { side: to, source }), shared);
+                    }
+                    // The kernel may still hold the buffer's pages: the next
+                    // read takes another.
+                    let buf = sent.buf.unwrap_or_else(|| pool.large_buf());
+                    self.sent(sent.len, sent.capacity, buf, shared);
                 }
                 Step::Done(_) => return Poll::Ready(()),
             }
         }
+    }
+
+    /// Takes the next step after `n` bytes of a buffer of `cap` bytes were
+    /// sent from the pump's own buffer; `buf` is the one to read into next.
+    fn sent(&mut self, n: usize, cap: usize, buf: Vec<u8>, shared: &Shared<'_>) {
+        self.total += n as u64;
+        self.poll_first = n < cap;
+        // Bulk: a read filled the large buffer.
+        let bulk = n == cap && n >= shared.pool.large();
+        self.splicing = match shared.splice {
+            SpliceMode::Always => true,
+            SpliceMode::Auto => bulk,
+            SpliceMode::Never => false,
+        };
+        // A ring buffer's read tells first whether the messages are small
+        // enough for a stream.
+        self.stream_ok = false;
+        self.own = Some(shared.pool.resize(buf, n));
+        self.step = Step::Read;
     }
 
     /// Splices until a socket has to be waited for (`Ready(Some(step))`, the
@@ -727,7 +767,7 @@ mod tests {
                 drop(client_peer);
             };
             let (outcome, ()) = tokio::join!(
-                relay(&client, &backend, &pool, None, SpliceMode::Never),
+                relay(&client, &backend, &pool, None, SpliceMode::Never, None),
                 check
             );
             assert!(outcome.error.is_some(), "the client went away unread");

@@ -23,6 +23,8 @@
 //!   nonblocking splices in and out of it, and the readiness poll ([`poll_ready`]).
 //! - `bundle` (unit tests only): the copy path's levers measured: receive
 //!   bundles and incrementally consumed ring buffers (docs/performance.md).
+//! - [`send_zc`](mod@send_zc): the zero-copy send ([`SendZc`]), whose buffer
+//!   stays in the driver until the kernel's notification.
 //! - [`sys`]: the `unsafe` libc calls that are no io_uring operation:
 //!   [`trim_heap`], [`recv_with_fds`] and [`effective_uid`].
 
@@ -36,6 +38,7 @@ mod files;
 mod recv_send;
 mod ring;
 mod runtime;
+mod send_zc;
 mod splice;
 mod stream;
 mod sys;
@@ -51,6 +54,7 @@ pub(crate) use ring::{
 pub(crate) use runtime::{
     build_runtime, FIRST_PROVIDED_BUFFERS, FIXED_FILES, PROVIDED_BUFFERS, PROVIDED_BUFFER_SIZE,
 };
+pub(crate) use send_zc::{send_zc, OnCopied, SendZc, SEND_ZC_MIN};
 pub(crate) use splice::{
     poll_ready, set_nonblocking, splice_in, splice_out, Pipe, PollReady, READABLE, WRITABLE,
 };

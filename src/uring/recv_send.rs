@@ -119,17 +119,17 @@ impl SendBuf for Vec<u8> {
 /// send after another until the kernel has taken every byte; hands the
 /// buffer back either way.
 pub fn send_all<'a, B: SendBuf>(sock: impl Into<Sock<'a>>, buf: B) -> SendAll<'a, B> {
-    let sock = sock.into();
-    let state = if buf.bytes().is_empty() {
+    send_rest(sock.into(), buf, 0)
+}
+
+/// [`send_all`] of what follows the first `sent` bytes of `buf`.
+pub(super) fn send_rest<B: SendBuf>(sock: Sock<'_>, buf: B, sent: usize) -> SendAll<'_, B> {
+    let state = if buf.bytes().len() <= sent {
         Sending::Nothing(Some(buf))
     } else {
-        Sending::InFlight(send_from(sock, buf, 0))
+        Sending::InFlight(send_from(sock, buf, sent))
     };
-    SendAll {
-        sock,
-        sent: 0,
-        state,
-    }
+    SendAll { sock, sent, state }
 }
 
 /// The sends [`send_all`] started.

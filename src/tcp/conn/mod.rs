@@ -51,6 +51,8 @@ pub struct FrontendState {
     routes: Vec<Route>,
     /// Large relay buffers for reuse.
     pub buffers: BufPool,
+    /// With `send-zc`, what counts the zero-copy sends the kernel copied.
+    send_zc: Option<uring::OnCopied>,
     /// Per-connection time limits and logging.
     pub limits: Limits,
     /// Keeps the warning about refused clients to one line a second.
@@ -81,7 +83,12 @@ impl FrontendState {
             })
             .collect();
         let upstream = upstream(&frontend.pool, 0, c.balance);
+        let send_zc = c.send_zc.then(|| {
+            let metrics = frontend.metrics.clone();
+            Rc::new(move || metrics.workers[worker].send_zc_copied.inc()) as uring::OnCopied
+        });
         FrontendState {
+            send_zc,
             upstream,
             routes,
             buffers: BufPool::new(c.buffer_size),
@@ -405,7 +412,8 @@ async fn serve<'f>(
         .filter(|_| limits.idle_timeout.is_some())
         .map(|t| &t.activity);
     let splice = fe.frontend.config.splice;
-    let outcome = relay(&client, &backend, &fe.buffers, track, splice).await;
+    let send_zc = fe.send_zc.as_ref();
+    let outcome = relay(&client, &backend, &fe.buffers, track, splice, send_zc).await;
     let timed_out = expired(&timer);
 
     count(metrics, upstream, index, &outcome, timed_out.is_some());
@@ -717,6 +725,7 @@ fn count(m: &WorkerMetrics, up: &Upstream, backend: usize, outcome: &Outcome, ti
     m.bytes_in.add(outcome.to_backend);
     m.bytes_out.add(outcome.to_client);
     m.spliced.add(outcome.spliced);
+    m.send_zc.add(outcome.zc_sends);
     if let Some(b) = up.counters(m, backend) {
         b.bytes_in.add(outcome.to_backend);
         b.bytes_out.add(outcome.to_client);

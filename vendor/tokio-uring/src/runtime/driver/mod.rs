@@ -334,7 +334,7 @@ impl Driver {
         };
         let mut more = true;
         for cqe in indices.into_list(completions) {
-            data.discard(cqe.flags);
+            data.discard_result(&cqe.result, cqe.flags);
             more = cqueue::more(cqe.flags);
         }
         if more {

@@ -130,6 +130,14 @@ impl<D: 'static, T: OneshotOutputTransform<StoredData = D>> Drop for InFlightOne
 pub trait MultishotData: 'static {
     /// A completion, with these CQE flags, that nobody will take.
     fn discard(&mut self, flags: u32);
+
+    /// The same, with the completion's result too (ringlb patch 6), for
+    /// data that learns from it (a zero-copy send's notification says
+    /// whether the kernel copied after all); by default only the flags.
+    fn discard_result(&mut self, result: &io::Result<u32>, flags: u32) {
+        let _ = result;
+        self.discard(flags)
+    }
 }
 
 /// An unsubmitted multishot operation (ringlb patch 2).
@@ -304,6 +312,10 @@ pub(crate) enum Lifecycle {
     CompletionList(SlabListIndices),
 }
 
+/// `IORING_CQE_F_NOTIF` (linux/io_uring.h): the completion is a zero-copy
+/// send's notification.
+const IORING_CQE_F_NOTIF: u32 = 1 << 3;
+
 /// A single CQE entry
 pub(crate) struct CqeResult {
     pub(crate) result: io::Result<u32>,
@@ -314,7 +326,10 @@ impl From<cqueue::Entry> for CqeResult {
     fn from(cqe: cqueue::Entry) -> Self {
         let res = cqe.result();
         let flags = cqe.flags();
-        let result = if res >= 0 {
+        // A zero-copy send's notification (IORING_CQE_F_NOTIF) carries
+        // flags in its result, the top bit among them, not an errno
+        // (ringlb patch 6); negating i32::MIN would overflow.
+        let result = if res >= 0 || flags & IORING_CQE_F_NOTIF != 0 {
             Ok(res as u32)
         } else {
             Err(io::Error::from_raw_os_error(-res))
@@ -436,8 +451,9 @@ impl Lifecycle {
             }
 
             Lifecycle::IgnoredMultishot(mut data) => {
-                data.discard(cqe.flags());
-                if io_uring::cqueue::more(cqe.flags()) {
+                let cqe = CqeResult::from(cqe);
+                data.discard_result(&cqe.result, cqe.flags);
+                if io_uring::cqueue::more(cqe.flags) {
                     *self = Lifecycle::IgnoredMultishot(data);
                     false
                 } else {
