@@ -17,45 +17,6 @@ use common::*;
 const MIB: usize = 1024 * 1024;
 const MODES: [&str; 3] = ["auto", "always", "never"];
 
-/// Sends `data` through `addr` to an echo backend, writing from a thread of
-/// its own while this one reads, and returns what came back.
-fn echo_transfer(addr: SocketAddr, data: &[u8], pace: Option<Duration>) -> Result<Vec<u8>, String> {
-    let mut conn = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    conn.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut writer = conn.try_clone().unwrap();
-    let data = data.to_vec();
-    let sender = thread::spawn(move || -> Result<(), String> {
-        for chunk in data.chunks(256 * 1024) {
-            writer.write_all(chunk).map_err(|e| format!("write: {e}"))?;
-            if let Some(pace) = pace {
-                thread::sleep(pace);
-            }
-        }
-        writer
-            .shutdown(Shutdown::Write)
-            .map_err(|e| format!("shutdown: {e}"))
-    });
-    let mut got = Vec::new();
-    let read = conn.read_to_end(&mut got);
-    sender.join().unwrap()?;
-    read.map_err(|e| format!("read after {} bytes: {e}", got.len()))?;
-    Ok(got)
-}
-
-/// One frontend counter, summed over its series.
-fn counter(lb: &Ringlb, name: &str) -> u64 {
-    let (status, text) = http_get(lb.admin_addr(), "/metrics");
-    assert_eq!(status, 200);
-    metric(&text, &format!("{name}{{frontend=\"default\"}}"))
-}
-
-/// Waits until every connection has closed and been counted.
-fn wait_closed(lb: &Ringlb) {
-    wait_until("every connection closed", || {
-        counter(lb, "ringlb_connections_active") == 0
-    });
-}
-
 /// Descriptors of `pid` that are pipes.
 fn pipes_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -70,22 +31,9 @@ fn pipes_of(pid: u32) -> usize {
 #[test]
 fn one_byte_to_sixty_four_mib_both_ways_in_every_mode_and_the_counters_add_up() {
     let backend = Backend::echo();
-    let sizes = [1, 1000, 300_000, 4 * MIB + 3, 64 * MIB];
     for mode in MODES {
         let lb = Ringlb::over(&backend).arg("--splice", mode).admin().start();
-        let mut sent = 0u64;
-        for (i, &size) in sizes.iter().enumerate() {
-            let data = pattern(i as u64 + 1, size);
-            let got = echo_transfer(lb.addr, &data, None)
-                .unwrap_or_else(|e| panic!("{mode}, {size} bytes: {e}\n{}", lb.log()));
-            assert!(
-                got == data,
-                "{mode}: the echo of {size} bytes differs ({} came back)",
-                got.len()
-            );
-            sent += size as u64;
-        }
-        wait_closed(&lb);
+        let sent = echo_every_size(&lb, mode);
         let (bytes_in, bytes_out) = (
             counter(&lb, "ringlb_bytes_in_total"),
             counter(&lb, "ringlb_bytes_out_total"),
@@ -105,49 +53,7 @@ fn one_byte_to_sixty_four_mib_both_ways_in_every_mode_and_the_counters_add_up() 
 #[test]
 fn half_close_each_way_while_splicing() {
     for mode in ["always", "auto"] {
-        // The client closes its side first: the backend reads to EOF, then
-        // answers and closes.
-        let backend = Backend::spawn(|mut conn| {
-            let mut got = Vec::new();
-            conn.read_to_end(&mut got).unwrap();
-            assert!(got == pattern(3, 8 * MIB), "the backend got other bytes");
-            conn.write_all(&pattern(4, 8 * MIB)).unwrap();
-        });
-        let lb = Ringlb::over(&backend).arg("--splice", mode).start();
-        let mut conn = lb.connect();
-        conn.set_read_timeout(Some(PATIENCE)).unwrap();
-        conn.write_all(&pattern(3, 8 * MIB)).unwrap();
-        conn.shutdown(Shutdown::Write).unwrap();
-        let got = read_to_end(&mut conn);
-        assert!(
-            got == pattern(4, 8 * MIB),
-            "{mode}: the answer after the client's FIN differs"
-        );
-
-        // The backend closes its side first, then reads what the client sends.
-        let (tx, rx) = mpsc::channel();
-        let backend = Backend::spawn(move |mut conn| {
-            conn.write_all(&pattern(5, 8 * MIB)).unwrap();
-            conn.shutdown(Shutdown::Write).unwrap();
-            let mut got = Vec::new();
-            let _ = conn.read_to_end(&mut got);
-            tx.send(got).unwrap();
-        });
-        let lb = Ringlb::over(&backend).arg("--splice", mode).start();
-        let mut conn = lb.connect();
-        conn.set_read_timeout(Some(PATIENCE)).unwrap();
-        let got = read_to_end(&mut conn);
-        assert!(
-            got == pattern(5, 8 * MIB),
-            "{mode}: the backend's bytes before its FIN differ"
-        );
-        conn.write_all(&pattern(6, 8 * MIB)).unwrap();
-        conn.shutdown(Shutdown::Write).unwrap();
-        let upload = rx.recv_timeout(PATIENCE).unwrap();
-        assert!(
-            upload == pattern(6, 8 * MIB),
-            "{mode}: the upload after the backend's FIN differs"
-        );
+        half_close_each_way(&["--splice", mode]);
     }
 }
 
@@ -198,37 +104,7 @@ fn a_reader_that_stops_for_five_seconds_holds_memory_and_pipes_bounded() {
 
 #[test]
 fn a_backend_that_dies_mid_splice_ends_the_client_never_hangs() {
-    for reset in [true, false] {
-        let backend = Backend::spawn(move |mut conn| {
-            let _ = conn.write_all(&pattern(11, 8 * MIB));
-            if reset {
-                // Dies with bytes unread: the kernel resets.
-                socket2::SockRef::from(&conn)
-                    .set_linger(Some(Duration::ZERO))
-                    .unwrap();
-            }
-        });
-        let lb = Ringlb::over(&backend).arg("--splice", "always").start();
-        let mut conn = lb.connect();
-        conn.set_read_timeout(Some(PATIENCE)).unwrap();
-        // Unread by the backend, so its close is a reset when asked for.
-        conn.write_all(&[1; 1000]).unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut got = 0;
-        let end = loop {
-            match conn.read(&mut buf) {
-                Ok(0) => break None,
-                Ok(n) => got += n,
-                Err(e) => break Some(e),
-            }
-        };
-        if let Some(e) = end {
-            assert!(
-                !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-                "reset={reset}: the client hung after {got} bytes"
-            );
-        }
-    }
+    a_backend_that_dies_mid_transfer_ends_the_client(&["--splice", "always"]);
 }
 
 /// Four paced echo transfers of 16 MiB through `addr`, each checked; returns

@@ -773,3 +773,164 @@ pub fn black_hole() -> (TcpListener, Vec<TcpStream>, SocketAddr) {
         .collect();
     (listener, fillers, addr)
 }
+
+// The relay's transfers, shared by the tests of its paths (tests/splice.rs,
+// tests/send_zc.rs): each takes the flags that choose the path.
+
+/// Sends `data` through `addr` to an echo backend, writing from a thread of
+/// its own while this one reads, and returns what came back.
+pub fn echo_transfer(
+    addr: SocketAddr,
+    data: &[u8],
+    pace: Option<Duration>,
+) -> Result<Vec<u8>, String> {
+    let mut conn = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let data = data.to_vec();
+    let sender = thread::spawn(move || -> Result<(), String> {
+        for chunk in data.chunks(256 * 1024) {
+            writer.write_all(chunk).map_err(|e| format!("write: {e}"))?;
+            if let Some(pace) = pace {
+                thread::sleep(pace);
+            }
+        }
+        writer
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))
+    });
+    let mut got = Vec::new();
+    let read = conn.read_to_end(&mut got);
+    sender.join().unwrap()?;
+    read.map_err(|e| format!("read after {} bytes: {e}", got.len()))?;
+    Ok(got)
+}
+
+/// One frontend counter, summed over its series.
+pub fn counter(lb: &Ringlb, name: &str) -> u64 {
+    let (status, text) = http_get(lb.admin_addr(), "/metrics");
+    assert_eq!(status, 200);
+    metric(&text, &format!("{name}{{frontend=\"default\"}}"))
+}
+
+/// Waits until every connection has closed and been counted.
+pub fn wait_closed(lb: &Ringlb) {
+    wait_until("every connection closed", || {
+        counter(lb, "ringlb_connections_active") == 0
+    });
+}
+
+/// Echoes 1 byte to 64 MiB through `lb`, each size its own connection and
+/// every byte checked (`what` names the run in a failure); waits until every
+/// connection was counted and returns the bytes sent.
+pub fn echo_every_size(lb: &Ringlb, what: &str) -> u64 {
+    const MIB: usize = 1024 * 1024;
+    let mut sent = 0u64;
+    for (i, size) in [1, 1000, 300_000, 4 * MIB + 3, 64 * MIB]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(i as u64 + 1, size);
+        let got = echo_transfer(lb.addr, &data, None)
+            .unwrap_or_else(|e| panic!("{what}, {size} bytes: {e}\n{}", lb.log()));
+        assert!(
+            got == data,
+            "{what}: the echo of {size} bytes differs ({} came back)",
+            got.len()
+        );
+        sent += size as u64;
+    }
+    wait_closed(lb);
+    sent
+}
+
+/// Half-closes each way in turn through ringlb started with `args`, 8 MiB
+/// each way: the client first, then the backend; what follows each FIN
+/// arrives whole.
+pub fn half_close_each_way(args: &[&str]) {
+    const MIB: usize = 1024 * 1024;
+    let what = args.join(" ");
+    // The client closes its side first: the backend reads to EOF, then
+    // answers and closes.
+    let backend = Backend::spawn(|mut conn| {
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        assert!(got == pattern(3, 8 * MIB), "the backend got other bytes");
+        conn.write_all(&pattern(4, 8 * MIB)).unwrap();
+    });
+    let lb = Ringlb::over(&backend).args(args).start();
+    let mut conn = lb.connect();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    conn.write_all(&pattern(3, 8 * MIB)).unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    let got = read_to_end(&mut conn);
+    assert!(
+        got == pattern(4, 8 * MIB),
+        "{what}: the answer after the client's FIN differs"
+    );
+
+    // The backend closes its side first, then reads what the client sends.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backend = Backend::spawn(move |mut conn| {
+        conn.write_all(&pattern(5, 8 * MIB)).unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        tx.send(got).unwrap();
+    });
+    let lb = Ringlb::over(&backend).args(args).start();
+    let mut conn = lb.connect();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let got = read_to_end(&mut conn);
+    assert!(
+        got == pattern(5, 8 * MIB),
+        "{what}: the backend's bytes before its FIN differ"
+    );
+    conn.write_all(&pattern(6, 8 * MIB)).unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    let upload = rx.recv_timeout(PATIENCE).unwrap();
+    assert!(
+        upload == pattern(6, 8 * MIB),
+        "{what}: the upload after the backend's FIN differs"
+    );
+}
+
+/// A backend that dies (reset, then closed) in the middle of sending 8 MiB
+/// through ringlb started with `args`: the client sees EOF or an error,
+/// never a hang.
+pub fn a_backend_that_dies_mid_transfer_ends_the_client(args: &[&str]) {
+    for reset in [true, false] {
+        let backend = Backend::spawn(move |mut conn| {
+            let _ = conn.write_all(&pattern(11, 8 << 20));
+            if reset {
+                // Dies with bytes unread: the kernel resets.
+                socket2::SockRef::from(&conn)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+        });
+        let lb = Ringlb::over(&backend).args(args).start();
+        let mut conn = lb.connect();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        // Unread by the backend, so its close is a reset when asked for.
+        conn.write_all(&[1; 1000]).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0;
+        let end = loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => got += n,
+                Err(e) => break Some(e),
+            }
+        };
+        if let Some(e) = end {
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "reset={reset}: the client hung after {got} bytes"
+            );
+        }
+    }
+}
