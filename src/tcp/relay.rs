@@ -114,14 +114,15 @@ impl RelayError {
 /// When `activity` is given, every read that brings bytes stamps it with the
 /// time, for the idle timeout. `splice` says when a direction splices;
 /// with `send_zc`, large sends from a pump's own buffer are zero-copy, and
-/// the hook hears of those the kernel copied after all.
+/// it hears of those the kernel copied after all and gets back the buffers
+/// the kernel held past their send.
 pub async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
     pool: &BufPool,
     activity: Option<&Cell<Instant>>,
     splice: SpliceMode,
-    send_zc: Option<&uring::OnCopied>,
+    send_zc: Option<&uring::ZcSink>,
 ) -> Outcome {
     let shared = Shared {
         pool,
@@ -194,8 +195,8 @@ struct Shared<'a> {
     nonblocking: Cell<bool>,
     /// Bytes spliced, both directions.
     spliced: Cell<u64>,
-    /// Whether large sends are zero-copy, and who hears of copies anyway.
-    send_zc: Option<&'a uring::OnCopied>,
+    /// Whether large sends are zero-copy, and whom they report to.
+    send_zc: Option<&'a uring::ZcSink>,
     /// Zero-copy sends made, both directions.
     zc_sends: Cell<u64>,
 }

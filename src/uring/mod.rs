@@ -54,7 +54,7 @@ pub(crate) use ring::{
 pub(crate) use runtime::{
     build_runtime, FIRST_PROVIDED_BUFFERS, FIXED_FILES, PROVIDED_BUFFERS, PROVIDED_BUFFER_SIZE,
 };
-pub(crate) use send_zc::{send_zc, OnCopied, SendZc, SEND_ZC_MIN};
+pub(crate) use send_zc::{send_zc, SendZc, ZcOwner, ZcSink, SEND_ZC_MIN};
 pub(crate) use splice::{
     poll_ready, set_nonblocking, splice_in, splice_out, Pipe, PollReady, READABLE, WRITABLE,
 };

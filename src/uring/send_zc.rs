@@ -7,9 +7,10 @@
 //! so it is the data of a multishot operation (vendored tokio-uring patch 2),
 //! which the driver keeps until the last completion, even if the send is
 //! dropped. A [`SendZc`] whose bytes were all taken does not wait the round
-//! trip for the notification: it leaves the buffer to the driver, which frees
-//! it then, and the relay reads on into another. A partial send or an error
-//! waits for the notification and hands the buffer back. Sends below
+//! trip for the notification: it leaves the buffer to the driver, which
+//! gives it back to its [`ZcOwner`] then, and the relay reads on into
+//! another. A partial send or an error waits for the notification and hands
+//! the buffer back itself. Sends below
 //! [`SEND_ZC_MIN`], and every send on a thread whose kernel refused one, are
 //! plain sends. Each notification says whether the kernel copied after all
 //! (IORING_SEND_ZC_REPORT_USAGE, Linux 6.2), as it always does on loopback.
@@ -52,27 +53,35 @@ thread_local! {
     static SEND_ZC_OK: Cell<bool> = const { Cell::new(true) };
 }
 
-/// Called at each notification that says the kernel copied the bytes after
-/// all; it runs on the worker's thread, in the driver when the send was
-/// dropped.
-pub type OnCopied = Rc<dyn Fn()>;
+/// Whom zero-copy sends report to; called on the worker's thread, from
+/// the driver for a send that was dropped or left its buffer to it.
+pub trait ZcOwner {
+    /// A notification said the kernel copied the bytes after all.
+    fn copied(&self);
+    /// The buffer of a send that left it to the driver, free again.
+    fn give_back(&self, buf: Vec<u8>);
+}
+
+/// A [`ZcOwner`] shared by every send it hears from.
+pub type ZcSink = Rc<dyn ZcOwner>;
 
 /// What a zero-copy send keeps in the driver until its notification.
 struct Held {
     /// The buffer the kernel sends from; taken back only after the last
     /// completion.
     buf: Cell<Option<Vec<u8>>>,
-    /// Told of a notification that reports a copy.
-    on_copied: OnCopied,
+    /// Told of a notification that reports a copy, and given the buffer
+    /// back when the send was dropped before its last completion.
+    owner: ZcSink,
 }
 
 impl Held {
-    /// Tells `on_copied` if `result` is a notification's that reports a copy.
+    /// Tells the owner if `result` is a notification's that reports a copy.
     fn notified(&self, result: &io::Result<u32>, flags: u32) {
         if flags & CQE_F_NOTIF != 0
             && matches!(result, Ok(bits) if bits & NOTIF_USAGE_ZC_COPIED != 0)
         {
-            (self.on_copied)();
+            self.owner.copied();
         }
     }
 }
@@ -82,6 +91,12 @@ impl MultishotData for Held {
 
     fn discard_result(&mut self, result: &io::Result<u32>, flags: u32) {
         self.notified(result, flags);
+        // The last completion: the kernel is done with the buffer.
+        if !io_uring::cqueue::more(flags) {
+            if let Some(buf) = self.buf.take() {
+                self.owner.give_back(buf);
+            }
+        }
     }
 }
 
@@ -93,7 +108,8 @@ pub struct ZcSent {
     /// The buffer's capacity.
     pub capacity: usize,
     /// The buffer, when it is free again; `None` while the kernel still
-    /// holds its pages (the driver frees it at the notification).
+    /// holds its pages (the driver gives it to the owner at the
+    /// notification).
     pub buf: Option<Vec<u8>>,
     /// Zero-copy sends that took bytes (one, more after partial sends).
     pub zero_copy: u32,
@@ -101,18 +117,19 @@ pub struct ZcSent {
 
 /// Sends all of `buf` (its length), zero-copy when it is at least
 /// [`SEND_ZC_MIN`] bytes and this thread's kernel takes zero-copy sends, as
-/// plain sends otherwise; `on_copied` hears of copies the kernel made anyway.
-pub fn send_zc<'a>(sock: impl Into<Sock<'a>>, buf: Vec<u8>, on_copied: &OnCopied) -> SendZc<'a> {
+/// plain sends otherwise; `owner` hears of copies the kernel made anyway,
+/// and gets the buffer back if the send leaves it to the driver.
+pub fn send_zc<'a>(sock: impl Into<Sock<'a>>, buf: Vec<u8>, owner: &ZcSink) -> SendZc<'a> {
     let sock = sock.into();
-    let on_copied = on_copied.clone();
+    let owner = owner.clone();
     SendZc {
         sock,
         len: buf.len(),
         capacity: buf.capacity(),
         sent: 0,
         zero_copy: 0,
-        state: next_send(sock, buf, 0, &on_copied),
-        on_copied,
+        state: next_send(sock, buf, 0, &owner),
+        owner,
     }
 }
 
@@ -131,7 +148,7 @@ pub struct SendZc<'a> {
     /// The send in flight.
     state: ZcState<'a>,
     /// Given to each zero-copy send.
-    on_copied: OnCopied,
+    owner: ZcSink,
 }
 
 /// Where a [`SendZc`] is.
@@ -147,7 +164,7 @@ enum ZcState<'a> {
 
 /// The send of what follows the first `sent` bytes of `buf`: zero-copy if
 /// it is large enough and the kernel takes it.
-fn next_send<'a>(sock: Sock<'a>, buf: Vec<u8>, sent: usize, on_copied: &OnCopied) -> ZcState<'a> {
+fn next_send<'a>(sock: Sock<'a>, buf: Vec<u8>, sent: usize, owner: &ZcSink) -> ZcState<'a> {
     let rest = buf.len().saturating_sub(sent);
     if rest < SEND_ZC_MIN || !SEND_ZC_OK.get() {
         return ZcState::Plain(send_rest(sock, buf, sent));
@@ -163,7 +180,7 @@ fn next_send<'a>(sock: Sock<'a>, buf: Vec<u8>, sent: usize, on_copied: &OnCopied
     });
     let held = Held {
         buf: Cell::new(Some(buf)),
-        on_copied: on_copied.clone(),
+        owner: owner.clone(),
     };
     // The buffer moves into the driver with the operation (its bytes do not
     // move with the `Vec`) and stays there until the notification, even if
@@ -200,7 +217,8 @@ impl Future for SendZc<'_> {
             let next = match op.poll_next(cx) {
                 Poll::Ready(next) => next,
                 // Every byte is taken and only the notification is to come:
-                // the buffer stays with the driver, which frees it then.
+                // the buffer stays with the driver, which gives it back to
+                // the owner then.
                 Poll::Pending if matches!(res, Some(Ok(_))) && this.sent >= this.len => {
                     this.state = ZcState::Done;
                     return Poll::Ready((Ok(()), this.ended(None)));
@@ -246,7 +264,7 @@ impl Future for SendZc<'_> {
                         }
                         // Partly sent: the rest.
                         Ok(_) => {
-                            this.state = next_send(this.sock, buf, this.sent, &this.on_copied);
+                            this.state = next_send(this.sock, buf, this.sent, &this.owner);
                         }
                     }
                 }
@@ -261,14 +279,28 @@ mod tests {
     use crate::testing::pair;
     use std::io::Read;
 
-    /// A hook that counts the copies it hears of.
-    fn counter() -> (Rc<Cell<u32>>, OnCopied) {
-        let copies = Rc::new(Cell::new(0));
-        let hook = {
-            let copies = copies.clone();
-            Rc::new(move || copies.set(copies.get() + 1)) as OnCopied
-        };
-        (copies, hook)
+    /// An owner that counts the copies it hears of and keeps the buffers
+    /// it gets back.
+    #[derive(Default)]
+    struct Owner {
+        copies: Cell<u32>,
+        back: std::cell::RefCell<Vec<Vec<u8>>>,
+    }
+
+    impl ZcOwner for Owner {
+        fn copied(&self) {
+            self.copies.set(self.copies.get() + 1);
+        }
+
+        fn give_back(&self, buf: Vec<u8>) {
+            self.back.borrow_mut().push(buf);
+        }
+    }
+
+    /// A new [`Owner`], and it as the sends take it.
+    fn counter() -> (Rc<Owner>, ZcSink) {
+        let owner = Rc::new(Owner::default());
+        (owner.clone(), owner)
     }
 
     /// `len` bytes that tell their offsets apart.
@@ -288,7 +320,8 @@ mod tests {
     }
 
     /// Waits until the driver has had `n` notifications reporting a copy.
-    async fn copies_reach(copies: &Cell<u32>, n: u32) {
+    async fn copies_reach(owner: &Owner, n: u32) {
+        let copies = &owner.copies;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while copies.get() < n {
             assert!(
@@ -305,7 +338,7 @@ mod tests {
         tokio_uring::start(async {
             let (peer, ours) = pair();
             let reader = read_all(peer);
-            let (copies, hook) = counter();
+            let (owner, hook) = counter();
             let data = pattern(8 << 20, 1);
             let (res, sent) = send_zc(&ours, data.clone(), &hook).await;
             res.unwrap();
@@ -316,7 +349,10 @@ mod tests {
             // On loopback the receiving socket gets a copy: every
             // notification says so, including those of a send that left its
             // buffer to the driver.
-            copies_reach(&copies, sent.zero_copy).await;
+            copies_reach(&owner, sent.zero_copy).await;
+            // A buffer left to the driver comes back to its owner.
+            let back = owner.back.borrow().len();
+            assert_eq!(back, usize::from(sent.buf.is_none()));
         });
     }
 
@@ -325,14 +361,14 @@ mod tests {
         tokio_uring::start(async {
             let (peer, ours) = pair();
             let reader = read_all(peer);
-            let (copies, hook) = counter();
+            let (owner, hook) = counter();
             let (res, sent) = send_zc(&ours, b"hello".to_vec(), &hook).await;
             res.unwrap();
             assert_eq!(sent.zero_copy, 0);
             assert_eq!(sent.buf.as_deref(), Some(&b"hello"[..]), "handed back");
             ours.shutdown(std::net::Shutdown::Write).unwrap();
             assert_eq!(reader.join().unwrap(), b"hello");
-            assert_eq!(copies.get(), 0);
+            assert_eq!(owner.copies.get(), 0);
         });
     }
 
@@ -342,7 +378,7 @@ mod tests {
             // More than the socket buffers hold, and a peer that reads
             // nothing yet: the send is in flight when it is dropped.
             let (peer, ours) = pair();
-            let (copies, hook) = counter();
+            let (owner, hook) = counter();
             let data = pattern(16 << 20, 2);
             let mut send = Box::pin(send_zc(&ours, data.clone(), &hook));
             assert!(poll_once(send.as_mut()).await.is_pending());
@@ -353,7 +389,7 @@ mod tests {
             let reader = read_all(peer);
             // The kernel sends it all: the notification comes after the
             // peer acknowledged the last byte.
-            copies_reach(&copies, 1).await;
+            copies_reach(&owner, 1).await;
             ours.shutdown(std::net::Shutdown::Write).unwrap();
             let got = reader.join().unwrap();
             assert!(
@@ -362,6 +398,9 @@ mod tests {
                 got.len()
             );
             drop(decoys);
+            // Then the driver gave the buffer back, untouched.
+            let back = owner.back.borrow_mut().pop();
+            assert!(back.is_some_and(|b| b == data), "the buffer came back");
         });
     }
 
@@ -381,7 +420,7 @@ mod tests {
                 (&peer).read_to_end(&mut got).unwrap();
                 got
             });
-            let (_, hook) = counter();
+            let (_owner, hook) = counter();
             let data = pattern(1 << 20, 3);
             assert!(SEND_ZC_OK.get());
             let (res, sent) = send_zc(&ours, data.clone(), &hook).await;

@@ -50,9 +50,9 @@ pub struct FrontendState {
     /// The same for each SNI route, in config order.
     routes: Vec<Route>,
     /// Large relay buffers for reuse.
-    pub buffers: BufPool,
-    /// With `send-zc`, what counts the zero-copy sends the kernel copied.
-    send_zc: Option<uring::OnCopied>,
+    pub buffers: Rc<BufPool>,
+    /// With `send-zc`, whom zero-copy sends report to.
+    send_zc: Option<uring::ZcSink>,
     /// Per-connection time limits and logging.
     pub limits: Limits,
     /// Keeps the warning about refused clients to one line a second.
@@ -83,15 +83,19 @@ impl FrontendState {
             })
             .collect();
         let upstream = upstream(&frontend.pool, 0, c.balance);
+        let buffers = Rc::new(BufPool::new(c.buffer_size));
         let send_zc = c.send_zc.then(|| {
-            let metrics = frontend.metrics.clone();
-            Rc::new(move || metrics.workers[worker].send_zc_copied.inc()) as uring::OnCopied
+            Rc::new(ZcReturns {
+                buffers: buffers.clone(),
+                frontend: frontend.clone(),
+                worker,
+            }) as uring::ZcSink
         });
         FrontendState {
             send_zc,
             upstream,
             routes,
-            buffers: BufPool::new(c.buffer_size),
+            buffers,
             limits: Limits {
                 idle_timeout: c.idle_timeout,
                 max_lifetime: c.max_lifetime,
@@ -112,6 +116,30 @@ impl FrontendState {
     /// This worker's counters for this frontend.
     pub fn metrics(&self) -> &WorkerMetrics {
         &self.frontend.metrics.workers[self.worker]
+    }
+}
+
+/// What a frontend's zero-copy sends on one worker report to: the buffers
+/// the kernel held past their send go back to the pool, and the copies it
+/// made anyway are counted.
+struct ZcReturns {
+    /// Where buffers go back.
+    buffers: Rc<BufPool>,
+    /// Whose counters.
+    frontend: Arc<Frontend>,
+    /// Which worker's.
+    worker: usize,
+}
+
+impl uring::ZcOwner for ZcReturns {
+    fn copied(&self) {
+        self.frontend.metrics.workers[self.worker]
+            .send_zc_copied
+            .inc();
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        self.buffers.put(buf);
     }
 }
 
