@@ -337,7 +337,7 @@ ensure_deps() {
 }
 
 build_ringlb() {
-    has_peer ringlb || return 0
+    has_peer ringlb || has_peer ringlb-copy || return 0
     if [[ -n $RINGLB_BIN ]]; then
         [[ -x $RINGLB_BIN ]] || die "--ringlb-bin $RINGLB_BIN is not an executable"
         return 0
