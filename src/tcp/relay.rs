@@ -499,8 +499,8 @@ impl<'a> Pump<'a> {
                         Ok(_) => {
                             shared.stamp();
                             self.step = match shared.send_zc {
-                                Some(hook) if buf.len() >= uring::SEND_ZC_MIN => {
-                                    Step::SendZc(Box::new(uring::send_zc(self.dst, buf, hook)))
+                                Some(sink) if buf.len() >= uring::SEND_ZC_MIN => {
+                                    Step::SendZc(Box::new(uring::send_zc(self.dst, buf, sink)))
                                 }
                                 _ => Step::Send(uring::send_all(self.dst, buf)),
                             };
