@@ -405,6 +405,43 @@ mod tests {
     }
 
     #[test]
+    fn the_send_buffer_bounds_what_a_zero_copy_send_holds() {
+        use std::os::fd::AsRawFd;
+        tokio_uring::start(async {
+            // A peer that reads nothing: the kernel takes what the socket
+            // buffers hold, pinning those pages, and no more (the relay's
+            // buffers held past their send are bounded by this).
+            let (peer, ours) = pair();
+            let (_owner, hook) = counter();
+            let mut send = Box::pin(send_zc(&ours, vec![7; 64 << 20], &hook));
+            assert!(poll_once(send.as_mut()).await.is_pending());
+            let queued = || {
+                let mut queued: libc::c_int = 0;
+                // SAFETY: TIOCOUTQ writes the bytes in the socket's send
+                // queue to the int it is given; the descriptor is open.
+                let rc = unsafe { libc::ioctl(ours.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+                assert_eq!(rc, 0);
+                queued as usize
+            };
+            let mut last = usize::MAX;
+            while queued() != last {
+                last = queued();
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            // SAFETY: the descriptor is open for the borrow's life.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ours.as_raw_fd()) };
+            let sndbuf = socket2::SockRef::from(&fd).send_buffer_size().unwrap();
+            println!("{last} bytes queued, send buffer {sndbuf}");
+            assert!(
+                last > 0 && last <= sndbuf,
+                "{last} queued, send buffer {sndbuf}"
+            );
+            drop(peer);
+            assert!(send.await.0.is_err(), "the peer went away");
+        });
+    }
+
+    #[test]
     fn a_socket_without_zero_copy_gets_plain_sends() {
         use std::os::fd::{FromRawFd, IntoRawFd};
         tokio_uring::start(async {
