@@ -692,41 +692,10 @@ fn pair() -> (std::net::TcpStream, TcpStream) {
     (peer, ours)
 }
 
-/// The io_uring descriptors this process holds.
-fn ring_fds() -> Vec<RawFd> {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let target = std::fs::read_link(e.path()).ok()?;
-            (target.to_str()? == "anon_inode:[io_uring]")
-                .then(|| e.file_name().to_str()?.parse().ok())
-                .flatten()
-        })
-        .collect()
-}
-
-thread_local! {
-    /// The io_uring descriptors open before this thread's runtime started.
-    static RINGS_BEFORE: RefCell<Vec<RawFd>> = const { RefCell::new(Vec::new()) };
-}
-
 /// This thread's io_uring (io-uring 0.6's `Submitter` does not give its
-/// descriptor out): the one opened since [`start`] began.
+/// descriptor out).
 fn this_ring_fd() -> RawFd {
-    let before = RINGS_BEFORE.with(|b| b.borrow().clone());
-    let new: Vec<_> = ring_fds()
-        .into_iter()
-        .filter(|f| !before.contains(f))
-        .collect();
-    assert_eq!(new.len(), 1, "one new io_uring: {new:?}");
-    new[0]
-}
-
-/// `tokio_uring::start`, noting the rings open before.
-fn start<F: std::future::Future>(future: F) -> F::Output {
-    RINGS_BEFORE.with(|b| *b.borrow_mut() = ring_fds());
-    tokio_uring::start(future)
+    tokio_uring::ring_fd().expect("on a tokio-uring runtime")
 }
 
 /// CPU seconds of this thread or this process (see `splice.rs`).
@@ -752,7 +721,7 @@ fn pattern(len: usize) -> Vec<u8> {
 fn bulk(lever: Lever, total: usize) -> (f64, f64, usize, String) {
     const CHUNK: usize = 251 * 4096;
     let chunks = total / CHUNK;
-    start(async move {
+    tokio_uring::start(async move {
         let (mut src_peer, src) = pair();
         let (mut dst_peer, dst) = pair();
         let ring = lever.ring();
@@ -809,7 +778,7 @@ fn bulk(lever: Lever, total: usize) -> (f64, f64, usize, String) {
 /// to a backend thread: a `req`-byte request, answered with `resp` bytes,
 /// every byte checked; returns the relay's CPU seconds and the wall time.
 fn ping_pong(lever: Lever, conns: usize, trips: usize, req: usize, resp: usize) -> (f64, f64) {
-    start(async move {
+    tokio_uring::start(async move {
         let ring = lever.ring();
         let mut threads = Vec::new();
         let mut relays = Vec::new();

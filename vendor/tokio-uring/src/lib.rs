@@ -291,6 +291,21 @@ pub async fn no_op() -> std::io::Result<()> {
     op.await
 }
 
+/// The current thread's io_uring descriptor, for a registration that
+/// io-uring's `Submitter` does not wrap (ringlb patch 1, extended): `None`
+/// outside a tokio-uring runtime.
+pub fn ring_fd() -> Option<std::os::unix::io::RawFd> {
+    use std::os::unix::io::AsRawFd;
+    runtime::CONTEXT
+        .try_with(|cx| {
+            let handle = cx.handle()?;
+            let driver = handle.inner.try_borrow().ok()?;
+            Some(driver.uring.as_raw_fd())
+        })
+        .ok()
+        .flatten()
+}
+
 /// ringlb patch 1: runs `f` with the submitter of the current thread's ring,
 /// for what this crate does not wrap (a provided-buffer ring, registered
 /// files). Returns `None` outside a tokio-uring runtime, or while the driver
