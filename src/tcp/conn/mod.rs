@@ -8,6 +8,7 @@
 //! was accepted under and the worker's [`Registry`] of open connections.
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -201,54 +202,62 @@ impl fmt::Display for Ended {
 /// is open. `permits` are its slot under the process's connection ceiling
 /// and its place under the frontend's max-conns, returned when this returns.
 /// Its one exit after the source check logs how it closed.
-pub async fn handle(
+///
+/// An `async` block rather than an `async fn`, here and in [`serve`]: an
+/// `async fn` keeps its arguments twice in its state (as captured and as
+/// moved into its body), and this state is most of what an idle connection
+/// costs. The block uses what it captured in place.
+pub fn handle(
     registry: Rc<Registry>,
     fe: Rc<FrontendState>,
     client: TcpStream,
     peer: SocketAddr,
     permits: (Slot, Option<OwnedSemaphorePermit>),
-) {
-    let _permits = permits;
+) -> impl Future<Output = ()> {
     // An IPv4 client of a dual-stack `[::]` listener arrives as
     // `::ffff:a.b.c.d`; logs, PROXY headers and hashing see it as IPv4.
     let peer = canonical(peer);
-    // Before a byte is read (the PROXY header included) or a backend chosen.
-    if let Err(refusal) = access::check(&fe.frontend.config, peer.ip()) {
-        refuse(&fe, peer, refusal);
-        return;
-    }
-    let start = Instant::now();
-    // The per-source limits, here unless a PROXY header is to say who the
-    // client is (then `serve` checks them once it is read); the ticket is
-    // held until the close.
-    let mut ticket = None;
-    if !fe.frontend.config.accept_proxy {
-        match admit_source(&fe, peer, start) {
-            Ok(admitted) => ticket = admitted,
-            Err(refusal) => {
-                refuse(&fe, peer, refusal);
-                return;
+    let client = Rc::new(client);
+    async move {
+        // Held, not moved: returned when the connection ends.
+        let _permits = &permits;
+        // Before a byte is read (the PROXY header included) or a backend chosen.
+        if let Err(refusal) = access::check(&fe.frontend.config, peer.ip()) {
+            refuse(&fe, peer, refusal);
+            return;
+        }
+        let start = Instant::now();
+        // The per-source limits, here unless a PROXY header is to say who the
+        // client is (then `serve` checks them once it is read); the ticket is
+        // held until the close.
+        let mut ticket = None;
+        if !fe.frontend.config.accept_proxy {
+            match admit_source(&fe, peer, start) {
+                Ok(admitted) => ticket = admitted,
+                Err(refusal) => {
+                    refuse(&fe, peer, refusal);
+                    return;
+                }
             }
         }
+        let _open = Open::new(fe.metrics());
+        let registration = registry.register(client.clone());
+        let mut kept = Kept {
+            endpoint: None,
+            ticket,
+        };
+        let closed = serve(
+            &registry,
+            &registration,
+            &fe,
+            client.clone(),
+            peer,
+            start,
+            &mut kept,
+        )
+        .await;
+        log_close(&fe, &closed, kept.endpoint.as_deref(), start);
     }
-    let _open = Open::new(fe.metrics());
-    let client = Rc::new(client);
-    let registration = registry.register(client.clone());
-    let mut kept = Kept {
-        endpoint: None,
-        ticket,
-    };
-    let closed = serve(
-        &registry,
-        &registration,
-        &fe,
-        client,
-        peer,
-        start,
-        &mut kept,
-    )
-    .await;
-    log_close(&fe, &closed, kept.endpoint.as_deref(), start);
 }
 
 /// What [`serve`] leaves for the end of the connection.
@@ -293,177 +302,181 @@ impl Closed {
 /// is when it was accepted, where its lifetime counts from. What must
 /// live until the close goes to `kept`: the private endpoint named in the
 /// client's PROXY header, and behind accept-proxy the ticket of the per-source limits.
-async fn serve<'f>(
-    registry: &Rc<Registry>,
-    registration: &Registration,
+// Not an `async fn`, on purpose: see [`handle`].
+#[allow(clippy::manual_async_fn)]
+fn serve<'a, 'f: 'a>(
+    registry: &'a Rc<Registry>,
+    registration: &'a Registration,
     fe: &'f FrontendState,
     client: Rc<TcpStream>,
     peer: SocketAddr,
     start: Instant,
-    kept: &mut Kept<'f>,
-) -> Closed {
-    let metrics = fe.metrics();
-    // Behind another load balancer the real client comes in a PROXY header;
-    // bytes read past it are the client's first payload.
-    let mut early = Vec::new();
-    let mut addresses = None;
-    let mut tlvs = Vec::new();
-    if fe.frontend.config.accept_proxy {
-        // Boxed, like the other rare steps below, so they do not grow every
-        // connection's task: an idle connection's memory is mostly its task.
-        let header = Box::pin(read_proxy_header(
-            &client,
-            fe.frontend.config.proxy_header_timeout,
-            fe.frontend.config.proxy_tlvs == ProxyTlvs::Forward,
-        ));
-        match header.await {
-            Ok(header) => {
-                addresses = header.addresses;
-                tlvs = header.tlvs;
-                kept.endpoint = header.endpoint;
-                early = header.rest;
-            }
-            Err(err) => {
-                metrics.proxy_header_errors.inc();
-                return Closed::early(peer, None, Ended::ProxyHeader(err));
-            }
-        }
-    }
-    let source = addresses.map_or(peer, |(source, _)| canonical(source));
-    if fe.frontend.config.accept_proxy {
-        match admit_source(fe, source, Instant::now()) {
-            Ok(admitted) => kept.ticket = admitted,
-            Err(refusal) => {
-                refuse(fe, source, refusal);
-                return Closed::early(source, None, Ended::Refused(refusal));
+    kept: &'a mut Kept<'f>,
+) -> impl Future<Output = Closed> + use<'a, 'f> {
+    async move {
+        let metrics = fe.metrics();
+        // Behind another load balancer the real client comes in a PROXY header;
+        // bytes read past it are the client's first payload.
+        let mut early = Vec::new();
+        let mut addresses = None;
+        let mut tlvs = Vec::new();
+        if fe.frontend.config.accept_proxy {
+            // Boxed, like the other rare steps below, so they do not grow every
+            // connection's task: an idle connection's memory is mostly its task.
+            let header = Box::pin(read_proxy_header(
+                &client,
+                fe.frontend.config.proxy_header_timeout,
+                fe.frontend.config.proxy_tlvs == ProxyTlvs::Forward,
+            ));
+            match header.await {
+                Ok(header) => {
+                    addresses = header.addresses;
+                    tlvs = header.tlvs;
+                    kept.endpoint = header.endpoint;
+                    early = header.rest;
+                }
+                Err(err) => {
+                    metrics.proxy_header_errors.inc();
+                    return Closed::early(peer, None, Ended::ProxyHeader(err));
+                }
             }
         }
-    }
+        let source = addresses.map_or(peer, |(source, _)| canonical(source));
+        if fe.frontend.config.accept_proxy {
+            match admit_source(fe, source, Instant::now()) {
+                Ok(admitted) => kept.ticket = admitted,
+                Err(refusal) => {
+                    refuse(fe, source, refusal);
+                    return Closed::early(source, None, Ended::Refused(refusal));
+                }
+            }
+        }
 
-    // With SNI routing the ClientHello picks the pool; it goes to the
-    // backend with everything else read so far.
-    let mut upstream = &fe.upstream;
-    let mut send_proxy = fe.frontend.config.send_proxy;
-    if fe.frontend.config.route_by == RouteBy::Sni {
-        let timeout = fe.frontend.config.sni_timeout;
-        let hello = Box::pin(read_client_hello(
-            &client,
-            timeout,
-            std::mem::take(&mut early),
-        ));
-        let routed = match hello.await {
-            Ok((hello, read)) => {
-                early = read;
-                match fe.route(&hello) {
-                    Routed::Nowhere => Err(Ended::NoRoute(hello.sni)),
-                    routed => Ok(routed),
+        // With SNI routing the ClientHello picks the pool; it goes to the
+        // backend with everything else read so far.
+        let mut upstream = &fe.upstream;
+        let mut send_proxy = fe.frontend.config.send_proxy;
+        if fe.frontend.config.route_by == RouteBy::Sni {
+            let timeout = fe.frontend.config.sni_timeout;
+            let hello = Box::pin(read_client_hello(
+                &client,
+                timeout,
+                std::mem::take(&mut early),
+            ));
+            let routed = match hello.await {
+                Ok((hello, read)) => {
+                    early = read;
+                    match fe.route(&hello) {
+                        Routed::Nowhere => Err(Ended::NoRoute(hello.sni)),
+                        routed => Ok(routed),
+                    }
                 }
-            }
-            Err(err) => Err(Ended::ClientHello(err)),
-        };
-        match routed {
-            Ok(Routed::Route(route)) => {
-                upstream = &route.upstream;
-                send_proxy = route.send_proxy;
-            }
-            Ok(Routed::Default | Routed::Nowhere) => {}
-            Err(ended) => {
-                reject_sni(fe, source, &ended);
-                return Closed::early(source, None, ended);
-            }
-        }
-    }
-
-    let connected = if registry.aborting() {
-        Err(NoBackend::Failed)
-    } else {
-        // Boxed: connecting (with its timer) takes more room than relaying,
-        // and only for a moment, so it should not size every idle task.
-        Box::pin(upstream.connect(source.ip(), metrics)).await
-    };
-    let (lease, backend) = match connected {
-        Ok(connected) => connected,
-        Err(why) => {
-            metrics.no_backend.inc();
-            return Closed::early(source, None, Ended::NoBackend(why));
-        }
-    };
-    let index = lease.index();
-    let connected_at = Instant::now();
-    let backend = Rc::new(backend);
-    registration.set_backend(backend.clone());
-    if registry.aborting() {
-        relay::teardown(&*client, &*backend);
-    }
-    // The idle timeout and the lifetime run from here: a backend that takes
-    // no byte of the preamble (a zero window) is cut like an idle relay.
-    let limits = &fe.limits;
-    let timer = Timer::new(
-        Instant::now(),
-        limits.idle_timeout,
-        limits.max_lifetime.map(|d| start + d),
-    );
-    if let Some(timer) = &timer {
-        registration.set_timer(timer.clone());
-    }
-    let expired = |timer: &Option<Rc<Timer>>| {
-        timer
-            .as_ref()
-            .and_then(|t| t.expired())
-            .map(|expiry| match expiry {
-                Expiry::Idle => Ended::IdleTimeout,
-                Expiry::Lifetime => Ended::Lifetime,
-            })
-    };
-    if send_proxy.is_some() || !early.is_empty() {
-        let preamble = Box::pin(send_preamble(
-            send_proxy, &client, &backend, peer, addresses, tlvs, early,
-        ));
-        if let Err(err) = preamble.await {
-            let addr = upstream.pool().addr(lease.index());
-            let ended = match expired(&timer) {
-                Some(ended) => {
-                    metrics.timeouts.inc();
-                    ended
-                }
-                None => {
-                    metrics.backend_errors.inc();
-                    Ended::Error(err)
-                }
+                Err(err) => Err(Ended::ClientHello(err)),
             };
-            return Closed::early(source, Some(addr), ended);
+            match routed {
+                Ok(Routed::Route(route)) => {
+                    upstream = &route.upstream;
+                    send_proxy = route.send_proxy;
+                }
+                Ok(Routed::Default | Routed::Nowhere) => {}
+                Err(ended) => {
+                    reject_sni(fe, source, &ended);
+                    return Closed::early(source, None, ended);
+                }
+            }
         }
-    }
 
-    let track = timer
-        .as_ref()
-        .filter(|_| limits.idle_timeout.is_some())
-        .map(|t| &t.activity);
-    let splice = fe.frontend.config.splice;
-    let send_zc = fe.send_zc.as_ref();
-    let outcome = relay(&client, &backend, &fe.buffers, track, splice, send_zc).await;
-    let timed_out = expired(&timer);
+        let connected = if registry.aborting() {
+            Err(NoBackend::Failed)
+        } else {
+            // Boxed: connecting (with its timer) takes more room than relaying,
+            // and only for a moment, so it should not size every idle task.
+            Box::pin(upstream.connect(source.ip(), metrics)).await
+        };
+        let (lease, backend) = match connected {
+            Ok(connected) => connected,
+            Err(why) => {
+                metrics.no_backend.inc();
+                return Closed::early(source, None, Ended::NoBackend(why));
+            }
+        };
+        let index = lease.index();
+        let connected_at = Instant::now();
+        let backend = Rc::new(backend);
+        registration.set_backend(backend.clone());
+        if registry.aborting() {
+            relay::teardown(&*client, &*backend);
+        }
+        // The idle timeout and the lifetime run from here: a backend that takes
+        // no byte of the preamble (a zero window) is cut like an idle relay.
+        let limits = &fe.limits;
+        let timer = Timer::new(
+            Instant::now(),
+            limits.idle_timeout,
+            limits.max_lifetime.map(|d| start + d),
+        );
+        if let Some(timer) = &timer {
+            registration.set_timer(timer.clone());
+        }
+        let expired = |timer: &Option<Rc<Timer>>| {
+            timer
+                .as_ref()
+                .and_then(|t| t.expired())
+                .map(|expiry| match expiry {
+                    Expiry::Idle => Ended::IdleTimeout,
+                    Expiry::Lifetime => Ended::Lifetime,
+                })
+        };
+        if send_proxy.is_some() || !early.is_empty() {
+            let preamble = Box::pin(send_preamble(
+                send_proxy, &client, &backend, peer, addresses, tlvs, early,
+            ));
+            if let Err(err) = preamble.await {
+                let addr = upstream.pool().addr(lease.index());
+                let ended = match expired(&timer) {
+                    Some(ended) => {
+                        metrics.timeouts.inc();
+                        ended
+                    }
+                    None => {
+                        metrics.backend_errors.inc();
+                        Ended::Error(err)
+                    }
+                };
+                return Closed::early(source, Some(addr), ended);
+            }
+        }
 
-    count(metrics, upstream, index, &outcome, timed_out.is_some());
-    if timed_out.is_none() && !registry.aborting() {
-        observe_l4(fe, upstream, index, &outcome, connected_at);
-    }
-    let ended = if registry.aborting() {
-        Ended::Drain
-    } else if let Some(ended) = timed_out {
-        ended
-    } else if let Some(err) = outcome.error {
-        Ended::Error(err)
-    } else {
-        Ended::Eof(outcome.first_eof.unwrap_or(Side::Client))
-    };
-    drop(lease);
-    Closed {
-        client: source,
-        backend: Some(upstream.pool().addr(index)),
-        bytes_in: outcome.to_backend,
-        bytes_out: outcome.to_client,
-        ended,
+        let track = timer
+            .as_ref()
+            .filter(|_| limits.idle_timeout.is_some())
+            .map(|t| &t.activity);
+        let splice = fe.frontend.config.splice;
+        let send_zc = fe.send_zc.as_ref();
+        let outcome = relay(&client, &backend, &fe.buffers, track, splice, send_zc).await;
+        let timed_out = expired(&timer);
+
+        count(metrics, upstream, index, &outcome, timed_out.is_some());
+        if timed_out.is_none() && !registry.aborting() {
+            observe_l4(fe, upstream, index, &outcome, connected_at);
+        }
+        let ended = if registry.aborting() {
+            Ended::Drain
+        } else if let Some(ended) = timed_out {
+            ended
+        } else if let Some(err) = outcome.error {
+            Ended::Error(err)
+        } else {
+            Ended::Eof(outcome.first_eof.unwrap_or(Side::Client))
+        };
+        drop(lease);
+        Closed {
+            client: source,
+            backend: Some(upstream.pool().addr(index)),
+            bytes_in: outcome.to_backend,
+            bytes_out: outcome.to_client,
+            ended,
+        }
     }
 }
 
