@@ -542,9 +542,17 @@ fn a_hot_upgrade_takes_the_udp_socket_and_loses_no_query() {
     assert_eq!(new.addr, addr, "the new process serves the same port");
     assert!(old.wait().success(), "{}", old.log());
     let before = answered.load(Ordering::SeqCst);
-    wait_until("queries answered after the upgrade", || {
-        answered.load(Ordering::SeqCst) >= before + 10 || queries.is_finished()
-    });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while answered.load(Ordering::SeqCst) < before + 10 && !queries.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answers after the upgrade ({} before)\nold:\n{}\nnew:\n{}",
+            before,
+            old.log(),
+            new.log()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
     stop.store(true, Ordering::SeqCst);
     queries.join().unwrap().unwrap_or_else(|err| {
         panic!(
