@@ -199,11 +199,7 @@ impl Ring {
         let tail = tail.wrapping_add(1);
         self.tail.set(tail);
         // SAFETY: the tail lives in the first entry, as long as the ring.
-        unsafe {
-            let tail_ptr =
-                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
-            (*tail_ptr).store(tail, std::sync::atomic::Ordering::Release);
-        }
+        unsafe { super::ring::publish_tail(self.entries, tail) };
     }
 
     /// Turns a receive's completion into the pieces of ring buffers it

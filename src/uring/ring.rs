@@ -33,15 +33,24 @@ thread_local! {
     /// The group ids held by this thread's rings, live or replaced, a bit each.
     static GROUPS_HELD: Cell<u16> = const { Cell::new(0) };
     /// The user data of every receive from a ring of this thread that is
-    /// armed and has not ended, which a cancel names it by (unique among
-    /// the operations in flight).
-    static ARMED: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::new(std::collections::HashSet::new());
+    /// armed and has not ended, which a cancel names it by, a bit each: user
+    /// data is the operation's index in the driver's slab (small, dense, and
+    /// unique among the operations in flight), so arming and disarming, once
+    /// per receive, are a bit set and cleared, with no hashing.
+    static ARMED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Lists the receive `user_data` names as armed on a ring, until [`disarm`].
 pub(super) fn arm(user_data: Option<u64>) {
-    if let Some(user_data) = user_data {
-        ARMED.with(|a| a.borrow_mut().insert(user_data));
+    if let Some(user_data) = user_data.and_then(|u| usize::try_from(u).ok()) {
+        ARMED.with(|a| {
+            let mut words = a.borrow_mut();
+            let word = user_data / 64;
+            if words.len() <= word {
+                words.resize(word + 1, 0);
+            }
+            words[word] |= 1 << (user_data % 64);
+        });
     }
 }
 
@@ -49,8 +58,12 @@ pub(super) fn arm(user_data: Option<u64>) {
 /// (its user data may name another operation from then on) or, not ended,
 /// was dropped (the driver cancels it).
 pub(super) fn disarm(user_data: Option<u64>) {
-    if let Some(user_data) = user_data {
-        ARMED.with(|a| a.borrow_mut().remove(&user_data));
+    if let Some(user_data) = user_data.and_then(|u| usize::try_from(u).ok()) {
+        ARMED.with(|a| {
+            if let Some(word) = a.borrow_mut().get_mut(user_data / 64) {
+                *word &= !(1 << (user_data % 64));
+            }
+        });
     }
 }
 
@@ -68,7 +81,13 @@ pub fn shrink_buffers() -> bool {
     }
     // Collected first: a submission may reap completions, and nothing
     // should hold the list meanwhile.
-    let armed: Vec<u64> = ARMED.with(|a| a.borrow().iter().copied().collect());
+    let armed: Vec<u64> = ARMED.with(|a| {
+        let words = a.borrow();
+        (0..words.len() * 64)
+            .filter(|&i| words[i / 64] & (1 << (i % 64)) != 0)
+            .map(|i| i as u64)
+            .collect()
+    });
     for user_data in armed {
         cancel_op(user_data);
     }
@@ -258,14 +277,23 @@ impl BufRing {
         }
         let tail = tail.wrapping_add(1);
         self.tail.set(tail);
-        // SAFETY: the ring's tail is the `resv` field of its first entry,
-        // which lives as long as the ring; the kernel reads it, so it is
-        // published with a release store, after the entry above.
-        unsafe {
-            let tail_ptr =
-                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
-            (*tail_ptr).store(tail, std::sync::atomic::Ordering::Release);
-        }
+        // SAFETY: `entries` is this ring's, which lives as long as the ring.
+        unsafe { publish_tail(self.entries, tail) };
+    }
+}
+
+/// Publishes `tail` as the tail of the provided-buffer ring at `entries`,
+/// after the entries written before it.
+///
+/// # Safety
+/// `entries` must point to the first entry of a live ring.
+pub(super) unsafe fn publish_tail(entries: *mut types::BufRingEntry, tail: u16) {
+    // SAFETY: the ring's tail is the `resv` field of its first entry, live
+    // (the caller's word); the kernel reads it, so it is published with a
+    // release store, after the entries.
+    unsafe {
+        let tail_ptr = types::BufRingEntry::tail(entries) as *const std::sync::atomic::AtomicU16;
+        (*tail_ptr).store(tail, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -548,6 +576,27 @@ mod tests {
         pub(super) static RINGS_LEAKED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     }
 
+    /// `n` receives on sockets of their own, each of a byte, and the buffers
+    /// of those that got one from the ring, held (with the sockets).
+    async fn hold_receives(
+        n: usize,
+    ) -> (
+        Vec<Provided>,
+        Vec<(std::net::TcpStream, tokio_uring::net::TcpStream)>,
+    ) {
+        let mut held = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..n {
+            let (mut peer, ours) = pair();
+            peer.write_all(b"x").unwrap();
+            if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false).await {
+                held.push(got);
+            }
+            peers.push((peer, ours));
+        }
+        (held, peers)
+    }
+
     #[test]
     fn a_ring_that_ran_empty_grows_up_to_its_room() {
         tokio_uring::start(async {
@@ -626,16 +675,7 @@ mod tests {
             let (_pb, b) = pair();
             let _held_pair = FixedPair::register(&a, &b).expect("a free pair");
             provide_buffers(8, 1, 16).unwrap();
-            let mut held = Vec::new();
-            let mut peers = Vec::new();
-            for _ in 0..6 {
-                let (mut peer, ours) = pair();
-                peer.write_all(b"x").unwrap();
-                if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false).await {
-                    held.push(got);
-                }
-                peers.push((peer, ours));
-            }
+            let (held, _peers) = hold_receives(6).await;
             assert_eq!(held.len(), 2, "grown to two buffers for one connection");
             drop(held);
             release_buffers();
@@ -651,16 +691,7 @@ mod tests {
             // Room for 8, 2 at first; held receives grow it to 8.
             provide_buffers(8, 2, 16).unwrap();
             let old = PROVIDED.with(|p| p.borrow().clone()).unwrap();
-            let mut held = Vec::new();
-            let mut peers = Vec::new();
-            for _ in 0..8 {
-                let (mut peer, ours) = pair();
-                peer.write_all(b"x").unwrap();
-                if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false).await {
-                    held.push(got);
-                }
-                peers.push((peer, ours));
-            }
+            let (mut held, peers) = hold_receives(8).await;
             assert_eq!(old.provided.get(), 8, "grown");
             // An idle connection's receive stays armed on the old ring, and
             // one buffer of the old ring is still out.
@@ -716,16 +747,7 @@ mod tests {
     fn a_grown_ring_still_in_use_is_kept() {
         tokio_uring::start(async {
             provide_buffers(8, 2, 16).unwrap();
-            let mut held = Vec::new();
-            let mut peers = Vec::new();
-            for _ in 0..8 {
-                let (mut peer, ours) = pair();
-                peer.write_all(b"x").unwrap();
-                if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false).await {
-                    held.push(got);
-                }
-                peers.push((peer, ours));
-            }
+            let (mut held, _peers) = hold_receives(8).await;
             // Eight held through two intervals: more than half the first two.
             assert!(!shrink_buffers());
             assert!(!shrink_buffers());
