@@ -393,6 +393,12 @@ impl<'a> Pump<'a> {
                     match next {
                         Some(Ok(Received::Bytes(received))) => {
                             shared.stamp();
+                            // Bulk arriving: stop the stream now rather than
+                            // after the send, so it takes no more of the
+                            // shared ring (a bundle holds what was waiting).
+                            if received.filled() {
+                                self.stop_stream();
+                            }
                             self.step = Step::SendProvided(uring::send_all(self.dst, received));
                         }
                         Some(Ok(Received::Eof)) if self.stream.is_none() => {
@@ -463,7 +469,7 @@ impl<'a> Pump<'a> {
                     }
                     let (res, sent) = ready!(Pin::new(op).poll(cx));
                     let n = sent.len();
-                    let full = n == sent.capacity();
+                    let full = sent.filled();
                     drop(sent);
                     if let Err(source) = res {
                         let to = self.to();

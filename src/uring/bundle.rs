@@ -543,7 +543,7 @@ async fn relay_today(src: Rc<TcpStream>, dst: Rc<TcpStream>, mut poll_first: boo
                 // The ring was replaced (no shrink runs here): again.
                 Received::Cancelled => {}
                 Received::Bytes(got) => {
-                    let (n, full) = (got.len(), got.len() == got.capacity());
+                    let (n, full) = (got.len(), got.filled());
                     let (res, _) = send_all(&*dst, got).await;
                     res.unwrap();
                     total += n as u64;
@@ -558,7 +558,7 @@ async fn relay_today(src: Rc<TcpStream>, dst: Rc<TcpStream>, mut poll_first: boo
         while !stream.is_done() {
             match std::future::poll_fn(|cx| stream.poll_next(cx)).await {
                 Some(Ok(Received::Bytes(got))) => {
-                    let (n, full) = (got.len(), got.len() == got.capacity());
+                    let (n, full) = (got.len(), got.filled());
                     // While the send waits, the stream may fill at most
                     // four ring buffers (STREAM_BACKLOG) before it stops.
                     let mut send = send_all(&*dst, got);

@@ -105,14 +105,30 @@ fn recv_once(sock: Sock<'_>, mut buf: Vec<u8>, flags: u16) -> InFlightOneshot<Ve
 /// Bytes a send can take from memory that stays put while the send runs
 /// (it moves into the driver with the operation).
 pub trait SendBuf: Unpin + 'static {
-    /// The bytes to send.
-    fn bytes(&self) -> &[u8];
+    /// Bytes to send, in all.
+    fn send_len(&self) -> usize;
+
+    /// A send to `fd` of what follows the first `sent` bytes; what it
+    /// points to stays put as long as `self` does.
+    fn send_sqe(&mut self, fd: types::Fd, sent: usize) -> squeue::Entry;
 }
 
 impl SendBuf for Vec<u8> {
-    fn bytes(&self) -> &[u8] {
-        self
+    fn send_len(&self) -> usize {
+        self.len()
     }
+
+    fn send_sqe(&mut self, fd: types::Fd, sent: usize) -> squeue::Entry {
+        send_sqe(fd, &self[sent.min(self.len())..])
+    }
+}
+
+/// One IORING_OP_SEND of `bytes` to `fd`.
+pub(super) fn send_sqe(fd: types::Fd, bytes: &[u8]) -> squeue::Entry {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    opcode::Send::new(fd, bytes.as_ptr(), len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
 }
 
 /// Sends all of `buf` (its length, not its capacity) as IORING_OP_SEND, one
@@ -124,7 +140,7 @@ pub fn send_all<'a, B: SendBuf>(sock: impl Into<Sock<'a>>, buf: B) -> SendAll<'a
 
 /// [`send_all`] of what follows the first `sent` bytes of `buf`.
 pub(super) fn send_rest<B: SendBuf>(sock: Sock<'_>, buf: B, sent: usize) -> SendAll<'_, B> {
-    let state = if buf.bytes().len() <= sent {
+    let state = if buf.send_len() <= sent {
         Sending::Nothing(Some(buf))
     } else {
         Sending::InFlight(send_from(sock, buf, sent))
@@ -167,7 +183,7 @@ impl<B: SendBuf> Future for SendAll<'_, B> {
                 Ok(0) => return Poll::Ready((Err(io::ErrorKind::WriteZero.into()), buf)),
                 Ok(n) => {
                     this.sent += n;
-                    if this.sent >= buf.bytes().len() {
+                    if this.sent >= buf.send_len() {
                         return Poll::Ready((Ok(()), buf));
                     }
                     this.state = Sending::InFlight(send_from(this.sock, buf, this.sent));
@@ -178,15 +194,13 @@ impl<B: SendBuf> Future for SendAll<'_, B> {
     }
 }
 
-/// One IORING_OP_SEND of `buf`'s bytes from `sent` on, submitted.
-fn send_from<B: SendBuf>(sock: Sock<'_>, buf: B, sent: usize) -> InFlightOneshot<B, SendDone<B>> {
-    let rest = &buf.bytes()[sent..];
-    let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-    let sqe = sock.sqe(|fd| {
-        opcode::Send::new(fd, rest.as_ptr(), len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-    });
+/// One send of `buf`'s bytes from `sent` on, submitted.
+fn send_from<B: SendBuf>(
+    sock: Sock<'_>,
+    mut buf: B,
+    sent: usize,
+) -> InFlightOneshot<B, SendDone<B>> {
+    let sqe = sock.sqe(|fd| buf.send_sqe(fd, sent));
     // The buffer lives in the driver with the operation; its bytes do not
     // move with it.
     UnsubmittedOneshot::new(buf, SendDone::new(), sqe).submit()

@@ -14,11 +14,11 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use io_uring::{cqueue, opcode, squeue, types};
-use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, ReapHook, UnsubmittedOneshot};
 
 use super::files::{pairs_in_use, Sock};
 use super::recv_send::{
-    cancel_op, completion, with_ioprio, SendBuf, RECVSEND_POLL_FIRST, RECV_FLAGS_OK,
+    cancel_op, completion, send_sqe, with_ioprio, SendBuf, RECVSEND_POLL_FIRST, RECV_FLAGS_OK,
 };
 
 /// Buffer group ids a thread's rings take turns with: a ring that was
@@ -136,7 +136,23 @@ pub struct BufRing {
     peak: Cell<u16>,
     /// Whether it grew since [`replace_grown_ring`] last looked.
     grew: Cell<bool>,
+    /// The ring position (tail) at which each buffer was last handed to the
+    /// kernel: a receive bundle names only its first buffer, and the rest
+    /// follow it in the ring.
+    pos_of: Box<[Cell<u16>]>,
+    /// For a buffer of a bundle, the buffer after it in that bundle,
+    /// recorded when the bundle's completion was reaped ([`ReapHook`]).
+    next: Box<[Cell<u16>]>,
 }
+
+/// Most bytes a bundle receive brings at once (a few buffers): more waiting
+/// than this is bulk, which a pump reads into a large buffer of its own or
+/// splices, rather than spread over the shared ring.
+pub const BUNDLE_MAX: usize = 16 * 1024;
+
+/// In [`BufRing::next`]: the buffer after this one could not be found
+/// (never expected, see [`BufRing::reaped`]); no buffer id is this large.
+const LOST: u16 = u16::MAX;
 
 impl BufRing {
     /// Layout of the entries.
@@ -200,6 +216,8 @@ impl BufRing {
             out: Cell::new(0),
             peak: Cell::new(0),
             grew: Cell::new(false),
+            pos_of: (0..count).map(|_| Cell::new(0)).collect(),
+            next: (0..count).map(|_| Cell::new(LOST)).collect(),
         };
         // SAFETY: `entries` is page-aligned, zeroed and sized for `count`
         // entries, and stays allocated until the ring is dropped, which
@@ -243,17 +261,35 @@ impl BufRing {
         self.group
     }
 
-    /// Buffer `bid` of `ring`, which a receive filled with `len` bytes,
-    /// counted as held until the [`Provided`] is dropped.
-    fn take(ring: &Rc<BufRing>, bid: u16, len: usize) -> Provided {
-        let out = ring.out.get() + 1;
-        ring.out.set(out);
-        ring.peak.set(ring.peak.get().max(out));
-        Provided {
+    /// Buffers that `len` bytes received into this ring's buffers fill.
+    fn buffers_for(&self, len: usize) -> usize {
+        len.div_ceil(self.size).max(1)
+    }
+
+    /// The bytes a receive put into buffer `bid` of `ring` (`len` of them,
+    /// in that buffer and, for a bundle, those after it in the ring),
+    /// counted as held until the [`Provided`] is dropped; an error if the
+    /// buffers of a bundle could not be found.
+    fn take(ring: &Rc<BufRing>, bid: u16, len: usize, bundle: bool) -> io::Result<Provided> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let provided = Provided {
             ring: ring.clone(),
             bid,
-            len: len.min(ring.size),
+            len,
+            bundle,
+            msg: None,
+        };
+        let buffers = provided.ids().count();
+        let out = ring.out.get() + buffers as u16;
+        ring.out.set(out);
+        ring.peak.set(ring.peak.get().max(out));
+        if buffers < ring.buffers_for(len as usize) {
+            // Dropped, it hands back the buffers it found.
+            return Err(io::Error::other(
+                "a receive bundle's buffers were lost from the ring",
+            ));
         }
+        Ok(provided)
     }
 
     /// Hands buffer `bid` to the kernel again (unless the ring was replaced).
@@ -275,10 +311,59 @@ impl BufRing {
             entry.set_len(self.size as u32);
             entry.set_bid(bid);
         }
+        self.pos_of[usize::from(bid)].set(tail);
         let tail = tail.wrapping_add(1);
         self.tail.set(tail);
         // SAFETY: `entries` is this ring's, which lives as long as the ring.
         unsafe { publish_tail(self.entries, tail) };
+    }
+}
+
+impl ReapHook for BufRing {
+    /// A receive bundle's completion names its first buffer; the kernel
+    /// took the others from the ring positions after that one's. Which
+    /// buffers sat there is read now, as the completion is reaped in the
+    /// order the kernel posted it, and kept as a chain in `next` for when a
+    /// task takes the completion, maybe much later.
+    ///
+    /// Why the positions still hold those buffers now: an entry is
+    /// overwritten only once the tail passes it by a whole ring, and between
+    /// the kernel's posting of this completion and its reaping the tail
+    /// moves only by buffers handed back in that time; each of those was
+    /// taken from a completion reaped earlier (so posted earlier), and is
+    /// handed back at most once before it is taken again, by a completion
+    /// posted later, so reaped after this one. With the bundle's own
+    /// buffers held, the tail stays below the first one's position plus the
+    /// ring's size. Checked all the same: a buffer that was handed back
+    /// again since is marked [`LOST`].
+    fn reaped(&self, result: i32, flags: u32) {
+        let Some(first) = cqueue::buffer_select(flags) else {
+            return;
+        };
+        let Ok(len) = usize::try_from(result) else {
+            return;
+        };
+        let (count, mask) = (usize::from(self.count), self.count - 1);
+        let (Some(at), true) = (self.pos_of.get(usize::from(first)), len > self.size) else {
+            return;
+        };
+        let first_pos = at.get();
+        let mut prev = first;
+        for i in 1..self.buffers_for(len).min(count) {
+            let pos = first_pos.wrapping_add(i as u16);
+            // SAFETY: `pos & mask` is below `count`, the entries' length;
+            // the kernel does not write an entry's buffer id.
+            let bid = unsafe { (*self.entries.add(usize::from(pos & mask))).bid() };
+            let next = match self.pos_of.get(usize::from(bid)) {
+                Some(at) if at.get() == pos => bid,
+                _ => LOST,
+            };
+            self.next[usize::from(prev)].set(next);
+            if next == LOST {
+                return;
+            }
+            prev = bid;
+        }
     }
 }
 
@@ -384,48 +469,131 @@ pub fn release_buffers() {
     PROVIDED.with(|p| p.borrow_mut().take());
 }
 
-/// A buffer of the provided ring that a receive filled; handed back to the
-/// kernel when dropped.
+/// What one receive brought into buffers of the provided ring: one buffer,
+/// or for a receive bundle several, each full but the last; handed back to
+/// the kernel when dropped.
 #[derive(Debug)]
 pub struct Provided {
-    /// Its ring, kept alive while the buffer is out.
+    /// Their ring, kept alive while the buffers are out.
     ring: Rc<BufRing>,
-    /// Its id in the ring.
+    /// The first buffer's id in the ring; the rest follow in `ring.next`.
     bid: u16,
-    /// Bytes received into it.
-    len: usize,
+    /// Bytes received.
+    len: u32,
+    /// Whether it came from a bundle receive (which may fill several).
+    bundle: bool,
+    /// A send's header and vector over the buffers, once a send of more
+    /// than one buffer needed them (they stay put while it runs).
+    msg: Option<Box<PiecesMsg>>,
+}
+
+/// A `sendmsg` header and the vector it points to.
+#[derive(Debug)]
+struct PiecesMsg {
+    hdr: libc::msghdr,
+    iov: Vec<libc::iovec>,
 }
 
 impl Provided {
     /// Bytes received.
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
-    /// Bytes it can hold: a receive that filled it may have left more.
-    pub fn capacity(&self) -> usize {
-        self.ring.size
+    /// Whether the receive stopped for want of room, not of bytes: more are
+    /// likely waiting. A receive of one buffer filled it; a bundle receive
+    /// brought [`BUNDLE_MAX`], as much as it may.
+    pub fn filled(&self) -> bool {
+        if self.bundle {
+            self.len() >= BUNDLE_MAX
+        } else {
+            self.len() == self.ring.size
+        }
+    }
+
+    /// The ids of its buffers, in order (as far as they were found).
+    fn ids(&self) -> impl Iterator<Item = u16> + '_ {
+        let buffers = self.ring.buffers_for(self.len());
+        std::iter::successors(Some(self.bid), |&bid| {
+            Some(self.ring.next[usize::from(bid)].get()).filter(|&next| next != LOST)
+        })
+        .take(buffers)
+    }
+
+    /// The bytes, a slice per buffer.
+    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let (size, len) = (self.ring.size, self.len());
+        self.ids().enumerate().map(move |(i, bid)| {
+            // SAFETY: buffer `bid` is `size` bytes at `memory + bid * size`;
+            // the kernel wrote the bytes of this piece there (every piece
+            // but the last is full) and does not touch it again until
+            // `give_back(bid)`, which only Drop calls.
+            unsafe {
+                std::slice::from_raw_parts(
+                    self.ring.memory.add(usize::from(bid) * size),
+                    (len - i * size).min(size),
+                )
+            }
+        })
+    }
+
+    /// The bytes, copied out (for tests).
+    #[cfg(test)]
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.pieces().flatten().copied().collect()
     }
 }
 
 impl SendBuf for Provided {
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: buffer `bid` is `size` bytes at `memory + bid * size`, the
-        // kernel wrote `len <= size` bytes there and does not touch it again
-        // until `give_back(bid)`, which only Drop calls.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.ring.memory.add(usize::from(self.bid) * self.ring.size),
-                self.len,
-            )
+    fn send_len(&self) -> usize {
+        self.len()
+    }
+
+    fn send_sqe(&mut self, fd: types::Fd, sent: usize) -> squeue::Entry {
+        if self.len() <= self.ring.size {
+            let rest = self
+                .pieces()
+                .next()
+                .map_or(&[][..], |p| &p[sent.min(p.len())..]);
+            return send_sqe(fd, rest);
         }
+        let mut iov: Vec<libc::iovec> = Vec::new();
+        let mut skip = sent;
+        for piece in self.pieces() {
+            if skip >= piece.len() {
+                skip -= piece.len();
+                continue;
+            }
+            iov.push(libc::iovec {
+                iov_base: piece[skip..].as_ptr() as *mut libc::c_void,
+                iov_len: piece.len() - skip,
+            });
+            skip = 0;
+        }
+        // SAFETY: msghdr is plain data, for which zeroes are valid.
+        let mut msg = Box::new(PiecesMsg {
+            hdr: unsafe { std::mem::zeroed() },
+            iov,
+        });
+        msg.hdr.msg_iov = msg.iov.as_mut_ptr();
+        msg.hdr.msg_iovlen = msg.iov.len();
+        let sqe = opcode::SendMsg::new(fd, &msg.hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build();
+        // Boxed, so moving it does not move the header the SQE points to.
+        self.msg = Some(msg);
+        sqe
     }
 }
 
 impl Drop for Provided {
     fn drop(&mut self) {
-        self.ring.out.set(self.ring.out.get() - 1);
-        self.ring.give_back(self.bid);
+        // Handing a buffer back leaves `next` as it is, so the chain holds
+        // while it is walked.
+        for bid in self.ids() {
+            self.ring.out.set(self.ring.out.get() - 1);
+            self.ring.give_back(bid);
+        }
     }
 }
 
@@ -480,7 +648,7 @@ impl Future for RecvProvided {
         let (res, bid, ring) = ready!(Pin::new(op).poll(cx));
         this.op = None;
         disarm(user_data);
-        Poll::Ready(match received(res, bid, &ring) {
+        Poll::Ready(match received(res, bid, &ring, false) {
             Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => {
                 Some(Ok(Received::Cancelled))
             }
@@ -493,15 +661,17 @@ impl Future for RecvProvided {
 }
 
 /// What a receive into `ring` brought, from its result and the id of the
-/// buffer the kernel filled, if it took one; a buffer that holds no bytes
-/// goes back to the ring at once.
+/// (first) buffer the kernel filled, if it took one; a buffer that holds no
+/// bytes goes back to the ring at once. `bundle`: the receive was a bundle
+/// one.
 pub(super) fn received(
     res: io::Result<usize>,
     bid: Option<u16>,
     ring: &Rc<BufRing>,
+    bundle: bool,
 ) -> io::Result<Received> {
     match (res, bid) {
-        (Ok(n), Some(bid)) if n > 0 => Ok(Received::Bytes(BufRing::take(ring, bid, n))),
+        (Ok(n), Some(bid)) if n > 0 => BufRing::take(ring, bid, n, bundle).map(Received::Bytes),
         (res, bid) => {
             if let Some(bid) = bid {
                 ring.give_back(bid);
@@ -723,14 +893,14 @@ mod tests {
             idle_peer.write_all(b"after").unwrap();
             match poll_fn(|cx| stream.poll_next(cx)).await {
                 Some(Ok(Received::Bytes(got))) => {
-                    assert_eq!(got.bytes(), b"after");
+                    assert_eq!(got.to_vec(), b"after");
                     assert!(Rc::ptr_eq(&got.ring, &fresh));
                 }
                 other => panic!("expected bytes, got {other:?}"),
             }
             // The buffer still out of the old ring keeps its bytes; when it
             // goes, so does the old ring, unregistered already, and freed.
-            assert_eq!(kept.bytes(), b"x");
+            assert_eq!(kept.to_vec(), b"x");
             let dropped = RINGS_DROPPED.with(|d| d.get());
             drop(kept);
             assert_eq!(RINGS_DROPPED.with(|d| d.get()), dropped + 1);

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use io_uring::{cqueue, opcode, squeue};
-use tokio_uring::{InFlightMultishot, MultishotData, UnsubmittedMultishot};
+use tokio_uring::{InFlightMultishot, MultishotData, ReapHook, UnsubmittedMultishot};
 
 use super::files::Sock;
 use super::recv_send::cancel_op;
@@ -21,10 +21,19 @@ use super::ring::{arm, disarm, received, BufRing, Received, PROVIDED};
 /// `ioprio`: the receive stays armed and completes once per arrival.
 const RECV_MULTISHOT: u16 = 2;
 
+/// `IORING_RECVSEND_BUNDLE` (linux/io_uring.h, kernel 6.10+), in the SQE's
+/// `ioprio`: one completion covers as many consecutive ring buffers as the
+/// bytes waiting fill, up to the receive's length.
+const RECVSEND_BUNDLE: u16 = 16;
+
 thread_local! {
     /// Whether this thread's ring takes multishot receives; cleared by the
     /// first one a kernel older than 6.0 refuses (EINVAL).
     static MULTISHOT_OK: Cell<bool> = const { Cell::new(true) };
+    /// Whether its multishot receives are bundle ones; cleared by the first
+    /// one a kernel older than 6.10 refuses (EINVAL), before multishot
+    /// receives themselves are given up.
+    static BUNDLE_OK: Cell<bool> = const { Cell::new(true) };
 }
 
 /// The ring a multishot receive fills, kept in the driver with it.
@@ -34,6 +43,19 @@ impl MultishotData for StreamRing {
     fn discard(&mut self, flags: u32) {
         if let Some(bid) = cqueue::buffer_select(flags) {
             self.0.give_back(bid);
+        }
+    }
+
+    /// Every buffer the completion filled goes back: for a bundle, the
+    /// ones after the first too, which its reap hook recorded.
+    fn discard_result(&mut self, result: &io::Result<u32>, flags: u32) {
+        match result {
+            Ok(n) if *n > 0 => {
+                let bid = cqueue::buffer_select(flags);
+                // Dropped at once, the bytes' buffers go back.
+                let _ = received(Ok(*n as usize), bid, &self.0, true);
+            }
+            _ => self.discard(flags),
         }
     }
 }
@@ -57,17 +79,31 @@ pub fn recv_stream<'a>(sock: impl Into<Sock<'a>>) -> Option<RecvStream> {
         return None;
     }
     let ring = PROVIDED.with(|p| p.borrow().clone())?;
-    // Length 0: each completion fills at most one whole buffer.
+    // A bundle receive brings what is waiting in one completion that fills
+    // consecutive buffers of the ring; its reap hook records which.
+    // Without bundles each completion fills one buffer. Length 0 either
+    // way: a bundle receive given a length ends after its first completion
+    // (Linux 6.18).
+    let bundle = BUNDLE_OK.get();
     let sqe = sock.into().sqe(|fd| {
         opcode::Recv::new(fd, std::ptr::null_mut(), 0)
             .buf_group(ring.group())
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
     });
-    let sqe = with_ioprio(sqe, RECV_MULTISHOT | RECVSEND_POLL_FIRST);
+    let mut ioprio = RECV_MULTISHOT | RECVSEND_POLL_FIRST;
+    if bundle {
+        ioprio |= RECVSEND_BUNDLE;
+    }
+    let sqe = with_ioprio(sqe, ioprio);
     // The ring moves into the driver with the operation: its memory outlives
     // the receive even if this stream is dropped.
-    let op = UnsubmittedMultishot::new(StreamRing(ring), sqe).submit();
+    let op = if bundle {
+        let hook: Rc<dyn ReapHook> = ring.clone();
+        UnsubmittedMultishot::with_reap_hook(StreamRing(ring), sqe, hook).submit()
+    } else {
+        UnsubmittedMultishot::new(StreamRing(ring), sqe).submit()
+    };
     arm(op.user_data());
     Some(RecvStream { op })
 }
@@ -87,14 +123,22 @@ impl RecvStream {
             return Poll::Ready(None);
         };
         let res = res.map(|n| n as usize);
+        // Bundles are given up only after a refusal, when no receive armed
+        // with them ever brought bytes: this one was a bundle one if they
+        // are still on.
+        let bundle = BUNDLE_OK.get();
         Poll::Ready(
-            match received(res, cqueue::buffer_select(flags), &self.op.data().0) {
+            match received(res, cqueue::buffer_select(flags), &self.op.data().0, bundle) {
                 // Only [`RecvStream::cancel`] cancels it.
                 Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => None,
-                // A kernel without multishot receives: this thread stops
-                // asking for them.
+                // A kernel without bundle receives, then one without
+                // multishot receives: this thread stops asking for them.
                 Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                    MULTISHOT_OK.set(false);
+                    if bundle {
+                        BUNDLE_OK.set(false);
+                    } else {
+                        MULTISHOT_OK.set(false);
+                    }
                     None
                 }
                 res => Some(res),
@@ -136,7 +180,6 @@ impl Drop for RecvStream {
 mod tests {
     use super::*;
     use crate::testing::pair;
-    use crate::uring::recv_send::SendBuf;
     use crate::uring::{provide_buffers, recv_provided, release_buffers};
     use std::io::Write;
 
@@ -159,27 +202,34 @@ mod tests {
             for msg in [&b"one"[..], b"two", b"three"] {
                 peer.write_all(msg).unwrap();
                 match next(&mut stream).await {
-                    Some(Ok(Received::Bytes(got))) => assert_eq!(got.bytes(), msg),
+                    Some(Ok(Received::Bytes(got))) => assert_eq!(got.to_vec(), msg),
                     other => panic!("expected bytes, got {other:?}"),
                 }
                 assert!(!stream.is_done(), "one receive for every arrival");
             }
-            // More than a buffer holds, and arrivals that wait: several
-            // completions, in order.
+            // More than a buffer holds, in two arrivals that wait: bundles,
+            // completions that each filled several buffers (all full but
+            // the last), in order.
             let data: Vec<u8> = (0..100u8).collect();
-            peer.write_all(&data).unwrap();
-            backlog_reaches(&mut stream, 2).await;
-            let mut got = Vec::new();
+            peer.write_all(&data[..50]).unwrap();
+            backlog_reaches(&mut stream, 1).await;
+            peer.write_all(&data[50..]).unwrap();
+            let (mut got, mut bundles) = (Vec::new(), 0);
             while got.len() < data.len() {
                 match next(&mut stream).await {
                     Some(Ok(Received::Bytes(part))) => {
-                        assert!(part.len() <= 16);
-                        got.extend_from_slice(part.bytes());
+                        let lens: Vec<usize> = part.pieces().map(<[u8]>::len).collect();
+                        let (last, full) = lens.split_last().unwrap();
+                        assert!(full.iter().all(|&n| n == 16) && *last <= 16, "{lens:?}");
+                        assert_eq!(lens.iter().sum::<usize>(), part.len());
+                        bundles += usize::from(lens.len() > 1);
+                        got.extend_from_slice(&part.to_vec());
                     }
                     other => panic!("expected bytes, got {other:?}"),
                 }
             }
             assert_eq!(got, data);
+            assert!(bundles > 0, "one receive filled several buffers");
             drop(peer);
             assert!(matches!(next(&mut stream).await, Some(Ok(Received::Eof))));
             assert!(stream.is_done());
@@ -209,9 +259,96 @@ mod tests {
             let (mut other_peer, other) = pair();
             other_peer.write_all(b"x").unwrap();
             match recv_provided(&other, false).await {
-                Some(Ok(Received::Bytes(got))) => assert_eq!(got.bytes(), b"x"),
+                Some(Ok(Received::Bytes(got))) => assert_eq!(got.to_vec(), b"x"),
                 other => panic!("expected a ring buffer, got {other:?}"),
             }
+            release_buffers();
+        });
+    }
+
+    #[test]
+    fn a_dropped_stream_gives_back_every_buffer_of_its_bundles() {
+        tokio_uring::start(async {
+            provide_buffers(8, 8, 16).unwrap();
+            let (mut peer, ours) = pair();
+            let mut stream = recv_stream(&ours).expect("a ring");
+            // Two bundles wait, holding six of the eight buffers.
+            peer.write_all(&[7; 40]).unwrap();
+            backlog_reaches(&mut stream, 1).await;
+            peer.write_all(&[8; 40]).unwrap();
+            backlog_reaches(&mut stream, 2).await;
+            drop(stream);
+            // All eight are back: eight receives elsewhere each find one.
+            let mut held = Vec::new();
+            let mut peers = Vec::new();
+            for _ in 0..8 {
+                let (mut other_peer, other) = pair();
+                other_peer.write_all(b"x").unwrap();
+                match recv_provided(&other, false).await {
+                    Some(Ok(Received::Bytes(got))) => held.push(got),
+                    other => panic!("expected a ring buffer, got {other:?}"),
+                }
+                peers.push((other_peer, other));
+            }
+            drop(held);
+            release_buffers();
+        });
+    }
+
+    /// The byte at `offset` of what socket `i` sends.
+    fn byte(i: usize, offset: usize) -> u8 {
+        (offset.wrapping_mul(7) ^ i.wrapping_mul(31)) as u8
+    }
+
+    #[test]
+    fn bundles_keep_their_buffers_while_others_cycle_the_shared_ring() {
+        tokio_uring::start(async {
+            // 256 buffers of 32 bytes shared by 8 sockets. Socket 0's
+            // completions wait untaken for 20 rounds while the others take
+            // and hand back theirs: the ring's tail laps the positions of
+            // socket 0's bundles about twice before they are taken.
+            const SOCKETS: usize = 8;
+            provide_buffers(256, 256, 32).unwrap();
+            let mut socks: Vec<_> = (0..SOCKETS).map(|_| pair()).collect();
+            let mut streams: Vec<_> = socks
+                .iter()
+                .map(|(_, ours)| recv_stream(ours).expect("a ring"))
+                .collect();
+            let (mut sent, mut got) = (vec![0usize; SOCKETS], vec![0usize; SOCKETS]);
+            let mut bundles = 0;
+            for round in 0..60usize {
+                for (i, (peer, _)) in socks.iter_mut().enumerate() {
+                    let len = (round * 7 + i * 13) % 150 + 33;
+                    let msg: Vec<u8> = (sent[i]..sent[i] + len).map(|o| byte(i, o)).collect();
+                    peer.write_all(&msg).unwrap();
+                    sent[i] += len;
+                }
+                for (i, stream) in streams.iter_mut().enumerate() {
+                    if i == 0 && round % 20 != 19 {
+                        continue;
+                    }
+                    while got[i] < sent[i] {
+                        match next(stream).await {
+                            Some(Ok(Received::Bytes(part))) => {
+                                bundles += usize::from(part.len() > 32);
+                                for (k, b) in part.to_vec().into_iter().enumerate() {
+                                    assert_eq!(
+                                        b,
+                                        byte(i, got[i] + k),
+                                        "socket {i}, byte {}",
+                                        got[i] + k
+                                    );
+                                }
+                                got[i] += part.len();
+                            }
+                            other => panic!("socket {i}: expected bytes, got {other:?}"),
+                        }
+                    }
+                }
+            }
+            assert_eq!(got, sent);
+            assert!(bundles > 100, "{bundles} bundles");
+            drop(streams);
             release_buffers();
         });
     }

@@ -82,8 +82,8 @@ pub mod net;
 
 pub use io::write::*;
 pub use runtime::driver::op::{
-    InFlightMultishot, InFlightOneshot, MultishotData, OneshotOutputTransform, UnsubmittedMultishot,
-    UnsubmittedOneshot,
+    InFlightMultishot, InFlightOneshot, MultishotData, OneshotOutputTransform, ReapHook,
+    UnsubmittedMultishot, UnsubmittedOneshot,
 };
 pub use runtime::spawn;
 pub use runtime::Runtime;

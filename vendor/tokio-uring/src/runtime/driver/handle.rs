@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 
 use crate::buf::fixed::FixedBuffers;
 use crate::runtime::driver::op::{
-    Completable, CqeResult, MultiCQEFuture, MultishotData, Op, Updateable,
+    Completable, CqeResult, MultiCQEFuture, MultishotData, Op, ReapHook, Updateable,
 };
 use crate::runtime::driver::Driver;
 
@@ -115,8 +115,12 @@ impl Handle {
         self.inner.borrow_mut().poll_backlog_2(index, n, cx)
     }
 
-    pub(crate) fn submit_multishot_2(&self, sqe: squeue::Entry) -> usize {
-        self.inner.borrow_mut().submit_multishot_2(sqe)
+    pub(crate) fn submit_multishot_2(
+        &self,
+        sqe: squeue::Entry,
+        hook: Option<Rc<dyn ReapHook>>,
+    ) -> usize {
+        self.inner.borrow_mut().submit_multishot_2(sqe, hook)
     }
 
     pub(crate) fn remove_multishot(&self, index: usize, data: Box<dyn MultishotData>) {

@@ -1,6 +1,6 @@
 use crate::buf::fixed::FixedBuffers;
 use crate::runtime::driver::op::{
-    Completable, CqeResult, Lifecycle, MultiCQEFuture, MultishotData, Op, SlabListIndices,
+    Completable, CqeResult, Lifecycle, MultiCQEFuture, MultishotData, Op, ReapHook, SlabListIndices,
     Updateable,
 };
 use io_uring::opcode::AsyncCancel;
@@ -265,11 +265,15 @@ impl Driver {
 
     /// Submits a multishot operation (ringlb patch 2): its completions are
     /// queued in order for [`Driver::poll_next_2`].
-    pub(crate) fn submit_multishot_2(&mut self, sqe: squeue::Entry) -> usize {
+    pub(crate) fn submit_multishot_2(
+        &mut self,
+        sqe: squeue::Entry,
+        hook: Option<Rc<dyn ReapHook>>,
+    ) -> usize {
         let index = self.submit_op_2(sqe);
         // The entry is queued, not yet submitted, so no completion of it can
         // have been seen.
-        self.ops.lifecycle[index] = Lifecycle::Streaming(SlabListIndices::new(), None);
+        self.ops.lifecycle[index] = Lifecycle::Streaming(SlabListIndices::new(), None, hook);
         index
     }
 
@@ -277,7 +281,7 @@ impl Driver {
     /// patch 2); the operation is removed once its last one is handed out.
     pub(crate) fn poll_next_2(&mut self, index: usize, cx: &mut Context<'_>) -> Poll<CqeResult> {
         let (lifecycle, completions) = self.ops.get_mut(index).expect("invalid internal state");
-        let Lifecycle::Streaming(indices, waker) = lifecycle else {
+        let Lifecycle::Streaming(indices, waker, _) = lifecycle else {
             unreachable!("not a multishot operation")
         };
         let mut list = mem::replace(indices, SlabListIndices::new()).into_list(completions);
@@ -306,7 +310,7 @@ impl Driver {
         let Some((lifecycle, completions)) = self.ops.get_mut(index) else {
             return Poll::Pending;
         };
-        let Lifecycle::Streaming(indices, waker) = lifecycle else {
+        let Lifecycle::Streaming(indices, waker, _) = lifecycle else {
             unreachable!("not a multishot operation")
         };
         let list = mem::replace(indices, SlabListIndices::new()).into_list(completions);
@@ -329,7 +333,8 @@ impl Driver {
             Some(val) => val,
             None => return,
         };
-        let Lifecycle::Streaming(indices, _) = mem::replace(lifecycle, Lifecycle::Submitted) else {
+        let Lifecycle::Streaming(indices, _, hook) = mem::replace(lifecycle, Lifecycle::Submitted)
+        else {
             unreachable!("not a multishot operation")
         };
         let mut more = true;
@@ -338,7 +343,7 @@ impl Driver {
             more = cqueue::more(cqe.flags);
         }
         if more {
-            *lifecycle = Lifecycle::IgnoredMultishot(data);
+            *lifecycle = Lifecycle::IgnoredMultishot(data, hook);
         } else {
             self.ops.remove(index);
         }
@@ -505,7 +510,7 @@ impl Drop for Driver {
                     *cycle = lc;
                 }
 
-                Lifecycle::Streaming(indices, _) => {
+                Lifecycle::Streaming(indices, ..) => {
                     // ringlb patch 2: like a completion list, but it may be
                     // empty (still running: cancel it).
                     let mut list = indices.into_list(&mut self.ops.completions);

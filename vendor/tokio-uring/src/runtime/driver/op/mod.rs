@@ -2,6 +2,7 @@ use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use io_uring::{cqueue, squeue};
@@ -140,16 +141,41 @@ pub trait MultishotData: 'static {
     }
 }
 
+/// Told of every completion of a multishot operation when the driver reaps
+/// it, in the order the kernel posted them across every operation, before
+/// any task sees it (ringlb patch 7): for state that depends on that order,
+/// such as where in a provided-buffer ring a receive bundle's buffers are.
+/// It runs inside the driver: it must not submit or touch the runtime.
+pub trait ReapHook: 'static {
+    /// A completion with this raw result and these CQE flags was reaped.
+    fn reaped(&self, result: i32, flags: u32);
+}
+
 /// An unsubmitted multishot operation (ringlb patch 2).
 pub struct UnsubmittedMultishot<D: MultishotData> {
     data: D,
     sqe: squeue::Entry,
+    hook: Option<Rc<dyn ReapHook>>,
 }
 
 impl<D: MultishotData> UnsubmittedMultishot<D> {
     /// Construct a new multishot operation for later submission.
     pub fn new(data: D, sqe: squeue::Entry) -> Self {
-        Self { data, sqe }
+        Self {
+            data,
+            sqe,
+            hook: None,
+        }
+    }
+
+    /// The same, with `hook` told of each completion as it is reaped, also
+    /// after the operation was dropped (ringlb patch 7).
+    pub fn with_reap_hook(data: D, sqe: squeue::Entry, hook: Rc<dyn ReapHook>) -> Self {
+        Self {
+            data,
+            sqe,
+            hook: Some(hook),
+        }
     }
 
     /// Submit the operation to the driver for batched entry to the kernel.
@@ -157,7 +183,7 @@ impl<D: MultishotData> UnsubmittedMultishot<D> {
         let handle = CONTEXT
             .with(|x| x.handle())
             .expect("Could not submit op; not in runtime context");
-        let index = handle.submit_multishot_2(self.sqe);
+        let index = handle.submit_multishot_2(self.sqe, self.hook);
         InFlightMultishot {
             op: Some(((&handle).into(), index)),
             data: std::mem::ManuallyDrop::new(self.data),
@@ -298,11 +324,12 @@ pub(crate) enum Lifecycle {
     /// A multishot operation whose submitter went away before its last
     /// completion (ringlb patch 2): each later completion is discarded
     /// through its data.
-    IgnoredMultishot(Box<dyn MultishotData>),
+    IgnoredMultishot(Box<dyn MultishotData>, Option<Rc<dyn ReapHook>>),
 
     /// A multishot operation (ringlb patch 2): its completions not handed
-    /// out yet, in order, and the task to wake when one arrives.
-    Streaming(SlabListIndices, Option<Waker>),
+    /// out yet, in order, and the task to wake when one arrives; and the
+    /// hook told of each as it is reaped (patch 7).
+    Streaming(SlabListIndices, Option<Waker>, Option<Rc<dyn ReapHook>>),
 
     /// The operation has completed with a single cqe result
     Completed(cqueue::Entry),
@@ -440,21 +467,27 @@ impl Lifecycle {
                 }
             }
 
-            Lifecycle::Streaming(indices, waker) => {
+            Lifecycle::Streaming(indices, waker, hook) => {
+                if let Some(hook) = &hook {
+                    hook.reaped(cqe.result(), cqe.flags());
+                }
                 let mut list = indices.into_list(completions);
                 list.push(cqe.into());
-                *self = Lifecycle::Streaming(list.into_indices(), None);
+                *self = Lifecycle::Streaming(list.into_indices(), None, hook);
                 if let Some(waker) = waker {
                     waker.wake();
                 }
                 false
             }
 
-            Lifecycle::IgnoredMultishot(mut data) => {
+            Lifecycle::IgnoredMultishot(mut data, hook) => {
+                if let Some(hook) = &hook {
+                    hook.reaped(cqe.result(), cqe.flags());
+                }
                 let cqe = CqeResult::from(cqe);
                 data.discard_result(&cqe.result, cqe.flags);
                 if io_uring::cqueue::more(cqe.flags) {
-                    *self = Lifecycle::IgnoredMultishot(data);
+                    *self = Lifecycle::IgnoredMultishot(data, hook);
                     false
                 } else {
                     true
