@@ -14,11 +14,11 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use io_uring::{cqueue, opcode, squeue, types};
-use tokio_uring::{InFlightOneshot, OneshotOutputTransform, ReapHook, UnsubmittedOneshot};
+use tokio_uring::{InFlightMultishot, MultishotData, ReapHook, UnsubmittedMultishot};
 
 use super::files::{pairs_in_use, Sock};
 use super::recv_send::{
-    cancel_op, completion, send_sqe, with_ioprio, SendBuf, RECVSEND_POLL_FIRST, RECV_FLAGS_OK,
+    cancel_op, send_sqe, with_ioprio, SendBuf, RECVSEND_POLL_FIRST, RECV_FLAGS_OK,
 };
 
 /// Buffer group ids a thread's rings take turns with: a ring that was
@@ -38,6 +38,9 @@ thread_local! {
     /// unique among the operations in flight), so arming and disarming, once
     /// per receive, are a bit set and cleared, with no hashing.
     static ARMED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Whether receives into the ring are bundle ones; cleared by the first
+    /// one a kernel older than 6.10 refuses ([`refuse_bundles`]).
+    static BUNDLE_OK: Cell<bool> = const { Cell::new(true) };
 }
 
 /// Lists the receive `user_data` names as armed on a ring, until [`disarm`].
@@ -150,6 +153,11 @@ pub struct BufRing {
 /// splices, rather than spread over the shared ring.
 pub const BUNDLE_MAX: usize = 16 * 1024;
 
+/// `IORING_RECVSEND_BUNDLE` (linux/io_uring.h, kernel 6.10+), in the SQE's
+/// `ioprio`: one completion covers as many consecutive ring buffers as the
+/// bytes waiting fill.
+const RECVSEND_BUNDLE: u16 = 16;
+
 /// In [`BufRing::next`]: the buffer after this one could not be found
 /// (never expected, see [`BufRing::reaped`]); no buffer id is this large.
 const LOST: u16 = u16::MAX;
@@ -254,11 +262,6 @@ impl BufRing {
         }
         self.provided.set(provided + more);
         self.grew.set(true);
-    }
-
-    /// Its buffer group id, which a receive from it names.
-    pub(super) fn group(&self) -> u16 {
-        self.group
     }
 
     /// Buffers that `len` bytes received into this ring's buffers fill.
@@ -620,11 +623,12 @@ pub enum Received {
 pub fn recv_provided<'a>(sock: impl Into<Sock<'a>>, poll_first: bool) -> RecvProvided {
     let sock = sock.into();
     let poll_first = poll_first && RECV_FLAGS_OK.get();
+    let ioprio = if poll_first { RECVSEND_POLL_FIRST } else { 0 };
     RecvProvided {
         poll_first,
         op: PROVIDED
             .with(|p| p.borrow().clone())
-            .map(|ring| recv_provided_once(sock, ring, poll_first)),
+            .map(|ring| recv_into_ring(sock, ring, ioprio)),
     }
 }
 
@@ -633,7 +637,7 @@ pub struct RecvProvided {
     /// Whether it was to poll first.
     poll_first: bool,
     /// The receive in flight; none without a ring.
-    op: Option<InFlightOneshot<Rc<BufRing>, ProvidedDone>>,
+    op: Option<InFlightMultishot<RingRecv>>,
 }
 
 impl Future for RecvProvided {
@@ -645,18 +649,39 @@ impl Future for RecvProvided {
             return Poll::Ready(None);
         };
         let user_data = op.user_data();
-        let (res, bid, ring) = ready!(Pin::new(op).poll(cx));
+        // Its one completion; the operation has ended with it.
+        let next = ready!(op.poll_next(cx));
+        let got = next.map(|(res, flags)| op.data().received(res.map(|n| n as usize), flags));
         this.op = None;
         disarm(user_data);
-        Poll::Ready(match received(res, bid, &ring, false) {
+        let Some(got) = got else {
+            // No completion (not expected for a receive in flight): receive
+            // into a buffer of one's own.
+            return Poll::Ready(None);
+        };
+        Poll::Ready(match got {
             Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => {
                 Some(Ok(Received::Cancelled))
             }
-            // A kernel that refuses the receive flags: the caller's own
-            // receive learns that and stops passing them.
-            Err(err) if this.poll_first && err.raw_os_error() == Some(libc::EINVAL) => None,
+            // A kernel that refuses bundle receives, or the receive flags:
+            // this thread stops asking for bundles, and the caller's own
+            // receive learns about the flags and stops passing them.
+            Err(err)
+                if err.raw_os_error() == Some(libc::EINVAL)
+                    && (refuse_bundles() || this.poll_first) =>
+            {
+                None
+            }
             res => Some(res),
         })
+    }
+}
+
+impl Drop for RecvProvided {
+    fn drop(&mut self) {
+        // Not ended: the driver cancels it and keeps it until its
+        // completion.
+        disarm(self.op.as_ref().and_then(|op| op.user_data()));
     }
 }
 
@@ -664,7 +689,7 @@ impl Future for RecvProvided {
 /// (first) buffer the kernel filled, if it took one; a buffer that holds no
 /// bytes goes back to the ring at once. `bundle`: the receive was a bundle
 /// one.
-pub(super) fn received(
+fn received(
     res: io::Result<usize>,
     bid: Option<u16>,
     ring: &Rc<BufRing>,
@@ -688,49 +713,78 @@ pub(super) fn received(
     }
 }
 
-/// One IORING_OP_RECV into a buffer the kernel picks from `ring`, polling
-/// first if `poll_first`, submitted.
-fn recv_provided_once(
+/// Gives up bundle receives on this thread, after a kernel refused a
+/// receive (EINVAL); returns whether they were on, so that the refusal was
+/// theirs (older kernels refuse bundles, 6.10+ take them, and a receive
+/// armed with them that was refused brought no bytes).
+pub(super) fn refuse_bundles() -> bool {
+    BUNDLE_OK.replace(false)
+}
+
+/// The ring a receive from it fills, kept in the driver with the receive:
+/// its memory outlives the receive even if the receive's owner is dropped,
+/// and the buffers of completions nobody takes go back to it.
+pub(super) struct RingRecv(Rc<BufRing>);
+
+impl RingRecv {
+    /// What a completion of the receive, with this result and these CQE
+    /// flags, brought. Bundles go off only after a refusal, which brought
+    /// no bytes: a receive that brought bytes was a bundle one if they are
+    /// still on.
+    pub(super) fn received(&self, res: io::Result<usize>, flags: u32) -> io::Result<Received> {
+        received(res, cqueue::buffer_select(flags), &self.0, BUNDLE_OK.get())
+    }
+}
+
+impl MultishotData for RingRecv {
+    fn discard(&mut self, flags: u32) {
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            self.0.give_back(bid);
+        }
+    }
+
+    /// Every buffer the completion filled goes back: for a bundle, the
+    /// ones after the first too, which its reap hook recorded.
+    fn discard_result(&mut self, result: &io::Result<u32>, flags: u32) {
+        match result {
+            Ok(n) if *n > 0 => {
+                let bid = cqueue::buffer_select(flags);
+                // Dropped at once, the bytes' buffers go back.
+                let _ = received(Ok(*n as usize), bid, &self.0, true);
+            }
+            _ => self.discard(flags),
+        }
+    }
+}
+
+/// Submits a receive on `sock` into `ring`, with `ioprio`'s flags (multishot,
+/// poll first) and, while this thread's kernel takes them, as a bundle one:
+/// a completion then covers as many consecutive buffers of the ring as the
+/// bytes waiting fill, which the ring's reap hook records. Listed as armed
+/// (the caller disarms it once it ended).
+pub(super) fn recv_into_ring(
     sock: Sock<'_>,
     ring: Rc<BufRing>,
-    poll_first: bool,
-) -> InFlightOneshot<Rc<BufRing>, ProvidedDone> {
-    let len = u32::try_from(ring.size).unwrap_or(u32::MAX);
-    let mut sqe = sock.sqe(|fd| {
-        opcode::Recv::new(fd, std::ptr::null_mut(), len)
+    ioprio: u16,
+) -> InFlightMultishot<RingRecv> {
+    // Length 0: as much as the buffers hold. (A multishot receive takes no
+    // other, and a bundle one given a length ends after its first
+    // completion, on Linux 6.18.)
+    let sqe = sock.sqe(|fd| {
+        opcode::Recv::new(fd, std::ptr::null_mut(), 0)
             .buf_group(ring.group)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
     });
-    if poll_first {
-        sqe = with_ioprio(sqe, RECVSEND_POLL_FIRST);
-    }
-    // The ring moves into the driver with the operation: its memory outlives
-    // the receive even if this future is dropped.
-    let op = UnsubmittedOneshot::new(ring, ProvidedDone, sqe).submit();
+    let op = if BUNDLE_OK.get() {
+        let sqe = with_ioprio(sqe, ioprio | RECVSEND_BUNDLE);
+        let hook: Rc<dyn ReapHook> = ring.clone();
+        UnsubmittedMultishot::with_reap_hook(RingRecv(ring), sqe, hook).submit()
+    } else {
+        UnsubmittedMultishot::new(RingRecv(ring), with_ioprio(sqe, ioprio)).submit()
+    };
     arm(op.user_data());
     op
-}
-
-impl Drop for RecvProvided {
-    fn drop(&mut self) {
-        // Not ended: the driver cancels it and keeps it until its
-        // completion.
-        disarm(self.op.as_ref().and_then(|op| op.user_data()));
-    }
-}
-
-/// Turns a provided-buffer receive's completion into its count and the id
-/// of the buffer the kernel filled, if it took one.
-struct ProvidedDone;
-
-impl OneshotOutputTransform for ProvidedDone {
-    type Output = (io::Result<usize>, Option<u16>, Rc<BufRing>);
-    type StoredData = Rc<BufRing>;
-
-    fn transform_oneshot_output(self, ring: Rc<BufRing>, cqe: cqueue::Entry) -> Self::Output {
-        (completion(&cqe), cqueue::buffer_select(cqe.flags()), ring)
-    }
 }
 
 #[cfg(test)]

@@ -6,58 +6,23 @@
 
 use std::cell::Cell;
 use std::io;
-use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
-use io_uring::{cqueue, opcode, squeue};
-use tokio_uring::{InFlightMultishot, MultishotData, ReapHook, UnsubmittedMultishot};
+use tokio_uring::InFlightMultishot;
 
 use super::files::Sock;
 use super::recv_send::cancel_op;
-use super::recv_send::{with_ioprio, RECVSEND_POLL_FIRST, RECV_FLAGS_OK};
-use super::ring::{arm, disarm, received, BufRing, Received, PROVIDED};
+use super::recv_send::{RECVSEND_POLL_FIRST, RECV_FLAGS_OK};
+use super::ring::{disarm, recv_into_ring, refuse_bundles, Received, RingRecv, PROVIDED};
 
 /// `IORING_RECV_MULTISHOT` (linux/io_uring.h, kernel 6.0+), in the SQE's
 /// `ioprio`: the receive stays armed and completes once per arrival.
 const RECV_MULTISHOT: u16 = 2;
 
-/// `IORING_RECVSEND_BUNDLE` (linux/io_uring.h, kernel 6.10+), in the SQE's
-/// `ioprio`: one completion covers as many consecutive ring buffers as the
-/// bytes waiting fill, up to the receive's length.
-const RECVSEND_BUNDLE: u16 = 16;
-
 thread_local! {
     /// Whether this thread's ring takes multishot receives; cleared by the
     /// first one a kernel older than 6.0 refuses (EINVAL).
     static MULTISHOT_OK: Cell<bool> = const { Cell::new(true) };
-    /// Whether its multishot receives are bundle ones; cleared by the first
-    /// one a kernel older than 6.10 refuses (EINVAL), before multishot
-    /// receives themselves are given up.
-    static BUNDLE_OK: Cell<bool> = const { Cell::new(true) };
-}
-
-/// The ring a multishot receive fills, kept in the driver with it.
-struct StreamRing(Rc<BufRing>);
-
-impl MultishotData for StreamRing {
-    fn discard(&mut self, flags: u32) {
-        if let Some(bid) = cqueue::buffer_select(flags) {
-            self.0.give_back(bid);
-        }
-    }
-
-    /// Every buffer the completion filled goes back: for a bundle, the
-    /// ones after the first too, which its reap hook recorded.
-    fn discard_result(&mut self, result: &io::Result<u32>, flags: u32) {
-        match result {
-            Ok(n) if *n > 0 => {
-                let bid = cqueue::buffer_select(flags);
-                // Dropped at once, the bytes' buffers go back.
-                let _ = received(Ok(*n as usize), bid, &self.0, true);
-            }
-            _ => self.discard(flags),
-        }
-    }
 }
 
 /// A receive armed once that completes every time bytes arrive, each time
@@ -68,7 +33,7 @@ impl MultishotData for StreamRing {
 /// nobody took go back to the ring as they arrive.
 pub struct RecvStream {
     /// The receive in flight, on the ring's armed list until it ends.
-    op: InFlightMultishot<StreamRing>,
+    op: InFlightMultishot<RingRecv>,
 }
 
 /// Arms a multishot receive on `sock`; `None` when this thread has no
@@ -79,32 +44,7 @@ pub fn recv_stream<'a>(sock: impl Into<Sock<'a>>) -> Option<RecvStream> {
         return None;
     }
     let ring = PROVIDED.with(|p| p.borrow().clone())?;
-    // A bundle receive brings what is waiting in one completion that fills
-    // consecutive buffers of the ring; its reap hook records which.
-    // Without bundles each completion fills one buffer. Length 0 either
-    // way: a bundle receive given a length ends after its first completion
-    // (Linux 6.18).
-    let bundle = BUNDLE_OK.get();
-    let sqe = sock.into().sqe(|fd| {
-        opcode::Recv::new(fd, std::ptr::null_mut(), 0)
-            .buf_group(ring.group())
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
-    });
-    let mut ioprio = RECV_MULTISHOT | RECVSEND_POLL_FIRST;
-    if bundle {
-        ioprio |= RECVSEND_BUNDLE;
-    }
-    let sqe = with_ioprio(sqe, ioprio);
-    // The ring moves into the driver with the operation: its memory outlives
-    // the receive even if this stream is dropped.
-    let op = if bundle {
-        let hook: Rc<dyn ReapHook> = ring.clone();
-        UnsubmittedMultishot::with_reap_hook(StreamRing(ring), sqe, hook).submit()
-    } else {
-        UnsubmittedMultishot::new(StreamRing(ring), sqe).submit()
-    };
-    arm(op.user_data());
+    let op = recv_into_ring(sock.into(), ring, RECV_MULTISHOT | RECVSEND_POLL_FIRST);
     Some(RecvStream { op })
 }
 
@@ -123,27 +63,19 @@ impl RecvStream {
             return Poll::Ready(None);
         };
         let res = res.map(|n| n as usize);
-        // Bundles are given up only after a refusal, when no receive armed
-        // with them ever brought bytes: this one was a bundle one if they
-        // are still on.
-        let bundle = BUNDLE_OK.get();
-        Poll::Ready(
-            match received(res, cqueue::buffer_select(flags), &self.op.data().0, bundle) {
-                // Only [`RecvStream::cancel`] cancels it.
-                Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => None,
-                // A kernel without bundle receives, then one without
-                // multishot receives: this thread stops asking for them.
-                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                    if bundle {
-                        BUNDLE_OK.set(false);
-                    } else {
-                        MULTISHOT_OK.set(false);
-                    }
-                    None
+        Poll::Ready(match self.op.data().received(res, flags) {
+            // Only [`RecvStream::cancel`] cancels it.
+            Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => None,
+            // A kernel without bundle receives, then one without
+            // multishot receives: this thread stops asking for them.
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                if !refuse_bundles() {
+                    MULTISHOT_OK.set(false);
                 }
-                res => Some(res),
-            },
-        )
+                None
+            }
+            res => Some(res),
+        })
     }
 
     /// Whether its last completion was handed out: only then may another
