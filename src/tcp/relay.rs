@@ -221,11 +221,17 @@ struct Pump<'a> {
     /// we get here.
     poll_first: bool,
     /// Whether a read that waits should be a multishot receive: yes once a
-    /// read into a ring buffer came back short of it (small messages, as in
+    /// read into ring buffers came back short of them (small messages, as in
     /// request-response traffic); no after a full read, since a stream
     /// armed into bulk data would hand it out in ring-buffer-sized pieces
     /// until stopped.
     stream_ok: bool,
+    /// Whether the last read into the pump's own buffer filled the large
+    /// buffer: the traffic is bulk, so the next read that waits takes one
+    /// ring buffer, not a bundle, which would bring the next burst's first
+    /// few hundred KiB through the ring (dearer per byte than the own
+    /// buffer or a splice).
+    bulk: bool,
     /// Whether `stream` was asked to stop (once is enough).
     stream_stopping: bool,
     /// Bytes carried.
@@ -285,6 +291,7 @@ impl<'a> Pump<'a> {
             from,
             poll_first: from == Side::Backend,
             stream_ok: false,
+            bulk: false,
             stream_stopping: false,
             total: 0,
             own: None,
@@ -378,7 +385,7 @@ impl<'a> Pump<'a> {
                     self.step = if self.stream.is_some() {
                         Step::Stream
                     } else {
-                        Step::RecvProvided(uring::recv_provided(self.src, true))
+                        Step::RecvProvided(uring::recv_provided(self.src, true, !self.bulk))
                     };
                 }
                 Step::Stream => {
@@ -554,6 +561,7 @@ impl<'a> Pump<'a> {
         self.poll_first = n < cap;
         // Bulk: a read filled the large buffer.
         let bulk = n == cap && n >= shared.pool.large();
+        self.bulk = bulk;
         self.splicing = match shared.splice {
             SpliceMode::Always => true,
             SpliceMode::Auto => bulk,
@@ -766,7 +774,7 @@ mod tests {
                 // buffers: another socket's receive still finds one.
                 let (mut other_peer, other) = crate::testing::pair();
                 other_peer.write_all(b"x").unwrap();
-                let got = uring::recv_provided(&other, false).await;
+                let got = uring::recv_provided(&other, false, true).await;
                 assert!(
                     matches!(got, Some(Ok(Received::Bytes(_)))),
                     "the ring ran dry: {got:?}"

@@ -537,7 +537,11 @@ async fn relay_today(src: Rc<TcpStream>, dst: Rc<TcpStream>, mut poll_first: boo
             pool = Some(buf);
         }
         if !stream_ok {
-            match recv_provided(&*src, true).await.expect("a ring").unwrap() {
+            match recv_provided(&*src, true, true)
+                .await
+                .expect("a ring")
+                .unwrap()
+            {
                 Received::Eof => break,
                 Received::RingEmpty => poll_first = false,
                 // The ring was replaced (no shrink runs here): again.

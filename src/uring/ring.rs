@@ -617,18 +617,26 @@ pub enum Received {
 
 /// Receives into a buffer of this thread's provided ring, which the kernel
 /// picks when data arrives; with `poll_first` it waits for readiness before
-/// it tries. Resolves to `None` when there is no ring on this thread (or the
-/// kernel refuses the receive's flags): then receive into a buffer of one's
-/// own, as without a ring.
-pub fn recv_provided<'a>(sock: impl Into<Sock<'a>>, poll_first: bool) -> RecvProvided {
+/// it tries. With `bundle` (and a kernel that takes them) it is a bundle
+/// receive: what is waiting comes in one completion, over as many buffers
+/// as it fills; otherwise one buffer's worth. Resolves to `None` when there
+/// is no ring on this thread (or the kernel refuses the receive's flags):
+/// then receive into a buffer of one's own, as without a ring.
+pub fn recv_provided<'a>(
+    sock: impl Into<Sock<'a>>,
+    poll_first: bool,
+    bundle: bool,
+) -> RecvProvided {
     let sock = sock.into();
     let poll_first = poll_first && RECV_FLAGS_OK.get();
+    let bundle = bundle && BUNDLE_OK.get();
     let ioprio = if poll_first { RECVSEND_POLL_FIRST } else { 0 };
     RecvProvided {
         poll_first,
+        bundle,
         op: PROVIDED
             .with(|p| p.borrow().clone())
-            .map(|ring| recv_into_ring(sock, ring, ioprio)),
+            .map(|ring| recv_into_ring(sock, ring, ioprio, bundle)),
     }
 }
 
@@ -636,6 +644,8 @@ pub fn recv_provided<'a>(sock: impl Into<Sock<'a>>, poll_first: bool) -> RecvPro
 pub struct RecvProvided {
     /// Whether it was to poll first.
     poll_first: bool,
+    /// Whether it is a bundle receive.
+    bundle: bool,
     /// The receive in flight; none without a ring.
     op: Option<InFlightMultishot<RingRecv>>,
 }
@@ -651,7 +661,9 @@ impl Future for RecvProvided {
         let user_data = op.user_data();
         // Its one completion; the operation has ended with it.
         let next = ready!(op.poll_next(cx));
-        let got = next.map(|(res, flags)| op.data().received(res.map(|n| n as usize), flags));
+        let bundle = this.bundle;
+        let got =
+            next.map(|(res, flags)| op.data().received(res.map(|n| n as usize), flags, bundle));
         this.op = None;
         disarm(user_data);
         let Some(got) = got else {
@@ -668,7 +680,7 @@ impl Future for RecvProvided {
             // receive learns about the flags and stops passing them.
             Err(err)
                 if err.raw_os_error() == Some(libc::EINVAL)
-                    && (refuse_bundles() || this.poll_first) =>
+                    && ((bundle && refuse_bundles()) || this.poll_first) =>
             {
                 None
             }
@@ -728,12 +740,21 @@ pub(super) struct RingRecv(Rc<BufRing>);
 
 impl RingRecv {
     /// What a completion of the receive, with this result and these CQE
-    /// flags, brought. Bundles go off only after a refusal, which brought
-    /// no bytes: a receive that brought bytes was a bundle one if they are
-    /// still on.
-    pub(super) fn received(&self, res: io::Result<usize>, flags: u32) -> io::Result<Received> {
-        received(res, cqueue::buffer_select(flags), &self.0, BUNDLE_OK.get())
+    /// flags, brought; `bundle`: it was a bundle receive.
+    pub(super) fn received(
+        &self,
+        res: io::Result<usize>,
+        flags: u32,
+        bundle: bool,
+    ) -> io::Result<Received> {
+        received(res, cqueue::buffer_select(flags), &self.0, bundle)
     }
+}
+
+/// Whether receives into the ring are bundle ones on this thread (until a
+/// kernel refused one).
+pub(super) fn bundles_on() -> bool {
+    BUNDLE_OK.get()
 }
 
 impl MultishotData for RingRecv {
@@ -758,14 +779,15 @@ impl MultishotData for RingRecv {
 }
 
 /// Submits a receive on `sock` into `ring`, with `ioprio`'s flags (multishot,
-/// poll first) and, while this thread's kernel takes them, as a bundle one:
-/// a completion then covers as many consecutive buffers of the ring as the
-/// bytes waiting fill, which the ring's reap hook records. Listed as armed
-/// (the caller disarms it once it ended).
+/// poll first) and, with `bundle`, as a bundle one: a completion then
+/// covers as many consecutive buffers of the ring as the bytes waiting
+/// fill, which the ring's reap hook records. Listed as armed (the caller
+/// disarms it once it ended).
 pub(super) fn recv_into_ring(
     sock: Sock<'_>,
     ring: Rc<BufRing>,
     ioprio: u16,
+    bundle: bool,
 ) -> InFlightMultishot<RingRecv> {
     // Length 0: as much as the buffers hold. (A multishot receive takes no
     // other, and a bundle one given a length ends after its first
@@ -776,7 +798,7 @@ pub(super) fn recv_into_ring(
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
     });
-    let op = if BUNDLE_OK.get() {
+    let op = if bundle {
         let sqe = with_ioprio(sqe, ioprio | RECVSEND_BUNDLE);
         let hook: Rc<dyn ReapHook> = ring.clone();
         UnsubmittedMultishot::with_reap_hook(RingRecv(ring), sqe, hook).submit()
@@ -813,7 +835,7 @@ mod tests {
         for _ in 0..n {
             let (mut peer, ours) = pair();
             peer.write_all(b"x").unwrap();
-            if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false).await {
+            if let Some(Ok(Received::Bytes(got))) = recv_provided(&ours, false, true).await {
                 held.push(got);
             }
             peers.push((peer, ours));
@@ -834,7 +856,7 @@ mod tests {
             for _ in 0..8 {
                 let (mut peer, ours) = pair();
                 peer.write_all(b"x").unwrap();
-                match recv_provided(&ours, false).await {
+                match recv_provided(&ours, false, true).await {
                     Some(Ok(Received::Bytes(got))) => held.push(got),
                     Some(Ok(Received::RingEmpty)) => empties += 1,
                     other => panic!("expected bytes or an empty ring, got {other:?}"),
@@ -848,7 +870,7 @@ mod tests {
             let (mut peer, ours) = pair();
             peer.write_all(b"y").unwrap();
             assert!(matches!(
-                recv_provided(&ours, false).await,
+                recv_provided(&ours, false, true).await,
                 Some(Ok(Received::Bytes(_)))
             ));
             release_buffers();
@@ -923,7 +945,7 @@ mod tests {
             let mut stream = recv_stream(&idle).expect("a multishot receive");
             // And a one-shot receive that polls first, too.
             let (_quiet_peer, quiet) = pair();
-            let one_shot = recv_provided(&quiet, true);
+            let one_shot = recv_provided(&quiet, true, true);
             let kept = held.pop().unwrap();
             drop(held);
             assert!(!shrink_buffers(), "it grew in this interval");

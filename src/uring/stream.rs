@@ -13,7 +13,9 @@ use tokio_uring::InFlightMultishot;
 use super::files::Sock;
 use super::recv_send::cancel_op;
 use super::recv_send::{RECVSEND_POLL_FIRST, RECV_FLAGS_OK};
-use super::ring::{disarm, recv_into_ring, refuse_bundles, Received, RingRecv, PROVIDED};
+use super::ring::{
+    bundles_on, disarm, recv_into_ring, refuse_bundles, Received, RingRecv, PROVIDED,
+};
 
 /// `IORING_RECV_MULTISHOT` (linux/io_uring.h, kernel 6.0+), in the SQE's
 /// `ioprio`: the receive stays armed and completes once per arrival.
@@ -44,7 +46,8 @@ pub fn recv_stream<'a>(sock: impl Into<Sock<'a>>) -> Option<RecvStream> {
         return None;
     }
     let ring = PROVIDED.with(|p| p.borrow().clone())?;
-    let op = recv_into_ring(sock.into(), ring, RECV_MULTISHOT | RECVSEND_POLL_FIRST);
+    let ioprio = RECV_MULTISHOT | RECVSEND_POLL_FIRST;
+    let op = recv_into_ring(sock.into(), ring, ioprio, bundles_on());
     Some(RecvStream { op })
 }
 
@@ -63,7 +66,9 @@ impl RecvStream {
             return Poll::Ready(None);
         };
         let res = res.map(|n| n as usize);
-        Poll::Ready(match self.op.data().received(res, flags) {
+        // Bundles go off only after a refusal, which brought no bytes: a
+        // stream that brought bytes was a bundle one if they are still on.
+        Poll::Ready(match self.op.data().received(res, flags, bundles_on()) {
             // Only [`RecvStream::cancel`] cancels it.
             Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => None,
             // A kernel without bundle receives, then one without
@@ -190,7 +195,7 @@ mod tests {
             drop(stream);
             let (mut other_peer, other) = pair();
             other_peer.write_all(b"x").unwrap();
-            match recv_provided(&other, false).await {
+            match recv_provided(&other, false, true).await {
                 Some(Ok(Received::Bytes(got))) => assert_eq!(got.to_vec(), b"x"),
                 other => panic!("expected a ring buffer, got {other:?}"),
             }
@@ -216,7 +221,7 @@ mod tests {
             for _ in 0..8 {
                 let (mut other_peer, other) = pair();
                 other_peer.write_all(b"x").unwrap();
-                match recv_provided(&other, false).await {
+                match recv_provided(&other, false, true).await {
                     Some(Ok(Received::Bytes(got))) => held.push(got),
                     other => panic!("expected a ring buffer, got {other:?}"),
                 }
