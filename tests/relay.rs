@@ -208,3 +208,56 @@ fn the_memory_a_burst_took_goes_back_and_every_connection_still_relays() {
         echo_back(conn, &msg, &format!("after, connection {i}"));
     }
 }
+
+/// The answer to request `seed` of `len` bytes: a head of 200 bytes, then
+/// the rest, in two writes (as an HTTP server's header and body).
+fn answer(mut conn: TcpStream) {
+    let mut req = [0u8; 16];
+    while conn.read_exact(&mut req).is_ok() {
+        let seed = u64::from_le_bytes(req[..8].try_into().unwrap());
+        let len = u64::from_le_bytes(req[8..].try_into().unwrap()) as usize;
+        let body = pattern(seed, len);
+        if conn.write_all(&body[..200]).is_err() || conn.write_all(&body[200..]).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn answers_of_four_to_twenty_kib_arrive_whole_on_many_keep_alive_connections() {
+    // One worker, so every connection's answers come in receive bundles
+    // (several buffers of the worker's one provided ring per completion);
+    // every fourth client reads each answer late, so its bundles wait
+    // while the others' cycle the ring.
+    const CONNS: usize = 32;
+    const ROUNDS: u64 = 40;
+    let backend = Backend::spawn(answer);
+    let lb = Ringlb::over(&backend).workers(1).start();
+    let clients: Vec<_> = (0..CONNS)
+        .map(|i| {
+            let mut conn = lb.connect();
+            thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    let seed = round << 32 | i as u64;
+                    let len = 4096 + (i * 997 + round as usize * 1231) % (16 * 1024);
+                    let mut req = seed.to_le_bytes().to_vec();
+                    req.extend_from_slice(&(len as u64).to_le_bytes());
+                    conn.write_all(&req).unwrap();
+                    if i % 4 == 0 {
+                        thread::sleep(std::time::Duration::from_millis(3));
+                    }
+                    let mut got = vec![0u8; len];
+                    conn.read_exact(&mut got)
+                        .unwrap_or_else(|e| panic!("connection {i}, round {round}: {e}"));
+                    assert!(
+                        got == pattern(seed, len),
+                        "connection {i}, round {round}: the answer differs"
+                    );
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+}
