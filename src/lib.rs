@@ -32,7 +32,7 @@
 //! - [`shutdown`]: the stop phase, published to every worker.
 //! - [`logging`]: log set-up and the warning throttle.
 //! - [`uring`]: every raw io_uring operation and every `unsafe` block, a file per family: each worker's runtime and ring
-//!   sizes, connect (and getsockname), the registered file table, one-shot recv/send and cancel, the provided-buffer ring (replaced by a small one after a burst),
+//!   sizes, connect (and getsockname), the registered file table, one-shot recv/send and cancel, the provided-buffer ring (receive bundles into it; replaced by a small one after a burst),
 //!   the multishot receive, pipes and nonblocking splices with the readiness poll, datagram
 //!   recvmsg/sendmsg (PKTINFO, MSG_TRUNC); (unit tests only) the copy path's levers measured (receive bundles, incremental buffers); malloc_trim and
 //!   adopting received descriptors.

@@ -18,9 +18,11 @@
 //! there is no copy in user space and one send per direction is in flight
 //! (the backpressure bound: a slow reader stalls the writer's pump, never
 //! grows memory). In request-response traffic a pump's receive is a
-//! multishot one, armed once and completing at every arrival into a buffer
-//! of the worker's provided ring; while a send waits, it may fill at most
-//! [`STREAM_BACKLOG`] ring buffers before the pump stops it. Both sockets
+//! multishot one, armed once and completing at every arrival into buffers
+//! of the worker's provided ring (a bundle: what waited, in one completion,
+//! sent on with one `sendmsg`); while a send waits, it may complete at most
+//! [`STREAM_BACKLOG`] times before the pump stops it, and a completion of
+//! 16 KiB or more (bulk) stops it at once. Both sockets
 //! are named to the kernel by their slots in the worker's registered file
 //! table. EOF on one side becomes `shutdown(Write)` on the other
 //! while the opposite pump keeps going (half-close). An error on either side
@@ -167,7 +169,7 @@ pub async fn relay(
     }
 }
 
-/// Completions a multishot receive may hold (each in a ring buffer) while
+/// Completions a multishot receive may hold (each in ring buffers) while
 /// its pump's send waits, before it is stopped: the per-socket bound on the
 /// shared ring.
 const STREAM_BACKLOG: usize = 4;

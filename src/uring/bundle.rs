@@ -618,7 +618,8 @@ enum Lever {
     },
     /// A one-shot receive into a buffer of its own, then a send of it.
     Owned { size: usize, poll_first: bool },
-    /// Today's relay ([`relay_today`]).
+    /// Today's relay ([`relay_today`]), on the worker's ring and its
+    /// receives, bundles included.
     Today,
 }
 
@@ -640,7 +641,7 @@ impl Lever {
                 size >> 10,
                 if poll_first { ", poll first" } else { "" }
             ),
-            Lever::Today => "today's relay (2 KiB ring, then 256 KiB owned)".into(),
+            Lever::Today => "today's relay (2 KiB ring with bundles, then 256 KiB owned)".into(),
         }
     }
 

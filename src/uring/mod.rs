@@ -14,15 +14,18 @@
 //! - [`files`]: the registered file table: a relayed pair's sockets named by slot ([`FixedPair`], [`Sock`]).
 //! - [`recv_send`]: the one-shot receive and send ([`Recv`], [`SendAll`]), and
 //!   the cancellation of every operation on a socket ([`cancel_all_on`]).
-//! - [`ring`]: the provided-buffer ring, and the one-shot receive into it ([`RecvProvided`]).
+//! - [`ring`]: the provided-buffer ring, the receive bundles that fill several of
+//!   its buffers in one completion (mapped as the driver reaps them), and the
+//!   one-shot receive into it ([`RecvProvided`]).
 //! - [`datagram`]: the UDP operations: a receive with its sender, destination
 //!   and MSG_TRUNC ([`recv_msg`]), a send from a chosen source ([`send_msg`]),
 //!   and a wait for readability that holds no buffer ([`poll_readable`]).
 //! - [`stream`]: the multishot receive into the provided ring ([`RecvStream`]).
 //! - [`splice`](mod@splice): zero-copy forwarding: a [`Pipe`] between two sockets, the
 //!   nonblocking splices in and out of it, and the readiness poll ([`poll_ready`]).
-//! - `bundle` (unit tests only): the copy path's levers measured: receive
-//!   bundles and incrementally consumed ring buffers (docs/performance.md).
+//! - `bundle` (unit tests only): the copy path's levers measured against the
+//!   relay's: receive bundles sent with one `sendmsg`, and incrementally
+//!   consumed ring buffers (docs/performance.md).
 //! - [`send_zc`](mod@send_zc): the zero-copy send ([`SendZc`]), whose buffer
 //!   stays in the driver until the kernel's notification.
 //! - [`sys`]: the `unsafe` libc calls that are no io_uring operation:

@@ -1,8 +1,12 @@
 //! The worker's provided-buffer ring ([`BufRing`]): buffers the kernel picks
-//! one of when a receive completes, so a receive waiting on an idle socket
-//! holds no buffer. A filled buffer belongs to one [`Provided`] until it is
-//! dropped, which hands it back; [`recv_provided`] is the one-shot receive
-//! into the ring. A ring that a burst grew is replaced by a fresh small one
+//! when a receive completes, so a receive waiting on an idle socket holds no
+//! buffer. A receive is a bundle one where the kernel takes them: one
+//! completion fills as many consecutive buffers as the bytes waiting need,
+//! which the ring records as the driver reaps it (vendored tokio-uring
+//! patch 7, [`BufRing::reaped`]). What one receive filled belongs to one
+//! [`Provided`] until it is dropped, which hands its buffers back; it is
+//! sent with one send (one `sendmsg` for a bundle). [`recv_provided`] is the
+//! one-shot receive into the ring. A ring that a burst grew is replaced by a fresh small one
 //! once it goes unused ([`replace_grown_ring`]), and its memory goes back to
 //! the system when the last operation that could write into it has completed.
 
@@ -151,7 +155,7 @@ pub struct BufRing {
 /// Most bytes a bundle receive brings at once (a few buffers): more waiting
 /// than this is bulk, which a pump reads into a large buffer of its own or
 /// splices, rather than spread over the shared ring.
-pub const BUNDLE_MAX: usize = 16 * 1024;
+const BUNDLE_MAX: usize = 16 * 1024;
 
 /// `IORING_RECVSEND_BUNDLE` (linux/io_uring.h, kernel 6.10+), in the SQE's
 /// `ioprio`: one completion covers as many consecutive ring buffers as the

@@ -1,5 +1,6 @@
 //! The multishot receive ([`RecvStream`]): armed once, it completes at every
-//! arrival into a buffer of the worker's provided ring, and hands its
+//! arrival into buffers of the worker's provided ring (a bundle receive,
+//! where the kernel takes them: what waited, in one completion), and hands its
 //! completions out in order (vendored tokio-uring patch 2); dropped, it gives
 //! the buffers nobody took back to the ring. It is on the ring's list of
 //! armed receives until it ends, so that a ring being replaced can cancel it.
