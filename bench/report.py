@@ -68,6 +68,13 @@ def metrics(meta):
         ("keepalive_p99_ms", "keep-alive", "p99 latency, ms", "lower", "{:.3f}", True),
         ("keepalive_cpu_s_per_100k", "keep-alive", "proxy CPU s / 100k req", "lower", "{:.3f}", False),
     ]
+    for size, label in (("4k", "4 KiB"), ("16k", "16 KiB")):
+        wl = f"keep-alive, {label} answers"
+        rows += [
+            (f"answers{size}_rps", wl, "requests/s", "higher", "{:,.0f}", True),
+            (f"answers{size}_p99_ms", wl, "p99 latency, ms", "lower", "{:.3f}", True),
+            (f"answers{size}_cpu_s_per_100k", wl, "proxy CPU s / 100k req", "lower", "{:.3f}", False),
+        ]
     for n in many:
         wl = f"keep-alive, {n:,} conns"
         rows += [
@@ -326,7 +333,7 @@ def markdown(values, failures, meta):
             w(f"| {workload} | {label} {arrow} | " + " | ".join(fmt_ratio(r) for r in rs) + " |")
     w("")
     w("↑ higher is better, ↓ lower is better. CPU is user+system time of all the proxy's "
-      "processes and threads during that run (keep-alive, many connections, sni); the TLS "
+      "processes and threads during that run (keep-alive, answers, many connections, sni); the TLS "
       "backend's busy share is its CPU time over the run's wall time and its worker count; "
       "idle memory is VmRSS summed over the proxy's processes, after minus before opening "
       "the idle connections.")

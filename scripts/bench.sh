@@ -34,7 +34,7 @@ BENCH=$ROOT/bench
 # ringlb-copy: ringlb --splice never (its copy path); haproxy-splice: HAProxy
 # with option splice-auto.
 ALL_PEERS=(direct ringlb ringlb-copy haproxy haproxy-splice nginx)
-ALL_WORKLOADS=(keepalive churn bulk stream idle sni many scaling udp)
+ALL_WORKLOADS=(keepalive answers churn bulk stream idle sni many scaling udp)
 ALL_LAYOUTS=(pinned unpinned)
 # The sni workload's two server names.  wrk takes the server name it sends
 # (SNI) from the URL's host, and resolves that same host to connect: the
@@ -52,6 +52,9 @@ BULK_BYTES=$((10 * 1024 * 1024))
 # The bulk workload's object sizes: the file names the backend serves (and
 # each one's result key: bulk1m_mbps, bulk_mbps for 10m, bulk100m_mbps).
 BULK_SIZES=(1m 10m 100m)
+# The answers workload's response bodies (file names the backend serves, and
+# each one's result keys: answers4k_rps, answers16k_cpu_s_per_100k, ...).
+ANSWER_SIZES=(4k 16k)
 
 usage() {
     local peers workloads
@@ -65,6 +68,9 @@ Benchmarks ringlb against HAProxy (mode tcp) and nginx (stream module), with
 127.0.0.1.  Workloads, each run by every peer in every round:
   keepalive  wrk, keep-alive GET / (13-byte body): req/s, p50, p99 latency,
              and the proxy's CPU seconds per 100k requests
+  answers    keep-alive GET of a 4 KiB and a 16 KiB body (API-sized answers,
+             a few of the proxy's receive buffers each): req/s, p50, p99 and
+             the proxy's CPU seconds per 100k requests
   churn      wrk with "Connection: close": new connections/s
   bulk       wrk, GET of a 1 MiB, a 10 MiB and a 100 MiB file: MB/s (10^6
              bytes/s) and the proxy's CPU seconds per GB (10^9 bytes)
@@ -596,7 +602,7 @@ compute_layout() {
 start_backend() {
     mkdir -p "$TMP/www" "$TMP/backend-tmp"
     local size
-    for size in "${BULK_SIZES[@]}"; do
+    for size in "${BULK_SIZES[@]}" "${ANSWER_SIZES[@]}"; do
         [[ -f $TMP/www/$size ]] || head -c "$(bytes_of "$size")" /dev/urandom >"$TMP/www/$size"
     done
     # nginx started as root switches its workers to "nobody", who cannot read
@@ -758,7 +764,12 @@ measure_udp() {
 }
 
 # bytes_of SIZE: 1m -> 1048576 (a bulk object's size in bytes).
-bytes_of() { echo $((${1%m} * 1024 * 1024)); }
+bytes_of() {
+    case $1 in
+    *k) echo $((${1%k} * 1024)) ;;
+    *) echo $((${1%m} * 1024 * 1024)) ;;
+    esac
+}
 
 # The stream workload's backend: an iperf3 server (one test at a time, which
 # is how the workload runs them).
@@ -921,14 +932,15 @@ check_alive() {
     return 1
 }
 
-# measure_keepalive PEER ROUND KEY CONNS [NAME PORT]: keep-alive GET / with
-# CONNS connections against the peer's long-lived instance (or instance NAME
-# on PORT); records KEY_rps, KEY_p50_ms, KEY_p99_ms and, around the run, the
-# proxy's CPU per request as KEY_cpu_s_per_100k.  Returns 1 if the run failed.
+# measure_keepalive PEER ROUND KEY CONNS [NAME PORT [PATH]]: keep-alive GET of
+# PATH (/) with CONNS connections against the peer's long-lived instance (or
+# instance NAME on PORT); records KEY_rps, KEY_p50_ms, KEY_p99_ms and, around
+# the run, the proxy's CPU per request as KEY_cpu_s_per_100k.  Returns 1 if
+# the run failed.
 measure_keepalive() {
-    local p=$1 r=$2 key=$3 conns=$4 name=${5:-$1} port=${6:-${PORT[$1]}} cpu0 cpu1 secs rps
+    local p=$1 r=$2 key=$3 conns=$4 name=${5:-$1} port=${6:-${PORT[$1]}} path=${7:-/} cpu0 cpu1 secs rps
     cpu0=$(peer_cpu "$name")
-    run_wrk "$p" "$r" "$key" "$conns" "$DURATION" "http://127.0.0.1:$port/" --latency || return 1
+    run_wrk "$p" "$r" "$key" "$conns" "$DURATION" "http://127.0.0.1:$port$path" --latency || return 1
     cpu1=$(peer_cpu "$name")
     secs=$(calc "${W[duration_us]} / 1e6")
     rps=$(calc "${W[requests]} / $secs")
@@ -1085,6 +1097,14 @@ measure_peer() { # PEER ROUND
     if has_workload keepalive; then
         measure_keepalive "$p" "$r" keepalive "$CONNS" || true
         check_alive "$p" "$r" || return 0
+    fi
+
+    # (1b) keep-alive with answers of a few KiB.
+    if has_workload answers; then
+        for size in "${ANSWER_SIZES[@]}"; do
+            measure_keepalive "$p" "$r" "answers$size" "$CONNS" "$p" "${PORT[$p]}" "/$size" || true
+            check_alive "$p" "$r" || return 0
+        done
     fi
 
     # (2) the same with many connections (1,000, 4,000).
