@@ -6,9 +6,10 @@
 //! patch 7, [`BufRing::reaped`]). What one receive filled belongs to one
 //! [`Provided`] until it is dropped, which hands its buffers back; it is
 //! sent with one send (one `sendmsg` for a bundle). [`recv_provided`] is the
-//! one-shot receive into the ring. A ring that a burst grew is replaced by a fresh small one
-//! once it goes unused ([`replace_grown_ring`]), and its memory goes back to
-//! the system when the last operation that could write into it has completed.
+//! one-shot receive into the ring. A ring that a burst grew is replaced by a
+//! fresh small one once it goes unused ([`replace_grown_ring`]), and its
+//! memory goes back to the system when the last operation that could write
+//! into it has completed.
 
 use std::cell::Cell;
 use std::future::Future;
