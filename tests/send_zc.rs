@@ -29,8 +29,10 @@ fn one_byte_to_sixty_four_mib_both_ways_zero_copy_and_the_counters_add_up() {
         assert_eq!(counter(&lb, "ringlb_spliced_bytes_total"), 0);
         let zero_copy = counter(&lb, "ringlb_send_zc_total");
         if zc {
-            // 64 MiB each way in sends of at most the 256 KiB buffer.
-            assert!(zero_copy >= 2 * 256, "{zero_copy} zero-copy sends");
+            // 64 MiB each way in sends of at most the 256 KiB buffer, less
+            // what came in ring buffers (receive bundles, before a
+            // direction turns bulk: under 1 MiB a direction).
+            assert!(zero_copy >= 2 * 252, "{zero_copy} zero-copy sends");
             // On loopback the receiver gets a copy: the notifications say
             // so, some after their connection closed.
             wait_until("the notifications of copies", || {

@@ -228,11 +228,11 @@ struct Pump<'a> {
     /// armed into bulk data would hand it out in ring-buffer-sized pieces
     /// until stopped.
     stream_ok: bool,
-    /// Whether the last read into the pump's own buffer filled the large
-    /// buffer: the traffic is bulk, so the next read that waits takes one
-    /// ring buffer, not a bundle, which would bring the next burst's first
-    /// few hundred KiB through the ring (dearer per byte than the own
-    /// buffer or a splice).
+    /// Whether the traffic is bulk: a read into the pump's own buffer filled
+    /// the large buffer, and none since brought less than a bundle's worth.
+    /// Then a read that waits takes one ring buffer, not a bundle, which
+    /// would bring the next burst's first few hundred KiB through the ring
+    /// (dearer per byte than the own buffer or a splice).
     bulk: bool,
     /// Whether `stream` was asked to stop (once is enough).
     stream_stopping: bool,
@@ -563,7 +563,7 @@ impl<'a> Pump<'a> {
         self.poll_first = n < cap;
         // Bulk: a read filled the large buffer.
         let bulk = n == cap && n >= shared.pool.large();
-        self.bulk = bulk;
+        self.bulk = bulk || (self.bulk && n >= uring::BUNDLE_MAX);
         self.splicing = match shared.splice {
             SpliceMode::Always => true,
             SpliceMode::Auto => bulk,

@@ -52,7 +52,7 @@ pub(crate) use files::{register_file_table, release_file_table, FixedPair, Sock}
 pub(crate) use recv_send::{cancel_all_on, recv, send_all, Recv, SendAll};
 pub(crate) use ring::{
     provide_buffers, recv_provided, release_buffers, shrink_buffers, Provided, Received,
-    RecvProvided,
+    RecvProvided, BUNDLE_MAX,
 };
 pub(crate) use runtime::{
     build_runtime, FIRST_PROVIDED_BUFFERS, FIXED_FILES, PROVIDED_BUFFERS, PROVIDED_BUFFER_SIZE,

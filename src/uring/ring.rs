@@ -156,7 +156,7 @@ pub struct BufRing {
 /// Most bytes a bundle receive brings at once (a few buffers): more waiting
 /// than this is bulk, which a pump reads into a large buffer of its own or
 /// splices, rather than spread over the shared ring.
-const BUNDLE_MAX: usize = 16 * 1024;
+pub(crate) const BUNDLE_MAX: usize = 16 * 1024;
 
 /// `IORING_RECVSEND_BUNDLE` (linux/io_uring.h, kernel 6.10+), in the SQE's
 /// `ioprio`: one completion covers as many consecutive ring buffers as the
