@@ -413,7 +413,11 @@ impl<'a> Pump<'a> {
                         Some(Ok(Received::Eof)) if self.stream.is_none() => {
                             return self.end(None, shared)
                         }
-                        Some(Err(source)) if self.stream.is_none() => {
+                        // The kernel's error ends the stream; one that is
+                        // not the last (the ring lost a bundle's buffers,
+                        // never expected) must end the connection too, or
+                        // bytes would be missing.
+                        Some(Err(source)) => {
                             let from = self.from;
                             return self.end(Some(RelayError::Read { side: from, source }), shared);
                         }
@@ -427,9 +431,7 @@ impl<'a> Pump<'a> {
                         // Ended without news, or a last completion the
                         // kernel did not mark as last (not expected): stop
                         // it, and read again once it has ended.
-                        None | Some(Ok(Received::Eof | Received::Cancelled)) | Some(Err(_)) => {
-                            self.stop_stream()
-                        }
+                        None | Some(Ok(Received::Eof | Received::Cancelled)) => self.stop_stream(),
                     }
                     if self.stream.is_none() && matches!(self.step, Step::Stream) {
                         self.step = Step::Read;

@@ -519,6 +519,25 @@ impl Provided {
         }
     }
 
+    /// Whether its last buffer is full, so that bytes received after it can
+    /// follow in the next buffers ([`Provided::append`]).
+    pub(super) fn ends_full(&self) -> bool {
+        self.len().is_multiple_of(self.ring.size)
+    }
+
+    /// Takes `other`, what the next receive from the same ring brought,
+    /// as the bytes after these, for one send of both; only if these end
+    /// with a full buffer (the caller checks [`Provided::ends_full`]).
+    pub(super) fn append(&mut self, mut other: Provided) {
+        debug_assert!(self.ends_full() && Rc::ptr_eq(&self.ring, &other.ring));
+        if let Some(last) = self.ids().last() {
+            self.ring.next[usize::from(last)].set(other.bid);
+        }
+        self.len += other.len;
+        // Its buffers are these now: dropped, it gives none back.
+        other.len = 0;
+    }
+
     /// The ids of its buffers, in order (as far as they were found).
     fn ids(&self) -> impl Iterator<Item = u16> + '_ {
         let buffers = self.ring.buffers_for(self.len());
@@ -596,6 +615,10 @@ impl SendBuf for Provided {
 
 impl Drop for Provided {
     fn drop(&mut self) {
+        if self.len == 0 {
+            // Appended to another (a receive never hands out 0 bytes).
+            return;
+        }
         // Handing a buffer back leaves `next` as it is, so the chain holds
         // while it is walked.
         for bid in self.ids() {

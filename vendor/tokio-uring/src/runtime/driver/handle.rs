@@ -111,6 +111,14 @@ impl Handle {
         self.inner.borrow_mut().poll_next_2(index, cx)
     }
 
+    pub(crate) fn next_if_2(
+        &self,
+        index: usize,
+        want: impl FnOnce(&io::Result<u32>, u32) -> bool,
+    ) -> Option<CqeResult> {
+        self.inner.borrow_mut().next_if_2(index, want)
+    }
+
     pub(crate) fn poll_backlog_2(&self, index: usize, n: usize, cx: &mut Context<'_>) -> Poll<()> {
         self.inner.borrow_mut().poll_backlog_2(index, n, cx)
     }

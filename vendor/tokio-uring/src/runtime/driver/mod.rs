@@ -303,6 +303,30 @@ impl Driver {
         }
     }
 
+    /// The next completion of the multishot operation at `index`, if one
+    /// is queued and `want` takes it (ringlb patch 8); removed as by
+    /// [`Driver::poll_next_2`] if it is the last.
+    pub(crate) fn next_if_2(
+        &mut self,
+        index: usize,
+        want: impl FnOnce(&io::Result<u32>, u32) -> bool,
+    ) -> Option<CqeResult> {
+        let (lifecycle, completions) = self.ops.get_mut(index)?;
+        let Lifecycle::Streaming(indices, ..) = lifecycle else {
+            unreachable!("not a multishot operation")
+        };
+        let mut list = mem::replace(indices, SlabListIndices::new()).into_list(completions);
+        let next = match list.peek_front() {
+            Some(cqe) if want(&cqe.result, cqe.flags) => list.pop(),
+            _ => None,
+        };
+        *indices = list.into_indices();
+        if next.as_ref().is_some_and(|cqe| !cqueue::more(cqe.flags)) {
+            self.ops.remove(index);
+        }
+        next
+    }
+
     /// Ready once the multishot operation at `index` holds at least `n`
     /// completions not handed out yet; until then the task is woken by each
     /// new one (ringlb patch 2).

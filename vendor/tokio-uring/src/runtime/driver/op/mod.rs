@@ -241,6 +241,21 @@ impl<D: MultishotData> InFlightMultishot<D> {
         }
     }
 
+    /// The next completion, if one has arrived and `want` takes it (given
+    /// its result and CQE flags); never waits (ringlb patch 8).
+    pub fn next_if(
+        &mut self,
+        want: impl FnOnce(&io::Result<u32>, u32) -> bool,
+    ) -> Option<(io::Result<u32>, u32)> {
+        let (driver, index) = self.op.as_ref()?;
+        let cqe = driver.upgrade()?.next_if_2(*index, want)?;
+        if !io_uring::cqueue::more(cqe.flags) {
+            // The driver has removed the operation.
+            self.op = None;
+        }
+        Some((cqe.result, cqe.flags))
+    }
+
     /// The operation's user_data in the ring, for an IORING_OP_ASYNC_CANCEL;
     /// `None` after the last completion.
     pub fn user_data(&self) -> Option<u64> {

@@ -83,6 +83,16 @@ impl<'a, T> SlabList<'a, T> {
         }
     }
 
+    /// Peek at the front of the list (the next to pop), which stays
+    /// unchanged (ringlb patch 8)
+    pub(crate) fn peek_front(&self) -> Option<&T> {
+        if self.index.start == NONE {
+            None
+        } else {
+            Some(&self.slab[self.index.start as usize].entry)
+        }
+    }
+
     /// Entries in the list, which stays unchanged (ringlb patch 2)
     pub(crate) fn count_entries(&self) -> usize {
         let mut n = 0;
