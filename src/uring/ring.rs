@@ -838,7 +838,7 @@ pub(super) fn recv_into_ring(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::testing::pair;
     use crate::uring::{register_file_table, release_file_table, FixedPair};
@@ -852,7 +852,7 @@ mod tests {
 
     /// `n` receives on sockets of their own, each of a byte, and the buffers
     /// of those that got one from the ring, held (with the sockets).
-    async fn hold_receives(
+    pub(in crate::uring) async fn hold_receives(
         n: usize,
     ) -> (
         Vec<Provided>,

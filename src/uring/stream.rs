@@ -262,17 +262,8 @@ mod tests {
             backlog_reaches(&mut stream, 2).await;
             drop(stream);
             // All eight are back: eight receives elsewhere each find one.
-            let mut held = Vec::new();
-            let mut peers = Vec::new();
-            for _ in 0..8 {
-                let (mut other_peer, other) = pair();
-                other_peer.write_all(b"x").unwrap();
-                match recv_provided(&other, false, true).await {
-                    Some(Ok(Received::Bytes(got))) => held.push(got),
-                    other => panic!("expected a ring buffer, got {other:?}"),
-                }
-                peers.push((other_peer, other));
-            }
+            let (held, _peers) = crate::uring::ring::tests::hold_receives(8).await;
+            assert_eq!(held.len(), 8, "every buffer came back");
             drop(held);
             release_buffers();
         });
