@@ -65,26 +65,27 @@ impl RecvStream {
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Received>>> {
         let user_data = self.op.user_data();
         let next = ready!(self.op.poll_next(cx));
+        // Bundles go off only after a refusal, which brought no bytes: a
+        // stream that brought bytes was a bundle one if they are still on.
+        let bundle = bundles_on();
+        let got = next.map(|(res, flags)| {
+            match self
+                .op
+                .data()
+                .received(res.map(|n| n as usize), flags, bundle)
+            {
+                Ok(Received::Bytes(got)) if flags & CQE_F_SOCK_NONEMPTY != 0 => {
+                    self.gather(got).map(Received::Bytes)
+                }
+                got => got,
+            }
+        });
         if self.op.is_done() {
             // Its user data is free for another operation from now on.
             disarm(user_data);
         }
-        let Some((res, flags)) = next else {
+        let Some(got) = got else {
             return Poll::Ready(None);
-        };
-        let res = res.map(|n| n as usize);
-        // Bundles go off only after a refusal, which brought no bytes: a
-        // stream that brought bytes was a bundle one if they are still on.
-        let bundle = bundles_on();
-        let got = match self.op.data().received(res, flags, bundle) {
-            Ok(Received::Bytes(got)) if flags & CQE_F_SOCK_NONEMPTY != 0 => {
-                let got = self.gather(got);
-                if self.op.is_done() {
-                    disarm(user_data);
-                }
-                got.map(Received::Bytes)
-            }
-            got => got,
         };
         Poll::Ready(match got {
             // Only [`RecvStream::cancel`] cancels it.
@@ -114,13 +115,14 @@ impl RecvStream {
             let Some((res, flags)) = self.op.next_if(brings_bytes) else {
                 break;
             };
-            match self
-                .op
-                .data()
-                .received(res.map(|n| n as usize), flags, true)?
+            // A completion that brought bytes brings a Provided (or the
+            // error of buffers lost).
+            if let Received::Bytes(next) =
+                self.op
+                    .data()
+                    .received(res.map(|n| n as usize), flags, true)?
             {
-                Received::Bytes(next) => got.append(next),
-                _ => unreachable!("a completion that brought bytes"),
+                got.append(next);
             }
             if flags & CQE_F_SOCK_NONEMPTY == 0 {
                 break;
